@@ -1,0 +1,37 @@
+"""Errors the SDK raises. `retriable` tells whether trying the same call later may succeed."""
+
+from __future__ import annotations
+
+
+class RunstreamError(Exception):
+    """Root of every error the SDK raises on purpose."""
+
+    retriable = False
+
+
+class InvalidValueError(RunstreamError, ValueError):
+    """Raised on the caller's thread when a logged value or key is not acceptable."""
+
+
+class NotInitializedError(RunstreamError):
+    """Raised by module-level shortcuts (runstream.log, ...) when no run is active."""
+
+
+class ServerError(RunstreamError):
+    """Raised when the server refused a request; `code` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailableError(ServerError):
+    """Raised when the server cannot be reached within the allowed time."""
+
+    retriable = True
+
+
+class FlushTimeoutError(RunstreamError):
+    """Raised when pending data was not acknowledged within the flush timeout (it stays spooled)."""
+
+    retriable = True

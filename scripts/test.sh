@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh machine: installs what it needs (a virtualenv with
+# runstream[dev], Debian's chromium for the browser tests, Kafka and MinIO through
+# scripts/services.sh), lints, starts the real services, runs pytest, and stops the services.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${RUNSTREAM_VENV:-$root/.venv}
+started=$(date +%s)
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e ".[dev]"
+export PATH=$venv/bin:$PATH PYTHON=$venv/bin/python
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[test] installing Debian's chromium for the browser tests" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+fi
+
+echo "[test] ruff" >&2
+ruff check .
+ruff format --check .
+
+bash scripts/services.sh up
+trap 'bash scripts/services.sh down' EXIT
+set -a
+eval "$(bash scripts/services.sh env)"
+set +a
+
+echo "[test] setup took $(( $(date +%s) - started )) s" >&2
+python -m pytest "$@"

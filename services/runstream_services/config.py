@@ -1,0 +1,148 @@
+"""Server settings: flag > environment (`RUNSTREAM_<FIELD>`) > config file (TOML) > default.
+Validated once at start; unknown keys are refused so a typo never silently falls back."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from runstream_services.errors import ConfigError
+
+COMPONENTS = ("ingest", "writer", "query")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `runstream server` needs. The defaults are the embedded mode: chDB under
+    data_dir, artifacts in a local folder, no Kafka, loopback only."""
+
+    host: str = "127.0.0.1"
+    port: int = 7777
+    metrics_port: int = 7778  # Prometheus /metrics; 0 disables it
+    data_dir: str = "~/.runstream"
+    components: tuple[str, ...] = COMPONENTS  # which parts this process runs
+    # bus
+    bus: str = "embedded"  # embedded | kafka
+    kafka_bootstrap: str = ""
+    kafka_topic_prefix: str = "runstream"
+    kafka_group_id: str = "runstream-writers"
+    # metric store
+    clickhouse_dsn: str = ""  # default: chdb://<data_dir>/chdb
+    clickhouse_database: str = "runstream"
+    # artifact store
+    artifact_store: str = "local"  # local | s3
+    artifact_dir: str = ""  # default: <data_dir>/artifacts
+    s3_endpoint: str = ""  # host:port
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "runstream-artifacts"
+    s3_secure: bool = False
+    # auth
+    auth_required: bool = False
+    api_keys_file: str = ""  # JSON: {"<key>": {"project": "p" or "*", "role": "read|write|admin"}}
+    # limits
+    max_batch_points: int = 1_000_000
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_inline_artifact_bytes: int = 1024 * 1024
+    writer_flush_interval_s: float = 0.2
+    writer_max_block_points: int = 2_000_000
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def resolved_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.data_path / 'chdb'}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return Path(self.artifact_dir).expanduser() if self.artifact_dir else self.data_path / "artifacts"
+
+    def validate(self) -> ServerSettings:
+        if self.bus not in ("embedded", "kafka"):
+            raise ConfigError(f"bus must be 'embedded' or 'kafka', not {self.bus!r}")
+        if self.bus == "kafka" and not self.kafka_bootstrap:
+            raise ConfigError(
+                "bus=kafka needs kafka_bootstrap (host:port[,host:port]) / RUNSTREAM_KAFKA_BOOTSTRAP"
+            )
+        if self.bus == "embedded" and "writer" not in self.components and "ingest" in self.components:
+            raise ConfigError(
+                "the embedded bus hands batches to an in-process writer: keep 'writer' in components"
+            )
+        if self.artifact_store not in ("local", "s3"):
+            raise ConfigError(f"artifact_store must be 'local' or 's3', not {self.artifact_store!r}")
+        if self.artifact_store == "s3" and not self.s3_endpoint:
+            raise ConfigError("artifact_store=s3 needs s3_endpoint / RUNSTREAM_S3_ENDPOINT")
+        bad = [c for c in self.components if c not in COMPONENTS]
+        if bad or not self.components:
+            raise ConfigError(f"components must be a non-empty subset of {COMPONENTS}, got {self.components}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.auth_required and not self.api_keys_file:
+            raise ConfigError("auth_required needs api_keys_file / RUNSTREAM_API_KEYS_FILE")
+        return self
+
+
+def _coerce(name: str, typ: Any, raw: Any) -> Any:
+    typ = str(typ)
+    try:
+        if typ == "bool":
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(raw).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if typ == "int":
+            return int(raw)
+        if typ == "float":
+            return float(raw)
+        if typ.startswith("tuple"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(i.strip() for i in items if i.strip())
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name} = {raw!r} is not a valid {typ}") from None
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> ServerSettings:
+    """Merges the sources in precedence order. `overrides` are flags (None values ignored);
+    `config_file` defaults to $RUNSTREAM_CONFIG when set."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(ServerSettings)}
+    values: dict[str, Any] = {}
+    path = config_file or env.get("RUNSTREAM_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).expanduser().read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        data = data.get("server", data)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown settings in {path}: {', '.join(unknown)}")
+        values.update(data)
+    for name in known:
+        raw = env.get(f"RUNSTREAM_{name.upper()}")
+        if raw is not None:
+            values[name] = raw
+    for name, raw in (overrides or {}).items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        if raw is not None:
+            values[name] = raw
+    coerced = {name: _coerce(name, known[name].type, raw) for name, raw in values.items()}
+    return dataclasses.replace(ServerSettings(), **coerced).validate()
+
+
+__all__ = ["COMPONENTS", "ServerSettings", "load_settings"]

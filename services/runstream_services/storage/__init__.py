@@ -1,0 +1,1 @@
+"""ClickHouse storage: connection (chDB or a server, one code path), migrations, row codecs."""

@@ -1,0 +1,38 @@
+"""Connects to ClickHouse through clickhouse-connect: `chdb://<folder>` for the in-process engine,
+`http(s)://user:pass@host:port` for a server. Only the DSN differs between the two."""
+
+from __future__ import annotations
+
+import threading
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from runstream_services.errors import ConfigError, Unavailable
+
+_chdb_lock = threading.Lock()
+_chdb_clients: dict[str, Client] = {}
+
+
+def connect(dsn: str) -> Client:
+    """A client for `dsn`. chDB allows one engine per process, so chDB clients are shared per DSN
+    (threads of the process may use it at once); server clients are new each call."""
+    if not dsn:
+        raise ConfigError("no ClickHouse DSN: use chdb://<folder> or http://host:8123")
+    if dsn.startswith("chdb://"):
+        with _chdb_lock:
+            client = _chdb_clients.get(dsn)
+            if client is None:
+                try:
+                    client = clickhouse_connect.get_client(dsn=dsn)
+                except Exception as exc:  # chDB raises plain RuntimeError
+                    raise Unavailable(
+                        f"cannot open chDB at {dsn!r}: {exc}. One process owns a chDB folder; "
+                        "stop the other `runstream server` using it or choose another --data-dir"
+                    ) from exc
+                _chdb_clients[dsn] = client
+            return client
+    try:
+        return clickhouse_connect.get_client(dsn=dsn, autogenerate_session_id=False)
+    except Exception as exc:
+        raise Unavailable(f"cannot reach ClickHouse at {dsn!r}: {exc}") from exc

@@ -1,0 +1,75 @@
+"""Session fixtures for the real services. Endpoints come from RUNSTREAM_TEST_* variables
+(scripts/test.sh exports them); when they are missing, `scripts/services.sh up` is run once and
+the services it started are stopped at the end, so `pytest tests/integration` works on its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str
+
+
+def _services_env() -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/services.sh"), "env"], check=True, capture_output=True, text=True
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    started_here = False
+    if "RUNSTREAM_TEST_KAFKA" not in os.environ:
+        env = {**os.environ, "PYTHON": sys.executable}
+        subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "up"], check=True, env=env)
+        started_here = True
+        os.environ.update(_services_env())
+    yield Services(
+        kafka_bootstrap=os.environ["RUNSTREAM_TEST_KAFKA"],
+        s3_endpoint=os.environ["RUNSTREAM_TEST_S3_ENDPOINT"],
+        s3_access_key=os.environ["RUNSTREAM_TEST_S3_ACCESS_KEY"],
+        s3_secret_key=os.environ["RUNSTREAM_TEST_S3_SECRET_KEY"],
+    )
+    if started_here:
+        subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "down"], check=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory) -> str:
+    """The one chDB folder of this test process. chDB opens one data path per process (a second
+    path raises "EmbeddedServer already initialized"), so tests share it and isolate themselves
+    by database name (see `database`)."""
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture
+def database(request) -> str:
+    """A database name unique to the test."""
+    import re
+    import uuid
+
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40]
+    return f"t_{stem}_{uuid.uuid4().hex[:6]}"
