@@ -73,3 +73,46 @@ def database(request) -> str:
 
     stem = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40]
     return f"t_{stem}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def embedded_server(tmp_path):
+    """A fresh embedded `runstream server` (chDB + local artifacts) in a child process."""
+    from tests.server_process import ServerProcess
+
+    server = ServerProcess(tmp_path / "server").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kafka_server(tmp_path, services):
+    """A `runstream server` on the Kafka bus and MinIO artifacts, with its own topic prefix."""
+    import uuid
+
+    from tests.server_process import ServerProcess
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    server = ServerProcess(
+        tmp_path / "server",
+        extra_args=[
+            "--bus",
+            "kafka",
+            "--kafka-bootstrap",
+            services.kafka_bootstrap,
+            "--artifact-store",
+            "s3",
+            "--s3-endpoint",
+            services.s3_endpoint,
+            "--s3-bucket",
+            prefix,
+        ],  # fmt: skip
+        env={
+            "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+            "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers",
+            "RUNSTREAM_S3_ACCESS_KEY": services.s3_access_key,
+            "RUNSTREAM_S3_SECRET_KEY": services.s3_secret_key,
+        },
+    ).start()
+    yield server
+    server.stop()

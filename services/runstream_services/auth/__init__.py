@@ -1,0 +1,1 @@
+"""API keys per project with read, write and admin roles."""

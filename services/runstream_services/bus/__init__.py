@@ -1,0 +1,1 @@
+"""The bus between ingest and writers: embedded (in-process) or Kafka, chosen by settings.bus."""

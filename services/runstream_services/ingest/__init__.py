@@ -1,0 +1,1 @@
+"""The gRPC ingest service: validates, publishes to the bus, acks when durable."""

@@ -1,0 +1,1 @@
+"""The gRPC query service: filter language, run search, downsampled series."""

@@ -1,0 +1,1 @@
+"""Writers: turn bus envelopes into ClickHouse inserts (exactly-once visible) and artifact manifests."""
