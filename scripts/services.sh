@@ -68,8 +68,17 @@ wait_port() {  # name port seconds
 
 running() { [ -f "$state/$1.pid" ] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 
+port_free() {  # name port: refuse to start when something else already listens there
+  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    log "port $2 for $1 is taken by another process; stop it or set RUNSTREAM_${1^^}_PORT"
+    exit 1
+  fi
+}
+
 start_kafka() {
   if running kafka; then return; fi
+  port_free kafka "$kafka_port"
+  port_free kafka "$kafka_ctl_port"
   local dir=$state/kafka
   mkdir -p "$dir"
   cat > "$dir/server.properties" <<PROPS
@@ -101,6 +110,7 @@ PROPS
 
 start_minio() {
   if running minio; then return; fi
+  port_free minio "$minio_port"
   mkdir -p "$state/minio-data"
   MINIO_ROOT_USER=$minio_user MINIO_ROOT_PASSWORD=$minio_password MINIO_BROWSER=off \
     nohup "$minio_bin" server "$state/minio-data" --address "127.0.0.1:$minio_port" \
