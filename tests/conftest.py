@@ -34,9 +34,12 @@ def _services_env() -> dict[str, str]:
 def services() -> Services:
     started_here = False
     if "RUNSTREAM_TEST_KAFKA" not in os.environ:
+        script = str(ROOT / "scripts/services.sh")
+        status = subprocess.run(["bash", script, "status"], capture_output=True, text=True).stdout
         env = {**os.environ, "PYTHON": sys.executable}
-        subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "up"], check=True, env=env)
-        started_here = True
+        subprocess.run(["bash", script, "up"], check=True, env=env)
+        # Stop at the end only what this session started, never services someone else is using.
+        started_here = "running" not in status
         os.environ.update(_services_env())
     yield Services(
         kafka_bootstrap=os.environ["RUNSTREAM_TEST_KAFKA"],
