@@ -1,0 +1,149 @@
+{{/*
+Deployment and Service of one server component (`runstream server --components ...`).
+(dict "root" $ "component" "ingest" "values" .Values.ingest "components" "ingest" "grpc" true)
+grpc: whether this process serves a gRPC API (ingest or query), so it gets the gRPC port.
+*/}}
+{{- define "runstream.serverDeployment" -}}
+{{- $root := .root }}
+{{- $v := .values }}
+{{- $name := include "runstream.componentName" (dict "root" $root "component" .component) }}
+{{- $metrics := gt (int $root.Values.server.metricsPort) 0 }}
+{{- range $probeName, $probe := dict "readinessProbe" $v.readinessProbe "livenessProbe" $v.livenessProbe }}
+{{- if and $probe.enabled (eq $probe.type "http") (not $metrics) }}
+{{- fail (printf "%s.%s uses the HTTP /metrics port, but server.metricsPort is 0 (off): enable metrics or use type grpc / enabled false" $.component $probeName) }}
+{{- end }}
+{{- if and $probe.enabled (eq $probe.type "grpc") (not $.grpc) }}
+{{- fail (printf "%s.%s has type grpc, but this component serves no gRPC API (%s): use type http" $.component $probeName $.components) }}
+{{- end }}
+{{- end }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "runstream.componentLabels" . | nindent 4 }}
+spec:
+  replicas: {{ $v.replicaCount }}
+  selector:
+    matchLabels:
+      {{- include "runstream.componentSelectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      {{- include "runstream.podMetadata" . | nindent 6 }}
+    spec:
+      {{- include "runstream.podCommon" . | nindent 6 }}
+      containers:
+        - name: {{ .component }}
+          image: {{ include "runstream.image" . | quote }}
+          imagePullPolicy: {{ include "runstream.imagePullPolicy" . }}
+          args:
+            - server
+            - --components
+            - {{ .components | quote }}
+            - --bus
+            - kafka
+            - --log-level
+            - {{ $root.Values.server.logLevel | quote }}
+          ports:
+            {{- if .grpc }}
+            - name: grpc
+              containerPort: {{ int $root.Values.server.grpcPort }}
+              protocol: TCP
+            {{- end }}
+            {{- if $metrics }}
+            - name: metrics
+              containerPort: {{ int $root.Values.server.metricsPort }}
+              protocol: TCP
+            {{- end }}
+          env:
+            {{- include "runstream.serverEnv" $root | nindent 12 }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- if $v.readinessProbe.enabled }}
+          readinessProbe:
+            {{- include "runstream.probe" (dict "root" $root "probe" $v.readinessProbe "httpPort" "metrics") | nindent 12 }}
+          {{- end }}
+          {{- if $v.livenessProbe.enabled }}
+          livenessProbe:
+            {{- include "runstream.probe" (dict "root" $root "probe" $v.livenessProbe "httpPort" "metrics") | nindent 12 }}
+          {{- end }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/runstream/config
+              readOnly: true
+            {{- if include "runstream.authKeysMounted" $root }}
+            - name: api-keys
+              mountPath: /etc/runstream/keys
+              readOnly: true
+            {{- end }}
+            - name: data
+              mountPath: {{ $root.Values.dataDir }}
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: config
+          configMap:
+            name: {{ include "runstream.fullname" $root }}
+        {{- if include "runstream.authKeysMounted" $root }}
+        - name: api-keys
+          secret:
+            secretName: {{ include "runstream.authSecretName" $root }}
+            items:
+              - key: {{ $root.Values.auth.existingSecretKey }}
+                path: api-keys.json
+        {{- end }}
+        - name: data
+          emptyDir: {}
+        - name: tmp
+          emptyDir: {}
+{{- end }}
+
+{{/*
+Service of one component. (dict "root" $ "component" "ingest" "values" .Values.ingest "selectComponent" "ingest" "grpc" true "metrics" true)
+*/}}
+{{- define "runstream.serverService" -}}
+{{- $root := .root }}
+{{- $svc := .values.service }}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "runstream.componentName" . }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "runstream.componentLabels" . | nindent 4 }}
+    {{- if .metrics }}
+    runstream.dev/metrics: "true"
+    {{- end }}
+  {{- with $svc.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $svc.type }}
+  selector:
+    {{- include "runstream.componentSelectorLabels" (dict "root" $root "component" .selectComponent) | nindent 4 }}
+  ports:
+    {{- if .grpc }}
+    - name: grpc
+      port: {{ int $root.Values.server.grpcPort }}
+      targetPort: grpc
+      protocol: TCP
+      appProtocol: grpc
+      {{- if and (eq $svc.type "NodePort") $svc.nodePort }}
+      nodePort: {{ int $svc.nodePort }}
+      {{- end }}
+    {{- end }}
+    {{- if .metrics }}
+    - name: metrics
+      port: {{ int $root.Values.server.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
+{{- end }}
