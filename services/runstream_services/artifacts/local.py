@@ -1,0 +1,105 @@
+"""Artifact bytes in a local folder, content-addressed: root/ab/cdef... (the sha256 hex digest).
+Writes go to a temporary file that is renamed into place only after the digest matched, so a
+crash never leaves a half-written object under its final name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from runstream_services.errors import InvalidArgument, NotFound
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _digest(sha256: str) -> str:
+    digest = sha256.lower()
+    if not _SHA256.match(digest):
+        raise InvalidArgument(f"sha256 {sha256[:80]!r} is not 64 hex digits")
+    return digest
+
+
+class LocalArtifactStore:
+    """ArtifactStore on a local folder (embedded mode)."""
+
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        digest = _digest(sha256)
+        return self.root / digest[:2] / digest[2:]
+
+    def uri_for(self, sha256: str) -> str:
+        return self.path_for(sha256).as_uri()
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def put(self, sha256: str, data: BinaryIO, size: int) -> tuple[str, bool]:
+        target = self.path_for(sha256)
+        digest = target.parent.name + target.name
+        if target.is_file():
+            _drain_and_check(data, size, digest)
+            return target.as_uri(), True
+        hasher = hashlib.sha256()
+        written = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=digest[:16] + ".")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := data.read(1 << 20):
+                    written += len(chunk)
+                    if written > size:
+                        raise InvalidArgument(
+                            f"artifact {digest}: more than the declared {size} bytes arrived"
+                        )
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            _check(digest, size, written, hasher.hexdigest())
+            target.parent.mkdir(exist_ok=True)
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return target.as_uri(), False
+
+    def open(self, sha256: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        path = self.path_for(sha256)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"artifact bytes {sha256} are not in the store at {self.root}") from None
+        with handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk
+
+
+def _drain_and_check(data: BinaryIO, size: int, digest: str) -> None:
+    hasher = hashlib.sha256()
+    written = 0
+    while chunk := data.read(1 << 20):
+        written += len(chunk)
+        hasher.update(chunk)
+    _check(digest, size, written, hasher.hexdigest())
+
+
+def _check(digest: str, size: int, written: int, actual: str) -> None:
+    if written != size:
+        raise InvalidArgument(
+            f"artifact {digest}: {written} bytes arrived but the size was declared as {size}"
+        )
+    if actual != digest:
+        raise InvalidArgument(
+            f"artifact bytes hash to {actual}, not the declared {digest}: the file changed or was corrupted"
+        )

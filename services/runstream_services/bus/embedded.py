@@ -1,0 +1,58 @@
+"""The embedded bus: publish() hands envelopes straight to the in-process StoreWriter and returns
+once they are inserted. The insert is the durability point in embedded mode."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+from runstream_services.bus.base import Envelope
+from runstream_services.errors import Unavailable
+from runstream_services.metrics_http import Metrics
+from runstream_services.writers.store import StoreWriter, WriteResult
+
+
+class EmbeddedBus:
+    """Runs StoreWriter.write in a small thread pool (chDB releases the GIL while inserting, so
+    several inserts overlap)."""
+
+    kind = "embedded"
+
+    def __init__(self, writer: StoreWriter, *, threads: int = 4, metrics: Metrics | None = None):
+        self.writer = writer
+        self.threads = threads
+        self.metrics = metrics or writer.metrics
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.threads, thread_name_prefix="runstream-writer"
+            )
+
+    async def publish(self, envelopes: list[Envelope]) -> WriteResult:
+        if self._pool is None:
+            raise Unavailable(
+                "the embedded bus is stopped (server shutting down); retry against a running server"
+            )
+        self._active += 1
+        self._idle.clear()
+        self.metrics.set("runstream_writer_queue", self._active)
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self.writer.write, envelopes)
+        finally:
+            self._active -= 1
+            self.metrics.set("runstream_writer_queue", self._active)
+            if not self._active:
+                self._idle.set()
+
+    async def stop(self) -> None:
+        """Waits for the writes in progress, then shuts the pool down. Idempotent."""
+        await self._idle.wait()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

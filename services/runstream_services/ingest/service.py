@@ -1,0 +1,325 @@
+"""The gRPC ingest service (grpc.aio).
+
+`Ingest` is one bidirectional stream per SDK process. Each request is validated as it arrives;
+a refusal is answered for that request alone and the stream goes on. Valid metric and artifact
+requests are published concurrently (up to `max_inflight` per stream) and acked as each becomes
+durable, so acks may come out of order (the SDK matches them by seq). Run events are ordered:
+a run event waits for everything before it on the stream and is durable before anything after
+it is published, so a run's lifecycle is applied in the order it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata as importlib_metadata
+
+import grpc
+
+from runstream.v1 import ingest_pb2
+from runstream_services.artifacts.base import ArtifactStore
+from runstream_services.auth.keys import ApiKeys, Principal
+from runstream_services.bus.base import Bus, Envelope
+from runstream_services.config import ServerSettings
+from runstream_services.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    RunstreamServiceError,
+    Unavailable,
+)
+from runstream_services.ingest.validation import Accepted, check_name, check_sha256, validate_request
+from runstream_services.metrics_http import Metrics
+from runstream_services.writers.rows import STATE_NAMES, TERMINAL_STATES
+
+log = logging.getLogger("runstream.ingest")
+
+SERVICE_NAME = "runstream.v1.IngestService"
+RUN_EVENTS = ("run_start", "run_update", "run_finish")
+MAX_UPLOAD_BYTES = 1 << 40
+
+
+class RunRegistry:
+    """Which runs exist, to refuse requests for unknown runs. Runs started through this process
+    are known at once; others are looked up (in the store) and remembered once found."""
+
+    def __init__(self, lookup: Callable[[str, str], str | None] | None = None):
+        self._lookup = lookup
+        self._states: dict[tuple[str, str], str] = {}
+
+    async def state(self, project: str, run_id: str) -> str | None:
+        state = self._states.get((project, run_id))
+        if state is None and self._lookup is not None:
+            state = await asyncio.to_thread(self._lookup, project, run_id)
+            if state is not None:
+                self._states[(project, run_id)] = state
+        return state
+
+    def note(self, project: str, run_id: str, state: str) -> None:
+        self._states[(project, run_id)] = state
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _server_version() -> str:
+    try:
+        return importlib_metadata.version("runstream")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class IngestServicer:
+    """runstream.v1.IngestService. Register it with `add_to_server(server)` (it receives the raw
+    request bytes, so the bus payload is never re-serialized)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: ServerSettings,
+        *,
+        artifact_store: ArtifactStore | None,
+        runs: RunRegistry,
+        auth: ApiKeys,
+        metrics: Metrics,
+        max_inflight_per_stream: int = 8,
+    ):
+        self.bus = bus
+        self.settings = settings
+        self.artifact_store = artifact_store
+        self.runs = runs
+        self.auth = auth
+        self.metrics = metrics
+        self.max_inflight = max_inflight_per_stream
+        self._streams: set[_IngestStream] = set()
+        self._draining = False
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        handlers = {
+            "Ingest": grpc.stream_stream_rpc_method_handler(
+                self.Ingest,
+                request_deserializer=_raw_and_parsed,
+                response_serializer=ingest_pb2.IngestResponse.SerializeToString,
+            ),
+            "UploadArtifact": grpc.stream_unary_rpc_method_handler(
+                self.UploadArtifact,
+                request_deserializer=ingest_pb2.UploadArtifactRequest.FromString,
+                response_serializer=ingest_pb2.UploadArtifactResponse.SerializeToString,
+            ),
+            "Health": grpc.unary_unary_rpc_method_handler(
+                self.Health,
+                request_deserializer=ingest_pb2.HealthRequest.FromString,
+                response_serializer=ingest_pb2.HealthResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+    # ---- Ingest -------------------------------------------------------------------------------
+
+    async def Ingest(self, request_iterator, context):
+        if self._draining:
+            raise Unavailable("the server is shutting down: reconnect and resend what was not acked")
+        stream = _IngestStream(self, self.auth.authenticate(context.invocation_metadata()))
+        self._streams.add(stream)
+        self.metrics.set("runstream_ingest_streams", len(self._streams))
+        stream.reader = asyncio.create_task(stream.read(request_iterator))
+        try:
+            while (response := await stream.responses.get()) is not None:
+                yield response
+        finally:
+            if not stream.reader.done():
+                stream.reader.cancel()
+            self._streams.discard(stream)
+            self.metrics.set("runstream_ingest_streams", len(self._streams))
+
+    async def drain(self) -> None:
+        """Stops reading new requests on every stream and waits until what was read is acked."""
+        self._draining = True
+        readers = [s.reader for s in self._streams if s.reader is not None]
+        for reader in readers:
+            reader.cancel()
+        if readers:
+            await asyncio.wait(readers)
+
+    # ---- UploadArtifact -----------------------------------------------------------------------
+
+    async def UploadArtifact(self, request_iterator, context) -> ingest_pb2.UploadArtifactResponse:
+        if self.artifact_store is None:
+            raise Unavailable("this server process has no artifact store configured")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument(
+                "the first UploadArtifact message must be the header (project, run_id, sha256, size)"
+            )
+        header = first.header
+        check_name("project", header.project)
+        check_name("run_id", header.run_id)
+        check_sha256(header.sha256)
+        if header.size > MAX_UPLOAD_BYTES:
+            raise InvalidArgument(
+                f"artifact of {header.size} bytes is over the {MAX_UPLOAD_BYTES}-byte limit"
+            )
+        self.auth.check_context(context, header.project, "write")
+        digest = header.sha256.lower()
+        hasher = hashlib.sha256()
+        received = 0
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+            async for part in request_iterator:
+                if part.WhichOneof("part") != "chunk":
+                    raise InvalidArgument(
+                        "only the first UploadArtifact message may be a header; send chunks after it"
+                    )
+                received += len(part.chunk)
+                if received > header.size:
+                    raise InvalidArgument(
+                        f"more than the declared {header.size} bytes arrived: fix the header's size"
+                    )
+                hasher.update(part.chunk)
+                spool.write(part.chunk)
+            if received != header.size:
+                raise InvalidArgument(f"{received} bytes arrived but the header declared {header.size}")
+            if hasher.hexdigest() != digest:
+                raise InvalidArgument(
+                    f"the bytes hash to {hasher.hexdigest()}, not the declared {digest}: the file changed while uploading?"
+                )
+            spool.seek(0)
+            uri, present = await asyncio.to_thread(self.artifact_store.put, digest, spool, header.size)
+        if not present:
+            self.metrics.inc("runstream_artifact_bytes_total", header.size)
+        return ingest_pb2.UploadArtifactResponse(uri=uri, already_present=present)
+
+    # ---- Health -------------------------------------------------------------------------------
+
+    async def Health(self, request, context) -> ingest_pb2.HealthResponse:
+        dsn = self.settings.resolved_clickhouse_dsn
+        return ingest_pb2.HealthResponse(
+            status="draining" if self._draining else "ok",
+            version=_server_version(),
+            bus=self.settings.bus,
+            store="chdb" if dsn.startswith("chdb://") else "clickhouse",
+            artifacts=self.settings.artifact_store,
+        )
+
+
+def _raw_and_parsed(data: bytes) -> tuple[bytes, ingest_pb2.IngestRequest]:
+    return data, ingest_pb2.IngestRequest.FromString(data)
+
+
+class _IngestStream:
+    """State of one Ingest call: the response queue and the publishes in flight."""
+
+    def __init__(self, service: IngestServicer, principal: Principal | None):
+        self.svc = service
+        self.principal = principal
+        self.responses: asyncio.Queue[ingest_pb2.IngestResponse | None] = asyncio.Queue()
+        self.inflight: set[asyncio.Task] = set()
+        self.slots = asyncio.Semaphore(service.max_inflight)
+        self.reader: asyncio.Task | None = None
+
+    async def read(self, requests) -> None:
+        try:
+            async for raw, req in requests:
+                await self.handle(raw, req)
+        except asyncio.CancelledError:
+            pass  # drain: stop reading; what was read is still answered below
+        except Exception as exc:  # the client went away mid-read
+            log.info("ingest stream ended while reading: %s", exc)
+        finally:
+            if self.inflight:
+                await asyncio.wait(set(self.inflight))
+            self.responses.put_nowait(None)
+
+    def refuse(self, seq: int, exc: RunstreamServiceError) -> None:
+        self.svc.metrics.inc("runstream_ingest_requests_total", status=exc.grpc_code.name)
+        self.responses.put_nowait(
+            ingest_pb2.IngestResponse(seq=seq, ok=False, code=exc.grpc_code.value[0], message=exc.message)
+        )
+
+    async def accept(self, req: ingest_pb2.IngestRequest) -> Accepted:
+        svc = self.svc
+        accepted = validate_request(req, svc.settings)
+        svc.auth.check(self.principal, accepted.project, "write")
+        state = await svc.runs.state(accepted.project, accepted.run_id)
+        where = f"run {accepted.run_id!r} of project {accepted.project!r}"
+        if accepted.kind == "run_start":
+            if state in TERMINAL_STATES and not req.run_start.resume:
+                raise AlreadyExists(
+                    f"{where} already ended ({state}): set resume=True to continue it, or start a new run id"
+                )
+        elif state is None:
+            raise NotFound(f"{where} is unknown: send its run_start first (runstream.init) on this server")
+        if accepted.kind == "artifact" and not req.artifact.inline_data and req.artifact.size > 0:
+            store = svc.artifact_store
+            if store is not None and not await asyncio.to_thread(store.exists, req.artifact.sha256.lower()):
+                raise NotFound(
+                    f"artifact bytes {req.artifact.sha256} are not in the store: upload them first "
+                    "(UploadArtifact), or send them inline when at most "
+                    f"{svc.settings.max_inline_artifact_bytes} bytes"
+                )
+        return accepted
+
+    async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest) -> None:
+        try:
+            accepted = await self.accept(req)
+        except RunstreamServiceError as exc:
+            self.refuse(req.seq, exc)
+            return
+        env = Envelope(req.client_id, req.seq, accepted.project, accepted.run_id, raw, _now_ms())
+        if accepted.kind in RUN_EVENTS:
+            if self.inflight:  # a run event follows everything before it...
+                await asyncio.wait(set(self.inflight))
+            task = self._spawn(env, accepted, req)
+            await asyncio.wait({task})  # ...and precedes everything after it
+        else:
+            await self.slots.acquire()
+            self._spawn(env, accepted, req, release=True)
+
+    def _spawn(self, env: Envelope, accepted: Accepted, req, release: bool = False) -> asyncio.Task:
+        task = asyncio.create_task(self.publish(env, accepted, req))
+        self.inflight.add(task)
+        self.svc.metrics.inc("runstream_ingest_inflight", 1)
+
+        def done(t: asyncio.Task) -> None:
+            self.inflight.discard(t)
+            self.svc.metrics.inc("runstream_ingest_inflight", -1)
+            if release:
+                self.slots.release()
+
+        task.add_done_callback(done)
+        return task
+
+    async def publish(self, env: Envelope, accepted: Accepted, req: ingest_pb2.IngestRequest) -> None:
+        svc = self.svc
+        try:
+            result = await svc.bus.publish([env])
+        except RunstreamServiceError as exc:
+            self.refuse(env.seq, exc)
+            return
+        except Exception as exc:
+            log.exception("publishing request %s failed", env.idempotency_key)
+            svc.metrics.inc("runstream_errors_total", component="ingest")
+            self.refuse(
+                env.seq,
+                Unavailable(f"could not store request {env.seq} ({exc}); it was not acked: resend it"),
+            )
+            return
+        refused = getattr(result, "refused", None)
+        if refused:
+            self.refuse(env.seq, InvalidArgument(next(iter(refused.values()))))
+            return
+        if accepted.kind == "run_start":
+            svc.runs.note(env.project, env.run_id, "running")
+        elif accepted.kind == "run_finish" and req.run_finish.rank == 0:
+            svc.runs.note(env.project, env.run_id, STATE_NAMES[req.run_finish.state])
+        elif accepted.kind == "metrics":
+            svc.metrics.inc("runstream_ingest_points_total", accepted.points)
+            svc.metrics.inc("runstream_ingest_batches_total")
+        svc.metrics.inc("runstream_ingest_requests_total", status="OK")
+        self.responses.put_nowait(
+            ingest_pb2.IngestResponse(seq=env.seq, ok=True, points_accepted=accepted.points)
+        )

@@ -1,0 +1,287 @@
+"""Checks every ingest request before it is accepted. Each refusal says what is wrong and how
+to fix it; nothing here touches storage (run existence is checked by the ingest service)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from runstream.v1 import ingest_pb2, types_pb2
+from runstream_services.config import ServerSettings
+from runstream_services.errors import InvalidArgument
+
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+_NAME = re.compile(rf"^{NAME_PATTERN}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+MAX_KEY_CHARS = 256
+MAX_TEXT_CHARS = 64 * 1024
+MAX_JSON_CHARS = 1024 * 1024
+MAX_MAP_ENTRIES = 10_000
+MAX_ARTIFACT_NAME_CHARS = 128
+MAX_ARTIFACT_PATH_CHARS = 1024
+MAX_RANK = 65_535
+FINISH_STATES = (types_pb2.RUN_STATE_FINISHED, types_pb2.RUN_STATE_FAILED, types_pb2.RUN_STATE_KILLED)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a valid request is about."""
+
+    kind: str  # run_start | run_update | run_finish | metrics | artifact
+    project: str
+    run_id: str
+    points: int = 0  # metric points, for metric batches
+
+
+def check_name(what: str, value: str) -> None:
+    """Project and run names: letters, digits, '.', '_', '-'; 1 to 64 characters; not only dots."""
+    if not value:
+        raise InvalidArgument(f"{what} is empty: give a {what} matching {NAME_PATTERN}")
+    if not _NAME.match(value) or set(value) == {"."}:
+        raise InvalidArgument(
+            f"{what} {value[:80]!r} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not only dots)"
+        )
+
+
+def check_key(what: str, key: str) -> None:
+    """Metric, config, summary and tag keys: 1 to 256 characters, no control characters."""
+    if not key:
+        raise InvalidArgument(f"{what} has an empty key: every key needs at least one character")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidArgument(
+            f"{what} key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_CHARS}"
+        )
+    if _CONTROL.search(key):
+        raise InvalidArgument(
+            f"{what} key {key[:80]!r} holds control characters (NUL, newline, ...): remove them"
+        )
+
+
+def check_value(what: str, key: str, value: types_pb2.Value) -> None:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(f"{what} {key!r} has no value: set one of number, text, flag or json")
+    if kind == "text" and len(value.text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(
+            f"{what} {key!r} is a text of {len(value.text)} characters; the limit is {MAX_TEXT_CHARS} "
+            "(log large content as an artifact)"
+        )
+    if kind == "json":
+        if len(value.json) > MAX_JSON_CHARS:
+            raise InvalidArgument(
+                f"{what} {key!r} is {len(value.json)} characters of JSON; the limit is {MAX_JSON_CHARS}"
+            )
+        try:
+            json.loads(value.json)
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"{what} {key!r} is not valid JSON ({exc}): encode it with json.dumps"
+            ) from None
+
+
+def check_values(what: str, values) -> None:
+    if len(values) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(f"{what} has {len(values)} entries; the limit is {MAX_MAP_ENTRIES} per request")
+    for key, value in values.items():
+        check_key(what, key)
+        check_value(what, key, value)
+
+
+def check_tags(tags) -> None:
+    if len(tags) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(f"{len(tags)} tags; the limit is {MAX_MAP_ENTRIES}")
+    for key, value in tags.items():
+        check_key("tag", key)
+        if len(value) > MAX_TEXT_CHARS:
+            raise InvalidArgument(
+                f"tag {key!r} has a value of {len(value)} characters; limit {MAX_TEXT_CHARS}"
+            )
+
+
+def _check_text(what: str, value: str, limit: int = MAX_TEXT_CHARS) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {limit}")
+
+
+def check_time_ms(what: str, value: int) -> None:
+    if value < 0:
+        raise InvalidArgument(f"{what} = {value} is negative: send unix time in milliseconds")
+
+
+def check_rank(rank: int) -> None:
+    if rank > MAX_RANK:
+        raise InvalidArgument(f"rank {rank} is out of range: ranks go from 0 to {MAX_RANK}")
+
+
+def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
+    """Validates a columnar batch and returns its number of points. An empty key_index is allowed
+    when the batch has exactly one key (every point uses it); empty times_ms means 'now'."""
+    keys = batch.keys
+    if not keys:
+        raise InvalidArgument("metric batch has no keys: list the metric names in `keys`")
+    if len(keys) > 65_536:
+        raise InvalidArgument(f"metric batch has {len(keys)} keys; key_index is uint16, so at most 65536")
+    for key in keys:
+        check_key("metric", key)
+    for field, item in (("steps", 8), ("values", 8), ("times_ms", 8), ("key_index", 2)):
+        length = len(getattr(batch, field))
+        if length % item:
+            raise InvalidArgument(
+                f"metric batch `{field}` is {length} bytes, not a multiple of {item}: pack it as "
+                f"{'uint16' if item == 2 else 'int64/float64'} little-endian (numpy .astype('<...').tobytes())"
+            )
+    n = len(batch.steps) // 8
+    if n == 0:
+        raise InvalidArgument("metric batch has no points: send at least one step/value")
+    if len(batch.values) // 8 != n:
+        raise InvalidArgument(
+            f"metric batch has {n} steps but {len(batch.values) // 8} values: send one value per step"
+        )
+    if batch.times_ms and len(batch.times_ms) // 8 != n:
+        raise InvalidArgument(
+            f"metric batch has {n} steps but {len(batch.times_ms) // 8} times: send one time per step or none"
+        )
+    if batch.key_index:
+        if len(batch.key_index) // 2 != n:
+            raise InvalidArgument(
+                f"metric batch has {n} steps but {len(batch.key_index) // 2} key indexes: send one per step"
+            )
+        top = int(np.frombuffer(batch.key_index, "<u2").max())
+        if top >= len(keys):
+            raise InvalidArgument(
+                f"metric batch key_index refers to key {top} but only {len(keys)} keys are listed"
+            )
+    elif len(keys) != 1:
+        raise InvalidArgument("metric batch has several keys but no key_index: send one key index per point")
+    if n > max_points:
+        raise InvalidArgument(
+            f"metric batch has {n} points; the server takes at most {max_points} per batch: split it"
+        )
+    if batch.kind not in types_pb2.MetricKind.values():
+        raise InvalidArgument(f"metric batch kind {batch.kind} is unknown: use USER or SYSTEM")
+    check_rank(batch.rank)
+    return n
+
+
+def check_artifact_path(path: str) -> None:
+    """A relative path inside an artifact. Refuses what could escape or confuse a folder layout."""
+    if not path:
+        raise InvalidArgument(
+            "artifact path is empty: give the file's relative path, e.g. 'model/weights.pt'"
+        )
+    if len(path) > MAX_ARTIFACT_PATH_CHARS:
+        raise InvalidArgument(
+            f"artifact path is {len(path)} characters; the limit is {MAX_ARTIFACT_PATH_CHARS}"
+        )
+    if "\x00" in path or _CONTROL.search(path):
+        raise InvalidArgument(f"artifact path {path[:80]!r} holds NUL or control characters: remove them")
+    if "\\" in path:
+        raise InvalidArgument(f"artifact path {path[:80]!r} holds a backslash: use '/' between folders")
+    if path.startswith("/") or _DRIVE.match(path):
+        raise InvalidArgument(
+            f"artifact path {path[:80]!r} is absolute: give a path relative to the artifact"
+        )
+    parts = path.split("/")
+    if any(p == ".." for p in parts):
+        raise InvalidArgument(f"artifact path {path[:80]!r} contains '..': paths may not leave the artifact")
+    if any(p in ("", ".") for p in parts):
+        raise InvalidArgument(f"artifact path {path[:80]!r} has an empty or '.' part: normalize it")
+
+
+def check_artifact_name(name: str) -> None:
+    if not name:
+        raise InvalidArgument("artifact name is empty: name it, e.g. 'model'")
+    if len(name) > MAX_ARTIFACT_NAME_CHARS:
+        raise InvalidArgument(
+            f"artifact name is {len(name)} characters; the limit is {MAX_ARTIFACT_NAME_CHARS}"
+        )
+    if _CONTROL.search(name) or "/" in name or "\\" in name or name in (".", ".."):
+        raise InvalidArgument(
+            f"artifact name {name[:80]!r} is not allowed: no '/', '\\', control characters, '.' or '..'"
+        )
+
+
+def check_sha256(value: str) -> None:
+    if not _SHA256.match(value):
+        raise InvalidArgument(
+            f"sha256 {value[:80]!r} is not 64 hex digits: send hashlib.sha256(data).hexdigest()"
+        )
+
+
+def check_artifact(event: ingest_pb2.ArtifactEvent, settings: ServerSettings) -> None:
+    check_artifact_name(event.name)
+    check_artifact_path(event.path)
+    check_sha256(event.sha256)
+    _check_text("artifact type", event.type, MAX_KEY_CHARS)
+    _check_text("artifact version_tag", event.version_tag, MAX_KEY_CHARS)
+    if event.inline_data:
+        if len(event.inline_data) > settings.max_inline_artifact_bytes:
+            raise InvalidArgument(
+                f"inline artifact data is {len(event.inline_data)} bytes; the limit is "
+                f"{settings.max_inline_artifact_bytes}: upload it with UploadArtifact and send only the manifest"
+            )
+        if len(event.inline_data) != event.size:
+            raise InvalidArgument(
+                f"artifact {event.path!r} says size {event.size} but carries {len(event.inline_data)} bytes"
+            )
+
+
+def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) -> Accepted:
+    """Checks one request's shape and limits; raises InvalidArgument with the fix."""
+    body = req.WhichOneof("body")
+    if body is None:
+        raise InvalidArgument(
+            f"request {req.seq} has no body: set one of run_start, run_update, run_finish, metrics, artifact"
+        )
+    if not req.client_id:
+        raise InvalidArgument("request has no client_id: set a uuid per SDK process (the idempotency key)")
+    if len(req.client_id) > 128 or _CONTROL.search(req.client_id):
+        raise InvalidArgument("client_id must be at most 128 printable characters (a uuid)")
+    msg = getattr(req, body)
+    check_name("project", msg.project)
+    check_name("run_id", msg.run_id)
+    if body == "run_start":
+        _check_text("run name", msg.name, MAX_KEY_CHARS)
+        _check_text("run group", msg.group, MAX_KEY_CHARS)
+        _check_text("job_type", msg.job_type, MAX_KEY_CHARS)
+        _check_text("notes", msg.notes)
+        check_tags(msg.tags)
+        check_values("config", msg.config)
+        check_time_ms("start_ms", msg.start_ms)
+        check_rank(msg.rank)
+        return Accepted(body, msg.project, msg.run_id)
+    if body == "run_update":
+        check_values("config", msg.config)
+        check_values("summary", msg.summary)
+        check_tags(msg.tags)
+        for key in msg.remove_tags:
+            check_key("tag", key)
+        _check_text("notes", msg.notes)
+        _check_text("run name", msg.name, MAX_KEY_CHARS)
+        check_time_ms("heartbeat_ms", msg.heartbeat_ms)
+        for ds in msg.datasets:
+            if not ds.name:
+                raise InvalidArgument("dataset reference has no name: name every dataset")
+            for field in ("name", "version", "uri"):
+                _check_text(f"dataset {field}", getattr(ds, field), 4096)
+        return Accepted(body, msg.project, msg.run_id)
+    if body == "run_finish":
+        if msg.state not in FINISH_STATES:
+            raise InvalidArgument(
+                f"run_finish state {types_pb2.RunState.Name(msg.state) if msg.state in types_pb2.RunState.values() else msg.state}"
+                " is not allowed: use RUN_STATE_FINISHED, RUN_STATE_FAILED or RUN_STATE_KILLED"
+            )
+        check_time_ms("end_ms", msg.end_ms)
+        check_rank(msg.rank)
+        return Accepted(body, msg.project, msg.run_id)
+    if body == "metrics":
+        points = metric_batch_points(msg, settings.max_batch_points)
+        return Accepted(body, msg.project, msg.run_id, points)
+    check_artifact(msg, settings)
+    return Accepted("artifact", msg.project, msg.run_id)

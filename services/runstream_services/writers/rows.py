@@ -1,0 +1,153 @@
+"""Turns decoded ingest messages into ClickHouse rows: an Arrow table for metric points (no
+per-point Python work: numpy views over the wire bytes, dictionary-encoded strings), plain row
+lists for the small tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from google.protobuf import json_format
+
+from runstream.v1 import ingest_pb2, types_pb2
+
+METRIC_COLUMNS = ("project", "run_id", "kind", "key", "rank", "step", "time_ms", "value")
+PARAM_COLUMNS = ("project", "run_id", "scope", "key", "kind", "num", "str", "version")
+RUN_COLUMNS = (
+    "project", "run_id", "name", "group", "job_type", "state", "start_ms", "end_ms", "heartbeat_ms",
+    "user", "host", "git_commit", "git_dirty", "notes", "tags", "context", "datasets", "version",
+)  # fmt: skip
+ARTIFACT_COLUMNS = (
+    "project", "run_id", "name", "path", "type", "version", "version_tag", "sha256", "size", "uri", "created_ms",
+)  # fmt: skip
+STATE_NAMES = {
+    types_pb2.RUN_STATE_UNSPECIFIED: "unspecified",
+    types_pb2.RUN_STATE_RUNNING: "running",
+    types_pb2.RUN_STATE_FINISHED: "finished",
+    types_pb2.RUN_STATE_FAILED: "failed",
+    types_pb2.RUN_STATE_CRASHED: "crashed",
+    types_pb2.RUN_STATE_KILLED: "killed",
+}
+TERMINAL_STATES = frozenset({"finished", "failed", "crashed", "killed"})
+
+
+def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(
+        pa.array(indices, type=pa.int32()), pa.array(values, type=pa.string())
+    )
+
+
+def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table:
+    """One Arrow table for (batch, received_ms) pairs. Batches are assumed validated."""
+    key_ids: dict[str, int] = {}
+    run_ids: dict[tuple[str, str], int] = {}
+    key_parts, run_parts, kinds, ranks, steps, times, values = [], [], [], [], [], [], []
+    for batch, received_ms in batches:
+        n = len(batch.steps) // 8
+        remap = np.array([key_ids.setdefault(k, len(key_ids)) for k in batch.keys], dtype=np.int32)
+        if batch.key_index:
+            key_parts.append(remap[np.frombuffer(batch.key_index, "<u2")])
+        else:
+            key_parts.append(np.full(n, remap[0], np.int32))
+        run = run_ids.setdefault((batch.project, batch.run_id), len(run_ids))
+        run_parts.append(np.full(n, run, np.int32))
+        kinds.append(np.full(n, 1 if batch.kind == types_pb2.METRIC_KIND_SYSTEM else 0, np.int32))
+        ranks.append(np.full(n, batch.rank, np.uint16))
+        steps.append(np.frombuffer(batch.steps, "<i8"))
+        values.append(np.frombuffer(batch.values, "<f8"))
+        times.append(
+            np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, received_ms, np.int64)
+        )
+
+    def cat(parts):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    run_index = cat(run_parts)
+    runs = list(run_ids)
+    return pa.table(
+        {
+            "project": _dictionary(run_index, [p for p, _ in runs]),
+            "run_id": _dictionary(run_index, [r for _, r in runs]),
+            "kind": _dictionary(cat(kinds), ["user", "system"]),
+            "key": _dictionary(cat(key_parts), list(key_ids)),
+            "rank": pa.array(cat(ranks)),
+            "step": pa.array(cat(steps)),
+            "time_ms": pa.array(cat(times)),
+            "value": pa.array(cat(values)),
+        }
+    )
+
+
+def _format_number(x: float) -> str:
+    if math.isfinite(x) and x == int(x) and abs(x) < 1e16:
+        return str(int(x))
+    return repr(x)
+
+
+def param_row(project: str, run_id: str, scope: str, key: str, value: types_pb2.Value, version: int) -> list:
+    kind = value.WhichOneof("kind")
+    if kind == "number":
+        return [project, run_id, scope, key, "number", value.number, _format_number(value.number), version]
+    if kind == "flag":
+        return [
+            project,
+            run_id,
+            scope,
+            key,
+            "flag",
+            float(value.flag),
+            "true" if value.flag else "false",
+            version,
+        ]
+    if kind == "text":
+        return [project, run_id, scope, key, "text", math.nan, value.text, version]
+    return [project, run_id, scope, key, "json", math.nan, value.json, version]
+
+
+@dataclass
+class RunRow:
+    """The current state of one run, as kept in the `runs` table (latest version wins)."""
+
+    project: str
+    run_id: str
+    name: str = ""
+    group: str = ""
+    job_type: str = ""
+    state: str = "running"
+    start_ms: int = 0
+    end_ms: int = 0
+    heartbeat_ms: int = 0
+    user: str = ""
+    host: str = ""
+    git_commit: str = ""
+    git_dirty: int = 0
+    notes: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    context: str = "{}"
+    datasets: str = "[]"
+    version: int = 0
+
+    def values(self) -> list:
+        return [getattr(self, c) for c in RUN_COLUMNS]
+
+    @classmethod
+    def from_db(cls, row: tuple) -> RunRow:
+        data = dict(zip(RUN_COLUMNS, row, strict=True))
+        data["tags"] = dict(data["tags"] or {})
+        return cls(**data)
+
+
+def context_json(context: types_pb2.RunContext) -> str:
+    return json.dumps(json_format.MessageToDict(context, preserving_proto_field_name=True), sort_keys=True)
+
+
+def append_datasets(current: str, datasets) -> str:
+    listed = json.loads(current or "[]")
+    for ds in datasets:
+        entry = {"name": ds.name, "version": ds.version, "uri": ds.uri}
+        if entry not in listed:
+            listed.append(entry)
+    return json.dumps(listed)
