@@ -14,10 +14,18 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${RUNSTREAM_CACHE_DIR:-$HOME/.cache/runstream}
 helm_version=${RUNSTREAM_HELM_VERSION:-v3.21.4}
+# The Kubernetes version helm assumes without a cluster (`helm template`, lint's deprecation
+# check). Helm's Makefile sets it from its k8s.io modules (v0.36 for v3.21); `go install` would
+# leave the built-in default, 1.20, which fails charts that require a newer Kubernetes.
+helm_k8s_minor=${RUNSTREAM_HELM_K8S_MINOR:-36}
 helm_bin=$cache/bin/helm
 chart=$root/helm/runstream
 
 log() { echo "[helm] $*" >&2; }
+
+cached_version_ok() {
+  [ -x "$helm_bin" ] && [ "$("$helm_bin" version --template '{{.Version}}' 2>/dev/null)" = "$helm_version" ]
+}
 
 find_helm() {
   if [ -x "$helm_bin" ]; then echo "$helm_bin"; return; fi
@@ -25,7 +33,7 @@ find_helm() {
 }
 
 install_helm() {
-  if [ -x "$helm_bin" ]; then return; fi
+  if cached_version_ok; then return; fi
   if ! command -v go >/dev/null 2>&1; then
     log "go is missing: install Go (https://go.dev/dl) or put helm on PATH"; exit 1
   fi
@@ -36,8 +44,13 @@ install_helm() {
   # Build into a temporary GOBIN and move the result, so an interrupted build leaves nothing half-written.
   local tmp
   tmp=$(mktemp -d "$cache/bin/.helm-build.XXXXXX")
-  GOBIN=$tmp GOFLAGS=-trimpath CGO_ENABLED=0 go install "helm.sh/helm/v3/cmd/helm@$helm_version" >&2
-  mv "$tmp/helm" "$helm_bin"
+  local ldflags="-w -s -X helm.sh/helm/v3/internal/version.version=$helm_version"
+  local pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
+  done
+  GOBIN=$tmp GOFLAGS=-trimpath CGO_ENABLED=0 go install -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$helm_version" >&2
+  mv -f "$tmp/helm" "$helm_bin"
   rmdir "$tmp"
   log "helm $helm_version built in $(( $(date +%s) - started )) s: $helm_bin"
 }

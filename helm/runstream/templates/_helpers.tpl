@@ -137,10 +137,10 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* A probe. (dict "root" $ "probe" .Values.ingest.readinessProbe "httpPort" "metrics") */}}
 {{- define "runstream.probe" -}}
-{{- if eq .probe.type "grpc" }}
+{{- if eq .probe.type "grpc" -}}
 grpc:
   port: {{ int .root.Values.server.grpcPort }}
-{{- else }}
+{{- else -}}
 httpGet:
   path: {{ .probe.path | default "/metrics" }}
   port: {{ .httpPort }}

@@ -1,0 +1,341 @@
+"""The Helm chart (helm/runstream) lints strictly and renders, for every ci/*-values.yaml, manifests
+that run the real CLI and settings correctly; values that break the schema are refused.
+
+Needs the helm binary: the cached one (`bash scripts/helm.sh install`, which scripts/test.sh runs)
+or one on PATH; skipped with a message otherwise. No cluster is involved: what Kubernetes would do
+with the manifests is checked by asserting on them, and the rendered TOML and args are fed to the
+real `load_settings` and CLI parser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from runstream_services.cli import build_parser
+from runstream_services.config import COMPONENTS, load_settings
+
+yaml = pytest.importorskip(
+    "yaml", reason="PyYAML is needed to read rendered manifests: pip install -e '.[dev]'"
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm/runstream"
+CI_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
+SERVER_COMPONENTS = ("ingest", "writer", "query")
+
+
+def _helm() -> str | None:
+    cache = Path(os.environ.get("RUNSTREAM_CACHE_DIR", Path.home() / ".cache/runstream"))
+    cached = cache / "bin/helm"
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
+    return shutil.which("helm")
+
+
+HELM = _helm()
+pytestmark = pytest.mark.skipif(
+    HELM is None,
+    reason="helm not found in ~/.cache/runstream/bin or on PATH: run `bash scripts/helm.sh install`",
+)
+
+
+def run_helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None
+    home = Path(os.environ.get("RUNSTREAM_CACHE_DIR", Path.home() / ".cache/runstream")) / "helm"
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+    proc = subprocess.run([HELM, *args], capture_output=True, text=True, env=env, timeout=120)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def render(values_file: Path, *extra: str) -> list[dict]:
+    out = run_helm("template", "rs", str(CHART), "--namespace", "ml", "-f", str(values_file), *extra).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def component_of(obj: dict) -> str:
+    return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def deployments(docs: list[dict]) -> dict[str, dict]:
+    return {component_of(d): d for d in by_kind(docs, "Deployment").values()}
+
+
+def container(deploy: dict) -> dict:
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def config_toml(docs: list[dict]) -> dict:
+    (cm,) = by_kind(docs, "ConfigMap").values()
+    return tomllib.loads(cm["data"]["runstream.toml"])["server"]
+
+
+@pytest.fixture(scope="module", params=[p.name for p in CI_FILES])
+def ci_file(request) -> Path:
+    return CHART / "ci" / request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(ci_file) -> list[dict]:
+    return render(ci_file)
+
+
+def test_ci_files_exist():
+    assert {"default-values.yaml", "minimal-values.yaml", "full-values.yaml"} <= {p.name for p in CI_FILES}
+
+
+def test_lint_strict(ci_file):
+    proc = run_helm("lint", "--strict", str(CHART), "-f", str(ci_file))
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_every_pod_runs_non_root_with_a_read_only_root(rendered):
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(rendered, "Deployment").values()]
+    pods += [d["spec"] for d in by_kind(rendered, "Pod").values()]
+    assert pods
+    for spec in pods:
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] != 0
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_server_args_parse_with_the_real_cli(rendered):
+    """The args of every server Deployment are accepted by `runstream`'s own parser."""
+    parser = build_parser()
+    for name, deploy in deployments(rendered).items():
+        args = parser.parse_args(container(deploy)["args"])
+        if name == "dashboard":
+            assert args.command == "dashboard"
+            assert args.endpoint == f"rs-runstream-query.ml.svc:{config_toml(rendered)['port']}"
+        else:
+            assert args.command == "server"
+            assert args.bus == "kafka"
+            assert set(args.components.split(",")) <= set(COMPONENTS)
+
+
+def test_components_split_as_configured(ci_file, rendered):
+    values = yaml.safe_load(ci_file.read_text())
+    query_apart = values.get("query", {}).get("enabled", True)
+    deploys = deployments(rendered)
+    comps = {name: container(d)["args"][2] for name, d in deploys.items() if name != "dashboard"}
+    if query_apart:
+        assert comps == {"ingest": "ingest", "writer": "writer", "query": "query"}
+    else:
+        assert comps == {"ingest": "ingest", "writer": "writer,query"}
+    # The query Service always exists and selects the pods that serve queries.
+    services = {component_of(s): s for s in by_kind(rendered, "Service").values()}
+    selected = services["query"]["spec"]["selector"]["app.kubernetes.io/component"]
+    assert selected == ("query" if query_apart else "writer")
+    assert "grpc" in {p["name"] for p in services["ingest"]["spec"]["ports"]}
+
+
+def test_probes_enabled_and_pointing_at_open_ports(rendered):
+    for name, deploy in deployments(rendered).items():
+        c = container(deploy)
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for kind in ("readinessProbe", "livenessProbe"):
+            probe = c.get(kind)
+            if probe is None:
+                continue
+            if "grpc" in probe:
+                assert probe["grpc"]["port"] == ports["grpc"], (name, kind)
+            else:
+                assert probe["httpGet"]["port"] in ports, (name, kind)
+        assert "readinessProbe" in c, f"{name} has no readiness probe"
+    deploys = deployments(rendered)
+    assert "grpc" in container(deploys["ingest"])["readinessProbe"]
+
+
+def test_settings_come_from_configmap_and_secrets_and_validate(rendered, tmp_path):
+    """The rendered TOML, the Secret-fed environment and the args together pass the real
+    `load_settings` validation; no secret value sits in the ConfigMap or the pod spec."""
+    secrets = by_kind(rendered, "Secret")
+    (cm,) = by_kind(rendered, "ConfigMap").values()
+    config_file = tmp_path / "runstream.toml"
+    config_file.write_text(cm["data"]["runstream.toml"])
+    for name, deploy in deployments(rendered).items():
+        if name == "dashboard":
+            continue
+        c = container(deploy)
+        env = env_of(c)
+        assert env["RUNSTREAM_CONFIG"]["value"] == "/etc/runstream/config/runstream.toml"
+        volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == "rs-runstream"
+        for var in ("RUNSTREAM_CLICKHOUSE_PASSWORD", "RUNSTREAM_S3_ACCESS_KEY", "RUNSTREAM_S3_SECRET_KEY"):
+            ref = env[var]["valueFrom"]["secretKeyRef"]
+            if ref["name"] == "rs-runstream":
+                assert ref["key"] in secrets["rs-runstream"]["data"], var
+        dsn = env["RUNSTREAM_CLICKHOUSE_DSN"]["value"]
+        assert "$(RUNSTREAM_CLICKHOUSE_PASSWORD)@" in dsn
+        # What Kubernetes hands the process after expanding $(VAR):
+        process_env = {
+            "RUNSTREAM_CLICKHOUSE_DSN": dsn.replace("$(RUNSTREAM_CLICKHOUSE_PASSWORD)", "pw"),
+            "RUNSTREAM_S3_ACCESS_KEY": "ak",
+            "RUNSTREAM_S3_SECRET_KEY": "sk",
+        }
+        args = build_parser().parse_args(c["args"])
+        settings = load_settings(
+            {"components": args.components, "bus": args.bus}, env=process_env, config_file=config_file
+        )
+        assert settings.bus == "kafka" and settings.artifact_store == "s3"
+        assert settings.host == "0.0.0.0"
+        assert settings.resolved_clickhouse_dsn.startswith(("http://", "https://"))
+        if settings.auth_required:
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert str(Path(settings.api_keys_file).parent) in mounts
+    cm_text = cm["data"]["runstream.toml"].lower()
+    assert "secret" not in cm_text and "password" not in cm_text
+
+
+def test_helm_test_pod_calls_ingest_health(rendered, ci_file):
+    values = yaml.safe_load(ci_file.read_text())
+    pods = by_kind(rendered, "Pod")
+    if values.get("tests", {}).get("enabled", True) is False:
+        assert not pods
+        return
+    (pod,) = pods.values()
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    script = c["args"][0]
+    compile(script, "helm-test", "exec")  # valid Python
+    assert "IngestServiceStub" in script and ".Health(" in script
+    assert env_of(c)["RUNSTREAM_ENDPOINT"]["value"] == "rs-runstream-ingest.ml.svc:7777"
+    ingest_image = container(deployments(rendered)["ingest"])["image"]
+    assert c["image"] == ingest_image
+
+
+def test_default_values_render_the_chart_secret():
+    docs = render(CHART / "ci/default-values.yaml")
+    secret = by_kind(docs, "Secret")["rs-runstream"]
+    assert set(secret["data"]) == {"clickhouse-password", "s3-access-key", "s3-secret-key"}
+    assert not by_kind(docs, "ServiceMonitor")
+
+
+def test_minimal_values_use_existing_secrets_only():
+    docs = render(CHART / "ci/minimal-values.yaml")
+    assert not by_kind(docs, "Secret"), "every credential comes from an existing Secret"
+    env = env_of(container(deployments(docs)["writer"]))
+    assert env["RUNSTREAM_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "runstream-clickhouse",
+        "key": "password",
+    }
+    assert config_toml(docs)["metrics_port"] == 0
+    assert "dashboard" not in deployments(docs)
+
+
+def test_full_values_wire_auth_monitoring_and_images():
+    docs = render(CHART / "ci/full-values.yaml")
+    (monitor,) = by_kind(docs, "ServiceMonitor").values()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    labelled = [
+        s for s in by_kind(docs, "Service").values() if s["metadata"]["labels"].get("runstream.dev/metrics")
+    ]
+    assert {component_of(s) for s in labelled} == set(SERVER_COMPONENTS)
+    assert all("metrics" in {p["name"] for p in s["spec"]["ports"]} for s in labelled)
+    toml = config_toml(docs)
+    assert toml["auth_required"] is True and toml["api_keys_file"] == "/etc/runstream/keys/api-keys.json"
+    assert toml["max_inline_artifact_bytes"] == 2097152
+    secret = by_kind(docs, "Secret")["rs-runstream"]
+    assert "api-keys.json" in secret["data"]
+    deploys = deployments(docs)
+    assert container(deploys["ingest"])["image"] == "registry.example.com/ml/runstream:0.1.0-ingest"
+    assert container(deploys["writer"])["image"] == "registry.example.com/ml/runstream:0.1.0-ci"
+    assert env_of(container(deploys["ingest"]))["RUNSTREAM_CLICKHOUSE_DSN"]["value"].startswith(
+        "https://runstream:$(RUNSTREAM_CLICKHOUSE_PASSWORD)@clickhouse.db.svc:8443"
+    )
+    ingest_pod = deploys["ingest"]["spec"]["template"]["spec"]
+    assert ingest_pod["tolerations"][0]["key"] == "dedicated"
+    assert ingest_pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert deploys["ingest"]["spec"]["template"]["metadata"]["labels"]["tier"] == "ingest"
+    assert env_of(container(deploys["ingest"]))["GRPC_VERBOSITY"]["value"] == "ERROR"
+    assert ingest_pod["serviceAccountName"] == "runstream-ci"
+
+
+def render_notes(tmp_path: Path, values_file: Path) -> str:
+    """NOTES.txt is only rendered by `helm install`, which needs a cluster even with --dry-run; so a
+    copy of the chart wraps the real NOTES.txt in a named template that a ConfigMap includes."""
+    chart = tmp_path / "runstream"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates/NOTES.txt").read_text()
+    (chart / "templates/NOTES.txt").unlink()
+    (chart / "templates/_notes.tpl").write_text('{{- define "notes-check" }}' + notes + "{{- end }}")
+    (chart / "templates/notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes-check}\n"
+        'data:\n  notes: {{ include "notes-check" . | toJson }}\n'
+    )
+    out = run_helm(
+        "template", "rs", str(chart), "--namespace", "ml", "-f", str(values_file),
+        "--show-only", "templates/notes-check.yaml",
+    ).stdout  # fmt: skip
+    return yaml.safe_load(out)["data"]["notes"]
+
+
+def test_notes_print_dashboard_and_ingest_endpoints(tmp_path):
+    notes = render_notes(tmp_path, CHART / "ci/default-values.yaml")
+    assert "export RUNSTREAM_ENDPOINT=rs-runstream-ingest.ml.svc:7777" in notes
+    assert "kubectl port-forward -n ml svc/rs-runstream-dashboard 8501:8501" in notes
+    assert "http://127.0.0.1:8501" in notes
+    assert "helm test -n ml rs" in notes
+    full = render_notes(tmp_path / "full", CHART / "ci/full-values.yaml")
+    assert "get svc -n ml rs-runstream-ingest" in full and "loadBalancer" in full  # LoadBalancer ingest
+    assert "nodePort" in full and "RUNSTREAM_API_KEY" in full  # NodePort dashboard, auth on
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"kafka": {"bootstrap": ""}}, "/kafka/bootstrap"),
+        ({"clickhouse": {"host": ""}}, "/clickhouse/host"),
+        ({"s3": {"endpoint": "minio"}}, "/s3/endpoint"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"ingest": {"readinessProbe": {"type": "tcp"}}}, "type"),
+        ({"dashboard": {"livenessProbe": {"type": "grpc"}}}, "type"),
+        ({"writer": {"podSecurityContext": {"runAsNonRoot": False}}}, "runAsNonRoot"),
+        ({"auth": {"required": True}}, "auth"),
+        ({"clickhouse": {"password": "p@ss"}}, "/clickhouse/password"),
+        ({"ingestt": {"replicaCount": 1}}, "ingestt"),
+    ],
+)
+def test_schema_refuses_bad_values(tmp_path, override, message):
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    proc = run_helm(
+        "template", "rs", str(CHART), "-f", str(CHART / "ci/default-values.yaml"), "-f", str(bad), check=False
+    )
+    assert proc.returncode != 0, f"helm accepted {override}"
+    assert "schema" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_template_refuses_probe_on_a_closed_port(tmp_path):
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump({"server": {"metricsPort": 0}}))
+    proc = run_helm(
+        "template", "rs", str(CHART), "-f", str(CHART / "ci/default-values.yaml"), "-f", str(bad), check=False
+    )
+    assert proc.returncode != 0
+    assert "server.metricsPort is 0" in proc.stderr
