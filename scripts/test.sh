@@ -32,5 +32,8 @@ set -a
 eval "$(bash scripts/services.sh env)"
 set +a
 
+# helm for tests/unit/test_helm_chart.py: built once from the Go module proxy into the cache.
+bash scripts/helm.sh install
+
 echo "[test] setup took $(( $(date +%s) - started )) s" >&2
 python -m pytest "$@"
