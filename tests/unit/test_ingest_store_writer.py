@@ -1,0 +1,183 @@
+"""StoreWriter against the in-process chDB engine: rows per table, exactly-once by idempotency key
+and by dedup token, metric summaries from the materialized view, artifact versions."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2 as pb
+from runstream.v1 import types_pb2
+from runstream_services.artifacts.local import LocalArtifactStore
+from runstream_services.bus.base import Envelope
+from runstream_services.config import ServerSettings
+from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.migrations import migrate
+from runstream_services.writers.store import StoreWriter
+
+
+@pytest.fixture
+def writer(chdb_dsn, database, tmp_path):
+    client = connect(chdb_dsn)
+    migrate(client, database)
+    return StoreWriter(client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings())
+
+
+def envelope(seq: int, client_id: str = "client-a", **body) -> Envelope:
+    """received_ms is now: ingested_requests keeps rows 30 days (TTL)."""
+    req = pb.IngestRequest(seq=seq, client_id=client_id, **body)
+    msg = getattr(req, req.WhichOneof("body"))
+    return Envelope(client_id, seq, msg.project, msg.run_id, req.SerializeToString(), int(time.time() * 1000))
+
+
+def metrics(
+    n: int, start: int = 0, keys=("loss", "acc"), run_id="run-1", kind=types_pb2.METRIC_KIND_USER, values=None
+):
+    steps = np.arange(start, start + n, dtype="<i8") // len(keys)
+    vals = np.arange(start, start + n, dtype="<f8") if values is None else np.asarray(values, "<f8")
+    return pb.MetricBatch(
+        project="proj",
+        run_id=run_id,
+        keys=list(keys),
+        key_index=(np.arange(start, start + n) % len(keys)).astype("<u2").tobytes(),
+        steps=steps.tobytes(),
+        values=vals.tobytes(),
+        times_ms=np.full(n, 1_700_000_000_000, "<i8").tobytes(),
+        kind=kind,
+    )
+
+
+def start(run_id="run-1", **kw):
+    return pb.RunStart(project="proj", run_id=run_id, name="first", **kw)
+
+
+def q(writer: StoreWriter, sql: str):
+    return writer.client.query(sql.replace("DB", writer.db)).result_rows
+
+
+def test_run_lifecycle_params_and_audit(writer):
+    config = {"lr": types_pb2.Value(number=0.001), "opt": types_pb2.Value(text="adam"),
+              "amp": types_pb2.Value(flag=True), "layers": types_pb2.Value(json="[1, 2]")}  # fmt: skip
+    ctx = types_pb2.RunContext(git_commit="abc", git_dirty=True, host="node1", user="ann")
+    writer.write([envelope(1, run_start=start(config=config, tags={"team": "x"}, context=ctx))])
+    update = pb.RunUpdate(project="proj", run_id="run-1", summary={"best": types_pb2.Value(number=0.9)},
+                          tags={"stage": "b"}, remove_tags=["team"], has_notes=True, notes="hello")  # fmt: skip
+    writer.write([envelope(2, run_update=update)])
+    finish = pb.RunFinish(project="proj", run_id="run-1", state=types_pb2.RUN_STATE_FAILED, end_ms=5)
+    writer.write([envelope(3, run_finish=finish)])
+
+    rows = q(
+        writer,
+        "SELECT name, state, end_ms, tags, notes, git_commit, git_dirty, host, user FROM DB.runs FINAL",
+    )
+    assert rows == [("first", "failed", 5, {"stage": "b"}, "hello", "abc", 1, "node1", "ann")]
+    params = q(writer, "SELECT scope, key, kind, num, str FROM DB.params FINAL ORDER BY scope, key")
+    assert [(s, k, kind, s2) for s, k, kind, _, s2 in params] == [
+        ("config", "amp", "flag", "true"),
+        ("config", "layers", "json", "[1, 2]"),
+        ("config", "lr", "number", "0.001"),
+        ("config", "opt", "text", "adam"),
+        ("summary", "best", "number", "0.9"),
+    ]
+    assert params[2][3] == 0.001 and math.isnan(params[3][3])
+    actions = q(writer, "SELECT action FROM DB.audit_log ORDER BY action")
+    assert actions == [("run.created",), ("run.finished",)]
+    assert writer.run_state("proj", "run-1") == "failed"
+    assert writer.run_state("proj", "nope") is None
+
+
+def test_metrics_summaries_and_exactly_once(writer):
+    writer.write([envelope(1, run_start=start())])
+    values = [1.0, 5.0, math.nan, -2.0, math.inf, 3.0]
+    first = envelope(2, metrics=metrics(6, keys=["loss"], values=values))
+    assert writer.write([first]).points == 6
+    again = writer.write([first, first])  # same call, and a replay
+    assert (again.stored, again.duplicates, again.points) == (0, 2, 0)
+    # A fresh writer (e.g. after a restart) finds the key in ingested_requests.
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
+    assert fresh.write([first]).duplicates == 1
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(6,)]
+    summary = q(writer, "SELECT argMaxMerge(last), min(min), max(max), sum(count), max(last_step) "
+                        "FROM DB.metric_summaries WHERE key = 'loss'")  # fmt: skip
+    assert summary == [(3.0, -2.0, 5.0, 6, 5)]
+    stored = [v for (v,) in q(writer, "SELECT value FROM DB.metrics ORDER BY step")]
+    assert stored[:2] == [1.0, 5.0] and math.isnan(stored[2]) and stored[4] == math.inf
+
+
+def test_same_token_after_a_lost_ack_is_stored_once(writer):
+    """A crash between the metric insert and the ingested record: the replay's insert carries the
+    same dedup token, so neither the points nor the summaries are counted twice."""
+    writer.write([envelope(1, run_start=start())])
+    env = envelope(2, metrics=metrics(100))
+    writer._insert_metrics(
+        [(env, pb.IngestRequest.FromString(env.payload).metrics)], None
+    )  # the lost attempt
+    assert writer.write([env]).stored == 1
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(100,)]
+    assert q(writer, "SELECT sum(count) FROM DB.metric_summaries") == [(100,)]
+
+
+def test_caller_token_groups_envelopes_into_one_block(writer):
+    writer.write([envelope(1, run_start=start())])
+    envs = [envelope(10 + i, metrics=metrics(50, start=50 * i)) for i in range(4)]
+    assert writer.write(envs, token="topic:0:10-13").points == 200
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
+    fresh.client.command(f"TRUNCATE TABLE {writer.db}.ingested_requests")  # as if the record was lost
+    assert fresh.write(envs, token="topic:0:10-13").stored == 4
+    assert q(writer, "SELECT count(), uniqExact(key, step) FROM DB.metrics") == [(200, 200)]
+    assert q(writer, "SELECT sum(count) FROM DB.metric_summaries") == [(200,)]
+
+
+def test_system_metrics_and_ranks(writer):
+    writer.write([envelope(1, run_start=start())])
+    writer.write([envelope(2, metrics=metrics(4, keys=["cpu"], kind=types_pb2.METRIC_KIND_SYSTEM))])
+    batch = metrics(4, keys=["loss"])
+    batch.rank = 3
+    writer.write([envelope(3, metrics=batch)])
+    rows = q(writer, "SELECT kind, key, rank, count() FROM DB.metrics GROUP BY kind, key, rank ORDER BY kind")
+    assert rows == [("user", "loss", 3, 4), ("system", "cpu", 0, 4)]
+
+
+def test_concurrent_writes_of_the_same_request_store_it_once(writer):
+    writer.write([envelope(1, run_start=start())])
+    env = envelope(2, metrics=metrics(1000))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(writer.write([env]))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.stored for r in results) == 1 and sum(r.duplicates for r in results) == 3
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(1000,)]
+
+
+def test_artifact_versions_per_tag_and_inline_bytes(writer):
+    writer.write([envelope(1, run_start=start())])
+
+    def event(path, data, tag):
+        return pb.ArtifactEvent(project="proj", run_id="run-1", name="model", type="model", path=path,
+                                sha256=hashlib.sha256(data).hexdigest(), size=len(data), inline_data=data,
+                                version_tag=tag)  # fmt: skip
+
+    writer.write(
+        [
+            envelope(2, artifact=event("a.bin", b"one", "t1")),
+            envelope(3, artifact=event("b.bin", b"two", "t1")),
+        ]
+    )
+    writer.write([envelope(4, artifact=event("a.bin", b"three", "t2"))])
+    rows = q(writer, "SELECT path, version, size FROM DB.artifacts FINAL ORDER BY version, path")
+    assert rows == [("a.bin", 1, 3), ("b.bin", 1, 3), ("a.bin", 2, 5)]
+    assert b"".join(writer.artifact_store.open(hashlib.sha256(b"three").hexdigest())) == b"three"
+
+
+def test_undecodable_payload_is_refused_not_stored(writer):
+    bad = Envelope("client-a", 9, "proj", "run-1", b"\xff\xff\xff", 1)
+    result = writer.write([bad])
+    assert result.stored == 0 and "client-a:9" in result.refused
+    assert q(writer, "SELECT count() FROM DB.ingested_requests") == [(0,)]
