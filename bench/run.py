@@ -1,0 +1,356 @@
+"""Runstream against MLflow on the same workloads, in one invocation.
+
+    .venv/bin/python bench/run.py                      # full run, writes BENCHMARKS.md
+    .venv/bin/python bench/run.py --smoke --no-write   # tiny sizes, 1 repetition, prints only
+    .venv/bin/python bench/run.py --repeat 5 --only W1,W3
+
+Workload groups for --only: W1 W2 W3 W4 W5 (Runstream embedded vs MLflow), E (sustained ingest
+and log->visible latency, embedded vs MLflow), K (the same on the Kafka bus; MLflow n/a).
+See bench/README.md for what each one measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS_DIR, ROOT, Measure, Row, Sizes, Target, dump_json, free_port, log, machine_info
+
+GROUPS = ("W1", "W2", "W3", "W4", "W5", "E", "K")
+LOGGING_X = Target("≥ 1,000× MLflow", ratio=1000)
+QUERY_X = Target("≥ 10× MLflow", ratio=10)
+INGEST_ABS = Target("≥ 1 M points/s", at_least=1_000_000)
+LATENCY_ABS = Target("p99 < 1 s", at_most=1000)
+
+
+def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
+    """Every row of the table, in print order, with its DESIGN.md targets."""
+    s = sizes
+    rows = [
+        Row("W1", f"W1 per-step logging: 1 run, {s.w1_steps:,} steps × {s.w1_keys} metrics, one call per step, until queryable",
+            "points/s", True, (LOGGING_X,)),
+        Row("W2", f"W2 bulk logging: {s.w2_points:,} points into 1 run, fastest batch API, until queryable",
+            "points/s", True, (LOGGING_X,)),
+        Row("W3-setup", f"W3 setup: {s.w3_runs:,} runs × {s.w3_params} params × {s.w3_metrics} metrics × {s.w3_steps} steps, logged and queryable",
+            "s", False, ()),
+        Row("W3a-p50", f"W3a runs filtered on a param, sorted by a metric, top {s.w3_top}: p50", "ms", False, (QUERY_X,)),
+        Row("W3a-p95", f"W3a runs filtered on a param, sorted by a metric, top {s.w3_top}: p95", "ms", False,
+            (QUERY_X, Target("p95 < 100 ms (DESIGN: 10,000 runs)", at_most=100))),
+        Row("W3b-p50", f"W3b all {s.w3_runs:,} runs listed: p50", "ms", False, (QUERY_X,)),
+        Row("W3b-p95", f"W3b all {s.w3_runs:,} runs listed: p95", "ms", False, (QUERY_X,)),
+        Row("W4", f"W4 history: 1 metric with {s.w2_steps:,} steps fetched whole: p50", "ms", False, (QUERY_X,)),
+        Row("W5", f"W5 compare: 1 metric's full history for {s.w5_runs} runs ({s.w3_steps} steps each): total", "ms",
+            False, (QUERY_X,)),
+        Row("E-ingest", "Sustained end-to-end ingest, embedded (MLflow: log_batch threads)", "points/s", True,
+            (INGEST_ABS,)),
+        Row("E-lat-p50", "log → visible latency, embedded: p50", "ms", False, ()),
+        Row("E-lat-p99", "log → visible latency, embedded: p99", "ms", False, (LATENCY_ABS,)),
+        Row("K-ingest", "Sustained end-to-end ingest, Kafka bus", "points/s", True, (INGEST_ABS,),
+            mlflow_na="n/a (no Kafka mode)"),
+        Row("K-lat-p50", "log → visible latency, Kafka bus: p50", "ms", False, (), mlflow_na="n/a (no Kafka mode)"),
+        Row("K-lat-p99", "log → visible latency, Kafka bus: p99", "ms", False, (LATENCY_ABS,),
+            mlflow_na="n/a (no Kafka mode)"),
+    ]  # fmt: skip
+    return [r for r in rows if group_of(r.id) in groups]
+
+
+def group_of(row_id: str) -> str:
+    return row_id.split("-")[0][:2] if row_id.startswith("W") else row_id[0]
+
+
+# Which rows a workload's result fills: workload -> [(row id, result part or None)].
+FILLS = {
+    "W1": [("W1", None)],
+    "W2": [("W2", None)],
+    "W3": [("W3a-p50", "a_p50"), ("W3a-p95", "a_p95"), ("W3b-p50", "b_p50"), ("W3b-p95", "b_p95")],
+    "W4": [("W4", None)],
+    "W5": [("W5", None)],
+    "SUSTAINED": [("{m}-ingest", None)],
+    "LATENCY": [("{m}-lat-p50", "p50"), ("{m}-lat-p99", "p99")],
+}
+
+
+def _fill(rows: dict[str, Row], side: str, workload: str, result: dict, mode: str = "E") -> None:
+    for row_id, part in FILLS[workload]:
+        row = rows.get(row_id.format(m=mode))
+        if row is None:
+            continue
+        samples = result["parts"][part] if part else result["samples"]
+        setattr(row, side, Measure(samples=list(samples), detail=result.get("detail", {})))
+    if workload == "W3" and "W3-setup" in rows and "setup_s" in result.get("detail", {}):
+        setattr(rows["W3-setup"], side, Measure(samples=[result["detail"]["setup_s"]]))
+
+
+def _fail(rows: dict[str, Row], side: str, workload: str, exc: BaseException, mode: str = "E") -> None:
+    message = f"{side} {workload}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+    log(message)
+    traceback.print_exc(file=sys.stderr)
+    for row_id, _ in FILLS[workload]:
+        row = rows.get(row_id.format(m=mode))
+        if row is not None:
+            row.error = (row.error + "; " if row.error else "") + message
+
+
+def _workloads(groups: set[str], mode: str) -> list[str]:
+    order = []
+    if mode == "E":
+        order += [w for w in ("W1", "W2", "W3", "W4", "W5") if w in groups]
+        if "W3" not in groups and "W3-setup" in groups:
+            order.append("W3")
+    if mode in groups:
+        order += ["SUSTAINED", "LATENCY"]
+    return order
+
+
+def run_runstream(rows: dict[str, Row], sizes: Sizes, repeat: int, groups: set[str], workdir: Path) -> None:
+    from runstream_side import RunstreamSide
+
+    for mode, bus in (("E", "embedded"), ("K", "kafka")):
+        workloads = _workloads(groups, mode)
+        if not workloads:
+            continue
+        log(f"Runstream ({bus}): starting the server")
+        try:
+            side = RunstreamSide(workdir / f"runstream-{bus}", bus=bus, sizes=sizes).start()
+        except Exception as exc:  # the table still prints, with the reason
+            for w in workloads:
+                _fail(rows, "runstream", w, exc, mode)
+            continue
+        try:
+            for w in workloads:
+                log(f"Runstream ({bus}): {w}")
+                t0 = time.monotonic()
+                try:
+                    _fill(rows, "runstream", w, side.run(w, repeat), mode)
+                except Exception as exc:
+                    _fail(rows, "runstream", w, exc, mode)
+                log(f"Runstream ({bus}): {w} took {time.monotonic() - t0:.1f}s")
+        finally:
+            side.stop()
+
+
+def run_mlflow(
+    rows: dict[str, Row], sizes: Sizes, repeat: int, groups: set[str], workdir: Path
+) -> str | None:
+    import mlflow_side
+
+    workloads = _workloads(groups, "E")
+    if not workloads:
+        return None
+    try:
+        version = mlflow_side.ensure_venv(log)
+        log(f"MLflow {version}: starting mlflow server (SQLite)")
+        server = mlflow_side.MLflowServer(free_port(), workdir / "mlflow").start()
+    except Exception as exc:
+        for w in workloads:
+            _fail(rows, "mlflow", w, exc)
+        return None
+    state = workdir / "mlflow-state.json"
+    try:
+        for w in workloads:
+            log(f"MLflow: {w}")
+            t0 = time.monotonic()
+            try:
+                _fill(
+                    rows, "mlflow", w, mlflow_side.run_workload(w, server.uri, asdict(sizes), repeat, state)
+                )
+            except Exception as exc:
+                _fail(rows, "mlflow", w, exc)
+            log(f"MLflow: {w} took {time.monotonic() - t0:.1f}s")
+    finally:
+        server.stop()
+    return version
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "points/s":
+        if value >= 1e6:
+            return f"{value / 1e6:.2f} M"
+        if value >= 1e3:
+            return f"{value / 1e3:.1f} k"
+        return f"{value:.0f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_measure(m: Measure | None, unit: str) -> str:
+    if m is None:
+        return "—"
+    if len(m.samples) == 1:
+        return fmt(m.median, unit)
+    return f"{fmt(m.median, unit)} ({fmt(m.min, unit)}–{fmt(m.max, unit)})"
+
+
+def fmt_ratio(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
+
+
+def target_cell(row: Row) -> tuple[str, str]:
+    texts, verdicts = [], []
+    for target, attained in row.attainments():
+        texts.append(target.text)
+        if attained is None:
+            verdicts.append("—")
+        elif attained >= 1:
+            verdicts.append("yes")
+        else:
+            verdicts.append(
+                f"no ({attained:.0%} of it)" if attained >= 0.01 else f"no ({attained:.1e} of it)"
+            )
+    return ("; ".join(texts) or "—", "; ".join(verdicts) or "—")
+
+
+def slowest(rows: list[Row]) -> tuple[Row, Target, float] | None:
+    """The row furthest below (or least above) one of its targets."""
+    worst = None
+    for row in rows:
+        for target, attained in row.attainments():
+            if attained is not None and (worst is None or attained < worst[2]):
+                worst = (row, target, attained)
+    return worst
+
+
+def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, elapsed_s: float) -> str:
+    lines = [
+        "# Benchmarks: Runstream against MLflow",
+        "",
+        "Generated by `.venv/bin/python bench/run.py` — do not edit by hand; rerun the script.",
+        f"Run at {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, {repeat} repetition(s) per workload"
+        + (" (SMOKE sizes: not meaningful)" if smoke else "")
+        + f", {elapsed_s / 60:.1f} min in all.",
+        "",
+        "Each cell: median of the repetitions (min–max). The speed-up column is oriented so that"
+        " **> 1 means Runstream is better**: Runstream/MLflow for throughputs, MLflow/Runstream for times.",
+        "Both sides run on this machine, one after the other, each with its own server in a child process:"
+        " `runstream server` (embedded: chDB + local artifacts; Kafka row: the Kafka bus) and a real"
+        " `mlflow server` (SQLite backend, local artifact root, its own virtualenv). Clients are the"
+        " public SDKs (`runstream`, `mlflow`).",
+        "",
+        "| Workload | Unit | Runstream | MLflow | Speed-up (> 1: Runstream better) | DESIGN.md target | Met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        target_text, verdict = target_cell(r)
+        mlflow_cell = r.mlflow_na if r.mlflow_na else fmt_measure(r.mlflow, r.unit)
+        rs_cell = fmt_measure(r.runstream, r.unit)
+        if r.error:
+            rs_cell = rs_cell if r.runstream else "error"
+            mlflow_cell = mlflow_cell if (r.mlflow or r.mlflow_na) else "error"
+        lines.append(
+            f"| {r.title} | {r.unit} | {rs_cell} | {mlflow_cell} | {fmt_ratio(r.speedup)} | {target_text} | {verdict} |"
+        )
+    errors = [r for r in rows if r.error]
+    if errors:
+        lines += ["", "Errors (the row's cell reads `error`):", ""]
+        lines += [f"- {r.id}: {r.error}" for r in errors]
+    worst = slowest(rows)
+    if worst:
+        row, target, attained = worst
+        lines += [
+            "",
+            f"**Furthest from its target:** {row.id} ({row.title}) — target {target.text}, reached"
+            f" {attained:.1%} of it.",
+        ]
+    lines += ["", "## Machine", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    lines += ["", "## Sizes", "", "```", json.dumps(asdict(sizes), indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and 1 repetition (checks the code paths)")
+    p.add_argument("--repeat", type=int, help="repetitions per workload (default 3; --smoke: 1)")
+    p.add_argument("--only", help=f"comma list of groups among {','.join(GROUPS)} (default: all)")
+    p.add_argument("--no-write", action="store_true", help="print the table; leave BENCHMARKS.md alone")
+    p.add_argument(
+        "--mlflow",
+        choices=["on", "off", "if-installed"],
+        default="on",
+        help="on: make MLflow's venv when missing (default); if-installed: only when it exists; off: skip",
+    )
+    p.add_argument("--skip-runstream", action="store_true", help="run the MLflow side only")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md", help="Markdown file to write")
+    p.add_argument("--json", type=Path, help="JSON results file (default bench/.results/<time>.json)")
+    return p.parse_args(argv)
+
+
+def run_benchmark(argv: list[str] | None = None) -> dict:
+    """Runs the selected workloads and returns the JSON report (also written to disk)."""
+    import mlflow_side
+
+    args = parse_args(argv)
+    sizes = Sizes.smoke() if args.smoke else Sizes.full()
+    repeat = args.repeat or (1 if args.smoke else 3)
+    groups = set(GROUPS) if not args.only else {g.strip().upper() for g in args.only.split(",") if g.strip()}
+    unknown = groups - set(GROUPS)
+    if unknown:
+        raise SystemExit(f"unknown workload group(s) {sorted(unknown)}; choose among {','.join(GROUPS)}")
+    row_list = define_rows(sizes, groups)
+    rows = {r.id: r for r in row_list}
+    started = time.monotonic()
+    mlflow_version = None
+    with tempfile.TemporaryDirectory(prefix="runstream-bench-") as tmp:
+        workdir = Path(tmp)
+        if not args.skip_runstream:
+            run_runstream(rows, sizes, repeat, groups, workdir)
+        use_mlflow = args.mlflow == "on" or (args.mlflow == "if-installed" and mlflow_side.venv_ready())
+        if use_mlflow:
+            mlflow_version = run_mlflow(rows, sizes, repeat, groups, workdir)
+        else:
+            for r in row_list:
+                if not r.mlflow_na:
+                    r.mlflow_na = "not run"
+    elapsed = time.monotonic() - started
+    info = machine_info(mlflow_version)
+    markdown = render(row_list, info, sizes, repeat, args.smoke, elapsed)
+    report = {
+        "time": dt.datetime.now(dt.UTC).isoformat(),
+        "smoke": args.smoke,
+        "repeat": repeat,
+        "groups": sorted(groups),
+        "elapsed_s": elapsed,
+        "machine": info,
+        "sizes": asdict(sizes),
+        "rows": [r.to_json() for r in row_list],
+        "markdown": markdown,
+    }
+    json_path = args.json or RESULTS_DIR / f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    dump_json(json_path, report)
+    print(markdown)
+    if not args.no_write:
+        args.output.write_text(markdown)
+        log(f"wrote {args.output} and {json_path}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    report = run_benchmark(argv)
+    return 1 if any(r["error"] for r in report["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
