@@ -1,0 +1,138 @@
+"""Plotly figures for the dashboard. Pure functions of DataFrames: no Streamlit, no data access."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
+X_TITLES = {"step": "step", "time": "time", "relative": "minutes since start"}
+STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "failed": "#d62728", "crashed": "#ff7f0e"}
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing). `weight` in [0, 1): 0 is no
+    smoothing. NaN points are skipped (they keep the running average) and stay NaN."""
+    y = np.asarray(values, dtype=float)
+    if weight <= 0 or y.size == 0:
+        return y
+    out = np.empty_like(y)
+    last, n = 0.0, 0
+    for i, v in enumerate(y):
+        if not np.isfinite(v):
+            out[i] = v
+            continue
+        last = last * weight + (1 - weight) * v
+        n += 1
+        out[i] = last / (1 - weight**n)
+    return out
+
+
+def _x_values(x: np.ndarray, x_axis: str) -> np.ndarray | pd.DatetimeIndex:
+    if x_axis == "time":
+        return pd.to_datetime(x, unit="ms")
+    if x_axis == "relative":
+        return x / 60_000.0
+    return x
+
+
+def learning_curves(
+    series: pd.DataFrame,
+    key: str,
+    labels: dict[str, str],
+    *,
+    x_axis: str = "step",
+    smoothing: float = 0.0,
+    log_y: bool = False,
+    height: int = 360,
+) -> go.Figure:
+    """One trace per (run, rank) of metric `key`, overlaid; `labels` maps run_id -> legend name
+    and fixes the color order, so a run keeps its color across charts."""
+    fig = go.Figure()
+    colors = {run_id: PALETTE[i % len(PALETTE)] for i, run_id in enumerate(labels)}
+    part = series[series["key"] == key]
+    for (run_id, rank), pts in part.groupby(["run_id", "rank"], sort=False):
+        pts = pts.sort_values("x")
+        name = labels.get(run_id, run_id)
+        if part["rank"].nunique() > 1:
+            name = f"{name} (rank {rank})"
+        fig.add_trace(
+            go.Scatter(
+                x=_x_values(pts["x"].to_numpy(), x_axis),
+                y=ema(pts["y"].to_numpy(), smoothing),
+                mode="lines",
+                name=name,
+                line={"color": colors.get(run_id), "width": 1.6},
+                hovertemplate=f"{name}<br>%{{x}}: %{{y:.5g}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title={"text": key, "x": 0.01, "font": {"size": 15}},
+        height=height,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        legend={"font": {"size": 11}},
+        hovermode="closest",
+        template="plotly_white",
+    )
+    fig.update_xaxes(title_text=X_TITLES.get(x_axis, x_axis))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def parallel_coordinates(
+    runs: pd.DataFrame, dimensions: list[str], metric: str, *, height: int = 480
+) -> go.Figure:
+    """Parallel coordinates: one axis per column in `dimensions` (numbers as they are, text as
+    categories), the last axis and the line color is `metric`."""
+    dims = []
+    for col in [*dimensions, metric]:
+        values = runs[col]
+        label = col.split(".", 1)[-1]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().all():
+            dims.append({"label": label, "values": numeric.to_numpy()})
+            continue
+        cats = sorted(values.astype(str).unique())
+        codes = values.astype(str).map({c: i for i, c in enumerate(cats)})
+        dims.append(
+            {"label": label, "values": codes.to_numpy(), "tickvals": list(range(len(cats))), "ticktext": cats}
+        )
+    color = pd.to_numeric(runs[metric], errors="coerce")
+    fig = go.Figure(
+        go.Parcoords(
+            line={
+                "color": color.fillna(color.min() if color.notna().any() else 0),
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": metric.split(".", 1)[-1]}},
+            },
+            dimensions=dims,
+        )
+    )
+    fig.update_layout(height=height, margin={"l": 60, "r": 40, "t": 50, "b": 30}, template="plotly_white")
+    return fig
+
+
+def config_diff(configs: dict[str, dict], only_different: bool = True) -> pd.DataFrame:
+    """Rows: config keys; columns: runs (by label). With `only_different`, keys whose value is the
+    same in every run are dropped. A `differs` column says which rows disagree."""
+    keys = sorted(set().union(*[c.keys() for c in configs.values()])) if configs else []
+    rows = {}
+    for key in keys:
+        rows[key] = {label: display_value(cfg.get(key, "—")) for label, cfg in configs.items()}
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=list(configs))
+    df.index.name = "key"
+    differs = df.nunique(axis=1, dropna=False) > 1 if not df.empty else pd.Series(dtype=bool)
+    df["differs"] = differs
+    if only_different:
+        df = df[df["differs"]]
+    return df
+
+
+def display_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

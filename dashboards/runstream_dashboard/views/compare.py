@@ -1,0 +1,83 @@
+"""Compare 2+ runs (/compare?project=<p>&runs=<id>,<id>): the config keys that differ,
+highlighted, their metric summaries side by side, and one metric overlaid."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from runstream_dashboard import charts, state
+from runstream_dashboard import queries as q
+
+MAX_COMPARED = 10
+HIGHLIGHT = "background-color: rgba(255, 196, 0, 0.28)"
+
+project = state.require_project()
+st.title(f"Compare · {project}")
+
+try:
+    recent = q.search_runs(project, "", ("-start",), 500).runs
+except q.QueryError as exc:
+    st.error(exc.message)
+    st.stop()
+
+from_url = [r for r in (st.query_params.get("runs") or "").split(",") if r]
+wanted = from_url or state.selected_runs()
+names = dict(zip(recent["run_id"], recent["name"], strict=True))
+for run_id in wanted:
+    names.setdefault(run_id, state.label(run_id))
+
+chosen = st.multiselect(
+    "Runs",
+    list(names),
+    default=[r for r in wanted if r in names][:MAX_COMPARED],
+    format_func=lambda r: f"{names.get(r, r)} · {r[:8]}",
+    max_selections=MAX_COMPARED,
+    key=f"compare_runs:{project}:{','.join(wanted)}",
+)
+st.query_params["runs"] = ",".join(chosen)
+if len(chosen) < 2:
+    st.info("Pick two or more runs (or select them in the Runs table and press *Compare selected*).")
+    st.stop()
+
+details = {}
+for run_id in chosen:
+    try:
+        details[run_id] = q.get_run(project, run_id)
+    except q.QueryError as exc:
+        st.error(f"{run_id}: {exc.message}")
+        st.stop()
+
+labels = {}
+for run_id, run in details.items():
+    label = run.info["name"]
+    labels[run_id] = label if label not in labels.values() else f"{label} · {run_id[:6]}"
+
+only_different = st.toggle("Only keys that differ", value=True, key="compare_only_diff")
+diff = charts.config_diff({labels[r]: d.config for r, d in details.items()}, only_different=only_different)
+st.subheader("Config")
+n_diff = int(diff["differs"].sum()) if not diff.empty else 0
+st.caption(f"{n_diff} differing keys (highlighted)")
+if diff.empty:
+    st.success("The configs are identical.")
+else:
+    shown = diff.drop(columns=["differs"])
+    styled = shown.style.apply(
+        lambda row: [HIGHLIGHT if diff.loc[row.name, "differs"] else "" for _ in row], axis=1
+    )
+    st.dataframe(styled, width="stretch", key="compare_config")
+
+st.subheader("Metrics (last value)")
+summary = pd.DataFrame({labels[r]: d.metrics.set_index("key")["last"] for r, d in details.items()})
+if summary.empty:
+    st.caption("No metrics logged.")
+else:
+    summary.index.name = "metric"
+    st.dataframe(summary.style.format("{:.5g}", na_rep="—"), width="stretch", key="compare_metrics")
+    metric = st.selectbox("Overlay", list(summary.index), key=f"compare_metric:{project}")
+    try:
+        series = q.metric_series(project, tuple(chosen), (metric,), "step", 1000)
+    except q.QueryError as exc:
+        st.error(exc.message)
+        st.stop()
+    st.plotly_chart(charts.learning_curves(series, metric, labels), width="stretch", key="compare_curve")

@@ -1,0 +1,242 @@
+"""One run, addressable as /run?project=<p>&run=<id>: config, summary, tags, notes, context,
+metric and system-metric charts, artifacts with download and image preview."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+
+import pandas as pd
+import streamlit as st
+
+from runstream_dashboard import charts, state
+from runstream_dashboard import queries as q
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MAX_PREVIEW_BYTES = 8 * 1024 * 1024
+MAX_CHARTS = 12
+STATE_BADGES = {
+    "running": ":blue-badge[running]",
+    "finished": ":green-badge[finished]",
+    "failed": ":red-badge[failed]",
+    "crashed": ":orange-badge[crashed]",
+    "killed": ":gray-badge[killed]",
+}
+
+project = state.require_project()
+run_id = st.query_params.get("run") or ""
+
+if not run_id:
+    st.title("Run")
+    try:
+        recent = q.search_runs(project, "", ("-start",), 200).runs
+    except q.QueryError as exc:
+        st.error(exc.message)
+        st.stop()
+    if recent.empty:
+        st.info("This project has no runs yet.")
+        st.stop()
+    options = dict(zip(recent["run_id"], recent["name"] + "  ·  " + recent["run_id"], strict=True))
+    picked = st.selectbox("Run", list(options), format_func=options.get, index=None, placeholder="Pick a run")
+    if picked:
+        st.query_params["run"] = picked
+        st.rerun()
+    st.stop()
+
+try:
+    run = q.get_run(project, run_id)
+except q.QueryError as exc:
+    st.title("Run")
+    st.error(exc.message)
+    st.stop()
+st.query_params["run"] = run_id
+
+info = run.info
+st.title(info["name"])
+duration = f"{info['duration_s']:.0f} s" if info.get("duration_s") is not None else "—"
+st.markdown(
+    f"{STATE_BADGES.get(info['state'], info['state'])} &nbsp; `{run_id}` &nbsp; "
+    f"group **{info['group'] or '—'}** · job type **{info['job_type'] or '—'}** · "
+    f"started {info['start']:%Y-%m-%d %H:%M:%S} · duration {duration} · "
+    f"user {info['user'] or '—'} · host {info['host'] or '—'}"
+    if info.get("start") is not None
+    else f"{STATE_BADGES.get(info['state'], info['state'])} `{run_id}`"
+)
+if run.tags:
+    st.markdown(
+        " ".join(f":violet-badge[{k}={v}]" if v else f":violet-badge[{k}]" for k, v in run.tags.items())
+    )
+live = st.toggle(
+    "Live refresh", value=run.running, key="run_live", help="Reload this run every 5 s while it runs"
+)
+
+
+@st.fragment(run_every=5 if live else None)
+def _watch_state() -> None:
+    """Reloads the whole page when the run's state or metric counts change (live runs)."""
+    try:
+        now = q.get_run(project, run_id)
+    except q.QueryError:
+        return
+    if now.info["state"] != info["state"] or not now.metrics.equals(run.metrics):
+        st.rerun()
+
+
+_watch_state()
+
+tab_overview, tab_metrics, tab_system, tab_artifacts, tab_context = st.tabs(
+    ["Overview", "Metrics", "System", "Artifacts", "Context"]
+)
+
+
+def _kv_table(values: dict) -> pd.DataFrame:
+    return pd.DataFrame({"key": list(values), "value": [charts.display_value(v) for v in values.values()]})
+
+
+with tab_overview:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Config")
+        if run.config:
+            st.dataframe(_kv_table(run.config), hide_index=True, width="stretch", key="run_config")
+        else:
+            st.caption("No config logged.")
+    with right:
+        st.subheader("Summary")
+        if run.summary:
+            st.dataframe(_kv_table(run.summary), hide_index=True, width="stretch", key="run_summary")
+        st.dataframe(
+            run.metrics,
+            hide_index=True,
+            width="stretch",
+            key="run_metric_summaries",
+            column_config={
+                c: st.column_config.NumberColumn(c, format="%.5g") for c in ("last", "min", "max")
+            },
+        )
+    st.subheader("Notes")
+    st.markdown(run.notes or "_No notes._")
+    if run.datasets:
+        st.subheader("Datasets")
+        st.dataframe(pd.DataFrame(run.datasets), hide_index=True, width="stretch")
+
+
+def _charts(keys: list[str], system: bool, smoothing: float) -> None:
+    if not keys:
+        st.caption("Nothing logged.")
+        return
+    try:
+        series = q.metric_series(
+            project, (run_id,), tuple(keys[:MAX_CHARTS]), "step" if not system else "relative", 1000, system
+        )
+    except q.QueryError as exc:
+        st.error(exc.message)
+        return
+    grid = st.columns(2)
+    for i, key in enumerate(keys[:MAX_CHARTS]):
+        fig = charts.learning_curves(
+            series,
+            key,
+            {run_id: info["name"]},
+            x_axis="relative" if system else "step",
+            smoothing=smoothing,
+            height=280,
+        )
+        fig.update_layout(showlegend=False)
+        grid[i % 2].plotly_chart(fig, width="stretch", key=f"run_chart:{system}:{key}")
+    if len(keys) > MAX_CHARTS:
+        st.caption(f"Showing {MAX_CHARTS} of {len(keys)} keys.")
+
+
+try:
+    run_keys = q.list_keys(project, (run_id,))
+except q.QueryError as exc:
+    st.error(exc.message)
+    st.stop()
+
+with tab_metrics:
+    smoothing = st.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01, key="run_smoothing")
+
+    @st.fragment(run_every=5 if live else None)
+    def metric_charts() -> None:
+        _charts(list(run_keys.metric_keys), False, smoothing)
+
+    metric_charts()
+
+with tab_system:
+
+    @st.fragment(run_every=5 if live else None)
+    def system_charts() -> None:
+        _charts(list(run_keys.system_metric_keys), True, 0.0)
+
+    system_charts()
+
+with tab_artifacts:
+    if run.artifacts.empty:
+        st.caption("No artifacts logged.")
+    else:
+        st.dataframe(
+            run.artifacts.drop(columns=["uri"]),
+            hide_index=True,
+            width="stretch",
+            key="run_artifacts",
+            column_config={"size": st.column_config.NumberColumn("size (bytes)", format="%d")},
+        )
+        for i, art in run.artifacts.iterrows():
+            file_name = PurePosixPath(art["path"]).name or art["name"]
+            with st.container(border=True):
+                st.markdown(f"**{art['name']}** v{art['version']} · `{art['path']}` · {art['size']:,} bytes")
+                st.download_button(
+                    f"Download {file_name}",
+                    data=lambda sha=art["sha256"]: q.download_artifact(project, run_id, sha),
+                    file_name=file_name,
+                    key=f"download:{i}",
+                    icon=":material/download:",
+                )
+                if (
+                    PurePosixPath(art["path"]).suffix.lower() in IMAGE_SUFFIXES
+                    and art["size"] <= MAX_PREVIEW_BYTES
+                ):
+                    try:
+                        st.image(
+                            q.download_artifact(project, run_id, art["sha256"]),
+                            caption=art["path"],
+                            width=420,
+                        )
+                    except q.QueryError as exc:
+                        st.warning(f"Preview unavailable: {exc.message}")
+
+with tab_context:
+    ctx = run.context
+    c1, c2 = st.columns(2)
+    with c1:
+        st.subheader("Code")
+        dirty = " (uncommitted changes)" if ctx["git_dirty"] else ""
+        st.markdown(
+            f"commit `{ctx['git_commit'] or '—'}`{dirty}  \nbranch `{ctx['git_branch'] or '—'}`  \n"
+            f"remote `{ctx['git_remote'] or '—'}`"
+        )
+        if ctx["command"]:
+            st.code(" ".join(ctx["command"]), language="bash")
+        if ctx["seeds"]:
+            st.markdown("seeds: " + ", ".join(f"`{k}={v}`" for k, v in ctx["seeds"].items()))
+    with c2:
+        st.subheader("Environment")
+        st.markdown(
+            f"host `{ctx['host'] or '—'}` · user `{ctx['user'] or '—'}`  \n"
+            f"python `{ctx['python_version'] or '—'}` · env `{ctx['env_name'] or '—'}`  \n"
+            f"os `{ctx['os'] or '—'}`  \ncpu `{ctx['cpu'] or '—'}`  \n"
+            f"gpus {', '.join(f'`{g}`' for g in ctx['gpus']) or '—'} · world size {ctx['world_size'] or 1}"
+        )
+    if ctx["packages"]:
+        with st.expander(f"Packages ({len(ctx['packages'])})"):
+            st.dataframe(
+                pd.DataFrame({"package": list(ctx["packages"]), "version": list(ctx["packages"].values())}),
+                hide_index=True,
+                width="stretch",
+            )
+    if ctx["git_diff"]:
+        with st.expander("git diff"):
+            st.code(ctx["git_diff"], language="diff")
+    with st.expander("Raw context (JSON)"):
+        st.code(json.dumps({k: v for k, v in ctx.items() if k != "git_diff"}, indent=2), language="json")

@@ -1,0 +1,93 @@
+"""Sweep view: parallel coordinates of params → a chosen metric over the runs a filter selects
+(e.g. one group), plus the best runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from runstream_dashboard import charts, state
+from runstream_dashboard import queries as q
+
+MAX_RUNS = 2000
+MAX_PARAMS = 40
+
+project = state.require_project()
+st.title(f"Sweep · {project}")
+
+try:
+    keys = q.list_keys(project)
+except q.QueryError as exc:
+    st.error(exc.message)
+    st.stop()
+if not keys.metric_keys or not keys.param_keys:
+    st.info("A sweep view needs runs with params and metrics.")
+    st.stop()
+
+c_filter, c_metric, c_goal = st.columns([5, 3, 2], vertical_alignment="bottom")
+filter_text = c_filter.text_input(
+    "Runs (filter)", key="sweep_filter", placeholder='group = "lr-sweep" and state = "finished"'
+).strip()
+filter_error = c_filter.empty()
+preferred = sorted(keys.metric_keys, key=lambda k: (not k.startswith("val"), k))
+metric = c_metric.selectbox("Metric", preferred, key=f"sweep_metric:{project}")
+goal = c_goal.segmented_control("Best is", ["max", "min"], default="max", key="sweep_goal") or "max"
+
+param_keys = tuple(keys.param_keys[:MAX_PARAMS])
+try:
+    page = q.search_runs(
+        project,
+        filter_text,
+        (f"-metrics.{metric}" if goal == "max" else f"metrics.{metric}",),
+        MAX_RUNS,
+        "",
+        param_keys,
+        (metric,),
+    )
+except q.QueryError as exc:
+    if exc.unreachable:
+        st.error(exc.message)
+    else:
+        filter_error.error(f"**{exc.code}**: {exc.message}", icon=":material/error:")
+    st.stop()
+
+runs = page.runs
+metric_col = f"metrics.{metric}"
+runs = runs[pd.to_numeric(runs[metric_col], errors="coerce").notna()]
+if runs.empty:
+    st.info(f"No run matching the filter has logged `{metric}`.")
+    st.stop()
+
+varying = [
+    f"params.{k}"
+    for k in param_keys
+    if runs[f"params.{k}"].notna().any() and runs[f"params.{k}"].astype(str).nunique() > 1
+]
+dims = st.multiselect(
+    "Params (axes)",
+    [f"params.{k}" for k in param_keys],
+    default=varying[:10],
+    format_func=lambda c: c.removeprefix("params."),
+    key=f"sweep_dims:{project}:{filter_text}",
+)
+if not dims:
+    st.info("Choose at least one param.")
+    st.stop()
+
+st.caption(
+    f"{len(runs):,} runs"
+    + (f" of {page.total:,} (the best {MAX_RUNS:,} are shown)" if page.total > len(runs) else "")
+    + f" · color = {metric}"
+)
+st.plotly_chart(charts.parallel_coordinates(runs, dims, metric_col), width="stretch", key="sweep_parcoords")
+
+st.subheader(f"Best runs by {metric} ({goal})")
+st.dataframe(
+    runs[["name", "state", *dims, metric_col]].head(10),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        metric_col: st.column_config.NumberColumn(metric, format="%.5g"),
+        **{d: st.column_config.Column(d.removeprefix("params.")) for d in dims},
+    },
+)
