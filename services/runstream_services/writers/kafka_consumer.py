@@ -1,0 +1,381 @@
+"""The Kafka writer: a consumer-group member that turns bus records into ClickHouse inserts.
+
+Exactly-once visible, even after kill -9:
+- records are grouped per partition into blocks of consecutive offsets [first, last];
+- before a block is inserted, an intent row (topic, partition, first, last) goes to
+  `writer_intents`; the block is written with the token `topic:partition:first:last`
+  (StoreWriter passes it on as insert_deduplication_token);
+- the offset last+1 is committed only after the insert succeeded, and a partition's next block is
+  formed only after that commit;
+- when a partition is assigned (start-up, rebalance), an intent whose first offset is at or past
+  the committed offset names a block that may be half-written: the writer re-forms exactly that
+  block first, so the same token reaches ClickHouse and the duplicate insert is dropped.
+StoreWriter additionally skips requests whose (client_id, seq) is already stored, which removes
+duplicates the SDK or ingest created by resending (different offsets, same request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from runstream_services.bus.kafka import (
+    DEFAULT_PARTITIONS,
+    ensure_topics,
+    envelope_from_record,
+    max_record_bytes,
+    record_points,
+    topics,
+)
+from runstream_services.config import ServerSettings
+from runstream_services.errors import Unavailable
+from runstream_services.storage.clickhouse import connect
+
+log = logging.getLogger("runstream.kafka_writer")
+
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+MAX_BLOCK_BYTES_FACTOR = 4  # a block holds at most this many max-size messages' worth of bytes
+
+
+def block_token(topic: str, partition: int, first: int, last: int) -> str:
+    return f"{topic}:{partition}:{first}:{last}"
+
+
+@dataclass
+class _Block:
+    """Consecutive records of one partition, written and committed together."""
+
+    first: int
+    last: int = -1
+    records: list = field(default_factory=list)
+    points: int = 0
+    nbytes: int = 0
+    opened: float = field(default_factory=time.monotonic)
+    replay_of: tuple[int, int] | None = None  # (first, last) of the intent this block re-forms
+
+    def add(self, record) -> None:
+        self.records.append(record)
+        self.last = record.offset
+        self.points += record_points(record)
+        self.nbytes += len(record.value or b"")
+
+
+@dataclass
+class _PartitionState:
+    open: _Block | None = None
+    ready: list[_Block] = field(default_factory=list)
+    replay: tuple[int, int] | None = None  # intent (first, last) still to re-form
+    committed: int | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, loop: KafkaWriterLoop):
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked):
+        await self.loop._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned):
+        await self.loop._on_assigned(assigned)
+
+
+class KafkaWriterLoop:
+    """Consumes the bus topics in group `settings.kafka_group_id` and writes through
+    `store_writer.write(envelopes, token=...)` (called in a worker thread)."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store_writer: Any,
+        *,
+        client: Any | None = None,
+        metrics: Any | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+    ):
+        if not settings.kafka_bootstrap:
+            raise Unavailable(
+                "the Kafka writer needs kafka_bootstrap (host:port) / RUNSTREAM_KAFKA_BOOTSTRAP"
+            )
+        self.settings = settings
+        self.store_writer = store_writer
+        self.client = client if client is not None else getattr(store_writer, "client", None)
+        if self.client is None:
+            self.client = connect(settings.resolved_clickhouse_dsn)
+        self.db = getattr(store_writer, "db", None) or settings.clickhouse_database
+        self.partitions = partitions
+        self.topics = topics(settings.kafka_topic_prefix)
+        self.max_block_points = settings.writer_max_block_points
+        self.max_block_bytes = MAX_BLOCK_BYTES_FACTOR * max_record_bytes(settings)
+        self.flush_interval_s = settings.writer_flush_interval_s
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._parts: dict[TopicPartition, _PartitionState] = {}
+        self._metrics = metrics
+        # counters, also exported through `collect()`
+        self.blocks_written = 0
+        self.records_written = 0
+        self.points_written = 0
+        self.replayed_blocks = 0
+        self.errors = 0
+        if metrics is not None:
+            metrics.add_collector(self.collect)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings, self.partitions)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.kafka_group_id,
+            client_id="runstream-writer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=max(8 << 20, max_record_bytes(self.settings)),
+            fetch_max_bytes=max(64 << 20, max_record_bytes(self.settings)),
+            fetch_max_wait_ms=max(10, int(self.flush_interval_s * 1000)),
+            max_poll_interval_ms=600_000,  # a slow insert must not cost the partition
+        )
+        consumer.subscribe(self.topics, listener=_Rebalance(self))
+        self._consumer = consumer  # before start(): the first assignment may arrive during it
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            self._consumer = None
+            await consumer.stop()
+            raise Unavailable(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="runstream-kafka-writer")
+
+    async def stop(self) -> None:
+        """Writes and commits what was already read, then leaves the group. Idempotent."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await task
+            except Exception:
+                log.exception("Kafka writer loop ended with an error")
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    # ---- lag ----------------------------------------------------------------------------------
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records of each assigned partition not yet stored: high watermark - committed."""
+        consumer = self._consumer
+        out: dict[tuple[str, int], int] = {}
+        if consumer is None:
+            return out
+        for tp, state in list(self._parts.items()):
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            done = state.committed if state.committed is not None else 0
+            out[(tp.topic, tp.partition)] = max(0, high - done)
+        return out
+
+    def total_lag(self) -> int:
+        return sum(self.lag().values())
+
+    def collect(self) -> Iterable[tuple[str, dict[str, str], float]]:
+        """Prometheus samples (Metrics.add_collector)."""
+        for (topic, partition), value in self.lag().items():
+            yield "runstream_kafka_writer_lag_records", {"topic": topic, "partition": str(partition)}, value
+        yield "runstream_kafka_writer_lag_records_total", {}, self.total_lag()
+        yield "runstream_kafka_writer_blocks_total", {}, self.blocks_written
+        yield "runstream_kafka_writer_replayed_blocks_total", {}, self.replayed_blocks
+        yield "runstream_kafka_writer_points_total", {}, self.points_written
+        yield "runstream_kafka_writer_errors_total", {}, self.errors
+
+    # ---- rebalance ----------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked) -> None:
+        # The group coordinator calls this from its own task: wait for the blocks being written
+        # (and committed) to finish; blocks not yet written are read again by the next owner.
+        async with self._flush_lock:
+            for tp in revoked:
+                self._parts.pop(tp, None)
+
+    async def _on_assigned(self, assigned) -> None:
+        consumer = self._consumer
+        assigned = list(assigned)
+        if not assigned or consumer is None:
+            return
+        intents = await asyncio.to_thread(self._read_intents, assigned)
+        beginnings = None
+        for tp in assigned:
+            state = self._parts.setdefault(tp, _PartitionState())
+            committed = await consumer.committed(tp)
+            if committed is None:
+                if beginnings is None:
+                    beginnings = await consumer.beginning_offsets(assigned)
+                committed = beginnings.get(tp, 0)
+            state.committed = committed
+            state.open, state.ready, state.replay = None, [], None
+            intent = intents.get((tp.topic, tp.partition))
+            if intent is not None and intent[0] >= committed and intent[1] >= intent[0]:
+                state.replay = intent
+                log.info("partition %s:%d: re-forming block %d..%d (written before a crash?)",
+                         tp.topic, tp.partition, intent[0], intent[1])  # fmt: skip
+            consumer.seek(tp, committed)
+
+    def _read_intents(self, assigned) -> dict[tuple[str, int], tuple[int, int]]:
+        topic_names = sorted({tp.topic for tp in assigned})
+        rows = self.client.query(
+            f"SELECT topic, partition, argMax(first_offset, (last_offset, time_ms)), max(last_offset) "
+            f"FROM {self.db}.writer_intents WHERE topic IN %(t)s GROUP BY topic, partition",
+            parameters={"t": topic_names},
+        ).result_rows
+        return {(t, int(p)): (int(first), int(last)) for t, p, first, last in rows}
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        poll_ms = max(10, int(self.flush_interval_s * 1000))
+        while not self._stopping.is_set():
+            try:
+                batch = await consumer.getmany(timeout_ms=poll_ms)
+            except KafkaError as exc:
+                self.errors += 1
+                log.warning("Kafka poll failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, records in batch.items():
+                state = self._parts.get(tp)
+                if state is None:  # revoked between fetch and now
+                    continue
+                for record in records:
+                    self._append(state, record)
+            await self._flush(force=False)
+        await self._flush(force=True)
+
+    def _append(self, state: _PartitionState, record) -> None:
+        if state.committed is not None and record.offset < state.committed:
+            return  # already stored (a fetch that raced a seek)
+        replay = state.replay
+        if replay is not None and record.offset > replay[1]:  # the intent's block ended in a gap
+            state.replay = None
+            self._close(state)
+        elif replay is not None:
+            first, last = replay
+            if record.offset >= first and (state.open is None or state.open.replay_of is None):
+                self._close(state)  # records before the intent's block form their own block
+                state.open = _Block(first=first, replay_of=replay)
+            if state.open is None:
+                state.open = _Block(first=record.offset)
+            state.open.add(record)
+            if record.offset == last:
+                state.replay = None
+                self._close(state)
+            return
+        if state.open is None:
+            state.open = _Block(first=record.offset)
+        state.open.add(record)
+        if state.open.points >= self.max_block_points or state.open.nbytes >= self.max_block_bytes:
+            self._close(state)
+
+    @staticmethod
+    def _close(state: _PartitionState) -> None:
+        if state.open is not None and state.open.records:
+            state.ready.append(state.open)
+        state.open = None
+
+    async def _flush(self, force: bool) -> None:
+        async with self._flush_lock:
+            await self._flush_locked(force)
+
+    async def _flush_locked(self, force: bool) -> None:
+        now = time.monotonic()
+        work = []
+        for tp, state in list(self._parts.items()):
+            block = state.open
+            due = block is not None and (force or now - block.opened >= self.flush_interval_s)
+            if due and block.replay_of is None:  # a re-formed block closes only at its last offset
+                self._close(state)
+            if state.ready:
+                work.append(self._write_partition(tp, state))
+        if work:
+            await asyncio.gather(*work)
+
+    async def _write_partition(self, tp: TopicPartition, state: _PartitionState) -> None:
+        while state.ready:
+            block = state.ready[0]
+            if not await self._write_block(tp, block):
+                return  # gave up (stopping, or the partition was revoked): it will be replayed
+            state.ready.pop(0)
+            if not await self._commit(tp, block.last + 1):
+                state.ready.clear()  # lost the partition: the next owner replays from the intent
+                return
+            state.committed = block.last + 1
+
+    async def _write_block(self, tp: TopicPartition, block: _Block) -> bool:
+        first, last = block.replay_of or (block.first, block.last)
+        token = block_token(tp.topic, tp.partition, first, last)
+        envelopes = [envelope_from_record(r) for r in block.records]
+        for attempt in range(1_000_000):
+            try:
+                await asyncio.to_thread(self._write_intent_and_block, tp, first, last, envelopes, token)
+                break
+            except Exception as exc:
+                self.errors += 1
+                if self._stopping.is_set() or tp not in self._parts:
+                    log.warning("block %s not written (%s); it will be replayed", token, exc)
+                    return False
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.warning("writing block %s failed (%s); retry in %.1f s", token, exc, delay)
+                await asyncio.sleep(delay)
+        self.blocks_written += 1
+        self.records_written += len(block.records)
+        self.points_written += block.points
+        if block.replay_of is not None:
+            self.replayed_blocks += 1
+        return True
+
+    def _write_intent_and_block(self, tp, first: int, last: int, envelopes, token: str) -> None:
+        self.client.insert(
+            f"{self.db}.writer_intents",
+            [[tp.topic, tp.partition, first, last, int(time.time() * 1000)]],
+            column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
+        )
+        result = self.store_writer.write(envelopes, token=token)
+        refused = getattr(result, "refused", None)
+        if refused:
+            log.error("block %s: %d envelopes could not be decoded and were skipped: %s",
+                      token, len(refused), sorted(refused)[:5])  # fmt: skip
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        for attempt in range(len(RETRY_BACKOFF_S)):
+            try:
+                await consumer.commit({tp: offset})
+                return True
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning("commit of %s:%d at %d refused (%s): partition reassigned", tp.topic,
+                            tp.partition, offset, exc)  # fmt: skip
+                return False
+            except KafkaError as exc:
+                self.errors += 1
+                log.warning("commit of %s:%d failed (%s); retrying", tp.topic, tp.partition, exc)
+                await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+        return False
+
+
+__all__ = ["KafkaWriterLoop", "block_token"]

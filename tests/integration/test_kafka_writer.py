@@ -1,0 +1,225 @@
+"""KafkaWriterLoop in-process against the real Kafka and chDB, with the real StoreWriter:
+blocks, commits only after inserts, exact re-forming of a half-written block."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from runstream.v1 import ingest_pb2
+from runstream_services.artifacts.local import LocalArtifactStore
+from runstream_services.bus.base import Envelope
+from runstream_services.bus.kafka import KafkaBus, envelope_from_record, runs_topic, topics
+from runstream_services.config import ServerSettings
+from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.migrations import migrate
+from runstream_services.writers.kafka_consumer import KafkaWriterLoop, block_token
+from runstream_services.writers.store import StoreWriter
+
+PROJECT = "p"
+
+
+def run_start(seq: int, run_id: str, client_id: str) -> ingest_pb2.IngestRequest:
+    return ingest_pb2.IngestRequest(
+        seq=seq,
+        client_id=client_id,
+        run_start=ingest_pb2.RunStart(project=PROJECT, run_id=run_id, name=f"name-{run_id}", start_ms=1),
+    )
+
+
+def metrics(seq: int, run_id: str, client_id: str, first_step: int, n: int) -> ingest_pb2.IngestRequest:
+    return ingest_pb2.IngestRequest(
+        seq=seq,
+        client_id=client_id,
+        metrics=ingest_pb2.MetricBatch(
+            project=PROJECT,
+            run_id=run_id,
+            keys=["loss", "acc"],
+            key_index=(np.arange(n) % 2).astype("<u2").tobytes(),
+            steps=np.arange(first_step, first_step + n, dtype="<i8").tobytes(),
+            values=np.random.default_rng(seq).random(n).astype("<f8").tobytes(),
+            times_ms=np.full(n, 1_700_000_000_000, "<i8").tobytes(),
+        ),
+    )
+
+
+def envelope(req: ingest_pb2.IngestRequest, run_id: str) -> Envelope:
+    return Envelope(req.client_id, req.seq, PROJECT, run_id, req.SerializeToString(), int(time.time() * 1000))
+
+
+def workload(client_id: str, runs: int, batches: int, points: int) -> list[Envelope]:
+    out, seq = [], 0
+    for r in range(runs):
+        seq += 1
+        out.append(envelope(run_start(seq, f"run{r}", client_id), f"run{r}"))
+    for b in range(batches):
+        for r in range(runs):
+            seq += 1
+            out.append(envelope(metrics(seq, f"run{r}", client_id, b * points, points), f"run{r}"))
+    return out
+
+
+@pytest.fixture
+def setup(services, chdb_dsn, database, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    settings = ServerSettings(
+        bus="kafka",
+        kafka_bootstrap=services.kafka_bootstrap,
+        kafka_topic_prefix=prefix,
+        kafka_group_id=f"{prefix}-writers",
+        clickhouse_dsn=chdb_dsn,
+        clickhouse_database=database,
+        writer_flush_interval_s=0.05,
+        writer_max_block_points=5_000,
+    )
+    client = connect(chdb_dsn)
+    migrate(client, database)
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    yield settings, client, store
+
+    async def drop():
+        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(topics(prefix))
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
+def count(client, database: str, sql: str) -> int:
+    return int(client.query(sql.format(db=database)).result_rows[0][0])
+
+
+async def publish(settings: ServerSettings, envelopes: list[Envelope]) -> None:
+    bus = KafkaBus(settings)
+    await bus.start()
+    try:
+        for i in range(0, len(envelopes), 16):
+            await bus.publish(envelopes[i : i + 16])
+    finally:
+        await bus.stop()
+
+
+async def drain(loop: KafkaWriterLoop, client, database: str, expected_points: int) -> None:
+    for _ in range(600):  # bounded: at most ~60 s
+        if (
+            count(client, database, "SELECT count() FROM {db}.metrics") >= expected_points
+            and loop.total_lag() == 0
+        ):
+            return
+        await asyncio.sleep(0.1)
+
+
+def test_metrics_through_kafka_are_stored_once_and_committed(setup):
+    settings, client, store = setup
+    db = settings.clickhouse_database
+    envelopes = workload("client-a", runs=3, batches=8, points=1_000)
+    replays = envelopes[5:9]  # the SDK resent these after a reconnect: same (client_id, seq)
+    expected = 3 * 8 * 1_000
+
+    async def scenario():
+        await publish(settings, envelopes + replays)
+        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings))
+        await loop.start()
+        try:
+            await drain(loop, client, db, expected)
+            lag = loop.lag()
+        finally:
+            await loop.stop()
+            await loop.stop()  # idempotent
+        return loop, lag
+
+    loop, lag = asyncio.run(scenario())
+
+    assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
+    assert (
+        count(client, db, "SELECT count() FROM (SELECT DISTINCT run_id, key, step FROM {db}.metrics)")
+        == expected
+    )
+    assert count(client, db, "SELECT count() FROM {db}.runs FINAL") == 3
+    assert count(client, db, "SELECT count() FROM {db}.ingested_requests FINAL") == len(envelopes)
+    assert lag and sum(lag.values()) == 0
+    assert loop.blocks_written >= 2  # 24k points in blocks of at most ~5k
+    assert loop.records_written == len(envelopes) + len(replays)
+    # every stored block announced its boundaries first
+    intents = client.query(f"SELECT topic, first_offset, last_offset FROM {db}.writer_intents").result_rows
+    assert intents and all(
+        t == runs_topic(settings.kafka_topic_prefix) and f <= last for t, f, last in intents
+    )
+
+
+class _CrashBeforeIngestedRecord(StoreWriter):
+    """The real StoreWriter, made to stop at the point a kill -9 would: after the metric inserts,
+    before the request keys are recorded. (An exception stands in for the kill because the
+    process must survive to run the second writer; the SIGKILL version runs through the server.)"""
+
+    def _insert_rows(self, table, columns, data, token):
+        if table == "ingested_requests":
+            raise RuntimeError("simulated crash")
+        return super()._insert_rows(table, columns, data, token)
+
+
+def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
+    settings, client, store = setup
+    db = settings.clickhouse_database
+    envelopes = workload("client-b", runs=1, batches=6, points=500)
+    expected = 6 * 500
+    topic = runs_topic(settings.kafka_topic_prefix)
+
+    async def scenario():
+        await publish(settings, envelopes)
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        records = []
+        try:
+            for _ in range(100):  # bounded
+                for part in (await consumer.getmany(timeout_ms=500)).values():
+                    records.extend(part)
+                if len(records) >= len(envelopes):
+                    break
+        finally:
+            await consumer.stop()
+        records.sort(key=lambda r: r.offset)
+        # What a writer killed mid-block leaves behind: its intent, the metric rows, no request
+        # keys, no committed offset. The block is RunStart + 3 metric batches.
+        first, last = records[0].offset, records[3].offset
+        client.insert(
+            f"{db}.writer_intents",
+            [[topic, records[0].partition, first, last, int(time.time() * 1000)]],
+            column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
+        )
+        crashed = _CrashBeforeIngestedRecord(client, db, store, settings)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            crashed.write(
+                [envelope_from_record(r) for r in records[:4]],
+                token=block_token(topic, records[0].partition, first, last),
+            )
+        assert count(client, db, "SELECT count() FROM {db}.metrics") == 3 * 500  # rows, but no keys
+
+        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings))
+        await loop.start()
+        try:
+            await drain(loop, client, db, expected)
+        finally:
+            await loop.stop()
+        return loop
+
+    loop = asyncio.run(scenario())
+
+    assert loop.replayed_blocks == 1
+    assert count(client, db, "SELECT count() FROM {db}.metrics") == expected  # the first block once
+    assert count(client, db, "SELECT count() FROM {db}.ingested_requests FINAL") == len(envelopes)
+    assert loop.total_lag() == 0 or loop._consumer is None
