@@ -11,10 +11,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from runstream.v1 import ingest_pb2
+from runstream.v1 import ingest_pb2, types_pb2
 from runstream_services.bus.base import Envelope
 from runstream_services.bus.kafka import (
     KafkaBus,
+    all_topics,
     artifacts_topic,
     envelope_from_record,
     inspect_payload,
@@ -82,7 +83,7 @@ def settings(services):
         admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
         await admin.start()
         try:
-            await admin.delete_topics(topics(prefix))
+            await admin.delete_topics(all_topics(prefix))
         finally:
             await admin.close()
 
@@ -189,3 +190,48 @@ def test_request_without_body_is_refused_before_kafka(settings):
             await bus.stop()
 
     asyncio.run(scenario())
+
+
+def test_run_states_reach_every_ingest_process(settings):
+    """A run started through one ingest process is known to one started later (a restarted or
+    another replica) and to one already running; a finish by rank 0 ends it."""
+
+    def req(seq, **body):
+        return envelope(ingest_pb2.IngestRequest(seq=seq, client_id="c9", **body), "r-dir")
+
+    start = req(1, run_start=ingest_pb2.RunStart(project="p", run_id="r-dir"))
+    other_rank_finish = req(
+        2,
+        run_finish=ingest_pb2.RunFinish(
+            project="p", run_id="r-dir", state=types_pb2.RUN_STATE_FAILED, rank=1
+        ),
+    )
+    finish = req(
+        3, run_finish=ingest_pb2.RunFinish(project="p", run_id="r-dir", state=types_pb2.RUN_STATE_FINISHED)
+    )
+
+    async def scenario():
+        first, watcher = KafkaBus(settings), KafkaBus(settings)
+        await first.start()
+        await watcher.start()
+        try:
+            assert first.run_state("p", "r-dir") is None
+            await first.publish([start, other_rank_finish])
+            assert first.run_state("p", "r-dir") == "running"
+            for _ in range(200):  # bounded: the watcher tails the directory
+                if watcher.run_state("p", "r-dir") == "running":
+                    break
+                await asyncio.sleep(0.05)
+            assert watcher.run_state("p", "r-dir") == "running"
+            await first.publish([finish])
+        finally:
+            await first.stop()
+            await watcher.stop()
+        later = KafkaBus(settings)
+        await later.start()
+        try:
+            return later.run_state("p", "r-dir"), later.run_state("p", "other")
+        finally:
+            await later.stop()
+
+    assert asyncio.run(scenario()) == ("finished", None)

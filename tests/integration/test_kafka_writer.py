@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from runstream.v1 import ingest_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope
-from runstream_services.bus.kafka import KafkaBus, envelope_from_record, runs_topic, topics
+from runstream_services.bus.kafka import KafkaBus, all_topics, envelope_from_record, runs_topic
 from runstream_services.config import ServerSettings
 from runstream_services.storage.clickhouse import connect
 from runstream_services.storage.migrations import migrate
@@ -87,7 +87,7 @@ def setup(services, chdb_dsn, database, tmp_path):
         admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
         await admin.start()
         try:
-            await admin.delete_topics(topics(prefix))
+            await admin.delete_topics(all_topics(prefix))
         finally:
             await admin.close()
 

@@ -13,6 +13,13 @@ batch overtook its RunStart (they would sit in different partitions, maybe on di
 of the group). Keying one topic by run keeps per-run order through retries (idempotent producer)
 and through any number of writers. Artifact manifests do not depend on the run row.
 
+Run directory. An ingest process refuses requests for runs it does not know, but with Kafka an
+SDK may reconnect to another ingest process (or a restarted one) that never saw the run's
+RunStart, and the store may lag behind the bus. So run states also go to a small compacted topic
+`<prefix>.run-states` (key project/run_id, value the state), written after the run event is
+acknowledged and before publish() returns; every KafkaBus reads it whole at start and tails it,
+and `run_state(project, run_id)` answers from memory.
+
 Record layout: key = run_id, value = the serialized IngestRequest (untouched), headers =
 client_id, seq, project, received_ms (the Envelope fields), plus `body` (which request it is)
 and `points` (metric points in it) so a writer can size blocks without decoding payloads.
@@ -21,9 +28,10 @@ and `points` (metric points in it) so a writer can size blocks without decoding 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer, codec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition, codec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
@@ -33,6 +41,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 
+from runstream.v1 import ingest_pb2, types_pb2
 from runstream_services.bus.base import Envelope
 from runstream_services.config import ServerSettings
 from runstream_services.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -58,8 +67,17 @@ def artifacts_topic(prefix: str) -> str:
     return f"{prefix}.artifacts"
 
 
+def run_states_topic(prefix: str) -> str:
+    return f"{prefix}.run-states"
+
+
 def topics(prefix: str) -> list[str]:
+    """The topics writers consume."""
     return [runs_topic(prefix), artifacts_topic(prefix)]
+
+
+def all_topics(prefix: str) -> list[str]:
+    return [*topics(prefix), run_states_topic(prefix)]
 
 
 def compression_type() -> str | None:
@@ -187,13 +205,19 @@ async def ensure_topics(settings: ServerSettings, partitions: int = DEFAULT_PART
         raise Unavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in topics(settings.kafka_topic_prefix) if t not in existing]
+        wanted = [t for t in all_topics(settings.kafka_topic_prefix) if t not in existing]
         if not wanted:
             return
         cluster = await admin.describe_cluster()
         replication = max(1, min(MAX_REPLICATION, len(cluster.get("brokers", [])) or 1))
         configs = {"max.message.bytes": str(max_record_bytes(settings))}
-        new = [NewTopic(t, partitions, replication, topic_configs=configs) for t in wanted]
+        states = run_states_topic(settings.kafka_topic_prefix)
+        new = [
+            NewTopic(t, 1, replication, topic_configs={"cleanup.policy": "compact"})
+            if t == states
+            else NewTopic(t, partitions, replication, topic_configs=configs)
+            for t in wanted
+        ]
         response = await admin.create_topics(new)
         for topic, code, message in _topic_errors(response):
             if code and code != TopicAlreadyExistsError.errno:
@@ -213,6 +237,100 @@ def _topic_errors(response) -> list[tuple[str, int, str | None]]:
     return out
 
 
+def _run_key(project: str, run_id: str) -> bytes:
+    return f"{project}/{run_id}".encode()
+
+
+def state_change(payload: bytes, body: str) -> tuple[str, str, str] | None:
+    """(project, run_id, new state) when this run event changes the run's state."""
+    if body not in ("run_start", "run_finish"):
+        return None
+    req = ingest_pb2.IngestRequest.FromString(payload)
+    if body == "run_start":
+        return req.run_start.project, req.run_start.run_id, "running"
+    finish = req.run_finish
+    if finish.rank != 0:  # a run is finished when rank 0 finishes it
+        return None
+    return (
+        finish.project,
+        finish.run_id,
+        types_pb2.RunState.Name(finish.state).removeprefix("RUN_STATE_").lower(),
+    )
+
+
+class RunDirectory:
+    """Run states from the compacted `<prefix>.run-states` topic: read whole at start, then tailed."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.topic = run_states_topic(settings.kafka_topic_prefix)
+        self._states: dict[tuple[str, str], str] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+
+    def get(self, project: str, run_id: str) -> str | None:
+        return self._states.get((project, run_id))
+
+    def note(self, project: str, run_id: str, state: str) -> None:
+        self._states[(project, run_id)] = state
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def _apply(self, records) -> None:
+        for record in records:
+            project, _, run_id = record.key.decode().partition("/")
+            if record.value is None:
+                self._states.pop((project, run_id), None)
+            else:
+                self._states[(project, run_id)] = record.value.decode()
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id="runstream-run-directory",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+            tp = TopicPartition(self.topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                self._apply(batch.get(tp, []))
+        except KafkaError as exc:
+            await consumer.stop()
+            raise Unavailable(f"cannot read the run directory from Kafka: {exc}") from exc
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._tail(), name="runstream-run-directory")
+
+    async def _tail(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=1000)
+            except KafkaError as exc:
+                log.warning("run directory: Kafka read failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            for records in batch.values():
+                self._apply(records)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+
 class KafkaBus:
     """Bus on Kafka. publish() returns once every envelope is acknowledged by all in-sync
     replicas; a run's envelopes stay in order (key = run_id, idempotent producer)."""
@@ -225,6 +343,7 @@ class KafkaBus:
         self.linger_ms = linger_ms
         self.prefix = settings.kafka_topic_prefix
         self._producer: AIOKafkaProducer | None = None
+        self.runs = RunDirectory(settings)
         self.published_envelopes = 0
         self.published_points = 0
 
@@ -246,7 +365,17 @@ class KafkaBus:
         except KafkaError as exc:
             await producer.stop()
             raise Unavailable(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+        try:
+            await self.runs.start()
+        except Exception:
+            await producer.stop()
+            raise
         self._producer = producer
+
+    def run_state(self, project: str, run_id: str) -> str | None:
+        """'running', 'finished', ... of a run some ingest process published; None when unknown.
+        Fits ingest's RunRegistry lookup for processes without a store."""
+        return self.runs.get(project, run_id)
 
     async def publish(self, envelopes: list[Envelope]) -> None:
         producer = self._producer
@@ -254,10 +383,14 @@ class KafkaBus:
             raise Unavailable("the Kafka bus is not started (or was stopped)")
         futures = []
         points = 0
+        changes = []
         try:
             for envelope in envelopes:
                 body, n = inspect_payload(envelope.payload)
                 points += n
+                change = state_change(envelope.payload, body)
+                if change is not None:
+                    changes.append(change)
                 futures.append(
                     await producer.send(
                         topic_for(self.prefix, body),
@@ -283,8 +416,23 @@ class KafkaBus:
                 raise ResourceExhausted(f"Kafka refused an ingest request as too large: {result}")
             if isinstance(result, BaseException):
                 raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} did not acknowledge: {result}")
+        if changes:
+            await self._publish_states(producer, changes)
         self.published_envelopes += len(envelopes)
         self.published_points += points
+
+    async def _publish_states(self, producer: AIOKafkaProducer, changes: list[tuple[str, str, str]]) -> None:
+        """After the run events are durable: the states they set, for every ingest process."""
+        try:
+            futures = [
+                await producer.send(self.runs.topic, value=state.encode(), key=_run_key(project, run_id))
+                for project, run_id, state in changes
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise Unavailable(f"Kafka did not take the run states: {exc}") from exc
+        for project, run_id, state in changes:
+            self.runs.note(project, run_id, state)
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
@@ -293,6 +441,7 @@ class KafkaBus:
                 await producer.flush()
             finally:
                 await producer.stop()
+                await self.runs.stop()
 
 
 async def _settle(futures: list) -> None:
@@ -304,6 +453,9 @@ async def _settle(futures: list) -> None:
 __all__ = [
     "DEFAULT_PARTITIONS",
     "KafkaBus",
+    "RunDirectory",
+    "all_topics",
+    "run_states_topic",
     "artifacts_topic",
     "ensure_topics",
     "envelope_from_record",

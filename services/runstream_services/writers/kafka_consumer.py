@@ -119,6 +119,8 @@ class KafkaWriterLoop:
         self._stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
+        if metrics is None:  # the server's registry, which StoreWriter already reports into
+            metrics = getattr(store_writer, "metrics", None)
         self._metrics = metrics
         # counters, also exported through `collect()`
         self.blocks_written = 0
@@ -196,6 +198,8 @@ class KafkaWriterLoop:
         for (topic, partition), value in self.lag().items():
             yield "runstream_kafka_writer_lag_records", {"topic": topic, "partition": str(partition)}, value
         yield "runstream_kafka_writer_lag_records_total", {}, self.total_lag()
+        yield "runstream_kafka_writer_partitions", {"state": "assigned"}, len(self._parts)
+        yield "runstream_kafka_writer_partitions", {"state": "lag_known"}, len(self.lag())
         yield "runstream_kafka_writer_blocks_total", {}, self.blocks_written
         yield "runstream_kafka_writer_replayed_blocks_total", {}, self.replayed_blocks
         yield "runstream_kafka_writer_points_total", {}, self.points_written
