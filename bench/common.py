@@ -33,6 +33,7 @@ class Sizes:
     w3_params: int = 20
     w3_metrics: int = 10
     w3_steps: int = 10
+    w3_workers: int = 4  # runs made by this many threads at once, on both sides (a parallel sweep)
     w3_top: int = 100  # (a) returns the top 100
     w3_queries: int = 5  # query samples per repetition, for p50/p95
     w4_fetches: int = 2  # W4: fetches per repetition (MLflow needs ~8 s for one)
@@ -57,6 +58,7 @@ class Sizes:
             w3_params=4,
             w3_metrics=3,
             w3_steps=3,
+            w3_workers=2,
             w3_top=5,
             w3_queries=2,
             w4_fetches=1,
@@ -232,8 +234,16 @@ def _kafka_version() -> str:
         return "unknown"
 
 
-def machine_info(mlflow_version: str | None) -> dict[str, str]:
-    """Facts printed above the table, so a reader knows what the numbers were measured on."""
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def machine_info(mlflow_version: str | None, load_at_start: str = "") -> dict[str, str]:
+    """Facts printed below the table, so a reader knows what the numbers were measured on.
+    The load average matters on a shared 2-core machine: other work skews every figure."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -253,6 +263,8 @@ def machine_info(mlflow_version: str | None) -> dict[str, str]:
         "kafka": _kafka_version(),
         "aiokafka": _dist_version("aiokafka"),
         "git commit": commit or "unknown",
+        "load average 1/5/15 min, at start": load_at_start or "unknown",
+        "load average 1/5/15 min, at end": load_average(),
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +25,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS_DIR, ROOT, Measure, Row, Sizes, Target, dump_json, free_port, log, machine_info
+from common import (
+    RESULTS_DIR,
+    ROOT,
+    Measure,
+    Row,
+    Sizes,
+    Target,
+    dump_json,
+    free_port,
+    load_average,
+    log,
+    machine_info,
+)
 
 GROUPS = ("W1", "W2", "W3", "W4", "W5", "E", "K")
 LOGGING_X = Target("≥ 1,000× MLflow", ratio=1000)
@@ -312,6 +325,8 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
     row_list = define_rows(sizes, groups)
     rows = {r.id: r for r in row_list}
     started = time.monotonic()
+    load_at_start = load_average()
+    log(f"load average at start: {load_at_start} on {os.cpu_count()} cores")
     mlflow_version = None
     with tempfile.TemporaryDirectory(prefix="runstream-bench-") as tmp:
         workdir = Path(tmp)
@@ -325,7 +340,7 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
                 if not r.mlflow_na:
                     r.mlflow_na = "not run"
     elapsed = time.monotonic() - started
-    info = machine_info(mlflow_version)
+    info = machine_info(mlflow_version, load_at_start)
     markdown = render(row_list, info, sizes, repeat, args.smoke, elapsed)
     report = {
         "time": dt.datetime.now(dt.UTC).isoformat(),
