@@ -142,6 +142,10 @@ class RunstreamServer:
                 lookup = lookup_run_state(self.client, s.clickhouse_database)
             else:
                 lookup = None
+            if s.bus == "kafka":  # runs published through any ingest process (bus/kafka.py)
+                from runstream_services.bus.kafka import run_lookup
+
+                lookup = run_lookup(self.bus, lookup)
             self.ingest = IngestServicer(
                 self.bus,
                 s,

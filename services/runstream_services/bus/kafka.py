@@ -444,6 +444,22 @@ class KafkaBus:
                 await self.runs.stop()
 
 
+def run_lookup(bus, fallback=None):
+    """A RunRegistry lookup that asks the bus's run directory first (fresh, shared by every ingest
+    process), then `fallback` (the store) for runs from before the directory existed."""
+    directory = getattr(bus, "run_state", None)
+    if directory is None:
+        return fallback
+
+    def lookup(project: str, run_id: str) -> str | None:
+        state = directory(project, run_id)
+        if state is None and fallback is not None:
+            state = fallback(project, run_id)
+        return state
+
+    return lookup
+
+
 async def _settle(futures: list) -> None:
     """Waits out already-sent records so none is left unobserved after an error."""
     if futures:
@@ -455,6 +471,7 @@ __all__ = [
     "KafkaBus",
     "RunDirectory",
     "all_topics",
+    "run_lookup",
     "run_states_topic",
     "artifacts_topic",
     "ensure_topics",
