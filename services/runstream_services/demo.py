@@ -246,6 +246,7 @@ def log_trial(spec: TrialSpec, endpoint: str, clock: _Clock, workdir: Path, proj
     last = STEPS if not spec.killed else int(STEPS * 0.4)
     val_at = {int(s): i for i, s in enumerate(curves.val_steps)}
     state = "finished"
+    system = []  # buffered: interleaving kinds would split the SDK's batches into tiny ones
     for step in range(last):
         clock.now += step_s * float(rng.uniform(0.9, 1.1))
         if curves.diverged_at is not None and step >= curves.diverged_at:
@@ -267,7 +268,9 @@ def log_trial(spec: TrialSpec, endpoint: str, clock: _Clock, workdir: Path, proj
                 step=step,
             )
         if step % SYSTEM_EVERY == 0:
-            _log_system(run, step // SYSTEM_EVERY, clock.now, _system_sample(spec, step, rng))
+            system.append((step // SYSTEM_EVERY, clock.now, _system_sample(spec, step, rng)))
+    for sample in system:
+        _log_system(run, *sample)
     if spec.killed:
         state = "killed"
         run.notes = run.notes + " Stopped by hand at 40%: clearly behind the adam runs."
