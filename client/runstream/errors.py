@@ -35,3 +35,20 @@ class FlushTimeoutError(RunstreamError):
     """Raised when pending data was not acknowledged within the flush timeout (it stays spooled)."""
 
     retriable = True
+
+
+class ConfigError(RunstreamError, ValueError):
+    """Raised by `runstream.init` when a setting (argument or RUNSTREAM_* variable) is invalid."""
+
+
+class RunFinishedError(RunstreamError):
+    """Raised when logging to a run that was already finished."""
+
+
+class SpoolError(RunstreamError):
+    """Raised when the local spool (offline runs, spilled batches) cannot be read or written."""
+
+
+class RefusedWarning(UserWarning):
+    """Warned when the server refused a request (ok=False ack); the request is kept in
+    `<spool>/<run_id>/<client_id>.refused` and counted in `Run.refused_count`."""

@@ -1,0 +1,156 @@
+"""The hand-off between the caller's thread and the worker.
+
+The caller only appends one tuple per `run.log` call to a `collections.deque` (append and popleft
+are atomic, so neither side takes a lock); the worker pops everything and packs it into columnar
+`MetricBatch` messages (one key dictionary, little-endian byte columns). Control messages (config
+updates, artifacts, finish) travel in the same deque so their order relative to metrics is kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from runstream.v1 import ingest_pb2, types_pb2
+
+USER = types_pb2.METRIC_KIND_USER
+SYSTEM = types_pb2.METRIC_KIND_SYSTEM
+_SWAP = sys.byteorder != "little"
+
+
+class Bulk:
+    """Whole series from run.log_arrays: already packed little-endian on the caller's thread."""
+
+    __slots__ = ("key", "steps", "values", "n", "time_ms")
+
+    def __init__(self, key: str, steps: bytes, values: bytes, n: int, time_ms: int):
+        self.key, self.steps, self.values, self.n, self.time_ms = key, steps, values, n, time_ms
+
+
+class Control:
+    """A non-metric request body, e.g. ("run_update", RunUpdate(...))."""
+
+    __slots__ = ("field", "body")
+
+    def __init__(self, field: str, body: Any):
+        self.field, self.body = field, body
+
+
+def _le(a: array) -> bytes:
+    if _SWAP:
+        a = array(a.typecode, a)
+        a.byteswap()
+    return a.tobytes()
+
+
+class _Columns:
+    """Points of one kind collected into the next MetricBatch."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+        self.key_index = array("H")
+        self.steps = array("q")
+        self.values = array("d")
+        self.times = array("q")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, step: int, time_ms: int, data: dict) -> None:
+        keys = self.keys
+        index = []
+        for key in data:
+            i = keys.get(key)
+            if i is None:
+                i = keys[key] = len(keys)
+            index.append(i)
+        n = len(index)
+        self.key_index.extend(index)
+        self.steps.extend([step] * n)
+        self.values.extend(data.values())
+        self.times.extend([time_ms] * n)
+
+    def to_batch(self, project: str, run_id: str, rank: int, kind: int) -> ingest_pb2.MetricBatch:
+        return ingest_pb2.MetricBatch(
+            project=project,
+            run_id=run_id,
+            keys=list(self.keys),
+            key_index=_le(self.key_index) if len(self.keys) > 1 else b"",
+            steps=_le(self.steps),
+            values=_le(self.values),
+            times_ms=_le(self.times),
+            rank=rank,
+            kind=kind,
+        )
+
+
+class MetricBuffer:
+    """Caller side: `entries.append(...)`. Worker side: `drain()`."""
+
+    def __init__(self, project: str, run_id: str, rank: int, max_batch_points: int):
+        self.project, self.run_id, self.rank = project, run_id, rank
+        self.max_batch_points = max_batch_points
+        self.entries: deque = deque()
+
+    def drain(self) -> Iterator[tuple[str, Any]]:
+        """Yields (oneof field, body) in log order until the deque is empty."""
+        pop = self.entries.popleft
+        cols: _Columns | None = None
+        kind = USER
+        limit = self.max_batch_points
+        while True:
+            try:
+                entry = pop()
+            except IndexError:
+                break
+            if type(entry) is tuple:
+                entry_kind = entry[3] if len(entry) == 4 else USER
+                data = entry[2]
+                if cols is not None and (
+                    entry_kind != kind or len(cols) + len(data) > limit or len(cols.keys) + len(data) > 65_535
+                ):
+                    yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+                    cols = None
+                if cols is None:
+                    cols, kind = _Columns(), entry_kind
+                if len(data) > limit:  # a single huge dict: split it
+                    items = list(data.items())
+                    for start in range(0, len(items), limit):
+                        part = _Columns()
+                        part.add(entry[0], int(entry[1] * 1000), dict(items[start : start + limit]))
+                        yield "metrics", part.to_batch(self.project, self.run_id, self.rank, entry_kind)
+                    cols = None
+                    continue
+                cols.add(entry[0], int(entry[1] * 1000), data)
+                continue
+            if cols is not None:
+                yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+                cols = None
+            if type(entry) is Bulk:
+                yield from self._bulk_batches(entry)
+            else:
+                yield entry.field, entry.body
+        if cols is not None:
+            yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+
+    def _bulk_batches(self, bulk: Bulk) -> Iterator[tuple[str, Any]]:
+        limit = self.max_batch_points
+        time_col = _le(array("q", [bulk.time_ms]))
+        for start in range(0, bulk.n, limit):
+            n = min(limit, bulk.n - start)
+            yield (
+                "metrics",
+                ingest_pb2.MetricBatch(
+                    project=self.project,
+                    run_id=self.run_id,
+                    keys=[bulk.key],
+                    steps=bulk.steps[start * 8 : (start + n) * 8],
+                    values=bulk.values[start * 8 : (start + n) * 8],
+                    times_ms=time_col * n,
+                    rank=self.rank,
+                    kind=USER,
+                ),
+            )

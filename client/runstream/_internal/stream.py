@@ -1,0 +1,212 @@
+"""Numbered requests of one client id over the bidirectional Ingest stream.
+
+Every request gets (client_id, seq) and stays in `pending` until the server acks that seq. After a
+broken stream, every pending request is resent in seq order on a new stream (reconnect with
+exponential backoff and +-20% jitter); the server stores each (client_id, seq) once. Memory is
+bounded: past `max_memory_bytes` of pending requests, new ones are appended to the disk spool and
+kept there by offset. Offline streams only write the spool. Runs on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+import grpc
+
+from runstream.v1 import ingest_pb2
+
+from .spool import SpoolFile
+
+log = logging.getLogger("runstream")
+
+INGEST_METHOD = "/runstream.v1.IngestService/Ingest"
+
+
+class StreamStats:
+    __slots__ = ("submitted", "acked", "refused", "spilled", "reconnects", "last_error")
+
+    def __init__(self) -> None:
+        self.submitted = self.acked = self.refused = self.spilled = self.reconnects = 0
+        self.last_error = ""
+
+
+class IngestStream:
+    def __init__(
+        self,
+        *,
+        channel: grpc.aio.Channel | None,
+        client_id: str,
+        spool: SpoolFile | None,
+        offline: bool = False,
+        api_key: str = "",
+        max_memory_bytes: int = 64 << 20,
+        max_inflight: int = 64,
+        reconnect_initial_s: float = 0.2,
+        reconnect_max_s: float = 5.0,
+        on_refused: Callable[[ingest_pb2.IngestResponse, bytes], None] | None = None,
+    ):
+        self.client_id = client_id
+        self.offline = offline
+        self.spool = spool
+        self.next_seq = 1
+        self.last_seq = 0
+        self.pending: dict[int, bytes | tuple[int, int]] = {}  # seq -> bytes, or (offset, len) in the spool
+        self.mem_bytes = 0
+        self.spooled_pending = 0
+        self.max_memory_bytes = max_memory_bytes
+        self.max_inflight = max_inflight
+        self.reconnect_initial_s = reconnect_initial_s
+        self.reconnect_max_s = reconnect_max_s
+        self.on_refused = on_refused
+        self.stats = StreamStats()
+        self.connected = False
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self._changed = asyncio.Event()
+        self._to_send: deque[int] = deque()
+        self._task: asyncio.Task | None = None
+        if not offline and channel is not None:
+            self._method = channel.stream_stream(
+                INGEST_METHOD,
+                request_serializer=None,  # requests are already serialized bytes
+                response_deserializer=ingest_pb2.IngestResponse.FromString,
+            )
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    # ---- producer side (worker loop) -------------------------------------------------------
+
+    def submit(self, field: str, body) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        req = ingest_pb2.IngestRequest(seq=seq, client_id=self.client_id)
+        getattr(req, field).CopyFrom(body)
+        self.submit_raw(seq, req.SerializeToString())
+        return seq
+
+    def submit_raw(self, seq: int, data: bytes) -> None:
+        """Queues an already numbered request (sync replays spooled ones this way)."""
+        self.stats.submitted += 1
+        self.last_seq = max(self.last_seq, seq)
+        self.next_seq = max(self.next_seq, seq + 1)
+        if self.offline:
+            self.spool.append(data)
+            return
+        if self.mem_bytes + len(data) > self.max_memory_bytes and self.spool is not None:
+            self.pending[seq] = self.spool.append(data)
+            self.spooled_pending += 1
+            self.stats.spilled += 1
+        else:
+            self.pending[seq] = data
+            self.mem_bytes += len(data)
+        self._to_send.append(seq)
+        self._changed.set()
+
+    def _data(self, entry: bytes | tuple[int, int]) -> bytes:
+        return entry if type(entry) is bytes else self.spool.read(*entry)
+
+    # ---- acks ---------------------------------------------------------------------------
+
+    def _ack(self, resp: ingest_pb2.IngestResponse) -> None:
+        entry = self.pending.get(resp.seq)
+        if entry is None:
+            return  # a duplicate ack after a resend
+        if not resp.ok:
+            self.stats.refused += 1
+            if self.on_refused is not None:
+                try:
+                    self.on_refused(resp, self._data(entry))
+                except Exception:  # reporting must never break the stream
+                    log.exception("runstream: reporting a refused request failed")
+        del self.pending[resp.seq]
+        self.stats.acked += 1
+        if type(entry) is bytes:
+            self.mem_bytes -= len(entry)
+        else:
+            self.spooled_pending -= 1
+            if self.spooled_pending == 0 and self.spool is not None:
+                self.spool.close(delete=True)  # everything spilled is acked: reclaim the disk
+        self._changed.set()
+
+    def acked_upto(self, seq: int) -> bool:
+        """True when no request numbered <= seq is pending."""
+        if not self.pending:
+            return True
+        return min(self.pending) > seq
+
+    async def wait_acked(self, seq: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not self.acked_upto(seq):
+            if self.offline or time.monotonic() >= deadline:
+                return self.offline
+            await asyncio.sleep(0.02)
+        return True
+
+    # ---- connection ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.reconnect_initial_s
+        while True:
+            acked_before = self.stats.acked
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self.connected = False
+            self.stats.reconnects += 1
+            if self.stats.acked > acked_before:
+                delay = self.reconnect_initial_s
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _session(self) -> None:
+        call = self._method(metadata=self._metadata)
+        self._to_send = deque(sorted(self.pending))  # resend everything unacked, in order
+        sent_here: set[int] = set()
+        reader = asyncio.ensure_future(self._read(call))
+        try:
+            while True:
+                if reader.done():
+                    reader.result()
+                    raise ConnectionError("the server closed the ingest stream")
+                if len(sent_here) >= self.max_inflight:
+                    sent_here.intersection_update(self.pending.keys())
+                seq = None
+                if len(sent_here) < self.max_inflight:
+                    while self._to_send:
+                        candidate = self._to_send.popleft()
+                        if candidate in self.pending:
+                            seq = candidate
+                            break
+                if seq is None:
+                    self._changed.clear()
+                    waiter = asyncio.ensure_future(self._changed.wait())
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    continue
+                await call.write(self._data(self.pending[seq]))
+                sent_here.add(seq)
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call) -> None:
+        async for resp in call:
+            self.connected = True
+            self._ack(resp)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None

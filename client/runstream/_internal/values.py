@@ -1,0 +1,152 @@
+"""Checks and conversions for what users log: metric keys and values (on the caller's thread),
+config/summary values (to `runstream.v1.Value`), and run/project names."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from runstream.errors import InvalidValueError
+from runstream.v1 import types_pb2
+
+MAX_KEY_CHARS = 256
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(what: str, value: Any) -> str:
+    """Project / run ids: 1 to 64 of A-Z a-z 0-9 . _ - (the server's rule)."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or set(value) == {"."}:
+        raise InvalidValueError(
+            f"{what} {value!r} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not only dots)"
+        )
+    return value
+
+
+def sanitize_name(value: str) -> str:
+    """Turns a launcher's job id into a valid run id."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", value)[:64].strip("-") or "run"
+    return cleaned if set(cleaned) != {"."} else "run"
+
+
+def check_key(what: str, key: Any) -> str:
+    if not isinstance(key, str):
+        raise InvalidValueError(f"{what} key {key!r} is a {type(key).__name__}; keys must be str")
+    if not key or key.isspace():
+        raise InvalidValueError(f"{what} key {key!r} is empty: give every {what} a name")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidValueError(
+            f"{what} key {key[:40]!r}... has {len(key)} characters; the limit is {MAX_KEY_CHARS}"
+        )
+    if _CONTROL.search(key):
+        raise InvalidValueError(
+            f"{what} key {key[:80]!r} holds control characters (newline, NUL, ...): remove them"
+        )
+    return key
+
+
+def check_metric_key(key: Any, known: set) -> None:
+    """Validates a metric key once; `known` caches keys already accepted."""
+    check_key("metric", key)
+    known.add(key)
+
+
+def to_number(key: Any, value: Any) -> float:
+    """Slow path of run.log: bools, numpy scalars, 0-d tensors (anything with .item())."""
+    t = type(value)
+    if t is float or t is int:
+        return value
+    if t is bool:
+        return float(value)
+    if isinstance(value, (str, bytes)) or value is None:
+        raise InvalidValueError(
+            f"run.log: {key!r} = {value!r} is a {t.__name__}; log numbers only (int, float, bool, numpy "
+            "scalar or 0-d tensor). Put text in run.summary or run.config"
+        )
+    item = getattr(value, "item", None)
+    if item is not None:
+        try:
+            value = item()
+        except (ValueError, RuntimeError, TypeError):
+            shape = getattr(value, "shape", "?")
+            raise InvalidValueError(
+                f"run.log: {key!r} is an array/tensor of shape {shape}; log one number per key, or use "
+                "run.log_arrays(key, steps, values) for whole series"
+            ) from None
+        if type(value) in (float, int, bool):
+            return float(value) if type(value) is bool else value
+    if isinstance(value, (int, float)):  # int/float subclasses, e.g. IntEnum
+        return float(value)
+    raise InvalidValueError(
+        f"run.log: {key!r} = {value!r:.80} is a {t.__name__}; log numbers only (int, float, bool, numpy "
+        "scalar or 0-d tensor)"
+    )
+
+
+def coerce_metrics(data: Mapping, known: set) -> dict:
+    """A new dict of float/int values, or InvalidValueError naming the first bad key or value."""
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            check_metric_key(key, known)
+        out[key] = to_number(key, value)
+    return out
+
+
+def check_step(step: Any) -> int:
+    if type(step) is int and step >= 0:
+        return step
+    item = getattr(step, "item", None)
+    if item is not None and not isinstance(step, (float, bool)):
+        try:
+            step = item()
+        except (ValueError, RuntimeError, TypeError):
+            pass
+    if type(step) is not int or step < 0:
+        raise InvalidValueError(f"step={step!r} is not allowed: steps are integers >= 0")
+    return step
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"opt": {"lr": 1}} -> {"opt.lr": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = check_key("config", str(key) if not isinstance(key, str) else key)
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def to_value(value: Any) -> types_pb2.Value:
+    """Config / summary value -> Value: numbers stay numbers so filters can compare them."""
+    item = getattr(value, "item", None)
+    if item is not None and not isinstance(value, (int, float, str, bool)):
+        try:
+            value = item()
+        except (ValueError, RuntimeError, TypeError):
+            tolist = getattr(value, "tolist", None)
+            value = tolist() if tolist else str(value)
+    if isinstance(value, bool):
+        return types_pb2.Value(flag=value)
+    if isinstance(value, (int, float)):
+        return types_pb2.Value(number=float(value))
+    if isinstance(value, str):
+        return types_pb2.Value(text=value)
+    try:
+        return types_pb2.Value(json=json.dumps(value, default=str, allow_nan=True))
+    except (TypeError, ValueError):
+        return types_pb2.Value(text=str(value))
+
+
+def value_map(data: Mapping) -> dict[str, types_pb2.Value]:
+    return {key: to_value(value) for key, value in flatten(data).items()}
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,79 @@
+"""The SDK's one background thread per process: an asyncio loop that owns the gRPC channels and
+every run's pipeline. Rebuilt lazily in a forked child (the parent's thread does not exist there)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+import grpc
+
+CHANNEL_OPTIONS = [
+    # reconnect quickly once the server is back (gRPC's default backoff grows to 120 s)
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class Worker:
+    """An event loop in a daemon thread. Coroutines are submitted from any thread."""
+
+    _instance: Worker | None = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="runstream-worker", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    @classmethod
+    def get(cls) -> Worker:
+        inst = cls._instance
+        if inst is not None and inst.pid == os.getpid() and inst.thread.is_alive():
+            return inst
+        with cls._guard:
+            inst = cls._instance
+            if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
+                inst = cls._instance = Worker()
+            return inst
+
+    @classmethod
+    def forget_after_fork(cls) -> None:
+        """In a forked child: the parent's loop thread is gone; never touch its objects."""
+        cls._instance = None
+        cls._guard = threading.Lock()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine, timeout: float | None = None) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def call_soon(self, fn, *args) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        """The shared channel to `endpoint`; call from the loop thread only."""
+        ch = self._channels.get(endpoint)
+        if ch is None:
+            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        return ch
