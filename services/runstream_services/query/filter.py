@@ -1,0 +1,473 @@
+"""The run filter language: a hand-written tokenizer and recursive-descent parser.
+
+    params.lr > 0.01 and metrics.val_f1 > 0.85 and tags.dataset = "v2.1"
+    (state = "finished" or state = "running") and not name ~ "debug"
+    metrics.`val/acc`.max >= 0.9 and config.model.depth in (12, 24)
+
+Fields: params.<key> and config.<key> (the same), summary.<key>, metrics.<key> (last value) and
+metrics.<key>.min/.max/.count/.last, tags.<key>, and the run columns in `COLUMNS`. Keys may be
+written with backticks (`a key`.x, `lr.decay`) to hold dots, spaces or operators; a backticked
+key is taken literally (metrics.`a.min` is the key "a.min", its last value).
+Operators: = (or ==) != (or <>) < <= > >= ~ (case-insensitive substring), in (...), not in (...),
+and, or, not, parentheses. Values: numbers, "strings" or 'strings', true, false.
+
+The parser yields an AST; `compile_filter` turns it into a SQL condition over the runs table in
+which every value and key is a bound server-side parameter (see sql.Binder): no user text is ever
+spliced into SQL. Errors are InvalidArgument with the column and a caret under the mistake.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from runstream_services.errors import InvalidArgument
+
+MAX_FILTER_CHARS = 10_000
+MAX_DEPTH = 64
+MAX_TERMS = 500
+MAX_IN_VALUES = 1_000
+
+# Run columns a filter or sort may name: field -> (SQL column, value type).
+COLUMNS: dict[str, tuple[str, str]] = {
+    "run_id": ("run_id", "text"),
+    "name": ("name", "text"),
+    "group": ("`group`", "text"),
+    "job_type": ("job_type", "text"),
+    "user": ("user", "text"),
+    "host": ("host", "text"),
+    "git_commit": ("git_commit", "text"),
+    "notes": ("notes", "text"),
+    "state": ("state", "state"),
+    "start": ("start_ms", "time"),
+    "end": ("end_ms", "time"),
+    "heartbeat": ("heartbeat_ms", "time"),
+    "git_dirty": ("git_dirty", "flag"),
+}
+STATES = ("unspecified", "running", "finished", "failed", "crashed", "killed")
+METRIC_AGGS = ("last", "min", "max", "count")
+_PREFIXES = {"params": "param", "config": "param", "summary": "summary", "metrics": "metric", "tags": "tag"}
+_KEYWORDS = {"and", "or", "not", "in", "true", "false"}
+_OPERATORS = ("==", "!=", "<>", "<=", ">=", "=", "<", ">", "~")
+_WORD_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_WORD_CHARS = _WORD_START | set("0123456789-/")
+_NUMBER = re.compile(r"[+-]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'", "`": "`"}
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # word, quoted_key, string, number, op, lparen, rparen, comma, dot, end
+    text: str  # the value (unescaped for strings and quoted keys)
+    pos: int  # 0-based offset in the filter
+
+
+class FilterError(InvalidArgument):
+    """Raised when a filter or sort field cannot be parsed; the message points at the mistake."""
+
+    def __init__(self, message: str, source: str, pos: int, found: str = ""):
+        self.pos = pos
+        found = f", found {found}" if found else ""
+        super().__init__(f"{message} at column {pos + 1}{found}\n{_caret(source, pos)}")
+
+
+def _caret(source: str, pos: int, width: int = 80) -> str:
+    """The filter (a window of it when long) with a caret under `pos`."""
+    flat = source.replace("\n", " ").replace("\t", " ").replace("\r", " ")
+    start = max(0, min(pos - width // 2, len(flat) - width))
+    shown = flat[start : start + width]
+    prefix = "…" if start > 0 else ""
+    suffix = "…" if start + width < len(flat) else ""
+    return f"  {prefix}{shown}{suffix}\n  {' ' * (len(prefix) + pos - start)}^"
+
+
+def tokenize(source: str) -> list[Token]:
+    if len(source) > MAX_FILTER_CHARS:
+        raise InvalidArgument(
+            f"filter is {len(source)} characters long; at most {MAX_FILTER_CHARS} are allowed"
+        )
+    tokens: list[Token] = []
+    i, n = 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch.isspace():
+            i += 1
+        elif ch in _WORD_START or (ch.isdigit() and tokens and tokens[-1].kind == "dot"):
+            j = i + 1
+            while j < n and source[j] in _WORD_CHARS:
+                j += 1
+            tokens.append(Token("word", source[i:j], i))
+            i = j
+        elif ch.isdigit() or (
+            ch in "-+." and i + 1 < n and source[i + 1].isdigit() and _value_expected(tokens)
+        ):
+            m = _NUMBER.match(source, i)
+            j = m.end() if m else i + 1
+            while j < n and (source[j] in _WORD_CHARS or source[j] == "."):
+                j += 1  # swallow trailing junk so the error names the whole word
+            text = source[i:j]
+            try:
+                number = float(text.replace("_", ""))
+            except ValueError:
+                raise FilterError(f"{text!r} is not a number", source, i) from None
+            if not math.isfinite(number):
+                raise FilterError(f"{text!r} is out of range", source, i)
+            tokens.append(Token("number", text, i))
+            i = j
+        elif ch in "\"'`":
+            text, j = _quoted(source, i)
+            tokens.append(Token("quoted_key" if ch == "`" else "string", text, i))
+            i = j
+        elif ch == "(":
+            tokens.append(Token("lparen", ch, i))
+            i += 1
+        elif ch == ")":
+            tokens.append(Token("rparen", ch, i))
+            i += 1
+        elif ch == ",":
+            tokens.append(Token("comma", ch, i))
+            i += 1
+        elif ch == ".":
+            tokens.append(Token("dot", ch, i))
+            i += 1
+        else:
+            op = next((o for o in _OPERATORS if source.startswith(o, i)), None)
+            if op is None:
+                raise FilterError(f"unexpected character {ch!r}", source, i)
+            tokens.append(Token("op", {"==": "=", "<>": "!="}.get(op, op), i))
+            i += len(op)
+    tokens.append(Token("end", "", n))
+    return tokens
+
+
+def _value_expected(tokens: list[Token]) -> bool:
+    return not tokens or tokens[-1].kind in ("op", "comma", "lparen")
+
+
+def _quoted(source: str, start: int) -> tuple[str, int]:
+    quote = source[start]
+    out: list[str] = []
+    i = start + 1
+    while i < len(source):
+        ch = source[i]
+        if ch == "\\":
+            if i + 1 >= len(source):
+                break
+            nxt = source[i + 1]
+            if nxt not in _ESCAPES:
+                raise FilterError(f"unknown escape '\\{nxt}' (use \\\\ for a backslash)", source, i)
+            out.append(_ESCAPES[nxt])
+            i += 2
+        elif ch == quote:
+            if quote == "`" and not out and i == start + 1:
+                raise FilterError("empty `key`", source, start)
+            return "".join(out), i + 1
+        else:
+            out.append(ch)
+            i += 1
+    what = "key" if quote == "`" else "string"
+    raise FilterError(f"unterminated {what}: no closing {quote}", source, start)
+
+
+# ---------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a filter term or sort key names. kind: column, param, summary, metric or tag."""
+
+    kind: str
+    key: str  # column field name, or the param/metric/tag key
+    agg: str = "last"  # metrics only
+    pos: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.kind == "column":
+            return self.key
+        prefix = {"param": "params", "summary": "summary", "metric": "metrics", "tag": "tags"}[self.kind]
+        return f"{prefix}.{self.key}" + (
+            f".{self.agg}" if self.kind == "metric" and self.agg != "last" else ""
+        )
+
+
+@dataclass(frozen=True)
+class Literal:
+    value: str | float | bool
+    raw: str  # the text as written (numbers keep their spelling for text columns)
+    pos: int
+
+
+@dataclass(frozen=True)
+class Compare:
+    field: Field
+    op: str  # = != < <= > >= ~ in
+    values: tuple[Literal, ...]
+    negated_in: bool = False  # `not in`
+    pos: int = 0
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # and, or
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Node
+
+
+Node = Compare | BoolOp | Not
+
+
+# ---------------------------------------------------------------- parser
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.tokens = tokenize(source)
+        self.i = 0
+        self.terms = 0
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def fail(self, message: str, tok: Token | None = None, found: Token | None = None):
+        raise FilterError(message, self.source, (tok or self.tok).pos, self.describe(found) if found else "")
+
+    def is_word(self, *words: str) -> bool:
+        return self.tok.kind == "word" and self.tok.text.lower() in words
+
+    def describe(self, tok: Token) -> str:
+        if tok.kind == "end":
+            return "the end of the filter"
+        if tok.kind == "string":
+            return "a string"
+        return repr(tok.text)
+
+    def parse(self) -> Node | None:
+        if self.tok.kind == "end":
+            return None
+        node = self.or_expr(0)
+        if self.tok.kind != "end":
+            if self.tok.kind == "rparen":
+                self.fail("unbalanced ')'")
+            self.fail("expected 'and', 'or' or the end of the filter", found=self.tok)
+        return node
+
+    def or_expr(self, depth: int) -> Node:
+        items = [self.and_expr(depth)]
+        while self.is_word("or"):
+            self.i += 1
+            items.append(self.and_expr(depth))
+        return items[0] if len(items) == 1 else BoolOp("or", tuple(items))
+
+    def and_expr(self, depth: int) -> Node:
+        items = [self.not_expr(depth)]
+        while self.is_word("and"):
+            self.i += 1
+            items.append(self.not_expr(depth))
+        return items[0] if len(items) == 1 else BoolOp("and", tuple(items))
+
+    def not_expr(self, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            self.fail(f"filter nests deeper than {MAX_DEPTH} levels")
+        if self.is_word("not"):
+            self.i += 1
+            return Not(self.not_expr(depth + 1))
+        if self.tok.kind == "lparen":
+            open_tok = self.tok
+            self.i += 1
+            if self.tok.kind == "rparen":
+                self.fail("empty parentheses")
+            node = self.or_expr(depth + 1)
+            if self.tok.kind != "rparen":
+                if self.tok.kind == "end":
+                    self.fail("unclosed '('", open_tok)
+                self.fail("expected ')' or 'and'/'or'", found=self.tok)
+            self.i += 1
+            return node
+        return self.comparison()
+
+    def comparison(self) -> Compare:
+        self.terms += 1
+        if self.terms > MAX_TERMS:
+            self.fail(f"filter has more than {MAX_TERMS} comparisons")
+        start = self.tok
+        field = self.field()
+        negated = False
+        if self.is_word("not"):
+            self.i += 1
+            if not self.is_word("in"):
+                self.fail(f"expected 'in' after 'not' (write `not {field.label} ...` to negate a comparison)")
+            negated = True
+        if self.is_word("in"):
+            op_tok = self.tok
+            self.i += 1
+            values = self.value_list(op_tok)
+            return check(Compare(field, "in", values, negated, start.pos), self.source)
+        if self.tok.kind != "op":
+            self.fail(f"expected an operator (= != < <= > >= ~ in) after {field.label}", found=self.tok)
+        op_tok = self.tok
+        self.i += 1
+        value = self.value(f"after '{op_tok.text}'")
+        return check(Compare(field, op_tok.text, (value,), False, op_tok.pos), self.source)
+
+    def value_list(self, op_tok: Token) -> tuple[Literal, ...]:
+        if self.tok.kind != "lparen":
+            self.fail("expected '(' after 'in', e.g. in (1, 2) or in (\"a\", \"b\")")
+        open_tok = self.tok
+        self.i += 1
+        values = [self.value("in the list")]
+        while self.tok.kind == "comma":
+            self.i += 1
+            values.append(self.value("after ','"))
+            if len(values) > MAX_IN_VALUES:
+                self.fail(f"an 'in' list holds at most {MAX_IN_VALUES} values")
+        if self.tok.kind != "rparen":
+            if self.tok.kind == "end":
+                self.fail("unclosed '(' of the 'in' list", open_tok)
+            self.fail("expected ',' or ')' in the 'in' list", found=self.tok)
+        self.i += 1
+        return tuple(values)
+
+    def value(self, where: str) -> Literal:
+        tok = self.tok
+        if tok.kind == "number":
+            self.i += 1
+            return Literal(float(tok.text.replace("_", "")), tok.text, tok.pos)
+        if tok.kind == "string":
+            self.i += 1
+            return Literal(tok.text, tok.text, tok.pos)
+        if self.is_word("true", "false"):
+            self.i += 1
+            return Literal(tok.text.lower() == "true", tok.text.lower(), tok.pos)
+        hint = ""
+        if tok.kind == "word":
+            hint = f' (quote text values: "{tok.text}")'
+        elif tok.kind == "quoted_key":
+            hint = " (backticks quote keys; use double quotes for text values)"
+        raise FilterError(f"expected a value {where}", self.source, tok.pos, self.describe(tok) + hint)
+        raise AssertionError  # unreachable
+
+    def field(self) -> Field:
+        tok = self.tok
+        if tok.kind not in ("word", "quoted_key"):
+            self.fail("expected a field (params.<key>, metrics.<key>, tags.<key>, state, ...)", found=tok)
+        parts: list[tuple[str, bool]] = [(tok.text, tok.kind == "quoted_key")]
+        self.i += 1
+        while self.tok.kind == "dot":
+            self.i += 1
+            if self.tok.kind not in ("word", "quoted_key", "number"):
+                self.fail("expected a key after '.'", found=self.tok)
+            parts.append((self.tok.text, self.tok.kind == "quoted_key"))
+            self.i += 1
+        return build_field(parts, tok.pos, self.source)
+
+
+def build_field(parts: list[tuple[str, bool]], pos: int, source: str) -> Field:
+    """Interprets dotted segments (text, was_backticked) as a Field."""
+    head, head_quoted = parts[0]
+    name = head.lower()
+    if len(parts) == 1:
+        if not head_quoted and name in COLUMNS:
+            return Field("column", name, pos=pos)
+        if not head_quoted and name in _PREFIXES:
+            raise FilterError(f"{name} needs a key, e.g. {name}.lr", source, pos)
+        raise FilterError(
+            f"unknown field {head!r}; use params.<key>, config.<key>, summary.<key>, metrics.<key>, "
+            f"tags.<key> or one of: {', '.join(COLUMNS)}",
+            source,
+            pos,
+        )
+    if head_quoted or name not in _PREFIXES:
+        raise FilterError(
+            f"unknown field prefix {head!r}; use params., config., summary., metrics. or tags.", source, pos
+        )
+    kind = _PREFIXES[name]
+    rest = parts[1:]
+    agg = "last"
+    if kind == "metric" and len(rest) > 1 and not rest[-1][1] and rest[-1][0].lower() in METRIC_AGGS:
+        agg = rest[-1][0].lower()
+        rest = rest[:-1]
+    key = ".".join(text for text, _ in rest)
+    if not key:
+        raise FilterError("empty key", source, pos)
+    return Field(kind, key, agg, pos)
+
+
+def parse_filter(source: str) -> Node | None:
+    """The AST of a filter; None for an empty filter."""
+    return _Parser(source).parse()
+
+
+def parse_sort_field(source: str) -> tuple[Field, bool]:
+    """A sort key in field syntax, optionally prefixed by '-' (descending): (field, descending)."""
+    text = source.strip()
+    descending = text.startswith("-")
+    if descending or text.startswith("+"):
+        text = text[1:]
+    parser = _Parser(text)
+    if parser.tok.kind == "end":
+        raise InvalidArgument("empty sort field in order_by")
+    field = parser.field()
+    if parser.tok.kind != "end":
+        parser.fail(f"unexpected {parser.describe(parser.tok)} after the sort field")
+    return field, descending
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check(node: Compare, source: str) -> Compare:
+    """Refuses comparisons that cannot mean anything, before any SQL is built."""
+    field, op = node.field, node.op
+    kind = COLUMNS[field.key][1] if field.kind == "column" else field.kind
+
+    def fail(message: str, pos: int) -> None:
+        raise FilterError(message, source, pos)
+
+    for lit in node.values:
+        if kind == "metric" and not isinstance(lit.value, float):
+            fail(f"{field.label} is a number; compare it with a number", lit.pos)
+        if kind == "state" and (not isinstance(lit.value, str) or lit.value.lower() not in STATES):
+            fail(f"state is one of {', '.join(STATES)}", lit.pos)
+        if kind == "flag" and not isinstance(lit.value, bool) and lit.value not in (0.0, 1.0):
+            fail(f"{field.label} is true or false", lit.pos)
+        if kind == "time":
+            to_ms(lit, source)
+    if op == "~" and (kind in ("metric", "state", "time", "flag") or isinstance(node.values[0].value, bool)):
+        fail(f"'~' (substring) works on text; {field.label} is not text", node.pos)
+    if op in ("<", "<=", ">", ">=") and kind in ("state", "flag"):
+        fail(f"{field.label} can only be compared with = != or in", node.pos)
+    if op in ("<", "<=", ">", ">=", "~") and isinstance(node.values[0].value, bool):
+        fail("true/false can only be compared with = != or in", node.pos)
+    return node
+
+
+def to_ms(lit: Literal, source: str) -> int:
+    """A time value: unix ms as a number, or an ISO 8601 date/time string (UTC unless it says)."""
+    if isinstance(lit.value, float):
+        return int(lit.value)
+    if isinstance(lit.value, str):
+        try:
+            moment = datetime.fromisoformat(lit.value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise FilterError(
+                f'{lit.value!r} is not a time; use unix ms or an ISO date like "2024-05-01" or '
+                '"2024-05-01T12:00:00Z"',
+                source,
+                lit.pos,
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    raise FilterError("a time is unix ms or an ISO date string", source, lit.pos)

@@ -1,0 +1,272 @@
+"""SQL building for the query service. Every value and key goes through a Binder as a server-side
+parameter (`{p0:Float64}`; clickhouse-connect hands them to ClickHouse / chDB apart from the SQL
+text); only the database name (validated at start) and fixed identifiers are spliced in."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from runstream_services.errors import InvalidArgument
+from runstream_services.query.filter import COLUMNS, BoolOp, Compare, Field, Node, Not, to_ms
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_NUMERIC_OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def checked_db(db: str) -> str:
+    if not _DB_NAME.match(db):
+        raise InvalidArgument(f"database name {db!r} must match {_DB_NAME.pattern}")
+    return db
+
+
+@dataclass
+class Binder:
+    """Collects bound parameters; `bind` returns the placeholder to put in the SQL."""
+
+    params: dict[str, object] = field(default_factory=dict)
+
+    def bind(self, value: object, ch_type: str) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"{{{name}:{ch_type}}}"
+
+
+# ---------------------------------------------------------------- filter -> SQL
+
+
+def compile_filter(node: Node, binder: Binder, db: str, project_ph: str) -> str:
+    """A SQL condition over a row of `<db>.runs` for the filter AST `node`."""
+    if isinstance(node, BoolOp):
+        joiner = f" {node.op.upper()} "
+        return "(" + joiner.join(compile_filter(i, binder, db, project_ph) for i in node.items) + ")"
+    if isinstance(node, Not):
+        return f"(NOT {compile_filter(node.item, binder, db, project_ph)})"
+    return _compare(node, binder, db, project_ph)
+
+
+def _compare(node: Compare, b: Binder, db: str, project_ph: str) -> str:
+    f = node.field
+    if f.kind == "column":
+        cond = _column_cond(node, b)
+    elif f.kind == "tag":
+        key = b.bind(f.key, "String")
+        cond = f"(mapContains(tags, {key}) AND {_text_cond('tags[' + key + ']', node, b)})"
+    elif f.kind in ("param", "summary"):
+        scope = "config" if f.kind == "param" else "summary"
+        having = " OR ".join(_param_cond(node.op, lit.value, b) for lit in node.values)
+        cond = (
+            f"run_id IN (SELECT run_id FROM {db}.params WHERE project = {project_ph} AND scope = '{scope}' "
+            f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id HAVING {having})"
+        )
+    else:  # metric
+        agg = _METRIC_AGG_SQL[f.agg]
+        if node.op == "in":
+            having = f"{agg} IN {b.bind([float(v.value) for v in node.values], 'Array(Float64)')}"
+        else:
+            having = f"{agg} {_NUMERIC_OPS[node.op]} {b.bind(float(node.values[0].value), 'Float64')}"
+        cond = (
+            f"run_id IN (SELECT run_id FROM {db}.metric_summaries WHERE project = {project_ph} AND kind = 'user' "
+            f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id HAVING {having})"
+        )
+    return f"(NOT {cond})" if node.negated_in else cond
+
+
+_METRIC_AGG_SQL = {
+    "last": "argMaxMerge(last)",
+    "min": "min(min)",
+    "max": "max(max)",
+    "count": "sum(count)",
+}
+
+
+def _param_cond(op: str, value: object, b: Binder) -> str:
+    """HAVING condition on the newest version of one param row (kind, num, str)."""
+    kind, num, text = "argMax(kind, version)", "argMax(num, version)", "argMax(str, version)"
+    if op == "in":
+        op = "="
+    if isinstance(value, bool):
+        flag = b.bind(1.0 if value else 0.0, "Float64")
+        sql_op = "=" if op == "=" else "!="
+        return f"({kind} = 'flag' AND {num} {sql_op} {flag})"
+    if isinstance(value, float):
+        return f"({kind} IN ('number', 'flag') AND {num} {_NUMERIC_OPS[op]} {b.bind(value, 'Float64')})"
+    if op == "~":
+        return f"(positionCaseInsensitiveUTF8({text}, {b.bind(value, 'String')}) > 0)"
+    return f"({text} {_NUMERIC_OPS[op]} {b.bind(value, 'String')})"
+
+
+def _text_cond(expr: str, node: Compare, b: Binder) -> str:
+    texts = [lit.raw if isinstance(lit.value, float) else str(lit.value) for lit in node.values]
+    if node.op == "in":
+        return f"{expr} IN {b.bind(texts, 'Array(String)')}"
+    if node.op == "~":
+        return f"positionCaseInsensitiveUTF8({expr}, {b.bind(texts[0], 'String')}) > 0"
+    return f"{expr} {_NUMERIC_OPS[node.op]} {b.bind(texts[0], 'String')}"
+
+
+def _column_cond(node: Compare, b: Binder) -> str:
+    column, kind = COLUMNS[node.field.key]
+    if kind == "text":
+        return _text_cond(column, node, b)
+    if kind == "state":
+        states = [str(lit.value).lower() for lit in node.values]
+        if node.op == "in":
+            return f"toString(state) IN {b.bind(states, 'Array(String)')}"
+        return f"toString(state) {_NUMERIC_OPS[node.op]} {b.bind(states[0], 'String')}"
+    if kind == "flag":
+        flags = [1 if lit.value in (True, 1.0) else 0 for lit in node.values]
+        if node.op == "in":
+            return f"{column} IN {b.bind(flags, 'Array(UInt8)')}"
+        return f"{column} {_NUMERIC_OPS[node.op]} {b.bind(flags[0], 'UInt8')}"
+    # time
+    times = [to_ms(lit, "") for lit in node.values]
+    if node.op == "in":
+        return f"{column} IN {b.bind(times, 'Array(Int64)')}"
+    return f"{column} {_NUMERIC_OPS[node.op]} {b.bind(times[0], 'Int64')}"
+
+
+# ---------------------------------------------------------------- sorting
+
+
+@dataclass(frozen=True)
+class SortPlan:
+    joins: list[str]  # LEFT JOIN clauses onto the filtered runs (alias r)
+    order: list[str]  # ORDER BY items
+
+
+def sort_plan(fields: list[tuple[Field, bool]], b: Binder, db: str, project_ph: str) -> SortPlan:
+    """ORDER BY for run search. Missing values (NULL, NaN) sort last in either direction."""
+    joins: list[str] = []
+    order: list[str] = []
+    for i, (f, desc) in enumerate(fields):
+        direction = "DESC" if desc else "ASC"
+        alias = f"s{i}"
+        if f.kind == "column":
+            column = COLUMNS[f.key][0]
+            expr = "toString(r.state)" if f.key == "state" else f"r.{column}"
+            order.append(f"{expr} {direction}")
+        elif f.kind == "tag":
+            key = b.bind(f.key, "String")
+            order.append(f"if(mapContains(r.tags, {key}), r.tags[{key}], NULL) {direction} NULLS LAST")
+        elif f.kind in ("param", "summary"):
+            scope = "config" if f.kind == "param" else "summary"
+            joins.append(
+                f"LEFT JOIN (SELECT run_id, argMax(kind, version) AS k, argMax(num, version) AS n, "
+                f"argMax(str, version) AS s FROM {db}.params WHERE project = {project_ph} AND scope = '{scope}' "
+                f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id) AS {alias} ON {alias}.run_id = r.run_id"
+            )
+            order.append(
+                f"if({alias}.k IN ('number', 'flag') AND NOT isNaN({alias}.n), {alias}.n, NULL) "
+                f"{direction} NULLS LAST"
+            )
+            order.append(f"{alias}.s {direction} NULLS LAST")
+        else:
+            joins.append(
+                f"LEFT JOIN (SELECT run_id, {_METRIC_AGG_SQL[f.agg]} AS v FROM {db}.metric_summaries "
+                f"WHERE project = {project_ph} AND kind = 'user' AND key = {b.bind(f.key, 'String')} "
+                f"GROUP BY run_id) AS {alias} ON {alias}.run_id = r.run_id"
+            )
+            order.append(f"if(isNaN({alias}.v), NULL, {alias}.v) {direction} NULLS LAST")
+    order.append("r.run_id ASC")  # a total order, so pages never overlap
+    return SortPlan(joins, order)
+
+
+# ---------------------------------------------------------------- run search
+
+RUN_COLUMNS = (
+    "run_id",
+    "name",
+    "`group`",
+    "job_type",
+    "toString(state)",
+    "start_ms",
+    "end_ms",
+    "heartbeat_ms",
+    "user",
+    "host",
+    "git_commit",
+    "git_dirty",
+    "notes",
+    "tags",
+)
+
+
+def search_sql(db: str, where: str, plan: SortPlan, limit_ph: str, offset_ph: str) -> str:
+    """The page of matching runs (display columns) and the total match count in one query."""
+    inner_cols = ", ".join(RUN_COLUMNS).replace("toString(state)", "state")
+    outer_cols = ", ".join("toString(r.state)" if c == "toString(state)" else f"r.{c}" for c in RUN_COLUMNS)
+    return (
+        f"SELECT {outer_cols}, count() OVER () AS total "
+        f"FROM (SELECT {inner_cols} FROM {db}.runs FINAL WHERE {where}) AS r "
+        + " ".join(plan.joins)
+        + f" ORDER BY {', '.join(plan.order)} LIMIT {limit_ph} OFFSET {offset_ph} "
+        "SETTINGS join_use_nulls = 1"
+    )
+
+
+# ---------------------------------------------------------------- metric series
+
+ROLLUP_WIDTH = 32  # steps per metric_rollups row (migration 0002)
+_SERIES_ID = "transform(concat(run_id, '\\0', toString(key), '\\0', toString(rank)), {sids:Array(String)}, {idx:Array(UInt32)}, toUInt32(0))"
+
+
+def series_id(run_id: str, key: str, rank: int) -> str:
+    """The identity `_SERIES_ID` computes in SQL, to map rows back to series without a join."""
+    return f"{run_id}\0{key}\0{rank}"
+
+
+def series_where(db_table: str, all_ranks: bool) -> str:
+    rank = "" if all_ranks else " AND rank = {rank:UInt16}"
+    return (
+        f"FROM {db_table} WHERE project = {{project:String}} AND kind = {{kind:String}} "
+        f"AND run_id IN {{runs:Array(String)}} AND key IN {{keys:Array(String)}}{rank}"
+    )
+
+
+def bounds_sql(db: str, all_ranks: bool) -> str:
+    """Per series: step and time span and point count, read from the rollups (cheap)."""
+    return (
+        "SELECT run_id, toString(key), rank, min(first_step), max(last_step), min(first_ms), max(last_ms), "
+        f"sum(count) {series_where(db + '.metric_rollups', all_ranks)} GROUP BY run_id, key, rank"
+    )
+
+
+_X_RAW = {"step": "step", "time": "time_ms"}
+_X_ROLLUP = {"step": "first_step", "time": "first_ms"}
+
+
+def _x_expr(axis: str, rollup: bool) -> str:
+    """x of a row as Float64; relative time subtracts the series' run offset."""
+    col = (_X_ROLLUP if rollup else _X_RAW)["step" if axis == "step" else "time"]
+    if axis == "relative":
+        return f"toFloat64({col} - {{offs:Array(Int64)}}[si])"
+    return f"toFloat64({col})"
+
+
+def minmax_sql(db: str, axis: str, rollup: bool, all_ranks: bool, zoom: bool) -> str:
+    """Per series and bucket: the point of the min value and the point of the max value. Buckets are
+    equal x ranges: bucket = floor((x - x0[si]) / w[si]); NaN never wins unless a bucket is all NaN
+    (then the bucket is dropped). From the rollups, x is the first step/time of the 32-step row."""
+    table = f"{db}.metric_rollups" if rollup else f"{db}.metrics"
+    lo = "lo" if rollup else "if(isNaN(value), inf, value)"
+    hi = "hi" if rollup else "if(isNaN(value), -inf, value)"
+    inner = f"SELECT {_SERIES_ID} AS si, * {series_where(table, all_ranks)}"
+    rows = f"SELECT si, {_x_expr(axis, rollup)} AS x, {lo} AS lo, {hi} AS hi FROM ({inner}) WHERE si > 0"
+    where = "WHERE x >= {x_min:Float64} AND x <= {x_max:Float64} " if zoom else ""
+    return (
+        "SELECT si, toInt64(floor((x - {x0s:Array(Float64)}[si]) / {ws:Array(Float64)}[si])) AS b, "
+        f"argMin(x, lo), min(lo), argMax(x, hi), max(hi) FROM ({rows}) {where}"
+        "GROUP BY si, b HAVING min(lo) <= max(hi)"
+    )
+
+
+def raw_points_sql(db: str, axis: str, all_ranks: bool, zoom: bool) -> str:
+    """Every point of the chosen series (FINAL: a replayed point never shows twice)."""
+    return (
+        f"SELECT si, x, value FROM (SELECT si, {_x_expr(axis, False)} AS x, value "
+        f"FROM (SELECT {_SERIES_ID} AS si, step, time_ms, value {series_where(db + '.metrics FINAL', all_ranks)}) "
+        "WHERE si > 0) "
+        + ("WHERE x >= {x_min:Float64} AND x <= {x_max:Float64} " if zoom else "")
+        + "ORDER BY si, x"
+    )
