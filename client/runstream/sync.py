@@ -84,7 +84,10 @@ def sync_paths(
         totals["refused"] += result.refused
         if not result.complete:
             totals["incomplete"] += 1
-            print(f"{label}: not all requests were acknowledged by {settings.endpoint}; run sync again", file=out)
+            print(
+                f"{label}: not all requests were acknowledged by {settings.endpoint}; run sync again",
+                file=out,
+            )
         for message in result.messages:
             print(f"{label}: refused by the server: {message}", file=out)
     print(

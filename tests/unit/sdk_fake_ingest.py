@@ -50,7 +50,9 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
                     yield ingest_pb2.IngestResponse(seq=req.seq, ok=False, code=3, message=message)
                     continue
                 self.requests.setdefault((req.client_id, req.seq), req)
-            yield ingest_pb2.IngestResponse(seq=req.seq, ok=True, points_accepted=len(req.metrics.values) // 8)
+            yield ingest_pb2.IngestResponse(
+                seq=req.seq, ok=True, points_accepted=len(req.metrics.values) // 8
+            )
 
     def UploadArtifact(self, request_iterator, context):
         header, chunks = None, []
@@ -85,5 +87,7 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
             idx = np.frombuffer(b.key_index, "<u2") if b.key_index else np.zeros(n, dtype=np.uint16)
             steps = np.frombuffer(b.steps, "<i8")
             vals = np.frombuffer(b.values, "<f8")
-            out.extend((b.keys[i], int(s), float(v), b.rank) for i, s, v in zip(idx, steps, vals, strict=True))
+            out.extend(
+                (b.keys[i], int(s), float(v), b.rank) for i, s, v in zip(idx, steps, vals, strict=True)
+            )
         return out

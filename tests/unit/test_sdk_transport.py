@@ -173,7 +173,9 @@ def test_refused_requests_are_warned_counted_and_kept(tmp_path):
             run.log({"good": 1.0})
             run.finish()
         assert run.refused_count == 1
-        assert any(issubclass(w.category, runstream.RefusedWarning) and "banned" in str(w.message) for w in caught)
+        assert any(
+            issubclass(w.category, runstream.RefusedWarning) and "banned" in str(w.message) for w in caught
+        )
         assert (tmp_path / "spool" / run.id / f"{run.client_id}.refused").stat().st_size > 0
         assert [k for k, *_ in fake.points(run.id)] == ["good"]
     finally:

@@ -47,41 +47,48 @@ def _le(a: array) -> bytes:
 
 
 class _Columns:
-    """Points of one kind collected into the next MetricBatch."""
+    """Points of one kind collected into the next MetricBatch: plain lists while filling (list
+    extends from dict views run in C), packed into arrays once per batch."""
 
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
-        self.key_index = array("H")
-        self.steps = array("q")
-        self.values = array("d")
-        self.times = array("q")
+        self._index_of: dict[tuple, tuple] = {}  # key tuple of a log() call -> key indexes
+        self.key_index: list[int] = []
+        self.steps: list[int] = []
+        self.values: list[float] = []
+        self.times: list[int] = []
 
     def __len__(self) -> int:
         return len(self.values)
 
     def add(self, step: int, time_ms: int, data: dict) -> None:
-        keys = self.keys
-        index = []
-        for key in data:
-            i = keys.get(key)
-            if i is None:
-                i = keys[key] = len(keys)
-            index.append(i)
+        names = tuple(data)
+        index = self._index_of.get(names)
+        if index is None:
+            keys = self.keys
+            for key in names:
+                if key not in keys:
+                    keys[key] = len(keys)
+            index = self._index_of[names] = tuple(keys[k] for k in names)
         n = len(index)
         self.key_index.extend(index)
-        self.steps.extend([step] * n)
         self.values.extend(data.values())
-        self.times.extend([time_ms] * n)
+        if n == 1:
+            self.steps.append(step)
+            self.times.append(time_ms)
+        else:
+            self.steps.extend([step] * n)
+            self.times.extend([time_ms] * n)
 
     def to_batch(self, project: str, run_id: str, rank: int, kind: int) -> ingest_pb2.MetricBatch:
         return ingest_pb2.MetricBatch(
             project=project,
             run_id=run_id,
             keys=list(self.keys),
-            key_index=_le(self.key_index) if len(self.keys) > 1 else b"",
-            steps=_le(self.steps),
-            values=_le(self.values),
-            times_ms=_le(self.times),
+            key_index=_le(array("H", self.key_index)) if len(self.keys) > 1 else b"",
+            steps=_le(array("q", self.steps)),
+            values=_le(array("d", self.values)),
+            times_ms=_le(array("q", self.times)),
             rank=rank,
             kind=kind,
         )

@@ -188,8 +188,10 @@ class IngestStream:
                 if seq is None:
                     self._changed.clear()
                     waiter = asyncio.ensure_future(self._changed.wait())
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    try:
+                        await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
                     continue
                 await call.write(self._data(self.pending[seq]))
                 sent_here.add(seq)
