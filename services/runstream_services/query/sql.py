@@ -207,7 +207,7 @@ def search_sql(db: str, where: str, plan: SortPlan, limit_ph: str, offset_ph: st
 
 # ---------------------------------------------------------------- metric series
 
-ROLLUP_WIDTH = 32  # steps per metric_rollups row (migration 0002)
+ROLLUP_WIDTH = 32  # steps per metric_rollups row (migration 0003)
 _SERIES_ID = "transform(concat(run_id, '\\0', toString(key), '\\0', toString(rank)), {sids:Array(String)}, {idx:Array(UInt32)}, toUInt32(0))"
 
 

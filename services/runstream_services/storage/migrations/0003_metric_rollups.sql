@@ -1,4 +1,4 @@
--- Runstream schema v2: a coarse pre-aggregation of metric points for fast downsampled charts.
+-- Runstream schema v3: a coarse pre-aggregation of metric points for fast downsampled charts.
 -- Every 32 consecutive steps of a series (project, run, kind, key, rank) become one row holding
 -- the min and max value and the step/time span. The query service reads these rows instead of
 -- the raw points when a series is long compared to the requested number of points
@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS {db}.metric_rollups
 )
 ENGINE = AggregatingMergeTree
 ORDER BY (project, run_id, kind, key, rank, bucket)
+SETTINGS non_replicated_deduplication_window = 100000
 ;;
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.metric_rollups_mv TO {db}.metric_rollups AS
 SELECT project, run_id, kind, key, rank,
