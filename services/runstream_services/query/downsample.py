@@ -9,6 +9,8 @@ candidates per output point), so the loop stays short and extremes are among the
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -90,7 +92,8 @@ def _lttb_batch(
         cy[s, b, slot] = y[idx]
         cvalid[s, b, slot] = ~np.isnan(y[idx])
         cindex[s, b, slot] = idx
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN bucket has no mean: NaN is fine
         avg_x = np.nanmean(np.where(cvalid, cx, np.nan), axis=2)
         avg_y = np.nanmean(np.where(cvalid, cy, np.nan), axis=2)
     last_x = np.array([x[-1] for x, _ in series])

@@ -351,7 +351,7 @@ class _Parser:
             self.i += 1
             return Literal(tok.text.lower() == "true", tok.text.lower(), tok.pos)
         hint = ""
-        if tok.kind == "word":
+        if tok.kind == "word" and tok.text.lower() not in _KEYWORDS:
             hint = f' (quote text values: "{tok.text}")'
         elif tok.kind == "quoted_key":
             hint = " (backticks quote keys; use double quotes for text values)"

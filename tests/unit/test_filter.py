@@ -1,0 +1,272 @@
+"""The filter language: parsing, SQL compilation with bound parameters, errors that point at the
+mistake, and hostile input (never spliced into SQL; always a clear error or a parse)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from runstream_services.errors import InvalidArgument
+from runstream_services.query import sql
+from runstream_services.query.filter import (
+    MAX_DEPTH,
+    MAX_FILTER_CHARS,
+    BoolOp,
+    Compare,
+    Field,
+    FilterError,
+    Not,
+    parse_filter,
+    parse_sort_field,
+)
+
+
+def compile_(text: str) -> tuple[str, dict]:
+    binder = sql.Binder()
+    project = binder.bind("proj", "String")
+    node = parse_filter(text)
+    return sql.compile_filter(node, binder, "db", project), binder.params
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(InvalidArgument) as err:
+        compile_(text)
+    return err.value.message
+
+
+def test_issue_example_parses_to_three_terms():
+    node = parse_filter('params.lr > 0.01 and metrics.val_f1 > 0.85 and tags.dataset = "v2.1"')
+    assert isinstance(node, BoolOp) and node.op == "and"
+    fields = [c.field for c in node.items]
+    assert fields == [
+        Field("param", "lr", pos=0),
+        Field("metric", "val_f1", pos=21),
+        Field("tag", "dataset", pos=47),
+    ]
+    assert [c.values[0].value for c in node.items] == [0.01, 0.85, "v2.1"]
+
+
+def test_empty_filter_is_none():
+    assert parse_filter("") is None and parse_filter("   \n ") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "key", "agg"),
+    [
+        ("params.lr", "param", "lr", "last"),
+        ("config.optimizer.lr", "param", "optimizer.lr", "last"),
+        ("params.`learning rate`", "param", "learning rate", "last"),
+        ("params.`a.b`.c", "param", "a.b.c", "last"),
+        ("summary.best", "summary", "best", "last"),
+        ("metrics.loss", "metric", "loss", "last"),
+        ("metrics.loss.min", "metric", "loss", "min"),
+        ("metrics.val/acc.MAX", "metric", "val/acc", "max"),
+        ("metrics.train.loss.count", "metric", "train.loss", "count"),
+        ("metrics.`loss.min`", "metric", "loss.min", "last"),
+        ("metrics.min", "metric", "min", "last"),
+        ("tags.dataset", "tag", "dataset", "last"),
+        ("params.layers.0", "param", "layers.0", "last"),
+        ("STATE", "column", "state", "last"),
+        ("start", "column", "start", "last"),
+    ],
+)
+def test_fields(text, kind, key, agg):
+    if kind == "column" and key == "state":
+        node = parse_filter(f'{text} = "running"')
+    else:
+        node = parse_filter(f'{text} = "1"' if kind in ("tag", "param", "summary") else f"{text} = 1")
+    assert (node.field.kind, node.field.key, node.field.agg) == (kind, key, agg)
+
+
+def test_operators_and_precedence():
+    node = parse_filter('name = "a" or name = "b" and not state = "failed"')
+    assert isinstance(node, BoolOp) and node.op == "or"
+    assert isinstance(node.items[1], BoolOp) and node.items[1].op == "and"
+    assert isinstance(node.items[1].items[1], Not)
+    grouped = parse_filter('(name = "a" or name = "b") and params.x != 2')
+    assert grouped.op == "and" and grouped.items[0].op == "or"
+    for op in ("=", "!=", "<", "<=", ">", ">=", "~"):
+        assert parse_filter(f'params.x {op} "v"').op == op
+    assert parse_filter("params.x == 1").op == "=" and parse_filter("params.x <> 1").op == "!="
+    node = parse_filter("params.bs not in (1, 2.5, -3e-2)")
+    assert (
+        isinstance(node, Compare) and node.negated_in and [v.value for v in node.values] == [1.0, 2.5, -0.03]
+    )
+
+
+def test_compiled_sql_binds_every_value_and_key():
+    text = 'params.lr > 0.01 and metrics.val_f1.max >= 0.85 and tags.`data set` = "v2.1" and name ~ "bert"'
+    where, params = compile_(text)
+    assert "0.01" not in where and "v2.1" not in where and "data set" not in where and "bert" not in where
+    assert set(params.values()) >= {0.01, 0.85, "v2.1", "data set", "bert", "lr", "val_f1"}
+    for placeholder in re.findall(r"\{(p\d+):", where):
+        assert placeholder in params
+    assert "max(max)" in where and "FROM db.metric_summaries" in where and "FROM db.params" in where
+
+
+def test_compiled_types():
+    where, params = compile_('start >= "2024-05-01" and end < 1714521600000 and git_dirty = false')
+    assert params["p1"] == 1714521600000 and params["p2"] == 1714521600000 and params["p3"] == 0
+    where, params = compile_('state in ("RUNNING", "finished")')
+    assert params["p1"] == ["running", "finished"]
+    where, params = compile_("name = 123")
+    assert params["p1"] == "123"  # a number against a text column keeps its spelling
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "column"),
+    [
+        ("params.lr >", "expected a value after '>'", 12),
+        ("params.lr > 0.01 and", "expected a field", 21),
+        ("params.lr 0.01", "expected an operator", 11),
+        ("params.lr > 0.01 metrics.x > 1", "expected 'and', 'or' or the end", 18),
+        ("(params.lr > 1", "unclosed '('", 1),
+        ("params.lr > 1)", "unbalanced ')'", 14),
+        ("()", "empty parentheses", 2),
+        ('name = "abc', "unterminated string", 8),
+        ("params.`abc = 1", "unterminated key", 8),
+        ("params.lr > 1.2.3", "is not a number", 13),
+        ("params. > 1", "expected a key after '.'", 9),
+        ("params = 1", "params needs a key", 1),
+        ("foo.bar = 1", "unknown field prefix 'foo'", 1),
+        ("nonsense = 1", "unknown field 'nonsense'", 1),
+        ('state > "running"', "can only be compared with = != or in", 7),
+        ('state = "paused"', "state is one of", 9),
+        ('metrics.loss = "low"', "compare it with a number", 16),
+        ("metrics.loss ~ 1", "'~' (substring) works on text", 14),
+        ('start > "yesterday"', "is not a time", 9),
+        ("git_dirty = 2", "is true or false", 13),
+        ("params.x in 1", "expected '(' after 'in'", 13),
+        ("params.x in (1, ", "expected a value after ','", 17),
+        ("params.x in (1 2)", "expected ',' or ')'", 16),
+        ("params.x not 1", "expected 'in' after 'not'", 14),
+        ("name = adam", 'quote text values: "adam"', 8),
+        ("name = `adam`", "backticks quote keys", 8),
+        ('name = "a\\q"', "unknown escape", 10),
+        ("params.x > 1e999", "out of range", 12),
+        ("params.x = true and params.y < false", "true/false can only be compared", 30),
+    ],
+)
+def test_errors_point_at_the_mistake(text, message, column):
+    msg = error_of(text)
+    assert message in msg
+    assert f"at column {column}" in msg
+    caret_line = msg.splitlines()[-1]
+    assert caret_line.index("^") - 2 == column - 1  # the caret sits under the column
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "name = 'x' OR 1=1",
+        'name = "x"; DROP TABLE runs',
+        'name = "x" -- comment',
+        'name = "x" /* c */',
+        'name = "x" UNION SELECT * FROM system.tables',
+        "params.lr > 1) OR (1=1",
+        'tags.`a` = "b" `',
+        'name = "\\"" or "',
+        "state = 'running' or sleep(3)",
+        "name = {p0:String}",
+        "params.`x` = 1 format JSON",
+        "\x00",
+        "params.x > 1 \u2028 and",
+    ],
+)
+def test_hostile_input_is_refused_with_an_error(hostile):
+    with pytest.raises(InvalidArgument):
+        compile_(hostile)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x' OR '1'='1",
+        'x" OR "1"="1',
+        "\\",
+        "'; DROP TABLE runs; --",
+        "/* */",
+        "{p0:String}",
+        "ü🙂ß",
+        "$$x$$",
+        "%s",
+    ],
+)
+def test_hostile_values_stay_parameters(value):
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    for text in (f'name = "{escaped}"', f'params.opt ~ "{escaped}"', f'tags.t in ("{escaped}", "b")'):
+        where, params = compile_(text)
+        assert value in params.values() or [value, "b"] in params.values()
+        assert value not in re.sub(r"\{p\d+:[A-Za-z()]+\}", "", where)
+
+
+def test_hostile_keys_stay_parameters():
+    where, params = compile_('params.`lr") OR 1=1 --` = 1 and tags.`x]; DROP` = "y"')
+    assert 'lr") OR 1=1 --' in params.values() and "x]; DROP" in params.values()
+    assert "DROP" not in where and "OR 1=1" not in where
+
+
+def test_single_quotes_and_escapes_in_strings():
+    assert parse_filter("name = 'it\\'s'").values[0].value == "it's"
+    assert parse_filter('name = "tab\\there"').values[0].value == "tab\there"
+    assert parse_filter('tags.`we\\`ird` = ""').field.key == "we`ird"
+
+
+def test_unicode_keys_and_values():
+    node = parse_filter('tags.`Größe` = "überlang 🙂"')
+    assert node.field.key == "Größe" and node.values[0].value == "überlang 🙂"
+
+
+def test_very_long_input_is_refused_cleanly():
+    assert "at most" in error_of('name = "' + "a" * (MAX_FILTER_CHARS + 1) + '"')
+    # long but allowed: many terms
+    text = " or ".join(f'name = "r{i}"' for i in range(400))
+    where, params = compile_(text)
+    assert len(params) == 401
+
+
+def test_error_in_a_long_filter_shows_a_window():
+    text = " and ".join(f"params.p{i} > {i}" for i in range(100)) + " and params.x > and params.y > 2" * 3
+    msg = error_of(text)
+    assert "at column 1992, found 'and'" in msg and "quote" not in msg
+    caret = msg.splitlines()[-1]
+    shown = msg.splitlines()[-2]
+    assert len(shown) < 100 and shown[caret.index("^") :].startswith("and params.y")
+
+
+def test_deep_nesting_is_refused_not_a_crash():
+    deep = "(" * (MAX_DEPTH + 5) + 'name = "a"' + ")" * (MAX_DEPTH + 5)
+    assert "nests deeper" in error_of(deep)
+    nots = "not " * (MAX_DEPTH + 5) + 'name = "a"'
+    assert "nests deeper" in error_of(nots)
+    ok = "(" * 20 + 'name = "a"' + ")" * 20
+    compile_(ok)
+    huge = "(" * 100_000
+    with pytest.raises(InvalidArgument):
+        compile_(huge)
+
+
+def test_too_many_terms():
+    text = " or ".join(f'name = "{i}"' for i in range(600))
+    assert "more than 500" in error_of(text)
+
+
+def test_not_semantics_include_missing():
+    where, _ = compile_('not params.opt = "adam"')
+    assert where.startswith("(NOT run_id IN (SELECT run_id FROM db.params")
+
+
+def test_sort_fields():
+    assert parse_sort_field("-metrics.val_f1") == (Field("metric", "val_f1", pos=0), True)
+    assert parse_sort_field("params.`learning rate`") == (Field("param", "learning rate", pos=0), False)
+    assert parse_sort_field("+start")[0].key == "start"
+    for bad in ("", "-", "metrics.x > 1", "nonsense", "-params."):
+        with pytest.raises(InvalidArgument):
+            parse_sort_field(bad)
+
+
+def test_filter_error_is_invalid_argument_with_position():
+    with pytest.raises(FilterError) as err:
+        parse_filter("params.lr >")
+    assert err.value.pos == 11 and isinstance(err.value, InvalidArgument)
