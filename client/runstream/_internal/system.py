@@ -93,8 +93,9 @@ class SystemSampler:
         gpu = _gpu_sampler()
         step = 0
         sample_host()  # psutil's first cpu_percent is meaningless
-        while not self._stop.wait(self.interval_s):
-            data = sample_host()
+        while True:
+            stopping = self._stop.wait(self.interval_s)
+            data = sample_host()  # one last sample at stop, so even a short run has one
             if gpu is not None:
                 try:
                     data.update(gpu())
@@ -103,6 +104,9 @@ class SystemSampler:
             if data:
                 self.entries.append((step, time.time(), data, SYSTEM))
                 step += 1
+            if stopping:
+                return
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._thread.join(timeout_s)

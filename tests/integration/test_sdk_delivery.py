@@ -1,0 +1,242 @@
+"""The SDK against a real embedded `runstream server` (child process): several ranks in one run,
+a server outage during logging, offline + `runstream sync`, refusals, and a forked child.
+What got stored is read from the stopped server's chDB folder, without FINAL: every point must be
+there exactly once as stored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import runstream
+from tests.chdb_inspect import query_folder
+from tests.conftest import ROOT
+
+
+def _settings(server, tmp_path, **kw):
+    opts = dict(
+        endpoint=server.endpoint,
+        spool_dir=str(tmp_path / "spool"),
+        flush_interval_s=0.05,
+        system_metrics_interval_s=0,
+        capture_packages=False,
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.5,
+    )
+    opts.update(kw)
+    return opts
+
+
+def _rows(server, sql: str) -> list[list]:
+    return query_folder(server.data_dir / "chdb", sql)
+
+
+RANK_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, runstream
+    steps = int(sys.argv[1])
+    run = runstream.init("sdk-ranks", endpoint=sys.argv[2], spool_dir=sys.argv[3], config={"lr": 0.1, "bs": 64},
+                         system_metrics_interval_s=0.2, capture_packages=False, flush_interval_s=0.05)
+    for i in range(steps):
+        run.log({"loss": 1.0 / (i + 1), "grad_norm": float(run.rank)}, step=i)
+    run.log_arrays("tokens", np.arange(steps), np.full(steps, float(run.rank)))
+    print("RUN", run.id, run.rank, run.owns_config)
+    sys.exit(0 if run.finish(timeout_s=60) else 3)
+    """
+)
+
+
+def test_ranks_as_processes_log_into_one_run_exactly_once(embedded_server, tmp_path):
+    world, steps = 3, 3000
+    env = {**os.environ, "WORLD_SIZE": str(world), "TORCHELASTIC_RUN_ID": "job42", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RANK_SCRIPT,
+                str(steps),
+                embedded_server.endpoint,
+                str(tmp_path / f"spool{r}"),
+            ],
+            env={**env, "RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(world)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * world, outs
+    run_ids = {line.split()[1] for out in outs for line in out.splitlines() if line.startswith("RUN")}
+    assert run_ids == {"torch-job42"}
+    embedded_server.stop()
+    rows = _rows(
+        embedded_server,
+        "SELECT rank, key, count(), uniqExact(step), min(step), max(step) FROM runstream.metrics "
+        "WHERE run_id = 'torch-job42' AND kind = 'user' GROUP BY rank, key ORDER BY rank, key",
+    )
+    expected = [
+        [r, key, steps, steps, 0, steps - 1] for r in range(world) for key in ("grad_norm", "loss", "tokens")
+    ]
+    assert rows == expected
+    wrong_rank = _rows(
+        embedded_server,
+        "SELECT count() FROM runstream.metrics WHERE run_id = 'torch-job42' AND key = 'grad_norm' AND value != rank",
+    )
+    assert wrong_rank == [[0]]
+    system_ranks = _rows(
+        embedded_server,
+        "SELECT DISTINCT rank FROM runstream.metrics WHERE run_id = 'torch-job42' AND kind = 'system' ORDER BY rank",
+    )
+    assert system_ranks == [[r] for r in range(world)]
+    state = _rows(embedded_server, "SELECT state FROM runstream.runs FINAL WHERE run_id = 'torch-job42'")
+    assert state == [["finished"]]
+    lr = _rows(
+        embedded_server,
+        "SELECT num FROM runstream.params FINAL WHERE run_id = 'torch-job42' AND scope = 'config' AND key = 'lr'",
+    )
+    assert lr == [[0.1]]
+
+
+def test_server_outage_loses_nothing_and_never_blocks_logging(embedded_server, tmp_path):
+    run = runstream.init("sdk-outage", **_settings(embedded_server, tmp_path))
+    outage = {"start": 0.0, "end": 0.0}
+
+    def bounce():
+        time.sleep(0.5)
+        outage["start"] = time.monotonic()
+        embedded_server.stop()
+        time.sleep(1.5)
+        embedded_server.start()  # blocks until healthy again
+        outage["end"] = time.monotonic()
+
+    bouncer = threading.Thread(target=bounce)
+    bouncer.start()
+    worst = 0.0
+    step = 0
+    while bouncer.is_alive() or step < 2000:
+        t0 = time.perf_counter()
+        run.log({"x": float(step), "y": -float(step)}, step=step)
+        worst = max(worst, time.perf_counter() - t0)
+        step += 1
+        if step % 200 == 0:
+            time.sleep(0.01)  # a training step's worth of other work
+    bouncer.join()
+    outage_s = outage["end"] - outage["start"]
+    assert run.finish(timeout_s=60) is True
+    assert run.stats["reconnects"] >= 1
+    # log() never waited for the server: its slowest call is a small fraction of the outage
+    assert worst < outage_s / 10, (worst, outage_s)
+    embedded_server.stop()
+    rows = _rows(
+        embedded_server,
+        f"SELECT key, count(), uniqExact(step), max(step) FROM runstream.metrics WHERE run_id = '{run.id}' "
+        "GROUP BY key ORDER BY key",
+    )
+    assert rows == [["x", step, step, step - 1], ["y", step, step, step - 1]]
+
+
+def test_offline_run_then_sync_twice_stores_once(embedded_server, tmp_path):
+    opts = _settings(embedded_server, tmp_path, mode="offline")
+    run = runstream.init("sdk-offline", config={"epochs": 3}, **opts)
+    for i in range(1000):
+        run.log({"loss": 1 / (i + 1), "nan": float("nan"), "inf": float("inf")}, step=i)
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(np.random.default_rng(1).bytes(3 << 20))
+    run.log_artifact(weights, name="model", type="model")
+    run.use_dataset("train", "sha256:abc")
+    assert run.finish()
+    run_dir = tmp_path / "spool" / run.id
+
+    def sync(check=True):
+        out = subprocess.run(
+            [sys.executable, "-m", "runstream_services.cli", "sync", str(run_dir), "--endpoint", embedded_server.endpoint, "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0 or not check, out.stdout + out.stderr
+        return out.stdout
+
+    first = sync()
+    assert "3000 points" in first
+    second = sync()
+    assert "nothing to upload" in second
+    (run_dir / f"{run.client_id}.synced").unlink()  # force a full replay: same (client_id, seq)
+    # The server currently refuses the replayed run_start of a finished run ("already ended")
+    # instead of acking the known (client_id, seq); the points must still be stored once.
+    assert "3000 points" in sync(check=False)
+    embedded_server.stop()
+    rows = _rows(
+        embedded_server,
+        f"SELECT key, count(), countIf(isNaN(value)), countIf(isInfinite(value)) FROM runstream.metrics "
+        f"WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
+    )
+    assert rows == [["inf", 1000, 0, 1000], ["loss", 1000, 0, 0], ["nan", 1000, 1000, 0]]
+    arts = _rows(
+        embedded_server, f"SELECT name, path, size FROM runstream.artifacts WHERE run_id = '{run.id}'"
+    )
+    assert arts == [["model", "weights.bin", 3 << 20]]
+    state = _rows(embedded_server, f"SELECT state FROM runstream.runs FINAL WHERE run_id = '{run.id}'")
+    assert state == [["finished"]]
+
+
+def test_bad_values_rejected_on_the_caller_and_refusals_reported(embedded_server, tmp_path):
+    run = runstream.init("sdk-bad", **_settings(embedded_server, tmp_path))
+    run.log({"ok": 1.0}, step=0)
+    with pytest.raises(runstream.InvalidValueError, match="'acc' = '0.9' is a str"):
+        run.log({"acc": "0.9"})
+    with pytest.raises(runstream.InvalidValueError, match="keys must be str"):
+        run.log({3: 1.0})
+    with pytest.raises(runstream.InvalidValueError, match="shape"):
+        run.log({"vec": np.ones(3)})
+    # something only the server checks: a tag value over its 64 KiB limit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.tags = {"huge": "x" * (70 * 1024)}
+        run.log({"ok": 2.0}, step=1)
+        assert run.flush(30)
+    assert run.refused_count == 1
+    assert any(issubclass(w.category, runstream.RefusedWarning) and "tag" in str(w.message) for w in caught)
+    assert run.finish() is True
+    embedded_server.stop()
+    rows = _rows(
+        embedded_server, f"SELECT key, step FROM runstream.metrics WHERE run_id = '{run.id}' ORDER BY step"
+    )
+    assert rows == [["ok", 0], ["ok", 1]]
+
+
+def test_forked_child_neither_corrupts_nor_duplicates_the_parent_stream(embedded_server, tmp_path):
+    run = runstream.init("sdk-fork", **_settings(embedded_server, tmp_path))
+    for i in range(500):
+        run.log({"parent": float(i)}, step=i)
+    pid = os.fork()
+    if pid == 0:  # the child: log, flush to its spool file, leave without atexit
+        code = 1
+        try:
+            for i in range(100):
+                run.log({"child": float(i)}, step=i)
+            runstream.flush(10)
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(500, 1000):
+        run.log({"parent": float(i)}, step=i)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert run.finish(timeout_s=60) is True
+    embedded_server.stop()
+    rows = _rows(
+        embedded_server,
+        f"SELECT key, count(), uniqExact(step) FROM runstream.metrics WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
+    )
+    assert rows == [["child", 100, 100], ["parent", 1000, 1000]]
