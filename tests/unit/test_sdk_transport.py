@@ -221,3 +221,29 @@ def test_flush_timeout_raises_when_server_is_down(fake, tmp_path):
     fake.start()
     runstream.flush(20)
     run.finish()
+
+
+def _worker_logs(n):
+    run = runstream.current_run()
+    for i in range(n):
+        run.log({"from_worker": float(i)}, step=i)  # no flush: multiprocessing leaves via os._exit
+
+
+def test_multiprocessing_fork_worker_data_reaches_the_server_through_the_parent(fake, tmp_path):
+    import multiprocessing
+
+    run = _init(fake, tmp_path)
+    for i in range(200):
+        run.log({"main": float(i)}, step=i)
+    proc = multiprocessing.get_context("fork").Process(target=_worker_logs, args=(50,))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    for i in range(200, 400):
+        run.log({"main": float(i)}, step=i)
+    assert run.finish()
+    pts = fake.points(run.id)
+    assert sorted(s for k, s, _, _ in pts if k == "main") == list(range(400))
+    assert sorted(s for k, s, _, _ in pts if k == "from_worker") == list(range(50))
+    clients = {cid for cid, _ in fake.requests}
+    assert len(clients) == 2  # the child wrote under its own client id, never the parent's

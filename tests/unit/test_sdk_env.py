@@ -1,0 +1,113 @@
+"""Launcher environments, settings resolution and context capture."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+import runstream
+from runstream._internal import context, distributed
+from runstream.config import resolve
+
+
+@pytest.mark.parametrize(
+    ("env", "run_id", "rank", "world"),
+    [
+        ({}, None, 0, 1),
+        (
+            {"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
+            None,
+            0,
+            1,
+        ),  # one task: no sharing
+        ({"RANK": "2", "WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "abc"}, "torch-abc", 2, 4),
+        ({"RANK": "1", "WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "none"}, None, 1, 4),
+        (
+            {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "3", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"},
+            "slurm-77.3",
+            5,
+            8,
+        ),
+        (
+            {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_ess_base_jobid": "9"},
+            "mpi-9",
+            1,
+            2,
+        ),
+        ({"PMI_RANK": "3", "PMI_SIZE": "4", "PMI_KVSNAME": "kvs_1"}, "pmi-kvs_1", 3, 4),
+        ({"RUNSTREAM_RUN_ID": "my run/1"}, "my-run-1", 0, 1),
+    ],
+)
+def test_launcher_environment(env, run_id, rank, world):
+    assert distributed.launcher_run_id(env) == run_id
+    assert distributed.rank(env) == rank
+    assert distributed.world_size(env) == world
+
+
+def test_ranks_share_a_group_run_and_only_rank0_owns_config(tmp_path, monkeypatch):
+    monkeypatch.delenv("RUNSTREAM_RUN_ID", raising=False)
+    runs = [
+        runstream.init("p", group="sweep-1", mode="disabled", rank=r, world_size=2, spool_dir=str(tmp_path))
+        for r in (0, 1)
+    ]
+    assert {r.id for r in runs} == {"sweep-1"}
+    assert [r.owns_config for r in runs] == [True, False]
+    for r in runs:
+        r.finish()
+
+
+def test_settings_precedence_and_errors(monkeypatch):
+    monkeypatch.setenv("RUNSTREAM_ENDPOINT", "10.0.0.1:9000")
+    monkeypatch.setenv("RUNSTREAM_FLUSH_INTERVAL_S", "0.5")
+    s = resolve()
+    assert s.endpoint == "10.0.0.1:9000" and s.flush_interval_s == 0.5
+    assert resolve(endpoint="h:1").endpoint == "h:1"
+    monkeypatch.delenv("RUNSTREAM_ENDPOINT")
+    assert resolve().endpoint == "127.0.0.1:7777"
+    with pytest.raises(runstream.ConfigError, match="host:port"):
+        resolve(endpoint="nohost")
+    with pytest.raises(runstream.ConfigError, match="mode"):
+        resolve(mode="fast")
+    with pytest.raises(runstream.ConfigError, match="unknown setting"):
+        resolve(flush_interval=1)
+    monkeypatch.setenv("RUNSTREAM_CAPTURE_CONTEXT", "maybe")
+    with pytest.raises(runstream.ConfigError, match="RUNSTREAM_CAPTURE_CONTEXT"):
+        resolve()
+
+
+def test_context_capture_in_a_git_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    (repo / "f.txt").write_text("one\n")
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "remote", "add", "origin", "https://user:s3cret@example.com/r.git"], cwd=repo, check=True
+    )
+    (repo / "f.txt").write_text("two\n")
+    monkeypatch.chdir(repo)
+    ctx = context.capture(
+        full=True, with_packages=True, max_diff_bytes=1 << 20, world_size=1, seeds={"seed": 7}
+    )
+    assert len(ctx.git_commit) == 40 and ctx.git_branch == "main" and ctx.git_dirty
+    assert "+two" in ctx.git_diff
+    assert ctx.git_remote == "https://example.com/r.git"
+    assert ctx.packages["grpcio"] and ctx.python_version and ctx.host and ctx.command
+    assert ctx.seeds["seed"] == 7
+
+
+def test_set_seed_seeds_and_records(tmp_path):
+    import random
+
+    import numpy as np
+
+    runstream.set_seed(123)
+    a, na = random.random(), np.random.rand()
+    run = runstream.init("p", mode="disabled", spool_dir=str(tmp_path))
+    runstream.set_seed(123, name="data_seed")
+    assert (random.random(), np.random.rand()) == (a, na)
+    assert run.config["seeds.data_seed"] == 123
+    run.finish()
