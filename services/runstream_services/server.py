@@ -230,6 +230,8 @@ class RunstreamServer:
                     await part.stop()
                 except Exception:
                     log.exception("stopping %s failed", type(part).__name__)
+        if self.store_writer is not None:
+            self.store_writer.close()
         stop_query = getattr(self.query, "close", None)
         if stop_query is not None:
             with contextlib.suppress(Exception):

@@ -94,6 +94,7 @@ def test_run_lifecycle_params_and_audit(writer):
 def test_metrics_summaries_and_exactly_once(writer):
     writer.write([envelope(1, run_start=start())])
     values = [1.0, 5.0, math.nan, -2.0, math.inf, 3.0]
+    assert writer._arrow.mode == "chdb-python"  # the fast path is the one under test here
     first = envelope(2, metrics=metrics(6, keys=["loss"], values=values))
     assert writer.write([first]).points == 6
     again = writer.write([first, first])  # same call, and a replay

@@ -29,6 +29,7 @@ from runstream_services.bus.base import Envelope
 from runstream_services.config import ServerSettings
 from runstream_services.metrics_http import Metrics
 from runstream_services.writers import rows
+from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.rows import TERMINAL_STATES, RunRow
 
 log = logging.getLogger("runstream.writer")
@@ -75,6 +76,7 @@ class StoreWriter:
         settings: ServerSettings,
         *,
         metrics: Metrics | None = None,
+        insert_handles: int = 2,
     ):
         self.client = client
         self.db = database
@@ -88,6 +90,7 @@ class StoreWriter:
         self._runs: dict[tuple[str, str], RunRow] = {}
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
         self._last_version = 0
+        self._arrow = ArrowInserter(client, handles=insert_handles)
         self._commit_cv = threading.Condition()  # group commit of ingested keys
         self._commit_pending: list[list] = []
         self._commit_generation = 0
@@ -118,6 +121,10 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_envelopes_total", result.stored, outcome="stored")
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result
+
+    def close(self) -> None:
+        """Releases the writer's own connection handles (the shared client stays open)."""
+        self._arrow.close()
 
     def run_state(self, project: str, run_id: str) -> str | None:
         """'running', 'finished', ... for a known run; None when no such run is stored."""
@@ -272,9 +279,7 @@ class StoreWriter:
         for group, group_token in groups:
             table = rows.metrics_table([(batch, env.received_ms) for env, batch in group])
             started = time.perf_counter()
-            self.client.insert_arrow(
-                f"{self.db}.metrics", table, settings={"insert_deduplication_token": group_token}
-            )
+            self._arrow.insert(f"{self.db}.metrics", table, group_token)
             elapsed = time.perf_counter() - started
             self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
             points += table.num_rows
