@@ -254,7 +254,7 @@ def test_too_many_terms():
 
 def test_not_semantics_include_missing():
     where, _ = compile_('not params.opt = "adam"')
-    assert where.startswith("(NOT run_id IN (SELECT run_id FROM db.params")
+    assert where.startswith("(NOT run_id IN (SELECT run_id FROM db.params FINAL")
 
 
 def test_sort_fields():

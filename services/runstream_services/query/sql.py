@@ -54,10 +54,11 @@ def _compare(node: Compare, b: Binder, db: str, project_ph: str) -> str:
         cond = f"(mapContains(tags, {key}) AND {_text_cond('tags[' + key + ']', node, b)})"
     elif f.kind in ("param", "summary"):
         scope = "config" if f.kind == "param" else "summary"
-        having = " OR ".join(_param_cond(node.op, lit.value, b) for lit in node.values)
+        row_cond = " OR ".join(_param_cond(node.op, lit.value, b) for lit in node.values)
+        # FINAL keeps the newest version of each (run, key) row; cheaper than argMax + GROUP BY
         cond = (
-            f"run_id IN (SELECT run_id FROM {db}.params WHERE project = {project_ph} AND scope = '{scope}' "
-            f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id HAVING {having})"
+            f"run_id IN (SELECT run_id FROM {db}.params FINAL WHERE project = {project_ph} AND scope = '{scope}' "
+            f"AND key = {b.bind(f.key, 'String')} AND ({row_cond}))"
         )
     else:  # metric
         agg = _METRIC_AGG_SQL[f.agg]
@@ -81,8 +82,8 @@ _METRIC_AGG_SQL = {
 
 
 def _param_cond(op: str, value: object, b: Binder) -> str:
-    """HAVING condition on the newest version of one param row (kind, num, str)."""
-    kind, num, text = "argMax(kind, version)", "argMax(num, version)", "argMax(str, version)"
+    """Condition on one (newest, FINAL) param row: kind, num, str."""
+    kind, num, text = "kind", "num", "str"
     if op == "in":
         op = "="
     if isinstance(value, bool):
@@ -152,9 +153,9 @@ def sort_plan(fields: list[tuple[Field, bool]], b: Binder, db: str, project_ph: 
         elif f.kind in ("param", "summary"):
             scope = "config" if f.kind == "param" else "summary"
             joins.append(
-                f"LEFT JOIN (SELECT run_id, argMax(kind, version) AS k, argMax(num, version) AS n, "
-                f"argMax(str, version) AS s FROM {db}.params WHERE project = {project_ph} AND scope = '{scope}' "
-                f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id) AS {alias} ON {alias}.run_id = r.run_id"
+                f"LEFT JOIN (SELECT run_id, kind AS k, num AS n, str AS s FROM {db}.params FINAL "
+                f"WHERE project = {project_ph} AND scope = '{scope}' AND key = {b.bind(f.key, 'String')}) "
+                f"AS {alias} ON {alias}.run_id = r.run_id"
             )
             order.append(
                 f"if({alias}.k IN ('number', 'flag') AND NOT isNaN({alias}.n), {alias}.n, NULL) "
