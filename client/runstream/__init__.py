@@ -120,6 +120,7 @@ config = _CurrentDict("config")
 summary = _CurrentDict("summary")
 
 __all__ = [
+    "Api",
     "ConfigError",
     "FlushTimeoutError",
     "InvalidValueError",
