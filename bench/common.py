@@ -158,7 +158,12 @@ class Row:
     mlflow: Measure | None = None
     mlflow_na: str = ""  # why MLflow has no value (e.g. "n/a: no Kafka mode")
     note: str = ""
-    error: str = ""  # set when a side failed; the row still prints
+    errors: dict[str, str] = field(default_factory=dict)  # side -> why it failed; the row still prints
+    not_run: set[str] = field(default_factory=set)  # sides skipped on purpose (--mlflow off, ...)
+
+    @property
+    def error(self) -> str:
+        return "; ".join(self.errors.values())
 
     @property
     def speedup(self) -> float | None:
@@ -187,6 +192,7 @@ class Row:
             "targets": [{**asdict(t), "attainment": a} for t, a in self.attainments()],
             "note": self.note,
             "error": self.error,
+            "not_run": sorted(self.not_run),
         }
 
 

@@ -111,7 +111,7 @@ def _fail(rows: dict[str, Row], side: str, workload: str, exc: BaseException, mo
     for row_id, _ in FILLS[workload]:
         row = rows.get(row_id.format(m=mode))
         if row is not None:
-            row.error = (row.error + "; " if row.error else "") + message
+            row.errors[side] = message
 
 
 def _workloads(groups: set[str], mode: str) -> list[str]:
@@ -218,6 +218,14 @@ def fmt_ratio(x: float | None) -> str:
     return f"{x:,.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
 
 
+def _cell(row: Row, side: str) -> str:
+    if side in row.errors:
+        return "error"
+    if side in row.not_run:
+        return "not run"
+    return fmt_measure(getattr(row, side), row.unit)
+
+
 def target_cell(row: Row) -> tuple[str, str]:
     texts, verdicts = [], []
     for target, attained in row.attainments():
@@ -264,11 +272,8 @@ def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, 
     ]
     for r in rows:
         target_text, verdict = target_cell(r)
-        mlflow_cell = r.mlflow_na if r.mlflow_na else fmt_measure(r.mlflow, r.unit)
-        rs_cell = fmt_measure(r.runstream, r.unit)
-        if r.error:
-            rs_cell = rs_cell if r.runstream else "error"
-            mlflow_cell = mlflow_cell if (r.mlflow or r.mlflow_na) else "error"
+        mlflow_cell = r.mlflow_na or _cell(r, "mlflow")
+        rs_cell = _cell(r, "runstream")
         lines.append(
             f"| {r.title} | {r.unit} | {rs_cell} | {mlflow_cell} | {fmt_ratio(r.speedup)} | {target_text} | {verdict} |"
         )
@@ -330,15 +335,17 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
     mlflow_version = None
     with tempfile.TemporaryDirectory(prefix="runstream-bench-") as tmp:
         workdir = Path(tmp)
-        if not args.skip_runstream:
+        if args.skip_runstream:
+            for r in row_list:
+                r.not_run.add("runstream")
+        else:
             run_runstream(rows, sizes, repeat, groups, workdir)
         use_mlflow = args.mlflow == "on" or (args.mlflow == "if-installed" and mlflow_side.venv_ready())
         if use_mlflow:
             mlflow_version = run_mlflow(rows, sizes, repeat, groups, workdir)
         else:
             for r in row_list:
-                if not r.mlflow_na:
-                    r.mlflow_na = "not run"
+                r.not_run.add("mlflow")
     elapsed = time.monotonic() - started
     info = machine_info(mlflow_version, load_at_start)
     markdown = render(row_list, info, sizes, repeat, args.smoke, elapsed)
@@ -363,6 +370,12 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    def stop(signum, frame):  # SIGTERM unwinds like Ctrl-C, so the servers are stopped
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
     report = run_benchmark(argv)
     return 1 if any(r["error"] for r in report["rows"]) else 0
 

@@ -32,6 +32,8 @@ class RunstreamSide:
         self.query = None
         self.api = None
         self.state: dict = {}
+        # After the producers are done, how long the pipeline may take to make it all visible.
+        self.sustained_wait_s = 60.0 + sizes.sustained_points / 50_000
         self._stamp = str(int(time.time()))
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -108,7 +110,17 @@ class RunstreamSide:
             if seen >= count:
                 return
             time.sleep(0.005)
-        raise TimeoutError(f"{project}/{run_id} shows {seen} of {count} points of {key!r} after {timeout_s}s")
+        raise TimeoutError(
+            f"{project}/{run_id} shows {seen} of {count} points of {key!r} after {timeout_s:.0f}s; "
+            f"server log: {self._server_complaint()}"
+        )
+
+    def _server_complaint(self) -> str:
+        """The server's last warning or error line, so a stuck workload says why."""
+        for line in reversed(self.server.log_tail(200).splitlines()):
+            if " WARNING " in line or " ERROR " in line:
+                return line[:400]
+        return "(no warning)"
 
     def _finish(self, run) -> None:
         if not run.finish():
@@ -341,8 +353,10 @@ class RunstreamSide:
                 t.join()
             if errors:
                 raise errors[0]
+            deadline = time.monotonic() + self.sustained_wait_s
             for run in runs:
-                self._wait_visible(project, run.id, f"m{keys - 1}", steps_per_run)
+                left = max(deadline - time.monotonic(), 1.0)
+                self._wait_visible(project, run.id, f"m{keys - 1}", steps_per_run, timeout_s=left)
             samples.append(steps_per_run * keys * len(runs) / (time.perf_counter() - t0))
         return {
             "samples": samples,
