@@ -182,3 +182,16 @@ def test_undecodable_payload_is_refused_not_stored(writer):
     result = writer.write([bad])
     assert result.stored == 0 and "client-a:9" in result.refused
     assert q(writer, "SELECT count() FROM DB.ingested_requests") == [(0,)]
+
+
+def test_clients_dropped_from_the_cache_are_reloaded_from_the_table(writer, monkeypatch):
+    import runstream_services.writers.store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_CACHED_CLIENTS", 2)
+    writer.write([envelope(1, run_start=start())])
+    batches = {c: envelope(5, client_id=c, metrics=metrics(10, start=10 * i)) for i, c in enumerate("xyz")}
+    for env in batches.values():
+        assert writer.write([env]).stored == 1
+    assert len(writer._done) == 2 and "x" not in writer._done
+    assert writer.write([batches["x"]]).duplicates == 1
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(30,)]

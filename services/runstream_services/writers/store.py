@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from runstream_services.writers.rows import TERMINAL_STATES, RunRow
 log = logging.getLogger("runstream.writer")
 
 HEARTBEAT_EVERY_MS = 30_000
+MAX_CACHED_CLIENTS = 4096  # SDK processes whose stored seqs are kept in memory
 _OK = object()  # metric batches refresh a run's heartbeat at most this often
 
 
@@ -84,7 +86,9 @@ class StoreWriter:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()  # idempotency state
-        self._done: dict[str, set[int]] = {}  # client_id -> seqs known stored
+        # client_id -> seqs known stored; least recently seen clients are dropped past
+        # MAX_CACHED_CLIENTS and reloaded from ingested_requests when they come back.
+        self._done: OrderedDict[str, set[int]] = OrderedDict()
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
         self._runs: dict[tuple[str, str], RunRow] = {}
@@ -136,8 +140,9 @@ class StoreWriter:
     def _seen_seqs(self, client_id: str) -> set[int]:
         with self._lock:
             seqs = self._done.get(client_id)
-        if seqs is not None:
-            return seqs
+            if seqs is not None:
+                self._done.move_to_end(client_id)
+                return seqs
         rows_ = self.client.query(
             f"SELECT seq FROM {self.db}.ingested_requests WHERE client_id = %(c)s",
             parameters={"c": client_id},
@@ -145,18 +150,19 @@ class StoreWriter:
         with self._lock:
             seqs = self._done.setdefault(client_id, set())
             seqs.update(r[0] for r in rows_)
+            while len(self._done) > MAX_CACHED_CLIENTS:
+                self._done.popitem(last=False)
             return seqs
 
     def _claim(self, envelopes: list[Envelope]):
-        for client_id in {e.client_id for e in envelopes}:
-            self._seen_seqs(client_id)
+        seen = {client_id: self._seen_seqs(client_id) for client_id in {e.client_id for e in envelopes}}
         mine: list[Envelope] = []
         waits: list[tuple[Envelope, threading.Event]] = []
         duplicates = 0
         with self._lock:
             for env in envelopes:
                 key = env.idempotency_key
-                if env.seq in self._done[env.client_id]:
+                if env.seq in seen[env.client_id]:
                     duplicates += 1
                 elif key in self._claimed:
                     if any(m.idempotency_key == key for m in mine):
@@ -208,7 +214,9 @@ class StoreWriter:
             raise
         with self._lock:
             for env, _ in decoded:
-                self._done[env.client_id].add(env.seq)
+                seqs = self._done.get(env.client_id)
+                if seqs is not None:  # else evicted: reloaded from the table next time
+                    seqs.add(env.seq)
         result.stored += len(decoded)
         now_ms = time.time() * 1000
         self.metrics.set(
