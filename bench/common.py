@@ -38,6 +38,10 @@ class Sizes:
     w3_queries: int = 5  # query samples per repetition, for p50/p95
     w4_fetches: int = 2  # W4: fetches per repetition (MLflow needs ~8 s for one)
     w5_runs: int = 100  # W5: one metric's history for 100 of the W3 runs
+    w5ds_runs: int = 100  # W5 at DESIGN scale (Runstream only): 100 runs x 100,000 steps ...
+    w5ds_steps: int = 100_000
+    w5ds_points: int = 1_000  # ... downsampled to 1,000 points per series
+    w5ds_queries: int = 10
     sustained_points: int = 3_000_000  # Runstream sustained ingest, per repetition
     sustained_runs: int = 4  # ... spread over this many runs logged at once
     mlflow_sustained_s: float = 10.0  # MLflow cannot take millions of points: time-bounded instead
@@ -63,6 +67,10 @@ class Sizes:
             w3_queries=2,
             w4_fetches=1,
             w5_runs=5,
+            w5ds_runs=3,
+            w5ds_steps=2_000,
+            w5ds_points=100,
+            w5ds_queries=2,
             sustained_points=20_000,
             sustained_runs=2,
             mlflow_sustained_s=1.0,

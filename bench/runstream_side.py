@@ -209,8 +209,7 @@ class RunstreamSide:
         top = self.sizes.w3_top
         flt, order = 'params.optimizer = "adam"', ["-metrics.m0"]
         if self.api is not None:
-            runs = self.api.runs(project, filter=flt, order_by=order, limit=top)
-            return len(list(runs))
+            return int(self.api.runs(project, filter=flt, order_by=order, limit=top).shape[0])
         from runstream.v1 import query_pb2
 
         resp = self.query.SearchRuns(
@@ -221,7 +220,7 @@ class RunstreamSide:
 
     def _list_all(self, project: str) -> int:
         if self.api is not None:
-            return len(list(self.api.runs(project)))
+            return int(self.api.runs(project).shape[0])
         from runstream.v1 import query_pb2
 
         n, token = 0, ""
@@ -255,10 +254,10 @@ class RunstreamSide:
             out["a_p95"].append(percentile(a_times, 95) * 1000)
             out["b_p50"].append(percentile(b_times, 50) * 1000)
             out["b_p95"].append(percentile(b_times, 95) * 1000)
-        return {"parts": out, "detail": {"setup_s": setup_s, "runs": n, "via": self._via()}}
+        return {"parts": out, "detail": {"setup_s": setup_s, "runs": n, "via": self._via("runs")}}
 
-    def _via(self) -> str:
-        return "runstream.Api" if self.api is not None else "QueryService gRPC"
+    def _via(self, method: str = "") -> str:
+        return f"runstream.Api.{method}" if self.api is not None else "QueryService gRPC"
 
     # ---- W4 / W5: histories ---------------------------------------------------------------
 
@@ -289,32 +288,89 @@ class RunstreamSide:
                 if got != steps:
                     raise RuntimeError(f"W4 fetched {got} points, expected {steps}")
             samples.append(percentile(times, 50) * 1000)
-        return {"samples": samples, "detail": {"steps": steps, "via": self._via()}}
+        return {"samples": samples, "detail": {"steps": steps, "via": self._via("history")}}
 
     def _w5(self, repeat: int) -> dict:
-        from runstream.v1 import query_pb2
-
         project, run_ids, _ = self._w3_setup()
         run_ids = run_ids[: self.sizes.w5_runs]
         expected = len(run_ids) * self.sizes.w3_steps
         samples = []
         for _ in range(repeat):
             t0 = time.perf_counter()
-            resp = self.query.GetMetricSeries(
-                query_pb2.GetMetricSeriesRequest(
-                    project=project,
-                    run_ids=run_ids,
-                    keys=["m0"],
-                    downsampling=query_pb2.DOWNSAMPLING_NONE,
-                    max_points=max(self.sizes.w3_steps, 1),
-                ),
-                timeout=60,
-            )
-            total = sum(len(s.y) // 8 for s in resp.series)
+            total = self._series_points(project, run_ids, "m0", self.sizes.w3_steps, downsample=False)
             samples.append((time.perf_counter() - t0) * 1000)
             if total != expected:
                 raise RuntimeError(f"W5 fetched {total} points, expected {expected}")
-        return {"samples": samples, "detail": {"runs": len(run_ids), "via": "QueryService.GetMetricSeries"}}
+        return {"samples": samples, "detail": {"runs": len(run_ids), "via": self._via("series")}}
+
+    def _series_points(
+        self, project: str, run_ids: list[str], key: str, max_points: int, downsample: bool
+    ) -> int:
+        """One call for many runs: Api.series (GetMetricSeries); the number of points returned."""
+        if self.api is not None:
+            df = self.api.series(
+                project,
+                run_ids,
+                [key],
+                max_points=max_points,
+                downsampling="minmax" if downsample else "none",
+            )
+            return int(df.shape[0])
+        from runstream.v1 import query_pb2
+
+        resp = self.query.GetMetricSeries(
+            query_pb2.GetMetricSeriesRequest(
+                project=project,
+                run_ids=run_ids,
+                keys=[key],
+                max_points=max_points,
+                downsampling=query_pb2.DOWNSAMPLING_MINMAX if downsample else query_pb2.DOWNSAMPLING_NONE,
+            ),
+            timeout=60,
+        )
+        return sum(len(s.y) // 8 for s in resp.series)
+
+    def _w5ds(self, repeat: int) -> dict:
+        """DESIGN's scale: 100 runs x 100,000 steps logged through the SDK (log_arrays, from
+        w3_workers threads), then one series call for all of them, downsampled on the server."""
+        s = self.sizes
+        project = self._project("w5ds")
+        steps = np.arange(s.w5ds_steps, dtype=np.int64)
+        values = np.sin(steps * 0.0001)
+
+        def make_run(i: int) -> str:
+            run = self._init(project, name=f"long-{i}")
+            run.log_arrays({"m0": values + i}, steps)
+            self._finish(run)
+            return run.id
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(s.w3_workers) as pool:
+            run_ids = list(pool.map(make_run, range(s.w5ds_runs)))
+        self._wait_runs(project, s.w5ds_runs, flt=f"metrics.m0.count >= {s.w5ds_steps}", timeout_s=300)
+        setup_s = time.perf_counter() - t0
+        out = {"p50": [], "p95": []}
+        for _ in range(repeat):
+            times = []
+            for _ in range(s.w5ds_queries):
+                t0 = time.perf_counter()
+                got = self._series_points(project, run_ids, "m0", s.w5ds_points, downsample=True)
+                times.append((time.perf_counter() - t0) * 1000)
+                if not 0 < got <= s.w5ds_runs * s.w5ds_points:
+                    raise RuntimeError(f"W5ds returned {got} points for {s.w5ds_runs} runs")
+            out["p50"].append(percentile(times, 50))
+            out["p95"].append(percentile(times, 95))
+        return {
+            "parts": out,
+            "detail": {
+                "setup_s": setup_s,
+                "points_logged": s.w5ds_runs * s.w5ds_steps,
+                "setup_points_per_s": s.w5ds_runs * s.w5ds_steps / setup_s,
+                "via": self._via("series"),
+            },
+        }
 
     # ---- sustained ingest and log -> visible latency --------------------------------------
 
