@@ -397,7 +397,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             if mode == "none" or n <= max_points:
                 raw.append((i, lo, 1.0))
                 continue
-            buckets = max_points // 2 if mode == "minmax" else 2 * max_points
+            # LTTB picks from a MINMAX pre-aggregation of ~2 candidates per output point
+            buckets = max_points // 2 if mode == "minmax" else max_points
             width = max((hi - lo + 1) / buckets, 1e-9)
             # a rollup row covers 32 steps: use them while each bucket still spans a few rows
             rollup_rows = min(n, (s1 - s0 + 1) * fraction / q.ROLLUP_WIDTH)
