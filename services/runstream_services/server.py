@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import inspect
 import logging
 import signal
@@ -27,6 +26,7 @@ from runstream_services.auth.keys import ApiKeys, AuthInterceptor
 from runstream_services.config import ServerSettings, load_settings
 from runstream_services.errors import ConfigError, RunstreamServiceError
 from runstream_services.grpc_errors import ErrorInterceptor
+from runstream_services.grpc_health import health_handler
 from runstream_services.ingest.service import IngestServicer, RunRegistry
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
 from runstream_services.storage.clickhouse import connect
@@ -157,6 +157,15 @@ class RunstreamServer:
             self.ingest.add_to_server(self._grpc)
         if "query" in s.components:
             self._add_query_service()
+        served = [
+            name
+            for name, on in (
+                ("runstream.v1.IngestService", "ingest" in s.components),
+                ("runstream.v1.QueryService", "query" in s.components),
+            )
+            if on
+        ]
+        self._grpc.add_generic_rpc_handlers((health_handler(tuple(served)),))
         try:
             bound = self._grpc.add_insecure_port(_listen_address(s.host, self.port))
         except RuntimeError as exc:
@@ -187,26 +196,11 @@ class RunstreamServer:
         )  # fmt: skip
 
     def _add_query_service(self) -> None:
-        try:
-            module = importlib.import_module("runstream_services.query.service")
-        except ModuleNotFoundError as exc:
-            if exc.name != "runstream_services.query.service":
-                raise
-            log.warning(
-                "query service not available in this build (no runstream_services.query.service); skipped"
-            )
-            return
         from runstream.v1 import query_pb2_grpc
+        from runstream_services.query.service import QueryServicer
 
         s = self.settings
-        servicer_cls = module.QueryServicer
-        kwargs = {}
-        params = inspect.signature(servicer_cls).parameters
-        if "auth" in params:
-            kwargs["auth"] = self.auth
-        if "metrics" in params:
-            kwargs["metrics"] = self.metrics
-        self.query = servicer_cls(self.client, s.clickhouse_database, self.artifact_store, s, **kwargs)
+        self.query = QueryServicer(self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth)
         query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, self._grpc)
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -100,7 +100,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid key when auth is required (Health stays open for probes).
     Project-level checks happen in the handlers, which know the project of each request."""
 
-    OPEN_METHODS = ("/runstream.v1.IngestService/Health",)
+    OPEN_METHODS = ("/runstream.v1.IngestService/Health", "/grpc.health.v1.Health/Check")
 
     def __init__(self, keys: ApiKeys):
         self.keys = keys
