@@ -46,6 +46,7 @@ class Sizes:
     sustained_runs: int = 4  # ... spread over this many runs logged at once
     mlflow_sustained_s: float = 10.0  # MLflow cannot take millions of points: time-bounded instead
     latency_probes: int = 40  # log -> visible probes per repetition
+    mlflow_server_workers: int = 0  # 0: mlflow server's default (4); smoke: 1, to start fast
 
     @classmethod
     def full(cls) -> Sizes:
@@ -75,6 +76,7 @@ class Sizes:
             sustained_runs=2,
             mlflow_sustained_s=1.0,
             latency_probes=3,
+            mlflow_server_workers=1,
         )
 
     @property

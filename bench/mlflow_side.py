@@ -73,8 +73,9 @@ def ensure_venv(log=print) -> str:
 class MLflowServer:
     """A real `mlflow server` with a SQLite backend in a temp dir, on a free loopback port."""
 
-    def __init__(self, port: int, workdir: Path | None = None):
+    def __init__(self, port: int, workdir: Path | None = None, workers: int = 0):
         self.port = port
+        self.workers = workers  # 0: the server's default
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="bench-mlflow-")
         self.workdir = Path(workdir or self._tmp.name)
         self.proc: subprocess.Popen | None = None
@@ -94,6 +95,8 @@ class MLflowServer:
             "--default-artifact-root", artifacts.as_uri(),
             "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         # Own process group: the server forks workers, and stop() must end them all.
         self.proc = subprocess.Popen(
@@ -140,24 +143,47 @@ class MLflowServer:
         self.stop()
 
 
-def run_workload(
-    name: str, uri: str, sizes: dict, repeat: int, state_file: Path, timeout_s: float = 900
-) -> dict:
-    """Runs one workload in MLflow's venv; returns {"samples": [...], "detail": {...}}."""
+def run_workloads(
+    names: list[str], uri: str, sizes: dict, repeat: int, state_file: Path, timeout_s: float = 1800
+):
+    """Runs the workloads in one child process of MLflow's venv (mlflow is imported once) and
+    yields (name, result) as each finishes; result is {"samples"/"parts": ..., "detail": ...}
+    or an exception for a workload that failed."""
+    import threading
+
     cmd = [
-        str(VENV_PYTHON), str(Path(__file__).resolve()), "worker", name,
+        str(VENV_PYTHON), str(Path(__file__).resolve()), "worker", ",".join(names),
         "--uri", uri, "--sizes", json.dumps(sizes), "--repeat", str(repeat), "--state", str(state_file),
     ]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"MLflow {name} ran past {timeout_s}s") from exc
-    for line in reversed(out.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(f"MLflow {name} failed (exit {out.returncode}):\n{out.stderr.strip()[-2000:]}")
+    stderr_path = state_file.with_suffix(".stderr")
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        watchdog = threading.Timer(timeout_s, proc.kill)
+        watchdog.start()
+        pending = list(names)
+        try:
+            for line in proc.stdout:
+                if not line.startswith(RESULT_PREFIX):
+                    continue
+                message = json.loads(line[len(RESULT_PREFIX) :])
+                pending.remove(message["workload"])
+                if "error" in message:
+                    yield message["workload"], RuntimeError(message["error"])
+                else:
+                    yield message["workload"], message["result"]
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if pending:
+        tail = stderr_path.read_text(errors="replace").strip()[-2000:]
+        why = f"ran past {timeout_s:.0f}s" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+        for name in pending:
+            yield name, RuntimeError(f"MLflow worker died before {name} ({why}):\n{tail}")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -412,8 +438,10 @@ WORKLOADS = {
 
 
 def worker_main(argv: list[str]) -> int:
+    import traceback
+
     parser = argparse.ArgumentParser(prog="mlflow_side.py worker")
-    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("workloads", help=f"comma list of {','.join(WORKLOADS)}")
     parser.add_argument("--uri", required=True)
     parser.add_argument("--sizes", required=True)
     parser.add_argument("--repeat", type=int, default=3)
@@ -426,9 +454,15 @@ def worker_main(argv: list[str]) -> int:
     mlflow.set_tracking_uri(args.uri)
     client = MlflowClient(tracking_uri=args.uri)
     state = _State(Path(args.state))
-    result = WORKLOADS[args.workload](client, mlflow, json.loads(args.sizes), args.repeat, state)
-    state.save()
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    sizes = json.loads(args.sizes)
+    for name in args.workloads.split(","):
+        try:
+            message = {"workload": name, "result": WORKLOADS[name](client, mlflow, sizes, args.repeat, state)}
+        except Exception as exc:  # reported to the parent; the next workload still runs
+            traceback.print_exc()
+            message = {"workload": name, "error": f"{type(exc).__name__}: {exc}"}
+        state.save()
+        print(RESULT_PREFIX + json.dumps(message), flush=True)
     return 0
 
 

@@ -112,7 +112,7 @@ def _fill(rows: dict[str, Row], side: str, workload: str, result: dict, mode: st
 def _fail(rows: dict[str, Row], side: str, workload: str, exc: BaseException, mode: str = "E") -> None:
     message = f"{side} {workload}: {type(exc).__name__}: {exc}".splitlines()[0][:300]
     log(message)
-    traceback.print_exc(file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
     for row_id, _ in FILLS[workload]:
         row = rows.get(row_id.format(m=mode))
         if row is not None:
@@ -170,23 +170,25 @@ def run_mlflow(
     try:
         version = mlflow_side.ensure_venv(log)
         log(f"MLflow {version}: starting mlflow server (SQLite)")
-        server = mlflow_side.MLflowServer(free_port(), workdir / "mlflow").start()
+        server = mlflow_side.MLflowServer(
+            free_port(), workdir / "mlflow", workers=sizes.mlflow_server_workers
+        ).start()
     except Exception as exc:
         for w in workloads:
             _fail(rows, "mlflow", w, exc)
         return None
     state = workdir / "mlflow-state.json"
     try:
-        for w in workloads:
-            log(f"MLflow: {w}")
-            t0 = time.monotonic()
-            try:
-                _fill(
-                    rows, "mlflow", w, mlflow_side.run_workload(w, server.uri, asdict(sizes), repeat, state)
-                )
-            except Exception as exc:
-                _fail(rows, "mlflow", w, exc)
+        t0 = time.monotonic()
+        log(f"MLflow: {workloads[0]}")
+        results = mlflow_side.run_workloads(workloads, server.uri, asdict(sizes), repeat, state)
+        for w, result in results:
+            if isinstance(result, Exception):
+                _fail(rows, "mlflow", w, result)
+            else:
+                _fill(rows, "mlflow", w, result)
             log(f"MLflow: {w} took {time.monotonic() - t0:.1f}s")
+            t0 = time.monotonic()
     finally:
         server.stop()
     return version
