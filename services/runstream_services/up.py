@@ -202,7 +202,7 @@ def main(args: argparse.Namespace, overrides: dict) -> int:
         return 2
     logs = settings.data_path / "logs"
     endpoint = client_endpoint(settings)
-    server = dashboard = None
+    server = dashboard = live = None
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         print(
@@ -214,9 +214,15 @@ def main(args: argparse.Namespace, overrides: dict) -> int:
         wait_for_server(endpoint, server, logs / "server.log", SERVER_START_TIMEOUT_S)
         children = {"server": (server, logs / "server.log")}
         if getattr(args, "demo", False):
-            from runstream_services.demo import log_demo_sweep
+            from runstream_services.demo import LiveRun, log_demo_sweep
 
-            log_demo_sweep(endpoint)
+            counts = log_demo_sweep(endpoint)
+            print(
+                "runstream: demo sweep logged ("
+                + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+                + ")"
+            )
+            live = LiveRun(endpoint).start()
         url = None
         if not getattr(args, "no_dashboard", False):
             dashboard, url = start_dashboard(endpoint, args.dashboard_port, logs / "dashboard.log")
@@ -239,6 +245,8 @@ def main(args: argparse.Namespace, overrides: dict) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the drain short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop(dashboard, "dashboard")
+        if live is not None:
+            live.stop()
         _stop(server, "server")
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -10,7 +10,8 @@ from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
 
 MAX_COMPARED = 10
-HIGHLIGHT = "background-color: rgba(255, 196, 0, 0.28)"
+HIGHLIGHT = "background-color: rgba(255, 176, 0, 0.38)"
+ROW_HIGHLIGHT = "background-color: rgba(255, 196, 0, 0.12)"
 
 project = state.require_project()
 st.title(f"Compare · {project}")
@@ -57,14 +58,20 @@ only_different = st.toggle("Only keys that differ", value=True, key="compare_onl
 diff = charts.config_diff({labels[r]: d.config for r, d in details.items()}, only_different=only_different)
 st.subheader("Config")
 n_diff = int(diff["differs"].sum()) if not diff.empty else 0
-st.caption(f"{n_diff} differing keys (highlighted)")
+st.caption(f"{n_diff} differing keys; values that differ from the first run are highlighted")
 if diff.empty:
     st.success("The configs are identical.")
 else:
     shown = diff.drop(columns=["differs"])
-    styled = shown.style.apply(
-        lambda row: [HIGHLIGHT if diff.loc[row.name, "differs"] else "" for _ in row], axis=1
-    )
+    first = shown.columns[0]
+
+    def _highlight(row: pd.Series) -> list[str]:
+        """Differing rows get a light band; cells that differ from the first run a strong one."""
+        if not diff.loc[row.name, "differs"]:
+            return [""] * len(row)
+        return [HIGHLIGHT if col != first and row[col] != row[first] else ROW_HIGHLIGHT for col in row.index]
+
+    styled = shown.style.apply(_highlight, axis=1)
     st.dataframe(styled, width="stretch", key="compare_config")
 
 st.subheader("Metrics (last value)")

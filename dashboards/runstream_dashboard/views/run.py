@@ -98,7 +98,13 @@ with tab_overview:
     with left:
         st.subheader("Config")
         if run.config:
-            st.dataframe(_kv_table(run.config), hide_index=True, width="stretch", key="run_config")
+            st.dataframe(
+                _kv_table(run.config),
+                hide_index=True,
+                width="stretch",
+                height=min(36 + 35 * len(run.config), 640),
+                key="run_config",
+            )
         else:
             st.caption("No config logged.")
     with right:

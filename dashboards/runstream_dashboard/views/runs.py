@@ -19,6 +19,7 @@ FILTER_HELP = (
 BASE_SORTS = ["start", "name", "state", "group", "end"]
 DEFAULT_PARAM_COLUMNS = 8
 DEFAULT_METRIC_COLUMNS = 6
+MAX_PROBED_PARAMS = 40
 MAX_PLOTTED_RUNS = 50
 
 project = state.require_project()
@@ -41,12 +42,23 @@ filter_text = col_filter.text_input(
 ).strip()
 filter_error = col_filter.empty()
 
+
+def _varying_params(project: str, param_keys: tuple[str, ...]) -> list[str]:
+    """Params that differ among the newest runs: the columns worth showing by default."""
+    try:
+        recent = q.search_runs(project, "", ("-start",), 100, "", param_keys[:MAX_PROBED_PARAMS], ()).runs
+    except q.QueryError:
+        return list(param_keys[:DEFAULT_PARAM_COLUMNS])
+    varying = [k for k in param_keys[:MAX_PROBED_PARAMS] if recent[f"params.{k}"].astype(str).nunique() > 1]
+    return (varying or list(param_keys))[:DEFAULT_PARAM_COLUMNS]
+
+
 with st.expander("Columns", icon=":material/view_column:"):
     c1, c2 = st.columns(2)
     param_cols = c1.multiselect(
         "Params",
         keys.param_keys,
-        default=list(keys.param_keys[:DEFAULT_PARAM_COLUMNS]),
+        default=_varying_params(project, keys.param_keys),
         key=f"runs_param_cols:{project}",
     )
     preferred = sorted(keys.metric_keys, key=lambda k: (not k.startswith(("val", "loss", "train")), k))
@@ -168,13 +180,13 @@ if len(selected) > MAX_PLOTTED_RUNS:
     st.warning(f"Plotting the first {MAX_PLOTTED_RUNS} of {len(selected)} selected runs.")
     selected = selected.iloc[:MAX_PLOTTED_RUNS]
 
-c1, c2, c3, c4, c5 = st.columns([4, 2, 2, 1, 1], vertical_alignment="bottom")
+c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 1.1, 1.1], vertical_alignment="bottom")
 default_metrics = [k for k in preferred if k in keys.metric_keys][:2]
 chosen_metrics = c1.multiselect(
     "Metrics", keys.metric_keys, default=default_metrics, key=f"curve_metrics:{project}"
 )
 x_axis = c2.segmented_control("X axis", ["step", "time", "relative"], default="step", key="curve_x") or "step"
-smoothing = c3.slider("Smoothing (EMA)", 0.0, 0.99, 0.0, 0.01, key="curve_smoothing")
+smoothing = c3.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, key="curve_smoothing")
 log_y = c4.toggle("Log y", key="curve_log")
 any_running = bool((selected["state"] == "running").any())
 live = c5.toggle("Live", value=any_running, key="curve_live", help="Refresh the curves every 5 s")

@@ -58,11 +58,14 @@ if runs.empty:
     st.info(f"No run matching the filter has logged `{metric}`.")
     st.stop()
 
-varying = [
-    f"params.{k}"
-    for k in param_keys
-    if runs[f"params.{k}"].notna().any() and runs[f"params.{k}"].astype(str).nunique() > 1
-]
+
+def _is_swept(values: pd.Series) -> bool:
+    """Varies across runs, but is not unique per run (seeds, paths): a real sweep axis."""
+    distinct = values.astype(str).nunique()
+    return values.notna().any() and distinct > 1 and (distinct < len(values) or len(values) <= 3)
+
+
+varying = [f"params.{k}" for k in param_keys if _is_swept(runs[f"params.{k}"])]
 dims = st.multiselect(
     "Params (axes)",
     [f"params.{k}" for k in param_keys],
