@@ -421,6 +421,11 @@ class Run:
             if self._sampler is not None:
                 self._sampler.stop()
             timeout_s = self.settings.finish_timeout_s if timeout_s is None else timeout_s
+            deadline = time.monotonic() + timeout_s
+            online = self.mode == "online" and not self._forked_child and self._pipeline is not None
+            # the run start must be stored before children's files (other client ids) arrive
+            if online and self._pipeline.flush(timeout_s):
+                self._pipeline.import_children(max(1.0, deadline - time.monotonic()))
             if not self._forked_child and self.mode != "disabled":
                 self._entries.append(
                     Control(
@@ -442,7 +447,7 @@ class Run:
                 self._start_child_pipeline()
             if self._pipeline is None:
                 return True
-            return self._pipeline.close(timeout_s)
+            return self._pipeline.close(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Run:
         return self

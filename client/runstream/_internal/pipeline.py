@@ -193,8 +193,6 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         self._batcher.cancel()
         self._drain()
-        if not self.offline:
-            await self._import_children(deadline)
         ok = await self._flush(max(0.0, deadline - time.monotonic()))
         for task in list(self._uploads):
             task.cancel()  # parks the blob and spools the event
@@ -223,11 +221,21 @@ class Pipeline:
         self.spool.close(delete=True)
         return ok and not stream.pending
 
+    def import_children(self, timeout_s: float) -> None:
+        """Uploads spool files that forked children of this process (which never talk to the
+        server themselves) or earlier processes left in the run's folder, once unlocked."""
+        self.worker.call(self._import_children(time.monotonic() + timeout_s), timeout_s + 30)
+
     async def _import_children(self, deadline: float) -> None:
-        """Spool files forked children of this process left in the run's folder (they never talk
-        to the server themselves); uploaded here once the child has exited."""
         for path in replayable_files([self.run_dir], exclude={self.client_id}):
             try:
-                await replay_file(self.worker, self.settings, path, max(1.0, deadline - time.monotonic()))
+                result = await replay_file(self.worker, self.settings, path, max(1.0, deadline - time.monotonic()))
             except Exception as exc:
-                log.warning("runstream: could not upload %s (%s); run `runstream sync` later", path, exc)
+                warnings.warn(f"runstream: could not upload {path} ({exc}); run `runstream sync {self.run_dir}`", RuntimeWarning, stacklevel=1)
+                continue
+            if result is None:
+                continue  # still written by a live process: `runstream sync` later
+            for message in result.messages:
+                warnings.warn(f"runstream: the server refused a request from {path.name}: {message}", RefusedWarning, stacklevel=1)
+            if not result.complete:
+                warnings.warn(f"runstream: {path} was not fully acknowledged; run `runstream sync {self.run_dir}`", RuntimeWarning, stacklevel=1)
