@@ -239,12 +239,6 @@ def _same_partition_runs(count: int, partitions: int = 6) -> list[str]:
         i += 1
 
 
-@pytest.mark.xfail(
-    reason="writers/rows.metrics_table gives the `project` dictionary one entry per run, so a block "
-    "with two runs of one project is refused ('Arrow dictionary contains duplicate values'); "
-    "remove this marker once rows.py dedups project names",
-    strict=False,
-)
 def test_a_block_with_several_runs_of_one_project_is_stored(setup):
     settings, client, store = setup
     db = settings.clickhouse_database

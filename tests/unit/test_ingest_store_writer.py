@@ -195,3 +195,24 @@ def test_clients_dropped_from_the_cache_are_reloaded_from_the_table(writer, monk
     assert len(writer._done) == 2 and "x" not in writer._done
     assert writer.write([batches["x"]]).duplicates == 1
     assert q(writer, "SELECT count() FROM DB.metrics") == [(30,)]
+
+
+def test_metrics_table_dictionaries_are_unique_across_runs_and_projects():
+    from runstream_services.writers.rows import metrics_table
+
+    def batch(project, run_id, key):
+        return pb.MetricBatch(
+            project=project,
+            run_id=run_id,
+            keys=[key],
+            steps=np.arange(3, dtype="<i8").tobytes(),
+            values=np.ones(3, "<f8").tobytes(),
+        )
+
+    pairs = [(batch("p", "a", "loss"), 1), (batch("p", "b", "loss"), 1), (batch("q", "a", "acc"), 1)]
+    table = metrics_table(pairs)
+    assert table.column("project").chunk(0).dictionary.to_pylist() == ["p", "q"]
+    assert table.column("run_id").chunk(0).dictionary.to_pylist() == ["a", "b"]
+    assert table.column("project").to_pylist() == ["p"] * 6 + ["q"] * 3
+    assert table.column("run_id").to_pylist() == ["a"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert table.column("key").to_pylist() == ["loss"] * 6 + ["acc"] * 3

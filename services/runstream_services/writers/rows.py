@@ -42,9 +42,11 @@ def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
 
 def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table:
     """One Arrow table for (batch, received_ms) pairs. Batches are assumed validated."""
+    # Arrow dictionaries must hold unique values: one per project, one per run id, one per key.
     key_ids: dict[str, int] = {}
-    run_ids: dict[tuple[str, str], int] = {}
-    key_parts, run_parts, kinds, ranks, steps, times, values = [], [], [], [], [], [], []
+    project_ids: dict[str, int] = {}
+    run_ids: dict[str, int] = {}
+    key_parts, project_parts, run_parts, kinds, ranks, steps, times, values = [], [], [], [], [], [], [], []
     for batch, received_ms in batches:
         n = len(batch.steps) // 8
         remap = np.array([key_ids.setdefault(k, len(key_ids)) for k in batch.keys], dtype=np.int32)
@@ -52,8 +54,8 @@ def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table
             key_parts.append(remap[np.frombuffer(batch.key_index, "<u2")])
         else:
             key_parts.append(np.full(n, remap[0], np.int32))
-        run = run_ids.setdefault((batch.project, batch.run_id), len(run_ids))
-        run_parts.append(np.full(n, run, np.int32))
+        project_parts.append(np.full(n, project_ids.setdefault(batch.project, len(project_ids)), np.int32))
+        run_parts.append(np.full(n, run_ids.setdefault(batch.run_id, len(run_ids)), np.int32))
         kinds.append(np.full(n, 1 if batch.kind == types_pb2.METRIC_KIND_SYSTEM else 0, np.int32))
         ranks.append(np.full(n, batch.rank, np.uint16))
         steps.append(np.frombuffer(batch.steps, "<i8"))
@@ -65,12 +67,10 @@ def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table
     def cat(parts):
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    run_index = cat(run_parts)
-    runs = list(run_ids)
     return pa.table(
         {
-            "project": _dictionary(run_index, [p for p, _ in runs]),
-            "run_id": _dictionary(run_index, [r for _, r in runs]),
+            "project": _dictionary(cat(project_parts), list(project_ids)),
+            "run_id": _dictionary(cat(run_parts), list(run_ids)),
             "kind": _dictionary(cat(kinds), ["user", "system"]),
             "key": _dictionary(cat(key_parts), list(key_ids)),
             "rank": pa.array(cat(ranks)),
