@@ -489,7 +489,17 @@ def _flush_child(ref: weakref.ref) -> None:
         run._pipeline.flush(10.0)
 
 
+def _to_host(values: Any) -> Any:
+    """Tensors (CUDA included) to host memory; without numpy, anything with .tolist() to a list."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+    if "numpy" not in sys.modules and hasattr(values, "tolist"):
+        values = values.tolist()
+    return values
+
+
 def _pack_steps(steps: Any) -> tuple[bytes, int, int]:
+    steps = _to_host(steps)
     np = sys.modules.get("numpy")
     if np is not None and not isinstance(steps, (list, tuple, range)):
         arr = np.asarray(steps)
@@ -514,10 +524,9 @@ def _pack_steps(steps: Any) -> tuple[bytes, int, int]:
 
 
 def _pack_values(key: str, values: Any) -> tuple[bytes, int]:
+    values = _to_host(values)
     np = sys.modules.get("numpy")
     if np is not None and not isinstance(values, (list, tuple)):
-        if hasattr(values, "detach"):  # torch tensors
-            values = values.detach().cpu()
         arr = np.asarray(values)
         if arr.ndim != 1:
             raise InvalidValueError(f"run.log_arrays: {key!r} values must be 1-D, got shape {arr.shape}")
