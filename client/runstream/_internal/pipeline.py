@@ -229,13 +229,27 @@ class Pipeline:
     async def _import_children(self, deadline: float) -> None:
         for path in replayable_files([self.run_dir], exclude={self.client_id}):
             try:
-                result = await replay_file(self.worker, self.settings, path, max(1.0, deadline - time.monotonic()))
+                result = await replay_file(
+                    self.worker, self.settings, path, max(1.0, deadline - time.monotonic())
+                )
             except Exception as exc:
-                warnings.warn(f"runstream: could not upload {path} ({exc}); run `runstream sync {self.run_dir}`", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"runstream: could not upload {path} ({exc}); run `runstream sync {self.run_dir}`",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
                 continue
             if result is None:
                 continue  # still written by a live process: `runstream sync` later
             for message in result.messages:
-                warnings.warn(f"runstream: the server refused a request from {path.name}: {message}", RefusedWarning, stacklevel=1)
+                warnings.warn(
+                    f"runstream: the server refused a request from {path.name}: {message}",
+                    RefusedWarning,
+                    stacklevel=1,
+                )
             if not result.complete:
-                warnings.warn(f"runstream: {path} was not fully acknowledged; run `runstream sync {self.run_dir}`", RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"runstream: {path} was not fully acknowledged; run `runstream sync {self.run_dir}`",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
