@@ -260,6 +260,29 @@ def slowest(rows: list[Row]) -> tuple[Row, Target, float] | None:
     return worst
 
 
+def details(rows: list[Row]) -> list[str]:
+    """Lines explaining Runstream's figures from what the workloads recorded."""
+    import statistics
+
+    out = []
+    for r in rows:
+        d = r.runstream.detail if r.runstream else {}
+        if d.get("phases_s"):
+            split = {k: statistics.median(p[k] for p in d["phases_s"]) for k in d["phases_s"][0]}
+            text = ", ".join(f"{k} {v:.3f} s" for k, v in split.items())
+            out.append(f"- {r.id}: {text} (of {sum(split.values()):.3f} s for {d.get('points', 0):,} points)")
+        if r.id == "W5ds-p95" and "setup_points_per_s" in d:
+            out.append(
+                f"- W5ds data: {d['points_logged']:,} points logged through the SDK (log_arrays, parallel runs)"
+                f" and visible in {d['setup_s']:.1f} s = {fmt(d['setup_points_per_s'], 'points/s')} points/s"
+            )
+        if r.id == "W3a-p50" and "via" in d:
+            out.append(
+                f"- W3 queries via {d['via']}; W4 via runstream.Api.history; W5 via runstream.Api.series"
+            )
+    return out
+
+
 def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, elapsed_s: float) -> str:
     lines = [
         "# Benchmarks: Runstream against MLflow",
@@ -298,6 +321,9 @@ def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, 
             f"**Furthest from its target:** {row.id} ({row.title}) — target {target.text}, reached"
             f" {attained:.1%} of it.",
         ]
+    notes = details(rows)
+    if notes:
+        lines += ["", "## Where the time went (Runstream, medians over repetitions)", ""] + notes
     lines += ["", "## Machine", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "## Sizes", "", "```", json.dumps(asdict(sizes), indent=1), "```", ""]

@@ -132,16 +132,24 @@ class RunstreamSide:
         steps, keys = self.sizes.w1_steps, self.sizes.w1_keys
         project = self._project("w1")
         names = [f"m{k}" for k in range(keys)]
-        samples = []
+        samples, phases = [], []
         for _ in range(repeat):
             t0 = time.perf_counter()
             run = self._init(project)
+            t1 = time.perf_counter()
             for step in range(steps):
                 run.log({name: 1.0 / (1 + step) + 0.001 * k for k, name in enumerate(names)}, step=step)
+            t2 = time.perf_counter()
             self._finish(run)
+            t3 = time.perf_counter()
             self._wait_visible(project, run.id, names[-1], steps)
-            samples.append(steps * keys / (time.perf_counter() - t0))
-        return {"samples": samples, "detail": {"points": steps * keys, "api": "run.log(dict, step=)"}}
+            t4 = time.perf_counter()
+            samples.append(steps * keys / (t4 - t0))
+            phases.append(_phases(t0, t1, t2, t3, t4))
+        return {
+            "samples": samples,
+            "detail": {"points": steps * keys, "api": "run.log(dict, step=)", "phases_s": phases},
+        }
 
     def _w2(self, repeat: int) -> dict:
         keys, steps = self.sizes.w2_keys, self.sizes.w2_steps
@@ -149,16 +157,24 @@ class RunstreamSide:
         step_arr = np.arange(steps, dtype=np.int64)
         # Built before the clock starts, as for MLflow: only logging, transfer and storage count.
         series = {f"m{k}": 1.0 / (1 + step_arr) + 0.001 * k for k in range(keys)}
-        samples = []
+        samples, phases = [], []
         for _ in range(repeat):
             t0 = time.perf_counter()
             run = self._init(project)
+            t1 = time.perf_counter()
             run.log_arrays(series, step_arr)
+            t2 = time.perf_counter()
             self._finish(run)
+            t3 = time.perf_counter()
             self._wait_visible(project, run.id, f"m{keys - 1}", steps)
-            samples.append(keys * steps / (time.perf_counter() - t0))
+            t4 = time.perf_counter()
+            samples.append(keys * steps / (t4 - t0))
+            phases.append(_phases(t0, t1, t2, t3, t4))
             self.state["w2"] = (project, run.id)
-        return {"samples": samples, "detail": {"points": keys * steps, "api": "run.log_arrays(dict, steps)"}}
+        return {
+            "samples": samples,
+            "detail": {"points": keys * steps, "api": "run.log_arrays(dict, steps)", "phases_s": phases},
+        }
 
     # ---- W3: many runs, then search -------------------------------------------------------
 
@@ -443,6 +459,12 @@ class RunstreamSide:
                 "median_ms": statistics.median(out["p50"]),
             },
         }
+
+
+def _phases(t0: float, t1: float, t2: float, t3: float, t4: float) -> dict[str, float]:
+    """Where a logging workload's time went: init, the caller's log calls, finish (send + acks),
+    and the wait until a query sees the last point."""
+    return {"init": t1 - t0, "log": t2 - t1, "finish": t3 - t2, "visible": t4 - t3}
 
 
 def _make_api(endpoint: str):
