@@ -150,7 +150,7 @@ class RunstreamServer:
                 self.bus,
                 s,
                 artifact_store=self.artifact_store,
-                runs=RunRegistry(lookup),
+                runs=RunRegistry(lookup, stored=self.store_writer.is_stored if self.store_writer else None),
                 auth=self.auth,
                 metrics=self.metrics,
             )

@@ -172,9 +172,9 @@ def test_offline_run_then_sync_twice_stores_once(embedded_server, tmp_path):
     second = sync()
     assert "nothing to upload" in second
     (run_dir / f"{run.client_id}.synced").unlink()  # force a full replay: same (client_id, seq)
-    # The server currently refuses the replayed run_start of a finished run ("already ended")
-    # instead of acking the known (client_id, seq); the points must still be stored once.
-    assert "3000 points" in sync(check=False)
+    # The replayed run_start of the now finished run is recognised by its (client_id, seq) and
+    # acked, not refused as "already ended"; every point is still stored once.
+    assert "3000 points" in sync()
     embedded_server.stop()
     rows = _rows(
         embedded_server,

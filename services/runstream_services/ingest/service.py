@@ -47,9 +47,18 @@ class RunRegistry:
     """Which runs exist, to refuse requests for unknown runs. Runs started through this process
     are known at once; others are looked up (in the store) and remembered once found."""
 
-    def __init__(self, lookup: Callable[[str, str], str | None] | None = None):
+    def __init__(
+        self,
+        lookup: Callable[[str, str], str | None] | None = None,
+        stored: Callable[[str, int], bool] | None = None,
+    ):
         self._lookup = lookup
+        self._stored = stored
         self._states: dict[tuple[str, str], str] = {}
+
+    async def is_replay(self, client_id: str, seq: int) -> bool:
+        """True when this process can tell the request was stored already (its ack was lost)."""
+        return self._stored is not None and await asyncio.to_thread(self._stored, client_id, seq)
 
     async def state(self, project: str, run_id: str) -> str | None:
         state = self._states.get((project, run_id))
@@ -247,7 +256,8 @@ class _IngestStream:
         state = await svc.runs.state(accepted.project, accepted.run_id)
         where = f"run {accepted.run_id!r} of project {accepted.project!r}"
         if accepted.kind == "run_start":
-            if state in TERMINAL_STATES and not req.run_start.resume:
+            replay = state in TERMINAL_STATES and await svc.runs.is_replay(req.client_id, req.seq)
+            if state in TERMINAL_STATES and not req.run_start.resume and not replay:
                 raise AlreadyExists(
                     f"{where} already ended ({state}): set resume=True to continue it, or start a new run id"
                 )

@@ -135,6 +135,10 @@ class StoreWriter:
         row = self._get_run(project, run_id)
         return row.state if row else None
 
+    def is_stored(self, client_id: str, seq: int) -> bool:
+        """True when the request (client_id, seq) was stored before: a replay."""
+        return seq in self._seen_seqs(client_id)
+
     # ---- idempotency --------------------------------------------------------------------------
 
     def _seen_seqs(self, client_id: str) -> set[int]:
