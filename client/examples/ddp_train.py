@@ -70,7 +70,7 @@ def main() -> None:
         run.log({"train/loss": loss.detach(), "train/acc": acc}, step=step)  # 0-d tensors are fine
 
     if rank == 0:
-        run.summary["final_loss"] = float(loss)
+        run.summary["final_loss"] = float(loss.detach())
         run.summary["final_acc"] = float(acc)
     run.finish()
     dist.destroy_process_group()
