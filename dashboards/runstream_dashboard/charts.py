@@ -93,7 +93,16 @@ def parallel_coordinates(
         label = col.split(".", 1)[-1]
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.notna().all():
-            dims.append({"label": label, "values": numeric.to_numpy()})
+            values = numeric.to_numpy(dtype=float)
+            if col != metric and (values > 0).all() and values.max() / values.min() >= 10:
+                # spans a decade or more (learning rates, weight decay): a log axis
+                ticks = np.unique(values)
+                dims.append(
+                    {"label": f"{label} (log)", "values": np.log10(values), "tickvals": np.log10(ticks),
+                     "ticktext": [f"{t:g}" for t in ticks]}
+                )  # fmt: skip
+                continue
+            dims.append({"label": label, "values": values})
             continue
         cats = sorted(values.astype(str).unique())
         codes = values.astype(str).map({c: i for i, c in enumerate(cats)})

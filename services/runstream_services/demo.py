@@ -126,6 +126,11 @@ def simulate(spec: TrialSpec, steps: int = STEPS) -> Curves:
         0.1 + (final_acc - 0.1) * progress - overfit / 6 + rng.normal(0, 0.006, len(val_steps)), 0, 1
     )
     val_f1 = np.clip(val_acc - 0.012 + rng.normal(0, 0.004, len(val_steps)), 0, 1)
+    if diverged_at is not None:  # the last evaluations before the NaN already show the blow-up
+        bad = val_steps >= diverged_at - 150
+        val_loss[bad] = 2.3 * np.exp((val_steps[bad] - diverged_at + 150) / 60)
+        val_acc[bad] = 0.1 + rng.normal(0, 0.01, bad.sum())
+        val_f1[bad] = val_acc[bad] - 0.02
     return Curves(loss, acc, schedule, val_steps, val_loss, val_acc, val_f1, diverged_at)
 
 

@@ -91,14 +91,21 @@ def launch_chromium(playwright):
 
 
 def wait_idle(page, timeout_ms: int = 60_000) -> None:
-    """Waits until Streamlit has finished the current script run (no running indicator)."""
+    """Waits until Streamlit has finished the current script run and drawn it: a page title, no
+    running indicator, no loading skeletons, three polls in a row."""
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        """() => {
+            const status = document.querySelector('[data-testid="stStatusWidget"]');
+            const busy = (status && status.innerText.includes('Running'))
+                || document.querySelector('[data-testid="stSkeleton"]') !== null
+                || document.querySelector('[data-testid="stMain"] h1') === null;  // every page has a title
+            window.__rsIdle = busy ? 0 : (window.__rsIdle || 0) + 1;
+            return window.__rsIdle >= 3;
+        }""",
         timeout=timeout_ms,
+        polling=200,
     )
-    page.wait_for_timeout(300)
 
 
 def grid_row_checkbox(page, table, row: int) -> tuple[float, float]:

@@ -89,6 +89,10 @@ def shoot(base_url: str, endpoint: str, out: Path, project: str = "demo") -> Non
 
         page.goto(f"{base_url}/sweep?project={project}")
         wait_idle(page)
+        sweep_filter = page.get_by_label("Runs (filter)", exact=True).and_(page.locator("input"))
+        sweep_filter.fill('group = "grid-1" and state = "finished"')
+        sweep_filter.press("Enter")
+        wait_idle(page)
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 1")
         _save(page, out / "sweep.png", 900)
 

@@ -28,11 +28,12 @@ def test_config_diff_keeps_only_keys_that_differ_unless_asked():
     assert full["differs"].tolist() == [True, True, False]
 
 
-def test_parallel_coordinates_maps_text_params_to_categories():
+def test_parallel_coordinates_maps_text_params_to_categories_and_wide_ranges_to_log_axes():
     runs = pd.DataFrame({"params.lr": [0.1, 0.01], "params.opt": ["sgd", "adam"], "metrics.acc": [0.7, 0.9]})
     fig = charts.parallel_coordinates(runs, ["params.lr", "params.opt"], "metrics.acc")
     lr, opt, acc = fig.data[0].dimensions
-    assert lr.label == "lr" and list(lr.values) == [0.1, 0.01]
+    assert lr.label == "lr (log)" and list(lr.values) == pytest.approx([-1, -2])  # a decade apart: log axis
+    assert list(lr.ticktext) == ["0.01", "0.1"]
     assert list(opt.ticktext) == ["adam", "sgd"] and list(opt.values) == [1, 0]
     assert acc.label == "acc" and list(fig.data[0].line.color) == [0.7, 0.9]
 

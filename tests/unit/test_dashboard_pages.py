@@ -414,7 +414,7 @@ def test_sweep_draws_parallel_coordinates_of_varying_params_against_the_metric(f
     parcoords = fig["data"][0]
     assert parcoords["type"] == "parcoords"
     labels = [d["label"] for d in parcoords["dimensions"]]
-    assert labels == ["lr", "model.depth", "optimizer", "val_acc"]
+    assert labels == ["lr (log)", "model.depth", "optimizer", "val_acc"]  # lr spans 2 decades
     optimizer = parcoords["dimensions"][2]
     assert optimizer["ticktext"] == ["adam", "sgd"]
     best = at.dataframe[0].value

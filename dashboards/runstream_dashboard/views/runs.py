@@ -121,12 +121,13 @@ table = st.dataframe(
         "name",
         "state",
         "group",
-        *[c for c in runs.columns if c.startswith(("params.", "metrics."))],
+        *[f"params.{k}" for k in param_cols],
+        *[f"metrics.{k}" for k in metric_cols],
         "tags",
         "start",
         "duration_s",
         "run_id",
-    ],
+    ],  # fmt: skip
     column_config={
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
         "start": st.column_config.DatetimeColumn("start", format="YYYY-MM-DD HH:mm"),

@@ -26,7 +26,7 @@ if not keys.metric_keys or not keys.param_keys:
 
 c_filter, c_metric, c_goal = st.columns([5, 3, 2], vertical_alignment="bottom")
 filter_text = c_filter.text_input(
-    "Runs (filter)", key="sweep_filter", placeholder='group = "lr-sweep" and state = "finished"'
+    "Runs (filter)", key="sweep_filter", placeholder='group = "grid-1" and state = "finished"'
 ).strip()
 filter_error = c_filter.empty()
 preferred = sorted(keys.metric_keys, key=lambda k: (not k.startswith("val"), k))
