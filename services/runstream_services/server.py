@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import signal
 from typing import Any
@@ -72,6 +71,7 @@ class RunstreamServer:
         self.auth = ApiKeys.from_settings(settings)
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: MetricsHttpServer | None = None
+        self._crash_watch: asyncio.Task | None = None
         self._started = False
 
     @property
@@ -111,6 +111,8 @@ class RunstreamServer:
             self.store_writer = StoreWriter(
                 self.client, s.clickhouse_database, self.artifact_store, s, metrics=self.metrics
             )
+            if s.crash_after_s > 0:
+                self._crash_watch = asyncio.create_task(self._watch_crashes(s.crash_after_s))
         if "ingest" in s.components:
             if s.bus == "kafka":
                 from runstream_services.bus.kafka import KafkaBus
@@ -195,6 +197,22 @@ class RunstreamServer:
             s.artifact_store, self.metrics_port or "off",
         )  # fmt: skip
 
+    async def _watch_crashes(self, crash_after_s: float) -> None:
+        """Marks runs whose process went silent as crashed (see StoreWriter.mark_crashed)."""
+        interval_s = min(30.0, crash_after_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                marked = await asyncio.to_thread(self.store_writer.mark_crashed, int(crash_after_s * 1000))
+            except Exception:
+                log.exception("crash detection failed; retrying in %ss", interval_s)
+                continue
+            for project, run_id in marked:
+                log.info(
+                    "run %s of project %s went silent for %ss: marked crashed", run_id, project, crash_after_s
+                )
+            self.metrics.inc("runstream_runs_crashed_total", len(marked))
+
     def _add_query_service(self) -> None:
         from runstream.v1 import query_pb2_grpc
         from runstream_services.query.service import QueryServicer
@@ -209,6 +227,8 @@ class RunstreamServer:
         if not self._started:
             return
         self._started = False
+        if self._crash_watch is not None:
+            self._crash_watch.cancel()
         if self.ingest is not None:
             try:
                 await asyncio.wait_for(self.ingest.drain(), grace_s)
@@ -226,12 +246,6 @@ class RunstreamServer:
                     log.exception("stopping %s failed", type(part).__name__)
         if self.store_writer is not None:
             self.store_writer.close()
-        stop_query = getattr(self.query, "close", None)
-        if stop_query is not None:
-            with contextlib.suppress(Exception):
-                result = stop_query()
-                if inspect.isawaitable(result):
-                    await result
         log.info("runstream server stopped")
 
     async def wait_for_termination(self) -> None:

@@ -216,3 +216,27 @@ def test_metrics_table_dictionaries_are_unique_across_runs_and_projects():
     assert table.column("project").to_pylist() == ["p"] * 6 + ["q"] * 3
     assert table.column("run_id").to_pylist() == ["a"] * 3 + ["b"] * 3 + ["a"] * 3
     assert table.column("key").to_pylist() == ["loss"] * 6 + ["acc"] * 3
+
+
+def test_silent_runs_are_marked_crashed_and_revived_by_a_heartbeat(writer):
+    writer.write([envelope(1, run_start=start("quiet")), envelope(2, run_start=start("talking"))])
+    now_ms = int(time.time() * 1000)
+    assert writer.mark_crashed(stale_after_ms=60_000, now_ms=now_ms) == []  # both heard from just now
+    writer.write(
+        [envelope(3, run_update=pb.RunUpdate(project="proj", run_id="talking", heartbeat_ms=now_ms + 50_000))]
+    )
+    marked = writer.mark_crashed(stale_after_ms=30_000, now_ms=now_ms + 60_000)
+    assert marked == [("proj", "quiet")]
+    assert writer.run_state("proj", "quiet") == "crashed" and writer.run_state("proj", "talking") == "running"
+    assert q(writer, "SELECT state FROM DB.runs FINAL WHERE run_id = 'quiet'") == [("crashed",)]
+    assert q(writer, "SELECT action, target FROM DB.audit_log WHERE action = 'run.crashed'") == [
+        ("run.crashed", "quiet")
+    ]
+    writer.write([envelope(4, run_update=pb.RunUpdate(project="proj", run_id="quiet", heartbeat_ms=now_ms))])
+    assert writer.run_state("proj", "quiet") == "running"
+    assert q(writer, "SELECT state, end_ms FROM DB.runs FINAL WHERE run_id = 'quiet'") == [("running", 0)]
+    finish = pb.RunFinish(project="proj", run_id="talking", state=types_pb2.RUN_STATE_FINISHED)
+    writer.write([envelope(5, run_finish=finish)])
+    assert writer.mark_crashed(stale_after_ms=0, now_ms=now_ms + 10**9) == [
+        ("proj", "quiet")
+    ]  # finished stays

@@ -135,6 +135,33 @@ class StoreWriter:
         row = self._get_run(project, run_id)
         return row.state if row else None
 
+    def mark_crashed(self, stale_after_ms: int, now_ms: int | None = None) -> list[tuple[str, str]]:
+        """Marks 'running' runs whose last heartbeat is older than `stale_after_ms` as crashed: their
+        process died without finishing. A later heartbeat or resume makes them running again.
+        Returns the (project, run_id) pairs marked."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cutoff = now_ms - stale_after_ms
+        stale = self.client.query(
+            f"SELECT project, run_id FROM {self.db}.runs FINAL WHERE state = 'running' AND heartbeat_ms < %(t)s",
+            parameters={"t": cutoff},
+        ).result_rows
+        pending, marked = _Pending(), []
+        with self._meta_lock:
+            for project, run_id in stale:
+                row = self._get_run_locked(project, run_id)
+                if row is None or row.state != "running" or row.heartbeat_ms >= cutoff:
+                    continue  # heard from since the query
+                row.state, row.end_ms = "crashed", row.heartbeat_ms
+                self._stage_run(row, pending)
+                detail = json.dumps({"last_heartbeat_ms": row.heartbeat_ms})
+                pending.audit.append([now_ms, project, "server", "run.crashed", run_id, detail])
+                marked.append((project, run_id))
+        if marked:
+            self._insert_rows("runs", rows.RUN_COLUMNS, [r.values() for r in pending.runs.values()], None)
+            audit_columns = ("time_ms", "project", "actor", "action", "target", "detail")
+            self._insert_rows("audit_log", audit_columns, pending.audit, None)
+        return marked
+
     def is_stored(self, client_id: str, seq: int) -> bool:
         """True when the request (client_id, seq) was stored before: a replay."""
         return seq in self._seen_seqs(client_id)
@@ -399,6 +426,9 @@ class StoreWriter:
         if msg.datasets:
             row.datasets = rows.append_datasets(row.datasets, msg.datasets)
         row.heartbeat_ms = max(row.heartbeat_ms, msg.heartbeat_ms, env.received_ms)
+        if row.state == "crashed":  # declared dead too early: the process is still talking
+            row.state, row.end_ms = "running", 0
+            self._audit(env, row, "run.revived", {}, pending)
         self._stage_params(row, "config", msg.config, pending)
         self._stage_params(row, "summary", msg.summary, pending)
         self._stage_run(row, pending)
