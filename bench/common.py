@@ -47,6 +47,7 @@ class Sizes:
     mlflow_sustained_s: float = 10.0  # MLflow cannot take millions of points: time-bounded instead
     latency_probes: int = 40  # log -> visible probes per repetition
     mlflow_server_workers: int = 0  # 0: mlflow server's default (4); smoke: 1, to start fast
+    rep_budget_s: float = 150.0  # a workload starts another repetition (beyond 2) only within this
 
     @classmethod
     def full(cls) -> Sizes:
@@ -86,6 +87,21 @@ class Sizes:
     @property
     def w2_points(self) -> int:
         return self.w2_keys * self.w2_steps
+
+
+def repetitions(repeat: int, budget_s: float):
+    """Yields up to `repeat` repetition indexes. After the second, another starts only when it is
+    expected to end within `budget_s` of the first's start (some peer workloads take minutes
+    each; the table shows how many repetitions a cell has when fewer than asked)."""
+    import time
+
+    start = time.monotonic()
+    for i in range(repeat):
+        if i >= 2:
+            spent = time.monotonic() - start
+            if spent + spent / i > budget_s:
+                return
+        yield i
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -26,6 +26,10 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import repetitions  # noqa: E402 - standard library only, like this module
+
 VENV = HERE / ".mlflow-venv"
 VENV_PYTHON = VENV / "bin" / "python"
 READY_MARKER = VENV / ".bench-ready"
@@ -234,7 +238,7 @@ def _w1(client, mlflow, sizes, repeat, state) -> dict:
     steps, keys = sizes["w1_steps"], sizes["w1_keys"]
     mlflow.set_experiment("bench-w1")
     samples = []
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         t0 = time.perf_counter()
         with mlflow.start_run() as run:
             for step in range(steps):
@@ -255,7 +259,7 @@ def _w2(client, mlflow, sizes, repeat, state) -> dict:
     points = [Metric(f"m{k}", _value(s, k), now + s, s) for k in range(keys) for s in range(steps)]
     batches = [points[i : i + 1000] for i in range(0, len(points), 1000)]
     samples = []
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         run_id = client.create_run(exp).info.run_id
         t0 = time.perf_counter()
         for batch in batches:
@@ -310,7 +314,7 @@ def _w3(client, mlflow, sizes, repeat, state) -> dict:
     exp, setup_s = _w3_setup(client, sizes, state)
     n, top = sizes["w3_runs"], sizes["w3_top"]
     out = {"a_p50": [], "a_p95": [], "b_p50": [], "b_p95": []}
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         a_times, b_times = [], []
         for _ in range(sizes["w3_queries"]):
             t0 = time.perf_counter()
@@ -342,7 +346,7 @@ def _w4(client, mlflow, sizes, repeat, state) -> dict:
         _w2(client, mlflow, sizes, 1, state)
     run_id = state.data["w2_run"]
     samples = []
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         times = []
         for _ in range(sizes["w4_fetches"]):
             t0 = time.perf_counter()
@@ -359,7 +363,7 @@ def _w5(client, mlflow, sizes, repeat, state) -> dict:
     _w3_setup(client, sizes, state)
     run_ids = state.data["w3_runs"][: sizes["w5_runs"]]
     samples = []
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         t0 = time.perf_counter()
         total = 0
         for run_id in run_ids:
@@ -379,7 +383,7 @@ def _sustained(client, mlflow, sizes, repeat, state) -> dict:
     exp = _experiment(client, "bench-sustained")
     duration = sizes["mlflow_sustained_s"]
     samples = []
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         run_ids = [client.create_run(exp).info.run_id for _ in range(sizes["sustained_runs"])]
         counts = [0] * len(run_ids)
         stop_at = time.perf_counter() + duration
@@ -411,7 +415,7 @@ def _latency(client, mlflow, sizes, repeat, state) -> dict:
     """log_metric of one point, then get_run until its latest value is visible."""
     exp = _experiment(client, "bench-latency")
     out = {"p50": [], "p99": []}
-    for _ in range(repeat):
+    for _ in repetitions(repeat, sizes["rep_budget_s"]):
         run_id = client.create_run(exp).info.run_id
         times = []
         for i in range(sizes["latency_probes"]):

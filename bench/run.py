@@ -227,12 +227,16 @@ def fmt_ratio(x: float | None) -> str:
     return f"{x:,.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 1 else f"{x:.2f}×"
 
 
-def _cell(row: Row, side: str) -> str:
+def _cell(row: Row, side: str, repeat: int) -> str:
     if side in row.errors:
         return "error"
     if side in row.not_run:
         return "not run"
-    return fmt_measure(getattr(row, side), row.unit)
+    measure = getattr(row, side)
+    text = fmt_measure(measure, row.unit)
+    if measure is not None and 1 < len(measure.samples) < repeat:
+        text += f" n={len(measure.samples)}"
+    return text
 
 
 def target_cell(row: Row) -> tuple[str, str]:
@@ -292,7 +296,8 @@ def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, 
         + (" (SMOKE sizes: not meaningful)" if smoke else "")
         + f", {elapsed_s / 60:.1f} min in all.",
         "",
-        "Each cell: median of the repetitions (min–max). The speed-up column is oriented so that"
+        "Each cell: median of the repetitions (min–max; `n=` when a slow workload ran fewer within its"
+        f" {sizes.rep_budget_s:.0f} s budget). The speed-up column is oriented so that"
         " **> 1 means Runstream is better**: Runstream/MLflow for throughputs, MLflow/Runstream for times.",
         "Both sides run on this machine, one after the other, each with its own server in a child process:"
         " `runstream server` (embedded: chDB + local artifacts; Kafka row: the Kafka bus) and a real"
@@ -304,8 +309,8 @@ def render(rows: list[Row], info: dict, sizes: Sizes, repeat: int, smoke: bool, 
     ]
     for r in rows:
         target_text, verdict = target_cell(r)
-        mlflow_cell = r.mlflow_na or _cell(r, "mlflow")
-        rs_cell = _cell(r, "runstream")
+        mlflow_cell = r.mlflow_na or _cell(r, "mlflow", repeat)
+        rs_cell = _cell(r, "runstream", repeat)
         lines.append(
             f"| {r.title} | {r.unit} | {rs_cell} | {mlflow_cell} | {fmt_ratio(r.speedup)} | {target_text} | {verdict} |"
         )

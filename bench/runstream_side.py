@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from common import Sizes, percentile
+from common import Sizes, percentile, repetitions
 
 PROJECT_PREFIX = "bench"
 OPTIMIZERS = ("adam", "sgd", "adamw", "rmsprop")
@@ -133,7 +133,7 @@ class RunstreamSide:
         project = self._project("w1")
         names = [f"m{k}" for k in range(keys)]
         samples, phases = [], []
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             t0 = time.perf_counter()
             run = self._init(project)
             t1 = time.perf_counter()
@@ -158,7 +158,7 @@ class RunstreamSide:
         # Built before the clock starts, as for MLflow: only logging, transfer and storage count.
         series = {f"m{k}": 1.0 / (1 + step_arr) + 0.001 * k for k in range(keys)}
         samples, phases = [], []
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             t0 = time.perf_counter()
             run = self._init(project)
             t1 = time.perf_counter()
@@ -253,7 +253,7 @@ class RunstreamSide:
         project, _, setup_s = self._w3_setup()
         n, top = self.sizes.w3_runs, self.sizes.w3_top
         out = {"a_p50": [], "a_p95": [], "b_p50": [], "b_p95": []}
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             a_times, b_times = [], []
             for _ in range(self.sizes.w3_queries):
                 t0 = time.perf_counter()
@@ -295,7 +295,7 @@ class RunstreamSide:
             self._w2(1)
         project, run_id = self.state["w2"]
         samples = []
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             times = []
             for _ in range(self.sizes.w4_fetches):
                 t0 = time.perf_counter()
@@ -311,7 +311,7 @@ class RunstreamSide:
         run_ids = run_ids[: self.sizes.w5_runs]
         expected = len(run_ids) * self.sizes.w3_steps
         samples = []
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             t0 = time.perf_counter()
             total = self._series_points(project, run_ids, "m0", self.sizes.w3_steps, downsample=False)
             samples.append((time.perf_counter() - t0) * 1000)
@@ -368,7 +368,7 @@ class RunstreamSide:
         self._wait_runs(project, s.w5ds_runs, flt=f"metrics.m0.count >= {s.w5ds_steps}", timeout_s=300)
         setup_s = time.perf_counter() - t0
         out = {"p50": [], "p95": []}
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             times = []
             for _ in range(s.w5ds_queries):
                 t0 = time.perf_counter()
@@ -405,7 +405,7 @@ class RunstreamSide:
             st = np.arange(start, min(start + chunk_steps, steps_per_run), dtype=np.int64)
             chunks.append((st, {f"m{k}": np.sin(st * 0.001 + k) for k in range(keys)}))
         samples = []
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             runs = [self._init(project) for _ in range(s.sustained_runs)]
             errors: list[BaseException] = []
 
@@ -440,7 +440,7 @@ class RunstreamSide:
         flush_interval_s), then GetMetricSeries polled until that point is counted."""
         project = self._project("latency")
         out = {"p50": [], "p99": []}
-        for _ in range(repeat):
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
             run = self._init(project)
             times = []
             for i in range(self.sizes.latency_probes):
