@@ -423,8 +423,9 @@ class Run:
             timeout_s = self.settings.finish_timeout_s if timeout_s is None else timeout_s
             deadline = time.monotonic() + timeout_s
             online = self.mode == "online" and not self._forked_child and self._pipeline is not None
-            # the run start must be stored before children's files (other client ids) arrive
-            if online and self._pipeline.flush(timeout_s):
+            # the run start must be stored before children's files (other client ids) arrive; without
+            # such files the finish goes out right behind the data, one round trip in all
+            if online and self._pipeline.has_child_files() and self._pipeline.flush(timeout_s):
                 self._pipeline.import_children(max(1.0, deadline - time.monotonic()))
             if not self._forked_child and self.mode != "disabled":
                 self._entries.append(

@@ -138,6 +138,7 @@ def test_metrics_through_kafka_are_stored_once_and_committed(setup):
         return loop, lag
 
     loop, lag = asyncio.run(scenario())
+    loop.store_writer.flush()  # the ingested records follow the inserts in the background
 
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
     assert (
@@ -161,10 +162,16 @@ class _CrashBeforeIngestedRecord(StoreWriter):
     before the request keys are recorded. (An exception stands in for the kill because the
     process must survive to run the second writer; the SIGKILL version runs through the server.)"""
 
-    def _insert_rows(self, table, columns, data, token):
-        if table == "ingested_requests":
-            raise RuntimeError("simulated crash")
-        return super()._insert_rows(table, columns, data, token)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        record = self._bookkeeping.add
+
+        def add(table, rows):
+            if table == "ingested_requests":
+                raise RuntimeError("simulated crash")
+            record(table, rows)
+
+        self._bookkeeping.add = add
 
 
 def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
@@ -218,6 +225,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
         return loop
 
     loop = asyncio.run(scenario())
+    loop.store_writer.flush()
 
     assert loop.replayed_blocks == 1
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected  # the first block once

@@ -85,6 +85,7 @@ def test_run_lifecycle_params_and_audit(writer):
         ("summary", "best", "number", "0.9"),
     ]
     assert params[2][3] == 0.001 and math.isnan(params[3][3])
+    writer.flush()  # audit rows are written in the background
     actions = q(writer, "SELECT action FROM DB.audit_log ORDER BY action")
     assert actions == [("run.created",), ("run.finished",)]
     assert writer.run_state("proj", "run-1") == "failed"
@@ -100,6 +101,7 @@ def test_metrics_summaries_and_exactly_once(writer):
     again = writer.write([first, first])  # same call, and a replay
     assert (again.stored, again.duplicates, again.points) == (0, 2, 0)
     # A fresh writer (e.g. after a restart) finds the key in ingested_requests.
+    writer.flush()
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
     assert fresh.write([first]).duplicates == 1
     assert q(writer, "SELECT count() FROM DB.metrics") == [(6,)]
@@ -127,6 +129,7 @@ def test_caller_token_groups_envelopes_into_one_block(writer):
     writer.write([envelope(1, run_start=start())])
     envs = [envelope(10 + i, metrics=metrics(50, start=50 * i)) for i in range(4)]
     assert writer.write(envs, token="topic:0:10-13").points == 200
+    writer.flush()
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
     fresh.client.command(f"TRUNCATE TABLE {writer.db}.ingested_requests")  # as if the record was lost
     assert fresh.write(envs, token="topic:0:10-13").stored == 4
@@ -229,6 +232,7 @@ def test_silent_runs_are_marked_crashed_and_revived_by_a_heartbeat(writer):
     assert marked == [("proj", "quiet")]
     assert writer.run_state("proj", "quiet") == "crashed" and writer.run_state("proj", "talking") == "running"
     assert q(writer, "SELECT state FROM DB.runs FINAL WHERE run_id = 'quiet'") == [("crashed",)]
+    writer.flush()
     assert q(writer, "SELECT action, target FROM DB.audit_log WHERE action = 'run.crashed'") == [
         ("run.crashed", "quiet")
     ]
@@ -240,3 +244,20 @@ def test_silent_runs_are_marked_crashed_and_revived_by_a_heartbeat(writer):
     assert writer.mark_crashed(stale_after_ms=0, now_ms=now_ms + 10**9) == [
         ("proj", "quiet")
     ]  # finished stays
+
+
+def test_bookkeeping_rows_follow_in_the_background_and_count_before_they_land(writer):
+    """The ingested record is written after the ack; until then the writer still knows the key."""
+    writer.write([envelope(1, run_start=start())])
+    env = envelope(2, metrics=metrics(10))
+    writer.write([env])
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
+    fresh._bookkeeping.add("ingested_requests", writer._bookkeeping.pending("ingested_requests"))
+    assert fresh.write([env]).duplicates == 1  # known from rows not yet written
+    deadline = time.monotonic() + 10
+    while (
+        q(writer, "SELECT count() FROM DB.ingested_requests FINAL") != [(2,)] and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)  # the background thread writes them within its interval
+    assert q(writer, "SELECT count() FROM DB.ingested_requests FINAL") == [(2,)]
+    assert q(writer, "SELECT action FROM DB.audit_log") == [("run.created",)]

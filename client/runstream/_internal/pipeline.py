@@ -221,6 +221,10 @@ class Pipeline:
         self.spool.close(delete=True)
         return ok and not stream.pending
 
+    def has_child_files(self) -> bool:
+        """True when forked children (or earlier processes) left spool files in the run's folder."""
+        return bool(replayable_files([self.run_dir], exclude={self.client_id}))
+
     def import_children(self, timeout_s: float) -> None:
         """Uploads spool files that forked children of this process (which never talk to the
         server themselves) or earlier processes left in the run's folder, once unlocked."""

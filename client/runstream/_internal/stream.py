@@ -67,6 +67,7 @@ class IngestStream:
         self.connected = False
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._changed = asyncio.Event()
+        self._acked = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
         self._to_send: deque[int] = deque()
         self._task: asyncio.Task | None = None
         if not offline and channel is not None:
@@ -130,6 +131,7 @@ class IngestStream:
             if self.spooled_pending == 0 and self.spool is not None:
                 self.spool.close(delete=True)  # everything spilled is acked: reclaim the disk
         self._changed.set()
+        self._acked.set()
 
     def acked_upto(self, seq: int) -> bool:
         """True when no request numbered <= seq is pending."""
@@ -140,9 +142,16 @@ class IngestStream:
     async def wait_acked(self, seq: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while not self.acked_upto(seq):
-            if self.offline or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if self.offline or remaining <= 0:
                 return self.offline
-            await asyncio.sleep(0.02)
+            self._acked.clear()
+            if self.acked_upto(seq):
+                break
+            try:
+                await asyncio.wait_for(self._acked.wait(), remaining)
+            except TimeoutError:
+                pass
         return True
 
     # ---- connection ---------------------------------------------------------------------

@@ -358,6 +358,9 @@ class KafkaWriterLoop:
             column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
         )
         result = self.store_writer.write(envelopes, token=token)
+        # The offset commit that follows ends replays of this block: its request keys must be
+        # recorded first (the writer otherwise records them in the background).
+        self.store_writer.flush()
         refused = getattr(result, "refused", None)
         if refused:
             log.error("block %s: %d envelopes could not be decoded and were skipped: %s",

@@ -5,7 +5,8 @@ Exactly-once, in three layers:
 2. every insert carries an `insert_deduplication_token` derived from the caller's token or the
    envelope's idempotency key plus a per-table suffix, so re-inserting the same block after a
    crash is dropped by ClickHouse (the metric-summary view is deduplicated with it);
-3. the ingested keys are recorded LAST, after every other insert succeeded.
+3. the ingested keys are recorded LAST, after every other insert succeeded — in the background,
+   a moment after the ack (writers/bookkeeping.py says why that loses nothing).
 Without a caller token, metric points are inserted one envelope per block, so a replay after a
 crash re-forms exactly the same blocks. With a token, the caller guarantees that a replay of that
 token carries the same envelopes (the Kafka writer records its block boundaries for that).
@@ -31,13 +32,15 @@ from runstream_services.config import ServerSettings
 from runstream_services.metrics_http import Metrics
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
+from runstream_services.writers.bookkeeping import BackgroundRows
 from runstream_services.writers.rows import TERMINAL_STATES, RunRow
 
 log = logging.getLogger("runstream.writer")
 
 HEARTBEAT_EVERY_MS = 30_000
 MAX_CACHED_CLIENTS = 4096  # SDK processes whose stored seqs are kept in memory
-_OK = object()  # metric batches refresh a run's heartbeat at most this often
+INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
+AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
 
 @dataclass
@@ -95,11 +98,10 @@ class StoreWriter:
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
-        self._commit_cv = threading.Condition()  # group commit of ingested keys
-        self._commit_pending: list[list] = []
-        self._commit_generation = 0
-        self._commit_results: dict[int, object] = {}
-        self._committing = False
+        self._bookkeeping = BackgroundRows(
+            lambda table, columns, data: self._insert_rows(table, columns, data, None),
+            {"ingested_requests": INGESTED_COLUMNS, "audit_log": AUDIT_COLUMNS},
+        )
 
     # ---- public -------------------------------------------------------------------------------
 
@@ -126,8 +128,14 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result
 
+    def flush(self) -> None:
+        """Writes the pending ingested_requests and audit_log rows now."""
+        self._bookkeeping.flush()
+
     def close(self) -> None:
-        """Releases the writer's own connection handles (the shared client stays open)."""
+        """Writes the pending bookkeeping rows and releases the writer's own connection handles
+        (the shared client stays open)."""
+        self._bookkeeping.close()
         self._arrow.close()
 
     def run_state(self, project: str, run_id: str) -> str | None:
@@ -158,8 +166,7 @@ class StoreWriter:
                 marked.append((project, run_id))
         if marked:
             self._insert_rows("runs", rows.RUN_COLUMNS, [r.values() for r in pending.runs.values()], None)
-            audit_columns = ("time_ms", "project", "actor", "action", "target", "detail")
-            self._insert_rows("audit_log", audit_columns, pending.audit, None)
+            self._bookkeeping.add("audit_log", pending.audit)
         return marked
 
     def is_stored(self, client_id: str, seq: int) -> bool:
@@ -178,9 +185,11 @@ class StoreWriter:
             f"SELECT seq FROM {self.db}.ingested_requests WHERE client_id = %(c)s",
             parameters={"c": client_id},
         ).result_rows
+        not_yet_written = [r[1] for r in self._bookkeeping.pending("ingested_requests") if r[0] == client_id]
         with self._lock:
             seqs = self._done.setdefault(client_id, set())
             seqs.update(r[0] for r in rows_)
+            seqs.update(not_yet_written)
             while len(self._done) > MAX_CACHED_CLIENTS:
                 self._done.popitem(last=False)
             return seqs
@@ -233,9 +242,10 @@ class StoreWriter:
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", rows.RUN_COLUMNS, run_rows, f"{base}:runs")
             result.points += self._insert_metrics(pending.metrics, token)
-            audit_columns = ("time_ms", "project", "actor", "action", "target", "detail")
-            self._insert_rows("audit_log", audit_columns, pending.audit, f"{base}:audit")
-            self._record_ingested([[e.client_id, e.seq, e.run_id, e.received_ms] for e, _ in decoded])
+            self._bookkeeping.add("audit_log", pending.audit)
+            self._bookkeeping.add(
+                "ingested_requests", [[e.client_id, e.seq, e.run_id, e.received_ms] for e, _ in decoded]
+            )
         except BaseException:
             with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
                 for key in touched:
@@ -253,39 +263,6 @@ class StoreWriter:
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
         )
-
-    def _record_ingested(self, keys: list[list]) -> None:
-        """Group commit: concurrent write calls share one insert into ingested_requests (a small
-        insert costs as much as a large one on chDB). Returns once `keys` are stored; raises if
-        the insert that carried them failed. No dedup token: the table keeps no dedup window and
-        its ReplacingMergeTree key (client_id, seq) makes a repeated row harmless."""
-        with self._commit_cv:
-            self._commit_pending.extend(keys)
-            generation = self._commit_generation
-            while True:
-                outcome = self._commit_results.get(generation)
-                if outcome is not None:
-                    if outcome is _OK:
-                        return
-                    raise outcome
-                if not self._committing:
-                    break
-                self._commit_cv.wait()
-            batch, self._commit_pending = self._commit_pending, []
-            self._committing = True
-            self._commit_generation += 1
-        outcome = _OK
-        try:
-            self._insert_rows("ingested_requests", ("client_id", "seq", "run_id", "time_ms"), batch, None)
-        except BaseException as exc:
-            outcome = exc
-        with self._commit_cv:
-            self._commit_results[generation] = outcome
-            self._commit_results.pop(generation - 64, None)
-            self._committing = False
-            self._commit_cv.notify_all()
-        if outcome is not _OK:
-            raise outcome
 
     def _insert_rows(self, table: str, columns, data: list[list], token: str | None) -> None:
         if not data:

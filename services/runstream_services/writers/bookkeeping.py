@@ -1,0 +1,68 @@
+"""Rows that record what was stored (ingested_requests) and who did what (audit_log), written in the
+background a moment after the data they describe.
+
+Why not in the request's own path: on chDB every insert costs ~10 ms however small (a new part), and
+these two inserts were half of a run event's cost. Deferring them loses nothing that was acked: the
+data rows are inserted (with dedup tokens) before the ack; only the record that they were stored
+lags by up to `interval_s`. A crash in that gap makes a resent request look new, and then the dedup
+tokens of the data inserts drop it, as they do for any replay inside the dedup window. The Kafka
+writer calls flush() before it commits a block's offsets, so there the record is exact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("runstream.writer")
+
+InsertFn = Callable[[str, tuple[str, ...], list[list]], None]
+
+
+class BackgroundRows:
+    """Collects rows per table; a daemon thread inserts them every `interval_s`. flush() writes
+    what is pending now (tests, shutdown); failed inserts are kept and retried."""
+
+    def __init__(self, insert: InsertFn, columns: dict[str, tuple[str, ...]], interval_s: float = 0.05):
+        self._insert = insert
+        self._columns = columns
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[list]] = {table: [] for table in columns}
+        self._flush_lock = threading.Lock()  # one flush at a time keeps rows in order
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runstream-bookkeeping", daemon=True)
+        self._thread.start()
+
+    def add(self, table: str, rows: list[list]) -> None:
+        if rows:
+            with self._lock:
+                self._pending[table].extend(rows)
+
+    def pending(self, table: str) -> list[list]:
+        """Rows not yet inserted (a copy)."""
+        with self._lock:
+            return list(self._pending[table])
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            with self._lock:
+                batches = {t: rows for t, rows in self._pending.items() if rows}
+                self._pending = {table: [] for table in self._columns}
+            for table, rows in batches.items():
+                try:
+                    self._insert(table, self._columns[table], rows)
+                except Exception:
+                    log.exception("writing %d %s rows failed; retrying", len(rows), table)
+                    with self._lock:
+                        self._pending[table][:0] = rows
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.flush()
