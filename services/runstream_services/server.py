@@ -133,6 +133,10 @@ class RunstreamServer:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            # the SDK pings every 20 s to notice dead connections; accept that instead of answering
+            # GOAWAY "too_many_pings" (gRPC's default tolerates one ping per 5 minutes)
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ]
         self._grpc = grpc.aio.server(
             interceptors=[AuthInterceptor(self.auth), ErrorInterceptor()], options=options
