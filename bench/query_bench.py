@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runstream.v1 import query_pb2, query_pb2_grpc  # noqa: E402
 from runstream_services.grpc_errors import ErrorInterceptor  # noqa: E402
 from runstream_services.query.service import QueryServicer  # noqa: E402
-from runstream_services.storage.clickhouse import connect  # noqa: E402
+from runstream_services.storage.clickhouse import ClientPool, connect  # noqa: E402
 from runstream_services.storage.migrations import migrate  # noqa: E402
 
 DB = "runstream"
@@ -215,7 +215,8 @@ def main() -> int:
         t = time.perf_counter()
         run_ids = build(client, **sizes)
         print(f"built {sizes} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-        server = Server(QueryServicer(client, DB, None, None))
+        # as `runstream server` builds it: reads on their own pool of chDB clients
+        server = Server(QueryServicer(client, DB, None, None, readers=ClientPool(f"chdb://{folder}")))
         channel = grpc.insecure_channel(
             f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", 256 << 20)]
         )

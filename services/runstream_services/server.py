@@ -28,7 +28,7 @@ from runstream_services.grpc_errors import ErrorInterceptor
 from runstream_services.grpc_health import health_handler
 from runstream_services.ingest.service import IngestServicer, RunRegistry
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
-from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.clickhouse import ClientPool, connect
 from runstream_services.storage.migrations import migrate
 
 log = logging.getLogger("runstream.server")
@@ -222,7 +222,10 @@ class RunstreamServer:
         from runstream_services.query.service import QueryServicer
 
         s = self.settings
-        self.query = QueryServicer(self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth)
+        readers = ClientPool(s.resolved_clickhouse_dsn)
+        self.query = QueryServicer(
+            self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers
+        )
         query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, self._grpc)
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from runstream_services.errors import InvalidArgument, NotFound, ResourceExhaust
 from runstream_services.query import sql as q
 from runstream_services.query.downsample import lttb_many, minmax_series
 from runstream_services.query.filter import parse_filter, parse_sort_field
+from runstream_services.storage.clickhouse import ClientPool
 
 log = logging.getLogger("runstream.query")
 
@@ -83,9 +85,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     """Reads runs, params, metric summaries, metric points and artifacts of one database."""
 
     def __init__(
-        self, client: Any, database: str, artifact_store: Any = None, settings: Any = None, auth: Any = None
+        self,
+        client: Any,
+        database: str,
+        artifact_store: Any = None,
+        settings: Any = None,
+        auth: Any = None,
+        readers: ClientPool | None = None,
     ):
         self.client = client
+        self.readers = readers  # concurrent read clients; None: every read goes through `client`
         self.db = q.checked_db(database)
         self.artifacts = artifact_store
         self.settings = settings
@@ -101,13 +110,21 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     # ------------------------------------------------------------ helpers
 
     async def _rows(self, sql: str, params: dict | None = None) -> list[tuple]:
-        return await asyncio.to_thread(lambda: self.client.query(sql, parameters=params or {}).result_rows)
+        def run() -> list[tuple]:
+            with self._reader() as client:
+                return client.query(sql, parameters=params or {}).result_rows
+
+        return await asyncio.to_thread(run)
+
+    def _reader(self):
+        return self.readers.client() if self.readers is not None else contextlib.nullcontext(self.client)
 
     async def _np(self, sql: str, params: dict) -> list[np.ndarray]:
         """Columns of a numeric result as numpy arrays."""
 
         def run() -> list[np.ndarray]:
-            table = self.client.query_arrow(sql, parameters=params)
+            with self._reader() as client:
+                table = client.query_arrow(sql, parameters=params)
             return [table.column(i).to_numpy() for i in range(table.num_columns)]
 
         return await asyncio.to_thread(run)
