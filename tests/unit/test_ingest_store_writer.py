@@ -25,7 +25,9 @@ from runstream_services.writers.store import StoreWriter
 def writer(chdb_dsn, database, tmp_path):
     client = connect(chdb_dsn)
     migrate(client, database)
-    return StoreWriter(client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings())
+    writer = StoreWriter(client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings())
+    yield writer
+    writer.close()
 
 
 def envelope(seq: int, client_id: str = "client-a", **body) -> Envelope:

@@ -11,6 +11,7 @@ writer calls flush() before it commits a block's offsets, so there the record is
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from collections.abc import Callable
@@ -34,6 +35,9 @@ class BackgroundRows:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-bookkeeping", daemon=True)
         self._thread.start()
+        # Stop before the interpreter (and chDB's engine) shuts down: an insert running during
+        # teardown crashes the process.
+        atexit.register(self.close)
 
     def add(self, table: str, rows: list[list]) -> None:
         if rows:
@@ -59,7 +63,10 @@ class BackgroundRows:
                         self._pending[table][:0] = rows
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
+        atexit.unregister(self.close)
         self._thread.join(5)
         self.flush()
 
