@@ -3,8 +3,33 @@ so storing the same bytes twice writes nothing and no caller-chosen name reaches
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
+
+from runstream_services.errors import InvalidArgument
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def checked_digest(sha256: str) -> str:
+    """The digest in lower case; InvalidArgument unless it is 64 hex digits (so it is a safe key)."""
+    digest = sha256.lower()
+    if not _SHA256.match(digest):
+        raise InvalidArgument(f"sha256 {sha256[:80]!r} is not 64 hex digits")
+    return digest
+
+
+def check_received(digest: str, size: int, received: int, actual: str) -> None:
+    """InvalidArgument when the bytes that arrived differ in size or hash from what was declared."""
+    if received != size:
+        raise InvalidArgument(
+            f"artifact {digest}: {received} bytes arrived but the size was declared as {size}"
+        )
+    if actual != digest:
+        raise InvalidArgument(
+            f"artifact bytes hash to {actual}, not the declared {digest}: the file changed or was corrupted"
+        )
 
 
 class ArtifactStore(Protocol):

@@ -6,22 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from runstream_services.artifacts.base import check_received, checked_digest
 from runstream_services.errors import InvalidArgument, NotFound
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _digest(sha256: str) -> str:
-    digest = sha256.lower()
-    if not _SHA256.match(digest):
-        raise InvalidArgument(f"sha256 {sha256[:80]!r} is not 64 hex digits")
-    return digest
 
 
 class LocalArtifactStore:
@@ -36,7 +27,7 @@ class LocalArtifactStore:
         self._tmp.mkdir(exist_ok=True)
 
     def path_for(self, sha256: str) -> Path:
-        digest = _digest(sha256)
+        digest = checked_digest(sha256)
         return self.root / digest[:2] / digest[2:]
 
     def uri_for(self, sha256: str) -> str:
@@ -66,7 +57,7 @@ class LocalArtifactStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            _check(digest, size, written, hasher.hexdigest())
+            check_received(digest, size, written, hasher.hexdigest())
             target.parent.mkdir(exist_ok=True)
             os.replace(tmp_name, target)
         except BaseException:
@@ -91,15 +82,4 @@ def _drain_and_check(data: BinaryIO, size: int, digest: str) -> None:
     while chunk := data.read(1 << 20):
         written += len(chunk)
         hasher.update(chunk)
-    _check(digest, size, written, hasher.hexdigest())
-
-
-def _check(digest: str, size: int, written: int, actual: str) -> None:
-    if written != size:
-        raise InvalidArgument(
-            f"artifact {digest}: {written} bytes arrived but the size was declared as {size}"
-        )
-    if actual != digest:
-        raise InvalidArgument(
-            f"artifact bytes hash to {actual}, not the declared {digest}: the file changed or was corrupted"
-        )
+    check_received(digest, size, written, hasher.hexdigest())

@@ -10,7 +10,6 @@ Nothing reaches the final key before its digest was checked:
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,31 +20,24 @@ from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.error import MinioException, S3Error
 
+from runstream_services.artifacts.base import check_received, checked_digest
 from runstream_services.config import ServerSettings
 from runstream_services.errors import ConfigError, InvalidArgument, NotFound, Unavailable
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SPOOL_IN_MEMORY_BYTES = 16 << 20
 _MAX_SINGLE_COPY_BYTES = 5 << 30  # S3 CopyObject limit; larger objects are copied part by part
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NotFound"})
 
 
-def _digest(sha256: str) -> str:
-    digest = sha256.lower()
-    if not _SHA256.match(digest):
-        raise InvalidArgument(f"sha256 {sha256[:80]!r} is not 64 lowercase hex digits")
-    return digest
-
-
 def object_key(sha256: str) -> str:
     """The final key of the bytes with this digest."""
-    digest = _digest(sha256)
+    digest = checked_digest(sha256)
     return f"sha256/{digest[:2]}/{digest}"
 
 
 def staging_key(sha256: str) -> str:
     """Where a direct (presigned) upload lands before `finish_upload` checks it."""
-    return f"incoming/{_digest(sha256)}"
+    return f"incoming/{checked_digest(sha256)}"
 
 
 class S3ArtifactStore:
@@ -106,7 +98,7 @@ class S3ArtifactStore:
         return self._stat(object_key(sha256)) is not None
 
     def put(self, sha256: str, data: BinaryIO, size: int) -> tuple[str, bool]:
-        digest = _digest(sha256)
+        digest = checked_digest(sha256)
         key = object_key(digest)
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES) as spool:
             hasher = hashlib.sha256()
@@ -117,7 +109,7 @@ class S3ArtifactStore:
                     raise InvalidArgument(f"artifact {digest}: more than the declared {size} bytes arrived")
                 hasher.update(chunk)
                 spool.write(chunk)
-            _check(digest, size, written, hasher.hexdigest())
+            check_received(digest, size, written, hasher.hexdigest())
             if self.exists(digest):
                 return self.uri_for(digest), True
             spool.seek(0)
@@ -158,7 +150,7 @@ class S3ArtifactStore:
     def finish_upload(self, sha256: str, size: int) -> tuple[str, bool]:
         """Checks a direct upload's digest and size, then moves it to its final key.
         Returns (uri, already_present). A mismatching upload is deleted and refused."""
-        digest = _digest(sha256)
+        digest = checked_digest(sha256)
         if self.exists(digest):
             self._remove(staging_key(digest))
             return self.uri_for(digest), True
@@ -171,7 +163,7 @@ class S3ArtifactStore:
             written += len(chunk)
             hasher.update(chunk)
         try:
-            _check(digest, size, written, hasher.hexdigest())
+            check_received(digest, size, written, hasher.hexdigest())
         except InvalidArgument:
             self._remove(incoming)
             raise
@@ -192,17 +184,6 @@ class S3ArtifactStore:
             self.client.remove_object(self.bucket, key)
         except (MinioException, urllib3.exceptions.HTTPError, OSError):
             pass  # a leftover staging object is harmless; a lifecycle rule can expire incoming/
-
-
-def _check(digest: str, size: int, written: int, actual: str) -> None:
-    if written != size:
-        raise InvalidArgument(
-            f"artifact {digest}: {written} bytes arrived but the size was declared as {size}"
-        )
-    if actual != digest:
-        raise InvalidArgument(
-            f"artifact bytes hash to {actual}, not the declared {digest}: the file changed or was corrupted"
-        )
 
 
 __all__ = ["S3ArtifactStore", "object_key", "staging_key"]
