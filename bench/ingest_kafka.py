@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka.partitioner import murmur2  # noqa: E402
 
 from bench.ingest_embedded import OPTIONS, Stream  # noqa: E402
-from runstream_services.bus.kafka import DEFAULT_PARTITIONS, all_topics  # noqa: E402
+from runstream_services.bus.kafka import DEFAULT_PARTITIONS, delete_topics  # noqa: E402
 from tests.chdb_inspect import query_folder  # noqa: E402
 from tests.integration.test_kafka_server import WriterProcess, scrape  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
@@ -74,18 +74,8 @@ def caught_up(metrics: dict[str, float]) -> bool:
 
 
 def drop_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def drop():
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(all_topics(prefix))
-        finally:
-            await admin.close()
-
     try:
-        asyncio.run(drop())
+        asyncio.run(delete_topics(bootstrap, prefix))
     except Exception as exc:  # a leftover topic is harmless
         print(f"could not delete topics {prefix}.*: {exc}", file=sys.stderr)
 

@@ -9,14 +9,13 @@ import uuid
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from runstream.v1 import ingest_pb2, types_pb2
 from runstream_services.bus.base import Envelope
 from runstream_services.bus.kafka import (
     KafkaBus,
-    all_topics,
     artifacts_topic,
+    delete_topics,
     envelope_from_record,
     inspect_payload,
     record_points,
@@ -79,15 +78,7 @@ def settings(services):
         max_message_bytes=2 * 1024 * 1024,
     )
 
-    async def drop():
-        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(all_topics(prefix))
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    asyncio.run(delete_topics(services.kafka_bootstrap, prefix))
 
 
 async def _consume(settings: ServerSettings, expected: int) -> list:

@@ -16,12 +16,11 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from minio import Minio
 
 from runstream.v1 import ingest_pb2 as pb
 from runstream.v1 import ingest_pb2_grpc
-from runstream_services.bus.kafka import all_topics
+from runstream_services.bus.kafka import delete_topics
 from tests.chdb_inspect import query_folder
 from tests.server_process import ServerProcess
 
@@ -114,16 +113,8 @@ def kafka_env(prefix: str, **extra: str) -> dict[str, str]:
 
 
 def drop_topics(services, prefix: str) -> None:
-    async def drop():
-        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(all_topics(prefix))
-        finally:
-            await admin.close()
-
     try:
-        asyncio.run(drop())
+        asyncio.run(delete_topics(services.kafka_bootstrap, prefix))
     except Exception:
         pass  # best effort: topics of a failed test do no harm
 

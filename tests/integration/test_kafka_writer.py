@@ -10,12 +10,11 @@ import uuid
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from runstream.v1 import ingest_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope
-from runstream_services.bus.kafka import KafkaBus, all_topics, envelope_from_record, runs_topic
+from runstream_services.bus.kafka import KafkaBus, delete_topics, envelope_from_record, runs_topic
 from runstream_services.config import ServerSettings
 from runstream_services.storage.clickhouse import connect
 from runstream_services.storage.migrations import migrate
@@ -83,15 +82,7 @@ def setup(services, chdb_dsn, database, tmp_path):
     store = LocalArtifactStore(tmp_path / "artifacts")
     yield settings, client, store
 
-    async def drop():
-        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(all_topics(prefix))
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    asyncio.run(delete_topics(services.kafka_bootstrap, prefix))
 
 
 def count(client, database: str, sql: str) -> int:

@@ -193,6 +193,16 @@ def record_points(record) -> int:
     return 1
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Deletes every topic of the bus with this prefix (tests and benchmarks clean up with it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(all_topics(prefix))
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: ServerSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
     """Creates the bus topics that are missing (idempotent; safe when several processes race).
     Replication follows the cluster: min(3, brokers)."""
