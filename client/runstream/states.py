@@ -39,4 +39,6 @@ def state_number(name: str) -> int:
     try:
         return STATE_NUMBERS[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"unknown run state {name!r}: use one of {', '.join(STATE_NAMES.values())}") from None
+        raise ValueError(
+            f"unknown run state {name!r}: use one of {', '.join(STATE_NAMES.values())}"
+        ) from None

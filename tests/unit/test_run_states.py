@@ -14,8 +14,8 @@ def test_state_names_enumerated_once():
 
 
 def test_terminal_and_finish_states():
-    assert states.TERMINAL_STATES == {"finished", "failed", "crashed", "killed"}
-    assert states.FINISH_STATES == states.TERMINAL_STATES - {"crashed"}
+    assert {"finished", "failed", "crashed", "killed"} == states.TERMINAL_STATES
+    assert states.TERMINAL_STATES - {"crashed"} == states.FINISH_STATES
     assert states.RUNNING not in states.TERMINAL_STATES
 
 
