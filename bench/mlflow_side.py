@@ -10,6 +10,8 @@ client calls (per-step `mlflow.log_metrics`, `MlflowClient.log_batch`, `search_r
 `get_metric_history`). It prints one JSON line with a value per repetition.
 
 This module imports only the standard library at the top, so both interpreters can load it.
+Over 400 lines on purpose: the parent and the worker side must stay in this one stdlib-only file
+(the worker runs in MLflow's venv, which has no access to the rest of bench/).
 """
 
 from __future__ import annotations

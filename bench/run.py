@@ -6,7 +6,8 @@
 
 Workload groups for --only: W1 W2 W3 W4 W5 (Runstream embedded vs MLflow), E (sustained ingest
 and log->visible latency, embedded vs MLflow), K (the same on the Kafka bus; MLflow n/a).
-See bench/README.md for what each one measures.
+See bench/README.md for what each one measures. Over 400 lines on purpose: the table of rows,
+their targets and the BENCHMARKS.md writer are one report and read best together.
 """
 
 from __future__ import annotations

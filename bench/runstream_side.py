@@ -4,7 +4,11 @@ chDB + local artifacts; or the Kafka bus), driven through the public SDK (`runst
 (`runstream.Api` where it covers the call, the QueryService gRPC contract otherwise).
 
 "Durable and queryable" is checked, not assumed: every ingest workload stops its clock only
-when a query through the query service sees the last point."""
+when a query through the query service sees the last point.
+
+Over 400 lines on purpose: it holds every workload of one side (W1-W5, the DESIGN-scale W5,
+sustained ingest, latency) so they can be read against mlflow_side.py workload by workload.
+"""
 
 from __future__ import annotations
 
