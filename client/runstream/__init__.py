@@ -11,8 +11,10 @@ latest `runstream.init` returned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from runstream._internal.lifecycle import current_run
+from runstream._internal.start import init, set_seed
 from runstream.config import Settings
 from runstream.errors import (
     ConfigError,
@@ -26,7 +28,10 @@ from runstream.errors import (
     ServerUnavailableError,
     SpoolError,
 )
-from runstream.run import Run, current_run, init, set_seed
+from runstream.run import Run
+
+if TYPE_CHECKING:
+    from runstream.run import Timestamp
 
 __version__ = "0.1.0"
 
@@ -38,14 +43,14 @@ def _run() -> Run:
     return run
 
 
-def log(data: dict[str, Any], step: int | None = None) -> None:
+def log(data: dict[str, Any], step: int | None = None, *, timestamp: Timestamp | None = None) -> None:
     """run.log on the current run."""
-    _run().log(data, step)
+    _run().log(data, step, timestamp=timestamp)
 
 
-def log_arrays(key_or_dict, steps, values=None) -> None:
+def log_arrays(key_or_dict, steps, values=None, *, timestamp: Timestamp | None = None, times=None) -> None:
     """run.log_arrays on the current run."""
-    _run().log_arrays(key_or_dict, steps, values)
+    _run().log_arrays(key_or_dict, steps, values, timestamp=timestamp, times=times)
 
 
 def log_artifact(path, name: str | None = None, type: str | None = None) -> dict:
@@ -58,10 +63,12 @@ def use_dataset(name: str, path_or_hash, uri: str | None = None) -> str:
     return _run().use_dataset(name, path_or_hash, uri)
 
 
-def finish(state: str = "finished", timeout_s: float | None = None) -> bool:
+def finish(
+    state: str = "finished", timeout_s: float | None = None, *, end_time: Timestamp | None = None
+) -> bool:
     """Finishes the current run (no-op without one)."""
     run = current_run()
-    return run.finish(state, timeout_s) if run is not None else True
+    return run.finish(state, timeout_s, end_time=end_time) if run is not None else True
 
 
 def flush(timeout_s: float = 30.0) -> None:

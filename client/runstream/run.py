@@ -1,11 +1,20 @@
-"""`runstream.init` and the Run: what training code calls. Every call here only checks its input
-and appends to the run's in-memory deque; the worker thread (see _internal/pipeline.py) batches,
-sends, retries and spools."""
+"""The Run: what training code holds and calls (create one with `runstream.init`). Every call
+here only checks its input on the caller's thread and appends to the run's in-memory deque; the
+worker thread (see _internal/pipeline.py) batches, sends, retries and spools.
+
+Times: each call records when it happened (time.time()) unless given `timestamp=` (unix seconds
+or a datetime), for replaying or importing what ran earlier; init's `start_time=` and finish's
+`end_time=` do the same for the run itself.
+
+Helpers with one job each live in _internal/: start.py (init), run_dict.py (config/summary),
+arrays.py (log_arrays packing), artifacts.py, lifecycle.py (current run, exit and fork hooks).
+What remains here is the one Run class (about 420 lines, over the house's ~400 on purpose): its
+methods share the run's buffer, step counters and finished flag, and the hot path (log) is kept
+inline in one place rather than spread over mixins."""
 
 from __future__ import annotations
 
-import atexit
-import dataclasses
+import itertools
 import os
 import sys
 import threading
@@ -13,88 +22,35 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator, Mapping, MutableMapping
-from pathlib import Path
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from runstream import states
 from runstream._internal import context as context_mod
-from runstream._internal import distributed, spool
-from runstream._internal.buffer import Bulk, Control, MetricBuffer
-from runstream._internal.files import collect, content_hash
+from runstream._internal import lifecycle, spool
+from runstream._internal.arrays import pack_series
+from runstream._internal.artifacts import artifact_entries, collect_artifact, dataset_ref
+from runstream._internal.buffer import SYSTEM, Bulk, Control, MetricBuffer
+from runstream._internal.run_dict import RunDict
 from runstream._internal.values import (
-    check_key,
     check_metric_key,
-    check_name,
     check_step,
+    check_timestamp,
     coerce_metrics,
     flatten,
-    sanitize_name,
+    tag_map,
     value_map,
 )
-from runstream.config import Settings, resolve, validate
+from runstream.config import Settings
 from runstream.errors import InvalidValueError, RunFinishedError
-from runstream.v1 import ingest_pb2, types_pb2
+from runstream.v1 import ingest_pb2
 
-MAX_INLINE_BYTES = 1024 * 1024
 WAKE_ENTRIES = 8192  # log() calls buffered before the worker is woken early (it also wakes on a timer)
-_STATES = {
-    "finished": types_pb2.RUN_STATE_FINISHED,
-    "failed": types_pb2.RUN_STATE_FAILED,
-    "killed": types_pb2.RUN_STATE_KILLED,
-}
+SYSTEM_PREFIX = "system/"  # the automatic sampler's keys start with it; log_system adds it when missing
 
 _time = time.time
-_active: weakref.WeakSet[Run] = weakref.WeakSet()
-_current: Run | None = None
-_seeds: dict[str, int] = {}
-_exit_state = {"state": "finished"}
-_hooks_installed = False
-
-
-class _RunDict(MutableMapping):
-    """run.config / run.summary: a dict whose changes are sent as RunUpdates (by the owning rank)."""
-
-    def __init__(self, run: Run, scope: str, initial: Mapping | None = None):
-        self._run = run
-        self._scope = scope
-        self._data: dict[str, Any] = dict(initial or {})
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.update({key: value})
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]  # local only: the server keeps what it was sent
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("_"):
-            raise AttributeError(key)
-        try:
-            return self._data[key]
-        except KeyError:
-            raise AttributeError(f"{self._scope} has no key {key!r}") from None
-
-    def __repr__(self) -> str:
-        return f"{self._scope}({self._data!r})"
-
-    def update(self, other: Mapping | None = None, **kwargs: Any) -> None:  # type: ignore[override]
-        changes = {**(dict(other) if other else {}), **kwargs}
-        if not changes:
-            return
-        values = value_map(changes)  # checks keys on the caller's thread
-        self._data.update(changes)
-        self._run._send_update(**{self._scope: values})
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._data)
+Timestamp = float | datetime
 
 
 class Run:
@@ -116,6 +72,8 @@ class Run:
         notes: str,
         config: Mapping | None,
         resume: bool,
+        seeds: Mapping[str, int] | None = None,
+        start_time: float | None = None,
     ):
         self.project = project
         self.id = run_id
@@ -137,14 +95,15 @@ class Run:
         self.run_dir = settings.spool_path / run_id
         self._known_keys: set = set()
         self._next_step = 0
+        self._system_steps = itertools.count()  # shared with the sampler thread
         self._wake_step = WAKE_ENTRIES
         self._buffer = MetricBuffer(project, run_id, rank, settings.max_batch_points)
         if self.mode == "disabled":
             self._buffer.entries = deque(maxlen=0)
         self._entries = self._buffer.entries
         self._wake_at = self._wake_step if self.mode != "disabled" else 1 << 62
-        self.config = _RunDict(self, "config", flatten(config) if config else None)
-        self.summary = _RunDict(self, "summary")
+        self.config = RunDict(self._send_update, "config", flatten(config) if config else None)
+        self.summary = RunDict(self._send_update, "summary")
         self._pipeline = None
         self._sampler = None
         if self.mode == "disabled":
@@ -163,9 +122,9 @@ class Run:
                 with_packages=settings.capture_packages,
                 max_diff_bytes=settings.max_git_diff_bytes,
                 world_size=world_size,
-                seeds=_seeds,
+                seeds=dict(seeds or {}),
             ),
-            start_ms=int(_time() * 1000),
+            start_ms=int((_time() if start_time is None else start_time) * 1000),
             rank=rank,
             resume=resume,
         )
@@ -178,13 +137,15 @@ class Run:
         if settings.system_metrics_interval_s > 0:
             from runstream._internal.system import SystemSampler
 
-            self._sampler = SystemSampler(self._entries, settings.system_metrics_interval_s)
+            self._sampler = SystemSampler(
+                self._entries, settings.system_metrics_interval_s, self._system_steps
+            )
 
     def _new_pipeline(self, offline: bool):
         from runstream._internal.pipeline import Pipeline
         from runstream._internal.worker import Worker
 
-        pipeline = Pipeline(
+        return Pipeline(
             worker=Worker.get(),
             buffer=self._buffer,
             settings=self.settings,
@@ -194,13 +155,16 @@ class Run:
             send_heartbeats=self.owns_config,
             on_drained=self._reset_wake,
         )
-        return pipeline
 
     # ---- metrics: the hot path ------------------------------------------------------------
 
-    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
-        """Logs numbers for one step (auto-incremented when not given). Costs well under a
-        microsecond per value on this thread; raises InvalidValueError for bad keys or values."""
+    def log(
+        self, data: Mapping[str, Any], step: int | None = None, *, timestamp: Timestamp | None = None
+    ) -> None:
+        """Logs numbers for one step (auto-incremented when not given). `timestamp`: when the
+        values were measured, as unix seconds or a datetime (naive = local time); default now.
+        Costs well under a microsecond per value on this thread; raises InvalidValueError for
+        bad keys, values, steps or timestamps."""
         if type(data) is not dict:
             if not isinstance(data, Mapping):
                 raise InvalidValueError(
@@ -216,6 +180,8 @@ class Run:
             if t is not float and t is not int:
                 coerced = coerce_metrics(data, known)
                 break
+        if timestamp is not None:
+            timestamp = check_timestamp(timestamp, "run.log timestamp")
         if self._finished:
             raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
         if step is None:
@@ -227,48 +193,70 @@ class Run:
             if step >= self._next_step:
                 self._next_step = step + 1
         entries = self._entries
-        entries.append((step, _time(), coerced if coerced is not None else data.copy()))
+        entries.append(
+            (
+                step,
+                _time() if timestamp is None else timestamp,
+                coerced if coerced is not None else data.copy(),
+            )
+        )
         if len(entries) >= self._wake_at:
             self._wake()
 
-    def log_arrays(self, key_or_dict: str | Mapping[str, Any], steps: Any, values: Any = None) -> None:
-        """Bulk path: whole series at once. `log_arrays("loss", steps, values)` or
-        `log_arrays({"loss": v1, "acc": v2}, steps)`; numpy arrays, tensors or sequences."""
-        if isinstance(key_or_dict, str):
-            if values is None:
-                raise InvalidValueError("run.log_arrays(key, steps, values): values are missing")
-            series = {key_or_dict: values}
-        elif isinstance(key_or_dict, Mapping):
-            if values is not None:
-                raise InvalidValueError(
-                    "run.log_arrays(dict, steps): give values inside the dict, not as a third argument"
-                )
-            series = dict(key_or_dict)
-        else:
+    def log_system(self, data: Mapping[str, Any], *, timestamp: Timestamp | None = None) -> None:
+        """Logs system metrics (CPU, memory, GPU, ...) of this process's machine, as the automatic
+        sampler (settings.system_metrics_interval_s) does: METRIC_KIND_SYSTEM points of this rank
+        (every rank records its own), numbered by the sample counter the sampler also uses. Keys
+        are stored under "system/" (added when missing: {"cpu_percent": 12.0} becomes
+        "system/cpu_percent", next to the sampler's). `timestamp`: unix seconds or a datetime;
+        default now. For machines the sampler cannot read, or samples recorded elsewhere."""
+        if not isinstance(data, Mapping):
             raise InvalidValueError(
-                f"run.log_arrays takes a key or a dict of key -> values, not {type(key_or_dict).__name__}"
+                f"run.log_system takes a dict of metric name -> number, not {type(data).__name__}"
             )
-        for key in series:
-            if key not in self._known_keys:
-                check_metric_key(key, self._known_keys)
-        step_bytes, n, top = _pack_steps(steps)
-        packed = []
-        for key, vals in series.items():
-            value_bytes, m = _pack_values(key, vals)
-            if m != n:
-                raise InvalidValueError(
-                    f"run.log_arrays: {key!r} has {m} values for {n} steps; give one value per step"
-                )
-            packed.append((key, value_bytes))
-        if self._finished:
-            raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
-        if n == 0:
+        known = self._known_keys
+        values = coerce_metrics(data, known)  # checks the keys as given, then the values
+        samples = {k if k.startswith(SYSTEM_PREFIX) else SYSTEM_PREFIX + k: v for k, v in values.items()}
+        for key in samples:
+            if key not in known:
+                check_metric_key(key, known)
+        when = _time() if timestamp is None else check_timestamp(timestamp, "run.log_system timestamp")
+        self._check_open()
+        if not samples:
             return
-        now_ms = int(_time() * 1000)
-        for key, value_bytes in packed:
-            self._entries.append(Bulk(key, step_bytes, value_bytes, n, now_ms))
-        if top >= self._next_step:
-            self._next_step = top + 1
+        entries = self._entries
+        entries.append((next(self._system_steps), when, samples, SYSTEM))
+        if len(entries) >= self._wake_at:
+            self._wake()
+
+    def log_arrays(
+        self,
+        key_or_dict: str | Mapping[str, Any],
+        steps: Any,
+        values: Any = None,
+        *,
+        timestamp: Timestamp | None = None,
+        times: Any = None,
+    ) -> None:
+        """Bulk path: whole series at once. `log_arrays("loss", steps, values)` or
+        `log_arrays({"loss": v1, "acc": v2}, steps)`; numpy arrays, tensors or sequences.
+        Times: `timestamp` (unix seconds or a datetime) for every point, or `times` with one
+        per step (unix seconds, numpy datetime64 or datetimes); default now."""
+        if timestamp is not None and times is not None:
+            raise InvalidValueError(
+                "run.log_arrays: give timestamp= (one time for all steps) or times= (one per step), not both"
+            )
+        series = pack_series(key_or_dict, steps, values, times, self._known_keys)
+        if timestamp is not None:
+            timestamp = check_timestamp(timestamp, "run.log_arrays timestamp")
+        self._check_open()
+        if series.n == 0:
+            return
+        time_ms = int((_time() if timestamp is None else timestamp) * 1000)
+        for key, value_bytes in series.columns:
+            self._entries.append(Bulk(key, series.steps, value_bytes, series.n, time_ms, series.times))
+        if series.top_step >= self._next_step:
+            self._next_step = series.top_step + 1
         if self._pipeline is not None or self._forked_child:
             self._wake()
 
@@ -285,11 +273,14 @@ class Run:
 
     # ---- run fields -----------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
+
     def _send(self, field: str, body: Any) -> None:
         if self.mode == "disabled":
             return
-        if self._finished:
-            raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
+        self._check_open()
         self._entries.append(Control(field, body))
 
     def _send_update(self, owner_only: bool = True, **fields: Any) -> None:
@@ -321,7 +312,7 @@ class Run:
 
     @tags.setter
     def tags(self, value: Any) -> None:
-        new = _tags(value)
+        new = tag_map(value)
         removed = [k for k in self._tags if k not in new]
         self._tags = new
         self._send_update(tags=new, remove_tags=removed)
@@ -329,51 +320,22 @@ class Run:
     def use_dataset(self, name: str, path_or_hash: str | os.PathLike, uri: str | None = None) -> str:
         """Records a dataset this run uses; a path is hashed (sha256), anything else is taken as
         the version string. Returns the version."""
-        check_key("dataset", name)
-        p = Path(path_or_hash).expanduser() if isinstance(path_or_hash, (str, os.PathLike)) else None
-        if p is not None and p.exists():
-            version = content_hash(p)
-            uri = uri or p.resolve().as_uri()
-        else:
-            version = str(path_or_hash)
-        ref = types_pb2.DatasetRef(name=name, version=version, uri=uri or "")
+        ref = dataset_ref(name, path_or_hash, uri)
         self._send_update(datasets=[ref])
-        return version
+        return ref.version
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None, type: str | None = None) -> dict:
         """Records a file or directory (every file, with its sha256). Files up to 1 MiB travel
         inline; larger ones are uploaded by the worker (offline: copied into the spool)."""
-        files = collect(path)
-        name = name or sanitize_name(Path(path).expanduser().resolve().name)
-        check_key("artifact", name)
-        version_tag = uuid.uuid4().hex
+        artifact = collect_artifact(path, name)
         if self.mode == "disabled":
-            return {"name": name, "version_tag": version_tag, "files": []}
-        from runstream._internal.pipeline import Upload
-
-        for f in files:
-            event = ingest_pb2.ArtifactEvent(
-                project=self.project,
-                run_id=self.id,
-                name=name,
-                type=type or "",
-                path=f.rel,
-                sha256=f.sha256,
-                size=f.size,
-                version_tag=version_tag,
-            )
-            if f.size <= MAX_INLINE_BYTES:
-                event.inline_data = f.abs.read_bytes()
-                self._send("artifact", event)
-            else:
-                self._send("upload", Upload(event, f.abs))
+            return {"name": artifact.name, "version_tag": artifact.version_tag, "files": []}
+        entries = artifact_entries(self.project, self.id, artifact, type)
+        self._check_open()
+        self._entries.extend(entries)
         if self._pipeline is not None:
             self._wake()
-        return {
-            "name": name,
-            "version_tag": version_tag,
-            "files": [{"path": f.rel, "sha256": f.sha256, "size": f.size} for f in files],
-        }
+        return artifact.describe()
 
     # ---- delivery -------------------------------------------------------------------------
 
@@ -393,31 +355,33 @@ class Run:
 
     @property
     def stats(self) -> dict[str, Any]:
+        """Delivery counters: submitted, acked, refused, spilled, reconnects, last_error, pending."""
         if self._pipeline is None:
             return {}
-        s = self._pipeline.stream.stats
-        return {
-            "submitted": s.submitted,
-            "acked": s.acked,
-            "refused": s.refused,
-            "spilled": s.spilled,
-            "reconnects": s.reconnects,
-            "last_error": s.last_error,
-            "pending": len(self._pipeline.stream.pending),
-        }
+        stream = self._pipeline.stream
+        return stream.stats.as_dict(pending=len(stream.pending))
 
-    def finish(self, state: str | int = "finished", timeout_s: float | None = None) -> bool:
+    def finish(
+        self,
+        state: str | int = "finished",
+        timeout_s: float | None = None,
+        *,
+        end_time: Timestamp | None = None,
+    ) -> bool:
         """Ends the run: sends what is left and waits for acks up to `timeout_s`
-        (settings.finish_timeout_s). Returns False when something had to be left in the spool
-        for `runstream sync`. A forked child only flushes (the parent owns the run)."""
-        global _current
+        (settings.finish_timeout_s). `state`: finished, failed or killed (runstream.states).
+        `end_time`: when the run ended, unix seconds or a datetime; default now. Returns False
+        when something had to be left in the spool for `runstream sync`. A forked child only
+        flushes (the parent owns the run)."""
         with self._lock:
             if self._finished:
                 return True
             if isinstance(state, str):
-                if state not in _STATES:
-                    raise InvalidValueError(f"finish(state={state!r}): use one of {', '.join(_STATES)}")
-                state = _STATES[state]
+                if state.lower() not in states.FINISH_STATES:
+                    choices = ", ".join(sorted(states.FINISH_STATES))
+                    raise InvalidValueError(f"finish(state={state!r}): use one of {choices}")
+                state = states.state_number(state)
+            end_s = _time() if end_time is None else check_timestamp(end_time, "run.finish end_time")
             if self._sampler is not None:
                 self._sampler.stop()
             timeout_s = self.settings.finish_timeout_s if timeout_s is None else timeout_s
@@ -428,22 +392,16 @@ class Run:
             if online and self._pipeline.has_child_files() and self._pipeline.flush(timeout_s):
                 self._pipeline.import_children(max(1.0, deadline - time.monotonic()))
             if not self._forked_child and self.mode != "disabled":
-                self._entries.append(
-                    Control(
-                        "run_finish",
-                        ingest_pb2.RunFinish(
-                            project=self.project,
-                            run_id=self.id,
-                            state=state,
-                            end_ms=int(_time() * 1000),
-                            rank=self.rank,
-                        ),
-                    )
+                finish = ingest_pb2.RunFinish(
+                    project=self.project,
+                    run_id=self.id,
+                    state=state,
+                    end_ms=int(end_s * 1000),
+                    rank=self.rank,
                 )
+                self._entries.append(Control("run_finish", finish))
             self._finished = True
-            _active.discard(self)
-            if _current is self:
-                _current = None
+            lifecycle.finished(self)
             if self._forked_child and self._pipeline is None and len(self._entries):
                 self._start_child_pipeline()
             if self._pipeline is None:
@@ -455,9 +413,9 @@ class Run:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.finish("finished")
+            self.finish(states.FINISHED)
         else:
-            self.finish("killed" if issubclass(exc_type, KeyboardInterrupt) else "failed")
+            self.finish(states.KILLED if issubclass(exc_type, KeyboardInterrupt) else states.FAILED)
 
     def __repr__(self) -> str:
         return f"<Run {self.project}/{self.id} rank={self.rank} mode={self.mode}>"
@@ -488,205 +446,3 @@ def _flush_child(ref: weakref.ref) -> None:
     run = ref()
     if run is not None and run._pipeline is not None:
         run._pipeline.flush(10.0)
-
-
-def _to_host(values: Any) -> Any:
-    """Tensors (CUDA included) to host memory; without numpy, anything with .tolist() to a list."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu()
-    if "numpy" not in sys.modules and hasattr(values, "tolist"):
-        values = values.tolist()
-    return values
-
-
-def _pack_steps(steps: Any) -> tuple[bytes, int, int]:
-    steps = _to_host(steps)
-    np = sys.modules.get("numpy")
-    if np is not None and not isinstance(steps, (list, tuple, range)):
-        arr = np.asarray(steps)
-        if arr.ndim != 1:
-            raise InvalidValueError(f"run.log_arrays: steps must be 1-D, got shape {arr.shape}")
-        if arr.dtype.kind not in "iu":
-            raise InvalidValueError(f"run.log_arrays: steps must be integers, got dtype {arr.dtype}")
-        if arr.size and arr.min() < 0:
-            raise InvalidValueError("run.log_arrays: steps must be >= 0")
-        return arr.astype("<i8").tobytes(), int(arr.size), int(arr.max()) if arr.size else -1
-    from array import array
-
-    try:
-        arr = array("q", steps)
-    except (TypeError, OverflowError):
-        raise InvalidValueError("run.log_arrays: steps must be a sequence of integers >= 0") from None
-    if arr and min(arr) < 0:
-        raise InvalidValueError("run.log_arrays: steps must be >= 0")
-    if sys.byteorder != "little":
-        arr.byteswap()
-    return arr.tobytes(), len(arr), max(arr) if arr else -1
-
-
-def _pack_values(key: str, values: Any) -> tuple[bytes, int]:
-    values = _to_host(values)
-    np = sys.modules.get("numpy")
-    if np is not None and not isinstance(values, (list, tuple)):
-        arr = np.asarray(values)
-        if arr.ndim != 1:
-            raise InvalidValueError(f"run.log_arrays: {key!r} values must be 1-D, got shape {arr.shape}")
-        if arr.dtype.kind not in "fiub":
-            raise InvalidValueError(f"run.log_arrays: {key!r} values must be numbers, got dtype {arr.dtype}")
-        return arr.astype("<f8").tobytes(), int(arr.size)
-    from array import array
-
-    try:
-        arr = array("d", values)
-    except TypeError:
-        raise InvalidValueError(
-            f"run.log_arrays: {key!r} values must be numbers (int, float, bool)"
-        ) from None
-    if sys.byteorder != "little":
-        arr.byteswap()
-    return arr.tobytes(), len(arr)
-
-
-def _tags(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, Mapping):
-        out = {check_key("tag", k): "" if v is None else str(v) for k, v in value.items()}
-    else:
-        out = {check_key("tag", k): "" for k in value}
-    return out
-
-
-# ---- init ---------------------------------------------------------------------------------
-
-
-def init(
-    project: str,
-    name: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    tags: Any = None,
-    notes: str | None = None,
-    group: str | None = None,
-    job_type: str | None = None,
-    id: str | None = None,
-    resume: bool | None = None,
-    mode: str | None = None,
-    endpoint: str | None = None,
-    api_key: str | None = None,
-    settings: Settings | Mapping[str, Any] | None = None,
-    **setting_overrides: Any,
-) -> Run:
-    """Starts (or joins) a run and makes it the current one for the module-level shortcuts.
-
-    Ranks of a distributed job join one run: the id comes from `id`, RUNSTREAM_RUN_ID, the
-    launcher (torchrun, SLURM, MPI) or `group`. Settings: see runstream.config.Settings; any of
-    them can be passed as a keyword (e.g. flush_interval_s=0.5) or a RUNSTREAM_<NAME> variable.
-    """
-    global _current
-    check_name("project", project)
-    overrides = dict(setting_overrides)
-    overrides.update(mode=mode, endpoint=endpoint, api_key=api_key)
-    if isinstance(settings, Settings):
-        resolved = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-        validate(resolved)
-    else:
-        resolved = resolve(**{**(dict(settings) if settings else {}), **overrides})
-    rank = resolved.rank if resolved.rank is not None else distributed.rank()
-    world = resolved.world_size if resolved.world_size is not None else distributed.world_size()
-    if id is not None:
-        run_id = check_name("run id", id)
-    else:
-        run_id = distributed.launcher_run_id()
-        if run_id is None and world > 1 and group:
-            run_id = sanitize_name(f"{group}")
-        run_id = run_id or uuid.uuid4().hex[:16]
-    owns = resolved.owns_config if resolved.owns_config is not None else rank == 0
-    if resume is None:
-        resume = id is not None or rank != 0
-    run = Run(
-        project=project,
-        run_id=run_id,
-        settings=resolved,
-        rank=rank,
-        world_size=world,
-        owns_config=owns,
-        name=name or "",
-        group=group or "",
-        job_type=job_type or "",
-        tags=_tags(tags),
-        notes=notes or "",
-        config=config,
-        resume=bool(resume),
-    )
-    _install_hooks()
-    _active.add(run)
-    _current = run
-    return run
-
-
-def current_run() -> Run | None:
-    return _current
-
-
-def set_seed(seed: int, name: str = "seed") -> int:
-    """Seeds random (and numpy / torch when present) and records the seed on the run: in the
-    context of runs started afterwards, in the config of the current run."""
-    import random
-
-    seed = int(seed)
-    random.seed(seed)
-    np = sys.modules.get("numpy")
-    if np is None:
-        try:
-            import numpy as np  # type: ignore[no-redef]
-        except ImportError:
-            np = None
-    if np is not None:
-        np.random.seed(seed % 2**32)
-    torch = sys.modules.get("torch")  # importing torch just to seed it would cost seconds
-    if torch is not None:
-        torch.manual_seed(seed)
-    _seeds[name] = seed
-    if _current is not None:
-        _current.config[f"seeds.{name}"] = seed
-    return seed
-
-
-# ---- process hooks ------------------------------------------------------------------------
-
-
-def _install_hooks() -> None:
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_at_exit)
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb):
-        _exit_state["state"] = "killed" if issubclass(exc_type, KeyboardInterrupt) else "failed"
-        previous(exc_type, exc, tb)
-
-    sys.excepthook = hook
-
-
-def _at_exit() -> None:
-    for run in list(_active):
-        try:
-            run.finish(_exit_state["state"])
-        except Exception as exc:  # never raise at interpreter exit
-            print(f"runstream: could not finish run {run.id}: {exc}", file=sys.stderr)
-
-
-def _after_fork_in_child() -> None:
-    from runstream._internal.worker import Worker
-
-    Worker.forget_after_fork()
-    for run in list(_active):
-        run._after_fork_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -22,12 +22,16 @@ _SWAP = sys.byteorder != "little"
 
 
 class Bulk:
-    """Whole series from run.log_arrays: already packed little-endian on the caller's thread."""
+    """Whole series from run.log_arrays: already packed little-endian on the caller's thread.
+    `times` (n x int64 unix ms) when each step has its own time, else every point gets `time_ms`."""
 
-    __slots__ = ("key", "steps", "values", "n", "time_ms")
+    __slots__ = ("key", "steps", "values", "n", "time_ms", "times")
 
-    def __init__(self, key: str, steps: bytes, values: bytes, n: int, time_ms: int):
+    def __init__(
+        self, key: str, steps: bytes, values: bytes, n: int, time_ms: int, times: bytes | None = None
+    ):
         self.key, self.steps, self.values, self.n, self.time_ms = key, steps, values, n, time_ms
+        self.times = times
 
 
 class Control:
@@ -156,7 +160,7 @@ class MetricBuffer:
                     keys=[bulk.key],
                     steps=bulk.steps[start * 8 : (start + n) * 8],
                     values=bulk.values[start * 8 : (start + n) * 8],
-                    times_ms=time_col * n,
+                    times_ms=time_col * n if bulk.times is None else bulk.times[start * 8 : (start + n) * 8],
                     rank=self.rank,
                     kind=USER,
                 ),

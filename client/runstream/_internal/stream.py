@@ -34,6 +34,10 @@ class StreamStats:
         self.submitted = self.acked = self.refused = self.spilled = self.reconnects = 0
         self.last_error = ""
 
+    def as_dict(self, pending: int) -> dict:
+        """What run.stats shows; `pending`: requests sent but not acknowledged yet."""
+        return {name: getattr(self, name) for name in self.__slots__} | {"pending": pending}
+
 
 class IngestStream:
     def __init__(

@@ -1,5 +1,7 @@
 """Samples CPU, memory and GPU use of this rank in a daemon thread and appends them to the run's
-buffer as METRIC_KIND_SYSTEM points. psutil, pynvml and nvidia-smi are optional."""
+buffer as METRIC_KIND_SYSTEM points, tagged (by the batch) with this process's rank: every rank
+samples its own machine. Samples are numbered by the run's system-sample counter, which
+run.log_system shares. psutil, pynvml and nvidia-smi are optional."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .buffer import SYSTEM
 
@@ -82,16 +84,16 @@ def sample_host() -> dict[str, float]:
 
 
 class SystemSampler:
-    def __init__(self, entries, interval_s: float):
+    def __init__(self, entries, interval_s: float, steps: Iterator[int]):
         self.entries = entries  # the run buffer's deque
         self.interval_s = interval_s
+        self.steps = steps  # the run's system-sample counter (an itertools.count: next() is atomic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="runstream-system", daemon=True)
         self._thread.start()
 
     def _main(self) -> None:
         gpu = _gpu_sampler()
-        step = 0
         sample_host()  # psutil's first cpu_percent is meaningless
         while True:
             stopping = self._stop.wait(self.interval_s)
@@ -102,8 +104,7 @@ class SystemSampler:
                 except Exception:
                     gpu = None
             if data:
-                self.entries.append((step, time.time(), data, SYSTEM))
-                step += 1
+                self.entries.append((next(self.steps), time.time(), data, SYSTEM))
             if stopping:
                 return
 

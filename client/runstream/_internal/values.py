@@ -1,12 +1,14 @@
 """Checks and conversions for what users log: metric keys and values (on the caller's thread),
-config/summary values (to `runstream.v1.Value`), and run/project names."""
+timestamps, tags, config/summary values (to `runstream.v1.Value`), and run/project names."""
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from runstream.errors import InvalidValueError
@@ -15,6 +17,8 @@ from runstream.v1 import types_pb2
 MAX_KEY_CHARS = 256
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: year 5138 in unix seconds: a larger timestamp is almost surely in milliseconds (or nanoseconds)
+MAX_TIMESTAMP_S = 1e11
 
 
 def check_name(what: str, value: Any) -> str:
@@ -108,6 +112,39 @@ def check_step(step: Any) -> int:
     if type(step) is not int or step < 0:
         raise InvalidValueError(f"step={step!r} is not allowed: steps are integers >= 0")
     return step
+
+
+def check_timestamp(value: Any, what: str) -> float:
+    """A `timestamp=` argument -> unix seconds. Takes unix seconds (int, float, numpy number) or a
+    datetime (a naive one is local time, as datetime.timestamp reads it); `what` names the argument
+    in the error, e.g. "run.log timestamp"."""
+    if isinstance(value, datetime):
+        seconds = value.timestamp()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidValueError(
+            f"{what}={value!r:.80} is a {type(value).__name__}: give unix time in seconds (float) or a datetime"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidValueError(f"{what}={value!r} is not allowed: give unix time in seconds, >= 0")
+    if seconds > MAX_TIMESTAMP_S:
+        raise InvalidValueError(
+            f"{what}={value!r} lies after the year 5000: it looks like milliseconds; give seconds (divide by 1000)"
+        )
+    return seconds
+
+
+def tag_map(value: Any) -> dict[str, str]:
+    """Tags as given to init or run.tags (None, one tag, a list of tags, or a dict tag -> value)
+    -> {tag: value}; a tag without a value maps to ""."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping):
+        return {check_key("tag", k): "" if v is None else str(v) for k, v in value.items()}
+    return {check_key("tag", k): "" for k in value}
 
 
 def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
