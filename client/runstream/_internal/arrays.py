@@ -118,6 +118,12 @@ def pack_values(key: str, values: Any) -> tuple[bytes, int]:
     return _little_endian(packed), len(packed)
 
 
+_ONE_TIME_PER_STEP = (
+    "run.log_arrays: times must be a sequence with one time per step (unix seconds or datetimes); "
+    "for one time for all steps give timestamp="
+)
+
+
 def pack_times(times: Any, n: int) -> bytes:
     """`times=` of run.log_arrays, one per step: unix seconds (numbers), numpy datetime64 or
     datetime objects -> int64 unix-ms column (truncated, as run.log's times are)."""
@@ -125,6 +131,8 @@ def pack_times(times: Any, n: int) -> bytes:
     np = sys.modules.get("numpy")
     if np is not None and not isinstance(times, (list, tuple)):
         arr = np.asarray(times)
+        if arr.ndim == 0:
+            raise InvalidValueError(_ONE_TIME_PER_STEP)
         if arr.ndim != 1:
             raise InvalidValueError(f"run.log_arrays: times must be 1-D, got shape {arr.shape}")
         if arr.dtype.kind in "fiu" or arr.dtype.kind == "M":
@@ -148,9 +156,7 @@ def pack_times(times: Any, n: int) -> bytes:
     try:
         count = len(times)
     except TypeError:
-        raise InvalidValueError(
-            "run.log_arrays: times must be a sequence (one unix time in seconds or datetime per step)"
-        ) from None
+        raise InvalidValueError(_ONE_TIME_PER_STEP) from None
     if count != n:
         raise InvalidValueError(f"run.log_arrays: {count} times for {n} steps; give one time per step")
     packed = array("q", (int(check_timestamp(t, "run.log_arrays times item") * 1000) for t in times))
