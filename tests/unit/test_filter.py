@@ -11,15 +11,15 @@ from runstream_services.errors import InvalidArgument
 from runstream_services.query import sql
 from runstream_services.query.filter import (
     MAX_DEPTH,
-    MAX_FILTER_CHARS,
+    STATES,
     BoolOp,
     Compare,
     Field,
-    FilterError,
     Not,
     parse_filter,
     parse_sort_field,
 )
+from runstream_services.query.filter_lexer import MAX_FILTER_CHARS, FilterError
 
 
 def compile_(text: str) -> tuple[str, dict]:
@@ -270,3 +270,14 @@ def test_filter_error_is_invalid_argument_with_position():
     with pytest.raises(FilterError) as err:
         parse_filter("params.lr >")
     assert err.value.pos == 11 and isinstance(err.value, InvalidArgument)
+
+
+def test_state_names_come_from_runstream_states():
+    from runstream.states import STATE_NAMES
+
+    assert tuple(STATE_NAMES.values()) == STATES
+    message = error_of('state = "paused"')
+    assert "state is one of unspecified, running, finished, failed, crashed, killed" in message
+    for name in STATES:
+        where, params = compile_(f'state = "{name.upper()}"')
+        assert where == "toString(state) = {p1:String}" and params["p1"] == name

@@ -1,11 +1,17 @@
-"""SQL building for the query service. Every value and key goes through a Binder as a server-side
-parameter (`{p0:Float64}`; clickhouse-connect hands them to ClickHouse / chDB apart from the SQL
-text); only the database name (validated at start) and fixed identifiers are spliced in."""
+"""SQL building for the query service: the Binder, and the run filter and sort order compiled to SQL.
+Every value and key goes through a Binder as a server-side parameter (`{p0:Float64}`;
+clickhouse-connect hands them to ClickHouse / chDB apart from the SQL text); only the database
+name (validated at start) and fixed identifiers are spliced in.
+
+The statements themselves are in sql_runs.py (projects, keys, runs, params, artifacts) and
+sql_series.py (metric points: series bounds, downsampled and raw points, history pages); they
+return a Query, the SQL text with the values of its placeholders."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from runstream_services.errors import InvalidArgument
 from runstream_services.query.filter import COLUMNS, BoolOp, Compare, Field, Node, Not, to_ms
@@ -14,7 +20,15 @@ _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _NUMERIC_OPS = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
+class Query(NamedTuple):
+    """One statement: SQL text with `{name:Type}` placeholders and the values bound to them."""
+
+    sql: str
+    params: dict[str, object]
+
+
 def checked_db(db: str) -> str:
+    """The database name, refused unless it is a plain identifier (it is spliced into SQL text)."""
     if not _DB_NAME.match(db):
         raise InvalidArgument(f"database name {db!r} must match {_DB_NAME.pattern}")
     return db
@@ -171,103 +185,3 @@ def sort_plan(fields: list[tuple[Field, bool]], b: Binder, db: str, project_ph: 
             order.append(f"if(isNaN({alias}.v), NULL, {alias}.v) {direction} NULLS LAST")
     order.append("r.run_id ASC")  # a total order, so pages never overlap
     return SortPlan(joins, order)
-
-
-# ---------------------------------------------------------------- run search
-
-RUN_COLUMNS = (
-    "run_id",
-    "name",
-    "`group`",
-    "job_type",
-    "toString(state)",
-    "start_ms",
-    "end_ms",
-    "heartbeat_ms",
-    "user",
-    "host",
-    "git_commit",
-    "git_dirty",
-    "notes",
-    "tags",
-)
-
-
-def search_sql(db: str, where: str, plan: SortPlan, limit_ph: str, offset_ph: str) -> str:
-    """The page of matching runs (display columns) and the total match count in one query."""
-    inner_cols = ", ".join(RUN_COLUMNS).replace("toString(state)", "state")
-    outer_cols = ", ".join("toString(r.state)" if c == "toString(state)" else f"r.{c}" for c in RUN_COLUMNS)
-    return (
-        f"SELECT {outer_cols}, count() OVER () AS total "
-        f"FROM (SELECT {inner_cols} FROM {db}.runs FINAL WHERE {where}) AS r "
-        + " ".join(plan.joins)
-        + f" ORDER BY {', '.join(plan.order)} LIMIT {limit_ph} OFFSET {offset_ph} "
-        "SETTINGS join_use_nulls = 1"
-    )
-
-
-# ---------------------------------------------------------------- metric series
-
-ROLLUP_WIDTH = 32  # steps per metric_rollups row (migration 0003)
-_SERIES_ID = "transform(concat(run_id, '\\0', toString(key), '\\0', toString(rank)), {sids:Array(String)}, {idx:Array(UInt32)}, toUInt32(0))"
-
-
-def series_id(run_id: str, key: str, rank: int) -> str:
-    """The identity `_SERIES_ID` computes in SQL, to map rows back to series without a join."""
-    return f"{run_id}\0{key}\0{rank}"
-
-
-def series_where(db_table: str, all_ranks: bool) -> str:
-    rank = "" if all_ranks else " AND rank = {rank:UInt16}"
-    return (
-        f"FROM {db_table} WHERE project = {{project:String}} AND kind = {{kind:String}} "
-        f"AND run_id IN {{runs:Array(String)}} AND key IN {{keys:Array(String)}}{rank}"
-    )
-
-
-def bounds_sql(db: str, all_ranks: bool) -> str:
-    """Per series: step and time span and point count, read from the rollups (cheap)."""
-    return (
-        "SELECT run_id, toString(key), rank, min(first_step), max(last_step), min(first_ms), max(last_ms), "
-        f"sum(count) {series_where(db + '.metric_rollups', all_ranks)} GROUP BY run_id, key, rank"
-    )
-
-
-_X_RAW = {"step": "step", "time": "time_ms"}
-_X_ROLLUP = {"step": "first_step", "time": "first_ms"}
-
-
-def _x_expr(axis: str, rollup: bool) -> str:
-    """x of a row as Float64; relative time subtracts the series' run offset."""
-    col = (_X_ROLLUP if rollup else _X_RAW)["step" if axis == "step" else "time"]
-    if axis == "relative":
-        return f"toFloat64({col} - {{offs:Array(Int64)}}[si])"
-    return f"toFloat64({col})"
-
-
-def minmax_sql(db: str, axis: str, rollup: bool, all_ranks: bool, zoom: bool) -> str:
-    """Per series and bucket: the point of the min value and the point of the max value. Buckets are
-    equal x ranges: bucket = floor((x - x0[si]) / w[si]); NaN never wins unless a bucket is all NaN
-    (then the bucket is dropped). From the rollups, x is the first step/time of the 32-step row."""
-    table = f"{db}.metric_rollups" if rollup else f"{db}.metrics"
-    lo = "lo" if rollup else "if(isNaN(value), inf, value)"
-    hi = "hi" if rollup else "if(isNaN(value), -inf, value)"
-    inner = f"SELECT {_SERIES_ID} AS si, * {series_where(table, all_ranks)}"
-    rows = f"SELECT si, {_x_expr(axis, rollup)} AS x, {lo} AS lo, {hi} AS hi FROM ({inner}) WHERE si > 0"
-    where = "WHERE x >= {x_min:Float64} AND x <= {x_max:Float64} " if zoom else ""
-    return (
-        "SELECT si, toInt64(floor((x - {x0s:Array(Float64)}[si]) / {ws:Array(Float64)}[si])) AS b, "
-        f"argMin(x, lo), min(lo), argMax(x, hi), max(hi) FROM ({rows}) {where}"
-        "GROUP BY si, b HAVING min(lo) <= max(hi)"
-    )
-
-
-def raw_points_sql(db: str, axis: str, all_ranks: bool, zoom: bool) -> str:
-    """Every point of the chosen series (FINAL: a replayed point never shows twice)."""
-    return (
-        f"SELECT si, x, value FROM (SELECT si, {_x_expr(axis, False)} AS x, value "
-        f"FROM (SELECT {_SERIES_ID} AS si, step, time_ms, value {series_where(db + '.metrics FINAL', all_ranks)}) "
-        "WHERE si > 0) "
-        + ("WHERE x >= {x_min:Float64} AND x <= {x_max:Float64} " if zoom else "")
-        + "ORDER BY si, x"
-    )
