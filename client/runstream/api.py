@@ -1,38 +1,26 @@
-"""The read API: runs, histories and series from the query service, as pandas DataFrames.
+"""The read API: projects, runs, histories and series from the query service, as pandas
+DataFrames and plain dicts.
 
     api = runstream.Api()                      # $RUNSTREAM_ENDPOINT, else 127.0.0.1:7777
     df = api.runs("mnist", filter="params.lr > 0.01 and metrics.val_acc > 0.9", order_by="-metrics.val_acc")
     hist = api.history(df.run_id[0], keys=["loss"], project="mnist")
+
+Api is the QueryClient (query_client.py: the connection and one method per RPC, returning wire
+messages: list_projects, search_runs, get_run, keys, series_arrays, history_pages,
+download_artifact) plus the DataFrame methods here, each a thin wrapper on those calls.
 
 pandas is optional for the bare SDK install; it is imported when a DataFrame is built.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import grpc
-
-from runstream.errors import RunstreamError, ServerError, ServerUnavailableError
-from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
-
-DEFAULT_ENDPOINT = "127.0.0.1:7777"
-_RETRIABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_STATES = {v: k.removeprefix("RUN_STATE_").lower() for k, v in types_pb2.RunState.items()}
-_DOWNSAMPLING = {
-    "minmax": query_pb2.DOWNSAMPLING_MINMAX,
-    "lttb": query_pb2.DOWNSAMPLING_LTTB,
-    "none": query_pb2.DOWNSAMPLING_NONE,
-}
-_X_AXES = {
-    "step": query_pb2.X_AXIS_STEP,
-    "time": query_pb2.X_AXIS_TIME,
-    "relative_time": query_pb2.X_AXIS_RELATIVE_TIME,
-}
-_KINDS = {"user": types_pb2.METRIC_KIND_USER, "system": types_pb2.METRIC_KIND_SYSTEM}
+from runstream.errors import RunstreamError
+from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
+from runstream.states import state_name
+from runstream.v1 import types_pb2
 
 
 def _pandas():
@@ -45,74 +33,19 @@ def _pandas():
     return pandas
 
 
-def _numpy():
-    try:
-        import numpy
-    except ImportError:
-        raise RunstreamError("runstream.Api needs numpy: pip install numpy pandas") from None
-    return numpy
-
-
-def value_of(value: types_pb2.Value) -> Any:
-    """A config/summary Value as a Python value (JSON values decoded)."""
-    kind = value.WhichOneof("kind")
-    if kind == "json":
-        try:
-            return json.loads(value.json)
-        except ValueError:
-            return value.json
-    return getattr(value, kind) if kind else None
-
-
-class Api:
-    """A connection to the query service. Use as a context manager or call close()."""
-
-    def __init__(self, endpoint: str | None = None, api_key: str | None = None, timeout_s: float = 60.0):
-        self.endpoint = endpoint or os.environ.get("RUNSTREAM_ENDPOINT") or DEFAULT_ENDPOINT
-        key = api_key if api_key is not None else os.environ.get("RUNSTREAM_API_KEY")
-        self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
-            self.endpoint,
-            options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)],
-        )
-        self._stub = query_pb2_grpc.QueryServiceStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _call(self, method: str, request, stream: bool = False):
-        try:
-            result = getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
-            return list(result) if stream else result
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code in _RETRIABLE:
-                raise ServerUnavailableError(
-                    f"query service at {self.endpoint} unavailable ({code.name}): {details}", code.name
-                ) from None
-            raise ServerError(f"{method} failed ({code.name}): {details}", code.name) from None
-
-    # ------------------------------------------------------------ projects and runs
+class Api(QueryClient):
+    """A connection to the query service (see QueryClient for the arguments and the calls) that
+    also answers in DataFrames. Use as a context manager or call close()."""
 
     def projects(self):
         """DataFrame(name, run_count, last_activity)."""
         pd = _pandas()
-        resp = self._call("ListProjects", query_pb2.ListProjectsRequest())
+        projects = self.list_projects()
         return pd.DataFrame(
             {
-                "name": [p.name for p in resp.projects],
-                "run_count": [p.run_count for p in resp.projects],
-                "last_activity": pd.to_datetime(
-                    [p.last_activity_ms for p in resp.projects], unit="ms", utc=True
-                ),
+                "name": [p.name for p in projects],
+                "run_count": [p.run_count for p in projects],
+                "last_activity": pd.to_datetime([p.last_activity_ms for p in projects], unit="ms", utc=True),
             }
         )
 
@@ -126,16 +59,12 @@ class Api:
         include_config: bool = True,
     ) -> Iterator[types_pb2.Run]:
         """Run messages page by page (see `runs` for the arguments)."""
-        order = [order_by] if isinstance(order_by, str) else list(order_by or [])
         token, seen = "", 0
         while True:
             size = per_page if limit is None else max(1, min(per_page, limit - seen))
-            resp = self._call(
-                "SearchRuns",
-                query_pb2.SearchRunsRequest(
-                    project=project, filter=filter or "", order_by=order, page_size=size,
-                    page_token=token, include_config=include_config,
-                ),
+            resp = self.search_runs(
+                project, filter=filter, order_by=order_by, page_size=size, page_token=token,
+                include_config=include_config,
             )  # fmt: skip
             for run in resp.runs:
                 yield run
@@ -184,16 +113,16 @@ class Api:
     def run(self, project: str, run_id: str) -> dict[str, Any]:
         """Everything about one run as a dict: the columns, config, summary, tags, metric
         summaries ({key: {last, min, max, count, last_step}}), context, datasets, artifacts."""
-        run = self._call("GetRun", query_pb2.GetRunRequest(project=project, run_id=run_id)).run
         from google.protobuf import json_format
 
+        run = self.get_run(project, run_id)
         return {
             "run_id": run.run_id,
             "project": run.project,
             "name": run.name,
             "group": run.group,
             "job_type": run.job_type,
-            "state": _STATES.get(run.state, "unspecified"),
+            "state": state_name(run.state),
             "start_ms": run.start_ms,
             "end_ms": run.end_ms,
             "heartbeat_ms": run.heartbeat_ms,
@@ -225,21 +154,15 @@ class Api:
             ],
         }
 
-    # ------------------------------------------------------------ points
-
     def history(
         self, run_id: str, keys: Iterable[str] | None = None, project: str | None = None, kind: str = "user"
     ):
         """Every point of a run: DataFrame(step, key, value, rank, time) with time in UTC.
         `project` may be left out when the run id is unique on the server."""
         pd = _pandas()
-        np = _numpy()
-        request = query_pb2.GetHistoryRequest(
-            project=project or "", run_id=run_id, keys=list(keys or []), kind=_kind(kind)
-        )
-        parts = self._call("GetHistory", request, stream=True)
+        np = require_numpy()
         columns: dict[str, list] = {"step": [], "key": [], "value": [], "rank": [], "time": []}
-        for part in parts:
+        for part in self.history_pages(run_id, keys, project, kind):
             index = np.frombuffer(part.key_index, "<u2")
             columns["key"].append(np.asarray(part.keys, dtype=object)[index])
             columns["step"].append(np.frombuffer(part.steps, "<i8"))
@@ -265,50 +188,21 @@ class Api:
         rank: int = 0,
         x_range: tuple[float, float] | None = None,
     ):
-        """Downsampled series of many runs and keys: DataFrame(run_id, key, rank, x, y), long format.
-        downsampling: minmax | lttb | none; x_axis: step | time | relative_time (ms)."""
+        """Downsampled series of many runs and keys: DataFrame(run_id, key, rank, x, y), long format
+        (the arguments are those of `series_arrays`)."""
         pd = _pandas()
-        np = _numpy()
-        if downsampling not in _DOWNSAMPLING:
-            raise RunstreamError(f"downsampling must be one of {sorted(_DOWNSAMPLING)}, not {downsampling!r}")
-        if x_axis not in _X_AXES:
-            raise RunstreamError(f"x_axis must be one of {sorted(_X_AXES)}, not {x_axis!r}")
-        request = query_pb2.GetMetricSeriesRequest(
-            project=project, run_ids=list(run_ids), keys=list(keys), max_points=max_points,
-            downsampling=_DOWNSAMPLING[downsampling], x_axis=_X_AXES[x_axis], kind=_kind(kind),
-            all_ranks=all_ranks, rank=rank,
-        )  # fmt: skip
-        if x_range is not None:
-            request.has_range = True
-            request.x_min, request.x_max = float(x_range[0]), float(x_range[1])
-        resp = self._call("GetMetricSeries", request)
-        frames = []
-        for s in resp.series:
-            x = np.frombuffer(s.x, "<f8")
-            frames.append(
-                pd.DataFrame(
-                    {"run_id": s.run_id, "key": s.key, "rank": s.rank, "x": x, "y": np.frombuffer(s.y, "<f8")}
-                )
-            )
-        if not frames:
+        arrays = self.series_arrays(
+            project, run_ids, keys, max_points, downsampling, x_axis, kind, all_ranks, rank, x_range
+        )
+        if not arrays:
             return pd.DataFrame({"run_id": [], "key": [], "rank": [], "x": [], "y": []})
-        return pd.concat(frames, ignore_index=True)
-
-    def keys(self, project: str, run_ids: Iterable[str] | None = None) -> dict[str, list[str]]:
-        """{"metrics": [...], "params": [...], "tags": [...], "system_metrics": [...]}."""
-        resp = self._call("ListKeys", query_pb2.ListKeysRequest(project=project, run_ids=list(run_ids or [])))
-        return {
-            "metrics": list(resp.metric_keys),
-            "params": list(resp.param_keys),
-            "tags": list(resp.tag_keys),
-            "system_metrics": list(resp.system_metric_keys),
-        }
-
-
-def _kind(kind: str) -> int:
-    if kind not in _KINDS:
-        raise RunstreamError(f"kind must be 'user' or 'system', not {kind!r}")
-    return _KINDS[kind]
+        return pd.concat(
+            [
+                pd.DataFrame({"run_id": s.run_id, "key": s.key, "rank": s.rank, "x": s.x, "y": s.y})
+                for s in arrays
+            ],
+            ignore_index=True,
+        )
 
 
 def run_record(run: types_pb2.Run) -> dict[str, Any]:
@@ -316,7 +210,7 @@ def run_record(run: types_pb2.Run) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run_id": run.run_id,
         "name": run.name,
-        "state": _STATES.get(run.state, "unspecified"),
+        "state": state_name(run.state),
         "group": run.group,
         "job_type": run.job_type,
         "user": run.user,
@@ -337,4 +231,4 @@ def run_record(run: types_pb2.Run) -> dict[str, Any]:
     return row
 
 
-__all__ = ["Api"]
+__all__ = ["Api", "SeriesArrays", "value_of"]

@@ -17,12 +17,24 @@ class NotInitializedError(RunstreamError):
     """Raised by module-level shortcuts (runstream.log, ...) when no run is active."""
 
 
-class ServerError(RunstreamError):
-    """Raised when the server refused a request; `code` is the gRPC status name."""
+#: gRPC status names that mean the server was not reached (or did not answer in time)
+UNREACHABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
-    def __init__(self, message: str, code: str = "UNKNOWN"):
+
+class ServerError(RunstreamError):
+    """Raised when the server refused a request. `code` is the gRPC status name; `details` is the
+    text to show a person: the server's own words (e.g. where a filter is malformed), or for an
+    unreachable server, where it was sought. str() adds which call failed."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN", details: str | None = None):
         super().__init__(message)
         self.code = code
+        self.details = message if details is None else details
+
+    @property
+    def unreachable(self) -> bool:
+        """True when the server was not reached in time, rather than refusing the request."""
+        return self.code in UNREACHABLE_CODES
 
 
 class ServerUnavailableError(ServerError):

@@ -9,7 +9,6 @@ from plotly.colors import qualitative
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
 X_TITLES = {"step": "step", "time": "time", "relative": "minutes since start"}
-STATE_COLORS = {"running": "#1f77b4", "finished": "#2ca02c", "failed": "#d62728", "crashed": "#ff7f0e"}
 
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:

@@ -1,41 +1,29 @@
-"""The dashboard's only data access: runstream.v1 QueryService calls turned into DataFrames and
-small dataclasses. Pages never touch gRPC; they call these loaders, which Streamlit caches by
-their arguments (short TTLs, so live runs refresh).
+"""The dashboard's only data access: runstream.Api calls turned into DataFrames and small
+dataclasses for the pages. Pages never touch gRPC or protobuf; they call these loaders, which
+Streamlit caches by their arguments (short TTLs, so live runs refresh).
 
-The server is reached at $RUNSTREAM_ENDPOINT (default 127.0.0.1:7777); $RUNSTREAM_API_KEY, when
-set, is sent as `authorization: Bearer <key>`."""
+Every call goes through one runstream.Api per process (`api()`, an st.cache_resource), which
+reads $RUNSTREAM_ENDPOINT and $RUNSTREAM_API_KEY as the SDK does. A failed call raises
+runstream.errors.ServerError (ServerUnavailableError when the server is not reached): pages show
+its `details`, and its `code` next to a refused filter."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
+from runstream.api import Api, value_of
+from runstream.states import state_name
+from runstream.v1 import types_pb2
 
-DEFAULT_ENDPOINT = "127.0.0.1:7777"
 RPC_TIMEOUT_S = 15.0
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-STATES = {
-    types_pb2.RUN_STATE_UNSPECIFIED: "unknown",
-    types_pb2.RUN_STATE_RUNNING: "running",
-    types_pb2.RUN_STATE_FINISHED: "finished",
-    types_pb2.RUN_STATE_FAILED: "failed",
-    types_pb2.RUN_STATE_CRASHED: "crashed",
-    types_pb2.RUN_STATE_KILLED: "killed",
-}
-X_AXES = {
-    "step": query_pb2.X_AXIS_STEP,
-    "time": query_pb2.X_AXIS_TIME,
-    "relative": query_pb2.X_AXIS_RELATIVE_TIME,
-}
+SERIES_TIMEOUT_S = 30.0
+DOWNLOAD_TIMEOUT_S = 120.0
+MAX_ARTIFACT_DOWNLOAD_BYTES = 512 * 1024 * 1024
+X_AXES = {"step": "step", "time": "time", "relative": "relative_time"}  # the pages' names -> Api's
 RUN_COLUMNS = [
     "run_id",
     "name",
@@ -51,67 +39,24 @@ RUN_COLUMNS = [
 ]
 
 
-class QueryError(Exception):
-    """Raised when the query service refuses a request or cannot be reached. `message` is the
-    server's own text (e.g. where a filter is malformed), fit to show next to the input."""
-
-    def __init__(self, message: str, code: str = "UNKNOWN"):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-    @property
-    def unreachable(self) -> bool:
-        return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+@st.cache_resource(show_spinner=False)
+def api() -> Api:
+    """The process's one connection to the query service, shared by every session."""
+    return Api(timeout_s=RPC_TIMEOUT_S)
 
 
 def endpoint() -> str:
-    return os.environ.get("RUNSTREAM_ENDPOINT") or DEFAULT_ENDPOINT
+    return api().endpoint
 
 
-@st.cache_resource(show_spinner=False)
-def _channel(target: str) -> grpc.Channel:
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ]
-    return grpc.insecure_channel(target, options=options)
+# ---------------------------------------------------------------- shaping
 
 
-def _stub() -> query_pb2_grpc.QueryServiceStub:
-    return query_pb2_grpc.QueryServiceStub(_channel(endpoint()))
-
-
-def _metadata() -> list[tuple[str, str]]:
-    key = os.environ.get("RUNSTREAM_API_KEY")
-    return [("authorization", f"Bearer {key}")] if key else []
-
-
-def _call(method, request, timeout: float = RPC_TIMEOUT_S):
-    try:
-        return method(request, timeout=timeout, metadata=_metadata())
-    except grpc.RpcError as exc:
-        raise _query_error(exc) from None
-
-
-def _query_error(exc: grpc.RpcError) -> QueryError:
-    code = exc.code().name if exc.code() else "UNKNOWN"
-    details = exc.details() or str(exc)
-    if code == "UNAVAILABLE":
-        details = f"cannot reach the Runstream server at {endpoint()} ({details})"
-    return QueryError(details, code)
-
-
-# ---------------------------------------------------------------- value decoding
-
-
-def value_to_python(value: types_pb2.Value) -> Any:
-    """A wire Value as a Python scalar; JSON values stay their JSON text so tables can show them."""
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    v = getattr(value, kind)
-    if kind == "number" and float(v).is_integer() and abs(v) < 2**53:
+def cell_value(value: types_pb2.Value) -> Any:
+    """A config/summary value as a table cell shows it: JSON as the text it was logged as, whole
+    numbers as ints (32, not 32.0)."""
+    v = value_of(value, json_as_text=True)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
         return int(v)
     return v
 
@@ -120,17 +65,14 @@ def _ms_to_datetime(ms: int) -> pd.Timestamp | None:
     return pd.Timestamp(ms, unit="ms") if ms else None
 
 
-def decode_f64(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype="<f8")
-
-
-def _run_row(run: types_pb2.Run) -> dict[str, Any]:
+def run_row(run: types_pb2.Run) -> dict[str, Any]:
+    """The columns every run table shows, as the pages name and format them."""
     end_ms = run.end_ms or 0
     last_ms = end_ms or run.heartbeat_ms or 0
     return {
         "run_id": run.run_id,
         "name": run.name or run.run_id,
-        "state": STATES.get(run.state, "unknown"),
+        "state": state_name(run.state),
         "group": run.group,
         "job_type": run.job_type,
         "user": run.user,
@@ -148,10 +90,9 @@ def _run_row(run: types_pb2.Run) -> dict[str, Any]:
 @st.cache_data(ttl=15, show_spinner=False)
 def list_projects() -> pd.DataFrame:
     """Projects with run counts and last activity, newest first."""
-    resp = _call(_stub().ListProjects, query_pb2.ListProjectsRequest())
     rows = [
         {"project": p.name, "runs": p.run_count, "last_activity": _ms_to_datetime(p.last_activity_ms)}
-        for p in resp.projects
+        for p in api().list_projects()
     ]
     df = pd.DataFrame(rows, columns=["project", "runs", "last_activity"])
     return df.sort_values("last_activity", ascending=False, na_position="last").reset_index(drop=True)
@@ -178,22 +119,21 @@ def search_runs(
     metric_keys: tuple[str, ...] = (),
 ) -> RunsPage:
     """Filtered, sorted page of runs; filtering, sorting and paging all happen on the server."""
-    req = query_pb2.SearchRunsRequest(
-        project=project,
+    resp = api().search_runs(
+        project,
         filter=filter_text,
-        order_by=list(order_by),
+        order_by=order_by,
         page_size=page_size,
         page_token=page_token,
-        param_keys=list(param_keys),
-        metric_keys=list(metric_keys),
+        param_keys=param_keys,
+        metric_keys=metric_keys,
         include_config=bool(param_keys),
     )
-    resp = _call(_stub().SearchRuns, req)
     rows = []
     for run in resp.runs:
-        row = _run_row(run)
+        row = run_row(run)
         for key in param_keys:
-            row[f"params.{key}"] = value_to_python(run.config[key]) if key in run.config else None
+            row[f"params.{key}"] = cell_value(run.config[key]) if key in run.config else None
         for m in run.metrics:
             if not metric_keys or m.key in metric_keys:
                 row[f"metrics.{m.key}"] = m.last
@@ -220,12 +160,12 @@ class Keys:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def list_keys(project: str, run_ids: tuple[str, ...] = ()) -> Keys:
-    resp = _call(_stub().ListKeys, query_pb2.ListKeysRequest(project=project, run_ids=list(run_ids)))
+    keys = api().keys(project, run_ids)
     return Keys(
-        tuple(sorted(resp.metric_keys)),
-        tuple(sorted(resp.param_keys)),
-        tuple(sorted(resp.tag_keys)),
-        tuple(sorted(resp.system_metric_keys)),
+        tuple(sorted(keys["metrics"])),
+        tuple(sorted(keys["params"])),
+        tuple(sorted(keys["tags"])),
+        tuple(sorted(keys["system_metrics"])),
     )
 
 
@@ -245,32 +185,29 @@ def metric_series(
     (min/max per bucket, so spikes stay visible) to about `max_points` per series."""
     if not run_ids or not keys:
         return pd.DataFrame(columns=SERIES_COLUMNS)
-    req = query_pb2.GetMetricSeriesRequest(
-        project=project,
-        run_ids=list(run_ids),
-        keys=list(keys),
-        max_points=max_points,
-        downsampling=query_pb2.DOWNSAMPLING_MINMAX,
+    series = api().series_arrays(
+        project,
+        run_ids,
+        keys,
+        max_points,
+        downsampling="minmax",
         x_axis=X_AXES[x_axis],
-        kind=types_pb2.METRIC_KIND_SYSTEM if system else types_pb2.METRIC_KIND_USER,
+        kind="system" if system else "user",
+        timeout_s=SERIES_TIMEOUT_S,
     )
-    resp = _call(_stub().GetMetricSeries, req, timeout=30)
-    frames = []
-    for s in resp.series:
-        x, y = decode_f64(s.x), decode_f64(s.y)
-        n = min(len(x), len(y))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "run_id": s.run_id,
-                    "key": s.key,
-                    "rank": s.rank,
-                    "x": x[:n],
-                    "y": y[:n],
-                    "total_points": s.total_points,
-                }
-            )
+    frames = [
+        pd.DataFrame(
+            {
+                "run_id": s.run_id,
+                "key": s.key,
+                "rank": s.rank,
+                "x": s.x,
+                "y": s.y,
+                "total_points": s.total_points,
+            }
         )
+        for s in series
+    ]
     if not frames:
         return pd.DataFrame(columns=SERIES_COLUMNS)
     return pd.concat(frames, ignore_index=True)
@@ -300,8 +237,8 @@ ARTIFACT_COLUMNS = ["name", "path", "type", "version", "size", "sha256", "uri", 
 
 @st.cache_data(ttl=5, show_spinner=False, max_entries=100)
 def get_run(project: str, run_id: str) -> RunDetail:
-    run = _call(_stub().GetRun, query_pb2.GetRunRequest(project=project, run_id=run_id)).run
-    info = _run_row(run)
+    run = api().get_run(project, run_id)
+    info = run_row(run)
     info.update(git_commit=run.git_commit, git_dirty=run.git_dirty, project=run.project)
     metrics = pd.DataFrame(
         [
@@ -354,8 +291,8 @@ def get_run(project: str, run_id: str) -> RunDetail:
     )
     return RunDetail(
         info=info,
-        config={k: value_to_python(v) for k, v in sorted(run.config.items())},
-        summary={k: value_to_python(v) for k, v in sorted(run.summary.items())},
+        config={k: cell_value(v) for k, v in sorted(run.config.items())},
+        summary={k: cell_value(v) for k, v in sorted(run.summary.items())},
         tags=dict(sorted(run.tags.items())),
         notes=run.notes,
         metrics=metrics.reset_index(drop=True),
@@ -365,34 +302,12 @@ def get_run(project: str, run_id: str) -> RunDetail:
     )
 
 
-MAX_ARTIFACT_DOWNLOAD_BYTES = 512 * 1024 * 1024
-
-
 @st.cache_data(ttl=300, show_spinner=False, max_entries=20)
 def download_artifact(project: str, run_id: str, sha256: str) -> bytes:
     """The bytes of one artifact file (DownloadArtifact, streamed in chunks)."""
-    req = query_pb2.DownloadArtifactRequest(project=project, run_id=run_id, sha256=sha256)
-    chunks, size = [], 0
-    try:
-        for part in _stub().DownloadArtifact(req, timeout=120, metadata=_metadata()):
-            size += len(part.chunk)
-            if size > MAX_ARTIFACT_DOWNLOAD_BYTES:
-                raise QueryError(
-                    f"artifact {sha256[:12]} is over {MAX_ARTIFACT_DOWNLOAD_BYTES >> 20} MiB; "
-                    "fetch it with runstream.Api instead",
-                    "RESOURCE_EXHAUSTED",
-                )
-            chunks.append(part.chunk)
-    except grpc.RpcError as exc:
-        raise _query_error(exc) from None
-    return b"".join(chunks)
-
-
-def flatten_json_value(value: Any) -> str:
-    """Display form of a config value (JSON values are already text)."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return "" if value is None else str(value)
-    return json.dumps(value, sort_keys=True)
+    return api().download_artifact(
+        project, run_id, sha256, max_bytes=MAX_ARTIFACT_DOWNLOAD_BYTES, timeout_s=DOWNLOAD_TIMEOUT_S
+    )
 
 
 def clear_caches() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from runstream.errors import ServerError
 from runstream_dashboard import queries as q
 
 PROJECT_KEY = "project"
@@ -19,8 +20,8 @@ def sidebar() -> str | None:
     with st.sidebar:
         try:
             projects = q.list_projects()
-        except q.QueryError as exc:
-            st.error(exc.message)
+        except ServerError as exc:
+            st.error(exc.details)
             return None
         names = projects["project"].tolist()
         if not names:

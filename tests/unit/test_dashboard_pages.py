@@ -7,6 +7,7 @@ with real logged runs, is covered by tests/e2e/test_dashboard_browser.py."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from runstream.errors import ServerError, ServerUnavailableError
 from runstream_dashboard import APP_PATH
 from runstream_dashboard import queries as q
 
@@ -92,7 +94,9 @@ class FakeQueries:
             "search_runs", project, filter_text, order_by, page_size, page_token, param_keys, metric_keys
         )
         if "bogus" in filter_text:
-            raise q.QueryError(self.bad_filter_message, "INVALID_ARGUMENT")
+            raise ServerError(
+                f"SearchRuns failed: {self.bad_filter_message}", "INVALID_ARGUMENT", self.bad_filter_message
+            )
         runs = _runs()
         if "adam" in filter_text:
             runs = runs[runs["params.optimizer"] == "adam"]
@@ -131,7 +135,7 @@ class FakeQueries:
         self._record("get_run", project, run_id)
         runs = _runs().set_index("run_id")
         if run_id not in runs.index:
-            raise q.QueryError(f"run {run_id!r} not found in project {project!r}", "NOT_FOUND")
+            raise ServerError(f"run {run_id!r} not found in project {project!r}", "NOT_FOUND")
         row = runs.loc[run_id]
         return q.RunDetail(
             info={
@@ -283,8 +287,10 @@ def test_sidebar_lists_projects_and_keeps_the_project_in_the_url(fake):
 
 def test_server_unreachable_is_explained_in_the_sidebar(monkeypatch):
     def down():
-        raise q.QueryError(
-            "cannot reach the Runstream server at 127.0.0.1:1 (connection refused)", "UNAVAILABLE"
+        raise ServerUnavailableError(
+            "query service at 127.0.0.1:1 unavailable (UNAVAILABLE): connection refused",
+            "UNAVAILABLE",
+            "cannot reach the Runstream server at 127.0.0.1:1 (connection refused)",
         )
 
     FakeQueries().install(monkeypatch)
@@ -484,3 +490,36 @@ def test_compare_shows_only_differing_config_keys_highlighted(fake):
 def test_compare_needs_two_runs(fake):
     at = open_page("views/compare.py", runs="run0")
     assert any("two or more runs" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------- the data layer
+
+
+def test_the_dashboard_reads_only_through_runstream_api():
+    """One read client: no module of the dashboard opens a channel, holds a stub or defines an
+    error type of its own; queries.py is the only one that talks to runstream.Api."""
+    package = APP_PATH.parent
+    for path in package.rglob("*.py"):
+        source = path.read_text()
+        assert "import grpc" not in source and "_pb2_grpc" not in source, path
+        classes = [node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)]
+        assert not [name for name in classes if name.endswith("Error")], path
+        if path.name != "queries.py":
+            assert "runstream.api" not in source and "query_client" not in source, path
+    assert "from runstream.api import Api" in (package / "queries.py").read_text()
+
+
+def test_run_rows_name_states_as_the_sdk_does_and_cells_show_values_as_logged():
+    from runstream.v1 import types_pb2
+
+    unspecified = q.run_row(types_pb2.Run(run_id="r1", state=types_pb2.RUN_STATE_UNSPECIFIED))
+    assert unspecified["state"] == "unspecified" and unspecified["name"] == "r1"
+    assert q.run_row(types_pb2.Run(run_id="r1", state=types_pb2.RUN_STATE_CRASHED))["state"] == "crashed"
+    value = types_pb2.Value
+    whole = q.cell_value(value(number=32.0))
+    assert whole == 32 and isinstance(whole, int)
+    assert q.cell_value(value(number=0.5)) == 0.5 and q.cell_value(value(number=2.0**60)) == 2.0**60
+    assert q.cell_value(value(json='{"b": 1, "a": [1, 2]}')) == '{"b": 1, "a": [1, 2]}'
+    assert q.cell_value(value(json="null")) == "null"
+    assert q.cell_value(value(flag=True)) is True and q.cell_value(value(text="adam")) == "adam"
+    assert q.cell_value(value()) is None

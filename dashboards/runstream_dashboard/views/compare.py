@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
 
@@ -18,8 +19,8 @@ st.title(f"Compare · {project}")
 
 try:
     recent = q.search_runs(project, "", ("-start",), 500).runs
-except q.QueryError as exc:
-    st.error(exc.message)
+except ServerError as exc:
+    st.error(exc.details)
     st.stop()
 
 from_url = [r for r in (st.query_params.get("runs") or "").split(",") if r]
@@ -45,8 +46,8 @@ details = {}
 for run_id in chosen:
     try:
         details[run_id] = q.get_run(project, run_id)
-    except q.QueryError as exc:
-        st.error(f"{run_id}: {exc.message}")
+    except ServerError as exc:
+        st.error(f"{run_id}: {exc.details}")
         st.stop()
 
 labels = {}
@@ -84,7 +85,7 @@ else:
     metric = st.selectbox("Overlay", list(summary.index), key=f"compare_metric:{project}")
     try:
         series = q.metric_series(project, tuple(chosen), (metric,), "step", 1000)
-    except q.QueryError as exc:
-        st.error(exc.message)
+    except ServerError as exc:
+        st.error(exc.details)
         st.stop()
     st.plotly_chart(charts.learning_curves(series, metric, labels), width="stretch", key="compare_curve")

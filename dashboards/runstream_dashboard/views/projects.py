@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import streamlit as st
 
+from runstream.errors import ServerError
 from runstream_dashboard import queries as q
 from runstream_dashboard import state
 
 st.title("Projects")
 try:
     projects = q.list_projects()
-except q.QueryError as exc:
-    st.error(exc.message)
+except ServerError as exc:
+    st.error(exc.details)
     st.stop()
 
 if projects.empty:

@@ -9,19 +9,22 @@ from pathlib import PurePosixPath
 import pandas as pd
 import streamlit as st
 
+from runstream import states
+from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MAX_PREVIEW_BYTES = 8 * 1024 * 1024
 MAX_CHARTS = 12
-STATE_BADGES = {
-    "running": ":blue-badge[running]",
-    "finished": ":green-badge[finished]",
-    "failed": ":red-badge[failed]",
-    "crashed": ":orange-badge[crashed]",
-    "killed": ":gray-badge[killed]",
+BADGE_COLORS = {
+    states.RUNNING: "blue",
+    states.FINISHED: "green",
+    states.FAILED: "red",
+    states.CRASHED: "orange",
+    states.KILLED: "gray",
 }
+STATE_BADGES = {name: f":{color}-badge[{name}]" for name, color in BADGE_COLORS.items()}
 
 project = state.require_project()
 run_id = st.query_params.get("run") or ""
@@ -30,8 +33,8 @@ if not run_id:
     st.title("Run")
     try:
         recent = q.search_runs(project, "", ("-start",), 200).runs
-    except q.QueryError as exc:
-        st.error(exc.message)
+    except ServerError as exc:
+        st.error(exc.details)
         st.stop()
     if recent.empty:
         st.info("This project has no runs yet.")
@@ -45,9 +48,9 @@ if not run_id:
 
 try:
     run = q.get_run(project, run_id)
-except q.QueryError as exc:
+except ServerError as exc:
     st.title("Run")
-    st.error(exc.message)
+    st.error(exc.details)
     st.stop()
 st.query_params["run"] = run_id
 
@@ -76,7 +79,7 @@ def _watch_state() -> None:
     """Reloads the whole page when the run's state or metric counts change (live runs)."""
     try:
         now = q.get_run(project, run_id)
-    except q.QueryError:
+    except ServerError:
         return
     if now.info["state"] != info["state"] or not now.metrics.equals(run.metrics):
         st.rerun()
@@ -135,8 +138,8 @@ def _charts(keys: list[str], system: bool, smoothing: float) -> None:
         series = q.metric_series(
             project, (run_id,), tuple(keys[:MAX_CHARTS]), "step" if not system else "relative", 1000, system
         )
-    except q.QueryError as exc:
-        st.error(exc.message)
+    except ServerError as exc:
+        st.error(exc.details)
         return
     grid = st.columns(2)
     for i, key in enumerate(keys[:MAX_CHARTS]):
@@ -156,8 +159,8 @@ def _charts(keys: list[str], system: bool, smoothing: float) -> None:
 
 try:
     run_keys = q.list_keys(project, (run_id,))
-except q.QueryError as exc:
-    st.error(exc.message)
+except ServerError as exc:
+    st.error(exc.details)
     st.stop()
 
 with tab_metrics:
@@ -209,8 +212,8 @@ with tab_artifacts:
                             caption=art["path"],
                             width=420,
                         )
-                    except q.QueryError as exc:
-                        st.warning(f"Preview unavailable: {exc.message}")
+                    except ServerError as exc:
+                        st.warning(f"Preview unavailable: {exc.details}")
 
 with tab_context:
     ctx = run.context

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
+from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
 
@@ -26,8 +27,8 @@ project = state.require_project()
 
 try:
     keys = q.list_keys(project)
-except q.QueryError as exc:
-    st.error(exc.message)
+except ServerError as exc:
+    st.error(exc.details)
     st.stop()
 
 st.title(f"Runs · {project}")
@@ -47,7 +48,7 @@ def _varying_params(project: str, param_keys: tuple[str, ...]) -> list[str]:
     """Params that differ among the newest runs: the columns worth showing by default."""
     try:
         recent = q.search_runs(project, "", ("-start",), 100, "", param_keys[:MAX_PROBED_PARAMS], ()).runs
-    except q.QueryError:
+    except ServerError:
         return list(param_keys[:DEFAULT_PARAM_COLUMNS])
     varying = [k for k in param_keys[:MAX_PROBED_PARAMS] if recent[f"params.{k}"].astype(str).nunique() > 1]
     return (varying or list(param_keys))[:DEFAULT_PARAM_COLUMNS]
@@ -93,11 +94,11 @@ try:
         tuple(param_cols),
         tuple(metric_cols),
     )
-except q.QueryError as exc:
+except ServerError as exc:
     if exc.unreachable:
-        st.error(exc.message)
+        st.error(exc.details)
         st.stop()
-    filter_error.error(f"**{exc.code}**: {exc.message}", icon=":material/error:")
+    filter_error.error(f"**{exc.code}**: {exc.details}", icon=":material/error:")
     st.stop()
 
 # ---------------------------------------------------------------- table
@@ -203,8 +204,8 @@ def curves() -> None:
         return
     try:
         series = q.metric_series(project, run_ids, tuple(chosen_metrics), x_axis, 1000)
-    except q.QueryError as exc:
-        st.error(exc.message)
+    except ServerError as exc:
+        st.error(exc.details)
         return
     if series.empty:
         st.info("The selected runs have no points for these metrics yet.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
 
@@ -17,8 +18,8 @@ st.title(f"Sweep · {project}")
 
 try:
     keys = q.list_keys(project)
-except q.QueryError as exc:
-    st.error(exc.message)
+except ServerError as exc:
+    st.error(exc.details)
     st.stop()
 if not keys.metric_keys or not keys.param_keys:
     st.info("A sweep view needs runs with params and metrics.")
@@ -44,11 +45,11 @@ try:
         param_keys,
         (metric,),
     )
-except q.QueryError as exc:
+except ServerError as exc:
     if exc.unreachable:
-        st.error(exc.message)
+        st.error(exc.details)
     else:
-        filter_error.error(f"**{exc.code}**: {exc.message}", icon=":material/error:")
+        filter_error.error(f"**{exc.code}**: {exc.details}", icon=":material/error:")
     st.stop()
 
 runs = page.runs
