@@ -17,57 +17,78 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from runstream_services.artifacts.base import ArtifactStore
 from runstream_services.auth.keys import ApiKeys, AuthInterceptor
+from runstream_services.bus.base import Bus
 from runstream_services.config import ServerSettings, load_settings
 from runstream_services.errors import ConfigError, RunstreamServiceError
 from runstream_services.grpc_errors import ErrorInterceptor
 from runstream_services.grpc_health import health_handler
-from runstream_services.ingest.service import IngestServicer, RunRegistry
+from runstream_services.ingest.service import IngestServicer
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
+from runstream_services.run_state import RunRegistry, RunsTable, RunStateSource
 from runstream_services.storage.clickhouse import ClientPool, connect
 from runstream_services.storage.migrations import migrate
 
+if TYPE_CHECKING:  # imported where used: a process loads only the parts its settings ask for
+    from clickhouse_connect.driver.client import Client
+
+    from runstream_services.bus.kafka import RunDirectory
+    from runstream_services.query.service import QueryServicer
+    from runstream_services.writers.kafka_consumer import KafkaWriterLoop
+    from runstream_services.writers.store import StoreWriter
+
 log = logging.getLogger("runstream.server")
-
-
-def lookup_run_state(client: Any, database: str):
-    """A RunRegistry lookup that asks the runs table (for processes without a store writer)."""
-
-    def lookup(project: str, run_id: str) -> str | None:
-        rows = client.query(
-            f"SELECT state FROM {database}.runs FINAL WHERE project = %(p)s AND run_id = %(r)s",
-            parameters={"p": project, "r": run_id},
-        ).result_rows
-        return rows[0][0] if rows else None
-
-    return lookup
 
 
 def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        # the SDK pings every 20 s to notice dead connections; accept that instead of answering
+        # GOAWAY "too_many_pings" (gRPC's default tolerates one ping per 5 minutes)
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
 class RunstreamServer:
-    """One server process. Attributes are filled by start(): client (ClickHouse), store_writer,
-    artifact_store, bus, kafka_writer, ingest, query, metrics. `port` / `metrics_port` are the
-    bound ports (pass port=0 for an ephemeral one)."""
+    """One server process. start() wires the components the settings ask for, in this order:
+
+    1. the store: ClickHouse client (+ migrations) and the artifact store;
+    2. the store writer (components has "writer"), the Sink of either bus;
+    3. the bus ingest publishes to (components has "ingest"): embedded (straight into the writer)
+       or Kafka;
+    4. the Kafka writer loop (bus kafka + "writer"): Kafka -> the store writer;
+    5. the run registry ingest checks runs against (run_state.RunRegistry);
+    6. the gRPC services (ingest, query, health), then the Prometheus endpoint.
+
+    Attributes are None for components this process does not run. `port` / `metrics_port` are
+    the bound ports (pass port=0 for an ephemeral one)."""
 
     def __init__(self, settings: ServerSettings, *, port: int | None = None, metrics_port: int | None = None):
         self.settings = settings
         self.port = settings.port if port is None else port
         self.metrics_port = settings.metrics_port if metrics_port is None else metrics_port
         self.metrics = Metrics()
-        self.client: Any = None
-        self.store_writer: Any = None
-        self.artifact_store: Any = None
-        self.bus: Any = None
-        self.kafka_writer: Any = None
+        self.client: Client | None = None
+        self.artifact_store: ArtifactStore | None = None
+        self.store_writer: StoreWriter | None = None
+        self.bus: Bus | None = None
+        self.kafka_writer: KafkaWriterLoop | None = None
+        self.run_directory: RunDirectory | None = None
+        self.runs: RunRegistry | None = None
         self.ingest: IngestServicer | None = None
-        self.query: Any = None
+        self.query: QueryServicer | None = None
         self.auth = ApiKeys.from_settings(settings)
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: MetricsHttpServer | None = None
@@ -78,7 +99,42 @@ class RunstreamServer:
     def components(self) -> tuple[str, ...]:
         return self.settings.components
 
-    def _build_artifact_store(self):
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        await self._open_store()
+        self._build_store_writer()
+        await self._start_bus()
+        await self._start_kafka_writer()
+        self.runs = self._build_run_registry()
+        await self._serve_grpc()
+        await self._serve_metrics()
+        s = self.settings
+        log.info(
+            "runstream server listening on %s:%s (components %s, bus %s, store %s, artifacts %s, metrics :%s)",
+            s.host, self.port, ",".join(s.components), s.bus, s.resolved_clickhouse_dsn.split("://")[0],
+            s.artifact_store, self.metrics_port or "off",
+        )  # fmt: skip
+
+    # ---- 1. store -----------------------------------------------------------------------------
+
+    def _needs_store(self) -> bool:
+        s = self.settings
+        return "writer" in s.components or "query" in s.components or bool(s.clickhouse_dsn)
+
+    async def _open_store(self) -> None:
+        s = self.settings
+        if s.resolved_clickhouse_dsn.startswith("chdb://") or s.artifact_store == "local":
+            s.data_path.mkdir(parents=True, exist_ok=True)
+        if self._needs_store():
+            self.client = await asyncio.to_thread(connect, s.resolved_clickhouse_dsn)
+            applied = await asyncio.to_thread(migrate, self.client, s.clickhouse_database)
+            if applied:
+                log.info("applied migrations %s to %s", applied, s.clickhouse_database)
+        self.artifact_store = await asyncio.to_thread(self._build_artifact_store)
+
+    def _build_artifact_store(self) -> ArtifactStore:
         s = self.settings
         if s.artifact_store == "s3":
             from runstream_services.artifacts.s3 import S3ArtifactStore
@@ -88,89 +144,84 @@ class RunstreamServer:
 
         return LocalArtifactStore(s.resolved_artifact_dir)
 
-    def _needs_store(self) -> bool:
-        s = self.settings
-        return "writer" in s.components or "query" in s.components or bool(s.clickhouse_dsn)
+    # ---- 2. store writer ----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def _build_store_writer(self) -> None:
         s = self.settings
-        if self._started:
+        if "writer" not in s.components:
             return
-        self._started = True
-        if s.resolved_clickhouse_dsn.startswith("chdb://") or s.artifact_store == "local":
-            s.data_path.mkdir(parents=True, exist_ok=True)
-        if self._needs_store():
-            self.client = await asyncio.to_thread(connect, s.resolved_clickhouse_dsn)
-            applied = await asyncio.to_thread(migrate, self.client, s.clickhouse_database)
-            if applied:
-                log.info("applied migrations %s to %s", applied, s.clickhouse_database)
-        self.artifact_store = await asyncio.to_thread(self._build_artifact_store)
-        if "writer" in s.components:
-            from runstream_services.writers.store import StoreWriter
+        from runstream_services.writers.store import StoreWriter
 
-            self.store_writer = StoreWriter(
-                self.client, s.clickhouse_database, self.artifact_store, s, metrics=self.metrics
-            )
-            if s.crash_after_s > 0:
-                self._crash_watch = asyncio.create_task(self._watch_crashes(s.crash_after_s))
-        if "ingest" in s.components:
-            if s.bus == "kafka":
-                from runstream_services.bus.kafka import KafkaBus
-
-                self.bus = KafkaBus(s)
-            else:
-                from runstream_services.bus.embedded import EmbeddedBus
-
-                self.bus = EmbeddedBus(self.store_writer, metrics=self.metrics)
-            await self.bus.start()
-        if s.bus == "kafka" and "writer" in s.components:
-            from runstream_services.writers.kafka_consumer import KafkaWriterLoop
-
-            self.kafka_writer = KafkaWriterLoop(s, self.store_writer)
-            await self.kafka_writer.start()
-
-        options = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-            # the SDK pings every 20 s to notice dead connections; accept that instead of answering
-            # GOAWAY "too_many_pings" (gRPC's default tolerates one ping per 5 minutes)
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ]
-        self._grpc = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth), ErrorInterceptor()], options=options
+        assert self.client is not None and self.artifact_store is not None
+        self.store_writer = StoreWriter(
+            self.client, s.clickhouse_database, self.artifact_store, s, metrics=self.metrics
         )
-        if "ingest" in s.components:
-            if self.store_writer is not None:
-                lookup = self.store_writer.run_state
-            elif self.client is not None:
-                lookup = lookup_run_state(self.client, s.clickhouse_database)
-            else:
-                lookup = None
-            if s.bus == "kafka":  # runs published through any ingest process (bus/kafka.py)
-                from runstream_services.bus.kafka import run_lookup
+        if s.crash_after_s > 0:
+            self._crash_watch = asyncio.create_task(self._watch_crashes(self.store_writer, s.crash_after_s))
 
-                lookup = run_lookup(self.bus, lookup)
+    # ---- 3. bus -------------------------------------------------------------------------------
+
+    async def _start_bus(self) -> None:
+        s = self.settings
+        if "ingest" not in s.components:
+            return
+        if s.bus == "kafka":
+            from runstream_services.bus.kafka import KafkaBus
+
+            kafka = KafkaBus(s)
+            self.run_directory = kafka.directory
+            self.bus = kafka
+        else:
+            from runstream_services.bus.embedded import EmbeddedBus
+
+            assert self.store_writer is not None  # settings.validate(): embedded keeps the writer
+            self.bus = EmbeddedBus(self.store_writer, metrics=self.metrics)
+        await self.bus.start()
+
+    # ---- 4. Kafka writer ----------------------------------------------------------------------
+
+    async def _start_kafka_writer(self) -> None:
+        s = self.settings
+        if s.bus != "kafka" or self.store_writer is None:
+            return
+        from runstream_services.writers.kafka_consumer import KafkaWriterLoop
+
+        self.kafka_writer = KafkaWriterLoop(s, self.store_writer, client=self.client, metrics=self.metrics)
+        await self.kafka_writer.start()
+
+    # ---- 5. run registry ----------------------------------------------------------------------
+
+    def _build_run_registry(self) -> RunRegistry | None:
+        """Where ingest learns which runs exist: the Kafka run directory (runs published through
+        any ingest process), then the store (this process's writer, or a query of the runs
+        table when it runs none)."""
+        if "ingest" not in self.settings.components:
+            return None
+        store: RunStateSource | None = self.store_writer
+        if store is None and self.client is not None:
+            store = RunsTable(self.client, self.settings.clickhouse_database)
+        replays = self.store_writer.is_stored if self.store_writer is not None else None
+        return RunRegistry(directory=self.run_directory, store=store, replays=replays)
+
+    # ---- 6. gRPC and metrics endpoints --------------------------------------------------------
+
+    async def _serve_grpc(self) -> None:
+        s = self.settings
+        self._grpc = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.auth), ErrorInterceptor()], options=_grpc_options(s)
+        )
+        served = []
+        if "ingest" in s.components:
+            assert self.bus is not None and self.runs is not None
             self.ingest = IngestServicer(
-                self.bus,
-                s,
-                artifact_store=self.artifact_store,
-                runs=RunRegistry(lookup, stored=self.store_writer.is_stored if self.store_writer else None),
-                auth=self.auth,
+                self.bus, s, artifact_store=self.artifact_store, runs=self.runs, auth=self.auth,
                 metrics=self.metrics,
-            )
+            )  # fmt: skip
             self.ingest.add_to_server(self._grpc)
+            served.append("runstream.v1.IngestService")
         if "query" in s.components:
-            self._add_query_service()
-        served = [
-            name
-            for name, on in (
-                ("runstream.v1.IngestService", "ingest" in s.components),
-                ("runstream.v1.QueryService", "query" in s.components),
-            )
-            if on
-        ]
+            self._add_query_service(self._grpc)
+            served.append("runstream.v1.QueryService")
         self._grpc.add_generic_rpc_handlers((health_handler(tuple(served)),))
         try:
             bound = self._grpc.add_insecure_port(_listen_address(s.host, self.port))
@@ -185,39 +236,8 @@ class RunstreamServer:
             )
         self.port = bound
         await self._grpc.start()
-        if self.metrics_port:
-            self._metrics_http = MetricsHttpServer(self.metrics, s.host, self.metrics_port)
-            try:
-                await self._metrics_http.start()
-                self.metrics_port = self._metrics_http.port
-            except OSError as exc:
-                log.warning(
-                    "Prometheus endpoint disabled: cannot listen on port %s (%s)", self.metrics_port, exc
-                )
-                self._metrics_http = None
-        log.info(
-            "runstream server listening on %s:%s (components %s, bus %s, store %s, artifacts %s, metrics :%s)",
-            s.host, self.port, ",".join(s.components), s.bus, s.resolved_clickhouse_dsn.split("://")[0],
-            s.artifact_store, self.metrics_port or "off",
-        )  # fmt: skip
 
-    async def _watch_crashes(self, crash_after_s: float) -> None:
-        """Marks runs whose process went silent as crashed (see StoreWriter.mark_crashed)."""
-        interval_s = min(30.0, crash_after_s / 4)
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                marked = await asyncio.to_thread(self.store_writer.mark_crashed, int(crash_after_s * 1000))
-            except Exception:
-                log.exception("crash detection failed; retrying in %ss", interval_s)
-                continue
-            for project, run_id in marked:
-                log.info(
-                    "run %s of project %s went silent for %ss: marked crashed", run_id, project, crash_after_s
-                )
-            self.metrics.inc("runstream_runs_crashed_total", len(marked))
-
-    def _add_query_service(self) -> None:
+    def _add_query_service(self, server: grpc.aio.Server) -> None:
         from runstream.v1 import query_pb2_grpc
         from runstream_services.query.service import QueryServicer
 
@@ -226,7 +246,36 @@ class RunstreamServer:
         self.query = QueryServicer(
             self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers
         )
-        query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, self._grpc)
+        query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, server)
+
+    async def _serve_metrics(self) -> None:
+        if not self.metrics_port:
+            return
+        self._metrics_http = MetricsHttpServer(self.metrics, self.settings.host, self.metrics_port)
+        try:
+            await self._metrics_http.start()
+            self.metrics_port = self._metrics_http.port
+        except OSError as exc:
+            log.warning("Prometheus endpoint disabled: cannot listen on port %s (%s)", self.metrics_port, exc)
+            self._metrics_http = None
+
+    # ---- running ------------------------------------------------------------------------------
+
+    async def _watch_crashes(self, writer: StoreWriter, crash_after_s: float) -> None:
+        """Marks runs whose process went silent as crashed (see StoreWriter.mark_crashed)."""
+        interval_s = min(30.0, crash_after_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                marked = await asyncio.to_thread(writer.mark_crashed, int(crash_after_s * 1000))
+            except Exception:
+                log.exception("crash detection failed; retrying in %ss", interval_s)
+                continue
+            for project, run_id in marked:
+                log.info(
+                    "run %s of project %s went silent for %ss: marked crashed", run_id, project, crash_after_s
+                )
+            self.metrics.inc("runstream_runs_crashed_total", len(marked))
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stops reading new requests, waits for what is in flight to be durable and acked, then

@@ -49,7 +49,8 @@ def metrics(seq: int, run_id: str, client_id: str, first_step: int, n: int) -> i
 
 
 def envelope(req: ingest_pb2.IngestRequest, run_id: str) -> Envelope:
-    return Envelope(req.client_id, req.seq, PROJECT, run_id, req.SerializeToString(), int(time.time() * 1000))
+    assert getattr(req, req.WhichOneof("body")).run_id == run_id
+    return Envelope.from_request(req)
 
 
 def workload(client_id: str, runs: int, batches: int, points: int) -> list[Envelope]:
@@ -118,7 +119,7 @@ def test_metrics_through_kafka_are_stored_once_and_committed(setup):
 
     async def scenario():
         await publish(settings, envelopes + replays)
-        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings))
+        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
         await loop.start()
         try:
             await drain(loop, client, db, expected)
@@ -129,7 +130,7 @@ def test_metrics_through_kafka_are_stored_once_and_committed(setup):
         return loop, lag
 
     loop, lag = asyncio.run(scenario())
-    loop.store_writer.flush()  # the ingested records follow the inserts in the background
+    loop.sink.flush()  # the ingested records follow the inserts in the background
 
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
     assert (
@@ -207,7 +208,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
             )
         assert count(client, db, "SELECT count() FROM {db}.metrics") == 3 * 500  # rows, but no keys
 
-        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings))
+        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
         await loop.start()
         try:
             await drain(loop, client, db, expected)
@@ -216,7 +217,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
         return loop
 
     loop = asyncio.run(scenario())
-    loop.store_writer.flush()
+    loop.sink.flush()
 
     assert loop.replayed_blocks == 1
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected  # the first block once
@@ -248,7 +249,7 @@ def test_a_block_with_several_runs_of_one_project_is_stored(setup):
 
     async def scenario():
         await publish(settings, envelopes)
-        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings))
+        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
         await loop.start()
         try:
             for _ in range(100):  # bounded: ~10 s

@@ -3,6 +3,7 @@ and by dedup token, metric summaries from the materialized view, artifact versio
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import threading
@@ -31,10 +32,14 @@ def writer(chdb_dsn, database, tmp_path):
 
 
 def envelope(seq: int, client_id: str = "client-a", **body) -> Envelope:
-    """received_ms is now: ingested_requests keeps rows 30 days (TTL)."""
-    req = pb.IngestRequest(seq=seq, client_id=client_id, **body)
-    msg = getattr(req, req.WhichOneof("body"))
-    return Envelope(client_id, seq, msg.project, msg.run_id, req.SerializeToString(), int(time.time() * 1000))
+    """As ingest builds it (parsed request attached); received_ms is now: ingested_requests keeps
+    rows 30 days (TTL)."""
+    return Envelope.from_request(pb.IngestRequest(seq=seq, client_id=client_id, **body))
+
+
+def from_kafka(env: Envelope) -> Envelope:
+    """The same envelope as the Kafka writer reads it back: no parsed request."""
+    return dataclasses.replace(env, request=None)
 
 
 def metrics(
@@ -119,9 +124,7 @@ def test_same_token_after_a_lost_ack_is_stored_once(writer):
     same dedup token, so neither the points nor the summaries are counted twice."""
     writer.write([envelope(1, run_start=start())])
     env = envelope(2, metrics=metrics(100))
-    writer._insert_metrics(
-        [(env, pb.IngestRequest.FromString(env.payload).metrics)], None
-    )  # the lost attempt
+    writer._insert_metrics([(env, env.request.metrics)], None)  # the lost attempt
     assert writer.write([env]).stored == 1
     assert q(writer, "SELECT count() FROM DB.metrics") == [(100,)]
     assert q(writer, "SELECT sum(count) FROM DB.metric_summaries") == [(100,)]
@@ -183,10 +186,24 @@ def test_artifact_versions_per_tag_and_inline_bytes(writer):
 
 
 def test_undecodable_payload_is_refused_not_stored(writer):
-    bad = Envelope("client-a", 9, "proj", "run-1", b"\xff\xff\xff", 1)
+    bad = Envelope("client-a", 9, "metrics", "proj", "run-1", b"\xff\xff\xff", 1)
     result = writer.write([bad])
     assert result.stored == 0 and "client-a:9" in result.refused
+    mislabeled = dataclasses.replace(from_kafka(envelope(10, run_start=start())), kind="metrics")
+    result = writer.write([mislabeled])
+    assert result.stored == 0 and "not the metrics body" in result.refused["client-a:10"]
     assert q(writer, "SELECT count() FROM DB.ingested_requests") == [(0,)]
+
+
+def test_envelopes_read_back_from_kafka_are_parsed_by_the_writer(writer):
+    """Without ingest's parse attached (the Kafka path) the writer parses the payload itself and
+    stores the same rows."""
+    assert writer.write([from_kafka(envelope(1, run_start=start()))]).stored == 1
+    assert writer.write([from_kafka(envelope(2, metrics=metrics(10)))]).points == 10
+    finish = pb.RunFinish(project="proj", run_id="run-1", state=types_pb2.RUN_STATE_FINISHED)
+    writer.write([from_kafka(envelope(3, run_finish=finish))])
+    assert writer.run_state("proj", "run-1") == "finished"
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(10,)]
 
 
 def test_clients_dropped_from_the_cache_are_reloaded_from_the_table(writer, monkeypatch):

@@ -39,6 +39,9 @@ class ArtifactStore(Protocol):
         """Stores `size` bytes read from `data` under `sha256` after checking the digest.
         Returns (uri, already_present). Raises InvalidArgument on a digest or size mismatch."""
 
+    def uri_for(self, sha256: str) -> str:
+        """Where bytes with this digest are (or will be) stored: file://... or s3://bucket/key."""
+
     def exists(self, sha256: str) -> bool:
         """True when bytes with this digest are stored."""
 

@@ -1,10 +1,26 @@
-"""The bus interface. Ingest publishes envelopes and acks the SDK only after publish() returned;
-writers receive the same envelopes in per-run order."""
+"""The bus contract. Ingest turns each accepted request into an Envelope, publishes it and acks the
+SDK only after publish() returned; writers receive the same envelopes in per-run order through a
+Sink.
+
+An Envelope carries what ingest learned while validating (the body's kind, the run, the metric
+points) next to the untouched request bytes, so no one downstream re-derives them from the bytes.
+In-process it also carries the parsed request: the embedded path parses each request once.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, get_args
+
+from runstream.v1 import ingest_pb2
+from runstream_services.errors import InvalidArgument
+
+#: the body of a runstream.v1.IngestRequest (the name of the `body` oneof field it sets)
+BodyKind = Literal["run_start", "run_update", "run_finish", "metrics", "artifact"]
+BODY_KINDS: tuple[BodyKind, ...] = get_args(BodyKind)
+#: the bodies that change a run's row; applied in the order they were sent
+RUN_EVENTS: frozenset[BodyKind] = frozenset({"run_start", "run_update", "run_finish"})
 
 
 @dataclass(frozen=True)
@@ -13,14 +29,57 @@ class Envelope:
 
     client_id: str  # the SDK process; with seq the idempotency key
     seq: int
+    kind: BodyKind
     project: str
     run_id: str  # the bus key: a run's envelopes stay in order
-    payload: bytes  # the serialized runstream.v1.IngestRequest
+    payload: bytes  # the serialized runstream.v1.IngestRequest, as the SDK sent it
     received_ms: int  # unix ms when ingest accepted it
+    points: int = 0  # metric points in a metrics body (0 for the other kinds)
+    # The parsed payload, when this process parsed it already (ingest did). Never serialized: an
+    # envelope read back from Kafka has None and the writer parses the payload itself.
+    request: ingest_pb2.IngestRequest | None = field(default=None, compare=False, repr=False)
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.client_id}:{self.seq}"
+
+    @classmethod
+    def from_request(
+        cls,
+        request: ingest_pb2.IngestRequest,
+        payload: bytes | None = None,
+        received_ms: int | None = None,
+    ) -> Envelope:
+        """The envelope of an (already valid) request: tests, benchmarks and tools that publish
+        without the ingest service. Raises InvalidArgument when the request has no body."""
+        kind = request.WhichOneof("body")
+        if kind is None:
+            raise InvalidArgument(
+                f"request {request.seq} has no body: set one of run_start, run_update, run_finish, "
+                "metrics, artifact"
+            )
+        body = getattr(request, kind)
+        return cls(
+            client_id=request.client_id,
+            seq=request.seq,
+            kind=kind,
+            project=body.project,
+            run_id=body.run_id,
+            payload=request.SerializeToString() if payload is None else payload,
+            received_ms=int(time.time() * 1000) if received_ms is None else received_ms,
+            points=len(request.metrics.steps) // 8 if kind == "metrics" else 0,
+            request=request,
+        )
+
+
+@dataclass
+class WriteResult:
+    """What a publish (or a sink's write) did with a list of envelopes."""
+
+    stored: int = 0  # envelopes made durable by this call (on the bus, or in the store)
+    duplicates: int = 0  # envelopes skipped: stored before (the store knows; the bus never says)
+    points: int = 0  # metric points in the stored envelopes
+    refused: dict[str, str] = field(default_factory=dict)  # idempotency key -> why it was not stored
 
 
 class Bus(Protocol):
@@ -29,9 +88,23 @@ class Bus(Protocol):
     async def start(self) -> None:
         """Connects; raises runstream_services.errors.Unavailable when the bus cannot be reached."""
 
-    async def publish(self, envelopes: list[Envelope]) -> None:
-        """Returns once every envelope is durable (Kafka: acks=all; embedded: stored).
-        Raises a RunstreamServiceError subclass for a refused envelope, Unavailable otherwise."""
+    async def publish(self, envelopes: list[Envelope]) -> WriteResult:
+        """Returns once every envelope not in `refused` is durable (Kafka: acks=all; embedded:
+        stored). Raises a RunstreamServiceError subclass when the whole batch failed
+        (Unavailable: retry)."""
 
     async def stop(self) -> None:
         """Drains what is in flight, then disconnects. Idempotent."""
+
+
+class Sink(Protocol):
+    """Where the bus delivers envelopes: the store writer (writers/store.py)."""
+
+    def write(self, envelopes: list[Envelope], token: str | None = None) -> WriteResult:
+        """Stores the envelopes not stored before and returns once they are durable. `token`
+        names the block for deduplication (the same token must carry the same envelopes).
+        Thread-safe; raises on a storage failure."""
+
+    def flush(self) -> None:
+        """Makes the record of what was stored durable now (the Kafka writer calls it before it
+        commits offsets)."""

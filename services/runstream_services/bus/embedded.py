@@ -1,27 +1,26 @@
-"""The embedded bus: publish() hands envelopes straight to the in-process StoreWriter and returns
-once they are inserted. The insert is the durability point in embedded mode."""
+"""The embedded bus: publish() hands envelopes straight to the in-process sink (the StoreWriter)
+and returns once they are inserted. The insert is the durability point in embedded mode."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 
-from runstream_services.bus.base import Envelope
+from runstream_services.bus.base import Envelope, Sink, WriteResult
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
-from runstream_services.writers.store import StoreWriter, WriteResult
 
 
 class EmbeddedBus:
-    """Runs StoreWriter.write in a small thread pool (chDB releases the GIL while inserting, so
-    several inserts overlap)."""
+    """Runs Sink.write in a small thread pool (chDB releases the GIL while inserting, so several
+    inserts overlap)."""
 
     kind = "embedded"
 
-    def __init__(self, writer: StoreWriter, *, threads: int = 4, metrics: Metrics | None = None):
-        self.writer = writer
+    def __init__(self, sink: Sink, *, threads: int = 4, metrics: Metrics | None = None):
+        self.sink = sink
         self.threads = threads
-        self.metrics = metrics or writer.metrics
+        self.metrics = metrics or Metrics()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._active = 0
         self._idle = asyncio.Event()
@@ -43,7 +42,7 @@ class EmbeddedBus:
         self.metrics.set("runstream_writer_queue", self._active)
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.writer.write, envelopes)
+            return await loop.run_in_executor(self._pool, self.sink.write, envelopes)
         finally:
             self._active -= 1
             self.metrics.set("runstream_writer_queue", self._active)

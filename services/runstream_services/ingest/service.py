@@ -15,7 +15,6 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 
 import grpc
@@ -23,53 +22,17 @@ import grpc
 from runstream.v1 import ingest_pb2
 from runstream_services.artifacts.base import ArtifactStore
 from runstream_services.auth.keys import ApiKeys, Principal
-from runstream_services.bus.base import Bus, Envelope
+from runstream_services.bus.base import RUN_EVENTS, Bus, Envelope
 from runstream_services.config import ServerSettings
-from runstream_services.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    RunstreamServiceError,
-    Unavailable,
-)
+from runstream_services.errors import InvalidArgument, NotFound, RunstreamServiceError, Unavailable
 from runstream_services.ingest.validation import Accepted, check_name, check_sha256, validate_request
 from runstream_services.metrics_http import Metrics
-from runstream_services.writers.rows import STATE_NAMES, TERMINAL_STATES
+from runstream_services.run_state import RunRegistry
 
 log = logging.getLogger("runstream.ingest")
 
 SERVICE_NAME = "runstream.v1.IngestService"
-RUN_EVENTS = ("run_start", "run_update", "run_finish")
 MAX_UPLOAD_BYTES = 1 << 40
-
-
-class RunRegistry:
-    """Which runs exist, to refuse requests for unknown runs. Runs started through this process
-    are known at once; others are looked up (in the store) and remembered once found."""
-
-    def __init__(
-        self,
-        lookup: Callable[[str, str], str | None] | None = None,
-        stored: Callable[[str, int], bool] | None = None,
-    ):
-        self._lookup = lookup
-        self._stored = stored
-        self._states: dict[tuple[str, str], str] = {}
-
-    async def is_replay(self, client_id: str, seq: int) -> bool:
-        """True when this process can tell the request was stored already (its ack was lost)."""
-        return self._stored is not None and await asyncio.to_thread(self._stored, client_id, seq)
-
-    async def state(self, project: str, run_id: str) -> str | None:
-        state = self._states.get((project, run_id))
-        if state is None and self._lookup is not None:
-            state = await asyncio.to_thread(self._lookup, project, run_id)
-            if state is not None:
-                self._states[(project, run_id)] = state
-        return state
-
-    def note(self, project: str, run_id: str, state: str) -> None:
-        self._states[(project, run_id)] = state
 
 
 def _now_ms() -> int:
@@ -253,16 +216,7 @@ class _IngestStream:
         svc = self.svc
         accepted = validate_request(req, svc.settings)
         svc.auth.check(self.principal, accepted.project, "write")
-        state = await svc.runs.state(accepted.project, accepted.run_id)
-        where = f"run {accepted.run_id!r} of project {accepted.project!r}"
-        if accepted.kind == "run_start":
-            replay = state in TERMINAL_STATES and await svc.runs.is_replay(req.client_id, req.seq)
-            if state in TERMINAL_STATES and not req.run_start.resume and not replay:
-                raise AlreadyExists(
-                    f"{where} already ended ({state}): set resume=True to continue it, or start a new run id"
-                )
-        elif state is None:
-            raise NotFound(f"{where} is unknown: send its run_start first (runstream.init) on this server")
+        await svc.runs.admit(accepted.kind, accepted.project, accepted.run_id, req)
         if accepted.kind == "artifact" and not req.artifact.inline_data and req.artifact.size > 0:
             store = svc.artifact_store
             if store is not None and not await asyncio.to_thread(store.exists, req.artifact.sha256.lower()):
@@ -279,18 +233,28 @@ class _IngestStream:
         except RunstreamServiceError as exc:
             self.refuse(req.seq, exc)
             return
-        env = Envelope(req.client_id, req.seq, accepted.project, accepted.run_id, raw, _now_ms())
-        if accepted.kind in RUN_EVENTS:
+        env = Envelope(
+            client_id=req.client_id,
+            seq=req.seq,
+            kind=accepted.kind,
+            project=accepted.project,
+            run_id=accepted.run_id,
+            payload=raw,
+            received_ms=_now_ms(),
+            points=accepted.points,
+            request=req,  # parsed once, here: the embedded writer reuses it
+        )
+        if env.kind in RUN_EVENTS:
             if self.inflight:  # a run event follows everything before it...
                 await asyncio.wait(set(self.inflight))
-            task = self._spawn(env, accepted, req)
+            task = self._spawn(env)
             await asyncio.wait({task})  # ...and precedes everything after it
         else:
             await self.slots.acquire()
-            self._spawn(env, accepted, req, release=True)
+            self._spawn(env, release=True)
 
-    def _spawn(self, env: Envelope, accepted: Accepted, req, release: bool = False) -> asyncio.Task:
-        task = asyncio.create_task(self.publish(env, accepted, req))
+    def _spawn(self, env: Envelope, release: bool = False) -> asyncio.Task:
+        task = asyncio.create_task(self.publish(env))
         self.inflight.add(task)
         self.svc.metrics.inc("runstream_ingest_inflight", 1)
 
@@ -303,7 +267,7 @@ class _IngestStream:
         task.add_done_callback(done)
         return task
 
-    async def publish(self, env: Envelope, accepted: Accepted, req: ingest_pb2.IngestRequest) -> None:
+    async def publish(self, env: Envelope) -> None:
         svc = self.svc
         try:
             result = await svc.bus.publish([env])
@@ -318,18 +282,15 @@ class _IngestStream:
                 Unavailable(f"could not store request {env.seq} ({exc}); it was not acked: resend it"),
             )
             return
-        refused = getattr(result, "refused", None)
-        if refused:
-            self.refuse(env.seq, InvalidArgument(next(iter(refused.values()))))
+        refused = result.refused.get(env.idempotency_key)
+        if refused is not None:
+            self.refuse(env.seq, InvalidArgument(refused))
             return
-        if accepted.kind == "run_start":
-            svc.runs.note(env.project, env.run_id, "running")
-        elif accepted.kind == "run_finish" and req.run_finish.rank == 0:
-            svc.runs.note(env.project, env.run_id, STATE_NAMES[req.run_finish.state])
-        elif accepted.kind == "metrics":
-            svc.metrics.inc("runstream_ingest_points_total", accepted.points)
+        if env.kind in RUN_EVENTS:
+            assert env.request is not None  # set in handle()
+            svc.runs.published(env.kind, env.request, env.project, env.run_id)
+        elif env.kind == "metrics":
+            svc.metrics.inc("runstream_ingest_points_total", env.points)
             svc.metrics.inc("runstream_ingest_batches_total")
         svc.metrics.inc("runstream_ingest_requests_total", status="OK")
-        self.responses.put_nowait(
-            ingest_pb2.IngestResponse(seq=env.seq, ok=True, points_accepted=accepted.points)
-        )
+        self.responses.put_nowait(ingest_pb2.IngestResponse(seq=env.seq, ok=True, points_accepted=env.points))

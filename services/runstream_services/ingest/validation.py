@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runstream import states
 from runstream.v1 import ingest_pb2, types_pb2
+from runstream_services.bus.base import BodyKind
 from runstream_services.config import ServerSettings
 from runstream_services.errors import InvalidArgument
 
@@ -26,14 +28,22 @@ MAX_MAP_ENTRIES = 10_000
 MAX_ARTIFACT_NAME_CHARS = 128
 MAX_ARTIFACT_PATH_CHARS = 1024
 MAX_RANK = 65_535
-FINISH_STATES = (types_pb2.RUN_STATE_FINISHED, types_pb2.RUN_STATE_FAILED, types_pb2.RUN_STATE_KILLED)
+
+
+def _wire_names(names) -> str:
+    """State names as the proto spells them, for refusals: 'RUN_STATE_FINISHED, ... or ...'."""
+    wire = [f"RUN_STATE_{name.upper()}" for name in sorted(names, key=states.state_number)]
+    return ", ".join(wire[:-1]) + " or " + wire[-1]
+
+
+_FINISH_CHOICES = _wire_names(states.FINISH_STATES)
 
 
 @dataclass(frozen=True)
 class Accepted:
     """What a valid request is about."""
 
-    kind: str  # run_start | run_update | run_finish | metrics | artifact
+    kind: BodyKind
     project: str
     run_id: str
     points: int = 0  # metric points, for metric batches
@@ -255,7 +265,7 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
         check_values("config", msg.config)
         check_time_ms("start_ms", msg.start_ms)
         check_rank(msg.rank)
-        return Accepted(body, msg.project, msg.run_id)
+        return Accepted("run_start", msg.project, msg.run_id)
     if body == "run_update":
         check_values("config", msg.config)
         check_values("summary", msg.summary)
@@ -270,18 +280,18 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
                 raise InvalidArgument("dataset reference has no name: name every dataset")
             for field in ("name", "version", "uri"):
                 _check_text(f"dataset {field}", getattr(ds, field), 4096)
-        return Accepted(body, msg.project, msg.run_id)
+        return Accepted("run_update", msg.project, msg.run_id)
     if body == "run_finish":
-        if msg.state not in FINISH_STATES:
+        if states.STATE_NAMES.get(msg.state) not in states.FINISH_STATES:
             raise InvalidArgument(
-                f"run_finish state {types_pb2.RunState.Name(msg.state) if msg.state in types_pb2.RunState.values() else msg.state}"
-                " is not allowed: use RUN_STATE_FINISHED, RUN_STATE_FAILED or RUN_STATE_KILLED"
+                f"run_finish state {types_pb2.RunState.Name(msg.state) if msg.state in states.STATE_NAMES else msg.state}"
+                f" is not allowed: use {_FINISH_CHOICES}"
             )
         check_time_ms("end_ms", msg.end_ms)
         check_rank(msg.rank)
-        return Accepted(body, msg.project, msg.run_id)
+        return Accepted("run_finish", msg.project, msg.run_id)
     if body == "metrics":
         points = metric_batch_points(msg, settings.max_batch_points)
-        return Accepted(body, msg.project, msg.run_id, points)
+        return Accepted("metrics", msg.project, msg.run_id, points)
     check_artifact(msg, settings)
     return Accepted("artifact", msg.project, msg.run_id)

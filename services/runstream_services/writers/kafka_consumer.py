@@ -4,7 +4,7 @@ Exactly-once visible, even after kill -9:
 - records are grouped per partition into blocks of consecutive offsets [first, last];
 - before a block is inserted, an intent row (topic, partition, first, last) goes to
   `writer_intents`; the block is written with the token `topic:partition:first:last`
-  (StoreWriter passes it on as insert_deduplication_token);
+  (the Sink, StoreWriter, passes it on as insert_deduplication_token);
 - the offset last+1 is committed only after the insert succeeded, and a partition's next block is
   formed only after that commit;
 - when a partition is assigned (start-up, rebalance), an intent whose first offset is at or past
@@ -21,21 +21,17 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from clickhouse_connect.driver.client import Client
 
-from runstream_services.bus.kafka import (
-    DEFAULT_PARTITIONS,
-    ensure_topics,
-    envelope_from_record,
-    max_record_bytes,
-    record_points,
-    topics,
-)
+from runstream_services.bus.base import Envelope, Sink
+from runstream_services.bus.kafka.headers import envelope_from_record
+from runstream_services.bus.kafka.topics import DEFAULT_PARTITIONS, ensure_topics, max_record_bytes, topics
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
+from runstream_services.metrics_http import Metrics
 from runstream_services.storage.clickhouse import connect
 
 log = logging.getLogger("runstream.kafka_writer")
@@ -54,17 +50,18 @@ class _Block:
 
     first: int
     last: int = -1
-    records: list = field(default_factory=list)
+    envelopes: list[Envelope] = field(default_factory=list)
     points: int = 0
     nbytes: int = 0
     opened: float = field(default_factory=time.monotonic)
     replay_of: tuple[int, int] | None = None  # (first, last) of the intent this block re-forms
 
     def add(self, record) -> None:
-        self.records.append(record)
+        envelope = envelope_from_record(record)  # headers only: the payload is parsed by the sink
+        self.envelopes.append(envelope)
         self.last = record.offset
-        self.points += record_points(record)
-        self.nbytes += len(record.value or b"")
+        self.points += max(1, envelope.points)  # run events count toward a block too
+        self.nbytes += len(envelope.payload)
 
 
 @dataclass
@@ -88,15 +85,17 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class KafkaWriterLoop:
     """Consumes the bus topics in group `settings.kafka_group_id` and writes through
-    `store_writer.write(envelopes, token=...)` (called in a worker thread)."""
+    `sink.write(envelopes, token=...)` (called in a worker thread). `client` (default: a new
+    connection to the settings' store) holds the `writer_intents` table in
+    `settings.clickhouse_database`; `metrics` receives the loop's samples."""
 
     def __init__(
         self,
         settings: ServerSettings,
-        store_writer: Any,
+        sink: Sink,
         *,
-        client: Any | None = None,
-        metrics: Any | None = None,
+        client: Client | None = None,
+        metrics: Metrics | None = None,
         partitions: int = DEFAULT_PARTITIONS,
     ):
         if not settings.kafka_bootstrap:
@@ -104,11 +103,9 @@ class KafkaWriterLoop:
                 "the Kafka writer needs kafka_bootstrap (host:port) / RUNSTREAM_KAFKA_BOOTSTRAP"
             )
         self.settings = settings
-        self.store_writer = store_writer
-        self.client = client if client is not None else getattr(store_writer, "client", None)
-        if self.client is None:
-            self.client = connect(settings.resolved_clickhouse_dsn)
-        self.db = getattr(store_writer, "db", None) or settings.clickhouse_database
+        self.sink = sink
+        self.client = client if client is not None else connect(settings.resolved_clickhouse_dsn)
+        self.db = settings.clickhouse_database
         self.partitions = partitions
         self.topics = topics(settings.kafka_topic_prefix)
         self.max_block_points = settings.writer_max_block_points
@@ -119,9 +116,6 @@ class KafkaWriterLoop:
         self._stopping = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._parts: dict[TopicPartition, _PartitionState] = {}
-        if metrics is None:  # the server's registry, which StoreWriter already reports into
-            metrics = getattr(store_writer, "metrics", None)
-        self._metrics = metrics
         # counters, also exported through `collect()`
         self.blocks_written = 0
         self.records_written = 0
@@ -296,7 +290,7 @@ class KafkaWriterLoop:
 
     @staticmethod
     def _close(state: _PartitionState) -> None:
-        if state.open is not None and state.open.records:
+        if state.open is not None and state.open.envelopes:
             state.ready.append(state.open)
         state.open = None
 
@@ -331,10 +325,9 @@ class KafkaWriterLoop:
     async def _write_block(self, tp: TopicPartition, block: _Block) -> bool:
         first, last = block.replay_of or (block.first, block.last)
         token = block_token(tp.topic, tp.partition, first, last)
-        envelopes = [envelope_from_record(r) for r in block.records]
         for attempt in range(1_000_000):
             try:
-                await asyncio.to_thread(self._write_intent_and_block, tp, first, last, envelopes, token)
+                await asyncio.to_thread(self._write_intent_and_block, tp, first, last, block.envelopes, token)
                 break
             except Exception as exc:
                 self.errors += 1
@@ -345,26 +338,27 @@ class KafkaWriterLoop:
                 log.warning("writing block %s failed (%s); retry in %.1f s", token, exc, delay)
                 await asyncio.sleep(delay)
         self.blocks_written += 1
-        self.records_written += len(block.records)
+        self.records_written += len(block.envelopes)
         self.points_written += block.points
         if block.replay_of is not None:
             self.replayed_blocks += 1
         return True
 
-    def _write_intent_and_block(self, tp, first: int, last: int, envelopes, token: str) -> None:
+    def _write_intent_and_block(
+        self, tp: TopicPartition, first: int, last: int, envelopes: list[Envelope], token: str
+    ) -> None:
         self.client.insert(
             f"{self.db}.writer_intents",
             [[tp.topic, tp.partition, first, last, int(time.time() * 1000)]],
             column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
         )
-        result = self.store_writer.write(envelopes, token=token)
+        result = self.sink.write(envelopes, token=token)
         # The offset commit that follows ends replays of this block: its request keys must be
         # recorded first (the writer otherwise records them in the background).
-        self.store_writer.flush()
-        refused = getattr(result, "refused", None)
-        if refused:
+        self.sink.flush()
+        if result.refused:
             log.error("block %s: %d envelopes could not be decoded and were skipped: %s",
-                      token, len(refused), sorted(refused)[:5])  # fmt: skip
+                      token, len(result.refused), sorted(result.refused)[:5])  # fmt: skip
 
     async def _commit(self, tp: TopicPartition, offset: int) -> bool:
         consumer = self._consumer

@@ -1,37 +1,21 @@
 """Turns decoded ingest messages into ClickHouse rows: an Arrow table for metric points (no
 per-point Python work: numpy views over the wire bytes, dictionary-encoded strings), plain row
-lists for the small tables."""
+lists for params and artifacts. Run rows are run_state.RunRow (their merge rules live there)."""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-from google.protobuf import json_format
 
 from runstream.v1 import ingest_pb2, types_pb2
 
 METRIC_COLUMNS = ("project", "run_id", "kind", "key", "rank", "step", "time_ms", "value")
 PARAM_COLUMNS = ("project", "run_id", "scope", "key", "kind", "num", "str", "version")
-RUN_COLUMNS = (
-    "project", "run_id", "name", "group", "job_type", "state", "start_ms", "end_ms", "heartbeat_ms",
-    "user", "host", "git_commit", "git_dirty", "notes", "tags", "context", "datasets", "version",
-)  # fmt: skip
 ARTIFACT_COLUMNS = (
     "project", "run_id", "name", "path", "type", "version", "version_tag", "sha256", "size", "uri", "created_ms",
 )  # fmt: skip
-STATE_NAMES = {
-    types_pb2.RUN_STATE_UNSPECIFIED: "unspecified",
-    types_pb2.RUN_STATE_RUNNING: "running",
-    types_pb2.RUN_STATE_FINISHED: "finished",
-    types_pb2.RUN_STATE_FAILED: "failed",
-    types_pb2.RUN_STATE_CRASHED: "crashed",
-    types_pb2.RUN_STATE_KILLED: "killed",
-}
-TERMINAL_STATES = frozenset({"finished", "failed", "crashed", "killed"})
 
 
 def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
@@ -105,49 +89,3 @@ def param_row(project: str, run_id: str, scope: str, key: str, value: types_pb2.
     if kind == "text":
         return [project, run_id, scope, key, "text", math.nan, value.text, version]
     return [project, run_id, scope, key, "json", math.nan, value.json, version]
-
-
-@dataclass
-class RunRow:
-    """The current state of one run, as kept in the `runs` table (latest version wins)."""
-
-    project: str
-    run_id: str
-    name: str = ""
-    group: str = ""
-    job_type: str = ""
-    state: str = "running"
-    start_ms: int = 0
-    end_ms: int = 0
-    heartbeat_ms: int = 0
-    user: str = ""
-    host: str = ""
-    git_commit: str = ""
-    git_dirty: int = 0
-    notes: str = ""
-    tags: dict[str, str] = field(default_factory=dict)
-    context: str = "{}"
-    datasets: str = "[]"
-    version: int = 0
-
-    def values(self) -> list:
-        return [getattr(self, c) for c in RUN_COLUMNS]
-
-    @classmethod
-    def from_db(cls, row: tuple) -> RunRow:
-        data = dict(zip(RUN_COLUMNS, row, strict=True))
-        data["tags"] = dict(data["tags"] or {})
-        return cls(**data)
-
-
-def context_json(context: types_pb2.RunContext) -> str:
-    return json.dumps(json_format.MessageToDict(context, preserving_proto_field_name=True), sort_keys=True)
-
-
-def append_datasets(current: str, datasets) -> str:
-    listed = json.loads(current or "[]")
-    for ds in datasets:
-        entry = {"name": ds.name, "version": ds.version, "uri": ds.uri}
-        if entry not in listed:
-            listed.append(entry)
-    return json.dumps(listed)

@@ -10,6 +10,10 @@ Exactly-once, in three layers:
 Without a caller token, metric points are inserted one envelope per block, so a replay after a
 crash re-forms exactly the same blocks. With a token, the caller guarantees that a replay of that
 token carries the same envelopes (the Kafka writer records its block boundaries for that).
+
+What a run event does to its run's row is decided in run_state.py; this module reads, stages and
+inserts the rows. Each request is parsed once: ingest's parse travels on the Envelope in-process,
+and only envelopes read back from Kafka are parsed here.
 """
 
 from __future__ import annotations
@@ -21,36 +25,27 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
+from clickhouse_connect.driver.client import Client
 from google.protobuf.message import DecodeError
 
+from runstream import states
 from runstream.v1 import ingest_pb2
+from runstream_services import run_state
 from runstream_services.artifacts.base import ArtifactStore
-from runstream_services.bus.base import Envelope
+from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.config import ServerSettings
 from runstream_services.metrics_http import Metrics
+from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
-from runstream_services.writers.rows import TERMINAL_STATES, RunRow
 
 log = logging.getLogger("runstream.writer")
 
-HEARTBEAT_EVERY_MS = 30_000
 MAX_CACHED_CLIENTS = 4096  # SDK processes whose stored seqs are kept in memory
 INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
-
-
-@dataclass
-class WriteResult:
-    """Outcome of one write() call."""
-
-    stored: int = 0  # envelopes written by this call
-    duplicates: int = 0  # envelopes skipped: already stored before
-    points: int = 0  # metric points inserted
-    refused: dict[str, str] = field(default_factory=dict)  # idempotency key -> why (undecodable payload)
 
 
 @dataclass
@@ -64,18 +59,25 @@ class _Pending:
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]] = field(default_factory=list)
 
 
-def artifact_uri(store: ArtifactStore, sha256: str) -> str:
-    uri_for = getattr(store, "uri_for", None)
-    return uri_for(sha256) if uri_for else f"{store.kind}:sha256/{sha256}"
+def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
+    """The envelope's request, or None and why it cannot be stored."""
+    try:
+        request = ingest_pb2.IngestRequest.FromString(env.payload)
+    except DecodeError as exc:
+        return None, f"payload is not a runstream.v1.IngestRequest: {exc}"
+    body = request.WhichOneof("body")
+    if body != env.kind:
+        return None, f"payload holds a {body} body, not the {env.kind} body its envelope names"
+    return request, ""
 
 
 class StoreWriter:
-    """Thread-safe: several threads may call write() at once (metric inserts run in parallel;
-    run rows are read-modify-written under a lock)."""
+    """The Sink of both buses (bus/base.py). Thread-safe: several threads may call write() at once
+    (metric inserts run in parallel; run rows are read-modify-written under a lock)."""
 
     def __init__(
         self,
-        client: Any,
+        client: Client,
         database: str,
         artifact_store: ArtifactStore,
         settings: ServerSettings,
@@ -150,22 +152,22 @@ class StoreWriter:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         cutoff = now_ms - stale_after_ms
         stale = self.client.query(
-            f"SELECT project, run_id FROM {self.db}.runs FINAL WHERE state = 'running' AND heartbeat_ms < %(t)s",
-            parameters={"t": cutoff},
+            f"SELECT project, run_id FROM {self.db}.runs FINAL WHERE state = %(s)s AND heartbeat_ms < %(t)s",
+            parameters={"s": states.RUNNING, "t": cutoff},
         ).result_rows
         pending, marked = _Pending(), []
         with self._meta_lock:
             for project, run_id in stale:
                 row = self._get_run_locked(project, run_id)
-                if row is None or row.state != "running" or row.heartbeat_ms >= cutoff:
+                note = run_state.crash_if_silent(row, cutoff) if row is not None else None
+                if row is None or note is None:
                     continue  # heard from since the query
-                row.state, row.end_ms = "crashed", row.heartbeat_ms
                 self._stage_run(row, pending)
-                detail = json.dumps({"last_heartbeat_ms": row.heartbeat_ms})
-                pending.audit.append([now_ms, project, "server", "run.crashed", run_id, detail])
+                self._audit(pending, now_ms, "server", row, note)
                 marked.append((project, run_id))
         if marked:
-            self._insert_rows("runs", rows.RUN_COLUMNS, [r.values() for r in pending.runs.values()], None)
+            run_rows = [r.values() for r in pending.runs.values()]
+            self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, None)
             self._bookkeeping.add("audit_log", pending.audit)
         return marked
 
@@ -226,11 +228,14 @@ class StoreWriter:
     def _store(self, envelopes: list[Envelope], token: str | None, result: WriteResult) -> None:
         decoded: list[tuple[Envelope, ingest_pb2.IngestRequest]] = []
         for env in envelopes:
-            try:
-                decoded.append((env, ingest_pb2.IngestRequest.FromString(env.payload)))
-            except DecodeError as exc:
-                result.refused[env.idempotency_key] = f"payload is not a runstream.v1.IngestRequest: {exc}"
-                log.error("envelope %s refused: undecodable payload", env.idempotency_key)
+            request = env.request  # parsed by ingest in this process (embedded bus)
+            if request is None:  # read from Kafka: parse it here, once
+                request, why = _parse(env)
+                if request is None:
+                    result.refused[env.idempotency_key] = why
+                    log.error("envelope %s refused: %s", env.idempotency_key, why)
+                    continue
+            decoded.append((env, request))
         if not decoded:
             return
         base = token or decoded[0][0].idempotency_key + (f"+{len(decoded)}" if len(decoded) > 1 else "")
@@ -240,7 +245,7 @@ class StoreWriter:
             self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
             self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
             run_rows = [r.values() for r in pending.runs.values()]
-            self._insert_rows("runs", rows.RUN_COLUMNS, run_rows, f"{base}:runs")
+            self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
             result.points += self._insert_metrics(pending.metrics, token)
             self._bookkeeping.add("audit_log", pending.audit)
             self._bookkeeping.add(
@@ -305,25 +310,42 @@ class StoreWriter:
     # ---- turning requests into rows -----------------------------------------------------------
 
     def _collect(self, decoded, pending: _Pending) -> set[tuple[str, str]]:
+        """Stages the rows of every request; returns the runs whose cached row changed."""
         touched: set[tuple[str, str]] = set()
         with self._meta_lock:
             for env, req in decoded:
-                body = req.WhichOneof("body")
-                msg = getattr(req, body)
-                key = (msg.project, msg.run_id)
-                if body == "metrics":
-                    pending.metrics.append((env, msg))
-                    row = self._get_run_locked(*key)
-                    if row is not None and env.received_ms - row.heartbeat_ms > HEARTBEAT_EVERY_MS:
-                        row.heartbeat_ms = env.received_ms
+                kind = env.kind
+                if kind == "metrics":
+                    pending.metrics.append((env, req.metrics))
+                    row = self._get_run_locked(env.project, env.run_id)
+                    if row is not None and run_state.heartbeat_from_metrics(row, env.received_ms):
                         self._stage_run(row, pending)
-                        touched.add(key)
-                elif body == "artifact":
-                    pending.artifacts.append(self._artifact_row(env, msg))
+                        touched.add((row.project, row.run_id))
+                elif kind == "artifact":
+                    pending.artifacts.append(self._artifact_row(env, req.artifact))
                 else:
-                    getattr(self, f"_apply_{body}")(env, msg, pending)
-                    touched.add(key)
+                    touched.add(self._merge_run_event(env, req, pending))
         return touched
+
+    def _merge_run_event(self, env: Envelope, req: ingest_pb2.IngestRequest, pending: _Pending):
+        """Merges a run event into its run's row (the rules are in run_state.py) and stages the
+        row, its config/summary params and its audit rows. Returns the run's key."""
+        known = self._get_run_locked(env.project, env.run_id)
+        if env.kind == "run_start":
+            row, notes = run_state.merge_run_start(known, req.run_start, env.received_ms)
+            self._stage_params(row, "config", req.run_start.config, pending)
+        elif env.kind == "run_update":
+            row, notes = run_state.merge_run_update(known, req.run_update, env.received_ms)
+            self._stage_params(row, "config", req.run_update.config, pending)
+            self._stage_params(row, "summary", req.run_update.summary, pending)
+        else:
+            row, notes = run_state.merge_run_finish(known, req.run_finish, env.received_ms)
+        key = (row.project, row.run_id)
+        self._runs[key] = row
+        for note in notes:
+            self._audit(pending, env.received_ms, f"client:{env.client_id}", row, note)
+        self._stage_run(row, pending)
+        return key
 
     def _version(self) -> int:
         self._last_version = max(time.time_ns(), self._last_version + 1)
@@ -336,7 +358,7 @@ class StoreWriter:
     def _get_run_locked(self, project: str, run_id: str) -> RunRow | None:
         row = self._runs.get((project, run_id))
         if row is None:
-            cols = ", ".join(f"`{c}`" for c in rows.RUN_COLUMNS)
+            cols = ", ".join(f"`{c}`" for c in run_state.RUN_COLUMNS)
             found = self.client.query(
                 f"SELECT {cols} FROM {self.db}.runs FINAL WHERE project = %(p)s AND run_id = %(r)s",
                 parameters={"p": project, "r": run_id},
@@ -353,75 +375,9 @@ class StoreWriter:
         for key, value in values.items():
             pending.params.append(rows.param_row(row.project, row.run_id, scope, key, value, self._version()))
 
-    def _audit(self, env: Envelope, row: RunRow, action: str, detail: dict, pending: _Pending) -> None:
-        actor = f"client:{env.client_id}"
-        pending.audit.append([env.received_ms, row.project, actor, action, row.run_id, json.dumps(detail)])
-
-    def _apply_run_start(self, env: Envelope, msg: ingest_pb2.RunStart, pending: _Pending) -> None:
-        row = self._get_run_locked(msg.project, msg.run_id)
-        ctx = msg.context
-        created = row is None
-        if created:
-            row = self._runs[(msg.project, msg.run_id)] = RunRow(
-                project=msg.project, run_id=msg.run_id, start_ms=msg.start_ms or env.received_ms
-            )
-        lead = created or msg.rank == 0  # rank 0 describes the run; other ranks only fill gaps
-        for attr, value in (
-            ("name", msg.name), ("group", msg.group), ("job_type", msg.job_type), ("notes", msg.notes),
-            ("user", ctx.user), ("host", ctx.host), ("git_commit", ctx.git_commit),
-        ):  # fmt: skip
-            if value and (lead or not getattr(row, attr)):
-                setattr(row, attr, value)
-        if ctx.ByteSize() and (lead or row.context in ("", "{}")):
-            row.context = rows.context_json(ctx)
-            row.git_dirty = int(ctx.git_dirty)
-        if msg.start_ms and (not row.start_ms or msg.start_ms < row.start_ms):
-            row.start_ms = msg.start_ms
-        row.tags.update(msg.tags)
-        row.heartbeat_ms = max(row.heartbeat_ms, env.received_ms)
-        if msg.resume and row.state in TERMINAL_STATES:
-            row.state, row.end_ms = "running", 0
-            self._audit(env, row, "run.resumed", {"rank": msg.rank}, pending)
-        if created:
-            self._audit(env, row, "run.created", {"name": row.name, "rank": msg.rank}, pending)
-        self._stage_params(row, "config", msg.config, pending)
-        self._stage_run(row, pending)
-
-    def _apply_run_update(self, env: Envelope, msg: ingest_pb2.RunUpdate, pending: _Pending) -> None:
-        row = self._get_run_locked(msg.project, msg.run_id)
-        if row is None:  # out of order across processes: keep what we know
-            row = self._runs[(msg.project, msg.run_id)] = RunRow(
-                project=msg.project, run_id=msg.run_id, start_ms=env.received_ms
-            )
-        row.tags.update(msg.tags)
-        for tag in msg.remove_tags:
-            row.tags.pop(tag, None)
-        if msg.has_notes:
-            row.notes = msg.notes
-        if msg.name:
-            row.name = msg.name
-        if msg.datasets:
-            row.datasets = rows.append_datasets(row.datasets, msg.datasets)
-        row.heartbeat_ms = max(row.heartbeat_ms, msg.heartbeat_ms, env.received_ms)
-        if row.state == "crashed":  # declared dead too early: the process is still talking
-            row.state, row.end_ms = "running", 0
-            self._audit(env, row, "run.revived", {}, pending)
-        self._stage_params(row, "config", msg.config, pending)
-        self._stage_params(row, "summary", msg.summary, pending)
-        self._stage_run(row, pending)
-
-    def _apply_run_finish(self, env: Envelope, msg: ingest_pb2.RunFinish, pending: _Pending) -> None:
-        row = self._get_run_locked(msg.project, msg.run_id)
-        if row is None:
-            row = self._runs[(msg.project, msg.run_id)] = RunRow(
-                project=msg.project, run_id=msg.run_id, start_ms=env.received_ms
-            )
-        row.heartbeat_ms = max(row.heartbeat_ms, env.received_ms)
-        if msg.rank == 0:  # a run is finished when rank 0 finishes it
-            row.state = rows.STATE_NAMES[msg.state]
-            row.end_ms = msg.end_ms or env.received_ms
-            self._audit(env, row, "run.finished", {"state": row.state}, pending)
-        self._stage_run(row, pending)
+    @staticmethod
+    def _audit(pending: _Pending, time_ms: int, actor: str, row: RunRow, note: AuditNote) -> None:
+        pending.audit.append([time_ms, row.project, actor, note.action, row.run_id, json.dumps(note.detail)])
 
     def _artifact_row(self, env: Envelope, msg: ingest_pb2.ArtifactEvent) -> list:
         sha = msg.sha256.lower()
@@ -430,7 +386,7 @@ class StoreWriter:
             if not present:
                 self.metrics.inc("runstream_artifact_bytes_total", msg.size)
         else:
-            uri = artifact_uri(self.artifact_store, sha)
+            uri = self.artifact_store.uri_for(sha)
         tag = msg.version_tag or env.idempotency_key  # untagged: each event is its own version
         versions = self._artifact_versions.get((msg.project, msg.name))
         if versions is None:

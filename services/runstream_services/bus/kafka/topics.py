@@ -1,0 +1,117 @@
+"""The Kafka bus's topics: their names, sizes and creation.
+
+A run's RunStart must reach the store before its metrics, and its updates in the order they were
+sent. Kafka orders records only within one partition, so everything whose order matters for a run
+travels on ONE topic keyed by run_id:
+
+- `<prefix>.runs`        RunStart, RunUpdate, RunFinish and MetricBatch (the run's event stream)
+- `<prefix>.artifacts`   ArtifactEvent (inline bytes up to 1 MiB go to the object store on the
+                         writer side; kept apart so they never hold back a run's metrics)
+- `<prefix>.run-states`  compacted, one partition: the state each run event set (directory.py)
+
+With separate run and metric topics no writer could know, without waiting, whether a metric
+batch overtook its RunStart (they would sit in different partitions, maybe on different writers
+of the group). Keying one topic by run keeps per-run order through retries (idempotent producer)
+and through any number of writers. Artifact manifests do not depend on the run row.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from runstream_services.config import ServerSettings
+from runstream_services.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 6
+MAX_REPLICATION = 3
+_RECORD_OVERHEAD_BYTES = 64 * 1024  # headers, key and batch framing on top of the payload
+
+
+def runs_topic(prefix: str) -> str:
+    return f"{prefix}.runs"
+
+
+def artifacts_topic(prefix: str) -> str:
+    return f"{prefix}.artifacts"
+
+
+def run_states_topic(prefix: str) -> str:
+    return f"{prefix}.run-states"
+
+
+def topics(prefix: str) -> list[str]:
+    """The topics writers consume."""
+    return [runs_topic(prefix), artifacts_topic(prefix)]
+
+
+def all_topics(prefix: str) -> list[str]:
+    return [*topics(prefix), run_states_topic(prefix)]
+
+
+def topic_for(prefix: str, kind: str) -> str:
+    """The topic an envelope of this body kind travels on."""
+    return artifacts_topic(prefix) if kind == "artifact" else runs_topic(prefix)
+
+
+def max_record_bytes(settings: ServerSettings) -> int:
+    """The largest record the bus takes: the largest ingest request plus framing."""
+    return settings.max_message_bytes + _RECORD_OVERHEAD_BYTES
+
+
+async def ensure_topics(settings: ServerSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Creates the bus topics that are missing (idempotent; safe when several processes race).
+    Replication follows the cluster: min(3, brokers)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id="runstream-admin", request_timeout_ms=30000
+    )
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise Unavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in all_topics(settings.kafka_topic_prefix) if t not in existing]
+        if not wanted:
+            return
+        cluster = await admin.describe_cluster()
+        replication = max(1, min(MAX_REPLICATION, len(cluster.get("brokers", [])) or 1))
+        configs = {"max.message.bytes": str(max_record_bytes(settings))}
+        states = run_states_topic(settings.kafka_topic_prefix)
+        new = [
+            NewTopic(t, 1, replication, topic_configs={"cleanup.policy": "compact"})
+            if t == states
+            else NewTopic(t, partitions, replication, topic_configs=configs)
+            for t in wanted
+        ]
+        response = await admin.create_topics(new)
+        for topic, code, message in _topic_errors(response):
+            if code and code != TopicAlreadyExistsError.errno:
+                raise Unavailable(f"Kafka refused to create topic {topic!r}: error {code} {message or ''}")
+        log.info("created Kafka topics %s (%d partitions, replication %d)", wanted, partitions, replication)
+    except KafkaError as exc:
+        raise Unavailable(f"cannot create Kafka topics at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Deletes every topic of the bus with this prefix (tests and benchmarks clean up with it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(all_topics(prefix))
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response) -> list[tuple[str, int, str | None]]:
+    out = []
+    for item in response.topic_errors:
+        topic, code = item[0], item[1]
+        out.append((topic, code, item[2] if len(item) > 2 else None))
+    return out
