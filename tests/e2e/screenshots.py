@@ -13,8 +13,7 @@ import io
 import tempfile
 from pathlib import Path
 
-import grpc
-
+import runstream
 from tests.e2e.dashboard_process import DashboardProcess, grid_row_checkbox, launch_chromium, wait_idle
 
 WIDTH = 1440
@@ -22,14 +21,8 @@ MAX_BYTES = 300 * 1024
 
 
 def _runs(endpoint: str, project: str, filter_text: str = "", order: str = "-start"):
-    from runstream.v1 import query_pb2, query_pb2_grpc
-
-    with grpc.insecure_channel(endpoint) as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        return stub.SearchRuns(
-            query_pb2.SearchRunsRequest(project=project, filter=filter_text, order_by=[order], page_size=100),
-            timeout=30,
-        ).runs
+    with runstream.Api(endpoint=endpoint, timeout_s=30) as api:
+        return api.search_runs(project, filter=filter_text, order_by=order, page_size=100).runs
 
 
 def _save(page, path: Path, height: int, from_heading: str | None = None) -> None:

@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
+import runstream
 from runstream.v1 import types_pb2
 from tests.e2e.dashboard_process import (
     CHROMIUM,
@@ -43,21 +43,16 @@ def _log_runs(endpoint: str) -> None:
     from runstream_services import demo
 
     specs = {s.index: s for s in demo.grid()}
-    clock = demo._Clock(time.time() - 3 * 3600)
-    with tempfile.TemporaryDirectory() as tmp, demo._simulated_time(clock):
+    clock = demo.Clock(time.time() - 3 * 3600)
+    with tempfile.TemporaryDirectory() as tmp:
         for i in TRIALS:
             clock.now += 600
             demo.log_trial(specs[i], endpoint, clock, Path(tmp), project=PROJECT)
 
 
 def _search(endpoint: str, filter_text: str) -> list:
-    from runstream.v1 import query_pb2, query_pb2_grpc
-
-    with grpc.insecure_channel(endpoint) as channel:
-        resp = query_pb2_grpc.QueryServiceStub(channel).SearchRuns(
-            query_pb2.SearchRunsRequest(project=PROJECT, filter=filter_text, order_by=["-start"]), timeout=30
-        )
-    return list(resp.runs)
+    with runstream.Api(endpoint=endpoint, timeout_s=30) as api:
+        return list(api.search_runs(PROJECT, filter=filter_text, order_by="-start").runs)
 
 
 @pytest.fixture(scope="module")
