@@ -142,7 +142,8 @@ class StoreWriter:
 
     def run_state(self, project: str, run_id: str) -> str | None:
         """'running', 'finished', ... for a known run; None when no such run is stored."""
-        row = self._get_run(project, run_id)
+        with self._meta_lock:
+            row = self._get_run_locked(project, run_id)
         return row.state if row else None
 
     def mark_crashed(self, stale_after_ms: int, now_ms: int | None = None) -> list[tuple[str, str]]:
@@ -327,7 +328,9 @@ class StoreWriter:
                     touched.add(self._merge_run_event(env, req, pending))
         return touched
 
-    def _merge_run_event(self, env: Envelope, req: ingest_pb2.IngestRequest, pending: _Pending):
+    def _merge_run_event(
+        self, env: Envelope, req: ingest_pb2.IngestRequest, pending: _Pending
+    ) -> tuple[str, str]:
         """Merges a run event into its run's row (the rules are in run_state.py) and stages the
         row, its config/summary params and its audit rows. Returns the run's key."""
         known = self._get_run_locked(env.project, env.run_id)
@@ -350,10 +353,6 @@ class StoreWriter:
     def _version(self) -> int:
         self._last_version = max(time.time_ns(), self._last_version + 1)
         return self._last_version
-
-    def _get_run(self, project: str, run_id: str) -> RunRow | None:
-        with self._meta_lock:
-            return self._get_run_locked(project, run_id)
 
     def _get_run_locked(self, project: str, run_id: str) -> RunRow | None:
         row = self._runs.get((project, run_id))
