@@ -1,5 +1,6 @@
 """Entry point: `streamlit run app.py` (or `runstream dashboard`). Pages only render; every
-call to the server goes through runstream_dashboard.queries."""
+call to the server goes through runstream_dashboard.queries, and from there through one
+runstream.Api."""
 
 from __future__ import annotations
 
