@@ -180,7 +180,9 @@ class Run:
             if t is not float and t is not int:
                 coerced = coerce_metrics(data, known)
                 break
-        if timestamp is not None:
+        if timestamp is None:  # the default path: one branch more than before timestamp= existed
+            timestamp = _time()
+        else:
             timestamp = check_timestamp(timestamp, "run.log timestamp")
         if self._finished:
             raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
@@ -193,13 +195,7 @@ class Run:
             if step >= self._next_step:
                 self._next_step = step + 1
         entries = self._entries
-        entries.append(
-            (
-                step,
-                _time() if timestamp is None else timestamp,
-                coerced if coerced is not None else data.copy(),
-            )
-        )
+        entries.append((step, timestamp, coerced if coerced is not None else data.copy()))
         if len(entries) >= self._wake_at:
             self._wake()
 
