@@ -8,9 +8,9 @@ or a datetime), for replaying or importing what ran earlier; init's `start_time=
 
 Helpers with one job each live in _internal/: start.py (init), run_dict.py (config/summary),
 arrays.py (log_arrays packing), artifacts.py, lifecycle.py (current run, exit and fork hooks).
-What remains here is the one Run class (about 420 lines, over the house's ~400 on purpose): its
-methods share the run's buffer, step counters and finished flag, and the hot path (log) is kept
-inline in one place rather than spread over mixins."""
+What remains is the Run class (about 390 of this module's ~445 lines, over the house's ~400 on
+purpose): its methods share the run's buffer, step counters and finished flag, and the hot path
+(log) stays inline in one class rather than spread over mixins."""
 
 from __future__ import annotations
 
@@ -180,10 +180,8 @@ class Run:
             if t is not float and t is not int:
                 coerced = coerce_metrics(data, known)
                 break
-        if timestamp is None:  # the default path: one branch more than before timestamp= existed
-            timestamp = _time()
-        else:
-            timestamp = check_timestamp(timestamp, "run.log timestamp")
+        # the default path costs one branch more than before timestamp= existed
+        timestamp = _time() if timestamp is None else check_timestamp(timestamp, "run.log timestamp")
         if self._finished:
             raise RunFinishedError(f"run {self.id!r} is finished; start a new one with runstream.init")
         if step is None:
