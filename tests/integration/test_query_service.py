@@ -172,10 +172,12 @@ def seed(client, db: str, artifact_store: LocalArtifactStore) -> str:
 
 
 class InProcessServer:
-    """A grpc.aio server with the QueryServicer on its own event loop thread."""
+    """A grpc.aio server with the QueryServicer on its own event loop thread; `options` are gRPC
+    server options (the real server sets max_send_message_length from its settings)."""
 
-    def __init__(self, servicer: QueryServicer):
+    def __init__(self, servicer: QueryServicer, options: list[tuple[str, int]] | None = None):
         self.servicer = servicer
+        self.options = options or []
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -186,7 +188,7 @@ class InProcessServer:
         asyncio.set_event_loop(self.loop)
 
         async def start():
-            self._server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+            self._server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=self.options)
             query_pb2_grpc.add_QueryServiceServicer_to_server(self.servicer, self._server)
             self._server.add_insecure_port(f"127.0.0.1:{self.port}")
             await self._server.start()

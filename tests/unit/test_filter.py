@@ -11,12 +11,15 @@ from runstream_services.errors import InvalidArgument
 from runstream_services.query import sql
 from runstream_services.query.filter import (
     MAX_DEPTH,
+    MAX_SORT_CHARS,
+    MAX_SORT_KEYS,
     STATES,
     BoolOp,
     Compare,
     Field,
     Not,
     parse_filter,
+    parse_order_by,
     parse_sort_field,
 )
 from runstream_services.query.filter_lexer import MAX_FILTER_CHARS, FilterError
@@ -281,3 +284,55 @@ def test_state_names_come_from_runstream_states():
     for name in STATES:
         where, params = compile_(f'state = "{name.upper()}"')
         assert where == "toString(state) = {p1:String}" and params["p1"] == name
+
+
+# ---------------------------------------------------------------- Int64 bounds of time fields (issue 10, item 15)
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        ("start > 99999999999999999999", 9),
+        ("end < -99999999999999999999", 7),
+        ("heartbeat >= 9223372036854775808", 14),
+        ("start > 1e19", 9),
+        ("start in (1, 99999999999999999999)", 14),
+    ],
+)
+def test_times_beyond_int64_are_refused_with_a_caret(text, column):
+    """A time literal outside Int64 would wrap in the bound parameter and match everything."""
+    msg = error_of(text)
+    assert "out of range" in msg and "unix ms" in msg
+    assert f"at column {column}" in msg
+    assert msg.splitlines()[-1].index("^") - 2 == column - 1
+
+
+def test_times_at_the_int64_bounds_are_exact():
+    _, params = compile_("start <= 9223372036854775807 and end >= -9223372036854775808")
+    assert params["p1"] == 2**63 - 1 and params["p2"] == -(2**63)
+    _, params = compile_("start > 1_700_000_000_123")
+    assert params["p1"] == 1_700_000_000_123
+
+
+# ---------------------------------------------------------------- order_by bounds (issue 10, item 9)
+
+
+def test_order_by_parses_every_key():
+    assert parse_order_by(["-metrics.val_f1", "start"]) == [
+        (Field("metric", "val_f1", pos=0), True),
+        (Field("column", "start", pos=0), False),
+    ]
+
+
+def test_order_by_with_too_many_keys_is_refused_naming_the_limit():
+    with pytest.raises(InvalidArgument) as err:
+        parse_order_by([f"params.p{i}" for i in range(MAX_SORT_KEYS + 1)])
+    assert f"{MAX_SORT_KEYS + 1} order_by keys is over the limit of {MAX_SORT_KEYS}" in err.value.message
+    assert len(parse_order_by([f"params.p{i}" for i in range(MAX_SORT_KEYS)])) == MAX_SORT_KEYS
+
+
+def test_order_by_too_long_in_total_is_refused_naming_the_limit():
+    key = "params." + "k" * (MAX_SORT_CHARS // 2)
+    with pytest.raises(InvalidArgument) as err:
+        parse_order_by([key, key])
+    assert f"over the limit of {MAX_SORT_CHARS} characters" in err.value.message

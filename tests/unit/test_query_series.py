@@ -1,6 +1,6 @@
 """Series planning (query/series.py) without gRPC or a database: request checks, the choice of raw,
-MINMAX-from-raw or MINMAX-from-rollups per series, the NONE budget, the parameters of each read,
-and reassembly of the read columns into per-series curves."""
+MINMAX-from-raw or MINMAX-from-rollups per series, the points budget of every mode, the parameters
+of each read, and reassembly of the read columns into per-series curves."""
 
 from __future__ import annotations
 
@@ -110,10 +110,11 @@ def test_none_reads_everything_raw_within_the_budget():
 
 
 def test_none_over_the_budget_is_refused_before_any_read():
-    rows = [bounds("a", points=3_000_000), bounds("b", points=3_000_000)]
+    rows = [bounds("a", points=1_500_000), bounds("b", points=1_500_000)]
     with pytest.raises(ResourceExhausted) as err:
         plan_series(spec(mode="none"), rows)
-    assert "6000000 points requested without downsampling (limit 5000000)" in err.value.message
+    assert "3000000 points requested over 2 series (limit 2000000 per call)" in err.value.message
+    assert "use MINMAX or LTTB downsampling, a zoom range (x_min/x_max), or GetHistory" in err.value.message
 
 
 # ---------------------------------------------------------------- read parameters
@@ -165,3 +166,60 @@ def test_assemble_applies_lttb_last():
 def test_no_series_found_plans_no_reads():
     plan = plan_series(spec(), [])
     assert plan.series == [] and plan.reads == [] and plan.assemble([]) == []
+
+
+# ---------------------------------------------------------------- the points budget of every mode (issue 10, item 9)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "lttb", "none"])
+def test_every_mode_is_refused_over_the_points_budget_before_any_read(mode):
+    """60 series of 100,000 points at max_points=100,000: MINMAX and LTTB read them raw (each is
+    within max_points), so they once fetched 6 M points and failed on the message size."""
+    rows = [bounds(f"r{i}", steps=(0, 99_999), points=100_000) for i in range(60)]
+    with pytest.raises(ResourceExhausted) as err:
+        plan_series(spec(run_ids=[f"r{i}" for i in range(60)], mode=mode, max_points=100_000), rows)
+    message = err.value.message
+    assert f"6000000 points requested over 60 series (limit {series.MAX_RESPONSE_POINTS} per call)" in message
+    assert ("lower max_points" in message) if mode != "none" else ("use MINMAX or LTTB" in message)
+
+
+def test_bucketed_series_count_the_points_their_buckets_return():
+    # MINMAX to 100,000 points: at most 100,000 per series, whatever their length
+    rows = [bounds(f"r{i}", steps=(0, 9_999_999), points=10_000_000) for i in range(20)]
+    plan = plan_series(spec(run_ids=[f"r{i}" for i in range(20)], max_points=100_000), rows)
+    assert plan.points == 2_000_000 <= series.MAX_RESPONSE_POINTS
+    rows.append(bounds("r20", steps=(0, 9_999_999), points=10_000_000))
+    with pytest.raises(ResourceExhausted):
+        plan_series(spec(run_ids=[f"r{i}" for i in range(21)], max_points=100_000), rows)
+    # LTTB reads two candidates per output point
+    with pytest.raises(ResourceExhausted):
+        plan_series(spec(run_ids=[f"r{i}" for i in range(11)], mode="lttb", max_points=100_000), rows[:11])
+
+
+def test_the_response_must_fit_the_message_limit():
+    rows = [bounds("a", points=1_000), bounds("b", points=1_000)]
+    plan = plan_series(spec(max_points=1_000), rows, max_message_bytes=64 * 1024)
+    assert plan.points == 2_000
+    with pytest.raises(ResourceExhausted) as err:
+        plan_series(spec(max_points=1_000), rows, max_message_bytes=16 * 1024)
+    assert "over the server's message limit of 16384 bytes" in err.value.message
+
+
+def test_raw_reads_stop_past_the_budget_and_the_answer_is_refused():
+    """A zoom estimate can be wrong (time zooms on uneven series): the raw read is capped by a LIMIT
+    and a read that reaches it is refused rather than returned in part."""
+    plan = plan_series(spec(mode="none", run_ids=["a"]), [bounds("a", points=10)])
+    (query,) = plan.queries("db", {"project": "p", "kind": "user", "runs": ["a"], "keys": ["loss"]})
+    assert (
+        "LIMIT {max_rows:UInt64}" in query.sql and query.params["max_rows"] == series.MAX_RESPONSE_POINTS + 1
+    )
+    n = series.MAX_RESPONSE_POINTS + 1
+    with pytest.raises(ResourceExhausted) as err:
+        plan.assemble([[np.ones(n, dtype=np.uint32), np.arange(n, dtype=float), np.zeros(n)]])
+    assert "more than" in err.value.message and "zoom" in err.value.message
+
+
+def test_rank_beyond_uint16_is_refused():
+    with pytest.raises(InvalidArgument) as err:
+        spec(rank=70_000)
+    assert "rank 70000 is over the limit of 65535" in err.value.message

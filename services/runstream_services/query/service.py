@@ -19,7 +19,7 @@ from runstream.states import STATE_NUMBERS
 from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.errors import InvalidArgument, NotFound, ResourceExhausted
 from runstream_services.query import series, sql_runs, sql_series
-from runstream_services.query.filter import parse_filter, parse_sort_field
+from runstream_services.query.filter import parse_filter, parse_order_by
 from runstream_services.query.request_fields import (
     decode_page_token,
     encode_page_token,
@@ -83,6 +83,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         self.artifacts = artifact_store
         self.settings = settings
         self.auth = auth  # auth.keys.ApiKeys; None: every call may read every project
+        # the largest answer the server may send (its gRPC max_send_message_length)
+        self._max_message_bytes = getattr(settings, "max_message_bytes", series.DEFAULT_MAX_MESSAGE_BYTES)
 
     def _may_read(self, context, project: str) -> str:
         """The project, after checking the caller's key may read it (PermissionDenied otherwise)."""
@@ -122,9 +124,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def ListProjects(self, request, context):
         rows = await self._rows(sql_runs.projects(self.db))
-        if self.auth is not None and self.auth.required:
-            principal = self.auth.authenticate(context.invocation_metadata())
-            rows = [r for r in rows if principal is not None and principal.may(r[0], "read")]
+        readable = set(self._readable([r[0] for r in rows], context))
+        rows = [r for r in rows if r[0] in readable]
         return query_pb2.ListProjectsResponse(
             projects=[query_pb2.ProjectInfo(name=p, run_count=n, last_activity_ms=t) for p, n, t in rows]
         )
@@ -152,10 +153,10 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size {page_size} is over the limit of {MAX_PAGE_SIZE}")
         order_by = list(request.order_by) or ["-start"]
+        sort_fields = parse_order_by(order_by)
         fingerprint = search_fingerprint(project, request.filter, order_by)
         offset = decode_page_token(request.page_token, fingerprint)
         node = parse_filter(request.filter)
-        sort_fields = [parse_sort_field(s) for s in order_by]
         rows = await self._rows(sql_runs.search_runs(self.db, project, node, sort_fields, page_size, offset))
         # past the last match the window count has no row to ride on: count apart
         total = rows[0][-1] if rows else (await self._rows(sql_runs.count_runs(self.db, project, node)))[0][0]
@@ -245,7 +246,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         bounds = sql_series.series_bounds(
             self.db, project, metric_kind(request.kind), spec.run_ids, spec.keys, spec.rank
         )
-        plan = series.plan_series(spec, await self._rows(bounds))
+        plan = series.plan_series(spec, await self._rows(bounds), max_message_bytes=self._max_message_bytes)
         if not plan.series:
             return query_pb2.GetMetricSeriesResponse()
         results = await asyncio.gather(*(self._np(q) for q in plan.queries(self.db, bounds.params)))
@@ -297,7 +298,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def _history_project(self, context, project: str, run_id: str) -> str:
         """The run's project; found from the run id when the request leaves it empty and the id is
-        unique across projects."""
+        unique among the projects the caller may read. Projects it may not read are not looked at:
+        a run there is answered NOT_FOUND exactly as a run that does not exist, so a key never
+        learns which runs other projects hold."""
         if not run_id:
             raise InvalidArgument("run_id is required")
         if project:
@@ -305,11 +308,19 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             await self._require_run(project, run_id)
             return project
         rows = await self._rows(sql_runs.projects_of_run(self.db, run_id))
-        if not rows:
+        readable = self._readable([r[0] for r in rows], context)
+        if not readable:
             raise NotFound(f"run {run_id!r} not found")
-        if len(rows) > 1:
+        if len(readable) > 1:
             raise InvalidArgument(f"run id {run_id!r} exists in several projects; give the project")
-        return self._may_read(context, rows[0][0])
+        return readable[0]
+
+    def _readable(self, projects: list[str], context) -> list[str]:
+        """The projects among `projects` the caller's key may read (all of them without auth)."""
+        if self.auth is None or not self.auth.required:
+            return projects
+        principal = self.auth.authenticate(context.invocation_metadata())
+        return [p for p in projects if principal is not None and principal.may(p, "read")]
 
     async def DownloadArtifact(self, request, context):
         project = self._may_read(context, request.project)

@@ -69,13 +69,14 @@ def minmax_sql(db: str, axis: str, rollup: bool, all_ranks: bool, zoom: bool) ->
 
 
 def raw_points_sql(db: str, axis: str, all_ranks: bool, zoom: bool) -> str:
-    """Every point of the chosen series (FINAL: a replayed point never shows twice)."""
+    """Every point of the chosen series (FINAL: a replayed point never shows twice), at most
+    `max_rows` of them: a read that returns that many is over the plan's budget."""
     return (
         f"SELECT si, x, value FROM (SELECT si, {_x_expr(axis, False)} AS x, value "
         f"FROM (SELECT {_SERIES_ID} AS si, step, time_ms, value {series_where(db + '.metrics FINAL', all_ranks)}) "
         "WHERE si > 0) "
         + ("WHERE x >= {x_min:Float64} AND x <= {x_max:Float64} " if zoom else "")
-        + "ORDER BY si, x"
+        + "ORDER BY si, x LIMIT {max_rows:UInt64}"
     )
 
 
@@ -110,10 +111,12 @@ def points_params(
     widths: list[float],
     offsets: list[int] | None,
     x_range: tuple[float, float] | None,
+    max_rows: int | None = None,
 ) -> dict:
     """Values of the placeholders of points_sql: `where` (series_bounds' params) narrowed to `runs` and
     `keys`; per series its id ("" to skip it), bucket origin x0 and bucket width; per series the
-    run's time origin when the axis is relative; the zoom range when there is one."""
+    run's time origin when the axis is relative; the zoom range when there is one; the row limit
+    of a raw read."""
     params = dict(where)
     params.update(
         runs=runs,
@@ -127,6 +130,8 @@ def points_params(
         params["offs"] = offsets
     if x_range is not None:
         params["x_min"], params["x_max"] = float(x_range[0]), float(x_range[1])
+    if max_rows is not None:
+        params["max_rows"] = max_rows
     return params
 
 
