@@ -51,6 +51,22 @@ class ServerSettings:
     crash_after_s: float = 300.0  # a running run unheard of this long is marked crashed; 0: never
     writer_flush_interval_s: float = 0.2
     writer_max_block_points: int = 2_000_000
+    # a run_start/run_update's config (+ run context) above this is refused per request; kept
+    # below the transport limit (see config_limit_bytes) so it is answered, not a dead stream
+    max_config_bytes: int = 8 * 1024 * 1024
+    # gRPC server limits: open Ingest streams per process (more are refused RESOURCE_EXHAUSTED),
+    # HTTP/2 streams per connection, connections without calls, connection lifetime (+ the grace
+    # its calls get to finish; an SDK reconnects and resends what was not acked), keepalive pings
+    max_ingest_streams: int = 1000
+    grpc_max_concurrent_streams: int = 100
+    grpc_max_connection_idle_s: float = 300.0
+    grpc_max_connection_age_s: float = 3600.0  # 0: unlimited
+    grpc_max_connection_age_grace_s: float = 60.0
+    grpc_keepalive_time_s: float = 60.0  # the server pings a silent client this often
+    grpc_keepalive_timeout_s: float = 20.0  # ... and closes the connection without an answer
+    # on SIGTERM, readiness says NOT_SERVING this long before the drain starts (load balancers
+    # stop routing new streams here first; traffic is still served meanwhile)
+    shutdown_delay_s: float = 0.0
 
     @property
     def data_path(self) -> Path:
@@ -59,6 +75,11 @@ class ServerSettings:
     @property
     def resolved_clickhouse_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{self.data_path / 'chdb'}"
+
+    @property
+    def config_limit_bytes(self) -> int:
+        """The config limit in force: max_config_bytes, but at most half the transport limit."""
+        return min(self.max_config_bytes, self.max_message_bytes // 2)
 
     @property
     def resolved_artifact_dir(self) -> Path:
@@ -84,6 +105,9 @@ class ServerSettings:
             raise ConfigError(f"components must be a non-empty subset of {COMPONENTS}, got {self.components}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range")
+        for name in ("max_config_bytes", "max_ingest_streams", "grpc_max_concurrent_streams"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.auth_required and not self.api_keys_file:
             raise ConfigError("auth_required needs api_keys_file / RUNSTREAM_API_KEYS_FILE")
         return self

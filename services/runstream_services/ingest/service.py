@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 from importlib import metadata as importlib_metadata
+from typing import NamedTuple
 
 import grpc
 
@@ -24,7 +25,13 @@ from runstream_services.artifacts.base import ArtifactStore
 from runstream_services.auth.keys import ApiKeys, Principal
 from runstream_services.bus.base import RUN_EVENTS, Bus, Envelope
 from runstream_services.config import ServerSettings
-from runstream_services.errors import InvalidArgument, NotFound, RunstreamServiceError, Unavailable
+from runstream_services.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    RunstreamServiceError,
+    Unavailable,
+)
 from runstream_services.ingest.validation import Accepted, check_name, check_sha256, validate_request
 from runstream_services.metrics_http import Metrics
 from runstream_services.run_state import RunRegistry
@@ -75,7 +82,7 @@ class IngestServicer:
         handlers = {
             "Ingest": grpc.stream_stream_rpc_method_handler(
                 self.Ingest,
-                request_deserializer=_raw_and_parsed,
+                request_deserializer=_decode_request,
                 response_serializer=ingest_pb2.IngestResponse.SerializeToString,
             ),
             "UploadArtifact": grpc.stream_unary_rpc_method_handler(
@@ -96,6 +103,12 @@ class IngestServicer:
     async def Ingest(self, request_iterator, context):
         if self._draining:
             raise Unavailable("the server is shutting down: reconnect and resend what was not acked")
+        if len(self._streams) >= self.settings.max_ingest_streams:
+            self.metrics.inc("runstream_ingest_streams_refused_total")
+            raise ResourceExhausted(
+                f"this server has {len(self._streams)} open Ingest streams, its limit "
+                f"(max_ingest_streams = {self.settings.max_ingest_streams}): retry later or on another replica"
+            )
         stream = _IngestStream(self, self.auth.authenticate(context.invocation_metadata()))
         self._streams.add(stream)
         self.metrics.set("runstream_ingest_streams", len(self._streams))
@@ -108,6 +121,11 @@ class IngestServicer:
                 stream.reader.cancel()
             self._streams.discard(stream)
             self.metrics.set("runstream_ingest_streams", len(self._streams))
+
+    @property
+    def draining(self) -> bool:
+        """True once drain() began: readiness probes then answer NOT_SERVING."""
+        return self._draining
 
     async def drain(self) -> None:
         """Stops reading new requests on every stream and waits until what was read is acked."""
@@ -178,8 +196,64 @@ class IngestServicer:
         )
 
 
-def _raw_and_parsed(data: bytes) -> tuple[bytes, ingest_pb2.IngestRequest]:
-    return data, ingest_pb2.IngestRequest.FromString(data)
+class _Received(NamedTuple):
+    """One Ingest message as read off the wire: the request, or why it could not be decoded."""
+
+    raw: bytes
+    request: ingest_pb2.IngestRequest | None
+    seq: int  # the request's seq; best effort (0 when unknown) when it could not be decoded
+    why: str = ""
+
+
+def _decode_request(data: bytes) -> _Received:
+    """Never raises: a request gRPC could not hand over would end the whole stream unanswered."""
+    try:
+        request = ingest_pb2.IngestRequest.FromString(data)
+    except Exception as exc:  # DecodeError (corrupt bytes, bad UTF-8, nesting), RecursionError
+        seq = _best_effort_seq(data)
+        what = (
+            f"request {seq}" if seq else "a request (its seq could not be decoded either: answered as seq 0)"
+        )
+        return _Received(
+            data, None, seq,
+            f"{what} could not be decoded as a runstream.v1.IngestRequest ({exc}): send valid protobuf "
+            "with UTF-8 strings",
+        )  # fmt: skip
+    return _Received(data, request, request.seq)
+
+
+def _best_effort_seq(data: bytes) -> int:
+    """Field 1 (seq, varint) of a serialized IngestRequest that does not parse as a whole."""
+    pos = 0
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            field_no, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                if field_no == 1:
+                    return value & 0xFFFF_FFFF_FFFF_FFFF
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            else:
+                return 0
+    except IndexError:
+        return 0
+    return 0
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80 or shift > 63:
+            return value, pos
+        shift += 7
 
 
 class _IngestStream:
@@ -195,8 +269,21 @@ class _IngestStream:
 
     async def read(self, requests) -> None:
         try:
-            async for raw, req in requests:
-                await self.handle(raw, req)
+            async for received in requests:
+                if received.request is None:
+                    self.refuse(received.seq, InvalidArgument(received.why))
+                    continue
+                try:
+                    await self.handle(received.raw, received.request)
+                except Exception:  # a bug, or input nothing checks for: this request alone fails
+                    log.exception("ingest request %s failed unexpectedly", received.seq)
+                    self.svc.metrics.inc("runstream_errors_total", component="ingest")
+                    self.refuse(
+                        received.seq,
+                        RunstreamServiceError(
+                            f"internal error on request {received.seq}; see the server log (it was not stored)"
+                        ),
+                    )
         except asyncio.CancelledError:
             pass  # drain: stop reading; what was read is still answered below
         except Exception as exc:  # the client went away mid-read

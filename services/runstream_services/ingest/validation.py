@@ -3,6 +3,7 @@ to fix it; nothing here touches storage (run existence is checked by the ingest 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +29,14 @@ MAX_MAP_ENTRIES = 10_000
 MAX_ARTIFACT_NAME_CHARS = 128
 MAX_ARTIFACT_PATH_CHARS = 1024
 MAX_RANK = 65_535
+MAX_TAGS_PER_REQUEST = 1_000
+# RunContext: what the SDK captures at init, bounded so one run cannot bloat the runs table and
+# every writer's run cache (the SDK truncates git diffs to 256 KiB by default)
+MAX_GIT_DIFF_CHARS = 1024 * 1024
+MAX_PACKAGES = 5_000
+MAX_CONTEXT_LIST_ITEMS = 1_024  # gpus, command words, seeds
+MAX_CONTEXT_FIELD_CHARS = 256  # host, user, os, cpu, branch, commit, python version, env name
+MAX_CONTEXT_TEXT_CHARS = 4096  # git_remote, one command word
 
 
 def _wire_names(names) -> str:
@@ -93,6 +102,8 @@ def check_value(what: str, key: str, value: types_pb2.Value) -> None:
             raise InvalidArgument(
                 f"{what} {key!r} is not valid JSON ({exc}): encode it with json.dumps"
             ) from None
+        except RecursionError:
+            raise InvalidArgument(f"{what} {key!r} is JSON nested too deeply to decode: flatten it") from None
 
 
 def check_values(what: str, values) -> None:
@@ -104,8 +115,11 @@ def check_values(what: str, values) -> None:
 
 
 def check_tags(tags) -> None:
-    if len(tags) > MAX_MAP_ENTRIES:
-        raise InvalidArgument(f"{len(tags)} tags; the limit is {MAX_MAP_ENTRIES}")
+    if len(tags) > MAX_TAGS_PER_REQUEST:
+        raise InvalidArgument(
+            f"{len(tags)} tags in one request; the limit is {MAX_TAGS_PER_REQUEST}: "
+            "tags label a run, log many values as config or summary"
+        )
     for key, value in tags.items():
         check_key("tag", key)
         if len(value) > MAX_TEXT_CHARS:
@@ -117,6 +131,56 @@ def check_tags(tags) -> None:
 def _check_text(what: str, value: str, limit: int = MAX_TEXT_CHARS) -> None:
     if len(value) > limit:
         raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {limit}")
+
+
+def _check_line(what: str, value: str, limit: int = MAX_CONTEXT_FIELD_CHARS) -> None:
+    """A one-line label (host, user, ...): bounded, no control characters."""
+    _check_text(what, value, limit)
+    if _CONTROL.search(value):
+        raise InvalidArgument(
+            f"{what} {value[:80]!r} holds control characters (NUL, newline, ...): remove them"
+        )
+
+
+def check_context(ctx: types_pb2.RunContext) -> None:
+    """The run context the SDK captured: bounded sizes and counts, one-line labels."""
+    for name in ("git_commit", "git_branch", "python_version", "host", "os", "cpu", "env_name", "user"):
+        _check_line(f"context {name}", getattr(ctx, name))
+    _check_line("context git_remote", ctx.git_remote, MAX_CONTEXT_TEXT_CHARS)
+    _check_text("context git_diff", ctx.git_diff, MAX_GIT_DIFF_CHARS)
+    if len(ctx.packages) > MAX_PACKAGES:
+        raise InvalidArgument(
+            f"context lists {len(ctx.packages)} packages; the limit is {MAX_PACKAGES}: capture fewer "
+            "(runstream.init(capture_packages=False))"
+        )
+    for package, version in ctx.packages.items():
+        _check_line("context package", package)
+        _check_line(f"context package {package!r} version", version)
+    for what, items in (("gpus", ctx.gpus), ("command", ctx.command), ("seeds", ctx.seeds)):
+        if len(items) > MAX_CONTEXT_LIST_ITEMS:
+            raise InvalidArgument(
+                f"context {what} has {len(items)} entries; the limit is {MAX_CONTEXT_LIST_ITEMS}"
+            )
+    for gpu in ctx.gpus:
+        _check_line("context gpu", gpu)
+    for word in ctx.command:
+        _check_text("context command word", word, MAX_CONTEXT_TEXT_CHARS)
+    for seed in ctx.seeds:
+        check_key("seed", seed)
+    if ctx.world_size < 0:
+        raise InvalidArgument(f"context world_size {ctx.world_size} is negative")
+
+
+def check_config_size(what: str, msg, settings: ServerSettings) -> None:
+    """A run_start / run_update (config, summary, context, tags, notes) must fit well under the
+    transport limit: above it the request could never be delivered, and would be resent forever."""
+    size = msg.ByteSize()
+    limit = settings.config_limit_bytes
+    if size > limit:
+        raise InvalidArgument(
+            f"{what} is {size} bytes (config, summary, context, tags, notes); the limit is "
+            f"max_config_bytes = {limit}: log large values as artifacts"
+        )
 
 
 def check_time_ms(what: str, value: int) -> None:
@@ -230,15 +294,21 @@ def check_artifact(event: ingest_pb2.ArtifactEvent, settings: ServerSettings) ->
     check_sha256(event.sha256)
     _check_text("artifact type", event.type, MAX_KEY_CHARS)
     _check_text("artifact version_tag", event.version_tag, MAX_KEY_CHARS)
-    if event.inline_data:
-        if len(event.inline_data) > settings.max_inline_artifact_bytes:
-            raise InvalidArgument(
-                f"inline artifact data is {len(event.inline_data)} bytes; the limit is "
-                f"{settings.max_inline_artifact_bytes}: upload it with UploadArtifact and send only the manifest"
-            )
+    if len(event.inline_data) > settings.max_inline_artifact_bytes:
+        raise InvalidArgument(
+            f"inline artifact data is {len(event.inline_data)} bytes; the limit is "
+            f"{settings.max_inline_artifact_bytes}: upload it with UploadArtifact and send only the manifest"
+        )
+    if event.inline_data or event.size == 0:  # the bytes are here: they must be what the manifest says
         if len(event.inline_data) != event.size:
             raise InvalidArgument(
                 f"artifact {event.path!r} says size {event.size} but carries {len(event.inline_data)} bytes"
+            )
+        digest = hashlib.sha256(event.inline_data).hexdigest()
+        if digest != event.sha256.lower():
+            raise InvalidArgument(
+                f"artifact {event.path!r}: the inline bytes hash to sha256 {digest}, not the declared "
+                f"{event.sha256.lower()}: send hashlib.sha256(data).hexdigest() of the bytes sent"
             )
 
 
@@ -257,6 +327,8 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
     check_name("project", msg.project)
     check_name("run_id", msg.run_id)
     if body == "run_start":
+        check_config_size("run_start", msg, settings)
+        check_context(msg.context)
         _check_text("run name", msg.name, MAX_KEY_CHARS)
         _check_text("run group", msg.group, MAX_KEY_CHARS)
         _check_text("job_type", msg.job_type, MAX_KEY_CHARS)
@@ -267,9 +339,14 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
         check_rank(msg.rank)
         return Accepted("run_start", msg.project, msg.run_id)
     if body == "run_update":
+        check_config_size("run_update", msg, settings)
         check_values("config", msg.config)
         check_values("summary", msg.summary)
         check_tags(msg.tags)
+        if len(msg.remove_tags) > MAX_TAGS_PER_REQUEST:
+            raise InvalidArgument(
+                f"{len(msg.remove_tags)} tags to remove; the limit is {MAX_TAGS_PER_REQUEST}"
+            )
         for key in msg.remove_tags:
             check_key("tag", key)
         _check_text("notes", msg.notes)
