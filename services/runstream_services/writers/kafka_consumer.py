@@ -12,6 +12,15 @@ Exactly-once visible, even after kill -9:
   block first, so the same token reaches ClickHouse and the duplicate insert is dropped.
 StoreWriter additionally skips requests whose (client_id, seq) is already stored, which removes
 duplicates the SDK or ingest created by resending (different offsets, same request).
+
+A record no writer can ever store (bus/kafka/dead_letter.py says which) goes to the dead-letter
+topic before the offset past it is committed, so its partition keeps flowing: records that fail
+the shape check, records the store writer refuses, and - when a whole block fails with a
+deterministic error - the one record found guilty by writing the block again record by record.
+Transient failures (store or Kafka unreachable) are retried with backoff, as before.
+
+(Over 400 lines on purpose: the block / intent / commit state machine and its dead-letter branch
+must be read together; the dead-letter policy itself lives in bus/kafka/dead_letter.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from clickhouse_connect.driver.client import Client
 
-from runstream_services.bus.base import Envelope, Sink
+from runstream_services.bus.base import Envelope, Sink, WriteResult
+from runstream_services.bus.kafka.dead_letter import DeadLetters, is_deterministic, screen
 from runstream_services.bus.kafka.headers import envelope_from_record
 from runstream_services.bus.kafka.topics import DEFAULT_PARTITIONS, ensure_topics, max_record_bytes, topics
 from runstream_services.config import ServerSettings
@@ -51,17 +61,26 @@ class _Block:
     first: int
     last: int = -1
     envelopes: list[Envelope] = field(default_factory=list)
+    records: list = field(default_factory=list)  # the ConsumerRecords, for the dead-letter topic
     points: int = 0
     nbytes: int = 0
     opened: float = field(default_factory=time.monotonic)
     replay_of: tuple[int, int] | None = None  # (first, last) of the intent this block re-forms
+    refusal: str = ""  # set on a one-record block whose record cannot even be read: dead-letter it
 
-    def add(self, record) -> None:
-        envelope = envelope_from_record(record)  # headers only: the payload is parsed by the sink
+    def add(self, record, envelope: Envelope) -> None:
         self.envelopes.append(envelope)
+        self.records.append(record)
         self.last = record.offset
         self.points += max(1, envelope.points)  # run events count toward a block too
         self.nbytes += len(envelope.payload)
+
+    def singles(self) -> list[_Block]:
+        """This block as one block per record (to find the record a deterministic error is about)."""
+        return [
+            _Block(first=r.offset, last=r.offset, envelopes=[e], records=[r], points=max(1, e.points))
+            for r, e in zip(self.records, self.envelopes, strict=True)
+        ]
 
 
 @dataclass
@@ -122,6 +141,7 @@ class KafkaWriterLoop:
         self.points_written = 0
         self.replayed_blocks = 0
         self.errors = 0
+        self.dead_letters = DeadLetters(settings)
         if metrics is not None:
             metrics.add_collector(self.collect)
 
@@ -140,6 +160,7 @@ class KafkaWriterLoop:
             fetch_max_wait_ms=max(10, int(self.flush_interval_s * 1000)),
             max_poll_interval_ms=600_000,  # a slow insert must not cost the partition
         )
+        await self.dead_letters.start()
         consumer.subscribe(self.topics, listener=_Rebalance(self))
         self._consumer = consumer  # before start(): the first assignment may arrive during it
         try:
@@ -147,6 +168,7 @@ class KafkaWriterLoop:
         except KafkaError as exc:
             self._consumer = None
             await consumer.stop()
+            await self.dead_letters.stop()
             raise Unavailable(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name="runstream-kafka-writer")
@@ -163,6 +185,7 @@ class KafkaWriterLoop:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
+        await self.dead_letters.stop()
 
     @property
     def running(self) -> bool:
@@ -198,6 +221,7 @@ class KafkaWriterLoop:
         yield "runstream_kafka_writer_replayed_blocks_total", {}, self.replayed_blocks
         yield "runstream_kafka_writer_points_total", {}, self.points_written
         yield "runstream_kafka_writer_errors_total", {}, self.errors
+        yield "runstream_dead_letters_total", {}, self.dead_letters.count
 
     # ---- rebalance ----------------------------------------------------------------------------
 
@@ -266,6 +290,17 @@ class KafkaWriterLoop:
     def _append(self, state: _PartitionState, record) -> None:
         if state.committed is not None and record.offset < state.committed:
             return  # already stored (a fetch that raced a seek)
+        try:
+            envelope = envelope_from_record(record)  # headers only: the payload is parsed later
+        except Exception as exc:  # headers missing or garbled: no writer can read this record
+            if state.replay is not None and record.offset >= state.replay[1]:
+                state.replay = None
+            self._close(state)
+            state.ready.append(
+                _Block(first=record.offset, last=record.offset, records=[record],
+                       refusal=f"record headers are missing or unreadable ({type(exc).__name__}: {exc})")
+            )  # fmt: skip
+            return
         replay = state.replay
         if replay is not None and record.offset > replay[1]:  # the intent's block ended in a gap
             state.replay = None
@@ -277,14 +312,14 @@ class KafkaWriterLoop:
                 state.open = _Block(first=first, replay_of=replay)
             if state.open is None:
                 state.open = _Block(first=record.offset)
-            state.open.add(record)
+            state.open.add(record, envelope)
             if record.offset == last:
                 state.replay = None
                 self._close(state)
             return
         if state.open is None:
             state.open = _Block(first=record.offset)
-        state.open.add(record)
+        state.open.add(record, envelope)
         if state.open.points >= self.max_block_points or state.open.nbytes >= self.max_block_bytes:
             self._close(state)
 
@@ -314,26 +349,44 @@ class KafkaWriterLoop:
     async def _write_partition(self, tp: TopicPartition, state: _PartitionState) -> None:
         while state.ready:
             block = state.ready[0]
-            if not await self._write_block(tp, block):
-                return  # gave up (stopping, or the partition was revoked): it will be replayed
+            if block.refusal:
+                dead = [(record, block.refusal) for record in block.records]
+            else:
+                outcome = await self._write_block(tp, block)
+                if outcome is None:
+                    return  # gave up (stopping, or the partition was revoked): it will be replayed
+                if isinstance(outcome, str) and len(block.records) > 1:
+                    log.warning("block %s:%d@%d..%d failed deterministically (%s): writing it record by record",
+                                tp.topic, tp.partition, block.first, block.last, outcome)  # fmt: skip
+                    state.ready[0:1] = block.singles()
+                    continue
+                dead = self._refused_records(block, outcome)
+            if dead and not await self._dead_letter(tp, dead):
+                return  # stopping or revoked: the next owner reads these records again
             state.ready.pop(0)
             if not await self._commit(tp, block.last + 1):
                 state.ready.clear()  # lost the partition: the next owner replays from the intent
                 return
             state.committed = block.last + 1
 
-    async def _write_block(self, tp: TopicPartition, block: _Block) -> bool:
+    async def _write_block(self, tp: TopicPartition, block: _Block) -> WriteResult | str | None:
+        """The sink's result once the block is written; a str when it failed deterministically
+        (why); None when it gave up (stopping or revoked)."""
         first, last = block.replay_of or (block.first, block.last)
         token = block_token(tp.topic, tp.partition, first, last)
         for attempt in range(1_000_000):
             try:
-                await asyncio.to_thread(self._write_intent_and_block, tp, first, last, block.envelopes, token)
+                result = await asyncio.to_thread(
+                    self._write_intent_and_block, tp, first, last, block.envelopes, token
+                )
                 break
             except Exception as exc:
                 self.errors += 1
+                if is_deterministic(exc):
+                    return f"{type(exc).__name__}: {exc}"
                 if self._stopping.is_set() or tp not in self._parts:
                     log.warning("block %s not written (%s); it will be replayed", token, exc)
-                    return False
+                    return None
                 delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 log.warning("writing block %s failed (%s); retry in %.1f s", token, exc, delay)
                 await asyncio.sleep(delay)
@@ -342,23 +395,61 @@ class KafkaWriterLoop:
         self.points_written += block.points
         if block.replay_of is not None:
             self.replayed_blocks += 1
-        return True
+        return result
 
     def _write_intent_and_block(
         self, tp: TopicPartition, first: int, last: int, envelopes: list[Envelope], token: str
-    ) -> None:
+    ) -> WriteResult:
+        """Writes the intent, then the envelopes that pass the shape check (a replay of the token
+        screens the same records the same way); the others come back in `refused`."""
         self.client.insert(
             f"{self.db}.writer_intents",
             [[tp.topic, tp.partition, first, last, int(time.time() * 1000)]],
             column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
         )
-        result = self.sink.write(envelopes, token=token)
+        writable, refused = [], {}
+        for envelope in envelopes:
+            screened, why = screen(envelope)
+            if why:
+                refused[envelope.idempotency_key] = why
+            else:
+                writable.append(screened)
+        result = self.sink.write(writable, token=token) if writable else WriteResult()
         # The offset commit that follows ends replays of this block: its request keys must be
         # recorded first (the writer otherwise records them in the background).
         self.sink.flush()
-        if result.refused:
-            log.error("block %s: %d envelopes could not be decoded and were skipped: %s",
-                      token, len(result.refused), sorted(result.refused)[:5])  # fmt: skip
+        result.refused.update(refused)
+        return result
+
+    @staticmethod
+    def _refused_records(block: _Block, outcome: WriteResult | str) -> list[tuple[object, str]]:
+        """The block's records to dead-letter, each with its refusal."""
+        if isinstance(outcome, str):  # a one-record block failed deterministically
+            return [(record, outcome) for record in block.records]
+        refused = outcome.refused
+        return [
+            (record, refused[env.idempotency_key])
+            for record, env in zip(block.records, block.envelopes, strict=True)
+            if env.idempotency_key in refused
+        ]
+
+    async def _dead_letter(self, tp: TopicPartition, dead: list[tuple[object, str]]) -> bool:
+        """Writes the records to the dead-letter topic, retrying while Kafka is unreachable;
+        False when it gave up (stopping or revoked)."""
+        for record, refusal in dead:
+            for attempt in range(1_000_000):
+                try:
+                    await self.dead_letters.send(tp.topic, tp.partition, record, refusal)
+                    break
+                except Exception as exc:
+                    self.errors += 1
+                    if self._stopping.is_set() or tp not in self._parts:
+                        return False
+                    delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                    log.warning("dead-lettering %s:%d@%d failed (%s); retry in %.1f s",
+                                tp.topic, tp.partition, record.offset, exc, delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+        return True
 
     async def _commit(self, tp: TopicPartition, offset: int) -> bool:
         consumer = self._consumer

@@ -8,6 +8,7 @@ travels on ONE topic keyed by run_id:
 - `<prefix>.artifacts`   ArtifactEvent (inline bytes up to 1 MiB go to the object store on the
                          writer side; kept apart so they never hold back a run's metrics)
 - `<prefix>.run-states`  compacted, one partition: the state each run event set (directory.py)
+- `<prefix>.dead-letter` records a writer can never store, with why (dead_letter.py); not consumed
 
 With separate run and metric topics no writer could know, without waiting, whether a metric
 batch overtook its RunStart (they would sit in different partitions, maybe on different writers
@@ -44,13 +45,17 @@ def run_states_topic(prefix: str) -> str:
     return f"{prefix}.run-states"
 
 
+def dead_letter_topic(prefix: str) -> str:
+    return f"{prefix}.dead-letter"
+
+
 def topics(prefix: str) -> list[str]:
     """The topics writers consume."""
     return [runs_topic(prefix), artifacts_topic(prefix)]
 
 
 def all_topics(prefix: str) -> list[str]:
-    return [*topics(prefix), run_states_topic(prefix)]
+    return [*topics(prefix), run_states_topic(prefix), dead_letter_topic(prefix)]
 
 
 def topic_for(prefix: str, kind: str) -> str:
