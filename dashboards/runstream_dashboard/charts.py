@@ -1,4 +1,6 @@
-"""Plotly figures for the dashboard. Pure functions of DataFrames: no Streamlit, no data access."""
+"""Plotly figures for the dashboard. Pure functions of DataFrames: no Streamlit, no data access.
+Logged text (keys, run names, param values) goes into titles, legends and ticks through
+safe_text.plotly_text, as Plotly renders <a href> and a few other tags there."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
+
+from runstream_dashboard.safe_text import plotly_text
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
 X_TITLES = {"step": "step", "time": "time", "relative": "minutes since start"}
@@ -54,7 +58,7 @@ def learning_curves(
     part = series[series["key"] == key]
     for (run_id, rank), pts in part.groupby(["run_id", "rank"], sort=False):
         pts = pts.sort_values("x")
-        name = labels.get(run_id, run_id)
+        name = plotly_text(labels.get(run_id, run_id))
         if part["rank"].nunique() > 1:
             name = f"{name} (rank {rank})"
         fig.add_trace(
@@ -68,7 +72,7 @@ def learning_curves(
             )
         )
     fig.update_layout(
-        title={"text": key, "x": 0.01, "font": {"size": 15}},
+        title={"text": plotly_text(key), "x": 0.01, "font": {"size": 15}},
         height=height,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"font": {"size": 11}},
@@ -89,7 +93,7 @@ def parallel_coordinates(
     dims = []
     for col in [*dimensions, metric]:
         values = runs[col]
-        label = col.split(".", 1)[-1]
+        label = plotly_text(col.split(".", 1)[-1])
         numeric = pd.to_numeric(values, errors="coerce")
         if numeric.notna().all():
             values = numeric.to_numpy(dtype=float)
@@ -106,7 +110,12 @@ def parallel_coordinates(
         cats = sorted(values.astype(str).unique())
         codes = values.astype(str).map({c: i for i, c in enumerate(cats)})
         dims.append(
-            {"label": label, "values": codes.to_numpy(), "tickvals": list(range(len(cats))), "ticktext": cats}
+            {
+                "label": label,
+                "values": codes.to_numpy(),
+                "tickvals": list(range(len(cats))),
+                "ticktext": [plotly_text(c) for c in cats],
+            }
         )
     color = pd.to_numeric(runs[metric], errors="coerce")
     fig = go.Figure(
@@ -115,7 +124,7 @@ def parallel_coordinates(
                 "color": color.fillna(color.min() if color.notna().any() else 0),
                 "colorscale": "Viridis",
                 "showscale": True,
-                "colorbar": {"title": {"text": metric.split(".", 1)[-1]}},
+                "colorbar": {"title": {"text": plotly_text(metric.split(".", 1)[-1])}},
             },
             dimensions=dims,
         )

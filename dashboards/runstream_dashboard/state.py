@@ -7,6 +7,7 @@ import streamlit as st
 
 from runstream.errors import ServerError
 from runstream_dashboard import queries as q
+from runstream_dashboard.safe_text import md, md_code
 
 PROJECT_KEY = "project"
 SELECTED_KEY = "selected_runs"  # list of run ids, in table order
@@ -21,7 +22,7 @@ def sidebar() -> str | None:
         try:
             projects = q.list_projects()
         except ServerError as exc:
-            st.error(exc.details)
+            st.error(md(exc.details))
             return None
         names = projects["project"].tolist()
         if not names:
@@ -37,7 +38,7 @@ def sidebar() -> str | None:
         st.session_state[_SYNCED_KEY] = project
         if st.button("Refresh data", icon=":material/refresh:", width="stretch"):
             q.clear_caches()
-        st.caption(f"server `{q.endpoint()}`")
+        st.caption(f"server {md_code(q.endpoint())}")
     return project
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,6 +262,11 @@ def open_page(page: str | None = None, **query_params) -> AppTest:
     return at
 
 
+def shown(markdown: str) -> str:
+    """What a reader sees of Markdown that safe_text escaped: the text without its backslashes."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
 def plotly_figures(at: AppTest) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
@@ -342,7 +348,7 @@ def test_filter_goes_to_the_server_and_its_error_is_shown_next_to_the_box(fake):
     assert len(at.dataframe[0].value) == 3
 
     at.text_input(key="runs_filter").input("bogus > 1").run()
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert any("INVALID_ARGUMENT" in e and "unknown field 'bogus'" in e for e in errors), errors
     assert not at.dataframe  # nothing stale is shown under a refused filter
 
@@ -399,7 +405,7 @@ def test_compare_and_open_buttons_follow_the_selection(fake):
     assert not at.button(key="runs_open").proto.disabled
     assert at.button(key="runs_compare").proto.disabled
     at.button(key="runs_open").click().run()
-    assert at.title[0].value == "sgd-lr0.001"
+    assert shown(at.title[0].value) == "sgd-lr0.001"
     assert at.query_params["run"] == "run1"
 
     at = open_page()
@@ -435,13 +441,14 @@ def test_sweep_draws_parallel_coordinates_of_varying_params_against_the_metric(f
 
 def test_run_page_shows_config_summary_tags_notes_context_and_charts(fake):
     at = open_page("views/run.py", run="run1")
-    assert at.title[0].value == "sgd-lr0.001"
+    assert shown(at.title[0].value) == "sgd-lr0.001"
     config, summary, metric_summaries = (d.value for d in at.main.tabs[0].dataframe[:3])
     assert dict(zip(config["key"], config["value"], strict=True))["optimizer"] == "sgd"
     assert summary["key"].tolist() == ["best_val_acc"]
     assert metric_summaries["key"].tolist() == ["loss", "val_acc"]
-    markdown = " ".join(m.value for m in at.markdown)
-    assert "dataset=v2.1" in markdown and "**cosine**" in markdown
+    markdown = " ".join(shown(m.value) for m in at.markdown)
+    assert "dataset=v2.1" in markdown
+    assert [t.value for t in at.text] == ["Baseline with **cosine** schedule."]  # notes: as logged
     assert "abc123" in markdown and "(uncommitted changes)" in markdown and "H100" in markdown
     assert any("train.py --lr 0.1" in c.value for c in at.code)
     figures = plotly_figures(at)
@@ -452,7 +459,7 @@ def test_run_page_shows_config_summary_tags_notes_context_and_charts(fake):
 
 def test_run_page_offers_artifact_downloads_and_previews_images(fake):
     at = open_page("views/run.py", run="run1")
-    downloads = [b.label for b in at.get("download_button")]
+    downloads = [shown(b.label) for b in at.get("download_button")]
     assert downloads == ["Download samples.png", "Download model.pt"]
     assert len(at.get("image")) == 1  # the PNG preview; model.pt is not fetched for a preview
     assert [c[2] for c in fake.calls["download_artifact"]] == ["a" * 64]
@@ -464,10 +471,10 @@ def test_run_page_without_a_run_offers_a_picker_and_unknown_runs_get_the_servers
     assert picker.label == "Run"
     picker.set_value("run3").run()
     assert at.query_params["run"] == "run3"
-    assert at.title[0].value == "sgd-lr0.01"
+    assert shown(at.title[0].value) == "sgd-lr0.01"
 
     at = open_page("views/run.py", run="nope")
-    assert any("'nope' not found" in e.value for e in at.error)
+    assert any("'nope' not found" in shown(e.value) for e in at.error)
 
 
 # ---------------------------------------------------------------- compare

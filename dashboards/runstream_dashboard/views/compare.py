@@ -9,18 +9,19 @@ import streamlit as st
 from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
+from runstream_dashboard.safe_text import md
 
 MAX_COMPARED = 10
 HIGHLIGHT = "background-color: rgba(255, 176, 0, 0.38)"
 ROW_HIGHLIGHT = "background-color: rgba(255, 196, 0, 0.12)"
 
 project = state.require_project()
-st.title(f"Compare · {project}")
+st.title(f"Compare · {md(project)}")
 
 try:
     recent = q.search_runs(project, "", ("-start",), 500).runs
 except ServerError as exc:
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 
 from_url = [r for r in (st.query_params.get("runs") or "").split(",") if r]
@@ -47,7 +48,7 @@ for run_id in chosen:
     try:
         details[run_id] = q.get_run(project, run_id)
     except ServerError as exc:
-        st.error(f"{run_id}: {exc.details}")
+        st.error(md(f"{run_id}: {exc.details}"))
         st.stop()
 
 labels = {}
@@ -86,6 +87,6 @@ else:
     try:
         series = q.metric_series(project, tuple(chosen), (metric,), "step", 1000)
     except ServerError as exc:
-        st.error(exc.details)
+        st.error(md(exc.details))
         st.stop()
     st.plotly_chart(charts.learning_curves(series, metric, labels), width="stretch", key="compare_curve")

@@ -7,12 +7,13 @@ import streamlit as st
 from runstream.errors import ServerError
 from runstream_dashboard import queries as q
 from runstream_dashboard import state
+from runstream_dashboard.safe_text import md
 
 st.title("Projects")
 try:
     projects = q.list_projects()
 except ServerError as exc:
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 
 if projects.empty:

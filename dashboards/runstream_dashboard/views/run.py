@@ -1,5 +1,6 @@
 """One run, addressable as /run?project=<p>&run=<id>: config, summary, tags, notes, context,
-metric and system-metric charts, artifacts with download and image preview."""
+metric and system-metric charts, artifacts with download and image preview. Everything the run's
+logger chose reaches Markdown through safe_text (the run id in the URL too: links can be crafted)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from runstream import states
 from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
+from runstream_dashboard.safe_text import md, md_code
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MAX_PREVIEW_BYTES = 8 * 1024 * 1024
@@ -34,7 +36,7 @@ if not run_id:
     try:
         recent = q.search_runs(project, "", ("-start",), 200).runs
     except ServerError as exc:
-        st.error(exc.details)
+        st.error(md(exc.details))
         st.stop()
     if recent.empty:
         st.info("This project has no runs yet.")
@@ -50,24 +52,27 @@ try:
     run = q.get_run(project, run_id)
 except ServerError as exc:
     st.title("Run")
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 st.query_params["run"] = run_id
 
 info = run.info
-st.title(info["name"])
+st.title(md(info["name"]))
 duration = f"{info['duration_s']:.0f} s" if info.get("duration_s") is not None else "—"
+badge = STATE_BADGES.get(info["state"], md(info["state"]))
 st.markdown(
-    f"{STATE_BADGES.get(info['state'], info['state'])} &nbsp; `{run_id}` &nbsp; "
-    f"group **{info['group'] or '—'}** · job type **{info['job_type'] or '—'}** · "
+    f"{badge} &nbsp; {md_code(run_id)} &nbsp; "
+    f"group **{md(info['group'] or '—')}** · job type **{md(info['job_type'] or '—')}** · "
     f"started {info['start']:%Y-%m-%d %H:%M:%S} · duration {duration} · "
-    f"user {info['user'] or '—'} · host {info['host'] or '—'}"
+    f"user {md(info['user'] or '—')} · host {md(info['host'] or '—')}"
     if info.get("start") is not None
-    else f"{STATE_BADGES.get(info['state'], info['state'])} `{run_id}`"
+    else f"{badge} {md_code(run_id)}"
 )
 if run.tags:
     st.markdown(
-        " ".join(f":violet-badge[{k}={v}]" if v else f":violet-badge[{k}]" for k, v in run.tags.items())
+        " ".join(
+            f":violet-badge[{md(k)}={md(v)}]" if v else f":violet-badge[{md(k)}]" for k, v in run.tags.items()
+        )
     )
 live = st.toggle(
     "Live refresh", value=run.running, key="run_live", help="Reload this run every 5 s while it runs"
@@ -124,7 +129,10 @@ with tab_overview:
             },
         )
     st.subheader("Notes")
-    st.markdown(run.notes or "_No notes._")
+    if run.notes:
+        st.text(run.notes)  # as logged: notes are anyone's text, not the page's markup
+    else:
+        st.caption("No notes.")
     if run.datasets:
         st.subheader("Datasets")
         st.dataframe(pd.DataFrame(run.datasets), hide_index=True, width="stretch")
@@ -139,7 +147,7 @@ def _charts(keys: list[str], system: bool, smoothing: float) -> None:
             project, (run_id,), tuple(keys[:MAX_CHARTS]), "step" if not system else "relative", 1000, system
         )
     except ServerError as exc:
-        st.error(exc.details)
+        st.error(md(exc.details))
         return
     grid = st.columns(2)
     for i, key in enumerate(keys[:MAX_CHARTS]):
@@ -160,7 +168,7 @@ def _charts(keys: list[str], system: bool, smoothing: float) -> None:
 try:
     run_keys = q.list_keys(project, (run_id,))
 except ServerError as exc:
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 
 with tab_metrics:
@@ -194,9 +202,11 @@ with tab_artifacts:
         for i, art in run.artifacts.iterrows():
             file_name = PurePosixPath(art["path"]).name or art["name"]
             with st.container(border=True):
-                st.markdown(f"**{art['name']}** v{art['version']} · `{art['path']}` · {art['size']:,} bytes")
+                st.markdown(
+                    f"**{md(art['name'])}** v{art['version']} · {md_code(art['path'])} · {art['size']:,} bytes"
+                )
                 st.download_button(
-                    f"Download {file_name}",
+                    f"Download {md(file_name)}",
                     data=lambda sha=art["sha256"]: q.download_artifact(project, run_id, sha),
                     file_name=file_name,
                     key=f"download:{i}",
@@ -209,11 +219,11 @@ with tab_artifacts:
                     try:
                         st.image(
                             q.download_artifact(project, run_id, art["sha256"]),
-                            caption=art["path"],
+                            caption=md(art["path"]),
                             width=420,
                         )
                     except ServerError as exc:
-                        st.warning(f"Preview unavailable: {exc.details}")
+                        st.warning(f"Preview unavailable: {md(exc.details)}")
 
 with tab_context:
     ctx = run.context
@@ -222,20 +232,20 @@ with tab_context:
         st.subheader("Code")
         dirty = " (uncommitted changes)" if ctx["git_dirty"] else ""
         st.markdown(
-            f"commit `{ctx['git_commit'] or '—'}`{dirty}  \nbranch `{ctx['git_branch'] or '—'}`  \n"
-            f"remote `{ctx['git_remote'] or '—'}`"
+            f"commit {md_code(ctx['git_commit'] or '—')}{dirty}  \nbranch {md_code(ctx['git_branch'] or '—')}  \n"
+            f"remote {md_code(ctx['git_remote'] or '—')}"
         )
         if ctx["command"]:
             st.code(" ".join(ctx["command"]), language="bash")
         if ctx["seeds"]:
-            st.markdown("seeds: " + ", ".join(f"`{k}={v}`" for k, v in ctx["seeds"].items()))
+            st.markdown("seeds: " + ", ".join(md_code(f"{k}={v}") for k, v in ctx["seeds"].items()))
     with c2:
         st.subheader("Environment")
         st.markdown(
-            f"host `{ctx['host'] or '—'}` · user `{ctx['user'] or '—'}`  \n"
-            f"python `{ctx['python_version'] or '—'}` · env `{ctx['env_name'] or '—'}`  \n"
-            f"os `{ctx['os'] or '—'}`  \ncpu `{ctx['cpu'] or '—'}`  \n"
-            f"gpus {', '.join(f'`{g}`' for g in ctx['gpus']) or '—'} · world size {ctx['world_size'] or 1}"
+            f"host {md_code(ctx['host'] or '—')} · user {md_code(ctx['user'] or '—')}  \n"
+            f"python {md_code(ctx['python_version'] or '—')} · env {md_code(ctx['env_name'] or '—')}  \n"
+            f"os {md_code(ctx['os'] or '—')}  \ncpu {md_code(ctx['cpu'] or '—')}  \n"
+            f"gpus {', '.join(md_code(g) for g in ctx['gpus']) or '—'} · world size {md(ctx['world_size'] or 1)}"
         )
     if ctx["packages"]:
         with st.expander(f"Packages ({len(ctx['packages'])})"):

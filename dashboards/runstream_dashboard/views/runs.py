@@ -10,6 +10,7 @@ import streamlit as st
 from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
+from runstream_dashboard.safe_text import md, md_code, md_code_block
 
 FILTER_HELP = (
     "Filter language, evaluated on the server: `params.lr > 0.01 and metrics.val_acc > 0.8`, "
@@ -28,10 +29,10 @@ project = state.require_project()
 try:
     keys = q.list_keys(project)
 except ServerError as exc:
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 
-st.title(f"Runs · {project}")
+st.title(f"Runs · {md(project)}")
 
 # ---------------------------------------------------------------- controls
 col_filter, col_sort, col_dir, col_size = st.columns([6, 2, 1, 1], vertical_alignment="bottom")
@@ -96,9 +97,9 @@ try:
     )
 except ServerError as exc:
     if exc.unreachable:
-        st.error(exc.details)
+        st.error(md(exc.details))
         st.stop()
-    filter_error.error(f"**{exc.code}**: {exc.details}", icon=":material/error:")
+    filter_error.error(f"**{md(exc.code)}**\n\n{md_code_block(exc.details)}", icon=":material/error:")
     st.stop()
 
 # ---------------------------------------------------------------- table
@@ -107,7 +108,7 @@ runs.insert(0, "open", [f"./run?{urlencode({'project': project, 'run': r})}" for
 first = pager["index"] * page_size
 st.caption(
     f"{page.total:,} runs match · showing {first + 1 if len(runs) else 0:,}–{first + len(runs):,}"
-    + (f" · filter `{filter_text}`" if filter_text else "")
+    + (f" · filter {md_code(filter_text)}" if filter_text else "")
 )
 table = st.dataframe(
     runs,
@@ -205,7 +206,7 @@ def curves() -> None:
     try:
         series = q.metric_series(project, run_ids, tuple(chosen_metrics), x_axis, 1000)
     except ServerError as exc:
-        st.error(exc.details)
+        st.error(md(exc.details))
         return
     if series.empty:
         st.info("The selected runs have no points for these metrics yet.")

@@ -9,17 +9,18 @@ import streamlit as st
 from runstream.errors import ServerError
 from runstream_dashboard import charts, state
 from runstream_dashboard import queries as q
+from runstream_dashboard.safe_text import md, md_code, md_code_block
 
 MAX_RUNS = 2000
 MAX_PARAMS = 40
 
 project = state.require_project()
-st.title(f"Sweep · {project}")
+st.title(f"Sweep · {md(project)}")
 
 try:
     keys = q.list_keys(project)
 except ServerError as exc:
-    st.error(exc.details)
+    st.error(md(exc.details))
     st.stop()
 if not keys.metric_keys or not keys.param_keys:
     st.info("A sweep view needs runs with params and metrics.")
@@ -47,16 +48,16 @@ try:
     )
 except ServerError as exc:
     if exc.unreachable:
-        st.error(exc.details)
+        st.error(md(exc.details))
     else:
-        filter_error.error(f"**{exc.code}**: {exc.details}", icon=":material/error:")
+        filter_error.error(f"**{md(exc.code)}**\n\n{md_code_block(exc.details)}", icon=":material/error:")
     st.stop()
 
 runs = page.runs
 metric_col = f"metrics.{metric}"
 runs = runs[pd.to_numeric(runs[metric_col], errors="coerce").notna()]
 if runs.empty:
-    st.info(f"No run matching the filter has logged `{metric}`.")
+    st.info(f"No run matching the filter has logged {md_code(metric)}.")
     st.stop()
 
 
@@ -81,11 +82,11 @@ if not dims:
 st.caption(
     f"{len(runs):,} runs"
     + (f" of {page.total:,} (the best {MAX_RUNS:,} are shown)" if page.total > len(runs) else "")
-    + f" · color = {metric}"
+    + f" · color = {md(metric)}"
 )
 st.plotly_chart(charts.parallel_coordinates(runs, dims, metric_col), width="stretch", key="sweep_parcoords")
 
-st.subheader(f"Best runs by {metric} ({goal})")
+st.subheader(f"Best runs by {md(metric)} ({goal})")
 st.dataframe(
     runs[["name", "state", *dims, metric_col]].head(10),
     hide_index=True,
