@@ -231,7 +231,7 @@ def test_metrics_table_dictionaries_are_unique_across_runs_and_projects():
             values=np.ones(3, "<f8").tobytes(),
         )
 
-    pairs = [(batch("p", "a", "loss"), 1), (batch("p", "b", "loss"), 1), (batch("q", "a", "acc"), 1)]
+    pairs = [(batch("p", "a", "loss"), 1, 1), (batch("p", "b", "loss"), 1, 2), (batch("q", "a", "acc"), 1, 3)]
     table = metrics_table(pairs)
     assert table.column("project").chunk(0).dictionary.to_pylist() == ["p", "q"]
     assert table.column("run_id").chunk(0).dictionary.to_pylist() == ["a", "b"]

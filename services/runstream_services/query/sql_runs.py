@@ -158,14 +158,15 @@ def run_params(
 
 def run_metric_summaries(db: str, project: str, run_ids: list[str], keys: list[str]) -> Query:
     """Rows (run_id, key, last, min, max, count, last_step) of the runs' user metrics (only
-    `keys` when given), by run and key."""
+    `keys` when given), by run and key. min/max are NaN when a series has no finite value."""
     params: dict[str, object] = {"project": project, "runs": list(run_ids)}
     key_cond = ""
     if keys:
         key_cond = " AND key IN {mkeys:Array(String)}"
         params["mkeys"] = list(keys)
     return Query(
-        f"SELECT run_id, toString(key), argMaxMerge(last), min(min), max(max), sum(count), max(last_step) "
+        f"SELECT run_id, toString(key), argMaxMerge(last), ifNull(min(min), nan), ifNull(max(max), nan), "
+        f"sum(count), max(last_step) "
         f"FROM {db}.metric_summaries WHERE project = {{project:String}} AND kind = 'user' "
         f"AND run_id IN {{runs:Array(String)}}{key_cond} GROUP BY run_id, key ORDER BY run_id, key",
         params,

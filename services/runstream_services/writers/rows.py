@@ -12,6 +12,10 @@ import pyarrow as pa
 from runstream.v1 import ingest_pb2, types_pb2
 
 METRIC_COLUMNS = ("project", "run_id", "kind", "key", "rank", "step", "time_ms", "value")
+#: the two parts of a point's version (EPHEMERAL columns: the table stores only `version`)
+METRIC_VERSION_COLUMNS = ("received_ms", "send_order")
+#: bits of `send_order` that hold the point's position in its batch (max_batch_points < 2**20)
+POSITION_BITS = 20
 PARAM_COLUMNS = ("project", "run_id", "scope", "key", "kind", "num", "str", "version")
 ARTIFACT_COLUMNS = (
     "project", "run_id", "name", "path", "type", "version", "version_tag", "sha256", "size", "uri", "created_ms",
@@ -24,14 +28,23 @@ def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
     )
 
 
-def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table:
-    """One Arrow table for (batch, received_ms) pairs. Batches are assumed validated."""
+def send_order(seq: int, n: int) -> np.ndarray:
+    """The `send_order` of a batch's n points: the client's seq, then the position in the batch."""
+    return np.arange(n, dtype=np.uint64) + np.uint64(
+        (seq & ((1 << (64 - POSITION_BITS)) - 1)) << POSITION_BITS
+    )
+
+
+def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int, int]]) -> pa.Table:
+    """One Arrow table for (batch, received_ms, seq) triples. Batches are assumed validated.
+    Each point carries its version parts (received_ms, send_order): writers/store.py says why."""
     # Arrow dictionaries must hold unique values: one per project, one per run id, one per key.
     key_ids: dict[str, int] = {}
     project_ids: dict[str, int] = {}
     run_ids: dict[str, int] = {}
     key_parts, project_parts, run_parts, kinds, ranks, steps, times, values = [], [], [], [], [], [], [], []
-    for batch, received_ms in batches:
+    received, orders = [], []
+    for batch, received_ms, seq in batches:
         n = len(batch.steps) // 8
         remap = np.array([key_ids.setdefault(k, len(key_ids)) for k in batch.keys], dtype=np.int32)
         if batch.key_index:
@@ -47,6 +60,8 @@ def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table
         times.append(
             np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, received_ms, np.int64)
         )
+        received.append(np.full(n, received_ms, np.int64))
+        orders.append(send_order(seq, n))
 
     def cat(parts):
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -61,6 +76,8 @@ def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int]]) -> pa.Table
             "step": pa.array(cat(steps)),
             "time_ms": pa.array(cat(times)),
             "value": pa.array(cat(values)),
+            "received_ms": pa.array(cat(received)),
+            "send_order": pa.array(cat(orders)),
         }
     )
 

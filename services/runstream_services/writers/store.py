@@ -11,6 +11,18 @@ Without a caller token, metric points are inserted one envelope per block, so a 
 crash re-forms exactly the same blocks. With a token, the caller guarantees that a replay of that
 token carries the same envelopes (the Kafka writer records its block boundaries for that).
 
+Metric points, last write wins. A point's identity is (project, run, kind, key, rank, step); the
+metrics table is a ReplacingMergeTree whose version is (receive time in ms, client seq, position in
+the batch), packed into a UInt128 (rows.metrics_table, migration 0004). So of a point written
+twice, history (reads with FINAL) shows the value sent last: by one client, the later request or
+the later position in one batch (its send order); by two clients, the one ingest received later
+(no shared send order exists; like an S3 PUT, the later arrival wins). A request resent after a
+later one was acked counts as received at its resend. Summaries agree with history: `last` is the
+value at the highest (step, version), `count` counts distinct points (writers/replaced_points.py
+subtracts replaced ones); min/max range over finite values and are NULL when there is none. A
+replaced value still counts in min/max (a min cannot be taken back without a rescan) — the one
+place where summaries and history may differ.
+
 What a run event does to its run's row is decided in run_state.py; this module reads, stages and
 inserts the rows. Each request is parsed once: ingest's parse travels on the Envelope in-process,
 and only envelopes read back from Kafka are parsed here.
@@ -24,6 +36,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
@@ -40,6 +53,7 @@ from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
+from runstream_services.writers.replaced_points import ReplacedPoints
 
 log = logging.getLogger("runstream.writer")
 
@@ -98,6 +112,7 @@ class StoreWriter:
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
         self._runs: dict[tuple[str, str], RunRow] = {}
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
+        self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
         self._bookkeeping = BackgroundRows(
@@ -171,6 +186,31 @@ class StoreWriter:
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, None)
             self._bookkeeping.add("audit_log", pending.audit)
         return marked
+
+    def forget(
+        self, *, clients: Iterable[str] | None = None, runs: Iterable[tuple[str, str]] | None = None
+    ) -> None:
+        """Drops what this writer remembers of other writers' work, so the next use reloads it from
+        the tables: the stored seqs of `clients`, the rows, artifact versions and highest steps of
+        `runs` ((project, run_id) pairs); everything when both are None. The Kafka writer calls it
+        when partitions are assigned: while a partition was away, another writer may have stored
+        requests of its runs, and a resend of one of them must be seen as a replay."""
+        everything = clients is None and runs is None
+        with self._lock:
+            if everything:
+                self._done.clear()
+            for client_id in clients or ():
+                self._done.pop(client_id, None)
+        with self._meta_lock:
+            if everything:
+                self._runs.clear()
+                self._artifact_versions.clear()
+                self._replaced.forget()
+            for key in runs or ():
+                self._runs.pop(key, None)
+                self._replaced.forget([key])
+                for name_key in [k for k in self._artifact_versions if k[0] == key[0]]:
+                    self._artifact_versions.pop(name_key, None)  # versions are per project and name
 
     def is_stored(self, client_id: str, seq: int) -> bool:
         """True when the request (client_id, seq) was stored before: a replay."""
@@ -297,14 +337,17 @@ class StoreWriter:
                     group, size = [], 0
             if group:
                 groups.append((group, f"{token}:metrics:{len(groups)}" if groups else f"{token}:metrics"))
+        suspects = self._replaced.suspects([batch for _, batch in items])
         points = 0
         for group, group_token in groups:
-            table = rows.metrics_table([(batch, env.received_ms) for env, batch in group])
+            table = rows.metrics_table([(batch, env.received_ms, env.seq) for env, batch in group])
             started = time.perf_counter()
-            self._arrow.insert(f"{self.db}.metrics", table, group_token)
+            with self._replaced.gate.shared():
+                self._arrow.insert(f"{self.db}.metrics", table, group_token)
             elapsed = time.perf_counter() - started
             self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
             points += table.num_rows
+        self._replaced.recount(suspects)
         self.metrics.inc("runstream_writer_points_total", points)
         return points
 

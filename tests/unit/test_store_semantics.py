@@ -1,0 +1,151 @@
+"""What the store promises about metric points, against the in-process chDB engine: last write wins
+by send order, summaries agree with history (distinct points, last, finite min/max), and a writer
+that gets a partition back forgets what it cached (issue 10, items 6, 7 and 12)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2 as pb
+from runstream_services.artifacts.local import LocalArtifactStore
+from runstream_services.bus.base import Envelope
+from runstream_services.config import ServerSettings
+from runstream_services.query import sql_runs
+from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.migrations import migrate
+from runstream_services.writers.store import StoreWriter
+
+
+def _writer(chdb_dsn, database, tmp_path) -> StoreWriter:
+    client = connect(chdb_dsn)
+    migrate(client, database)
+    return StoreWriter(client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings())
+
+
+@pytest.fixture
+def writer(chdb_dsn, database, tmp_path):
+    w = _writer(chdb_dsn, database, tmp_path)
+    w.write([envelope(1, run_start=pb.RunStart(project="proj", run_id="run-1"))])
+    yield w
+    w.close()
+
+
+def envelope(seq: int, client_id: str = "client-a", received_ms: int | None = None, **body) -> Envelope:
+    return Envelope.from_request(
+        pb.IngestRequest(seq=seq, client_id=client_id, **body), received_ms=received_ms
+    )
+
+
+def batch(steps, values, key="loss", rank=0) -> pb.MetricBatch:
+    return pb.MetricBatch(
+        project="proj",
+        run_id="run-1",
+        keys=[key],
+        steps=np.asarray(steps, "<i8").tobytes(),
+        values=np.asarray(values, "<f8").tobytes(),
+        rank=rank,
+    )
+
+
+def history(w: StoreWriter, key="loss") -> list[tuple[int, int, float]]:
+    return w.client.query(
+        f"SELECT rank, step, value FROM {w.db}.metrics FINAL WHERE run_id = 'run-1' AND key = %(k)s "
+        "ORDER BY rank, step",
+        parameters={"k": key},
+    ).result_rows
+
+
+def summary(w: StoreWriter, key="loss") -> dict:
+    """The summary as the query service reads it (sql_runs.run_metric_summaries)."""
+    q = sql_runs.run_metric_summaries(w.db, "proj", ["run-1"], [key])
+    rows = w.client.query(q.sql, parameters=q.params).result_rows
+    (_, _, last, lo, hi, count, last_step) = rows[0]
+    return {"last": last, "min": lo, "max": hi, "count": count, "last_step": last_step}
+
+
+# ---- item 6: NaN/inf only ---------------------------------------------------------------------
+
+
+def test_a_block_of_only_nan_and_inf_has_no_finite_min_or_max(writer):
+    writer.write([envelope(2, metrics=batch([0, 1, 2], [math.nan, math.inf, -math.inf]))])
+    raw = writer.client.query(
+        f"SELECT min(min), max(max) FROM {writer.db}.metric_summaries WHERE key = 'loss'"
+    ).result_rows[0]
+    assert raw == (None, None)  # absent, not 0
+    s = summary(writer)
+    assert math.isnan(s["min"]) and math.isnan(s["max"]) and s["count"] == 3
+    writer.write([envelope(3, metrics=batch([3], [2.5]))])  # a finite value arrives later
+    s = summary(writer)
+    assert (s["min"], s["max"], s["last"]) == (2.5, 2.5, 2.5)
+
+
+# ---- item 7: last write wins ------------------------------------------------------------------
+
+
+def test_the_same_step_sent_eight_times_shows_the_last_send_everywhere(writer):
+    # same receive ms: the client's seq decides (ties are what made the choice nondeterministic)
+    writer.write([envelope(10 + i, received_ms=1_000, metrics=batch([5], [float(i)])) for i in range(8)])
+    for i in range(8, 12):  # one at a time, out of seq order of arrival within the same ms
+        writer.write([envelope(30 - i, received_ms=1_000, metrics=batch([5], [float(30 - i)]))])
+    assert history(writer) == [(0, 5, 22.0)]
+    s = summary(writer)
+    assert (s["last"], s["count"], s["last_step"]) == (22.0, 1, 5)
+
+
+def test_the_later_position_in_one_batch_wins(writer):
+    writer.write([envelope(2, metrics=batch([0, 1, 1, 1, 2], [1.0, 5.0, 6.0, 7.0, 3.0]))])
+    assert history(writer) == [(0, 0, 1.0), (0, 1, 7.0), (0, 2, 3.0)]
+    assert summary(writer)["count"] == 3
+
+
+def test_a_resumed_process_re_logging_steps_replaces_them(writer):
+    writer.write([envelope(50, client_id="old", received_ms=1_000, metrics=batch(range(10), [1.0] * 10))])
+    # a new process (seq restarts at 1) re-logs steps 5..11 later: its values win
+    writer.write([envelope(1, client_id="new", received_ms=2_000, metrics=batch(range(5, 12), [2.0] * 7))])
+    assert [v for _, _, v in history(writer)] == [1.0] * 5 + [2.0] * 7
+    s = summary(writer)
+    assert (s["count"], s["last"], s["last_step"]) == (12, 2.0, 11)
+
+
+def test_ranks_are_separate_points_and_counts_stay_exact_across_keys(writer):
+    writer.write([envelope(2, metrics=batch(range(4), [1.0] * 4, rank=0))])
+    writer.write([envelope(3, metrics=batch(range(4), [1.0] * 4, rank=1))])  # not a replacement
+    writer.write([envelope(4, metrics=batch([3, 4], [9.0, 9.0], rank=1))])  # replaces rank 1 step 3
+    assert summary(writer)["count"] == 9
+    assert len(history(writer)) == 9
+
+
+# ---- item 12: a partition that moves away and back --------------------------------------------
+
+
+def test_forget_makes_a_writer_see_what_another_writer_stored(chdb_dsn, database, tmp_path):
+    w1 = _writer(chdb_dsn, database, tmp_path)
+    w2 = StoreWriter(w1.client, database, w1.artifact_store, ServerSettings())
+    try:
+        w1.write([envelope(1, run_start=pb.RunStart(project="proj", run_id="run-1"))], token="p0:0-0")
+        w1.write([envelope(2, metrics=batch([0], [1.0]))], token="p0:1-1")
+        # the partition moves to w2, which stores the client's next request
+        w2.write([envelope(3, metrics=batch([1], [2.0]))], token="p0:2-2")
+        w2.flush()
+        # ...and back to w1: the Kafka writer calls forget() on assignment; the SDK resends seq 3
+        # (its ack was lost) and it arrives at a new offset, so under a new block token
+        w1.forget()
+        result = w1.write([envelope(3, metrics=batch([1], [2.0]))], token="p0:3-3")
+        assert (result.stored, result.duplicates) == (0, 1)
+        assert summary(w1)["count"] == 2
+    finally:
+        w2.close()
+        w1.close()
+
+
+def test_forget_of_some_clients_and_runs_only(writer):
+    writer.write([envelope(2, metrics=batch([0], [1.0]))])
+    assert writer.is_stored("client-a", 2)
+    writer.forget(clients=["someone-else"], runs=[("proj", "other-run")])
+    assert "client-a" in writer._done and ("proj", "run-1") in writer._runs
+    writer.forget(clients=["client-a"], runs=[("proj", "run-1")])
+    assert "client-a" not in writer._done and ("proj", "run-1") not in writer._runs
+    assert writer.is_stored("client-a", 2)  # reloaded from the table
