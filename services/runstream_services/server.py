@@ -27,7 +27,7 @@ from runstream_services.bus.base import Bus
 from runstream_services.config import ServerSettings, load_settings
 from runstream_services.errors import ConfigError, RunstreamServiceError
 from runstream_services.grpc_errors import ErrorInterceptor
-from runstream_services.grpc_health import health_handler
+from runstream_services.grpc_health import Probe, Readiness, health_handler
 from runstream_services.ingest.service import IngestServicer
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
 from runstream_services.run_state import RunRegistry, RunsTable, RunStateSource
@@ -49,16 +49,37 @@ def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
 def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+    """Transport limits. A message over max_message_bytes ends its own stream with
+    RESOURCE_EXHAUSTED (gRPC refuses it before any handler sees it); other streams go on."""
+    s = settings
+    options = [
+        ("grpc.max_receive_message_length", s.max_message_bytes),
+        ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
+        # a connection with no call for this long is closed (GOAWAY); the client reconnects on use
+        ("grpc.max_connection_idle_ms", _ms(s.grpc_max_connection_idle_s)),
+        # the server pings a silent client and drops the connection when no answer comes
+        ("grpc.keepalive_time_ms", _ms(s.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", _ms(s.grpc_keepalive_timeout_s)),
         # the SDK pings every 20 s to notice dead connections; accept that instead of answering
-        # GOAWAY "too_many_pings" (gRPC's default tolerates one ping per 5 minutes)
+        # GOAWAY "too_many_pings" (gRPC's default tolerates one ping per 5 minutes), but close a
+        # connection that pings more often than every 10 s, twice
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
+    if s.grpc_max_connection_age_s > 0:  # spreads long-lived SDK streams over replicas
+        options += [
+            ("grpc.max_connection_age_ms", _ms(s.grpc_max_connection_age_s)),
+            ("grpc.max_connection_age_grace_ms", _ms(s.grpc_max_connection_age_grace_s)),
+        ]
+    return options
 
 
 class RunstreamServer:
@@ -94,6 +115,7 @@ class RunstreamServer:
         self._metrics_http: MetricsHttpServer | None = None
         self._crash_watch: asyncio.Task | None = None
         self._started = False
+        self._stopping = False  # readiness answers NOT_SERVING from the moment stop() begins
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -222,7 +244,7 @@ class RunstreamServer:
         if "query" in s.components:
             self._add_query_service(self._grpc)
             served.append("runstream.v1.QueryService")
-        self._grpc.add_generic_rpc_handlers((health_handler(tuple(served)),))
+        self._grpc.add_generic_rpc_handlers((health_handler(tuple(served), self._readiness()),))
         try:
             bound = self._grpc.add_insecure_port(_listen_address(s.host, self.port))
         except RuntimeError as exc:
@@ -236,6 +258,24 @@ class RunstreamServer:
             )
         self.port = bound
         await self._grpc.start()
+
+    def _readiness(self) -> Readiness:
+        """NOT_SERVING while stopping or draining, or while the store or Kafka does not answer."""
+        probes: dict[str, Probe] = {}
+        client = self.client
+        if client is not None:
+
+            async def store() -> None:
+                await asyncio.to_thread(client.query, "SELECT 1")
+
+            probes["store"] = store
+        ping = getattr(self.bus, "ping", None)  # KafkaBus
+        if ping is not None:
+            probes["kafka"] = ping
+        return Readiness(
+            draining=lambda: self._stopping or (self.ingest is not None and self.ingest.draining),
+            probes=probes,
+        )
 
     def _add_query_service(self, server: grpc.aio.Server) -> None:
         from runstream.v1 import query_pb2_grpc
@@ -283,6 +323,10 @@ class RunstreamServer:
         if not self._started:
             return
         self._started = False
+        self._stopping = True
+        if self.settings.shutdown_delay_s > 0 and self.ingest is not None:
+            log.info("not ready; draining in %ss", self.settings.shutdown_delay_s)
+            await asyncio.sleep(self.settings.shutdown_delay_s)  # still serving meanwhile
         if self._crash_watch is not None:
             self._crash_watch.cancel()
         if self.ingest is not None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import grpc
 import pytest
 
 from runstream_services.grpc_health import CHECK_METHOD
+from tests.server_process import ServerProcess
 
 
 def _check(endpoint: str, service: str) -> bytes:
@@ -22,3 +26,26 @@ def test_health_serving_for_server_and_services(embedded_server):
     with pytest.raises(grpc.RpcError) as err:
         _check(embedded_server.endpoint, "no.such.Service")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_liveness_and_readiness_names(embedded_server):
+    assert _check(embedded_server.endpoint, "liveness") == b"\x08\x01"
+    assert _check(embedded_server.endpoint, "readiness") == b"\x08\x01"
+
+
+def test_draining_server_is_not_ready_but_alive(tmp_path):
+    """SIGTERM: readiness answers NOT_SERVING at once (for shutdown_delay_s the server still
+    serves, so load balancers can stop routing first); liveness stays SERVING."""
+    server = ServerProcess(tmp_path, env={"RUNSTREAM_SHUTDOWN_DELAY_S": "6"}).start()
+    try:
+        assert _check(server.endpoint, "") == b"\x08\x01"
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 4
+        while _check(server.endpoint, "") != b"\x08\x02" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in ("", "readiness", "runstream.v1.IngestService"):
+            assert _check(server.endpoint, name) == b"\x08\x02", name
+        assert _check(server.endpoint, "liveness") == b"\x08\x01"
+        assert server.proc.wait(30) == 0
+    finally:
+        server.kill()

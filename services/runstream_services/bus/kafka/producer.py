@@ -132,6 +132,14 @@ class KafkaBus:
         self.published_points += points
         return WriteResult(stored=len(envelopes), points=points)
 
+    async def ping(self) -> None:
+        """Returns once Kafka answered a metadata request (readiness); raises when it did not."""
+        producer = self._producer
+        if producer is None:
+            raise Unavailable("the Kafka bus is not started (or was stopped)")
+        if not await producer.client.fetch_all_metadata():
+            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} sent no metadata")
+
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
