@@ -37,8 +37,8 @@ from aiokafka.partitioner import murmur2  # noqa: E402
 from bench.ingest_embedded import OPTIONS, Stream  # noqa: E402
 from runstream_services.bus.kafka import DEFAULT_PARTITIONS, delete_topics  # noqa: E402
 from tests.chdb_inspect import query_folder  # noqa: E402
-from tests.integration.test_kafka_server import WriterProcess, scrape  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
+from tests.server_process import ServerProcess, WriterProcess  # noqa: E402
+from tests.server_process import scrape_metrics as scrape  # noqa: E402
 
 
 def kafka_bootstrap() -> str:

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
-from runstream.v1 import ingest_pb2_grpc
+from tests.ingest_client import run_start, status_code, stub_for
 from tests.server_process import ServerProcess
 
 
@@ -26,21 +26,21 @@ def auth_server(tmp_path):
 
 
 def test_keys_are_checked_per_project(auth_server):
-    stub = ingest_pb2_grpc.IngestServiceStub(grpc.insecure_channel(auth_server.endpoint))
+    stub = stub_for(auth_server)
     assert stub.Health(pb.HealthRequest()).status == "ok"  # probes need no key
     cid = uuid.uuid4().hex
     requests = [
-        pb.IngestRequest(seq=1, client_id=cid, run_start=pb.RunStart(project="team-a", run_id="r")),
-        pb.IngestRequest(seq=2, client_id=cid, run_start=pb.RunStart(project="team-b", run_id="r")),
+        run_start(1, cid, "r", project="team-a"),
+        run_start(2, cid, "r", project="team-b"),
     ]
     answers = {a.seq: a for a in stub.Ingest(iter(requests), metadata=[("authorization", "Bearer key-a")])}
     assert answers[1].ok
-    assert not answers[2].ok and answers[2].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert not answers[2].ok and status_code(answers[2].code) == grpc.StatusCode.PERMISSION_DENIED
     assert "team-b" in answers[2].message
     read_only = {
         a.seq: a for a in stub.Ingest(iter(requests[:1]), metadata=[("authorization", "Bearer read-a")])
     }
-    assert read_only[1].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert status_code(read_only[1].code) == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Ingest(iter(requests)))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -17,27 +17,9 @@ import numpy as np
 import pytest
 
 import runstream
-from tests.chdb_inspect import query_folder
-from tests.conftest import ROOT
-
-
-def _settings(server, tmp_path, **kw):
-    opts = dict(
-        endpoint=server.endpoint,
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_s=0.05,
-        system_metrics_interval_s=0,
-        capture_packages=False,
-        reconnect_initial_s=0.05,
-        reconnect_max_s=0.5,
-    )
-    opts.update(kw)
-    return opts
-
-
-def _rows(server, sql: str) -> list[list]:
-    return query_folder(server.data_dir / "chdb", sql)
-
+from tests import ROOT
+from tests.chdb_inspect import stored
+from tests.sdk_options import quick_sdk_options
 
 RANK_SCRIPT = textwrap.dedent(
     """
@@ -79,36 +61,36 @@ def test_ranks_as_processes_log_into_one_run_exactly_once(embedded_server, tmp_p
     run_ids = {line.split()[1] for out in outs for line in out.splitlines() if line.startswith("RUN")}
     assert run_ids == {"torch-job42"}
     embedded_server.stop()
-    rows = _rows(
+    rows = stored(
         embedded_server,
-        "SELECT rank, key, count(), uniqExact(step), min(step), max(step) FROM runstream.metrics "
+        "SELECT rank, key, count(), uniqExact(step), min(step), max(step) FROM DB.metrics "
         "WHERE run_id = 'torch-job42' AND kind = 'user' GROUP BY rank, key ORDER BY rank, key",
     )
     expected = [
         [r, key, steps, steps, 0, steps - 1] for r in range(world) for key in ("grad_norm", "loss", "tokens")
     ]
     assert rows == expected
-    wrong_rank = _rows(
+    wrong_rank = stored(
         embedded_server,
-        "SELECT count() FROM runstream.metrics WHERE run_id = 'torch-job42' AND key = 'grad_norm' AND value != rank",
+        "SELECT count() FROM DB.metrics WHERE run_id = 'torch-job42' AND key = 'grad_norm' AND value != rank",
     )
     assert wrong_rank == [[0]]
-    system_ranks = _rows(
+    system_ranks = stored(
         embedded_server,
-        "SELECT DISTINCT rank FROM runstream.metrics WHERE run_id = 'torch-job42' AND kind = 'system' ORDER BY rank",
+        "SELECT DISTINCT rank FROM DB.metrics WHERE run_id = 'torch-job42' AND kind = 'system' ORDER BY rank",
     )
     assert system_ranks == [[r] for r in range(world)]
-    state = _rows(embedded_server, "SELECT state FROM runstream.runs FINAL WHERE run_id = 'torch-job42'")
+    state = stored(embedded_server, "SELECT state FROM DB.runs FINAL WHERE run_id = 'torch-job42'")
     assert state == [["finished"]]
-    lr = _rows(
+    lr = stored(
         embedded_server,
-        "SELECT num FROM runstream.params FINAL WHERE run_id = 'torch-job42' AND scope = 'config' AND key = 'lr'",
+        "SELECT num FROM DB.params FINAL WHERE run_id = 'torch-job42' AND scope = 'config' AND key = 'lr'",
     )
     assert lr == [[0.1]]
 
 
 def test_server_outage_loses_nothing_and_never_blocks_logging(embedded_server, tmp_path):
-    run = runstream.init("sdk-outage", **_settings(embedded_server, tmp_path))
+    run = runstream.init("sdk-outage", **quick_sdk_options(embedded_server.endpoint, tmp_path))
     outage = {"start": 0.0, "end": 0.0}
 
     def bounce():
@@ -137,16 +119,16 @@ def test_server_outage_loses_nothing_and_never_blocks_logging(embedded_server, t
     # log() never waited for the server: its slowest call is a small fraction of the outage
     assert worst < outage_s / 10, (worst, outage_s)
     embedded_server.stop()
-    rows = _rows(
+    rows = stored(
         embedded_server,
-        f"SELECT key, count(), uniqExact(step), max(step) FROM runstream.metrics WHERE run_id = '{run.id}' "
+        f"SELECT key, count(), uniqExact(step), max(step) FROM DB.metrics WHERE run_id = '{run.id}' "
         "GROUP BY key ORDER BY key",
     )
     assert rows == [["x", step, step, step - 1], ["y", step, step, step - 1]]
 
 
 def test_offline_run_then_sync_twice_stores_once(embedded_server, tmp_path):
-    opts = _settings(embedded_server, tmp_path, mode="offline")
+    opts = quick_sdk_options(embedded_server.endpoint, tmp_path, mode="offline")
     run = runstream.init("sdk-offline", config={"epochs": 3}, **opts)
     for i in range(1000):
         run.log({"loss": 1 / (i + 1), "nan": float("nan"), "inf": float("inf")}, step=i)
@@ -176,22 +158,20 @@ def test_offline_run_then_sync_twice_stores_once(embedded_server, tmp_path):
     # acked, not refused as "already ended"; every point is still stored once.
     assert "3000 points" in sync()
     embedded_server.stop()
-    rows = _rows(
+    rows = stored(
         embedded_server,
-        f"SELECT key, count(), countIf(isNaN(value)), countIf(isInfinite(value)) FROM runstream.metrics "
+        f"SELECT key, count(), countIf(isNaN(value)), countIf(isInfinite(value)) FROM DB.metrics "
         f"WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
     )
     assert rows == [["inf", 1000, 0, 1000], ["loss", 1000, 0, 0], ["nan", 1000, 1000, 0]]
-    arts = _rows(
-        embedded_server, f"SELECT name, path, size FROM runstream.artifacts WHERE run_id = '{run.id}'"
-    )
+    arts = stored(embedded_server, f"SELECT name, path, size FROM DB.artifacts WHERE run_id = '{run.id}'")
     assert arts == [["model", "weights.bin", 3 << 20]]
-    state = _rows(embedded_server, f"SELECT state FROM runstream.runs FINAL WHERE run_id = '{run.id}'")
+    state = stored(embedded_server, f"SELECT state FROM DB.runs FINAL WHERE run_id = '{run.id}'")
     assert state == [["finished"]]
 
 
 def test_bad_values_rejected_on_the_caller_and_refusals_reported(embedded_server, tmp_path):
-    run = runstream.init("sdk-bad", **_settings(embedded_server, tmp_path))
+    run = runstream.init("sdk-bad", **quick_sdk_options(embedded_server.endpoint, tmp_path))
     run.log({"ok": 1.0}, step=0)
     with pytest.raises(runstream.InvalidValueError, match="'acc' = '0.9' is a str"):
         run.log({"acc": "0.9"})
@@ -209,14 +189,14 @@ def test_bad_values_rejected_on_the_caller_and_refusals_reported(embedded_server
     assert any(issubclass(w.category, runstream.RefusedWarning) and "tag" in str(w.message) for w in caught)
     assert run.finish() is True
     embedded_server.stop()
-    rows = _rows(
-        embedded_server, f"SELECT key, step FROM runstream.metrics WHERE run_id = '{run.id}' ORDER BY step"
+    rows = stored(
+        embedded_server, f"SELECT key, step FROM DB.metrics WHERE run_id = '{run.id}' ORDER BY step"
     )
     assert rows == [["ok", 0], ["ok", 1]]
 
 
 def test_forked_child_neither_corrupts_nor_duplicates_the_parent_stream(embedded_server, tmp_path):
-    run = runstream.init("sdk-fork", **_settings(embedded_server, tmp_path))
+    run = runstream.init("sdk-fork", **quick_sdk_options(embedded_server.endpoint, tmp_path))
     for i in range(500):
         run.log({"parent": float(i)}, step=i)
     pid = os.fork()
@@ -235,8 +215,8 @@ def test_forked_child_neither_corrupts_nor_duplicates_the_parent_stream(embedded
     assert os.waitstatus_to_exitcode(status) == 0
     assert run.finish(timeout_s=60) is True
     embedded_server.stop()
-    rows = _rows(
+    rows = stored(
         embedded_server,
-        f"SELECT key, count(), uniqExact(step) FROM runstream.metrics WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
+        f"SELECT key, count(), uniqExact(step) FROM DB.metrics WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
     )
     assert rows == [["child", 100, 100], ["parent", 1000, 1000]]
