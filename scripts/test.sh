@@ -26,11 +26,24 @@ echo "[test] ruff" >&2
 ruff check .
 ruff format --check .
 
-bash scripts/services.sh up
-trap 'bash scripts/services.sh down' EXIT
-set -a
-eval "$(bash scripts/services.sh env)"
-set +a
+# Kafka and MinIO only when some test that runs may need them: `bash scripts/test.sh tests/unit`
+# starts nothing (unit tests cannot reach the service fixtures, see tests/integration/conftest.py).
+needs_services=0 paths=0
+for arg in "$@"; do
+  case "$arg" in
+    -*) ;;  # options (and their values, which name no existing path) say nothing about which tests run
+    tests/unit | tests/unit/* | ./tests/unit | ./tests/unit/*) paths=1 ;;
+    *) if [ -e "${arg%%::*}" ]; then paths=1 needs_services=1; fi ;;
+  esac
+done
+[ "$paths" = 0 ] && needs_services=1  # no path given: the whole suite
+if [ "$needs_services" = 1 ]; then
+  bash scripts/services.sh up
+  trap 'bash scripts/services.sh down' EXIT
+  set -a
+  eval "$(bash scripts/services.sh env)"
+  set +a
+fi
 
 # helm for tests/unit/test_helm_chart.py: built once from the Go module proxy into the cache.
 bash scripts/helm.sh install
