@@ -87,7 +87,13 @@ def test_inline_artifact_with_wrong_sha256_is_refused(server):
     cid, run_id = uuid.uuid4().hex, f"r{uuid.uuid4().hex[:8]}"
     data = b"the bytes"
     artifact = pb.ArtifactEvent(
-        project=PROJECT, run_id=run_id, name="m", path="a.bin", sha256="0" * 64, size=len(data), inline_data=data
+        project=PROJECT,
+        run_id=run_id,
+        name="m",
+        path="a.bin",
+        sha256="0" * 64,
+        size=len(data),
+        inline_data=data,
     )
     right = pb.ArtifactEvent()
     right.CopyFrom(artifact)

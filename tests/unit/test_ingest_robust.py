@@ -128,3 +128,26 @@ def test_screen_refuses_what_no_writer_can_store():
     )
     batch.metrics.steps = b"\x01\x02\x03"
     assert "int64" in screen(Envelope.from_request(batch))[1]
+
+
+def test_the_store_writers_run_cache_is_bounded(chdb_dsn, database, tmp_path, monkeypatch):
+    from runstream.v1 import types_pb2
+    from runstream_services.artifacts.local import LocalArtifactStore
+    from runstream_services.storage.clickhouse import connect
+    from runstream_services.storage.migrations import migrate
+    from runstream_services.writers import store
+
+    monkeypatch.setattr(store, "MAX_CACHED_RUN_BYTES", 500_000, raising=False)
+    client = connect(chdb_dsn)
+    migrate(client, database)
+    writer = store.StoreWriter(client, database, LocalArtifactStore(tmp_path / "a"), ServerSettings())
+    try:
+        for i in range(20):
+            start = pb.RunStart(
+                project="p", run_id=f"run{i}", context=types_pb2.RunContext(git_diff="d" * 100_000)
+            )
+            writer.write([Envelope.from_request(pb.IngestRequest(seq=i + 1, client_id="c", run_start=start))])
+        assert 1 <= len(writer._runs) <= 5  # ~100 KB each, 500 KB allowed
+        assert writer.run_state("p", "run0") == "running"  # evicted: read back from the table
+    finally:
+        writer.close()
