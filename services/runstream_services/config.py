@@ -48,6 +48,7 @@ class ServerSettings:
     max_batch_points: int = 1_000_000
     max_message_bytes: int = 64 * 1024 * 1024
     max_inline_artifact_bytes: int = 1024 * 1024
+    max_artifact_bytes: int = 5 << 30  # UploadArtifact refuses larger files (S3's single-PUT limit)
     crash_after_s: float = 300.0  # a running run unheard of this long is marked crashed; 0: never
     writer_flush_interval_s: float = 0.2
     writer_max_block_points: int = 2_000_000

@@ -33,11 +33,12 @@ def test_artifact_upload_manifest_and_refusals(embedded_server):
         ]
         return stub.UploadArtifact(iter([header, *chunks]), timeout=60)
 
+    assert ingest(stub, [run_start(1, cid, "r4")])[1].ok  # uploads need a known run
     with pytest.raises(grpc.RpcError) as bad:
         upload(data, "0" * 64, len(data))
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hash" in bad.value.details()
     first = upload(data, sha, len(data))
-    assert not first.already_present and first.uri.startswith("file://")
+    assert not first.already_present and first.uri == f"runstream-artifact://proj/{sha}"
     assert upload(data, sha, len(data)).already_present
 
     def event(seq, path, **over):
@@ -75,5 +76,5 @@ def test_artifact_upload_manifest_and_refusals(embedded_server):
         embedded_server, "SELECT path, version, size, sha256, uri FROM DB.artifacts FINAL ORDER BY path"
     )
     assert [r[:3] for r in rows] == [["config.yaml", 1, len(small)], ["weights/model.bin", 1, len(data)]]
-    blob = embedded_server.data_dir / "artifacts" / sha[:2] / sha[2:]
-    assert rows[1][4] == blob.as_uri() and hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+    blob = embedded_server.data_dir / "artifacts" / "proj" / "sha256" / sha[:2] / sha
+    assert rows[1][4] == first.uri and hashlib.sha256(blob.read_bytes()).hexdigest() == sha

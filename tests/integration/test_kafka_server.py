@@ -44,7 +44,7 @@ def test_metrics_and_artifacts_through_kafka_are_stored_once(kafka_server, servi
     answers.update(ingest(stub_for(kafka_server), again + artifacts))
 
     assert all(a.ok for a in answers.values()), [a.message for a in answers.values() if not a.ok]
-    assert uploaded.uri == f"s3://{prefix}/sha256/{big_sha[:2]}/{big_sha}"
+    assert uploaded.uri == f"s3://{prefix}/proj/sha256/{big_sha[:2]}/{big_sha}"
     wait_writer_caught_up(kafka_server)
     assert kafka_server.stop() == 0, kafka_server.log_tail()
 

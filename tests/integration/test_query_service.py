@@ -150,7 +150,7 @@ def seed(client, db: str, artifact_store: LocalArtifactStore) -> str:
     )
 
     sha = hashlib.sha256(ARTIFACT_BYTES).hexdigest()
-    uri, _ = artifact_store.put(sha, io.BytesIO(ARTIFACT_BYTES), len(ARTIFACT_BYTES))
+    uri, _ = artifact_store.put("vision", sha, io.BytesIO(ARTIFACT_BYTES), len(ARTIFACT_BYTES))
     client.insert(
         f"{db}.artifacts",
         [["vision", "r00", "model", "model.bin", "model", 1, "t1", sha, len(ARTIFACT_BYTES), uri, T0]],

@@ -182,7 +182,7 @@ def test_artifact_versions_per_tag_and_inline_bytes(writer):
     writer.write([envelope(4, artifact=event("a.bin", b"three", "t2"))])
     rows = q(writer, "SELECT path, version, size FROM DB.artifacts FINAL ORDER BY version, path")
     assert rows == [("a.bin", 1, 3), ("b.bin", 1, 3), ("a.bin", 2, 5)]
-    assert b"".join(writer.artifact_store.open(hashlib.sha256(b"three").hexdigest())) == b"three"
+    assert b"".join(writer.artifact_store.open("proj", hashlib.sha256(b"three").hexdigest())) == b"three"
 
 
 def test_undecodable_payload_is_refused_not_stored(writer):

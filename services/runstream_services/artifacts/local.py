@@ -1,6 +1,8 @@
-"""Artifact bytes in a local folder, content-addressed: root/ab/cdef... (the sha256 hex digest).
-Writes go to a temporary file that is renamed into place only after the digest matched, so a
-crash never leaves a half-written object under its final name."""
+"""Artifact bytes in a local folder, content-addressed per project: root/<project>/sha256/ab/<digest>
+(legacy objects, from before per-project keys: root/ab/<rest of the digest>). Writes go to a
+temporary file that is renamed into place only after the digest matched, so a crash never leaves a
+half-written object under its final name. Manifests get a logical URI (base.logical_uri), never
+the server's path."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from runstream_services.artifacts.base import check_received, checked_digest
+from runstream_services.artifacts.base import check_received, checked_digest, checked_project, logical_uri
 from runstream_services.errors import InvalidArgument, NotFound
 
 
@@ -26,22 +28,27 @@ class LocalArtifactStore:
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
 
-    def path_for(self, sha256: str) -> Path:
+    def path_for(self, project: str, sha256: str) -> Path:
+        digest = checked_digest(sha256)
+        return self.root / checked_project(project) / "sha256" / digest[:2] / digest
+
+    def legacy_path_for(self, sha256: str) -> Path:
         digest = checked_digest(sha256)
         return self.root / digest[:2] / digest[2:]
 
-    def uri_for(self, sha256: str) -> str:
-        return self.path_for(sha256).as_uri()
+    def uri_for(self, project: str, sha256: str) -> str:
+        return logical_uri(project, sha256)
 
-    def exists(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+    def exists(self, project: str, sha256: str) -> bool:
+        return self.path_for(project, sha256).is_file()
 
-    def put(self, sha256: str, data: BinaryIO, size: int) -> tuple[str, bool]:
-        target = self.path_for(sha256)
-        digest = target.parent.name + target.name
+    def put(self, project: str, sha256: str, data: BinaryIO, size: int) -> tuple[str, bool]:
+        target = self.path_for(project, sha256)
+        digest = target.name
+        uri = logical_uri(project, digest)
         if target.is_file():
             _drain_and_check(data, size, digest)
-            return target.as_uri(), True
+            return uri, True
         hasher = hashlib.sha256()
         written = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=digest[:16] + ".")
@@ -58,22 +65,33 @@ class LocalArtifactStore:
                 out.flush()
                 os.fsync(out.fileno())
             check_received(digest, size, written, hasher.hexdigest())
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return target.as_uri(), False
+        return uri, False
 
-    def open(self, sha256: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        path = self.path_for(sha256)
+    def open(
+        self, project: str, sha256: str, chunk_size: int = 1 << 20, *, legacy: bool = False
+    ) -> Iterator[bytes]:
+        path = self.path_for(project, sha256)
         try:
             handle = path.open("rb")
         except FileNotFoundError:
-            raise NotFound(f"artifact bytes {sha256} are not in the store at {self.root}") from None
-        with handle:
-            while chunk := handle.read(chunk_size):
-                yield chunk
+            if not legacy:
+                raise NotFound(f"artifact bytes {sha256} are not stored for project {project!r}") from None
+            try:
+                handle = self.legacy_path_for(sha256).open("rb")
+            except FileNotFoundError:
+                raise NotFound(f"artifact bytes {sha256} are not stored for project {project!r}") from None
+        return _chunks(handle, chunk_size)
+
+
+def _chunks(handle, chunk_size: int) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
 
 
 def _drain_and_check(data: BinaryIO, size: int, digest: str) -> None:

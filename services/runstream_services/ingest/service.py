@@ -39,7 +39,6 @@ from runstream_services.run_state import RunRegistry
 log = logging.getLogger("runstream.ingest")
 
 SERVICE_NAME = "runstream.v1.IngestService"
-MAX_UPLOAD_BYTES = 1 << 40
 
 
 def _now_ms() -> int:
@@ -150,11 +149,18 @@ class IngestServicer:
         check_name("project", header.project)
         check_name("run_id", header.run_id)
         check_sha256(header.sha256)
-        if header.size > MAX_UPLOAD_BYTES:
+        limit = self.settings.max_artifact_bytes
+        if header.size > limit:
             raise InvalidArgument(
-                f"artifact of {header.size} bytes is over the {MAX_UPLOAD_BYTES}-byte limit"
+                f"artifact of {header.size} bytes is over this server's {limit}-byte limit (max_artifact_bytes)"
             )
         self.auth.check_context(context, header.project, "write")
+        # after the key check, so a key of another project cannot probe which runs exist
+        if await self.runs.state(header.project, header.run_id) is None:
+            raise NotFound(
+                f"run {header.run_id!r} of project {header.project!r} is unknown: "
+                "send its run_start first (runstream.init) on this server"
+            )
         digest = header.sha256.lower()
         hasher = hashlib.sha256()
         received = 0
@@ -178,7 +184,9 @@ class IngestServicer:
                     f"the bytes hash to {hasher.hexdigest()}, not the declared {digest}: the file changed while uploading?"
                 )
             spool.seek(0)
-            uri, present = await asyncio.to_thread(self.artifact_store.put, digest, spool, header.size)
+            uri, present = await asyncio.to_thread(
+                self.artifact_store.put, header.project, digest, spool, header.size
+            )
         if not present:
             self.metrics.inc("runstream_artifact_bytes_total", header.size)
         return ingest_pb2.UploadArtifactResponse(uri=uri, already_present=present)
@@ -306,7 +314,8 @@ class _IngestStream:
         await svc.runs.admit(accepted.kind, accepted.project, accepted.run_id, req)
         if accepted.kind == "artifact" and not req.artifact.inline_data and req.artifact.size > 0:
             store = svc.artifact_store
-            if store is not None and not await asyncio.to_thread(store.exists, req.artifact.sha256.lower()):
+            sha = req.artifact.sha256.lower()
+            if store is not None and not await asyncio.to_thread(store.exists, accepted.project, sha):
                 raise NotFound(
                     f"artifact bytes {req.artifact.sha256} are not in the store: upload them first "
                     "(UploadArtifact), or send them inline when at most "

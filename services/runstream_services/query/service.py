@@ -334,7 +334,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             raise NotFound(f"no artifact with sha256 {sha} in run {request.run_id!r} of project {project!r}")
         if self.artifacts is None:
             raise NotFound("this server has no artifact store")
-        chunks = await asyncio.to_thread(lambda: iter(self.artifacts.open(sha)))
+        # the project's manifest names the digest (checked above): bytes stored before keys were
+        # per project may be read from their old key
+        chunks = await asyncio.to_thread(lambda: iter(self.artifacts.open(project, sha, legacy=True)))
         while True:
             chunk = await asyncio.to_thread(next, chunks, None)
             if chunk is None:

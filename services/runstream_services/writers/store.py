@@ -58,6 +58,8 @@ from runstream_services.writers.replaced_points import ReplacedPoints
 log = logging.getLogger("runstream.writer")
 
 MAX_CACHED_CLIENTS = 4096  # SDK processes whose stored seqs are kept in memory
+MAX_CACHED_RUNS = 10_000  # run rows kept in memory; least recently used ones are read back
+MAX_CACHED_RUN_BYTES = 256 * 1024 * 1024  # ... and their (approximate) size
 INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
@@ -85,6 +87,47 @@ def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
     return request, ""
 
 
+class _RunCache(OrderedDict):
+    """Run rows by (project, run_id), least recently used dropped past a count and a byte bound
+    (a dropped row is read back from the runs table on next use). Used under _meta_lock."""
+
+    def __init__(self, max_runs: int, max_bytes: int):
+        super().__init__()
+        self.max_runs, self.max_bytes, self.nbytes = max_runs, max_bytes, 0
+        self._sizes: dict[tuple[str, str], int] = {}
+
+    @staticmethod
+    def _size(row: RunRow) -> int:
+        return 512 + len(row.context) + len(row.datasets) + len(row.notes) + sum(map(len, row.tags.items()))
+
+    def __setitem__(self, key, row: RunRow) -> None:
+        super().__setitem__(key, row)
+        self.move_to_end(key)
+        size = self._size(row)
+        self.nbytes += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+        while len(self) > 1 and (len(self) > self.max_runs or self.nbytes > self.max_bytes):
+            self.pop(next(iter(self)))
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self.nbytes -= self._sizes.pop(key, 0)
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+        return super().get(key, default)
+
+    def pop(self, key, *default):
+        self.nbytes -= self._sizes.pop(key, 0)
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.nbytes = 0
+
+
 class StoreWriter:
     """The Sink of both buses (bus/base.py). Thread-safe: several threads may call write() at once
     (metric inserts run in parallel; run rows are read-modify-written under a lock)."""
@@ -110,7 +153,7 @@ class StoreWriter:
         self._done: OrderedDict[str, set[int]] = OrderedDict()
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
-        self._runs: dict[tuple[str, str], RunRow] = {}
+        self._runs = _RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
@@ -424,11 +467,11 @@ class StoreWriter:
     def _artifact_row(self, env: Envelope, msg: ingest_pb2.ArtifactEvent) -> list:
         sha = msg.sha256.lower()
         if msg.inline_data or msg.size == 0:
-            uri, present = self.artifact_store.put(sha, io.BytesIO(msg.inline_data), msg.size)
+            uri, present = self.artifact_store.put(msg.project, sha, io.BytesIO(msg.inline_data), msg.size)
             if not present:
                 self.metrics.inc("runstream_artifact_bytes_total", msg.size)
         else:
-            uri = self.artifact_store.uri_for(sha)
+            uri = self.artifact_store.uri_for(msg.project, sha)
         tag = msg.version_tag or env.idempotency_key  # untagged: each event is its own version
         versions = self._artifact_versions.get((msg.project, msg.name))
         if versions is None:
