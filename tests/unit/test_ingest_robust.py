@@ -106,7 +106,7 @@ def test_readiness_follows_draining_and_probes():
 def test_deterministic_and_transient_failures_are_told_apart():
     assert is_deterministic(InvalidArgument("bad digest"))
     assert is_deterministic(DecodeError("garbage"))
-    assert is_deterministic(ValueError("buffer size must be a multiple of element size"))
+    assert not is_deterministic(KeyError("a bug must stall and alert, not dead-letter everything"))
     assert not is_deterministic(Unavailable("store down"))
     assert not is_deterministic(RuntimeError("chDB: cannot open"))
     assert not is_deterministic(TimeoutError())

@@ -30,15 +30,14 @@ from runstream.v1 import ingest_pb2
 from runstream_services.bus.base import Envelope
 from runstream_services.bus.kafka.topics import dead_letter_topic, max_record_bytes
 from runstream_services.config import ServerSettings
-from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from runstream_services.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("runstream.dead_letter")
 
-#: exceptions a retry cannot cure: the same input fails the same way every time
-_DETERMINISTIC = (
-    InvalidArgument, NotFound, AlreadyExists, PermissionDenied, DecodeError, UnicodeError, ValueError,
-    TypeError, KeyError, IndexError, OverflowError, RecursionError,
-)  # fmt: skip
+#: refusals of the input a retry cannot cure: the same records fail the same way every time.
+#: Deliberately narrow: a bug (TypeError, KeyError, ...) must stall and alert, not send every
+#: record to the dead-letter topic.
+_DETERMINISTIC = (InvalidArgument, DecodeError, UnicodeError, RecursionError, OverflowError)
 
 
 def is_deterministic(exc: BaseException) -> bool:
