@@ -49,3 +49,8 @@ def test_draining_server_is_not_ready_but_alive(tmp_path):
         assert server.proc.wait(30) == 0
     finally:
         server.kill()
+
+
+def test_kafka_server_is_ready_when_kafka_and_the_store_answer(kafka_server):
+    assert _check(kafka_server.endpoint, "readiness") == b"\x08\x01"
+    assert _check(kafka_server.endpoint, "") == b"\x08\x01"
