@@ -34,8 +34,11 @@ from runstream._internal.artifacts import artifact_entries, collect_artifact, da
 from runstream._internal.buffer import SYSTEM, Bulk, Control, MetricBuffer
 from runstream._internal.run_dict import RunDict
 from runstream._internal.values import (
+    MAX_FLOAT,
+    MAX_STEP,
     check_metric_key,
     check_step,
+    check_text,
     check_timestamp,
     coerce_metrics,
     flatten,
@@ -88,6 +91,7 @@ class Run:
         self._tags = dict(tags)
         self._notes = notes
         self._finished = False
+        self._at_exit = False  # set by lifecycle at interpreter exit: an unreached server is not waited for
         self._forked_child = False
         self._pid = os.getpid()
         self._lock = threading.Lock()  # finish() only; never on the log path
@@ -176,9 +180,8 @@ class Run:
         for key, value in data.items():
             if key not in known:
                 check_metric_key(key, known)
-            t = type(value)
-            if t is not float and t is not int:
-                coerced = coerce_metrics(data, known)
+            if type(value) is not float and (type(value) is not int or not -MAX_FLOAT <= value <= MAX_FLOAT):
+                coerced = coerce_metrics(data, known)  # converts, or names the bad key and value
                 break
         # the default path costs one branch more than before timestamp= existed
         timestamp = _time() if timestamp is None else check_timestamp(timestamp, "run.log timestamp")
@@ -188,7 +191,7 @@ class Run:
             step = self._next_step
             self._next_step = step + 1
         else:
-            if type(step) is not int or step < 0:
+            if type(step) is not int or not 0 <= step <= MAX_STEP:
                 step = check_step(step)
             if step >= self._next_step:
                 self._next_step = step + 1
@@ -288,7 +291,7 @@ class Run:
 
     @name.setter
     def name(self, value: str) -> None:
-        self._name = str(value)
+        self._name = check_text("run name", str(value))
         self._send_update(name=self._name)
 
     @property
@@ -297,7 +300,7 @@ class Run:
 
     @notes.setter
     def notes(self, value: str) -> None:
-        self._notes = str(value)
+        self._notes = check_text("run notes", str(value))
         self._send_update(notes=self._notes, has_notes=True)
 
     @property
@@ -400,7 +403,7 @@ class Run:
                 self._start_child_pipeline()
             if self._pipeline is None:
                 return True
-            return self._pipeline.close(max(0.0, deadline - time.monotonic()))
+            return self._pipeline.close(max(0.0, deadline - time.monotonic()), at_exit=self._at_exit)
 
     def __enter__(self) -> Run:
         return self

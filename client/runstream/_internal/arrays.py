@@ -13,7 +13,7 @@ from typing import Any
 
 from runstream.errors import InvalidValueError
 
-from .values import MAX_TIMESTAMP_S, check_metric_key, check_timestamp
+from .values import MAX_STEP, MAX_TIMESTAMP_S, check_metric_key, check_timestamp
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,15 @@ def pack_steps(steps: Any) -> tuple[bytes, int, int]:
             raise InvalidValueError(f"run.log_arrays: steps must be integers, got dtype {arr.dtype}")
         if arr.size and arr.min() < 0:
             raise InvalidValueError("run.log_arrays: steps must be >= 0")
+        if arr.size and arr.dtype.kind == "u" and arr.max() > MAX_STEP:  # would wrap in int64
+            raise InvalidValueError("run.log_arrays: steps must be at most 2**63 - 1 (stored as int64)")
         return arr.astype("<i8").tobytes(), int(arr.size), int(arr.max()) if arr.size else -1
     try:
         packed = array("q", steps)
     except (TypeError, OverflowError):
-        raise InvalidValueError("run.log_arrays: steps must be a sequence of integers >= 0") from None
+        raise InvalidValueError(
+            "run.log_arrays: steps must be a sequence of integers from 0 to 2**63 - 1"
+        ) from None
     if packed and min(packed) < 0:
         raise InvalidValueError("run.log_arrays: steps must be >= 0")
     top = max(packed) if packed else -1
@@ -111,9 +115,9 @@ def pack_values(key: str, values: Any) -> tuple[bytes, int]:
         return arr.astype("<f8").tobytes(), int(arr.size)
     try:
         packed = array("d", values)
-    except TypeError:
+    except (TypeError, OverflowError):
         raise InvalidValueError(
-            f"run.log_arrays: {key!r} values must be numbers (int, float, bool)"
+            f"run.log_arrays: {key!r} values must be numbers (int, float, bool) within the float64 range"
         ) from None
     return _little_endian(packed), len(packed)
 

@@ -4,14 +4,19 @@ The caller only appends one tuple per `run.log` call to a `collections.deque` (a
 are atomic, so neither side takes a lock); the worker pops everything and packs it into columnar
 `MetricBatch` messages (one key dictionary, little-endian byte columns). Control messages (config
 updates, artifacts, finish) travel in the same deque so their order relative to metrics is kept.
+
+Everything is checked on the caller's thread; should packing a batch still fail, the batch is
+packed again point by point and only the points that cannot travel are refused (reported through
+`on_refused`), so one bad entry never takes the good ones down with it.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from runstream.v1 import ingest_pb2, types_pb2
@@ -84,6 +89,22 @@ class _Columns:
             self.steps.extend([step] * n)
             self.times.extend([time_ms] * n)
 
+    def without_bad_points(self) -> tuple[_Columns, int, str]:
+        """A copy holding only the points that can be packed: (columns, points left out, why)."""
+        good = _Columns()
+        names = list(self.keys)
+        index = self.key_index if self.key_index else [0] * len(self.values)
+        refused, why = 0, ""
+        for i, value in enumerate(self.values):
+            key, step, time_ms = names[index[i]], self.steps[i], self.times[i]
+            problem = _point_problem(key, step, value, time_ms)
+            if problem:
+                refused += 1
+                why = why or problem
+                continue
+            good.add(step, time_ms, {key: value})
+        return good, refused, why
+
     def to_batch(self, project: str, run_id: str, rank: int, kind: int) -> ingest_pb2.MetricBatch:
         return ingest_pb2.MetricBatch(
             project=project,
@@ -98,6 +119,25 @@ class _Columns:
         )
 
 
+def _point_problem(key: Any, step: Any, value: Any, time_ms: Any) -> str:
+    """Why one point cannot be packed, or "" when it can."""
+    if type(key) is not str:
+        return f"metric key {key!r} is not a str"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"metric key {key[:80]!r} is not valid UTF-8"
+    if type(step) is not int or not 0 <= step < 2**63:
+        return f"{key!r}: step {str(step)[:40]} is not an int64 >= 0"
+    if type(time_ms) is not int or not 0 <= time_ms < 2**63:
+        return f"{key!r}: time {str(time_ms)[:40]} is not an int64 of unix ms"
+    try:
+        math.isnan(value)  # converts to float: fails for ints beyond float64 and non-numbers
+    except (TypeError, OverflowError, ValueError):
+        return f"{key!r}: value {str(value)[:40]} is not a float64"
+    return ""
+
+
 class MetricBuffer:
     """Caller side: `entries.append(...)`. Worker side: `drain()`."""
 
@@ -105,6 +145,17 @@ class MetricBuffer:
         self.project, self.run_id, self.rank = project, run_id, rank
         self.max_batch_points = max_batch_points
         self.entries: deque = deque()
+        #: called with (points refused, why) when packing had to leave points out
+        self.on_refused: Callable[[int, str], None] | None = None
+
+    def _batch(self, cols: _Columns, kind: int) -> ingest_pb2.MetricBatch | None:
+        try:
+            return cols.to_batch(self.project, self.run_id, self.rank, kind)
+        except (OverflowError, ValueError, TypeError):  # checked on the caller's thread: rare
+            good, refused, why = cols.without_bad_points()
+            if self.on_refused is not None:
+                self.on_refused(refused, why)
+            return good.to_batch(self.project, self.run_id, self.rank, kind) if len(good) else None
 
     def drain(self) -> Iterator[tuple[str, Any]]:
         """Yields (oneof field, body) in log order until the deque is empty."""
@@ -123,7 +174,9 @@ class MetricBuffer:
                 if cols is not None and (
                     entry_kind != kind or len(cols) + len(data) > limit or len(cols.keys) + len(data) > 65_535
                 ):
-                    yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+                    batch = self._batch(cols, kind)
+                    if batch is not None:
+                        yield "metrics", batch
                     cols = None
                 if cols is None:
                     cols, kind = _Columns(), entry_kind
@@ -132,20 +185,26 @@ class MetricBuffer:
                     for start in range(0, len(items), limit):
                         part = _Columns()
                         part.add(entry[0], int(entry[1] * 1000), dict(items[start : start + limit]))
-                        yield "metrics", part.to_batch(self.project, self.run_id, self.rank, entry_kind)
+                        batch = self._batch(part, entry_kind)
+                        if batch is not None:
+                            yield "metrics", batch
                     cols = None
                     continue
                 cols.add(entry[0], int(entry[1] * 1000), data)
                 continue
             if cols is not None:
-                yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+                batch = self._batch(cols, kind)
+                if batch is not None:
+                    yield "metrics", batch
                 cols = None
             if type(entry) is Bulk:
                 yield from self._bulk_batches(entry)
             else:
                 yield entry.field, entry.body
         if cols is not None:
-            yield "metrics", cols.to_batch(self.project, self.run_id, self.rank, kind)
+            batch = self._batch(cols, kind)
+            if batch is not None:
+                yield "metrics", batch
 
     def _bulk_batches(self, bulk: Bulk) -> Iterator[tuple[str, Any]]:
         limit = self.max_batch_points

@@ -1,13 +1,18 @@
 """Files of an artifact or dataset: walked, hashed (sha256) on the caller's thread, so what is
-recorded is what was there at the call."""
+recorded is what was there at the call. A symlink inside a folder is followed only when it
+resolves inside the folder: one leading out of it (to /etc/passwd, say) is skipped with a warning
+naming it, so logging a folder never uploads what lies outside it."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from runstream.errors import InvalidValueError
+
+from .values import check_text
 
 
 class FileEntry:
@@ -36,14 +41,29 @@ def collect(path: str | os.PathLike) -> list[FileEntry]:
     if not root.is_dir():
         raise InvalidValueError(f"artifact path {str(root)!r} does not exist (give a file or a directory)")
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    outside = []
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):  # does not descend into symlinked folders
         dirnames.sort()
         for fname in sorted(filenames):
             abs_path = Path(dirpath) / fname
             if not abs_path.is_file():
                 continue  # sockets, broken links
+            rel = check_text("artifact file name", abs_path.relative_to(root).as_posix())
+            resolved = abs_path.resolve()
+            if abs_path.is_symlink() and not resolved.is_relative_to(real_root):
+                outside.append(rel)
+                continue
             sha, size = sha256_file(abs_path)
-            out.append(FileEntry(abs_path.relative_to(root).as_posix(), abs_path.resolve(), sha, size))
+            out.append(FileEntry(rel, resolved, sha, size))
+    if outside:
+        shown = ", ".join(outside[:20]) + (f" and {len(outside) - 20} more" if len(outside) > 20 else "")
+        warnings.warn(
+            f"runstream: {len(outside)} symlink(s) in {str(root)!r} lead outside it and were skipped: "
+            f"{shown}. Copy the files into the folder to include them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     out.sort(key=lambda e: e.rel)
     if not out:
         raise InvalidValueError(f"artifact directory {str(root)!r} holds no files")

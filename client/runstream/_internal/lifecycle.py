@@ -62,6 +62,7 @@ def _install_hooks() -> None:
 def _at_exit() -> None:
     for run in list(_active):
         try:
+            run._at_exit = True  # a server never reached is not waited for (Pipeline.close)
             run.finish(_exit_state["state"])
         except Exception as exc:  # never raise at interpreter exit
             print(f"runstream: could not finish run {run.id}: {exc}", file=sys.stderr)

@@ -1,18 +1,27 @@
 """One run's worker side: drains the caller's buffer by time (flush_interval_s) or size (woken by
 the caller), numbers and sends the requests, uploads large artifact files, sends heartbeats, and at
-close waits for acks and spools whatever is left for `runstream sync`."""
+close waits for acks and spools whatever is left for `runstream sync`.
+
+Nothing is lost silently: an entry that cannot be packed, or an upload the server refuses as
+invalid (INVALID_ARGUMENT: e.g. the file changed after log_artifact hashed it), is refused alone,
+counted in Run.refused_count and warned about (RefusedWarning); an upload cut short at close, at
+any point of its retries, leaves its bytes and event in the spool. close() never raises: what it
+cannot deliver or save is reported and it returns False."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import shutil
 import time
 import warnings
 from pathlib import Path
 
+import grpc
+
 from runstream.config import Settings
-from runstream.errors import RefusedWarning
+from runstream.errors import RefusedWarning, SpoolError
 from runstream.v1 import ingest_pb2
 
 from . import spool as spool_mod
@@ -23,6 +32,13 @@ from .upload import upload_file
 from .worker import Worker
 
 log = logging.getLogger("runstream")
+
+#: UploadArtifact answers that trying again cannot change: final, reported as refused
+FINAL_UPLOAD_CODES = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+)
+#: at interpreter exit, how long to wait for a server this process never reached before spooling
+EXIT_UNREACHED_WAIT_S = 2.0
 
 
 class Upload:
@@ -59,6 +75,7 @@ class Pipeline:
         self.stream: IngestStream | None = None
         self._uploads: set[asyncio.Task] = set()
         self._closing = False
+        buffer.on_refused = self._refused_points
         worker.call(self._start())
 
     # ---- caller-thread API ----------------------------------------------------------------
@@ -69,8 +86,19 @@ class Pipeline:
     def flush(self, timeout_s: float) -> bool:
         return self.worker.call(self._flush(timeout_s), timeout_s + 10)
 
-    def close(self, timeout_s: float) -> bool:
-        return self.worker.call(self._close(timeout_s), timeout_s + 30)
+    def close(self, timeout_s: float, at_exit: bool = False) -> bool:
+        """True when everything was delivered. Never raises: a failure is warned about (False).
+        `at_exit`: a server this process never reached is not waited for (EXIT_UNREACHED_WAIT_S)."""
+        try:
+            return self.worker.call(self._close(timeout_s, at_exit), timeout_s + 30)
+        except Exception as exc:
+            warnings.warn(
+                f"runstream: finishing run {self.buffer.run_id!r} failed ({type(exc).__name__}: {exc}); "
+                f"what was saved is in {self.run_dir} (upload it with: runstream sync {self.run_dir})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
 
     # ---- loop side ----------------------------------------------------------------------
 
@@ -119,30 +147,78 @@ class Pipeline:
 
     def _drain(self) -> None:
         for field, body in self.buffer.drain():
-            if field == "upload":
-                self._start_upload(body)
-            else:
-                self.stream.submit(field, body)
+            try:
+                if field == "upload":
+                    self._start_upload(body)
+                else:
+                    self.stream.submit(field, body)
+            except (OverflowError, ValueError, TypeError) as exc:  # this entry alone is refused
+                self._refused_points(1, f"{field} could not be packed: {type(exc).__name__}: {exc}")
         if self.on_drained is not None:
             self.on_drained()
 
+    def _refused_points(self, count: int, why: str) -> None:
+        """Entries the SDK itself could not pack (its caller-thread checks should have caught them)."""
+        self.stream.stats.refused += count
+        if len(self.refused_messages) < 100:
+            self.refused_messages.append(why)
+        warnings.warn(
+            f"runstream: {count} entr{'y' if count == 1 else 'ies'} of run {self.buffer.run_id!r} could not "
+            f"be packed and {'was' if count == 1 else 'were'} left out ({why}); the rest is sent",
+            RefusedWarning,
+            stacklevel=1,
+        )
+
     def _start_upload(self, up: Upload) -> None:
         if self.offline:
-            self._park_blob(up)
+            self._save_blob(up)
             return
         task = asyncio.get_running_loop().create_task(self._upload(up))
         self._uploads.add(task)
         task.add_done_callback(self._uploads.discard)
 
     def _park_blob(self, up: Upload) -> None:
-        """Offline / unfinished upload: copy the bytes into the spool so sync can upload them."""
+        """Offline / unfinished upload: copy the bytes into the spool so sync can upload them.
+        A file that no longer matches its hash (changed after log_artifact) is refused instead."""
         dest = spool_mod.blob_path(self.run_dir, up.event.sha256)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(up.source, dest)
+            tmp = dest.with_suffix(".tmp")
+            try:
+                shutil.copyfile(up.source, tmp)
+            except FileNotFoundError:
+                self._refuse_upload(up, f"artifact file {up.source} vanished before it was saved")
+                return
+            if _sha256(tmp) != up.event.sha256:
+                tmp.unlink()
+                self._refuse_upload(up, f"artifact file {up.source} changed after log_artifact hashed it")
+                return
+            tmp.replace(dest)
         self.stream.submit("artifact", up.event)
 
     async def _upload(self, up: Upload) -> None:
+        """Uploads with retries; final answers (FINAL_UPLOAD_CODES) are refusals. Cancelled at any
+        point (close), the bytes and the event are saved in the spool for `runstream sync`."""
+        try:
+            await self._upload_with_retries(up)
+        except asyncio.CancelledError:
+            self._save_blob(up)
+            raise
+
+    def _save_blob(self, up: Upload) -> None:
+        """_park_blob, reporting (never raising) a spool that cannot be written."""
+        try:
+            self._park_blob(up)
+        except OSError as exc:
+            self.stream.stats.dropped += 1
+            warnings.warn(
+                f"runstream: artifact file {up.source} of run {self.buffer.run_id!r} was not uploaded and "
+                f"could not be saved in {self.run_dir} ({type(exc).__name__}: {exc}): log it again",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+    async def _upload_with_retries(self, up: Upload) -> None:
         delay = self.settings.reconnect_initial_s
         while True:
             try:
@@ -155,25 +231,35 @@ class Pipeline:
                     up.event.sha256,
                     up.event.size,
                 )
-                self.stream.submit("artifact", up.event)
-                return
-            except asyncio.CancelledError:
-                self._park_blob(up)
-                raise
             except FileNotFoundError:
-                warnings.warn(
-                    f"runstream: artifact file {up.source} vanished before upload",
-                    RefusedWarning,
-                    stacklevel=1,
-                )
+                self._refuse_upload(up, f"artifact file {up.source} vanished before upload")
                 return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in FINAL_UPLOAD_CODES:
+                    self._refuse_upload(
+                        up, f"upload of {up.source} refused: {exc.code().name}: {exc.details()}"
+                    )
+                    return
+                log.debug("runstream: upload of %s failed (%s); retrying", up.source, exc)
             except Exception as exc:
                 log.debug("runstream: upload of %s failed (%s); retrying", up.source, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+            else:
+                self.stream.submit("artifact", up.event)
+                return
+            await asyncio.sleep(delay)  # outside the handler: a cancel here still parks the blob
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _refuse_upload(self, up: Upload, message: str) -> None:
+        """A final refusal of an artifact file: counted, warned, and its event kept in .refused."""
+        self.stream.stats.refused += 1
+        req = ingest_pb2.IngestRequest(client_id=self.client_id, artifact=up.event)
+        self._refused(ingest_pb2.IngestResponse(ok=False, message=message), req.SerializeToString())
 
     def _refused(self, resp: ingest_pb2.IngestResponse, data: bytes) -> None:
-        spool_mod.append_record(self.run_dir / f"{self.client_id}.refused", data)
+        try:
+            spool_mod.append_record(self.run_dir / f"{self.client_id}.refused", data)
+        except OSError as exc:
+            log.warning("runstream: could not keep a refused request in %s: %s", self.run_dir, exc)
         msg = f"runstream: the server refused a request of run {self.buffer.run_id!r}: {resp.message}"
         if len(self.refused_messages) < 100:
             self.refused_messages.append(resp.message)
@@ -188,11 +274,20 @@ class Pipeline:
             return False
         return await self.stream.wait_acked(self.stream.last_seq, max(0.0, deadline - time.monotonic()))
 
-    async def _close(self, timeout_s: float) -> bool:
+    async def _close(self, timeout_s: float, at_exit: bool = False) -> bool:
         """Waits for acks up to timeout_s, then spools what is left. True: all delivered."""
         deadline = time.monotonic() + timeout_s
         self._batcher.cancel()
         self._drain()
+        if at_exit and not self.offline and not await self._server_reached(EXIT_UNREACHED_WAIT_S):
+            deadline = time.monotonic()  # nobody to wait for: spool at once
+            warnings.warn(
+                f"runstream: the server {self.settings.endpoint} was never reached by this process "
+                f"({self.stream.stats.last_error or 'no answer'}); run {self.buffer.run_id!r} is saved in "
+                f"{self.run_dir} at exit. Upload it with: runstream sync {self.run_dir}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
         ok = await self._flush(max(0.0, deadline - time.monotonic()))
         for task in list(self._uploads):
             task.cancel()  # parks the blob and spools the event
@@ -202,24 +297,67 @@ class Pipeline:
                 pass
         stream = self.stream
         await stream.close()
+        lost = self._lost_message()
         if self.offline:
+            if stream.pending:  # the spool could not be written while running: one more try
+                return self._save_pending(lost)
             self.spool.sync()
             self.spool.close()
-            return True
+            return not lost
         if stream.pending:
-            records = [stream._data(stream.pending[seq]) for seq in sorted(stream.pending)]
-            self.spool.rewrite(records)
+            return self._save_pending(lost)
+        self.spool.close(delete=True)
+        if lost:
+            warnings.warn(f"runstream: run {self.buffer.run_id!r}: {lost}", RuntimeWarning, stacklevel=1)
+        return ok and not stream.pending and not lost
+
+    def _lost_message(self) -> str:
+        dropped = self.stream.stats.dropped
+        return f"{dropped} request(s) were dropped (the spool could not be written)" if dropped else ""
+
+    def _save_pending(self, lost: str) -> bool:
+        """Writes the unacknowledged requests into the spool for `runstream sync`: always False."""
+        stream = self.stream
+        seqs = sorted(stream.pending)
+        try:
+            records = [stream._data(stream.pending[seq]) for seq in seqs]
+            if self.offline:
+                for data in records:
+                    self.spool.append(data)
+                self.spool.sync()
+            else:
+                self.spool.rewrite(records)
             self.spool.close()
+        except (OSError, SpoolError) as exc:
             warnings.warn(
-                f"runstream: {len(records)} request(s) of run {self.buffer.run_id!r} were not acknowledged "
-                f"(last error: {stream.stats.last_error or 'none'}); they are saved in {self.run_dir}. "
-                f"Upload them with: runstream sync {self.run_dir}",
+                f"runstream: {len(seqs)} request(s) of run {self.buffer.run_id!r} "
+                f"({stream.points_in_memory()} points) could not be delivered "
+                f"(last error: {stream.stats.last_error or 'none'}) nor saved in {self.run_dir} "
+                f"({type(exc).__name__}: {exc}): they are lost. {lost}",
                 RuntimeWarning,
                 stacklevel=1,
             )
             return False
-        self.spool.close(delete=True)
-        return ok and not stream.pending
+        warnings.warn(
+            f"runstream: {len(records)} request(s) of run {self.buffer.run_id!r} were not acknowledged "
+            f"(last error: {stream.stats.last_error or 'none'}); they are saved in {self.run_dir}. "
+            f"Upload them with: runstream sync {self.run_dir}" + (f". {lost}" if lost else ""),
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        return False
+
+    async def _server_reached(self, wait_s: float) -> bool:
+        """True once an answer came back or the channel is connected, waiting up to wait_s."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.stream.ever_connected or self.stream.acked_upto(self.stream.last_seq):
+                return True
+            if self._channel.get_state() == grpc.ChannelConnectivity.READY:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     def has_child_files(self) -> bool:
         """True when forked children (or earlier processes) left spool files in the run's folder."""
@@ -257,3 +395,11 @@ class Pipeline:
                     RuntimeWarning,
                     stacklevel=1,
                 )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

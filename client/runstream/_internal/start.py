@@ -2,7 +2,8 @@
 init resolves the settings (argument > RUNSTREAM_<NAME> variable > default), this process's rank
 and the world size, the run id (shared by the ranks of one job), which rank owns config and
 summary, and whether this is a resume; then it creates the Run and makes it current. set_seed
-seeds the random generators and remembers the seed for the context of runs started later."""
+seeds the random generators and remembers the seed for the context of runs started later (a seed
+beyond int64, which the context cannot hold, goes into their config as `seeds.<name>`, exact)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from runstream.config import Settings, resolve, validate
 from runstream.run import Run
 
 from . import distributed, lifecycle
-from .values import check_name, check_timestamp, sanitize_name, tag_map
+from .values import check_name, check_text, check_timestamp, flatten, sanitize_name, tag_map
 
 _seeds: dict[str, int] = {}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def init(
@@ -48,6 +50,9 @@ def init(
     importing or replaying a run that ran earlier.
     """
     check_name("project", project)
+    for what, text in (("name", name), ("notes", notes), ("group", group), ("job_type", job_type)):
+        if text is not None:
+            check_text(f"runstream.init {what}", text)
     start_s = check_timestamp(start_time, "runstream.init start_time") if start_time is not None else None
     overrides = dict(setting_overrides)
     overrides.update(mode=mode, endpoint=endpoint, api_key=api_key)
@@ -68,6 +73,9 @@ def init(
     owns = resolved.owns_config if resolved.owns_config is not None else rank == 0
     if resume is None:
         resume = id is not None or rank != 0
+    big_seeds = {f"seeds.{k}": v for k, v in _seeds.items() if not INT64_MIN <= v <= INT64_MAX}
+    if big_seeds:  # the context's seeds are int64: beyond, the config records them exactly
+        config = {**flatten(config or {}), **big_seeds}
     run = Run(
         project=project,
         run_id=run_id,
@@ -82,7 +90,7 @@ def init(
         notes=notes or "",
         config=config,
         resume=bool(resume),
-        seeds=dict(_seeds),
+        seeds={k: v for k, v in _seeds.items() if INT64_MIN <= v <= INT64_MAX},
         start_time=start_s,
     )
     lifecycle.started(run)
@@ -94,7 +102,7 @@ def set_seed(seed: int, name: str = "seed") -> int:
     context of runs started afterwards, in the config of the current run."""
     import random
 
-    seed = int(seed)
+    seed = int(seed)  # any int random.seed takes (negative, beyond 64 bits), recorded exactly
     random.seed(seed)
     np = sys.modules.get("numpy")
     if np is None:
@@ -106,7 +114,7 @@ def set_seed(seed: int, name: str = "seed") -> int:
         np.random.seed(seed % 2**32)
     torch = sys.modules.get("torch")  # importing torch just to seed it would cost seconds
     if torch is not None:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if INT64_MIN <= seed < 2**64 else seed % 2**64)  # torch's range
     _seeds[name] = seed
     run = lifecycle.current_run()
     if run is not None:

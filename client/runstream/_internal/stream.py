@@ -5,6 +5,11 @@ broken stream, every pending request is resent in seq order on a new stream (rec
 exponential backoff and +-20% jitter); the server stores each (client_id, seq) once. Memory is
 bounded: past `max_memory_bytes` of pending requests, new ones are appended to the disk spool and
 kept there by offset. Offline streams only write the spool. Runs on the worker's event loop.
+
+When the spool cannot be written (full disk, a file where its folder should be), requests stay in
+memory up to a hard cap (MEMORY_HARD_CAP_FACTOR x max_memory_bytes) with one clear warning naming
+the spool and the points at risk; past the cap they are dropped, counted (stats.dropped) and warned
+about. Nothing here raises into the pipeline for a spool failure.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import asyncio
 import logging
 import random
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 
 import grpc
 
+from runstream.errors import SpoolError
 from runstream.v1 import ingest_pb2
 
 from .spool import SpoolFile
@@ -25,13 +32,15 @@ from .spool import SpoolFile
 log = logging.getLogger("runstream")
 
 INGEST_METHOD = "/runstream.v1.IngestService/Ingest"
+#: with the spool unwritable, requests are kept in memory up to this many times max_memory_bytes
+MEMORY_HARD_CAP_FACTOR = 4
 
 
 class StreamStats:
-    __slots__ = ("submitted", "acked", "refused", "spilled", "reconnects", "last_error")
+    __slots__ = ("submitted", "acked", "refused", "spilled", "dropped", "reconnects", "last_error")
 
     def __init__(self) -> None:
-        self.submitted = self.acked = self.refused = self.spilled = self.reconnects = 0
+        self.submitted = self.acked = self.refused = self.spilled = self.dropped = self.reconnects = 0
         self.last_error = ""
 
     def as_dict(self, pending: int) -> dict:
@@ -69,6 +78,8 @@ class IngestStream:
         self.on_refused = on_refused
         self.stats = StreamStats()
         self.connected = False
+        self.ever_connected = False  # an answer came back on some stream
+        self.spool_error = ""  # the last failure to write the spool, "" while it works
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._changed = asyncio.Event()
         self._acked = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
@@ -97,18 +108,59 @@ class IngestStream:
         self.stats.submitted += 1
         self.last_seq = max(self.last_seq, seq)
         self.next_seq = max(self.next_seq, seq + 1)
-        if self.offline:
-            self.spool.append(data)
+        if self.offline or (self.mem_bytes + len(data) > self.max_memory_bytes and self.spool is not None):
+            try:
+                where = self.spool.append(data)
+            except SpoolError as exc:
+                self._spool_failed(exc)
+            else:
+                if self.offline:
+                    return
+                self.pending[seq] = where
+                self.spooled_pending += 1
+                self.stats.spilled += 1
+                self._to_send.append(seq)
+                self._changed.set()
+                return
+        if self.mem_bytes + len(data) > self.max_memory_bytes * MEMORY_HARD_CAP_FACTOR:
+            self.stats.dropped += 1
+            if self.stats.dropped == 1:
+                warnings.warn(
+                    f"runstream: the spool {self.spool.path if self.spool else '(none)'} cannot be written "
+                    f"({self.spool_error}) and {self.mem_bytes >> 20} MiB are held in memory already: "
+                    "requests are being dropped (counted in run.stats['dropped']); free the disk or fix "
+                    "spool_dir",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
             return
-        if self.mem_bytes + len(data) > self.max_memory_bytes and self.spool is not None:
-            self.pending[seq] = self.spool.append(data)
-            self.spooled_pending += 1
-            self.stats.spilled += 1
-        else:
-            self.pending[seq] = data
-            self.mem_bytes += len(data)
-        self._to_send.append(seq)
-        self._changed.set()
+        self.pending[seq] = data
+        self.mem_bytes += len(data)
+        if not self.offline:
+            self._to_send.append(seq)
+            self._changed.set()
+
+    def _spool_failed(self, exc: SpoolError) -> None:
+        first = not self.spool_error
+        self.spool_error = str(exc)
+        if first:
+            warnings.warn(
+                f"runstream: cannot write the spool {self.spool.path} ({exc}); keeping requests in memory "
+                f"instead (up to {self.max_memory_bytes * MEMORY_HARD_CAP_FACTOR >> 20} MiB). "
+                f"{self.points_in_memory()} points are at risk: they are lost if this process ends before "
+                "the server acknowledges them. Free the disk or fix spool_dir",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+
+    def points_in_memory(self) -> int:
+        """Metric points of the requests held in memory only (parsed: called when warning)."""
+        total = 0
+        for entry in self.pending.values():
+            if type(entry) is bytes:
+                req = ingest_pb2.IngestRequest.FromString(entry)
+                total += len(req.metrics.values) // 8 if req.WhichOneof("body") == "metrics" else 0
+        return total
 
     def _data(self, entry: bytes | tuple[int, int]) -> bytes:
         return entry if type(entry) is bytes else self.spool.read(*entry)
@@ -214,7 +266,7 @@ class IngestStream:
 
     async def _read(self, call) -> None:
         async for resp in call:
-            self.connected = True
+            self.connected = self.ever_connected = True
             self._ack(resp)
 
     async def close(self) -> None:

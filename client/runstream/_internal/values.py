@@ -19,6 +19,25 @@ NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: year 5138 in unix seconds: a larger timestamp is almost surely in milliseconds (or nanoseconds)
 MAX_TIMESTAMP_S = 1e11
+#: steps travel as int64
+MAX_STEP = 2**63 - 1
+#: a metric value travels as a float64: ints beyond this cannot be converted
+MAX_FLOAT = 1.7976931348623157e308
+#: config/summary ints beyond this are not exact as a double: they travel as JSON text instead
+MAX_EXACT_INT = 2**53
+
+
+def check_text(what: str, value: str) -> str:
+    """Strings travel as UTF-8: a lone surrogate (e.g. "bad\\ud800", from a mis-decoded file name)
+    cannot be encoded and would fail the whole request later, so it is refused here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidValueError(
+            f"{what} {value[:80]!r} holds a lone surrogate at position {exc.start}, which is not valid "
+            "UTF-8: decode the text properly (e.g. errors='replace')"
+        ) from None
+    return value
 
 
 def check_name(what: str, value: Any) -> str:
@@ -49,7 +68,7 @@ def check_key(what: str, key: Any) -> str:
         raise InvalidValueError(
             f"{what} key {key[:80]!r} holds control characters (newline, NUL, ...): remove them"
         )
-    return key
+    return check_text(f"{what} key", key)
 
 
 def check_metric_key(key: Any, known: set) -> None:
@@ -61,8 +80,10 @@ def check_metric_key(key: Any, known: set) -> None:
 def to_number(key: Any, value: Any) -> float:
     """Slow path of run.log: bools, numpy scalars, 0-d tensors (anything with .item())."""
     t = type(value)
-    if t is float or t is int:
+    if t is float:
         return value
+    if t is int:
+        return check_metric_int(key, value)
     if t is bool:
         return float(value)
     if isinstance(value, (str, bytes)) or value is None:
@@ -81,12 +102,24 @@ def to_number(key: Any, value: Any) -> float:
                 "run.log_arrays(key, steps, values) for whole series"
             ) from None
         if type(value) in (float, int, bool):
-            return float(value) if type(value) is bool else value
-    if isinstance(value, (int, float)):  # int/float subclasses, e.g. IntEnum
+            return float(value) if type(value) is bool else to_number(key, value)
+    if isinstance(value, int):  # int subclasses, e.g. IntEnum
+        return float(check_metric_int(key, int(value)))
+    if isinstance(value, float):
         return float(value)
     raise InvalidValueError(
         f"run.log: {key!r} = {value!r:.80} is a {t.__name__}; log numbers only (int, float, bool, numpy "
         "scalar or 0-d tensor)"
+    )
+
+
+def check_metric_int(key: Any, value: int) -> int:
+    """An int metric must fit a float64 (10**400 does not)."""
+    if -MAX_FLOAT <= value <= MAX_FLOAT:
+        return value
+    raise InvalidValueError(
+        f"run.log: {key!r} = {str(value)[:40]}... ({value.bit_length()} bits) is beyond the float64 range "
+        "metrics are stored in; log it as a float or put it in run.summary"
     )
 
 
@@ -101,7 +134,8 @@ def coerce_metrics(data: Mapping, known: set) -> dict:
 
 
 def check_step(step: Any) -> int:
-    if type(step) is int and step >= 0:
+    """A step: an int (or numpy integer) from 0 to 2**63 - 1 (steps are stored as int64)."""
+    if type(step) is int and 0 <= step <= MAX_STEP:
         return step
     item = getattr(step, "item", None)
     if item is not None and not isinstance(step, (float, bool)):
@@ -111,6 +145,8 @@ def check_step(step: Any) -> int:
             pass
     if type(step) is not int or step < 0:
         raise InvalidValueError(f"step={step!r} is not allowed: steps are integers >= 0")
+    if step > MAX_STEP:
+        raise InvalidValueError(f"step={step} is not allowed: steps are stored as int64 (at most 2**63 - 1)")
     return step
 
 
@@ -143,7 +179,10 @@ def tag_map(value: Any) -> dict[str, str]:
     if isinstance(value, str):
         value = [value]
     if isinstance(value, Mapping):
-        return {check_key("tag", k): "" if v is None else str(v) for k, v in value.items()}
+        return {
+            check_key("tag", k): "" if v is None else check_text(f"tag {k!r} value", str(v))
+            for k, v in value.items()
+        }
     return {check_key("tag", k): "" for k in value}
 
 
@@ -161,7 +200,8 @@ def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def to_value(value: Any) -> types_pb2.Value:
-    """Config / summary value -> Value: numbers stay numbers so filters can compare them."""
+    """Config / summary value -> Value: numbers stay numbers so filters can compare them; ints a
+    double cannot hold exactly (beyond 2**53, e.g. a 64-bit seed) travel as JSON text, exact."""
     item = getattr(value, "item", None)
     if item is not None and not isinstance(value, (int, float, str, bool)):
         try:
@@ -171,18 +211,32 @@ def to_value(value: Any) -> types_pb2.Value:
             value = tolist() if tolist else str(value)
     if isinstance(value, bool):
         return types_pb2.Value(flag=value)
-    if isinstance(value, (int, float)):
-        return types_pb2.Value(number=float(value))
+    if isinstance(value, int):
+        if -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            return types_pb2.Value(number=float(value))
+        return types_pb2.Value(json=str(int(value)))  # JSON text of an int: its exact digits
+    if isinstance(value, float):
+        return types_pb2.Value(number=value)
     if isinstance(value, str):
-        return types_pb2.Value(text=value)
+        return types_pb2.Value(text=check_text("text value", value))
     try:
-        return types_pb2.Value(json=json.dumps(value, default=str, allow_nan=True))
-    except (TypeError, ValueError):
-        return types_pb2.Value(text=str(value))
+        text = json.dumps(value, default=str, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        text = None
+    if text is None:
+        return types_pb2.Value(text=check_text("value", str(value)))
+    return types_pb2.Value(json=text)  # json.dumps escapes lone surrogates (ASCII output)
 
 
 def value_map(data: Mapping) -> dict[str, types_pb2.Value]:
-    return {key: to_value(value) for key, value in flatten(data).items()}
+    """Checked on the caller's thread: a key or value that cannot travel raises InvalidValueError."""
+    out = {}
+    for key, value in flatten(data).items():
+        try:
+            out[key] = to_value(value)
+        except InvalidValueError as exc:
+            raise InvalidValueError(f"{key!r}: {exc}") from None
+    return out
 
 
 def is_finite_number(value: Any) -> bool:
