@@ -92,13 +92,14 @@ def test_the_same_step_sent_eight_times_shows_the_last_send_everywhere(writer):
         writer.write([envelope(30 - i, received_ms=1_000, metrics=batch([5], [float(30 - i)]))])
     assert history(writer) == [(0, 5, 22.0)]
     s = summary(writer)
-    assert (s["last"], s["count"], s["last_step"]) == (22.0, 1, 5)
+    assert (s["last"], s["count"], s["last_step"], s["min"], s["max"]) == (22.0, 1, 5, 22.0, 22.0)
 
 
 def test_the_later_position_in_one_batch_wins(writer):
     writer.write([envelope(2, metrics=batch([0, 1, 1, 1, 2], [1.0, 5.0, 6.0, 7.0, 3.0]))])
     assert history(writer) == [(0, 0, 1.0), (0, 1, 7.0), (0, 2, 3.0)]
-    assert summary(writer)["count"] == 3
+    s = summary(writer)
+    assert (s["count"], s["min"], s["max"]) == (3, 1.0, 7.0)  # 5.0 and 6.0 were replaced
 
 
 def test_a_resumed_process_re_logging_steps_replaces_them(writer):
@@ -149,3 +150,26 @@ def test_forget_of_some_clients_and_runs_only(writer):
     writer.forget(clients=["client-a"], runs=[("proj", "run-1")])
     assert "client-a" not in writer._done and ("proj", "run-1") not in writer._runs
     assert writer.is_stored("client-a", 2)  # reloaded from the table
+
+
+def test_batches_arriving_out_of_order_are_no_false_alarm_but_overlaps_are():
+    """The common path never recomputes: disjoint step ranges in any order are new points."""
+    from runstream_services.writers.replaced_points import ReplacedPoints
+
+    class NoStore:  # a run the store has never seen
+        def query(self, *args, **kwargs):
+            return type("R", (), {"result_rows": []})()
+
+    points = ReplacedPoints(NoStore(), "db")
+    assert points.suspects([batch(range(100, 200), [0.0] * 100)]) == set()
+    assert points.suspects([batch(range(0, 100), [0.0] * 100)]) == set()  # earlier steps, later arrival
+    assert points.suspects([batch(range(300, 310), [0.0] * 10)]) == set()  # a gap is fine
+    assert points.suspects([batch([250], [0.0])]) == set()  # ...and filling it too
+    assert points.suspects([batch([305], [1.0])]) == {("proj", "run-1", "user", "loss")}
+    assert points.suspects([batch([400, 400], [1.0, 2.0])]) == {("proj", "run-1", "user", "loss")}
+    assert points.suspects([batch([0], [1.0], rank=1)]) == set()  # another rank: another point
+    two_keys = pb.MetricBatch(
+        project="proj", run_id="run-1", keys=["a", "b"], key_index=np.array([0, 1, 0, 1], "<u2").tobytes(),
+        steps=np.array([0, 0, 1, 1], "<i8").tobytes(), values=np.zeros(4).tobytes(),
+    )  # fmt: skip
+    assert points.suspects([two_keys]) == set()  # the same step under two keys

@@ -1,21 +1,23 @@
-"""Keeps metric summaries counting distinct points when a write replaces stored points.
+"""Keeps metric summaries equal to history when a write replaces stored points.
 
 A point logged twice (same run, kind, key, rank, step) is one point in history: the metrics table
-keeps the version sent last (writers/store.py states the rule). The summary view, though, counts
+keeps the version sent last (writers/store.py states the rule). The summary view, though, adds up
 every inserted row. Replacing writes are rare (a step logged again, a resumed run re-logging its
-last steps), so the common path stays as cheap as it was: the writer remembers the highest step
-stored per series and, only for a batch that reaches at or below it (or whose steps do not rise
-within the batch), recounts that series from `metrics FINAL` afterwards and inserts the
-difference as a signed `count` row into the summaries. A false alarm costs one recount, never a
-wrong count.
+last steps), so the common path stays as cheap as it was: the writer remembers which step ranges
+of each series are stored and, only for a batch that overlaps them (or whose steps do not rise
+within the batch), recomputes that series' summary from `metrics FINAL` afterwards: it deletes the
+series' summary rows and inserts the exact one (count of distinct points, last, finite min/max).
+A false alarm costs one recomputation, never a wrong summary.
 
-The recount runs while no other metric insert of this writer is in flight (a shared/exclusive
-gate): an insert lands in `metrics` and in the summaries at two moments, and a recount between
-them would see one without the other.
+The recomputation runs while no other metric insert of this writer is in flight (a
+shared/exclusive gate): an insert lands in `metrics` and in the summaries at two moments, and a
+recomputation between them would see one without the other. One writer owns a run at a time
+(embedded: the process; Kafka: the partition's owner, which forgets its ranges on assignment).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 from collections import OrderedDict
@@ -26,8 +28,15 @@ from clickhouse_connect.driver.client import Client
 
 from runstream.v1 import ingest_pb2, types_pb2
 
-MAX_CACHED_RUNS = 4096  # runs whose highest steps are kept in memory (reloaded when they come back)
-_NO_STEP = -(2**63)
+MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
+MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
+#: a series' summary from its points, as migration 0004's view computes it per block
+SUMMARY_AGGREGATES = (
+    "argMaxState(value, (step, version)), minIfOrNull(value, isFinite(value)), "
+    "maxIfOrNull(value, isFinite(value)), toInt64(count()), max(step)"
+)
+
+_MAX_STEP = 2**63 - 1
 
 #: (project, run_id, kind, key): one series of a run's summaries (kind is "user" or "system")
 Series = tuple[str, str, str, str]
@@ -115,67 +124,88 @@ class ReplacedPoints:
         self.db = database
         self.gate = SharedExclusive()
         self._lock = threading.Lock()
-        # (project, run_id) -> {(kind, key, rank): highest step stored}
-        self._highest: OrderedDict[tuple[str, str], dict[tuple[str, str, int], int]] = OrderedDict()
+        # (project, run_id) -> {(kind, key, rank): sorted, disjoint [lo, hi] step ranges stored}
+        self._ranges: OrderedDict[tuple[str, str], dict[tuple[str, str, int], list[list[int]]]] = (
+            OrderedDict()
+        )
 
     def suspects(self, batches: list[ingest_pb2.MetricBatch]) -> set[Series]:
         """The series of which these batches may replace stored points (or hold a point twice);
-        notes their steps as stored. Call before inserting them."""
+        notes their step ranges as stored. Call before inserting them."""
         found: set[Series] = set()
         with self._lock:
             for batch in batches:
-                highest = self._run_locked(batch.project, batch.run_id)
+                stored = self._run_locked(batch.project, batch.run_id)
                 kind = kind_name(batch)
                 for key, lo, hi, rising in key_ranges(batch):
-                    top = highest.get((kind, key, batch.rank), _NO_STEP)
-                    if not rising or lo <= top:
+                    ranges = stored.setdefault((kind, key, batch.rank), [])
+                    if not rising or _overlaps(ranges, lo, hi):
                         found.add((batch.project, batch.run_id, kind, key))
-                    if hi > top:
-                        highest[(kind, key, batch.rank)] = hi
+                    _add_range(ranges, lo, hi)
         return found
 
     def recount(self, series: set[Series]) -> None:
-        """Makes the summaries' count of each series equal its distinct points. Call after the
-        insert, holding no shared gate."""
+        """Replaces the summary rows of each series by its exact summary. Call after the insert,
+        holding no shared gate."""
         if not series:
             return
         with self.gate.exclusive():
             for project, run_id, kind, key in sorted(series):
                 params = {"p": project, "r": run_id, "k": kind, "key": key}
                 where = "project = %(p)s AND run_id = %(r)s AND kind = %(k)s AND key = %(key)s"
-                exact = self.client.query(f"SELECT count() FROM {self.db}.metrics FINAL WHERE {where}", parameters=params).result_rows[0][0]  # fmt: skip
-                counted = self.client.query(f"SELECT sum(count) FROM {self.db}.metric_summaries WHERE {where}", parameters=params).result_rows[0][0]  # fmt: skip
-                delta = int(exact) - int(counted or 0)
-                if delta:
-                    # a row that changes nothing but `count`: an empty `last` state, NULL min/max
-                    self.client.command(
-                        f"INSERT INTO {self.db}.metric_summaries "
-                        "SELECT %(p)s, %(r)s, %(k)s, %(key)s, argMaxStateIf(0., (toInt64(0), toUInt128(0)), 0 = 1), "
-                        f"NULL, NULL, toInt64(%(d)s), toInt64({_NO_STEP})",
-                        parameters={**params, "d": delta},
-                        settings={"insert_deduplicate": 0},
-                    )
+                self.client.command(
+                    f"DELETE FROM {self.db}.metric_summaries WHERE {where}", parameters=params
+                )
+                # insert_deduplicate = 0: the same summary inserted before must not be dropped as a replay
+                self.client.command(
+                    f"INSERT INTO {self.db}.metric_summaries SELECT project, run_id, kind, key, {SUMMARY_AGGREGATES} "
+                    f"FROM {self.db}.metrics FINAL WHERE {where} GROUP BY project, run_id, kind, key",
+                    parameters=params,
+                    settings={"insert_deduplicate": 0},
+                )
 
     def forget(self, runs: list[tuple[str, str]] | None = None) -> None:
-        """Drops the remembered steps of `runs` (all when None): another writer may have stored more."""
+        """Drops the remembered ranges of `runs` (all when None): another writer may have stored more."""
         with self._lock:
             if runs is None:
-                self._highest.clear()
+                self._ranges.clear()
             for run in runs or ():
-                self._highest.pop(run, None)
+                self._ranges.pop(run, None)
 
-    def _run_locked(self, project: str, run_id: str) -> dict[tuple[str, str, int], int]:
+    def _run_locked(self, project: str, run_id: str) -> dict[tuple[str, str, int], list[list[int]]]:
         run = (project, run_id)
-        highest = self._highest.get(run)
-        if highest is not None:
-            self._highest.move_to_end(run)
-            return highest
+        stored = self._ranges.get(run)
+        if stored is not None:
+            self._ranges.move_to_end(run)
+            return stored
+        # one range per series from the rollups: gaps count as stored (false alarms only)
         rows = self.client.query(
-            f"SELECT toString(kind), toString(key), rank, max(last_step) FROM {self.db}.metric_rollups "
-            "WHERE project = %(p)s AND run_id = %(r)s GROUP BY kind, key, rank",
+            f"SELECT toString(kind), toString(key), rank, min(first_step), max(last_step) "
+            f"FROM {self.db}.metric_rollups WHERE project = %(p)s AND run_id = %(r)s GROUP BY kind, key, rank",
             parameters={"p": project, "r": run_id},
         ).result_rows
-        highest = self._highest[run] = {(k, key, int(rank)): int(step) for k, key, rank, step in rows}
-        while len(self._highest) > MAX_CACHED_RUNS:
-            self._highest.popitem(last=False)
-        return highest
+        stored = self._ranges[run] = {
+            (k, key, int(rank)): [[int(lo), int(hi)]] for k, key, rank, lo, hi in rows
+        }
+        while len(self._ranges) > MAX_CACHED_RUNS:
+            self._ranges.popitem(last=False)
+        return stored
+
+
+def _overlaps(ranges: list[list[int]], lo: int, hi: int) -> bool:
+    i = bisect.bisect_right(ranges, [lo, _MAX_STEP])  # first range starting after lo
+    return (i > 0 and ranges[i - 1][1] >= lo) or (i < len(ranges) and ranges[i][0] <= hi)
+
+
+def _add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
+    """Adds [lo, hi], merging overlapping and adjacent ranges; past MAX_RANGES, keeps one."""
+    i = bisect.bisect_left(ranges, [lo, lo])
+    if i > 0 and ranges[i - 1][1] >= lo - 1:
+        i -= 1
+    j = i
+    while j < len(ranges) and ranges[j][0] <= hi + 1:
+        lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
+        j += 1
+    ranges[i:j] = [[lo, hi]]
+    if len(ranges) > MAX_RANGES:
+        ranges[:] = [[ranges[0][0], max(r[1] for r in ranges)]]

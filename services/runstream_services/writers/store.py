@@ -18,10 +18,9 @@ twice, history (reads with FINAL) shows the value sent last: by one client, the 
 the later position in one batch (its send order); by two clients, the one ingest received later
 (no shared send order exists; like an S3 PUT, the later arrival wins). A request resent after a
 later one was acked counts as received at its resend. Summaries agree with history: `last` is the
-value at the highest (step, version), `count` counts distinct points (writers/replaced_points.py
-subtracts replaced ones); min/max range over finite values and are NULL when there is none. A
-replaced value still counts in min/max (a min cannot be taken back without a rescan) — the one
-place where summaries and history may differ.
+value at the highest (step, version), `count` counts distinct points, min/max range over the finite
+values history shows and are NULL when there is none (writers/replaced_points.py recomputes the
+summary of a series that a write may have replaced points of).
 
 What a run event does to its run's row is decided in run_state.py; this module reads, stages and
 inserts the rows. Each request is parsed once: ingest's parse travels on the Envelope in-process,

@@ -8,8 +8,9 @@
 --    and lose to any versioned write of the same point.
 -- 2. metric_summaries: `last` is the value at the highest (step, version), the point history
 --    shows; min/max are over finite values only and NULL when a series has none (the old
---    minIf/maxIf stored 0 for a block of only NaN/inf); `count` is signed, so the writer can
---    subtract points that a later write replaced (count = distinct points, as history shows).
+--    minIf/maxIf stored 0 for a block of only NaN/inf). The view adds up inserted rows; when a
+--    write may have replaced stored points, the writer replaces the series' summary rows by its
+--    exact summary (writers/replaced_points.py), so count = distinct points, as history shows.
 -- 3. Existing data is copied: metrics keep their rows (version 0), the summaries are recomputed
 --    from `metrics FINAL`, so old 0-for-NaN summaries and double counts are corrected. Cost: one
 --    full read and write of the metrics table (seconds per hundred million points on one core,
@@ -57,7 +58,7 @@ CREATE TABLE {db}.metric_summaries_v4
     last       AggregateFunction(argMax, Float64, Tuple(Int64, UInt128)) COMMENT 'value at the highest (step, version)',
     min        SimpleAggregateFunction(min, Nullable(Float64)) COMMENT 'smallest finite value; NULL when none',
     max        SimpleAggregateFunction(max, Nullable(Float64)) COMMENT 'largest finite value; NULL when none',
-    count      SimpleAggregateFunction(sum, Int64) COMMENT 'points; replaced points are subtracted by the writer',
+    count      SimpleAggregateFunction(sum, Int64) COMMENT 'distinct points (see the header)',
     last_step  SimpleAggregateFunction(max, Int64)
 )
 ENGINE = AggregatingMergeTree
