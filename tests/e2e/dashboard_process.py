@@ -1,6 +1,8 @@
 """The dashboard as a child process for browser tests, plus the headless Chromium they drive.
 Streamlit is started exactly as `runstream dashboard` starts it (runstream_services.up), on a free
-port, pointed at a real server through RUNSTREAM_ENDPOINT."""
+port, pointed at a real server through RUNSTREAM_ENDPOINT. With RUNSTREAM_E2E_FAULT set, Streamlit
+starts behind tests/e2e/dashboard_faults.apply() instead (to prove a test fails when a behaviour
+breaks); unset, the command is exactly `runstream dashboard`'s."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from tests.e2e import dashboard_faults
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -45,9 +51,13 @@ class DashboardProcess:
 
         env = {**os.environ, "RUNSTREAM_ENDPOINT": self.endpoint, "PYTHONUNBUFFERED": "1"}
         env.pop("STREAMLIT_SERVER_ADDRESS", None)
+        command = dashboard_command(self.port, "127.0.0.1")
+        if env.get(dashboard_faults.ENV):
+            command = _with_fault(command)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
-            dashboard_command(self.port, "127.0.0.1"),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -80,6 +90,16 @@ class DashboardProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _with_fault(command: list[str]) -> list[str]:
+    """`python -m streamlit run ...` -> the same run, after dashboard_faults.apply()."""
+    assert command[1:3] == ["-m", "streamlit"], command
+    bootstrap = (
+        "import runpy, sys; from tests.e2e import dashboard_faults; dashboard_faults.apply(); "
+        "sys.argv[0] = 'streamlit'; runpy.run_module('streamlit', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", bootstrap, *command[3:]]
 
 
 def launch_chromium(playwright):
