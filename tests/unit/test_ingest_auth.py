@@ -67,18 +67,20 @@ def test_local_store_is_content_addressed_and_checks_digests(tmp_path):
     store = LocalArtifactStore(tmp_path / "art")
     data = b"weights" * 1000
     sha = hashlib.sha256(data).hexdigest()
-    uri, present = store.put(sha, io.BytesIO(data), len(data))
-    assert not present and uri == (tmp_path / "art" / sha[:2] / sha[2:]).resolve().as_uri()
-    assert store.put(sha, io.BytesIO(data), len(data)) == (uri, True)
-    assert b"".join(store.open(sha, chunk_size=100)) == data and store.exists(sha)
+    uri, present = store.put("p", sha, io.BytesIO(data), len(data))
+    assert not present and uri == store.uri_for("p", sha) and str(tmp_path) not in uri
+    assert (tmp_path / "art" / "p" / "sha256" / sha[:2] / sha).resolve().is_file()
+    assert store.put("p", sha, io.BytesIO(data), len(data)) == (uri, True)
+    assert b"".join(store.open("p", sha, chunk_size=100)) == data and store.exists("p", sha)
+    assert not store.exists("other", sha)  # content-addressed per project
     with pytest.raises(InvalidArgument, match="hash to"):
-        store.put("0" * 64, io.BytesIO(data), len(data))
+        store.put("p", "0" * 64, io.BytesIO(data), len(data))
     with pytest.raises(InvalidArgument, match="declared 3 bytes"):
-        store.put(hashlib.sha256(b"abc").hexdigest(), io.BytesIO(b"abcd"), 3)
+        store.put("p", hashlib.sha256(b"abc").hexdigest(), io.BytesIO(b"abcd"), 3)
     with pytest.raises(InvalidArgument, match="64 hex"):
-        store.put("../../etc/passwd", io.BytesIO(b""), 0)
+        store.put("p", "../../etc/passwd", io.BytesIO(b""), 0)
     with pytest.raises(NotFound):
-        list(store.open("1" * 64))
+        list(store.open("p", "1" * 64))
     assert not list((tmp_path / "art" / ".tmp").iterdir()), "failed writes leave no temp files"
 
 
