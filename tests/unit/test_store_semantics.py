@@ -173,3 +173,28 @@ def test_batches_arriving_out_of_order_are_no_false_alarm_but_overlaps_are():
         steps=np.array([0, 0, 1, 1], "<i8").tobytes(), values=np.zeros(4).tobytes(),
     )  # fmt: skip
     assert points.suspects([two_keys]) == set()  # the same step under two keys
+
+
+def test_bookkeeping_rows_being_inserted_still_count_as_pending():
+    """A writer reloading a client's stored seqs (after forget(), or an evicted client) reads the
+    table plus pending(): a row taken by a flush but not yet in the table must be in pending()."""
+    import threading
+
+    from runstream_services.writers.bookkeeping import BackgroundRows
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_insert(table, columns, data):
+        started.set()
+        release.wait(10)
+
+    rows = BackgroundRows(slow_insert, {"ingested_requests": ("client_id", "seq")}, interval_s=3600)
+    rows.add("ingested_requests", [["c", 1]])
+    flusher = threading.Thread(target=rows.flush)
+    flusher.start()
+    assert started.wait(10)
+    assert rows.pending("ingested_requests") == [["c", 1]]
+    release.set()
+    flusher.join(10)
+    assert rows.pending("ingested_requests") == []
+    rows.close()

@@ -31,6 +31,9 @@ class BackgroundRows:
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._pending: dict[str, list[list]] = {table: [] for table in columns}
+        # taken by a flush and not inserted yet: still reported by pending(), so a reader never
+        # sees a row in neither place (the store writer reloads stored seqs from table + pending)
+        self._inserting: dict[str, list[list]] = {table: [] for table in columns}
         self._flush_lock = threading.Lock()  # one flush at a time keeps rows in order
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runstream-bookkeeping", daemon=True)
@@ -45,15 +48,16 @@ class BackgroundRows:
                 self._pending[table].extend(rows)
 
     def pending(self, table: str) -> list[list]:
-        """Rows not yet inserted (a copy)."""
+        """Rows not yet inserted (a copy), including those being inserted right now."""
         with self._lock:
-            return list(self._pending[table])
+            return self._inserting[table] + self._pending[table]
 
     def flush(self) -> None:
         with self._flush_lock:
             with self._lock:
                 batches = {t: rows for t, rows in self._pending.items() if rows}
                 self._pending = {table: [] for table in self._columns}
+                self._inserting = {table: batches.get(table, []) for table in self._columns}
             for table, rows in batches.items():
                 try:
                     self._insert(table, self._columns[table], rows)
@@ -61,6 +65,9 @@ class BackgroundRows:
                     log.exception("writing %d %s rows failed; retrying", len(rows), table)
                     with self._lock:
                         self._pending[table][:0] = rows
+                finally:
+                    with self._lock:
+                        self._inserting[table] = []
 
     def close(self) -> None:
         if self._stop.is_set():

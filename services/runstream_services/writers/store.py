@@ -25,6 +25,10 @@ summary of a series that a write may have replaced points of).
 What a run event does to its run's row is decided in run_state.py; this module reads, stages and
 inserts the rows. Each request is parsed once: ingest's parse travels on the Envelope in-process,
 and only envelopes read back from Kafka are parsed here.
+
+About 450 lines, on purpose: the write path (claim, stage, insert, record) reads best in one file.
+What it decides elsewhere has its own module: run rules (run_state.py), rows (rows.py), replaced
+points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (bookkeeping.py).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
 from runstream_services.writers.replaced_points import ReplacedPoints
+from runstream_services.writers.run_cache import RunCache
 
 log = logging.getLogger("runstream.writer")
 
@@ -86,47 +91,6 @@ def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
     return request, ""
 
 
-class _RunCache(OrderedDict):
-    """Run rows by (project, run_id), least recently used dropped past a count and a byte bound
-    (a dropped row is read back from the runs table on next use). Used under _meta_lock."""
-
-    def __init__(self, max_runs: int, max_bytes: int):
-        super().__init__()
-        self.max_runs, self.max_bytes, self.nbytes = max_runs, max_bytes, 0
-        self._sizes: dict[tuple[str, str], int] = {}
-
-    @staticmethod
-    def _size(row: RunRow) -> int:
-        return 512 + len(row.context) + len(row.datasets) + len(row.notes) + sum(map(len, row.tags.items()))
-
-    def __setitem__(self, key, row: RunRow) -> None:
-        super().__setitem__(key, row)
-        self.move_to_end(key)
-        size = self._size(row)
-        self.nbytes += size - self._sizes.get(key, 0)
-        self._sizes[key] = size
-        while len(self) > 1 and (len(self) > self.max_runs or self.nbytes > self.max_bytes):
-            self.pop(next(iter(self)))
-
-    def __delitem__(self, key) -> None:
-        super().__delitem__(key)
-        self.nbytes -= self._sizes.pop(key, 0)
-
-    def get(self, key, default=None):
-        if key in self:
-            self.move_to_end(key)
-        return super().get(key, default)
-
-    def pop(self, key, *default):
-        self.nbytes -= self._sizes.pop(key, 0)
-        return super().pop(key, *default)
-
-    def clear(self) -> None:
-        super().clear()
-        self._sizes.clear()
-        self.nbytes = 0
-
-
 class StoreWriter:
     """The Sink of both buses (bus/base.py). Thread-safe: several threads may call write() at once
     (metric inserts run in parallel; run rows are read-modify-written under a lock)."""
@@ -152,7 +116,7 @@ class StoreWriter:
         self._done: OrderedDict[str, set[int]] = OrderedDict()
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
-        self._runs = _RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
+        self._runs = RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
