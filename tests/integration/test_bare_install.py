@@ -46,7 +46,11 @@ print(json.dumps({"run_id": run.id, "file": runstream.__file__,
 
 def index_unreachable() -> str | None:
     """Why the package index cannot be reached, or None when it answers."""
-    url = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/").rstrip("/") + "/grpcio/"
+    configured = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True, text=True
+    ).stdout.strip()
+    index = os.environ.get("PIP_INDEX_URL") or configured or "https://pypi.org/simple/"
+    url = index.rstrip("/") + "/grpcio/"
     try:
         urllib.request.urlopen(url, timeout=15).close()
         return None
