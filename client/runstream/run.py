@@ -8,9 +8,17 @@ or a datetime), for replaying or importing what ran earlier; init's `start_time=
 
 Helpers with one job each live in _internal/: start.py (init), run_dict.py (config/summary),
 arrays.py (log_arrays packing), artifacts.py, lifecycle.py (current run, exit and fork hooks).
-What remains is the Run class (about 390 of this module's ~445 lines, over the house's ~400 on
+What remains is the Run class (about 430 of this module's ~495 lines, over the house's ~400 on
 purpose): its methods share the run's buffer, step counters and finished flag, and the hot path
-(log) stays inline in one class rather than spread over mixins."""
+(log) stays inline in one class rather than spread over mixins.
+
+The hand-off to the worker is bounded by bytes (settings.max_memory_bytes, accounted by
+buffer.queued_bytes): checked only when the caller wakes the worker (every few thousand calls, or
+fewer when entries are large), so run.log's per-call cost is unchanged; when it is full the caller
+waits for the worker to drain it, at most HANDOFF_WAIT_S per wake (counted in run.stats as
+handoff_waits / handoff_wait_s). Waiting was chosen over spooling on the caller's thread: the
+worker already spills to disk past max_memory_bytes, so a short wait bounds memory without a
+second writer of the spool or packing on the training thread."""
 
 from __future__ import annotations
 
@@ -50,6 +58,8 @@ from runstream.errors import InvalidValueError, RunFinishedError
 from runstream.v1 import ingest_pb2
 
 WAKE_ENTRIES = 8192  # log() calls buffered before the worker is woken early (it also wakes on a timer)
+#: the longest a log call waits for the worker to drain a full hand-off (then it goes on, counted)
+HANDOFF_WAIT_S = 1.0
 SYSTEM_PREFIX = "system/"  # the automatic sampler's keys start with it; log_system adds it when missing
 
 _time = time.time
@@ -101,11 +111,16 @@ class Run:
         self._next_step = 0
         self._system_steps = itertools.count()  # shared with the sampler thread
         self._wake_step = WAKE_ENTRIES
+        self._handoff_limit = settings.max_memory_bytes  # bytes queued for the worker (buffer.py)
+        self._handoff_step = WAKE_ENTRIES  # entries that fit a quarter of it, from the newest entry
+        self._drained = threading.Event()  # set by the worker after each drain
+        self._handoff_waits = 0
+        self._handoff_wait_s = 0.0
         self._buffer = MetricBuffer(project, run_id, rank, settings.max_batch_points)
         if self.mode == "disabled":
             self._buffer.entries = deque(maxlen=0)
         self._entries = self._buffer.entries
-        self._wake_at = self._wake_step if self.mode != "disabled" else 1 << 62
+        self._wake_at = 1 if self.mode != "disabled" else 1 << 62  # the first call sizes _handoff_step
         self.config = RunDict(self._send_update, "config", flatten(config) if config else None)
         self.summary = RunDict(self._send_update, "summary")
         self._pipeline = None
@@ -258,15 +273,42 @@ class Run:
             self._wake()
 
     def _wake(self) -> None:
-        self._wake_at = len(self._entries) + self._wake_step
+        """Wakes the worker; over the hand-off bound (max_memory_bytes of queued entries), waits
+        for it to drain (at most HANDOFF_WAIT_S: the caller is slowed, never stopped). Runs every
+        _wake_step / _handoff_step entries, so run.log's per-call cost does not change."""
+        entries = self._entries
+        queued = self._buffer.queued_bytes()
+        if entries:
+            self._handoff_step = max(
+                16, min(WAKE_ENTRIES, len(entries) * self._handoff_limit // (4 * queued))
+            )
+        self._wake_at = len(entries) + min(self._wake_step, self._handoff_step)
         if self._pipeline is None:
             if not self._forked_child or self._finished:
                 return
             self._start_child_pipeline()
+        if queued > self._handoff_limit:
+            self._wait_for_drain()
+        else:
+            self._pipeline.wake()
+
+    def _wait_for_drain(self) -> None:
+        """Backpressure: the caller logs faster than the worker packs and sends (or spools)."""
+        t0 = time.monotonic()
+        self._drained.clear()
         self._pipeline.wake()
+        if not self._drained.wait(HANDOFF_WAIT_S) and not self._handoff_wait_s:
+            print(
+                f"runstream: run {self.id!r}: the worker did not drain {self._handoff_limit >> 20} MiB of "
+                f"logged data within {HANDOFF_WAIT_S}s; logging goes on (see run.stats['handoff_wait_s'])",
+                file=sys.stderr,
+            )
+        self._handoff_waits += 1
+        self._handoff_wait_s += time.monotonic() - t0
 
     def _reset_wake(self) -> None:
-        self._wake_at = self._wake_step
+        self._wake_at = min(self._wake_step, self._handoff_step)
+        self._drained.set()
 
     # ---- run fields -----------------------------------------------------------------------
 
@@ -352,11 +394,16 @@ class Run:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Delivery counters: submitted, acked, refused, spilled, reconnects, last_error, pending."""
+        """Delivery counters: submitted, acked, refused, spilled, dropped, reconnects, last_error,
+        pending, handoff_waits, handoff_wait_s."""
         if self._pipeline is None:
             return {}
         stream = self._pipeline.stream
-        return stream.stats.as_dict(pending=len(stream.pending))
+        # handoff_*: times run.log waited for the worker to drain a full hand-off, and for how long
+        return stream.stats.as_dict(pending=len(stream.pending)) | {
+            "handoff_waits": self._handoff_waits,
+            "handoff_wait_s": round(self._handoff_wait_s, 3),
+        }
 
     def finish(
         self,
@@ -429,6 +476,7 @@ class Run:
         self._forked_child = True
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._drained = threading.Event()
         self.client_id = uuid.uuid4().hex
         self._wake_at = 0  # the first log() starts the child's pipeline
 

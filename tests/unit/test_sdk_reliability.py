@@ -290,3 +290,25 @@ def test_exit_with_a_server_never_reached_spools_at_once(tmp_path):
     requests = _spooled(Path(proc.stdout.strip()))
     assert sum(len(r.metrics.values) // 8 for r in requests) == 1000
     assert [r.WhichOneof("body") for r in requests].count("run_finish") == 1
+
+
+# ---- item 11: the caller -> worker hand-off is bounded by bytes ---------------------------------
+
+
+def test_tight_log_loop_keeps_the_hand_off_within_max_memory_bytes(fake, tmp_path):
+    """The deque between run.log and the worker used to grow without bound (680 MB RSS with
+    max_memory_bytes=1 MiB); now run.log waits briefly for the worker when it is full. Measured as
+    accounted bytes (entries x the accounted size of a 10-key entry, buffer.entry_bytes)."""
+    limit = 1 << 20
+    run = _init(fake.endpoint, tmp_path, max_memory_bytes=limit)
+    row = {f"k{i}": float(i) for i in range(10)}
+    entry_bytes = 160 + 64 * len(row)
+    peak = 0
+    for step in range(150_000):
+        run.log(row, step=step)
+        if step % 64 == 0:
+            peak = max(peak, len(run._entries) * entry_bytes)
+    assert peak <= 2 * limit, f"{peak / limit:.1f} MiB queued for the worker"
+    assert run.finish(timeout_s=60) is True
+    assert len(fake.points(run.id)) == 150_000 * 10
+    assert run.stats["handoff_wait_s"] >= 0

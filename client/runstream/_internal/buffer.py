@@ -5,6 +5,10 @@ are atomic, so neither side takes a lock); the worker pops everything and packs 
 `MetricBatch` messages (one key dictionary, little-endian byte columns). Control messages (config
 updates, artifacts, finish) travel in the same deque so their order relative to metrics is kept.
 
+The hand-off is bounded by bytes (max_memory_bytes): `queued_bytes` estimates what the deque holds
+(its length times the newest entry's accounted size, O(1)); the Run checks it each time it wakes
+the worker and, over the bound, waits for the worker to drain (see Run._wait_for_drain).
+
 Everything is checked on the caller's thread; should packing a batch still fail, the batch is
 packed again point by point and only the points that cannot travel are refused (reported through
 `on_refused`), so one bad entry never takes the good ones down with it.
@@ -46,6 +50,22 @@ class Control:
 
     def __init__(self, field: str, body: Any):
         self.field, self.body = field, body
+
+
+#: accounted memory of one queued run.log call: the tuple, its time and its dict, plus per point
+#: the dict slot and a float object (sys.getsizeof, CPython 3.11, rounded up)
+ENTRY_BYTES = 160
+POINT_BYTES = 64
+
+
+def entry_bytes(entry: Any) -> int:
+    """The accounted size of one queued entry (an estimate of the memory it holds)."""
+    if type(entry) is tuple:
+        return ENTRY_BYTES + POINT_BYTES * len(entry[2])
+    if type(entry) is Bulk:
+        return ENTRY_BYTES + len(entry.values) + len(entry.steps) + (len(entry.times) if entry.times else 0)
+    body = getattr(entry, "body", None)
+    return ENTRY_BYTES + (body.ByteSize() if hasattr(body, "ByteSize") else 0)
 
 
 def _le(a: array) -> bytes:
@@ -147,6 +167,14 @@ class MetricBuffer:
         self.entries: deque = deque()
         #: called with (points refused, why) when packing had to leave points out
         self.on_refused: Callable[[int, str], None] | None = None
+
+    def queued_bytes(self) -> int:
+        """Accounted bytes waiting in the hand-off: entries x the newest entry's size (O(1))."""
+        entries = self.entries
+        try:
+            return len(entries) * entry_bytes(entries[-1])
+        except IndexError:
+            return 0
 
     def _batch(self, cols: _Columns, kind: int) -> ingest_pb2.MetricBatch | None:
         try:

@@ -68,11 +68,19 @@ def _at_exit() -> None:
             print(f"runstream: could not finish run {run.id}: {exc}", file=sys.stderr)
 
 
+#: in a forked child: the parent's worker and pipelines, kept referenced so that they are never
+#: freed there (freeing a gRPC channel calls into gRPC core, whose threads did not survive the fork;
+#: that crashed children now and then: SIGABRT in ev_epoll1_linux.cc, or SIGSEGV)
+_inherited_from_parent: list = []
+
+
 def _after_fork_in_child() -> None:
     from runstream._internal.worker import Worker
 
+    _inherited_from_parent.append(Worker._instance)
     Worker.forget_after_fork()
     for run in list(_active):
+        _inherited_from_parent.append(run._pipeline)
         run._after_fork_child()
 
 
