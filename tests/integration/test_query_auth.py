@@ -243,7 +243,8 @@ def test_a_read_key_cannot_write(server):
     assert (
         refused(lambda: upload(ingest, B, OWN_RUN[B], data, "write-a")) == grpc.StatusCode.PERMISSION_DENIED
     )
-    assert refused(lambda: upload(ingest, A, OWN_RUN[A], data, None)) == grpc.StatusCode.UNAUTHENTICATED
+    for no_key in (None, "no-such-key"):
+        assert refused(lambda: upload(ingest, A, OWN_RUN[A], data, no_key)) == grpc.StatusCode.UNAUTHENTICATED  # noqa: B023
     cid = uuid.uuid4().hex
     requests = [
         run_start(1, cid, "read-key-run", project=A),
