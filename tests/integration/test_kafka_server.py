@@ -59,12 +59,12 @@ def test_metrics_and_artifacts_through_kafka_are_stored_once(kafka_server, servi
     )
     small_sha = hashlib.sha256(small).hexdigest()
     assert manifest == [
-        ["config.yaml", 1, len(small), small_sha, f"s3://{prefix}/sha256/{small_sha[:2]}/{small_sha}"],
+        ["config.yaml", 1, len(small), small_sha, f"s3://{prefix}/proj/sha256/{small_sha[:2]}/{small_sha}"],
         ["weights.bin", 1, len(big), big_sha, uploaded.uri],
     ]
     s3 = Minio(services.s3_endpoint, services.s3_access_key, services.s3_secret_key, secure=False)
     for sha, data in ((small_sha, small), (big_sha, big)):
-        response = s3.get_object(prefix, f"sha256/{sha[:2]}/{sha}")
+        response = s3.get_object(prefix, f"proj/sha256/{sha[:2]}/{sha}")
         try:
             assert response.read() == data
         finally:
