@@ -11,7 +11,17 @@ latest `runstream.init` returned.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+if "grpc" not in sys.modules:
+    # gRPC core's fork handlers run only when no thread is inside gRPC at fork(), which is never the
+    # case while a run's worker thread polls its stream: they are skipped and the child then crashes
+    # now and then (SIGABRT/SIGSEGV in ev_epoll1). The SDK's forked children never use gRPC (they
+    # spool; the parent uploads), so fork support is turned off unless the program chose otherwise.
+    # Read by gRPC at import: without effect when grpc was imported first.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from runstream._internal.lifecycle import current_run
 from runstream._internal.start import init, set_seed

@@ -312,3 +312,42 @@ def test_tight_log_loop_keeps_the_hand_off_within_max_memory_bytes(fake, tmp_pat
     assert run.finish(timeout_s=60) is True
     assert len(fake.points(run.id)) == 150_000 * 10
     assert run.stats["handoff_wait_s"] >= 0
+
+
+class UploadsNeedAKnownRun(FakeIngest):
+    """As the real server does since artifacts are scoped per project: UploadArtifact answers
+    NOT_FOUND for a run whose run_start it has not stored yet."""
+
+    def __init__(self):
+        self.not_found = 0
+        super().__init__()
+
+    def UploadArtifact(self, request_iterator, context):
+        parts = list(request_iterator)
+        header = parts[0].header
+        if not any(b.run_id == header.run_id for b in self.bodies("run_start")):
+            self.not_found += 1
+            context.abort(grpc.StatusCode.NOT_FOUND, f"run {header.run_id} does not exist")
+        return super().UploadArtifact(iter(parts), context)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_large_artifact_reaches_a_server_that_needs_the_run_first(tmp_path, mode):
+    """Online, the upload waits for the run_start's ack; `runstream sync` of an offline run sends
+    what precedes an artifact (the run_start) before uploading its file."""
+    server = UploadsNeedAKnownRun()
+    try:
+        data = os.urandom(2 << 20)
+        (tmp_path / "ckpt.bin").write_bytes(data)
+        run = _init(server.endpoint, tmp_path, mode=mode)
+        sha = run.log_artifact(tmp_path / "ckpt.bin")["files"][0]["sha256"]
+        assert run.finish(timeout_s=20) is True
+        if mode == "offline":
+            from runstream.sync import sync_paths
+
+            sync_paths([tmp_path / "spool" / run.id], endpoint=server.endpoint, progress=False)
+        assert server.blobs.get(sha) == data
+        assert [e.sha256 for e in server.bodies("artifact")] == [sha]
+        assert server.not_found == 0
+    finally:
+        server.stop()

@@ -219,6 +219,8 @@ class Pipeline:
             )
 
     async def _upload_with_retries(self, up: Upload) -> None:
+        # the server takes an upload only for a run it knows: the run_start (seq 1) first
+        await self.stream.wait_acked(1, self.settings.finish_timeout_s)
         delay = self.settings.reconnect_initial_s
         while True:
             try:

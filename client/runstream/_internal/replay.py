@@ -66,6 +66,7 @@ async def replay_file(
         return None
     try:
         requests: dict[int, bytes] = {}
+        blobs: dict[int, ingest_pb2.ArtifactEvent] = {}  # seq -> event whose file is in blobs/
         client_id = path.stem
         for data in spool_mod.read_records(path):
             req = ingest_pb2.IngestRequest.FromString(data)
@@ -74,7 +75,7 @@ async def replay_file(
                 requests[req.seq] = data
                 result.points += _points(req)
                 if req.WhichOneof("body") == "artifact" and not req.artifact.inline_data:
-                    await _upload_blob(worker, settings, path.parent, req.artifact)
+                    blobs[req.seq] = req.artifact
         result.requests = len(requests)
         channel = worker.channel(settings.endpoint)
 
@@ -95,9 +96,14 @@ async def replay_file(
             on_refused=refused,
         )
         try:
-            for seq in sorted(requests):
-                stream.submit_raw(seq, requests[seq])
             deadline = time.monotonic() + timeout_s
+            for seq in sorted(requests):
+                if seq in blobs:
+                    # the server takes an upload only for a run it knows: what precedes it
+                    # (the run_start) is acknowledged first
+                    await stream.wait_acked(stream.last_seq, max(0.0, deadline - time.monotonic()))
+                    await _upload_blob(worker, settings, path.parent, blobs[seq])
+                stream.submit_raw(seq, requests[seq])
             total = len(requests)
             while stream.pending and time.monotonic() < deadline:
                 if progress:
