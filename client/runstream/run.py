@@ -433,7 +433,12 @@ class Run:
             online = self.mode == "online" and not self._forked_child and self._pipeline is not None
             # the run start must be stored before children's files (other client ids) arrive; without
             # such files the finish goes out right behind the data, one round trip in all
-            if online and self._pipeline.has_child_files() and self._pipeline.flush(timeout_s):
+            if (
+                online
+                and self._pipeline.has_child_files()
+                and (not self._at_exit or self._pipeline.server_reached())
+                and self._pipeline.flush(timeout_s)
+            ):
                 self._pipeline.import_children(max(1.0, deadline - time.monotonic()))
             if not self._forked_child and self.mode != "disabled":
                 finish = ingest_pb2.RunFinish(

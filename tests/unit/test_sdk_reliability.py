@@ -105,6 +105,11 @@ def test_config_summary_tags_and_names_with_lone_surrogates_are_refused_clearly(
         run.tags = ["ok", "bad\ud800"]
     with pytest.raises(InvalidValueError, match="surrogate"):
         run.name = "bad\ud800"
+    with pytest.raises(InvalidValueError, match="surrogate"):
+        run.use_dataset("train", "v\ud800")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(InvalidValueError, match="surrogate"):
+        run.log_artifact(tmp_path / "f.txt", type="model\ud800")
     run.config["fine"] = 1
     assert run.finish() is True
     assert [u.config["fine"].number for u in fake.bodies("run_update") if "fine" in u.config] == [1.0]

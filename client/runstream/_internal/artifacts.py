@@ -15,7 +15,7 @@ from runstream.v1 import ingest_pb2, types_pb2
 
 from .buffer import Control
 from .files import FileEntry, collect, content_hash
-from .values import check_key, sanitize_name
+from .values import check_key, check_text, sanitize_name
 
 MAX_INLINE_BYTES = 1024 * 1024
 
@@ -47,6 +47,7 @@ def collect_artifact(path: str | os.PathLike, name: str | None) -> Artifact:
 
 def artifact_entries(project: str, run_id: str, artifact: Artifact, kind: str | None) -> list[Control]:
     """The buffer entries that record `artifact`: small files inline, large ones as uploads."""
+    check_text("artifact type", kind or "")
     entries = []
     for f in artifact.files:
         event = ingest_pb2.ArtifactEvent(
@@ -78,4 +79,6 @@ def dataset_ref(name: str, path_or_hash: str | os.PathLike, uri: str | None) -> 
         uri = uri or p.resolve().as_uri()
     else:
         version = str(path_or_hash)
+    check_text("dataset version", version)
+    check_text("dataset uri", uri or "")
     return types_pb2.DatasetRef(name=name, version=version, uri=uri or "")

@@ -86,6 +86,10 @@ class Pipeline:
     def flush(self, timeout_s: float) -> bool:
         return self.worker.call(self._flush(timeout_s), timeout_s + 10)
 
+    def server_reached(self, wait_s: float = EXIT_UNREACHED_WAIT_S) -> bool:
+        """True once the server answered or the channel is connected, waiting up to wait_s."""
+        return self.offline or self.worker.call(self._server_reached(wait_s), wait_s + 10)
+
     def close(self, timeout_s: float, at_exit: bool = False) -> bool:
         """True when everything was delivered. Never raises: a failure is warned about (False).
         `at_exit`: a server this process never reached is not waited for (EXIT_UNREACHED_WAIT_S)."""
