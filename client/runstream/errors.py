@@ -62,5 +62,7 @@ class SpoolError(RunstreamError):
 
 
 class RefusedWarning(UserWarning):
-    """Warned when the server refused a request (ok=False ack); the request is kept in
-    `<spool>/<run_id>/<client_id>.refused` and counted in `Run.refused_count`."""
+    """Warned when the server refused a request (ok=False ack, or INVALID_ARGUMENT for an artifact
+    upload); the request is kept in `<spool>/<run_id>/<client_id>.refused` and counted in
+    `Run.refused_count`. Also warned (and counted) for the rare entry the SDK's worker could not
+    pack: that entry alone is left out, the rest is sent."""

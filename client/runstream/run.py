@@ -389,7 +389,9 @@ class Run:
 
     @property
     def refused_count(self) -> int:
-        """Requests the server refused so far (each was warned about and kept in the spool folder)."""
+        """Requests the server refused so far (each was warned about and kept in the spool folder's
+        .refused file), plus entries the SDK refused itself: points its worker could not pack and
+        artifact files that changed after log_artifact (each warned about as RefusedWarning)."""
         return self._pipeline.stream.stats.refused if self._pipeline else 0
 
     @property

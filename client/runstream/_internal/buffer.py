@@ -151,9 +151,11 @@ def _point_problem(key: Any, step: Any, value: Any, time_ms: Any) -> str:
         return f"{key!r}: step {str(step)[:40]} is not an int64 >= 0"
     if type(time_ms) is not int or not 0 <= time_ms < 2**63:
         return f"{key!r}: time {str(time_ms)[:40]} is not an int64 of unix ms"
+    if type(value) is not float and type(value) is not int:
+        return f"{key!r}: value {str(value)[:40]} is a {type(value).__name__}, not a number"
     try:
-        math.isnan(value)  # converts to float: fails for ints beyond float64 and non-numbers
-    except (TypeError, OverflowError, ValueError):
+        math.isnan(value)  # converts to float: fails for ints beyond float64
+    except OverflowError:
         return f"{key!r}: value {str(value)[:40]} is not a float64"
     return ""
 
