@@ -356,3 +356,42 @@ def test_large_artifact_reaches_a_server_that_needs_the_run_first(tmp_path, mode
         assert server.not_found == 0
     finally:
         server.stop()
+
+
+def test_artifact_file_changed_after_log_artifact_is_refused_not_spooled(tmp_path):
+    """Saving a large file into the spool (offline, or an upload cut short at finish) checks it
+    against the hash log_artifact recorded: a changed file is refused and reported, never kept
+    under a digest it does not have (sync would retry it forever)."""
+    from runstream._internal.artifacts import artifact_entries, collect_artifact
+
+    run = runstream.init(
+        "unit", mode="offline", spool_dir=str(tmp_path / "spool"), system_metrics_interval_s=0,
+        capture_packages=False,
+    )  # fmt: skip
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(os.urandom(2 << 20))
+    (up,) = [e.body for e in artifact_entries("unit", run.id, collect_artifact(path, None), None)]
+    path.write_bytes(os.urandom(2 << 20))  # training goes on writing the checkpoint
+
+    async def save():
+        run._pipeline._park_blob(up)
+
+    with pytest.warns(RefusedWarning, match="changed"):
+        run._pipeline.worker.call(save())
+    assert run.refused_count == 1
+    assert not (run.run_dir / "blobs" / up.event.sha256).exists()
+    refused = list(read_records(run.run_dir / f"{run.client_id}.refused"))
+    assert [ingest_pb2.IngestRequest.FromString(r).artifact.sha256 for r in refused] == [up.event.sha256]
+    run.finish()
+
+
+def test_importing_runstream_first_turns_grpc_fork_support_off_unless_chosen():
+    """gRPC core's fork handlers are skipped while the worker thread polls (always, during a run)
+    and forked children then crashed now and then; the SDK's children never use gRPC."""
+    code = "import os, runstream, grpc; print(os.environ.get('GRPC_ENABLE_FORK_SUPPORT'))"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "false", out.stderr
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr
