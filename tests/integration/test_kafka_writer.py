@@ -9,7 +9,7 @@ import uuid
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from runstream.v1 import ingest_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
@@ -108,6 +108,26 @@ async def drain(loop: KafkaWriterLoop, client, database: str, expected_points: i
         ):
             return
         await asyncio.sleep(0.1)
+
+
+async def committed_and_end_offsets(
+    settings: ServerSettings, topic: str, partitions: int
+) -> tuple[dict, dict]:
+    """{partition: offset} the writers' group committed, and {partition: end offset}, read from
+    Kafka by a fresh consumer of that group that joins nothing (no subscription, no rebalance)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.kafka_group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+    return {p: c for p, c in committed.items() if c is not None}, {tp.partition: e for tp, e in ends.items()}
 
 
 def test_metrics_through_kafka_are_stored_once_and_committed(setup):
@@ -222,7 +242,11 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
     assert loop.replayed_blocks == 1
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected  # the first block once
     assert count(client, db, "SELECT count() FROM {db}.ingested_requests FINAL") == len(envelopes)
-    assert loop.total_lag() == 0 or loop._consumer is None
+    # read back from Kafka, not from the stopped loop: the group committed past every record,
+    # the re-formed block included, so a restarted writer would replay nothing
+    committed, ends = asyncio.run(committed_and_end_offsets(settings, topic, loop.partitions))
+    assert sum(ends.values()) == len(envelopes)
+    assert committed == {p: end for p, end in ends.items() if end}, (committed, ends)
 
 
 def _same_partition_runs(count: int, partitions: int = 6) -> list[str]:
