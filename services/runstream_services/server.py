@@ -269,9 +269,8 @@ class RunstreamServer:
                 await asyncio.to_thread(client.query, "SELECT 1")
 
             probes["store"] = store
-        ping = getattr(self.bus, "ping", None)  # KafkaBus
-        if ping is not None:
-            probes["kafka"] = ping
+        if self.bus is not None and self.settings.bus == "kafka":
+            probes["kafka"] = self.bus.ping
         return Readiness(
             draining=lambda: self._stopping or (self.ingest is not None and self.ingest.draining),
             probes=probes,

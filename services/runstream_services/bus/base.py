@@ -10,6 +10,7 @@ In-process it also carries the parsed request: the embedded path parses each req
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
@@ -93,6 +94,9 @@ class Bus(Protocol):
         stored). Raises a RunstreamServiceError subclass when the whole batch failed
         (Unavailable: retry)."""
 
+    async def ping(self) -> None:
+        """Returns once the bus answered (readiness); raises when it cannot be reached."""
+
     async def stop(self) -> None:
         """Drains what is in flight, then disconnects. Idempotent."""
 
@@ -108,3 +112,9 @@ class Sink(Protocol):
     def flush(self) -> None:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it
         commits offsets)."""
+
+    def forget(
+        self, *, clients: Iterable[str] | None = None, runs: Iterable[tuple[str, str]] | None = None
+    ) -> None:
+        """Drops cached knowledge of what other writers stored (everything when both are None);
+        the Kafka writer calls it when partitions are assigned."""

@@ -49,6 +49,9 @@ class EmbeddedBus:
             if not self._active:
                 self._idle.set()
 
+    async def ping(self) -> None:
+        """In-process: nothing to reach (the store has its own readiness probe)."""
+
     async def stop(self) -> None:
         """Waits for the writes in progress, then shuts the pool down. Idempotent."""
         await self._idle.wait()

@@ -239,7 +239,7 @@ class KafkaWriterLoop:
             return
         intents = await asyncio.to_thread(self._read_intents, assigned)
         # while a partition was away another writer may have stored its runs' requests (issue 10)
-        await asyncio.to_thread(getattr(self.sink, "forget", lambda: None))
+        await asyncio.to_thread(self.sink.forget)
         beginnings = None
         for tp in assigned:
             state = self._parts.setdefault(tp, _PartitionState())
