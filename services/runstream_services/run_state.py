@@ -25,13 +25,15 @@ from google.protobuf import json_format
 
 from runstream import states
 from runstream.v1 import ingest_pb2, types_pb2
-from runstream_services.errors import AlreadyExists, NotFound
+from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 #: a metric batch refreshes a running run's heartbeat at most this often (each refresh is a row)
 HEARTBEAT_EVERY_MS = 30_000
+#: tags label a run; more than this many on one run is refused (many values belong in config/summary)
+MAX_TAGS_PER_RUN = 1_000
 
 
 # ---- transitions -------------------------------------------------------------------------------
@@ -116,12 +118,27 @@ def append_datasets(current: str, datasets) -> str:
     return json.dumps(listed)
 
 
+def check_tag_room(row: RunRow | None, added, removed=()) -> None:
+    """Raises InvalidArgument (before anything is merged) when the run would carry more than
+    MAX_TAGS_PER_RUN tags after adding `added` and removing `removed`."""
+    current = set(row.tags) if row is not None else set()
+    total = len((current | set(added)) - (set(removed) - set(added)))
+    if total > MAX_TAGS_PER_RUN:
+        where = f"run {row.run_id!r}" if row is not None else "the run"
+        raise InvalidArgument(
+            f"{where} would carry {total} tags; the limit is {MAX_TAGS_PER_RUN} per run: remove tags "
+            "(remove_tags) or log many values as config or summary instead"
+        )
+
+
 def merge_run_start(
     row: RunRow | None, msg: ingest_pb2.RunStart, received_ms: int
 ) -> tuple[RunRow, list[AuditNote]]:
     """Applies a run_start of any rank. The first start creates the row; rank 0 describes the run
     (its name, context, ... win), other ranks only fill what is still empty. A resume reopens an
-    ended run. Returns the row (new when `row` is None) and what to audit."""
+    ended run. Returns the row (new when `row` is None) and what to audit. Raises InvalidArgument,
+    with nothing changed, when the tags would pass MAX_TAGS_PER_RUN."""
+    check_tag_room(row, msg.tags)
     audit: list[AuditNote] = []
     created = row is None
     if row is None:
@@ -155,7 +172,9 @@ def merge_run_update(
     """Applies a run_update (tags, notes, name, datasets, heartbeat; config and summary values
     are params rows, staged by the writer). An update for a crashed run revives it: the server
     declared it dead too early. A row missing here is created (events of one run sent through
-    different processes may arrive out of order)."""
+    different processes may arrive out of order). Raises InvalidArgument, with nothing changed,
+    when the tags would pass MAX_TAGS_PER_RUN."""
+    check_tag_room(row, msg.tags, msg.remove_tags)
     audit: list[AuditNote] = []
     if row is None:
         row = RunRow(project=msg.project, run_id=msg.run_id, start_ms=received_ms)

@@ -51,6 +51,7 @@ from runstream_services import run_state
 from runstream_services.artifacts.base import ArtifactStore
 from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.config import ServerSettings
+from runstream_services.errors import InvalidArgument
 from runstream_services.metrics_http import Metrics
 from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
@@ -287,7 +288,13 @@ class StoreWriter:
             return
         base = token or decoded[0][0].idempotency_key + (f"+{len(decoded)}" if len(decoded) > 1 else "")
         pending = _Pending()
-        touched = self._collect(decoded, pending)
+        refused: dict[str, str] = {}
+        touched = self._collect(decoded, pending, refused)
+        if refused:  # deterministic refusals (e.g. too many tags): answered, never stored
+            result.refused.update(refused)
+            decoded = [(e, r) for e, r in decoded if e.idempotency_key not in refused]
+            if not decoded:
+                return
         try:
             self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
             self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
@@ -359,8 +366,10 @@ class StoreWriter:
 
     # ---- turning requests into rows -----------------------------------------------------------
 
-    def _collect(self, decoded, pending: _Pending) -> set[tuple[str, str]]:
-        """Stages the rows of every request; returns the runs whose cached row changed."""
+    def _collect(self, decoded, pending: _Pending, refused: dict[str, str]) -> set[tuple[str, str]]:
+        """Stages the rows of every request; returns the runs whose cached row changed. A run event
+        its run's rules refuse (run_state raises InvalidArgument before changing anything) lands
+        in `refused` by idempotency key instead."""
         touched: set[tuple[str, str]] = set()
         with self._meta_lock:
             for env, req in decoded:
@@ -374,7 +383,11 @@ class StoreWriter:
                 elif kind == "artifact":
                     pending.artifacts.append(self._artifact_row(env, req.artifact))
                 else:
-                    touched.add(self._merge_run_event(env, req, pending))
+                    try:
+                        touched.add(self._merge_run_event(env, req, pending))
+                    except InvalidArgument as exc:
+                        refused[env.idempotency_key] = exc.message
+                        log.warning("request %s refused: %s", env.idempotency_key, exc.message)
         return touched
 
     def _merge_run_event(
