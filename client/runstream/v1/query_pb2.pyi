@@ -33,7 +33,7 @@ class _DownsamplingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Downsamp
     DOWNSAMPLING_LTTB: _Downsampling.ValueType  # 2
     """largest-triangle-three-buckets"""
     DOWNSAMPLING_NONE: _Downsampling.ValueType  # 3
-    """every point (capped by max_points_total)"""
+    """every point; refused over the per-call points budget (2 M)"""
 
 class Downsampling(_Downsampling, metaclass=_DownsamplingEnumTypeWrapper):
     """How a series is reduced to the requested number of points."""
@@ -45,7 +45,7 @@ DOWNSAMPLING_MINMAX: Downsampling.ValueType  # 1
 DOWNSAMPLING_LTTB: Downsampling.ValueType  # 2
 """largest-triangle-three-buckets"""
 DOWNSAMPLING_NONE: Downsampling.ValueType  # 3
-"""every point (capped by max_points_total)"""
+"""every point; refused over the per-call points budget (2 M)"""
 Global___Downsampling: _TypeAlias = Downsampling  # noqa: Y015
 
 class _XAxis:
@@ -357,7 +357,7 @@ class GetMetricSeriesRequest(_message.Message):
     HAS_RANGE_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     max_points: _builtins.int
-    """points per series after downsampling; default 1,000"""
+    """points per series after downsampling; default 1,000, at most 100,000"""
     downsampling: Global___Downsampling.ValueType
     x_axis: Global___XAxis.ValueType
     kind: _types_pb2.MetricKind.ValueType
