@@ -13,7 +13,6 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import runstream
@@ -57,13 +56,13 @@ def _point_time_s(start_s: int, step: int) -> int:
     return start_s + 30 * (step + 1)  # half a minute per step, so minutes and steps differ
 
 
-def _ema(values: list[float], weight: float) -> np.ndarray:
+def _ema(values: list[float], weight: float) -> list[float]:
     """Debiased EMA (TensorBoard's smoothing), written here again so the dashboard's own is checked."""
     out, last = [], 0.0
     for n, v in enumerate(values, start=1):
         last = last * weight + (1 - weight) * v
         out.append(last / (1 - weight**n))
-    return np.array(out)
+    return out
 
 
 # ---------------------------------------------------------------- fixtures: one server, one dashboard
@@ -146,6 +145,9 @@ FIGURES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
         dims: t.dimensions ? t.dimensions.map(d => ({label: d.label, values: Array.from(d.values)})) : null,
     })),
 }))"""
+PLOT_DRAWN = (
+    "() => [...document.querySelectorAll('.js-plotly-plot')].some(p => (p._fullData || []).length > 0)"
+)
 
 
 def _figures(page) -> list[dict]:
@@ -212,7 +214,9 @@ def test_compare_url_shows_differing_config_and_both_runs_metrics(seeded, dashbo
     page.goto(f"{dashboard.url}/compare?project={PROJECT}&runs={alpha},{beta}")
     wait_idle(page)
     page.get_by_role("heading", name=f"Compare · {PROJECT}").wait_for()
-    page.get_by_text("2 differing keys").wait_for()
+    caption = page.get_by_text(re.compile(r"\d+ differing keys"))
+    caption.wait_for()
+    assert caption.inner_text().startswith("2 differing keys"), caption.inner_text()  # lr, optimizer
 
     config = _grid_rows(page, 0)
     assert config[""] == ["key", "alpha", "beta"]
@@ -234,11 +238,12 @@ def test_sweep_draws_one_parallel_coordinates_line_per_run(seeded, dashboard, pa
     page.goto(f"{dashboard.url}/sweep?project={PROJECT}")
     wait_idle(page)
     page.get_by_text(f"{len(RUNS)} runs").first.wait_for()
+    page.wait_for_function(PLOT_DRAWN)
     figures = _figures(page)
     assert len(figures) == 1 and figures[0]["traces"][0]["type"] == "parcoords", figures
     dims = {d["label"]: d["values"] for d in figures[0]["traces"][0]["dims"]}
-    assert set(dims) == {"lr (log)", "optimizer", "val_acc"}  # the swept params, then the metric
     assert all(len(values) == len(RUNS) for values in dims.values()), dims  # one line per run
+    assert set(dims) == {"lr (log)", "optimizer", "val_acc"}  # the swept params, then the metric
     # lines are ordered best val_acc first: gamma, beta, alpha
     assert dims["val_acc"] == pytest.approx([_val_acc(i, STEPS - 1) for i in (2, 1, 0)])
     assert dims["lr (log)"] == pytest.approx([-1, -2, -3])
