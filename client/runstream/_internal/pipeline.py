@@ -11,7 +11,6 @@ cannot deliver or save is reported and it returns False."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import shutil
 import time
@@ -26,6 +25,7 @@ from runstream.v1 import ingest_pb2
 
 from . import spool as spool_mod
 from .buffer import MetricBuffer
+from .files import sha256_file
 from .replay import replay_file, replayable_files
 from .stream import IngestStream
 from .upload import upload_file
@@ -193,7 +193,7 @@ class Pipeline:
             except FileNotFoundError:
                 self._refuse_upload(up, f"artifact file {up.source} vanished before it was saved")
                 return
-            if _sha256(tmp) != up.event.sha256:
+            if sha256_file(tmp)[0] != up.event.sha256:
                 tmp.unlink()
                 self._refuse_upload(up, f"artifact file {up.source} changed after log_artifact hashed it")
                 return
@@ -401,11 +401,3 @@ class Pipeline:
                     RuntimeWarning,
                     stacklevel=1,
                 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
