@@ -4,7 +4,14 @@ are in tests/integration/conftest.py). The folder a test lives in sets its marke
 
 from __future__ import annotations
 
-import re
+import os
+
+# As `import runstream` does for users: gRPC's fork handlers are skipped (and a forked child can
+# crash) while the SDK's worker thread is inside gRPC. gRPC reads this once, at its import, so it
+# is set here before any test module imports grpc or runstream, whichever comes first.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import re  # noqa: E402
 import uuid
 from pathlib import Path
 
