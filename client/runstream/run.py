@@ -66,6 +66,21 @@ _time = time.time
 Timestamp = float | datetime
 
 
+#: a run_start / run_update (config, summary, tags, notes, context) above this is refused on the
+#: caller's thread; the server's default max_config_bytes is the same, well under gRPC's message
+#: limit, so such a request can never wedge the stream in a resend loop
+MAX_RUN_EVENT_BYTES = 8 * 1024 * 1024
+
+
+def _check_event_size(field: str, body: Any) -> None:
+    size = body.ByteSize()
+    if size > MAX_RUN_EVENT_BYTES:
+        raise InvalidValueError(
+            f"this {field} is {size:,} bytes (config, summary, tags, notes, context); the limit is "
+            f"{MAX_RUN_EVENT_BYTES:,}: log large values as artifacts (run.log_artifact) instead"
+        )
+
+
 class Run:
     """One run as seen by one process (one rank). Create it with `runstream.init`."""
 
@@ -147,6 +162,7 @@ class Run:
             rank=rank,
             resume=resume,
         )
+        _check_event_size("run_start", start)
         self._entries.append(Control("run_start", start))
         if self.mode == "offline":
             spool.write_run_meta(
@@ -320,6 +336,8 @@ class Run:
         if self.mode == "disabled":
             return
         self._check_open()
+        if field == "run_update":
+            _check_event_size(field, body)
         self._entries.append(Control(field, body))
 
     def _send_update(self, owner_only: bool = True, **fields: Any) -> None:

@@ -53,8 +53,8 @@ class RunDict(MutableMapping):
         if not changes:
             return
         values: dict[str, types_pb2.Value] = value_map(changes)  # checks keys on the caller's thread
+        self._send_update(**{self._scope: values})  # may refuse (too large): then nothing changes
         self._data.update(changes)
-        self._send_update(**{self._scope: values})
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self._data)
