@@ -8,7 +8,7 @@ or a datetime), for replaying or importing what ran earlier; init's `start_time=
 
 Helpers with one job each live in _internal/: start.py (init), run_dict.py (config/summary),
 arrays.py (log_arrays packing), artifacts.py, lifecycle.py (current run, exit and fork hooks).
-What remains is the Run class (about 430 of this module's ~495 lines, over the house's ~400 on
+What remains is the Run class (about 430 of this module's ~520 lines, over the house's ~400 on
 purpose): its methods share the run's buffer, step counters and finished flag, and the hot path
 (log) stays inline in one class rather than spread over mixins.
 

@@ -1,7 +1,8 @@
 """The QueryService in-process against real chDB: migrations applied, realistic rows inserted
 straight into the tables (the materialized views fill metric_summaries and metric_rollups), a
 grpc.aio server on a free port with the ErrorInterceptor, queried through the runstream.v1 stubs.
-Fixtures here are shared with test_api_read.py."""
+Fixtures here are shared with test_api_read.py. Over 400 lines on purpose: one seeded store
+(built once per module) serves every RPC's tests, and splitting would seed it once per file."""
 
 from __future__ import annotations
 

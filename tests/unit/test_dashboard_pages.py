@@ -3,7 +3,8 @@
 These isolate rendering: runstream_dashboard.queries' loaders are swapped for canned DataFrames
 (`FakeQueries`, a fake because a unit test has no server), so the tests check what the pages
 draw and which arguments they send to the server. The real query path, against a real server
-with real logged runs, is covered by tests/e2e/test_dashboard_browser.py."""
+with real logged runs, is covered by tests/e2e/test_dashboard_browser.py. Over 400 lines on purpose: one fake data layer
+serves every page's tests, and the pages share their URL and selection state."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ What a run event does to its run's row is decided in run_state.py; this module r
 inserts the rows. Each request is parsed once: ingest's parse travels on the Envelope in-process,
 and only envelopes read back from Kafka are parsed here.
 
-About 450 lines, on purpose: the write path (claim, stage, insert, record) reads best in one file.
+About 465 lines, on purpose: the write path (claim, stage, insert, record) reads best in one file.
 What it decides elsewhere has its own module: run rules (run_state.py), rows (rows.py), replaced
 points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (bookkeeping.py).
 """
