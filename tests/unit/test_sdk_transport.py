@@ -94,10 +94,13 @@ def test_server_down_then_up_nothing_lost_nothing_doubled(fake, tmp_path):
     fake.stop()
     for i in range(500, 1500):
         run.log({"x": i})
-    time.sleep(0.3)  # the worker is reconnecting meanwhile
+    # synchronised on the SDK's counters, not a sleep: the stream broke and requests are unacked
+    assert _wait(lambda: run.stats["reconnects"] >= 1 and run.stats["pending"] > 0)
     assert not run.flush(0.2)
     fake.start()
     assert run.flush(20)
+    # the fake stores each (client_id, seq) once by itself; doubles are counted in the real store
+    # by integration/test_sdk_delivery.py::test_server_outage_loses_nothing_and_never_blocks_logging
     steps = sorted(s for _, s, _, _ in fake.points(run.id))
     assert steps == list(range(1500))
     assert run.stats["reconnects"] >= 1
@@ -109,10 +112,11 @@ def test_memory_limit_spills_to_disk_and_recovers(fake, tmp_path):
     run = _init(fake, tmp_path, max_memory_bytes=1 << 20, max_batch_points=1000)
     for i in range(100_000):
         run.log({"x": float(i), "y": float(i)})
-    run._pipeline.flush(0.5)  # drain into requests (the server is down)
-    assert run.stats["spilled"] > 0
     spool_file = tmp_path / "spool" / run.id / f"{run.client_id}.spool"
-    assert spool_file.stat().st_size > 1 << 20
+    # the worker drains the hand-off into requests (the server is down): past 1 MiB they are spooled
+    assert _wait(
+        lambda: run.stats["spilled"] > 0 and spool_file.exists() and spool_file.stat().st_size > 1 << 20
+    )
     fake.start()
     assert run.finish(timeout_s=30)
     assert len(fake.points(run.id)) == 200_000
