@@ -10,6 +10,7 @@ starts the dashboard with one behaviour broken; the fault each test catches is n
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -164,9 +165,9 @@ def _curve(page, key: str) -> dict:
 
 def _wait_for_curve(page, key: str, predicate, what: str, timeout_s: float = 60) -> dict:
     """Polls the drawn chart until `predicate(trace)` holds; the assertion names what was expected."""
-    deadline = page.evaluate("() => Date.now()") + timeout_s * 1000
+    deadline = time.monotonic() + timeout_s
     last = None
-    while page.evaluate("() => Date.now()") < deadline:
+    while time.monotonic() < deadline:
         try:
             last = _curve(page, key)
         except AssertionError:
@@ -177,10 +178,10 @@ def _wait_for_curve(page, key: str, predicate, what: str, timeout_s: float = 60)
     raise AssertionError(f"{what}: the {key!r} chart never showed it; last drawn: {last}")
 
 
-def _grid_rows(page, testid_index: int) -> dict[str, list[str]]:
+def _grid_rows(page, index: int) -> dict[str, list[str]]:
     """Rows of the n-th st.dataframe from its accessible table (glide-data-grid renders cells on a
     canvas and mirrors the visible ones into a role=grid table): first cell -> the other cells."""
-    table = page.locator('[data-testid="stDataFrame"]').nth(testid_index).locator('table[role="grid"]')
+    table = page.locator('[data-testid="stDataFrame"]').nth(index).locator('table[role="grid"]')
     table.locator("td").first.wait_for(state="attached")
     rows = table.evaluate(
         "t => [...t.querySelectorAll('tbody tr')].map(r => [...r.querySelectorAll('td')].map(c => c.innerText))"
