@@ -12,7 +12,7 @@ from plotly.colors import qualitative
 from runstream_dashboard.safe_text import plotly_text
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Set2
-X_TITLES = {"step": "step", "time": "time", "relative": "minutes since start"}
+X_TITLES = {"step": "step", "time": "time", "relative": "minutes since the run's first point"}
 
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:

@@ -388,7 +388,7 @@ def test_selected_runs_are_overlaid_in_one_chart_per_metric(fake):
     assert plotly_figures(at)[0]["layout"]["yaxis"]["type"] == "log"
     at.button_group(key="curve_x").set_value("relative").run()
     assert fake.calls["metric_series"][-1][3] == "relative"
-    assert plotly_figures(at)[0]["layout"]["xaxis"]["title"]["text"] == "minutes since start"
+    assert plotly_figures(at)[0]["layout"]["xaxis"]["title"]["text"] == "minutes since the run's first point"
 
 
 def test_live_refresh_defaults_on_when_a_selected_run_is_running(fake):
