@@ -1,10 +1,13 @@
 """The benchmark suite in smoke mode (tiny sizes, one repetition), so bench/ cannot rot.
 
 Nothing here is timed: the assertions are that every workload ran against the real servers, that
-each measured value is a positive number, and that the report renders. The Runstream side
-(embedded and Kafka bus) always runs. The MLflow side runs only when its virtualenv
-(bench/.mlflow-venv) already exists: installing MLflow from PyPI takes minutes, so a fresh machine
-tests the Runstream side alone (`bench/run.py` itself makes the venv when run by hand)."""
+each measured value is a positive number, and that the report renders. Both sides run: the
+Runstream side (embedded and Kafka bus), and the MLflow side in its own virtualenv
+(bench/.mlflow-venv), which this test creates when it is missing (`mlflow_side.ensure_venv`, once:
+2-4.5 minutes from the index on 2 cores; kept between runs, as the repository's .venv is). When it cannot be
+created because the package index does not answer, the Runstream side is still checked and the
+test then reports a skip naming the reason; any other failure to create it fails the test.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import sys
 import pytest
 
 from tests import ROOT
+from tests.integration.test_bare_install import index_unreachable
 
 
 def _load_run_module():
@@ -24,17 +28,42 @@ def _load_run_module():
     return module
 
 
-@pytest.mark.timeout(600)
+def _mlflow_unavailable(mlflow_side) -> str | None:
+    """Makes MLflow's virtualenv when missing; None when it is ready, else why it cannot be made
+    (only an unreachable package index is an accepted reason: anything else fails the test)."""
+    if mlflow_side.venv_ready():
+        return None
+    try:
+        mlflow_side.ensure_venv(log=lambda line: print(line, file=sys.stderr))
+        return None
+    except mlflow_side.MLflowUnavailable as exc:
+        why = index_unreachable()
+        if why is None:
+            pytest.fail(f"the package index answers, yet MLflow's virtualenv could not be made: {exc}")
+        return (
+            f"MLflow's virtualenv {mlflow_side.VENV} cannot be made: the package index is unreachable ({why})"
+        )
+
+
+@pytest.mark.timeout(1800)  # 600 s for the smoke itself, plus creating MLflow's venv when missing
 def test_bench_smoke_runs_every_workload(services, tmp_path):
     bench_run = _load_run_module()
     import mlflow_side
 
     benchmarks_md = ROOT / "BENCHMARKS.md"
     before = benchmarks_md.read_text() if benchmarks_md.exists() else None
-    with_mlflow = mlflow_side.venv_ready()
+    mlflow_unavailable = _mlflow_unavailable(mlflow_side)
+    with_mlflow = mlflow_unavailable is None
 
     report = bench_run.run_benchmark(
-        ["--smoke", "--no-write", "--mlflow", "if-installed", "--json", str(tmp_path / "smoke.json")]
+        [
+            "--smoke",
+            "--no-write",
+            "--mlflow",
+            "on" if with_mlflow else "off",
+            "--json",
+            str(tmp_path / "smoke.json"),
+        ]
     )
 
     rows = {r["id"]: r for r in report["rows"]}
@@ -46,9 +75,14 @@ def test_bench_smoke_runs_every_workload(services, tmp_path):
         assert all(v > 0 for v in r["runstream"]["samples"]), (rid, r["runstream"])
         if with_mlflow and not r["mlflow_na"]:
             assert r["mlflow"] is not None and r["mlflow"]["median"] > 0, rid
+            assert all(v > 0 for v in r["mlflow"]["samples"]), (rid, r["mlflow"])
             assert r["speedup"] is not None and r["speedup"] > 0, rid
     assert rows["K-ingest"]["mlflow"] is None and rows["K-ingest"]["mlflow_na"].startswith("n/a")
     assert "| Workload | Unit | Runstream | MLflow |" in report["markdown"]
     assert (tmp_path / "smoke.json").exists()
     after = benchmarks_md.read_text() if benchmarks_md.exists() else None
     assert after == before, "--no-write must leave BENCHMARKS.md alone"
+    if with_mlflow:
+        assert any(r["mlflow"] is not None for r in rows.values()), "the MLflow side ran no workload"
+    else:
+        pytest.skip(f"the Runstream side passed; the MLflow side did not run: {mlflow_unavailable}")
