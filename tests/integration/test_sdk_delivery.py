@@ -146,8 +146,8 @@ def test_server_outage_loses_nothing_and_never_blocks_logging(embedded_server, t
     assert requests == stats["submitted"]  # every request the SDK numbered, recorded once
     per_key = stored(
         embedded_server,
-        f"SELECT key, count(), uniqExact(step), min(step), max(step) FROM DB.metrics WHERE run_id = '{run.id}' "
-        "GROUP BY key ORDER BY key",
+        "SELECT key, count(), uniqExact(step), min(step), max(step) FROM DB.metrics "
+        f"WHERE run_id = '{run.id}' GROUP BY key ORDER BY key",
     )
     assert per_key == [["x", step, step, 0, step - 1], ["y", step, step, 0, step - 1]]
 

@@ -17,19 +17,12 @@ import time
 import runstream
 from runstream.run import HANDOFF_WAIT_S
 from tests.chdb_inspect import stored
+from tests.integration.test_sdk_delivery import poll_until
 from tests.sdk_options import quick_sdk_options
 
 LIMIT = 1 << 20  # max_memory_bytes: the smallest the SDK accepts
 BATCH_POINTS = 1_000
 STEPS = 150_000  # 2 keys: 300k points, ~10x LIMIT once packed
-
-
-def poll_until(condition, what: str, timeout_s: float = 120.0) -> None:
-    """Waits for `condition()`; the deadline only ends a test that is failing anyway."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s}s"
-        time.sleep(0.01)
 
 
 class PeakSampler(threading.Thread):
@@ -68,7 +61,7 @@ def test_memory_stays_bounded_while_the_server_is_frozen_and_everything_arrives_
         for step in range(1, STEPS):
             run.log({"x": float(step), "y": -float(step)}, step=step)
         # the worker packs everything logged into requests, which the frozen server never acks
-        poll_until(lambda: not run._entries, "empty hand-off while the server is frozen")
+        poll_until(lambda: not run._entries, "empty hand-off while the server is frozen", timeout_s=120)
         frozen = run.stats
         stream = run._pipeline.stream
         unacked_in_memory = stream.mem_bytes
