@@ -1,6 +1,7 @@
 """The MLflow side of the benchmark.
 
-Parent side (our venv): `ensure_venv()` makes bench/.mlflow-venv once (`pip install mlflow`),
+Parent side (our venv): `ensure_venv()` makes MLflow's virtualenv once (`pip install mlflow` into
+$RUNSTREAM_MLFLOW_VENV, default ~/.cache/runstream/mlflow-venv),
 `MLflowServer` runs a real `mlflow server` (SQLite backend, local artifact root, free loopback
 port, temp dir), and `run_workload()` runs one workload in a child process of MLflow's venv so
 its dependencies never mix with ours.
@@ -32,7 +33,11 @@ sys.path.insert(0, str(HERE))
 
 from common import repetitions  # noqa: E402 - standard library only, like this module
 
-VENV = HERE / ".mlflow-venv"
+# In the machine's cache, not the checkout, so fresh clones (CI) on the same machine reuse it.
+VENV = Path(
+    os.environ.get("RUNSTREAM_MLFLOW_VENV")
+    or Path(os.environ.get("RUNSTREAM_CACHE_DIR") or "~/.cache/runstream").expanduser() / "mlflow-venv"
+)
 VENV_PYTHON = VENV / "bin" / "python"
 READY_MARKER = VENV / ".bench-ready"
 MLFLOW_REQUIREMENT = "mlflow>=3,<4"
@@ -51,7 +56,7 @@ def venv_ready() -> bool:
 
 
 def ensure_venv(log=print) -> str:
-    """Creates bench/.mlflow-venv with MLflow 3.x once; returns the installed MLflow version."""
+    """Creates MLflow's virtualenv (VENV) with MLflow 3.x once; returns the installed MLflow version."""
     if not venv_ready():
         log(f"creating {VENV} with {MLFLOW_REQUIREMENT} (once; a few minutes)")
         base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or sys.executable

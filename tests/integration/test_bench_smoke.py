@@ -3,8 +3,8 @@
 Nothing here is timed: the assertions are that every workload ran against the real servers, that
 each measured value is a positive number, and that the report renders. Both sides run: the
 Runstream side (embedded and Kafka bus), and the MLflow side in its own virtualenv
-(bench/.mlflow-venv), which this test creates when it is missing (`mlflow_side.ensure_venv`, once:
-2-4.5 minutes from the index on 2 cores; kept between runs, as the repository's .venv is). When it cannot be
+(~/.cache/runstream/mlflow-venv), which this test creates when it is missing
+(`mlflow_side.ensure_venv`, once per machine: 2-4.5 minutes from the index on 2 cores). When it cannot be
 created because the package index does not answer, the Runstream side is still checked and the
 test then reports a skip naming the reason; any other failure to create it fails the test.
 """
