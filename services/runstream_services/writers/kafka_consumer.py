@@ -233,6 +233,12 @@ class KafkaWriterLoop:
                 self._parts.pop(tp, None)
 
     async def _on_assigned(self, assigned) -> None:
+        # Under the flush lock, like _on_revoked: a block of a partition being written must not
+        # have its state reset underneath it.
+        async with self._flush_lock:
+            await self._assign(assigned)
+
+    async def _assign(self, assigned) -> None:
         consumer = self._consumer
         assigned = list(assigned)
         if not assigned or consumer is None:
