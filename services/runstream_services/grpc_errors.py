@@ -1,5 +1,7 @@
 """One server interceptor that turns domain errors into gRPC statuses, and unexpected exceptions
-into INTERNAL with a log line (never a traceback on the wire)."""
+into INTERNAL with a log line (never a traceback on the wire). Request bytes that do not decode
+are answered INVALID_ARGUMENT (gRPC's own answer would be UNKNOWN, "Unexpected DecodeError");
+the Ingest stream decodes its requests itself and answers each one (ingest/service.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 
 import grpc
 
-from runstream_services.errors import RunstreamServiceError
+from runstream_services.errors import InvalidArgument, RunstreamServiceError
 
 log = logging.getLogger("runstream.grpc")
 
@@ -24,19 +26,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.stream_unary, method, streamed=True),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
@@ -46,6 +48,40 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+
+class _Undecodable:
+    """Stands for request bytes the deserializer refused; the wrapped method answers it."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8, too deep: the client's bytes
+            return _Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _refuse_undecodable(request, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request is not a valid {method.rsplit('/', 1)[-1]} message ({request.why}); "
+            "send it with the runstream.v1 protos"
+        )
+
+
+async def _checked(requests, method: str):
+    async for request in requests:
+        _refuse_undecodable(request, method)
+        yield request
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
@@ -60,9 +96,13 @@ def _is_abort(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError"
 
 
-def _wrap_unary(fn, method):
+def _wrap_unary(fn, method, streamed: bool = False):
     async def wrapper(request, context):
         try:
+            if streamed:
+                request = _checked(request, method)
+            else:
+                _refuse_undecodable(request, method)
             return await fn(request, context)
         except Exception as exc:
             if _is_abort(exc):
@@ -75,6 +115,7 @@ def _wrap_unary(fn, method):
 def _wrap_stream(fn, method):
     async def wrapper(request, context):
         try:
+            _refuse_undecodable(request, method)
             result = fn(request, context)
             if inspect.isasyncgen(result):
                 async for item in result:

@@ -44,11 +44,14 @@ def finishes_run(finish: ingest_pb2.RunFinish) -> bool:
     return finish.rank == 0
 
 
-def state_set_by(kind: str, request: ingest_pb2.IngestRequest) -> str | None:
+def state_set_by(kind: str, request: ingest_pb2.IngestRequest, current: str | None = None) -> str | None:
     """The state a durable run event leaves its run in, as ingest and the Kafka run directory
     track it: running after a run_start, the finish state after rank 0's run_finish; None when
-    the event changes no state."""
+    the event changes no state. A run_start without resume for a run `current`ly ended changes
+    nothing: admission let it through only as a replay of the run's own start (its ack was lost)."""
     if kind == "run_start":
+        if current in states.TERMINAL_STATES and not request.run_start.resume:
+            return None
         return states.RUNNING
     if kind == "run_finish" and finishes_run(request.run_finish):
         return states.state_name(request.run_finish.state)
@@ -279,6 +282,9 @@ class RunRegistry:
         self.store = store
         self._replays = replays
         self._states: dict[tuple[str, str], str] = {}
+        # run events admitted as replays of stored requests: the writer skips them, so their
+        # publish must not change what this registry believes either
+        self._admitted_replays: set[tuple[str, int]] = set()
 
     async def state(self, project: str, run_id: str) -> str | None:
         key = (project, run_id)
@@ -295,8 +301,13 @@ class RunRegistry:
         self._states[(project, run_id)] = state
 
     def published(self, kind: str, request: ingest_pb2.IngestRequest, project: str, run_id: str) -> None:
-        """Notes the state a run event set, once it is durable."""
-        state = state_set_by(kind, request)
+        """Notes the state a run event set, once it is durable (never for a replay: the writer
+        skips a request whose (client_id, seq) is stored, whatever its body now says)."""
+        replay = (request.client_id, request.seq)
+        if replay in self._admitted_replays:
+            self._admitted_replays.discard(replay)
+            return
+        state = state_set_by(kind, request, self._states.get((project, run_id)))
         if state is not None:
             self.note(project, run_id, state)
 
@@ -306,16 +317,17 @@ class RunRegistry:
 
     async def admit(self, kind: str, project: str, run_id: str, request: ingest_pb2.IngestRequest) -> None:
         """Raises unless the run's state admits this request: a run_start may not restart an ended
-        run (AlreadyExists) unless it resumes it or is a replay; every other request needs a
-        known run (NotFound)."""
+        run (AlreadyExists) unless it resumes it; every other request needs a known run
+        (NotFound). A run event this process knows was stored (a replay) is admitted as it is
+        and noted, so that publishing it changes no state (the writer skips it too)."""
+        if kind in ("run_start", "run_finish") and await self.is_replay(request.client_id, request.seq):
+            if len(self._admitted_replays) < 100_000:  # entries leave at publish; this bounds failed ones
+                self._admitted_replays.add((request.client_id, request.seq))
+            return  # stored before (its ack was lost): answered again, never applied
         state = await self.state(project, run_id)
         where = f"run {run_id!r} of project {project!r}"
         if kind == "run_start":
-            if (
-                state in states.TERMINAL_STATES
-                and not request.run_start.resume
-                and not await self.is_replay(request.client_id, request.seq)
-            ):
+            if state in states.TERMINAL_STATES and not request.run_start.resume:
                 raise AlreadyExists(
                     f"{where} already ended ({state}): set resume=True to continue it, or start a new run id"
                 )

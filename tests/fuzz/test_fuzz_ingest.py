@@ -159,12 +159,6 @@ def test_seeded_run_refuses_poison(fuzz: FuzzTarget):
     one_stream()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server defect found by this suite: a replayed run_start (a stored (client_id, seq), acked "
-    "and not stored) makes ingest's RunRegistry note the finished run as running, so a new client's "
-    "run_start without resume is then acked and renames the finished run",
-)
 def test_seeded_run_ignores_replays(own_fuzz_target: FuzzTarget):
     """Resending the seed's own (client_id, seq) with another body is a replay of something stored:
     answered (ack or refusal) and never applied; afterwards the finished seeded run still refuses

@@ -41,11 +41,6 @@ def test_valid_shaped_queries(fuzz: FuzzTarget):
     some_calls()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="server defect found by this suite: request bytes that do not decode get UNKNOWN with "
-    "'Unexpected <class DecodeError>' on the wire (the generated deserializer raises), not INVALID_ARGUMENT",
-)
 def test_raw_query_bytes(fuzz: FuzzTarget):
     @FUZZ_SETTINGS
     @given(st.lists(st.tuples(st.sampled_from(sorted(s.QUERY_METHODS)), st.binary(max_size=128)), min_size=1,

@@ -191,3 +191,28 @@ def test_no_server_module_spells_the_state_names_again():
         if any(p.search(line) for p in STATE_MAP_PATTERNS)
     ]
     assert not offenders, "import runstream.states instead of spelling state names:\n" + "\n".join(offenders)
+
+
+def test_a_replayed_run_event_changes_no_state_whatever_its_body():
+    """Found by tests/fuzz: a stored (client_id, seq) resent with a resuming run_start was acked
+    (a replay), skipped by the writer, yet noted as running by ingest, which then let a new
+    client's run_start without resume through for the finished run."""
+    stored = {("c", 1)}
+    runs = RunRegistry(replays=lambda client_id, seq: (client_id, seq) in stored)
+    runs.note("p", "r", states.FINISHED)
+    replay = pb.IngestRequest(
+        client_id="c", seq=1, run_start=pb.RunStart(project="p", run_id="r", resume=True)
+    )
+    asyncio.run(runs.admit("run_start", "p", "r", replay))
+    runs.published("run_start", replay, "p", "r")
+    assert asyncio.run(runs.state("p", "r")) == states.FINISHED
+    fresh = pb.IngestRequest(client_id="new", seq=1, run_start=pb.RunStart(project="p", run_id="r"))
+    with pytest.raises(AlreadyExists):
+        asyncio.run(runs.admit("run_start", "p", "r", fresh))
+    # a real resume (not stored before) still reopens the run
+    resume = pb.IngestRequest(
+        client_id="new", seq=2, run_start=pb.RunStart(project="p", run_id="r", resume=True)
+    )
+    asyncio.run(runs.admit("run_start", "p", "r", resume))
+    runs.published("run_start", resume, "p", "r")
+    assert asyncio.run(runs.state("p", "r")) == states.RUNNING

@@ -36,14 +36,15 @@ def compression_type() -> str | None:
     return None
 
 
-def state_change(envelope: Envelope) -> tuple[str, str, str] | None:
-    """(project, run_id, new state) when this envelope's run event changes its run's state."""
+def state_change(envelope: Envelope, current: str | None = None) -> tuple[str, str, str] | None:
+    """(project, run_id, new state) when this envelope's run event changes its run's state
+    (`current`: the state the run directory knows)."""
     if envelope.kind not in ("run_start", "run_finish"):
         return None
     request = envelope.request
     if request is None:  # built without its parsed request (not by ingest): run events are few
         request = ingest_pb2.IngestRequest.FromString(envelope.payload)
-    state = run_state.state_set_by(envelope.kind, request)
+    state = run_state.state_set_by(envelope.kind, request, current)
     return None if state is None else (envelope.project, envelope.run_id, state)
 
 
@@ -97,7 +98,7 @@ class KafkaBus:
         changes = []
         try:
             for envelope in envelopes:
-                change = state_change(envelope)
+                change = state_change(envelope, self.directory.run_state(envelope.project, envelope.run_id))
                 if change is not None:
                     changes.append(change)
                 futures.append(
