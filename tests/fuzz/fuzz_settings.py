@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 EXAMPLES = int(os.environ.get("RUNSTREAM_FUZZ_EXAMPLES", "100"))
 """Hypothesis examples per fuzz test (each sends up to 24 requests); CI's short form uses the
-default (about 2,500 requests in all), the long form `RUNSTREAM_FUZZ_EXAMPLES=1000` (over 10,000)."""
+default (about 3,000 requests, ~30 s), the long form `RUNSTREAM_FUZZ_EXAMPLES=1000` (about 29,000)."""
 
 SHRINK = os.environ.get("RUNSTREAM_FUZZ_SHRINK", "0") == "1"
 """Shrink a failing example to a minimal one (minutes against a server: each try is a round trip).
