@@ -8,7 +8,9 @@ images, raw HTML and backtick breakouts, then every string the page hands to a M
 labels) and every text of its Plotly figures is checked: outside code spans and with backslash
 escapes removed, no link, image, autolink or tag syntax may be left. Elements that render text
 literally (st.text, st.code, dataframes, select options) are allowed as they are; an element type
-this test does not know fails it, so a new element is classified on purpose."""
+this test does not know fails it, so a new element is classified on purpose. The data comes from a
+stand-in data layer (test_dashboard_pages.FakeQueries with hostile strings): a unit test has no
+server."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 cannot travel are refused on the caller's thread, a bad entry never takes good ones down with it,
 artifacts are never lost or followed out of their folder, and a server that is down or never
 reached, or a spool that cannot be written, never makes finish() raise or exit hang. Each test
-names the issue item it covers."""
+names the issue item it covers. The server here is the stand-in ingest server
+(tests/unit/sdk_fake_ingest.py, a unit test has no real one); tests/integration/test_sdk_* use the
+real `runstream server`."""
 
 from __future__ import annotations
 
