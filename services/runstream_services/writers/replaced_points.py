@@ -32,7 +32,7 @@ MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (relo
 MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
 #: a series' summary from its points, as migration 0004's view computes it per block
 SUMMARY_AGGREGATES = (
-    "argMaxState(value, (step, version)), minIfOrNull(value, isFinite(value)), "
+    "argMaxState(value, step), minIfOrNull(value, isFinite(value)), "
     "maxIfOrNull(value, isFinite(value)), toInt64(count()), max(step)"
 )
 

@@ -18,7 +18,8 @@ twice, history (reads with FINAL) shows the value sent last: by one client, the 
 the later position in one batch (its send order); by two clients, the one ingest received later
 (no shared send order exists; like an S3 PUT, the later arrival wins). A request resent after a
 later one was acked counts as received at its resend. Summaries agree with history: `last` is the
-value at the highest (step, version), `count` counts distinct points, min/max range over the finite
+value at the highest step (a write that re-logs stored steps has its series' summary recomputed
+exactly, so a replaced value never stays `last`), `count` counts distinct points, min/max range over the finite
 values history shows and are NULL when there is none (writers/replaced_points.py recomputes the
 summary of a series that a write may have replaced points of).
 
