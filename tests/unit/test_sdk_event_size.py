@@ -10,16 +10,8 @@ import pytest
 import runstream
 from runstream import InvalidValueError
 from runstream.run import MAX_RUN_EVENT_BYTES
-from tests.unit.sdk_fake_ingest import FakeIngest
 
 BIG = "x" * (MAX_RUN_EVENT_BYTES + 1)
-
-
-@pytest.fixture
-def fake():
-    server = FakeIngest()
-    yield server
-    server.stop()
 
 
 def _init(fake, tmp_path, **kw):

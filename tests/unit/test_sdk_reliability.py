@@ -32,13 +32,6 @@ from tests.unit.sdk_fake_ingest import FakeIngest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def fake():
-    server = FakeIngest()
-    yield server
-    server.stop()
-
-
 def _init(endpoint, tmp_path, **kw):
     opts = dict(
         endpoint=endpoint,

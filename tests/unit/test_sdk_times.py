@@ -14,18 +14,10 @@ import pytest
 
 import runstream
 from runstream.v1 import types_pb2
-from tests.unit.sdk_fake_ingest import FakeIngest
 
 SYSTEM = types_pb2.METRIC_KIND_SYSTEM
 T0 = 1_700_000_000.25  # 2023-11-14, a time well in the past
 T0_MS = 1_700_000_000_250
-
-
-@pytest.fixture
-def fake():
-    server = FakeIngest()
-    yield server
-    server.stop()
 
 
 def _init(fake, tmp_path, **kw):

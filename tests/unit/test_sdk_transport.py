@@ -17,13 +17,6 @@ from runstream.sync import sync_paths
 from tests.unit.sdk_fake_ingest import FakeIngest
 
 
-@pytest.fixture
-def fake():
-    server = FakeIngest()
-    yield server
-    server.stop()
-
-
 def _init(fake, tmp_path, **kw):
     opts = dict(
         endpoint=fake.endpoint,
