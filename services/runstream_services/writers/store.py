@@ -34,6 +34,7 @@ points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (boo
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -68,6 +69,17 @@ MAX_CACHED_RUNS = 10_000  # run rows kept in memory; least recently used ones ar
 MAX_CACHED_RUN_BYTES = 256 * 1024 * 1024  # ... and their (approximate) size
 INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
+
+
+@dataclass(frozen=True)
+class StoredBlock:
+    """What one write stored, handed to the writer's listeners before write() returns (so before
+    ingest acks it): an in-process reader kept current from it sees every acked write."""
+
+    runs: list[RunRow]  # the run rows as stored (copies: listeners may keep them)
+    params: list[list]  # rows.PARAM_COLUMNS rows
+    metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]]
+    artifacts: list[list]  # rows.ARTIFACT_COLUMNS rows
 
 
 @dataclass
@@ -123,6 +135,7 @@ class StoreWriter:
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
+        self._listeners: list = []
         self._bookkeeping = BackgroundRows(
             lambda table, columns, data: self._insert_rows(table, columns, data, None),
             {"ingested_requests": INGESTED_COLUMNS, "audit_log": AUDIT_COLUMNS},
@@ -152,6 +165,19 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_envelopes_total", result.stored, outcome="stored")
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result
+
+    def subscribe(self, listener) -> None:
+        """Calls `listener(StoredBlock)` after every successful write, before write() returns (in
+        the writing thread: keep it short). A listener that raises is logged and never fails the
+        write."""
+        self._listeners.append(listener)
+
+    def _notify(self, block: StoredBlock) -> None:
+        for listener in self._listeners:
+            try:
+                listener(block)
+            except Exception:
+                log.exception("a store listener failed on a block of %d runs", len(block.runs))
 
     def flush(self) -> None:
         """Writes the pending ingested_requests and audit_log rows now."""
@@ -193,6 +219,8 @@ class StoreWriter:
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, None)
             self._bookkeeping.add("audit_log", pending.audit)
+            if self._listeners:
+                self._notify(StoredBlock([copy.deepcopy(r) for r in pending.runs.values()], [], [], []))
         return marked
 
     def forget(
@@ -319,6 +347,15 @@ class StoreWriter:
                 if seqs is not None:  # else evicted: reloaded from the table next time
                     seqs.add(env.seq)
         result.stored += len(decoded)
+        if self._listeners:
+            self._notify(
+                StoredBlock(
+                    runs=[copy.deepcopy(r) for r in pending.runs.values()],
+                    params=pending.params,
+                    metrics=pending.metrics,
+                    artifacts=pending.artifacts,
+                )
+            )
         now_ms = time.time() * 1000
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
