@@ -80,6 +80,9 @@ class StoredBlock:
     params: list[list]  # rows.PARAM_COLUMNS rows
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]]
     artifacts: list[list]  # rows.ARTIFACT_COLUMNS rows
+    # series whose summary the writer replaced by its exact summary in this write (a write that
+    # re-logged stored steps): a cached summary of these must be reread, not added to
+    recounted: frozenset = frozenset()  # of (project, run_id, kind, key)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _Pending:
     artifacts: list[list] = field(default_factory=list)
     audit: list[list] = field(default_factory=list)
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]] = field(default_factory=list)
+    recounted: set = field(default_factory=set)
 
 
 def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
@@ -329,7 +333,7 @@ class StoreWriter:
             self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
-            result.points += self._insert_metrics(pending.metrics, token)
+            result.points += self._insert_metrics(pending.metrics, token, pending.recounted)
             self._bookkeeping.add("audit_log", pending.audit)
             self._bookkeeping.add(
                 "ingested_requests", [[e.client_id, e.seq, e.run_id, e.received_ms] for e, _ in decoded]
@@ -354,6 +358,7 @@ class StoreWriter:
                     params=pending.params,
                     metrics=pending.metrics,
                     artifacts=pending.artifacts,
+                    recounted=frozenset(pending.recounted),
                 )
             )
         now_ms = time.time() * 1000
@@ -373,7 +378,9 @@ class StoreWriter:
         )
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
 
-    def _insert_metrics(self, items: list[tuple[Envelope, ingest_pb2.MetricBatch]], token: str | None) -> int:
+    def _insert_metrics(
+        self, items: list[tuple[Envelope, ingest_pb2.MetricBatch]], token: str | None, recounted: set
+    ) -> int:
         if not items:
             return 0
         if token is None:  # one block per envelope: a replay re-forms the same blocks
@@ -399,6 +406,7 @@ class StoreWriter:
             self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
             points += table.num_rows
         self._replaced.recount(suspects)
+        recounted.update(suspects)
         self.metrics.inc("runstream_writer_points_total", points)
         return points
 
