@@ -379,7 +379,7 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
 
     def _insert_metrics(
-        self, items: list[tuple[Envelope, ingest_pb2.MetricBatch]], token: str | None, recounted: set
+        self, items: list[tuple[Envelope, ingest_pb2.MetricBatch]], token: str | None, recounted: set | None = None
     ) -> int:
         if not items:
             return 0
@@ -406,7 +406,8 @@ class StoreWriter:
             self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
             points += table.num_rows
         self._replaced.recount(suspects)
-        recounted.update(suspects)
+        if recounted is not None:
+            recounted.update(suspects)
         self.metrics.inc("runstream_writer_points_total", points)
         return points
 
