@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from runstream.states import STATE_NUMBERS
 from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.errors import InvalidArgument, NotFound, ResourceExhausted
-from runstream_services.query import series, sql_runs, sql_series
+from runstream_services.query import cached_reads, series, sql_runs, sql_series
 from runstream_services.query.filter import parse_filter, parse_order_by
 from runstream_services.query.request_fields import (
     decode_page_token,
@@ -27,6 +27,7 @@ from runstream_services.query.request_fields import (
     project_name,
     search_fingerprint,
 )
+from runstream_services.query.read_cache import Project, ReadCache
 from runstream_services.query.sql import Query, checked_db
 from runstream_services.storage.clickhouse import ClientPool
 
@@ -76,9 +77,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         settings: Any = None,
         auth: Any = None,
         readers: ClientPool | None = None,
+        cache: ReadCache | None = None,
     ):
         self.client = client
         self.readers = readers  # concurrent read clients; None: every read goes through `client`
+        # the held copy of read projects, kept current by this process's writer (read_cache.py);
+        # None where other writers exist: every read is SQL
+        self.cache = cache
         self.db = checked_db(database)
         self.artifacts = artifact_store
         self.settings = settings
@@ -120,6 +125,28 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         if not rows or rows[0][0] == 0:
             raise NotFound(f"run {run_id!r} not found in project {project!r}")
 
+    async def _held(self, project: str) -> Project | None:
+        """The project's held copy (loaded on first use); None: answer from SQL."""
+        if self.cache is None:
+            return None
+        p = self.cache.ready(project)
+        if p is not None:
+            return p
+        try:
+            return await asyncio.to_thread(self.cache.project, project)
+        except Exception:
+            log.exception("read cache: loading project %s failed; reading SQL", project)
+            return None
+
+    async def _add_sql_summaries(
+        self, project: str, runs: list[types_pb2.Run], run_ids: list[str], metric_keys: list[str]
+    ) -> None:
+        """Metric summaries of `run_ids` (runs with a series too long to hold) from SQL."""
+        by_id = {r.run_id: r for r in runs}
+        rows = await self._rows(sql_runs.run_metric_summaries(self.db, project, run_ids, metric_keys))
+        for run_id, key, last, lo, hi, count, last_step in rows:
+            by_id[run_id].metrics.add(key=key, last=last, min=lo, max=hi, count=count, last_step=last_step)
+
     # ------------------------------------------------------------ projects and keys
 
     async def ListProjects(self, request, context):
@@ -133,6 +160,13 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     async def ListKeys(self, request, context):
         project = self._may_read(context, request.project)
         run_ids = list(request.run_ids)
+        p = await self._held(project)
+        if p is not None:
+            with self.cache.lock:
+                user, system, config, tags = cached_reads.list_keys(p, run_ids)
+            return query_pb2.ListKeysResponse(
+                metric_keys=user, system_metric_keys=system, param_keys=config, tag_keys=tags
+            )
         metrics, param_rows, tags = await asyncio.gather(
             self._rows(sql_runs.metric_keys(self.db, project, run_ids)),
             self._rows(sql_runs.config_keys(self.db, project, run_ids)),
@@ -157,6 +191,12 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         fingerprint = search_fingerprint(project, request.filter, order_by)
         offset = decode_page_token(request.page_token, fingerprint)
         node = parse_filter(request.filter)
+        p = await self._held(project)
+        if p is not None:
+            try:
+                return await self._search_held(p, request, node, sort_fields, page_size, offset, fingerprint)
+            except cached_reads.Unsupported as why:
+                log.debug("SearchRuns from SQL: %s", why)
         rows = await self._rows(sql_runs.search_runs(self.db, project, node, sort_fields, page_size, offset))
         # past the last match the window count has no row to ride on: count apart
         total = rows[0][-1] if rows else (await self._rows(sql_runs.count_runs(self.db, project, node)))[0][0]
@@ -170,6 +210,20 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         )
         next_offset = offset + len(rows)
         token = encode_page_token(next_offset, fingerprint) if rows and next_offset < total else ""
+        return query_pb2.SearchRunsResponse(runs=runs, next_page_token=token, total=total)
+
+    async def _search_held(self, p: Project, request, node, sort_fields, page_size, offset, fingerprint):
+        with self.cache.lock:
+            entries, total = cached_reads.search(p, node, sort_fields, page_size, offset)
+            runs = [cached_reads.run_proto(p.name, e) for e in entries]
+            needs_sql = cached_reads.fill_details(
+                runs, entries, list(request.param_keys), list(request.metric_keys),
+                include_config=request.include_config or bool(request.param_keys),
+            )  # fmt: skip
+        if needs_sql:
+            await self._add_sql_summaries(p.name, runs, needs_sql, list(request.metric_keys))
+        next_offset = offset + len(runs)
+        token = encode_page_token(next_offset, fingerprint) if runs and next_offset < total else ""
         return query_pb2.SearchRunsResponse(runs=runs, next_page_token=token, total=total)
 
     async def _fill_details(
@@ -199,6 +253,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         project = self._may_read(context, request.project)
         if not request.run_id:
             raise InvalidArgument("run_id is required")
+        p = await self._held(project)
+        if p is not None:
+            with self.cache.lock:
+                got = cached_reads.get_run(p, request.run_id)
+            if got is None:
+                raise NotFound(f"run {request.run_id!r} not found in project {project!r}")
+            run, needs_sql = got
+            if needs_sql:
+                await self._add_sql_summaries(project, [run], [request.run_id], [])
+            return query_pb2.GetRunResponse(run=run)
         rows, artifacts = await asyncio.gather(
             self._rows(sql_runs.run(self.db, project, request.run_id)),
             self._rows(sql_runs.run_artifacts(self.db, project, request.run_id)),
@@ -265,12 +329,36 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     # ------------------------------------------------------------ history and artifacts
 
     async def GetHistory(self, request, context) -> AsyncIterator[query_pb2.GetHistoryResponse]:
-        project = await self._history_project(context, request.project, request.run_id)
         page = request.page_size or DEFAULT_HISTORY_PAGE
         if page > MAX_HISTORY_PAGE:
             raise InvalidArgument(f"page_size {page} is over the limit of {MAX_HISTORY_PAGE}")
         kind = metric_kind(request.kind)
         wanted = list(dict.fromkeys(request.keys))
+        held: Project | None = None
+        if self.cache is not None and request.run_id:
+            if request.project:
+                project = self._may_read(context, request.project)
+            else:
+                project = await self._history_project(context, "", request.run_id)
+            held = await self._held(project)
+        if held is not None:
+            with self.cache.lock:
+                entry = held.runs.get(request.run_id)
+                if entry is None or entry.row is None:
+                    raise NotFound(f"run {request.run_id!r} not found in project {project!r}")
+                keys = cached_reads.history_keys(entry, kind, wanted)
+                columns = cached_reads.history_columns(entry, kind, keys) if keys else None
+            if keys is not None:
+                if len(keys) > MAX_HISTORY_KEYS:
+                    raise ResourceExhausted("run has more than 65,535 keys; ask for some keys")
+                if columns is None:
+                    return
+                for start in range(0, len(columns[0]), page):
+                    ki, rank, step, value, time_ms = (c[start : start + page] for c in columns)
+                    yield _history_page(keys, ki, rank, step, value, time_ms)
+                return  # else a series too long to hold: its points are read below
+        else:
+            project = await self._history_project(context, request.project, request.run_id)
         key_rows = await self._rows(sql_series.history_keys(self.db, project, request.run_id, kind, wanted))
         keys = [r[0] for r in key_rows]
         if len(keys) > MAX_HISTORY_KEYS:
@@ -284,14 +372,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
             if len(ki) == 0:
                 return
-            yield query_pb2.GetHistoryResponse(
-                keys=keys,
-                key_index=np.ascontiguousarray(ki, dtype="<u2").tobytes(),
-                steps=np.ascontiguousarray(step, dtype="<i8").tobytes(),
-                values=_f64(value),
-                times_ms=np.ascontiguousarray(time_ms, dtype="<i8").tobytes(),
-                ranks=np.ascontiguousarray(rank, dtype="<u2").tobytes(),
-            )
+            yield _history_page(keys, ki, rank, step, value, time_ms)
             if len(ki) < page:
                 return
             after = (keys[int(ki[-1])], int(rank[-1]), int(step[-1]))
@@ -342,6 +423,17 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             if chunk is None:
                 return
             yield query_pb2.DownloadArtifactResponse(chunk=chunk)
+
+
+def _history_page(keys, ki, rank, step, value, time_ms) -> query_pb2.GetHistoryResponse:
+    return query_pb2.GetHistoryResponse(
+        keys=keys,
+        key_index=np.ascontiguousarray(ki, dtype="<u2").tobytes(),
+        steps=np.ascontiguousarray(step, dtype="<i8").tobytes(),
+        values=_f64(value),
+        times_ms=np.ascontiguousarray(time_ms, dtype="<i8").tobytes(),
+        ranks=np.ascontiguousarray(rank, dtype="<u2").tobytes(),
+    )
 
 
 def _run_from_row(project: str, row: tuple) -> types_pb2.Run:

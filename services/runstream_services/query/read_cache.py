@@ -1,0 +1,428 @@
+"""An in-process copy of the small tables of the projects being read, kept current by the store
+writer, so small reads (a run, its keys, a short history, the runs table) answer without a query.
+
+Only where this process's writer is the only writer of the database (the embedded bus): the
+writer calls `on_stored` with every block it stored before write() returns, so before ingest
+acks it, and a read after the ack sees it (read-your-writes). Everywhere else there is no cache
+and every read is SQL.
+
+What is held, per project (loaded whole from SQL on its first read, then kept current):
+- run rows (the `runs` row with the highest version), params (per run, scope and key, the row
+  with the highest version), artifacts (per run, name, version tag and path, the last row);
+- every metric point of each series (run, kind, key) of at most MAX_SERIES_POINTS points, with
+  its version, deduplicated by point identity (rank, step) keeping the highest version as
+  `metrics FINAL` does. Summaries (last, finite min/max, count, last step) are computed from these
+  points, so they are exact by construction: a replayed block changes nothing and a re-logged
+  step replaces its point. Series over the limit are listed by key only ("big"): their points and
+  summaries are read from SQL.
+
+Why loading never loses or doubles a write: every merge is by version (or by identity), so
+applying the same row twice, or a block and a snapshot that already holds it, in either order,
+gives the same state. A project is registered before its snapshot is read, so every block stored
+after the snapshot reaches the registered state through `on_stored`. A project that is dropped
+(eviction, or a write the writer recounted) is simply read again on its next use; a load whose
+project was dropped meanwhile is discarded. One case is not covered by versions: a block that
+ClickHouse dropped as a repeat (a resend after a restart) still reaches `on_stored` with a newer
+version than the stored one; the writer recounts such a series (its steps overlap stored ones),
+and a recount drops the project here, so the copy is read again from the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runstream.v1 import types_pb2
+from runstream_services.run_state import RUN_COLUMNS, RunRow
+from runstream_services.writers.rows import POSITION_BITS
+
+log = logging.getLogger("runstream.query.cache")
+
+MAX_SERIES_POINTS = 4096  # points of one series held; a longer series is read from SQL
+MAX_POINTS = 2_000_000  # points held over all projects (~42 bytes each); least recently read projects go
+MAX_PROJECT_RUNS = 100_000  # a project with more runs is never held
+RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after this long
+_SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
+
+
+class Summary:
+    """A series' summary as the query service answers it (min/max None when no finite value)."""
+
+    __slots__ = ("last", "min", "max", "count", "last_step")
+
+    def __init__(self, last: float, lo: float | None, hi: float | None, count: int, last_step: int):
+        self.last, self.min, self.max, self.count, self.last_step = last, lo, hi, count, last_step
+
+
+class Series:
+    """Every point of one (run, kind, key), all ranks, sorted by (rank, step), one per identity."""
+
+    __slots__ = ("rank", "step", "vhi", "vlo", "value", "time", "_summary")
+
+    def __init__(self):
+        self.rank = np.empty(0, np.uint16)
+        self.step = np.empty(0, np.int64)
+        self.vhi = np.empty(0, np.int64)  # received_ms: the high 64 bits of the point's version
+        self.vlo = np.empty(0, np.uint64)  # send order: the low 64 bits
+        self.value = np.empty(0, np.float64)
+        self.time = np.empty(0, np.int64)
+        self._summary: Summary | None = None
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def merge(self, rank, step, vhi, vlo, value, time_ms) -> None:
+        """Adds points (numpy arrays of equal length); of two with the same (rank, step), the one
+        with the higher version stays (last write wins, as in `metrics FINAL`)."""
+        self._summary = None
+        rank, step = np.asarray(rank, np.uint16), np.asarray(step, np.int64)
+        in_order = _rising(rank, step) and (
+            len(self.step) == 0
+            or rank[0] > self.rank[-1]
+            or (rank[0] == self.rank[-1] and step[0] > self.step[-1])
+        )  # the common case: new steps after the last one of the last rank: a plain append
+        self._append(rank, step, vhi, vlo, value, time_ms)
+        if not in_order:
+            self._dedupe()
+
+    def _append(self, rank, step, vhi, vlo, value, time_ms) -> None:
+        self.rank = np.concatenate((self.rank, np.asarray(rank, np.uint16)))
+        self.step = np.concatenate((self.step, np.asarray(step, np.int64)))
+        self.vhi = np.concatenate((self.vhi, np.asarray(vhi, np.int64)))
+        self.vlo = np.concatenate((self.vlo, np.asarray(vlo, np.uint64)))
+        self.value = np.concatenate((self.value, np.asarray(value, np.float64)))
+        self.time = np.concatenate((self.time, np.asarray(time_ms, np.int64)))
+
+    def _dedupe(self) -> None:
+        order = np.lexsort((self.vlo, self.vhi, self.step, self.rank))
+        rank, step = self.rank[order], self.step[order]
+        last = np.ones(len(order), bool)  # the highest version of each (rank, step) is the last
+        last[:-1] = (rank[1:] != rank[:-1]) | (step[1:] != step[:-1])
+        keep = order[last]
+        self.rank, self.step, self.vhi = self.rank[keep], self.step[keep], self.vhi[keep]
+        self.vlo, self.value, self.time = self.vlo[keep], self.value[keep], self.time[keep]
+
+    def summary(self) -> Summary:
+        """last = the value at the highest step, finite min/max (None when none), count of points."""
+        if self._summary is None:
+            top = int(np.argmax(self.step))
+            finite = self.value[np.isfinite(self.value)]
+            self._summary = Summary(
+                float(self.value[top]),
+                float(finite.min()) if len(finite) else None,
+                float(finite.max()) if len(finite) else None,
+                len(self.step),
+                int(self.step[top]),
+            )
+        return self._summary
+
+
+def _rising(rank: np.ndarray, step: np.ndarray) -> bool:
+    """Whether (rank, step) pairs strictly rise (so sorted and without repeats)."""
+    if len(step) < 2:
+        return True
+    return bool(np.all((rank[1:] > rank[:-1]) | ((rank[1:] == rank[:-1]) & (step[1:] > step[:-1]))))
+
+
+@dataclass
+class RunEntry:
+    row: RunRow | None = None
+    params: dict[tuple[str, str], tuple[str, float, str, int]] = field(default_factory=dict)
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)  # (kind, key)
+    big: set[tuple[str, str]] = field(default_factory=set)  # series over MAX_SERIES_POINTS
+    artifacts: dict[tuple[str, str, str], list] = field(default_factory=dict)
+
+    def series_keys(self, kind: str) -> set[str]:
+        return {k for (sk, k) in self.series if sk == kind} | {k for (sk, k) in self.big if sk == kind}
+
+
+@dataclass
+class Project:
+    name: str
+    runs: dict[str, RunEntry] = field(default_factory=dict)
+    ready: bool = False
+    points: int = 0
+    # runs holding a big series, per user metric key (filters/sorts on these keys go to SQL)
+    big_keys: dict[str, set[str]] = field(default_factory=dict)
+
+    def run(self, run_id: str) -> RunEntry:
+        entry = self.runs.get(run_id)
+        if entry is None:
+            entry = self.runs[run_id] = RunEntry()
+        return entry
+
+
+class ReadCache:
+    """The held projects; thread-safe (one lock). Readers call `project(name)` (None: read SQL)
+    and read the returned Project under `lock`; the writer calls `on_stored`."""
+
+    def __init__(self, readers: Any, database: str):
+        self.readers = readers  # storage.clickhouse.ClientPool (or anything with .client())
+        self.db = database
+        self.lock = threading.RLock()
+        self._projects: OrderedDict[str, Project] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
+        self._uncacheable: dict[str, float] = {}  # project -> monotonic time it was found too big
+        self._points = 0
+        self.loads = 0  # projects read from SQL (tests and benchmarks look)
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def ready(self, project: str) -> Project | None:
+        """The held project when it is loaded (no I/O); None otherwise."""
+        with self.lock:
+            p = self._projects.get(project)
+            if p is not None and p.ready:
+                self._projects.move_to_end(project)
+                return p
+        return None
+
+    def project(self, project: str) -> Project | None:
+        """The held project, loaded from SQL first when needed (blocking: call from a thread);
+        None when it is too big to hold (read SQL)."""
+        p = self.ready(project)
+        if p is not None:
+            return p
+        with self.lock:
+            since = self._uncacheable.get(project)
+            if since is not None and time.monotonic() - since < RETRY_UNCACHEABLE_S:
+                return None
+            gate = self._loading.setdefault(project, threading.Lock())
+        with gate:  # one load per project at a time; the others wait for it
+            p = self.ready(project)
+            if p is not None:
+                return p
+            return self._load(project)
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def on_stored(self, block) -> None:
+        """StoreWriter listener: applies one stored block (writers/store.py StoredBlock) to the
+        held projects; blocks of projects not held are ignored (they are read when loaded)."""
+        with self.lock:
+            if not self._projects:
+                return
+            for project, *_ in getattr(block, "recounted", ()):
+                # the writer replaced a series' stored points: read the project again from SQL
+                self.drop(project)
+            projects = self._projects
+            for row in block.runs:
+                p = projects.get(row.project)
+                if p is not None:
+                    _merge_run(p.run(row.run_id), row)
+            for prow in block.params:
+                p = projects.get(prow[0])
+                if p is not None:
+                    _merge_param(p.run(prow[1]), prow)
+            for arow in block.artifacts:
+                p = projects.get(arow[0])
+                if p is not None:
+                    p.run(arow[1]).artifacts[(arow[2], arow[6], arow[3])] = list(arow)
+            for env, batch in block.metrics:
+                p = projects.get(batch.project)
+                if p is not None:
+                    self._merge_batch(p, env, batch)
+            self._evict()
+
+    def drop(self, project: str) -> None:
+        with self.lock:
+            p = self._projects.pop(project, None)
+            if p is not None:
+                self._points -= p.points
+
+    def clear(self) -> None:
+        with self.lock:
+            self._projects.clear()
+            self._points = 0
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _merge_batch(self, p: Project, env, batch) -> None:
+        n = len(batch.steps) // 8
+        if n == 0:
+            return
+        kind = "system" if batch.kind == types_pb2.METRIC_KIND_SYSTEM else "user"
+        run = p.run(batch.run_id)
+        steps = np.frombuffer(batch.steps, "<i8")
+        values = np.frombuffer(batch.values, "<f8")
+        times = np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, env.received_ms, np.int64)
+        vlo = np.arange(n, dtype=np.uint64) + np.uint64((env.seq & _SEQ_MASK) << POSITION_BITS)
+        vhi = np.full(n, env.received_ms, np.int64)
+        rank = np.full(n, batch.rank, np.uint16)
+        if batch.key_index:
+            index = np.frombuffer(batch.key_index, "<u2")
+            groups = [(i, np.flatnonzero(index == i)) for i in range(len(batch.keys))]
+        else:
+            groups = [(0, None)]
+        for i, where in groups:
+            if where is not None and len(where) == 0:
+                continue
+            sk = (kind, batch.keys[i])
+            if sk in run.big:
+                continue
+            s = run.series.get(sk)
+            if s is None:
+                s = run.series[sk] = Series()
+            before = len(s)
+            if where is None:
+                s.merge(rank, steps, vhi, vlo, values, times)
+            else:
+                s.merge(rank[where], steps[where], vhi[where], vlo[where], values[where], times[where])
+            grown = len(s) - before
+            p.points += grown
+            self._points += grown
+            if len(s) > MAX_SERIES_POINTS:
+                self._make_big(p, run, batch.run_id, sk)
+
+    def _make_big(self, p: Project, run: RunEntry, run_id: str, sk: tuple[str, str]) -> None:
+        s = run.series.pop(sk, None)
+        if s is not None:
+            p.points -= len(s)
+            self._points -= len(s)
+        run.big.add(sk)
+        if sk[0] == "user":
+            p.big_keys.setdefault(sk[1], set()).add(run_id)
+
+    def _evict(self) -> None:
+        while self._points > MAX_POINTS and len(self._projects) > 1:
+            name, p = self._projects.popitem(last=False)
+            self._points -= p.points
+            log.info("read cache: dropped project %s (%d points) to stay under %d", name, p.points, MAX_POINTS)
+
+    def _load(self, name: str) -> Project | None:
+        with self.readers.client() as client:
+            runs_n = client.query(
+                f"SELECT count() FROM {self.db}.runs WHERE project = {{p:String}}", parameters={"p": name}
+            ).result_rows[0][0]
+            if runs_n > MAX_PROJECT_RUNS:
+                with self.lock:
+                    self._uncacheable[name] = time.monotonic()
+                return None
+            p = Project(name)
+            with self.lock:  # registered first: every block stored from now on reaches it
+                old = self._projects.pop(name, None)
+                if old is not None:
+                    self._points -= old.points
+                self._projects[name] = p
+            started = time.perf_counter()
+            try:
+                snapshot = self._read(client, name)
+            except BaseException:
+                self.drop(name)
+                raise
+        with self.lock:
+            if self._projects.get(name) is not p:
+                return None  # dropped while loading: the next read loads it again
+            self._apply_snapshot(p, *snapshot)
+            p.ready = True
+            self._uncacheable.pop(name, None)
+            self.loads += 1
+            if p.points > MAX_POINTS:
+                self.drop(name)
+                self._uncacheable[name] = time.monotonic()
+                return None
+            self._evict()
+        log.info(
+            "read cache: loaded project %s (%d runs, %d points) in %.0f ms",
+            name, len(p.runs), p.points, (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
+        return p
+
+    def _read(self, client, name: str):
+        params = {"p": name}
+        cols = ", ".join(f"`{c}`" for c in RUN_COLUMNS)
+        runs = client.query(
+            f"SELECT {cols} FROM {self.db}.runs FINAL WHERE project = {{p:String}}", parameters=params
+        ).result_rows
+        prows = client.query(
+            f"SELECT run_id, toString(scope), key, toString(kind), num, str, version FROM {self.db}.params FINAL "
+            "WHERE project = {p:String}",
+            parameters=params,
+        ).result_rows
+        arows = client.query(
+            f"SELECT project, run_id, name, path, type, version, version_tag, sha256, size, uri, created_ms "
+            f"FROM {self.db}.artifacts FINAL WHERE project = {{p:String}}",
+            parameters=params,
+        ).result_rows
+        points = client.query_arrow(
+            f"SELECT run_id, toString(kind) AS k, toString(key) AS key, rank, step, time_ms, value, "
+            "toInt64(bitShiftRight(version, 64)) AS vhi, toUInt64(bitAnd(version, toUInt128('18446744073709551615'))) AS vlo "
+            f"FROM {self.db}.metrics FINAL WHERE project = {{p:String}} AND (run_id, kind, key) IN "
+            f"(SELECT run_id, kind, key FROM {self.db}.metric_summaries WHERE project = {{p:String}} "
+            f"GROUP BY run_id, kind, key HAVING sum(count) <= {MAX_SERIES_POINTS}) "
+            "ORDER BY run_id, k, key, rank, step",
+            parameters=params,
+        )
+        # after the points: a series counted over the limit here is big even if points came
+        # for it (counts only grow; a recount drops the whole project)
+        listed = client.query(
+            f"SELECT run_id, toString(kind), toString(key), sum(count) FROM {self.db}.metric_summaries "
+            "WHERE project = {p:String} GROUP BY run_id, kind, key",
+            parameters=params,
+        ).result_rows
+        return runs, prows, arows, listed, points
+
+    def _apply_snapshot(self, p: Project, runs, prows, arows, listed, points) -> None:
+        for r in runs:
+            _merge_run(p.run(r[1]), RunRow.from_db(r))
+        for run_id, scope, key, kind, num, text, version in prows:
+            _merge_param(p.run(run_id), (p.name, run_id, scope, key, kind, num, text, int(version)))
+        for a in arows:
+            row = list(a)
+            if isinstance(row[7], bytes):
+                row[7] = row[7].decode()
+            p.run(a[1]).artifacts.setdefault((a[2], a[6], a[3]), row)  # a block's row is as new or newer
+        if points.num_rows:
+            cols = {c: points.column(c) for c in points.column_names}
+            run_ids = cols["run_id"].to_pylist()
+            kinds = cols["k"].to_pylist()
+            keys = cols["key"].to_pylist()
+            rank = cols["rank"].to_numpy()
+            step = cols["step"].to_numpy()
+            time_ms = cols["time_ms"].to_numpy()
+            value = cols["value"].to_numpy()
+            vhi = cols["vhi"].to_numpy()
+            vlo = cols["vlo"].to_numpy()
+            start = 0
+            n = len(run_ids)
+            while start < n:
+                end = start + 1
+                ident = (run_ids[start], kinds[start], keys[start])
+                while end < n and (run_ids[end], kinds[end], keys[end]) == ident:
+                    end += 1
+                run = p.run(ident[0])
+                sk = (ident[1], ident[2])
+                if sk not in run.big:
+                    s = run.series.get(sk)
+                    if s is None:
+                        s = run.series[sk] = Series()
+                    before = len(s)
+                    sl = slice(start, end)
+                    s.merge(rank[sl], step[sl], vhi[sl], vlo[sl], value[sl], time_ms[sl])
+                    p.points += len(s) - before
+                    self._points += len(s) - before
+                    if len(s) > MAX_SERIES_POINTS:
+                        self._make_big(p, run, ident[0], sk)
+                start = end
+        for run_id, kind, key, count in listed:
+            run = p.run(run_id)
+            if count > MAX_SERIES_POINTS and (kind, key) not in run.big:
+                self._make_big(p, run, run_id, (kind, key))
+
+
+def _merge_run(entry: RunEntry, row: RunRow) -> None:
+    if entry.row is None or row.version >= entry.row.version:
+        entry.row = row
+
+
+def _merge_param(entry: RunEntry, prow) -> None:
+    _, _, scope, key, kind, num, text, version = prow
+    cur = entry.params.get((scope, key))
+    if cur is None or version >= cur[3]:
+        entry.params[(scope, key)] = (kind, float(num), text, int(version))
