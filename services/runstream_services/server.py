@@ -282,9 +282,18 @@ class RunstreamServer:
 
         s = self.settings
         readers = ClientPool(s.resolved_clickhouse_dsn)
+        cache = None
+        # An in-process copy of read projects is exact only where this process's writer is the
+        # only writer of the database (embedded bus); with Kafka, other writers exist: SQL only.
+        if self.store_writer is not None and s.bus == "embedded":
+            from runstream_services.query.read_cache import ReadCache
+
+            cache = ReadCache(readers, s.clickhouse_database)
+            self.store_writer.subscribe(cache.on_stored)
         self.query = QueryServicer(
-            self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers
-        )
+            self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers,
+            cache=cache,
+        )  # fmt: skip
         query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, server)
 
     async def _serve_metrics(self) -> None:
