@@ -52,6 +52,10 @@ class ServerSettings:
     crash_after_s: float = 300.0  # a running run unheard of this long is marked crashed; 0: never
     writer_flush_interval_s: float = 0.2
     writer_max_block_points: int = 2_000_000
+    # requests one Ingest stream may have read and not yet answered (many ranks multiplexed on a
+    # few streams need a deep pipeline to fill group-commit blocks), and their bytes
+    ingest_inflight_requests: int = 1024
+    ingest_inflight_bytes: int = 256 * 1024 * 1024
     # a run_start/run_update's config (+ run context) above this is refused per request; kept
     # below the transport limit (see config_limit_bytes) so it is answered, not a dead stream
     max_config_bytes: int = 8 * 1024 * 1024

@@ -311,6 +311,22 @@ class RunRegistry:
         if state is not None:
             self.note(project, run_id, state)
 
+    def expect(self, kind: str, request: ingest_pb2.IngestRequest, project: str, run_id: str) -> None:
+        """Notes the state a run event will set, as soon as it is admitted and published, before it
+        is durable: the requests behind it on its stream are admitted against it (a bus that keeps
+        a client's order, the embedded one, writes them after it). `published` confirms it;
+        `withdraw` undoes it when the event was not stored."""
+        if (request.client_id, request.seq) in self._admitted_replays:
+            return  # a replay changes no state
+        state = state_set_by(kind, request, self._states.get((project, run_id)))
+        if state is not None:
+            self.note(project, run_id, state)
+
+    def withdraw(self, project: str, run_id: str) -> None:
+        """Forgets this process's belief about a run (a run event expected to set it was not
+        stored): the next lookup asks the directory or the store."""
+        self._states.pop((project, run_id), None)
+
     async def is_replay(self, client_id: str, seq: int) -> bool:
         """True when this process can tell the request was stored already (its ack was lost)."""
         return self._replays is not None and await asyncio.to_thread(self._replays, client_id, seq)

@@ -176,7 +176,12 @@ class RunstreamServer:
 
         assert self.client is not None and self.artifact_store is not None
         self.store_writer = StoreWriter(
-            self.client, s.clickhouse_database, self.artifact_store, s, metrics=self.metrics
+            self.client,
+            s.clickhouse_database,
+            self.artifact_store,
+            s,
+            metrics=self.metrics,
+            sole_writer=s.bus == "embedded",  # one process owns an embedded store
         )
         if s.crash_after_s > 0:
             self._crash_watch = asyncio.create_task(self._watch_crashes(self.store_writer, s.crash_after_s))
@@ -197,7 +202,12 @@ class RunstreamServer:
             from runstream_services.bus.embedded import EmbeddedBus
 
             assert self.store_writer is not None  # settings.validate(): embedded keeps the writer
-            self.bus = EmbeddedBus(self.store_writer, metrics=self.metrics)
+            self.bus = EmbeddedBus(
+                self.store_writer,
+                log_dir=s.data_path / "blocks",
+                max_block_points=s.writer_max_block_points,
+                metrics=self.metrics,
+            )
         await self.bus.start()
 
     # ---- 4. Kafka writer ----------------------------------------------------------------------

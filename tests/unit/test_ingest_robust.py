@@ -25,6 +25,8 @@ from runstream_services.run_state import RunRegistry
 
 
 class _Bus:
+    keeps_client_order = False
+
     async def publish(self, envelopes):
         return WriteResult(stored=len(envelopes))
 

@@ -86,6 +86,10 @@ class WriteResult:
 class Bus(Protocol):
     """Carries envelopes from ingest to writers."""
 
+    #: True when the writers apply one client's envelopes in the order they were published, even
+    #: while earlier ones are not yet durable (ingest then need not wait for a run event's ack)
+    keeps_client_order: bool
+
     async def start(self) -> None:
         """Connects; raises runstream_services.errors.Unavailable when the bus cannot be reached."""
 
@@ -109,9 +113,10 @@ class Sink(Protocol):
         names the block for deduplication (the same token must carry the same envelopes).
         Thread-safe; raises on a storage failure."""
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it
-        commits offsets)."""
+        commits offsets; the embedded bus before it drops its block files); False when that
+        failed (it is retried)."""
 
     def forget(
         self, *, clients: Iterable[str] | None = None, runs: Iterable[tuple[str, str]] | None = None

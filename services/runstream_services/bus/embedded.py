@@ -1,60 +1,327 @@
-"""The embedded bus: publish() hands envelopes straight to the in-process sink (the StoreWriter)
-and returns once they are inserted. The insert is the durability point in embedded mode."""
+"""The embedded bus: publish() hands envelopes to the in-process sink (the StoreWriter) and returns
+once they are inserted. The insert is the durability point in embedded mode.
+
+Group commit: the requests of all streams that arrive while earlier blocks are being written are
+gathered into one block (one insert per table, one dedup token, one record of what was stored),
+so the fixed cost of an insert (~10 ms on chDB, a new part) is paid per block, not per request.
+The window adapts to load by itself: an idle server writes a request at once; a busy one writes
+whatever arrived while its `max_blocks` blocks in flight were being inserted. Each block is logged
+first (bus/block_log.py), so a crash mid-block re-forms the same block at the next start.
+
+One client's requests are applied in the order they were published (`keeps_client_order`), so
+ingest publishes a run event without waiting for the requests before it to be durable: a block
+takes the waiting requests in order, and leaves a client's requests waiting while that client has
+a run event in another block in flight (or, for a run event, anything in flight). When a run_start
+is refused, the requests of its client and run that wait behind it are refused with it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from runstream_services.bus.base import Envelope, Sink, WriteResult
+from runstream_services.bus.base import RUN_EVENTS, Envelope, Sink, WriteResult
+from runstream_services.bus.block_log import BlockLog
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
 
+log = logging.getLogger("runstream.bus")
+
+MAX_BLOCK_REQUESTS = 4096
+MAX_BLOCK_BYTES = 64 << 20
+RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and their files removed
+
+
+@dataclass
+class _Publish:
+    envelopes: list[Envelope]
+    future: asyncio.Future
+    nbytes: int = 0
+    points: int = 0
+
+
+@dataclass
+class _Block:
+    items: list[_Publish] = field(default_factory=list)
+    nbytes: int = 0
+    points: int = 0
+
+    @property
+    def envelopes(self) -> list[Envelope]:
+        return [env for item in self.items for env in item.envelopes]
+
 
 class EmbeddedBus:
-    """Runs Sink.write in a small thread pool (chDB releases the GIL while inserting, so several
-    inserts overlap)."""
+    """Group-commits envelopes into the sink from a small thread pool (chDB releases the GIL
+    while inserting, so `max_blocks` blocks overlap). `log_dir`: where blocks are logged before
+    they are inserted (None: no log, for tools and tests that need no crash safety)."""
 
     kind = "embedded"
+    keeps_client_order = True
 
-    def __init__(self, sink: Sink, *, threads: int = 4, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        log_dir: Path | None = None,
+        max_blocks: int = 2,
+        max_block_points: int = 2_000_000,
+        max_block_requests: int = MAX_BLOCK_REQUESTS,
+        metrics: Metrics | None = None,
+    ):
         self.sink = sink
-        self.threads = threads
+        self.max_blocks = max_blocks
+        self.max_block_points = max_block_points
+        self.max_block_requests = max_block_requests
         self.metrics = metrics or Metrics()
+        self._log = BlockLog(log_dir) if log_dir is not None else None
+        self._name = uuid.uuid4().hex[:12]  # block names stay unique across restarts
+        self._blocks_written = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._active = 0
+        self._waiting: list[_Publish] = []
+        self._in_flight = 0
+        self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._committer: asyncio.Task | None = None
+        self._recorder: asyncio.Task | None = None
+        self._logged: list[Path] = []  # block files written and inserted, not yet recorded
+        self._busy: dict[str, int] = {}  # client_id -> its envelopes in blocks in flight
+        self._barriers: dict[str, int] = {}  # client_id -> its run events in blocks in flight
+        self._tasks: set[asyncio.Task] = set()  # blocks being committed (the loop holds no other reference)
 
     async def start(self) -> None:
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                self.threads, thread_name_prefix="runstream-writer"
-            )
+        if self._pool is not None:
+            return
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.max_blocks + 1, thread_name_prefix="runstream-writer")
+        if self._log is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._recover)
+        self._committer = asyncio.create_task(self._commit_loop())
+        if self._log is not None:
+            self._recorder = asyncio.create_task(self._record_loop())
 
     async def publish(self, envelopes: list[Envelope]) -> WriteResult:
-        if self._pool is None:
+        if self._pool is None or self._committer is None:
             raise Unavailable(
                 "the embedded bus is stopped (server shutting down); retry against a running server"
             )
-        self._active += 1
+        item = _Publish(
+            envelopes,
+            asyncio.get_running_loop().create_future(),
+            sum(len(e.payload) for e in envelopes),
+            sum(e.points for e in envelopes),
+        )
+        self._waiting.append(item)
         self._idle.clear()
-        self.metrics.set("runstream_writer_queue", self._active)
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.sink.write, envelopes)
-        finally:
-            self._active -= 1
-            self.metrics.set("runstream_writer_queue", self._active)
-            if not self._active:
-                self._idle.set()
+        self._wake.set()
+        self.metrics.set("runstream_writer_queue", len(self._waiting) + self._in_flight)
+        return await item.future
 
     async def ping(self) -> None:
         """In-process: nothing to reach (the store has its own readiness probe)."""
 
     async def stop(self) -> None:
-        """Waits for the writes in progress, then shuts the pool down. Idempotent."""
-        await self._idle.wait()
+        """Writes what was published, records it, then shuts the pool down. Idempotent."""
+        if self._pool is None:
+            return
+        while self._waiting or self._in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+        for task in (self._committer, self._recorder):
+            if task is not None:
+                task.cancel()
         pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(pool, self._record)
+        pool.shutdown(wait=True)
+        self._committer = self._recorder = None
+
+    # ---- group commit -------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting and self._in_flight < self.max_blocks:
+                block = self._take_block()
+                if not block.items:
+                    break  # every waiting request waits for a block in flight
+                self._in_flight += 1
+                task = asyncio.create_task(self._commit(block))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _take_block(self) -> _Block:
+        """The oldest waiting publishes that may go now (see the module docstring), up to the
+        block limits; the others keep their place."""
+        block, left = _Block(), []
+        held: set[str] = set()  # clients with a request left waiting: their later ones wait too
+        full = False
+        for item in self._waiting:
+            clients = {env.client_id for env in item.envelopes}
+            barrier = any(env.kind in RUN_EVENTS for env in item.envelopes)
+            if full or not clients.isdisjoint(held) or any(
+                self._barriers.get(c) or (barrier and self._busy.get(c)) for c in clients
+            ):
+                held |= clients
+                left.append(item)
+                continue
+            if block.items and (
+                len(block.items) + len(item.envelopes) > self.max_block_requests
+                or block.points + item.points > self.max_block_points
+                or block.nbytes + item.nbytes > MAX_BLOCK_BYTES
+            ):
+                full = True
+                left.append(item)
+                continue
+            block.items.append(item)
+            block.nbytes += item.nbytes
+            block.points += item.points
+        self._waiting = left
+        self._mark(block, +1)
+        return block
+
+    def _mark(self, block: _Block, sign: int) -> None:
+        for env in block.envelopes:
+            self._busy[env.client_id] = self._busy.get(env.client_id, 0) + sign
+            if not self._busy[env.client_id]:
+                del self._busy[env.client_id]
+            if env.kind in RUN_EVENTS:
+                self._barriers[env.client_id] = self._barriers.get(env.client_id, 0) + sign
+                if not self._barriers[env.client_id]:
+                    del self._barriers[env.client_id]
+
+    def _refuse_behind(self, block: _Block, results: list) -> None:
+        """Refuses the waiting requests of a client and run whose run_start this block refused."""
+        failed: dict[tuple[str, str, str], str] = {}
+        for item, result in zip(block.items, results, strict=True):
+            for env in item.envelopes:
+                why = None
+                if isinstance(result, BaseException):
+                    why = f"its run_start {env.seq} was not stored ({result})"
+                elif env.idempotency_key in result.refused:
+                    why = f"its run_start {env.seq} was refused: {result.refused[env.idempotency_key]}"
+                if env.kind == "run_start" and why:
+                    failed[(env.client_id, env.project, env.run_id)] = why
+        if not failed:
+            return
+        keep = []
+        for item in self._waiting:
+            whys = [w for env in item.envelopes if (w := failed.get((env.client_id, env.project, env.run_id)))]
+            reasons = {env.idempotency_key: f"request {env.seq} was not stored: {whys[0]}" for env in item.envelopes} if whys else {}
+            if reasons and not item.future.done():
+                item.future.set_result(WriteResult(refused=reasons))
+            else:
+                keep.append(item)
+        self._waiting = keep
+
+    async def _commit(self, block: _Block) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            try:
+                results = await loop.run_in_executor(self._pool, self._write_block, block)
+            except Exception as exc:
+                results = [exc] * len(block.items)
+            self._refuse_behind(block, results)
+            for item, result in zip(block.items, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            self.metrics.inc("runstream_writer_blocks_total")
+            self.metrics.inc("runstream_writer_block_requests_total", len(block.items))
+            self.metrics.inc("runstream_writer_block_seconds_total", time.perf_counter() - started)
+        finally:
+            self._mark(block, -1)
+            self._in_flight -= 1
+            self.metrics.set("runstream_writer_queue", len(self._waiting) + self._in_flight)
+            if not self._waiting and not self._in_flight:
+                self._idle.set()
+            self._wake.set()
+
+    def _write_block(self, block: _Block) -> list[WriteResult | BaseException]:
+        """In a pool thread: logs the block, writes it under its name and splits the result per
+        publish. When the block fails as a whole, each publish is written on its own, so one
+        request the store cannot take fails alone."""
+        envelopes = block.envelopes
+        self._blocks_written += 1
+        name = f"blk:{self._name}:{self._blocks_written}"
+        path = self._log.write(name, envelopes) if self._log is not None else None
+        try:
+            result = self.sink.write(envelopes, token=name)
+        except Exception as exc:
+            if len(block.items) == 1:
+                self._forget_log(path)
+                raise
+            log.warning("block %s of %d requests failed (%s); writing them one by one", name, len(envelopes), exc)
+            singles: list[WriteResult | BaseException] = []
+            for item in block.items:
+                try:
+                    singles.append(self.sink.write(item.envelopes))
+                except Exception as single_exc:
+                    singles.append(single_exc)
+            self._forget_log(path)
+            return singles
+        if path is not None:
+            self._logged.append(path)
+        return [_share(result, item) for item in block.items]
+
+    def _forget_log(self, path: Path | None) -> None:
+        """A block answered without being stored as one: its requests are resent or were written
+        one by one under their own tokens, so its file must not re-form it after a crash."""
+        if path is not None and self._log is not None:
+            self._log.remove([path])
+
+    # ---- the block log ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """At start: writes every logged block again under its own name (see block_log.py)."""
+        assert self._log is not None
+        recovered = []
+        for path, name, envelopes in self._log.pending():
+            result = self.sink.write(envelopes, token=name)
+            log.info(
+                "re-formed logged block %s: %d requests, %d stored now, %d stored before",
+                name, len(envelopes), result.stored, result.duplicates,
+            )  # fmt: skip
+            recovered.append(path)
+        if recovered:
+            self._record_paths(recovered)
+
+    async def _record_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RECORD_EVERY_S)
+            if self._logged and self._pool is not None:
+                await loop.run_in_executor(self._pool, self._record)
+
+    def _record(self) -> None:
+        paths, self._logged = self._logged, []
+        if paths:
+            self._record_paths(paths)
+
+    def _record_paths(self, paths: list[Path]) -> None:
+        """Makes the record of the blocks' requests durable, then drops their files."""
+        if self.sink.flush() is False:  # the record could not be written: keep the files
+            self._logged[:0] = paths
+            return
+        assert self._log is not None
+        self._log.remove(paths)
+
+
+def _share(result: WriteResult, item: _Publish) -> WriteResult:
+    """One publish's part of a block's result: its refusals, its stored count and points."""
+    keys = {env.idempotency_key for env in item.envelopes}
+    refused = {k: why for k, why in result.refused.items() if k in keys}
+    return WriteResult(
+        stored=len(item.envelopes) - len(refused),
+        points=sum(e.points for e in item.envelopes if e.idempotency_key not in refused),
+        refused=refused,
+    )

@@ -2,10 +2,13 @@
 
 `Ingest` is one bidirectional stream per SDK process. Each request is validated as it arrives;
 a refusal is answered for that request alone and the stream goes on. Valid metric and artifact
-requests are published concurrently (up to `max_inflight` per stream) and acked as each becomes
-durable, so acks may come out of order (the SDK matches them by seq). Run events are ordered:
-a run event waits for everything before it on the stream and is durable before anything after
-it is published, so a run's lifecycle is applied in the order it was sent.
+requests are published concurrently (up to `ingest_inflight_requests` / `_bytes` per stream; the
+embedded bus group-commits them with other streams' requests) and acked as each becomes durable,
+so acks may come out of order (the SDK matches them by seq). Run events are ordered, so a run's
+lifecycle is applied in the order it was sent: on a bus that keeps each client's order (embedded)
+they are published at once, and the requests behind them are admitted against the state they will
+set (RunRegistry.expect); on the Kafka bus a run event waits for everything before it on the stream
+and is durable before anything after it is published.
 """
 
 from __future__ import annotations
@@ -65,7 +68,6 @@ class IngestServicer:
         runs: RunRegistry,
         auth: ApiKeys,
         metrics: Metrics,
-        max_inflight_per_stream: int = 8,
     ):
         self.bus = bus
         self.settings = settings
@@ -73,7 +75,6 @@ class IngestServicer:
         self.runs = runs
         self.auth = auth
         self.metrics = metrics
-        self.max_inflight = max_inflight_per_stream
         self._streams: set[_IngestStream] = set()
         self._draining = False
 
@@ -264,6 +265,32 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+class _InflightBudget:
+    """Requests of one stream read and not yet answered: at most `requests` of them and `nbytes`
+    of their bytes (one request larger than that still goes, alone). One reader per stream
+    acquires; publishes release."""
+
+    def __init__(self, requests: int, nbytes: int):
+        self.max_requests, self.max_bytes = requests, nbytes
+        self.count = self.nbytes = 0
+        self._freed = asyncio.Event()
+
+    def _fits(self, size: int) -> bool:
+        return self.count < self.max_requests and (not self.count or self.nbytes + size <= self.max_bytes)
+
+    async def acquire(self, size: int) -> None:
+        while not self._fits(size):
+            self._freed.clear()
+            await self._freed.wait()
+        self.count += 1
+        self.nbytes += size
+
+    def release(self, size: int) -> None:
+        self.count -= 1
+        self.nbytes -= size
+        self._freed.set()
+
+
 class _IngestStream:
     """State of one Ingest call: the response queue and the publishes in flight."""
 
@@ -272,7 +299,9 @@ class _IngestStream:
         self.principal = principal
         self.responses: asyncio.Queue[ingest_pb2.IngestResponse | None] = asyncio.Queue()
         self.inflight: set[asyncio.Task] = set()
-        self.slots = asyncio.Semaphore(service.max_inflight)
+        self.budget = _InflightBudget(
+            service.settings.ingest_inflight_requests, service.settings.ingest_inflight_bytes
+        )
         self.reader: asyncio.Task | None = None
 
     async def read(self, requests) -> None:
@@ -340,16 +369,23 @@ class _IngestStream:
             points=accepted.points,
             request=req,  # parsed once, here: the embedded writer reuses it
         )
-        if env.kind in RUN_EVENTS:
+        if env.kind in RUN_EVENTS and not self.svc.bus.keeps_client_order:
             if self.inflight:  # a run event follows everything before it...
                 await asyncio.wait(set(self.inflight))
             task = self._spawn(env)
             await asyncio.wait({task})  # ...and precedes everything after it
         else:
-            await self.slots.acquire()
-            self._spawn(env, release=True)
+            if env.kind in RUN_EVENTS:  # the bus applies this client's requests in order
+                self.svc.runs.expect(env.kind, req, env.project, env.run_id)
+            size = len(raw)
+            await self.budget.acquire(size)
+            self._spawn(env, release=size)
 
-    def _spawn(self, env: Envelope, release: bool = False) -> asyncio.Task:
+    def _not_stored(self, env: Envelope) -> None:
+        if env.kind in RUN_EVENTS:  # its expected state (RunRegistry.expect) did not happen
+            self.svc.runs.withdraw(env.project, env.run_id)
+
+    def _spawn(self, env: Envelope, release: int | None = None) -> asyncio.Task:
         task = asyncio.create_task(self.publish(env))
         self.inflight.add(task)
         self.svc.metrics.inc("runstream_ingest_inflight", 1)
@@ -357,8 +393,8 @@ class _IngestStream:
         def done(t: asyncio.Task) -> None:
             self.inflight.discard(t)
             self.svc.metrics.inc("runstream_ingest_inflight", -1)
-            if release:
-                self.slots.release()
+            if release is not None:
+                self.budget.release(release)
 
         task.add_done_callback(done)
         return task
@@ -368,11 +404,13 @@ class _IngestStream:
         try:
             result = await svc.bus.publish([env])
         except RunstreamServiceError as exc:
+            self._not_stored(env)
             self.refuse(env.seq, exc)
             return
         except Exception as exc:
             log.exception("publishing request %s failed", env.idempotency_key)
             svc.metrics.inc("runstream_errors_total", component="ingest")
+            self._not_stored(env)
             self.refuse(
                 env.seq,
                 Unavailable(f"could not store request {env.seq} ({exc}); it was not acked: resend it"),
@@ -380,6 +418,7 @@ class _IngestStream:
             return
         refused = result.refused.get(env.idempotency_key)
         if refused is not None:
+            self._not_stored(env)
             self.refuse(env.seq, InvalidArgument(refused))
             return
         if env.kind in RUN_EVENTS:

@@ -4,7 +4,8 @@ background a moment after the data they describe.
 Why not in the request's own path: on chDB every insert costs ~10 ms however small (a new part), and
 these two inserts were half of a run event's cost. Deferring them loses nothing that was acked: the
 data rows are inserted (with dedup tokens) before the ack; only the record that they were stored
-lags by up to `interval_s`. A crash in that gap makes a resent request look new, and then the dedup
+lags by up to `interval_s` (0.5 s: on chDB each insert is a new part, and the embedded bus's block
+log re-forms any block whose record did not make it). A crash in that gap makes a resent request look new, and then the dedup
 tokens of the data inserts drop it, as they do for any replay inside the dedup window. The Kafka
 writer calls flush() before it commits a block's offsets, so there the record is exact.
 """
@@ -25,7 +26,7 @@ class BackgroundRows:
     """Collects rows per table; a daemon thread inserts them every `interval_s`. flush() writes
     what is pending now (tests, shutdown); failed inserts are kept and retried."""
 
-    def __init__(self, insert: InsertFn, columns: dict[str, tuple[str, ...]], interval_s: float = 0.05):
+    def __init__(self, insert: InsertFn, columns: dict[str, tuple[str, ...]], interval_s: float = 0.5):
         self._insert = insert
         self._columns = columns
         self._interval_s = interval_s
@@ -52,7 +53,10 @@ class BackgroundRows:
         with self._lock:
             return self._inserting[table] + self._pending[table]
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
+        """Inserts every pending row now; True when all of them are stored (failed inserts are
+        kept and retried by the next flush)."""
+        ok = True
         with self._flush_lock:
             with self._lock:
                 batches = {t: rows for t, rows in self._pending.items() if rows}
@@ -63,11 +67,13 @@ class BackgroundRows:
                     self._insert(table, self._columns[table], rows)
                 except Exception:
                     log.exception("writing %d %s rows failed; retrying", len(rows), table)
+                    ok = False
                     with self._lock:
                         self._pending[table][:0] = rows
                 finally:
                     with self._lock:
                         self._inserting[table] = []
+        return ok
 
     def close(self) -> None:
         if self._stop.is_set():

@@ -164,6 +164,14 @@ class ReplacedPoints:
                     settings={"insert_deduplicate": 0},
                 )
 
+    def new_run(self, project: str, run_id: str) -> None:
+        """Notes a run the writer just created (its row was absent): it has no stored points, so
+        its first batches need no lookup of stored ranges."""
+        with self._lock:
+            self._ranges.setdefault((project, run_id), {})
+            while len(self._ranges) > MAX_CACHED_RUNS:
+                self._ranges.popitem(last=False)
+
     def forget(self, runs: list[tuple[str, str]] | None = None) -> None:
         """Drops the remembered ranges of `runs` (all when None): another writer may have stored more."""
         with self._lock:

@@ -59,6 +59,7 @@ from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
+from runstream_services.writers.key_index import KeyIndex
 from runstream_services.writers.replaced_points import ReplacedPoints
 from runstream_services.writers.run_cache import RunCache
 
@@ -67,6 +68,8 @@ log = logging.getLogger("runstream.writer")
 MAX_CACHED_CLIENTS = 4096  # SDK processes whose stored seqs are kept in memory
 MAX_CACHED_RUNS = 10_000  # run rows kept in memory; least recently used ones are read back
 MAX_CACHED_RUN_BYTES = 256 * 1024 * 1024  # ... and their (approximate) size
+ABSENT_TTL_S = 2.0  # how long "no such run" is believed without asking the table again
+MAX_ABSENT_RUNS = 100_000
 INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
@@ -122,6 +125,7 @@ class StoreWriter:
         *,
         metrics: Metrics | None = None,
         insert_handles: int = 2,
+        sole_writer: bool = False,
     ):
         self.client = client
         self.db = database
@@ -140,6 +144,22 @@ class StoreWriter:
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
         self._listeners: list = []
+        # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
+        # answers "no such run / never seen this client" without a query (writers/key_index.py)
+        self._run_index: KeyIndex | None = None
+        self._client_index: KeyIndex | None = None
+        if sole_writer:
+            self._run_index = KeyIndex(
+                tuple(r) for r in client.query(f"SELECT DISTINCT project, run_id FROM {database}.runs").result_rows
+            )
+            self._client_index = KeyIndex(
+                r[0] for r in client.query(f"SELECT DISTINCT client_id FROM {database}.ingested_requests").result_rows
+            )
+        self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}
+        # runs looked up and not found, with when: spares a query per new run (admission asks,
+        # then the writer merges its run_start). Short-lived, since in Kafka mode another
+        # writer may create the run; staging a row here drops the entry.
+        self._absent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._bookkeeping = BackgroundRows(
             lambda table, columns, data: self._insert_rows(table, columns, data, None),
             {"ingested_requests": INGESTED_COLUMNS, "audit_log": AUDIT_COLUMNS},
@@ -183,9 +203,9 @@ class StoreWriter:
             except Exception:
                 log.exception("a store listener failed on a block of %d runs", len(block.runs))
 
-    def flush(self) -> None:
-        """Writes the pending ingested_requests and audit_log rows now."""
-        self._bookkeeping.flush()
+    def flush(self) -> bool:
+        """Writes the pending ingested_requests and audit_log rows now; True when they are stored."""
+        return self._bookkeeping.flush()
 
     def close(self) -> None:
         """Writes the pending bookkeeping rows and releases the writer's own connection handles
@@ -242,6 +262,7 @@ class StoreWriter:
             for client_id in clients or ():
                 self._done.pop(client_id, None)
         with self._meta_lock:
+            self._absent.clear()
             if everything:
                 self._runs.clear()
                 self._artifact_versions.clear()
@@ -259,26 +280,45 @@ class StoreWriter:
     # ---- idempotency --------------------------------------------------------------------------
 
     def _seen_seqs(self, client_id: str) -> set[int]:
+        return self._seen_seqs_of([client_id])[client_id]
+
+    def _seen_seqs_of(self, client_ids: Iterable[str]) -> dict[str, set[int]]:
+        """The stored seqs of each client: from memory, else one query for all the others."""
+        out: dict[str, set[int]] = {}
+        missing: list[str] = []
         with self._lock:
-            seqs = self._done.get(client_id)
-            if seqs is not None:
-                self._done.move_to_end(client_id)
-                return seqs
-        rows_ = self.client.query(
-            f"SELECT seq FROM {self.db}.ingested_requests WHERE client_id = %(c)s",
-            parameters={"c": client_id},
-        ).result_rows
-        not_yet_written = [r[1] for r in self._bookkeeping.pending("ingested_requests") if r[0] == client_id]
+            for client_id in client_ids:
+                seqs = self._done.get(client_id)
+                if seqs is not None:
+                    self._done.move_to_end(client_id)
+                    out[client_id] = seqs
+                elif self._client_index is not None and not self._client_index.may_contain(client_id):
+                    out[client_id] = self._done[client_id] = set()  # a client never seen: nothing stored
+                else:
+                    missing.append(client_id)
+        found: dict[str, set[int]] = {c: set() for c in missing}
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
+            for client_id, seq in self.client.query(
+                f"SELECT client_id, seq FROM {self.db}.ingested_requests WHERE client_id IN %(c)s",
+                parameters={"c": chunk},
+            ).result_rows:
+                found[client_id].add(seq)
+        if missing:
+            wanted = set(missing)
+            for row in self._bookkeeping.pending("ingested_requests"):
+                if row[0] in wanted:
+                    found[row[0]].add(row[1])
         with self._lock:
-            seqs = self._done.setdefault(client_id, set())
-            seqs.update(r[0] for r in rows_)
-            seqs.update(not_yet_written)
+            for client_id, seqs in found.items():
+                out[client_id] = self._done.setdefault(client_id, set())
+                out[client_id].update(seqs)
             while len(self._done) > MAX_CACHED_CLIENTS:
                 self._done.popitem(last=False)
-            return seqs
+        return out
 
     def _claim(self, envelopes: list[Envelope]):
-        seen = {client_id: self._seen_seqs(client_id) for client_id in {e.client_id for e in envelopes}}
+        seen = self._seen_seqs_of({e.client_id for e in envelopes})
         mine: list[Envelope] = []
         waits: list[tuple[Envelope, threading.Event]] = []
         duplicates = 0
@@ -345,6 +385,9 @@ class StoreWriter:
                 for project, name in {(a[0], a[2]) for a in pending.artifacts}:
                     self._artifact_versions.pop((project, name), None)
             raise
+        if self._client_index is not None:
+            for client_id in {env.client_id for env, _ in decoded}:
+                self._client_index.add(client_id)
         with self._lock:
             for env, _ in decoded:
                 seqs = self._done.get(env.client_id)
@@ -370,10 +413,16 @@ class StoreWriter:
         if not data:
             return
         started = time.perf_counter()
+        name = f"{self.db}.{table}"
+        types = self._column_types.get((name, tuple(columns)))
+        if types is None:  # clickhouse-connect asks the server (DESCRIBE) unless told the types
+            context = self.client.create_insert_context(name, list(columns))
+            types = self._column_types[(name, tuple(columns))] = context.column_types
         self.client.insert(
-            f"{self.db}.{table}",
+            name,
             data,
             column_names=list(columns),
+            column_types=types,
             settings={"insert_deduplication_token": token} if token else None,
         )
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
@@ -419,8 +468,19 @@ class StoreWriter:
         in `refused` by idempotency key instead."""
         touched: set[tuple[str, str]] = set()
         with self._meta_lock:
+            missing = {(env.project, env.run_id) for env, _ in decoded if env.kind != "artifact"}
+            missing = [k for k in missing if k not in self._runs and not self._known_absent(k)]
+            if missing:
+                self._load_runs_locked(missing)
+            refused_starts: dict[tuple[str, str, str], int] = {}  # (client, project, run) -> seq
             for env, req in decoded:
                 kind = env.kind
+                start = refused_starts.get((env.client_id, env.project, env.run_id))
+                if start is not None:  # published behind a run_start this write refused
+                    refused[env.idempotency_key] = (
+                        f"request {env.seq} was not stored: its run_start {start} was refused"
+                    )
+                    continue
                 if kind == "metrics":
                     pending.metrics.append((env, req.metrics))
                     row = self._get_run_locked(env.project, env.run_id)
@@ -434,6 +494,8 @@ class StoreWriter:
                         touched.add(self._merge_run_event(env, req, pending))
                     except InvalidArgument as exc:
                         refused[env.idempotency_key] = exc.message
+                        if kind == "run_start":
+                            refused_starts[(env.client_id, env.project, env.run_id)] = env.seq
                         log.warning("request %s refused: %s", env.idempotency_key, exc.message)
         return touched
 
@@ -464,18 +526,50 @@ class StoreWriter:
         return self._last_version
 
     def _get_run_locked(self, project: str, run_id: str) -> RunRow | None:
-        row = self._runs.get((project, run_id))
-        if row is None:
-            cols = ", ".join(f"`{c}`" for c in run_state.RUN_COLUMNS)
-            found = self.client.query(
-                f"SELECT {cols} FROM {self.db}.runs FINAL WHERE project = %(p)s AND run_id = %(r)s",
-                parameters={"p": project, "r": run_id},
-            ).result_rows
-            if found:
-                row = self._runs[(project, run_id)] = RunRow.from_db(found[0])
+        key = (project, run_id)
+        row = self._runs.get(key)
+        if row is None and not self._known_absent(key):
+            self._load_runs_locked([key])
+            row = self._runs.get(key)
         return row
 
+    def _known_absent(self, key: tuple[str, str]) -> bool:
+        if self._run_index is not None and not self._run_index.may_contain(key):
+            self._absent[key] = time.monotonic()  # so that staging it tells ReplacedPoints
+            return True
+        seen = self._absent.get(key)
+        if seen is None:
+            return False
+        if time.monotonic() - seen > ABSENT_TTL_S:
+            del self._absent[key]
+            return False
+        return True
+
+    def _load_runs_locked(self, keys: list[tuple[str, str]]) -> None:
+        """Reads the rows of runs not in the cache, one query for all of them; notes the absent."""
+        cols = ", ".join(f"`{c}`" for c in run_state.RUN_COLUMNS)
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            found = self.client.query(
+                f"SELECT {cols} FROM {self.db}.runs FINAL WHERE (project, run_id) IN %(keys)s",
+                parameters={"keys": chunk},
+            ).result_rows
+            now = time.monotonic()
+            for values in found:
+                row = RunRow.from_db(values)
+                self._runs[(row.project, row.run_id)] = row
+            for key in chunk:
+                if key not in self._runs:
+                    self._absent[key] = now
+                    self._absent.move_to_end(key)
+            while len(self._absent) > MAX_ABSENT_RUNS:
+                self._absent.popitem(last=False)
+
     def _stage_run(self, row: RunRow, pending: _Pending) -> None:
+        if self._absent.pop((row.project, row.run_id), None) is not None:
+            self._replaced.new_run(row.project, row.run_id)  # no points stored: nothing to ask
+        if self._run_index is not None:
+            self._run_index.add((row.project, row.run_id))
         row.version = self._version()
         pending.runs[(row.project, row.run_id)] = row
 

@@ -53,6 +53,9 @@ class KafkaBus:
     replicas; a run's envelopes stay in order (key = run_id, idempotent producer). `directory`
     knows the state of every run any ingest process published."""
 
+    # a retried batch may land after a later one of the same client: ingest waits for run events
+    keeps_client_order = False
+
     def __init__(self, settings: ServerSettings, *, partitions: int = DEFAULT_PARTITIONS, linger_ms: int = 5):
         if not settings.kafka_bootstrap:
             raise Unavailable("bus=kafka needs kafka_bootstrap (host:port) / RUNSTREAM_KAFKA_BOOTSTRAP")

@@ -1,0 +1,361 @@
+"""Many small writers against the embedded server: what a team's day looks like (issue 11).
+
+    .venv/bin/python bench/many_writers.py                 # all rows, prints JSON
+    .venv/bin/python bench/many_writers.py --quick         # small sizes (smoke)
+    .venv/bin/python bench/many_writers.py --only ranks    # ranks | runs | fresh
+
+Rows:
+- ranks: 1,000 ranks of one run (each its own client_id with its own contiguous seqs, rank r, 10
+  metrics per step, one step per request), multiplexed over a few gRPC streams so the 2 cores host
+  the load; the offered rate rises step by step until the server falls behind. A step is held when
+  the generator sent what it offered and every request was acked within 2 s after the last send
+  (what `finish()` would wait). Reports the highest held requests/s and points/s.
+- runs: 10,000 runs created by 16 concurrent clients (run_start with 20 params, 10 metrics x 10
+  steps, run_finish), pipelined as the SDK does; total seconds until all are acked and all 10,000
+  are visible as finished to SearchRuns.
+- fresh: log -> visible, one point then GetMetricSeries until it is there: p50/p99 at idle and at
+  50 % of the held ranks load.
+
+The generator speaks the raw gRPC contract (no SDK), with pre-serialized requests, so its own CPU
+stays small; the SDK's per-call cost is measured by W1/W3 in bench/run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runstream.v1 import ingest_pb2 as pb  # noqa: E402
+from runstream.v1 import types_pb2  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+
+OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+PROJECT = "many"
+KEYS = [f"m{i}" for i in range(10)]
+DRAIN_LIMIT_S = 2.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class Stream:
+    """One Ingest stream fed from a queue of pre-serialized requests; counts acks."""
+
+    def __init__(self, endpoint: str):
+        self.channel = grpc.insecure_channel(endpoint, options=OPTIONS)
+        call = self.channel.stream_stream(
+            "/runstream.v1.IngestService/Ingest",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.IngestResponse.FromString,
+        )
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.sent = 0
+        self.acked = 0
+        self.errors: list[str] = []
+        self.changed = threading.Condition()
+        self._responses = call(self._requests())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _requests(self):
+        while (item := self.outbox.get()) is not None:
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for response in self._responses:
+                with self.changed:
+                    if response.ok:
+                        self.acked += 1
+                    elif len(self.errors) < 20:
+                        self.errors.append(f"seq {response.seq}: {response.message}")
+                    self.changed.notify_all()
+        except grpc.RpcError as exc:
+            self.errors.append(f"stream ended: {exc.code()} {exc.details()}")
+
+    def send(self, payload: bytes) -> None:
+        self.sent += 1
+        self.outbox.put(payload)
+
+    def wait_acked(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while self.acked + len(self.errors) < self.sent:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
+        return True
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self._reader.join(10)
+        self.channel.close()
+
+
+def _run_start(client_id: str, seq: int, run_id: str, params: int = 0) -> bytes:
+    config = {f"p{j}": types_pb2.Value(number=float(j)) for j in range(params)}
+    return pb.IngestRequest(
+        seq=seq, client_id=client_id, run_start=pb.RunStart(project=PROJECT, run_id=run_id, config=config)
+    ).SerializeToString()
+
+
+class RankRequests:
+    """Pre-serialized metric requests of one rank: only seq and the step change per request."""
+
+    def __init__(self, run_id: str, rank: int, steps_per_request: int = 1):
+        self.client_id = uuid.uuid4().hex
+        self.rank = rank
+        self.seq = 0
+        self.step = 0
+        n = len(KEYS) * steps_per_request
+        self.per_request = steps_per_request
+        self.template = pb.IngestRequest(
+            client_id=self.client_id,
+            metrics=pb.MetricBatch(
+                project=PROJECT, run_id=run_id, rank=rank, keys=KEYS,
+                key_index=(np.arange(n) % len(KEYS)).astype("<u2").tobytes(),
+                values=np.random.default_rng(rank).random(n).tobytes(),
+                times_ms=np.full(n, int(time.time() * 1000), "<i8").tobytes(),
+            ),
+        )  # fmt: skip
+        self.base_steps = np.repeat(np.arange(steps_per_request), len(KEYS)).astype("<i8")
+
+    def next(self) -> bytes:
+        self.seq += 1
+        self.template.seq = self.seq
+        self.template.metrics.steps = (self.base_steps + self.step).tobytes()
+        self.step += self.per_request
+        return self.template.SerializeToString()
+
+
+def ranks_step(endpoint: str, run_id: str, ranks: list[RankRequests], streams: list[Stream], rate: float, seconds: float) -> dict:
+    """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks."""
+    per_stream = len(ranks) // len(streams) or 1
+    sent_before = sum(s.sent for s in streams)
+    t0 = time.monotonic()
+    sent = 0
+    i = 0
+    while True:
+        now = time.monotonic()
+        if now - t0 >= seconds:
+            break
+        due = int(rate * (now - t0)) - sent
+        for _ in range(due):
+            rank = ranks[i % len(ranks)]
+            streams[min(i % len(ranks) // per_stream, len(streams) - 1)].send(rank.next())
+            i += 1
+        sent += max(0, due)
+        time.sleep(0.002)
+    sending_s = time.monotonic() - t0
+    t_last = time.monotonic()
+    drained = all(s.wait_acked(30) for s in streams)
+    drain_s = time.monotonic() - t_last
+    errors = [e for s in streams for e in s.errors]
+    total_sent = sum(s.sent for s in streams) - sent_before
+    return {
+        "offered_rps": rate,
+        "sent_rps": round(total_sent / sending_s),
+        "drain_s": round(drain_s, 3),
+        "held": drained and not errors and drain_s <= DRAIN_LIMIT_S and total_sent >= 0.95 * rate * seconds,
+        "errors": errors[:3],
+    }
+
+
+def bench_ranks(endpoint: str, n_ranks: int, n_streams: int, rates: list[float], seconds: float) -> dict:
+    run_id = f"ranks-{uuid.uuid4().hex[:8]}"
+    streams = [Stream(endpoint) for _ in range(n_streams)]
+    ranks = [RankRequests(run_id, r) for r in range(n_ranks)]
+    streams[0].send(_run_start(ranks[0].client_id, 0, run_id))  # seq 0 is free: metrics start at 1
+    streams[0].wait_acked(30)
+    steps, best = [], None
+    for rate in rates:
+        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds)
+        steps.append(step)
+        print(json.dumps({"ranks_step": step}), file=sys.stderr, flush=True)
+        if not step["held"]:
+            break
+        best = step
+    for s in streams:
+        s.close()
+    held = best["sent_rps"] if best else 0
+    return {
+        "ranks": n_ranks,
+        "streams": n_streams,
+        "held_requests_per_s": held,
+        "held_points_per_s": held * len(KEYS),
+        "steps": steps,
+    }
+
+
+def bench_runs(endpoint: str, n_runs: int, clients: int, query) -> dict:
+    """n_runs created by `clients` concurrent streams: run_start (20 params), one metrics request
+    of 10 metrics x 10 steps, run_finish; then until SearchRuns sees all of them finished."""
+    prefix = uuid.uuid4().hex[:6]
+    streams = [Stream(endpoint) for _ in range(clients)]
+
+    def build(c: int) -> list[bytes]:
+        """One client's requests, serialized before the clock starts (the generator shares the
+        2 cores with the server: its protobuf building would otherwise be what is measured)."""
+        client_id = uuid.uuid4().hex
+        seq = 0
+        steps = np.repeat(np.arange(10), len(KEYS)).astype("<i8").tobytes()
+        index = (np.arange(100) % len(KEYS)).astype("<u2").tobytes()
+        times = np.full(100, int(time.time() * 1000), "<i8").tobytes()
+        out = []
+        for i in range(c, n_runs, clients):
+            run_id = f"{prefix}-{i:05d}"
+            out.append(_run_start(client_id, seq := seq + 1, run_id, params=20))
+            batch = pb.MetricBatch(
+                project=PROJECT, run_id=run_id, keys=KEYS, key_index=index, steps=steps,
+                values=np.random.default_rng(i).random(100).tobytes(), times_ms=times,
+            )  # fmt: skip
+            out.append(pb.IngestRequest(seq=(seq := seq + 1), client_id=client_id, metrics=batch).SerializeToString())
+            finish = pb.RunFinish(project=PROJECT, run_id=run_id, state=types_pb2.RUN_STATE_FINISHED)
+            out.append(pb.IngestRequest(seq=(seq := seq + 1), client_id=client_id, run_finish=finish).SerializeToString())
+        return out
+
+    prebuilt = [build(c) for c in range(clients)]
+
+    def one_client(c: int) -> None:
+        stream = streams[c]
+        for payload in prebuilt[c]:
+            while stream.sent - stream.acked > 64:  # the SDK's window (max_inflight_requests)
+                with stream.changed:
+                    stream.changed.wait(0.05)
+            stream.send(payload)
+        stream.wait_acked(600)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one_client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    acked_s = time.monotonic() - t0
+    errors = [e for s in streams for e in s.errors]
+    visible = 0
+    while time.monotonic() - t0 < acked_s + 120:
+        visible = query(f'run_id ~ "{prefix}-" and state = "finished"')
+        if visible >= n_runs:
+            break
+        time.sleep(0.05)
+    total_s = time.monotonic() - t0
+    for s in streams:
+        s.close()
+    return {
+        "runs": n_runs,
+        "clients": clients,
+        "acked_s": round(acked_s, 2),
+        "visible_s": round(total_s, 2),
+        "visible_runs": visible,
+        "runs_per_s": round(n_runs / total_s),
+        "errors": errors[:3],
+    }
+
+
+def bench_fresh(endpoint: str, probes: int, api) -> dict:
+    """log one point, then read until it is visible: ms per probe."""
+    run_id = f"fresh-{uuid.uuid4().hex[:8]}"
+    client_id = uuid.uuid4().hex
+    stream = Stream(endpoint)
+    stream.send(_run_start(client_id, 1, run_id))
+    stream.wait_acked(30)
+    times = []
+    for i in range(probes):
+        batch = pb.MetricBatch(
+            project=PROJECT, run_id=run_id, keys=["probe"], steps=np.array([i], "<i8").tobytes(),
+            values=np.array([float(i)], "<f8").tobytes(), times_ms=np.array([int(time.time() * 1000)], "<i8").tobytes(),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        stream.send(pb.IngestRequest(seq=i + 2, client_id=client_id, metrics=batch).SerializeToString())
+        while True:
+            hist = api.history(run_id, keys=["probe"], project=PROJECT)
+            if len(hist) and float(hist["value"].iloc[-1]) == float(i) and int(hist["step"].iloc[-1]) == i:
+                break
+            time.sleep(0.0005)
+        times.append((time.perf_counter() - t0) * 1000)
+    stream.close()
+    return {"probes": probes, "p50_ms": round(_pct(times, 50), 2), "p99_ms": round(_pct(times, 99), 2)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--only", default="ranks,runs,fresh", help="comma list of ranks, runs, fresh")
+    parser.add_argument("--ranks", type=int, default=1000)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
+    parser.add_argument("--rates", default="500,1000,2000,4000,8000,12000,16000,20000,25000,30000")
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if args.quick:
+        args.ranks, args.seconds, args.runs, args.probes = 100, 2.0, 500, 30
+        args.rates = "200,500"
+
+    from runstream.api import Api
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="rs-many-") as tmp:
+        server = ServerProcess(Path(tmp) / "server").start()
+        api = Api(endpoint=server.endpoint)
+        try:
+            if "ranks" in only:
+                rates = [float(r) for r in args.rates.split(",")]
+                out["ranks"] = bench_ranks(server.endpoint, args.ranks, args.streams, rates, args.seconds)
+            if "runs" in only:
+
+                def count(flt: str) -> int:
+                    return len(api.runs(project=PROJECT, filter=flt, limit=args.runs + 1))
+
+                out["runs"] = bench_runs(server.endpoint, args.runs, args.clients, count)
+            if "fresh" in only:
+                out["fresh_idle"] = bench_fresh(server.endpoint, args.probes, api)
+                held = out.get("ranks", {}).get("held_requests_per_s", 0)
+                if held:
+                    run_id = f"load-{uuid.uuid4().hex[:8]}"
+                    streams = [Stream(server.endpoint) for _ in range(args.streams)]
+                    ranks = [RankRequests(run_id, r) for r in range(args.ranks)]
+                    streams[0].send(_run_start(ranks[0].client_id, 0, run_id))
+                    streams[0].wait_acked(30)
+                    stop = threading.Event()
+                    seconds = 3600.0
+                    load = threading.Thread(
+                        target=lambda: ranks_step(server.endpoint, run_id, ranks, streams, held / 2, seconds)
+                        if not stop.is_set() else None,
+                        daemon=True,
+                    )
+                    load.start()
+                    time.sleep(1.0)
+                    out["fresh_half_load"] = {**bench_fresh(server.endpoint, args.probes, api), "load_rps": held / 2}
+                    # the load thread keeps running until the server stops; its streams close with it
+        finally:
+            api.close()
+            server.kill()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

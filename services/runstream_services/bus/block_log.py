@@ -1,0 +1,91 @@
+"""The embedded bus's block log: each group-commit block is written to a file before it is inserted,
+so that a crash mid-block re-forms exactly the same block at the next start.
+
+Why: a block's inserts carry dedup tokens derived from the block's name. After kill -9 between two
+inserts of a block, the requests were never acked and their SDKs resend them, but in other blocks
+(other neighbours, other tokens), so the tokens alone could not drop what the first attempt
+inserted. At start-up the bus therefore writes every logged block again, with its old name,
+before it accepts requests: inserts that landed are dropped by their tokens, the rest land, and
+the stored (client_id, seq) record then makes the SDKs' resends duplicates.
+
+A block's file is deleted once the store writer's record of its requests is durable
+(StoreWriter.flush). Files are written without fsync, like chDB's own inserts: they survive the
+process, not the machine. Format: per envelope a 4-byte little-endian header length, the header
+(JSON: client id, seq, kind, project, run, received ms, points), a 4-byte payload length and the
+serialized request; the first line of the file is the block's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from runstream_services.bus.base import Envelope
+
+log = logging.getLogger("runstream.bus")
+
+_LEN = struct.Struct("<I")
+
+
+class BlockLog:
+    """Block files in `folder`, named by a number that rises within a process and across restarts."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        numbers = [int(p.stem) for p in self.folder.glob("*.blk") if p.stem.isdigit()]
+        self._next = max(numbers, default=0) + 1
+
+    def write(self, name: str, envelopes: list[Envelope]) -> Path:
+        """Logs one block; returns its file (pass it to `remove` once the block is recorded)."""
+        number, self._next = self._next, self._next + 1
+        parts = [name.encode() + b"\n"]
+        for env in envelopes:
+            header = json.dumps(
+                [env.client_id, env.seq, env.kind, env.project, env.run_id, env.received_ms, env.points]
+            ).encode()
+            parts += [_LEN.pack(len(header)), header, _LEN.pack(len(env.payload)), env.payload]
+        path = self.folder / f"{number:012d}.blk"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b"".join(parts))
+        os.replace(tmp, path)  # a block file is whole or absent
+        return path
+
+    def pending(self) -> Iterator[tuple[Path, str, list[Envelope]]]:
+        """The logged blocks not yet removed, oldest first: (file, name, envelopes). A file that
+        cannot be read is renamed *.bad and reported (its requests were never acked)."""
+        for path in sorted(self.folder.glob("*.blk")):
+            try:
+                yield path, *_read(path.read_bytes())
+            except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
+                log.error("block file %s cannot be read (%s); kept as .bad, its requests were never acked", path, exc)
+                path.rename(path.with_suffix(".bad"))
+        for tmp in self.folder.glob("*.tmp"):  # a write cut short: that block was never inserted
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def remove(paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+def _read(data: bytes) -> tuple[str, list[Envelope]]:
+    end = data.index(b"\n")
+    name = data[:end].decode()
+    pos, envelopes = end + 1, []
+    while pos < len(data):
+        (n,) = _LEN.unpack_from(data, pos)
+        client_id, seq, kind, project, run_id, received_ms, points = json.loads(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+        (m,) = _LEN.unpack_from(data, pos)
+        payload = data[pos + 4 : pos + 4 + m]
+        if len(payload) != m:
+            raise ValueError("truncated payload")
+        pos += 4 + m
+        envelopes.append(Envelope(client_id, seq, kind, project, run_id, payload, received_ms, points))
+    return name, envelopes
