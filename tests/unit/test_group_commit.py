@@ -1,0 +1,230 @@
+"""The embedded bus's group commit (bus/embedded.py) and block log (bus/block_log.py): requests of
+many clients share blocks, one client's order is kept across blocks, a refused run_start takes
+the requests queued behind it along, and a block logged before a crash is re-formed under its
+own name at the next start, so nothing it inserted is inserted twice.
+
+Most tests run the real StoreWriter on the in-process chDB engine. The ordering tests use a
+recording stand-in sink instead (labelled below): they are about which envelopes the bus puts in
+which block and when, which a real insert would only make slower to observe."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2 as pb
+from runstream.v1 import types_pb2
+from runstream_services.artifacts.local import LocalArtifactStore
+from runstream_services.bus.base import Envelope, WriteResult
+from runstream_services.bus.block_log import BlockLog
+from runstream_services.bus.embedded import EmbeddedBus
+from runstream_services.config import ServerSettings
+from runstream_services.metrics_http import Metrics
+from runstream_services.run_state import MAX_TAGS_PER_RUN
+from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.migrations import migrate
+from runstream_services.writers.store import StoreWriter
+
+PROJECT = "proj"
+
+
+@pytest.fixture
+def writer(chdb_dsn, database, tmp_path):
+    client = connect(chdb_dsn)
+    migrate(client, database)
+    writer = StoreWriter(
+        client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings(), sole_writer=True
+    )
+    yield writer
+    writer.close()
+
+
+def q(writer: StoreWriter, sql: str):
+    return writer.client.query(sql.replace("DB", writer.db)).result_rows
+
+
+def start(client_id: str, seq: int, run_id: str, **fields) -> Envelope:
+    return Envelope.from_request(
+        pb.IngestRequest(seq=seq, client_id=client_id, run_start=pb.RunStart(project=PROJECT, run_id=run_id, **fields))
+    )
+
+
+def finish(client_id: str, seq: int, run_id: str) -> Envelope:
+    body = pb.RunFinish(project=PROJECT, run_id=run_id, state=types_pb2.RUN_STATE_FINISHED)
+    return Envelope.from_request(pb.IngestRequest(seq=seq, client_id=client_id, run_finish=body))
+
+
+def points(client_id: str, seq: int, run_id: str, step: int, rank: int = 0) -> Envelope:
+    batch = pb.MetricBatch(
+        project=PROJECT, run_id=run_id, rank=rank, keys=["loss", "acc"],
+        key_index=np.array([0, 1], "<u2").tobytes(), steps=np.array([step, step], "<i8").tobytes(),
+        values=np.array([step, -step], "<f8").tobytes(), times_ms=np.full(2, 1_700_000_000_000, "<i8").tobytes(),
+    )  # fmt: skip
+    return Envelope.from_request(pb.IngestRequest(seq=seq, client_id=client_id, metrics=batch))
+
+
+async def publish_all(bus: EmbeddedBus, envelopes: list[Envelope]) -> list[WriteResult]:
+    """Publishes each envelope on its own, all at once (as many ingest streams do)."""
+    return await asyncio.gather(*(bus.publish([env]) for env in envelopes))
+
+
+def test_many_clients_share_blocks_and_every_request_is_stored_once(writer, tmp_path):
+    metrics = Metrics()
+
+    async def main():
+        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks", metrics=metrics)
+        await bus.start()
+        await bus.publish([start("c0", 1, "run-1")])
+        envs = [points(f"rank-{r}", s, "run-1", step=s, rank=r) for r in range(50) for s in range(1, 5)]
+        results = await publish_all(bus, envs + envs[:20])  # 20 sent twice, as after a reconnect
+        await bus.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert all(not r.refused for r in results)
+    assert q(writer, "SELECT count() FROM DB.metrics FINAL") == [(400,)]
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(400,)]  # no request stored twice
+    blocks = metrics.get("runstream_writer_blocks_total")
+    assert 2 <= blocks < 20, blocks  # 221 publishes, a handful of blocks
+    assert not list((tmp_path / "blocks").glob("*.blk")), "recorded blocks leave no file behind"
+
+
+class RecordingSink:
+    """Stand-in sink (not storage): records each block with when it began and ended."""
+
+    def __init__(self, delay_s: float = 0.02, refuse: dict[str, str] | None = None):
+        self.delay_s = delay_s
+        self.refuse = refuse or {}
+        self.blocks: list[tuple[float, float, list[Envelope]]] = []
+        self._lock = threading.Lock()
+
+    def write(self, envelopes, token=None):
+        began = time.monotonic()
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.blocks.append((began, time.monotonic(), list(envelopes)))
+        refused = {e.idempotency_key: self.refuse[e.idempotency_key] for e in envelopes if e.idempotency_key in self.refuse}
+        return WriteResult(stored=len(envelopes) - len(refused), refused=refused)
+
+    def flush(self):
+        return True
+
+    def forget(self, *, clients=None, runs=None):
+        pass
+
+
+def test_one_clients_run_events_never_overlap_its_other_requests_in_flight():
+    sink = RecordingSink()
+
+    async def main():
+        bus = EmbeddedBus(sink, max_blocks=2)
+        await bus.start()
+        tasks = []
+        for c in range(8):  # each client: start, 5 points, finish, start of a second run, points
+            cid = f"client-{c}"
+            envs = [start(cid, 1, f"r{c}a")] + [points(cid, 1 + s, f"r{c}a", s) for s in range(1, 6)]
+            envs += [finish(cid, 7, f"r{c}a"), start(cid, 8, f"r{c}b"), points(cid, 9, f"r{c}b", 1)]
+            for env in envs:
+                tasks.append(asyncio.ensure_future(bus.publish([env])))
+                await asyncio.sleep(0.003)  # published one by one while blocks are in flight
+        await asyncio.gather(*tasks)
+        await bus.stop()
+
+    asyncio.run(main())
+    assert len(sink.blocks) > 3
+    spans: dict[str, list[tuple[int, bool, float, float]]] = {}
+    for began, ended, envs in sink.blocks:
+        for env in envs:
+            spans.setdefault(env.client_id, []).append((env.seq, env.kind != "metrics", began, ended))
+    for client, items in spans.items():
+        assert sorted(s for s, *_ in items) == list(range(1, 10)), client
+        for seq, barrier, began, ended in items:
+            for other, _, o_began, o_ended in items:
+                if other == seq or not barrier:
+                    continue
+                if other < seq:  # everything before a run event was written before it began...
+                    assert o_ended <= began or o_began == began, (client, other, seq)
+                else:  # ...and nothing after it began before it ended
+                    assert o_began >= ended or o_began == began, (client, other, seq)
+
+
+def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
+    sink = RecordingSink(delay_s=0.05, refuse={"c1:1": "too many tags"})
+
+    async def main():
+        bus = EmbeddedBus(sink)
+        await bus.start()
+        first = asyncio.ensure_future(bus.publish([start("c1", 1, "bad")]))
+        await asyncio.sleep(0.01)  # the run_start's block is in flight
+        behind = [asyncio.ensure_future(bus.publish([points("c1", s, "bad", s)])) for s in (2, 3)]
+        other = asyncio.ensure_future(bus.publish([points("c2", 1, "fine", 1)]))
+        results = await asyncio.gather(first, *behind, other)
+        await bus.stop()
+        return results
+
+    refused_start, *behind, other = asyncio.run(main())
+    assert refused_start.refused == {"c1:1": "too many tags"}
+    for result, seq in zip(behind, (2, 3), strict=True):
+        assert result.refused[f"c1:{seq}"] == f"request {seq} was not stored: its run_start 1 was refused: too many tags"
+    assert not other.refused
+    written = {e.idempotency_key for _, _, envs in sink.blocks for e in envs}
+    assert "c1:2" not in written and "c2:1" in written
+
+
+def test_a_run_start_the_writer_refuses_takes_its_block_mates_of_that_run_along(writer):
+    tags = {f"t{i}": "x" for i in range(MAX_TAGS_PER_RUN + 1)}
+    result = writer.write(
+        [start("c1", 1, "tagged", tags=tags), points("c1", 2, "tagged", 1), points("c2", 1, "tagged", 1)],
+        token="blk:test:1",
+    )
+    assert "c1:1" in result.refused
+    assert result.refused["c1:2"] == "request 2 was not stored: its run_start 1 was refused"
+    assert "c2:1" not in result.refused  # another client's request is judged on its own
+    assert q(writer, "SELECT count() FROM DB.runs") == [(0,)]
+
+
+def test_a_block_logged_before_a_crash_is_re_formed_under_its_name(writer, tmp_path):
+    """kill -9 after a block's inserts and before its record: the SDKs resend, in other blocks.
+    The next start writes the logged block again first: its inserts are dropped by their tokens,
+    and the record it writes makes the resends duplicates."""
+    envs = [start("c1", 1, "run-9")] + [points("c1", s, "run-9", s) for s in range(2, 6)]
+    log = BlockLog(tmp_path / "blocks")
+    log.write("blk:before-crash:1", envs)
+    writer.write(envs, token="blk:before-crash:1")  # the inserts landed...
+    writer._bookkeeping._pending["ingested_requests"].clear()  # ...the record did not (the crash)
+    writer.client.command(f"TRUNCATE TABLE {writer.db}.ingested_requests")
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, ServerSettings(), sole_writer=True)
+
+    async def restart_and_resend():
+        bus = EmbeddedBus(fresh, log_dir=tmp_path / "blocks")
+        await bus.start()  # re-forms the logged block before anything else
+        results = await publish_all(bus, [points("c1", s, "run-9", s) for s in range(2, 6)])
+        await bus.stop()
+        return results
+
+    results = asyncio.run(restart_and_resend())
+    fresh.close()
+    assert all(not r.refused for r in results)
+    assert q(writer, "SELECT count() FROM DB.metrics") == [(8,)]  # raw rows: nothing inserted twice
+    assert q(writer, "SELECT count() FROM DB.runs") == [(1,)]
+    assert q(writer, "SELECT count() FROM DB.ingested_requests FINAL WHERE client_id = 'c1'") == [(5,)]
+    assert not list((tmp_path / "blocks").glob("*.blk"))
+
+
+def test_block_files_round_trip_and_a_cut_write_is_dropped(tmp_path):
+    log = BlockLog(tmp_path)
+    envs = [start("c", 1, "r"), points("c", 2, "r", 1)]
+    path = log.write("blk:x:1", envs)
+    (tmp_path / "000000000099.tmp").write_bytes(b"half a block")
+    [(found, name, back)] = list(log.pending())
+    assert (found, name) == (path, "blk:x:1")
+    assert [(e.client_id, e.seq, e.kind, e.run_id, e.payload) for e in back] == [
+        (e.client_id, e.seq, e.kind, e.run_id, e.payload) for e in envs
+    ]
+    assert all(e.request is None for e in back)  # parsed by the writer, as from Kafka
+    assert not list(tmp_path.glob("*.tmp"))
+    assert BlockLog(tmp_path).write("blk:x:2", envs).name > path.name  # numbers rise across restarts
