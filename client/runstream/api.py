@@ -14,6 +14,7 @@ pandas is optional for the bare SDK install; it is imported when a DataFrame is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -88,27 +89,10 @@ class Api(QueryClient):
         `filter` uses the filter language (`params.lr > 0.01 and tags.dataset = "v2"`); `order_by`
         is a field or list of fields, "-" for descending (default: newest first)."""
         pd = _pandas()
-        rows = [run_record(run) for run in self.iter_runs(project, filter, order_by, per_page, limit)]
-        base = [
-            "run_id",
-            "name",
-            "state",
-            "group",
-            "job_type",
-            "user",
-            "host",
-            "start",
-            "end",
-            "git_commit",
-            "notes",
-        ]
-        df = pd.DataFrame.from_records(rows, columns=None if rows else base)
-        if rows:
-            extra = sorted(c for c in df.columns if c not in base)
-            df = df[base + [c for c in extra if c not in base]]
-            for col in ("start", "end"):
-                df[col] = pd.to_datetime(df[col], unit="ms", utc=True)
-        return df
+        columns = _RunColumns()
+        for run in self.iter_runs(project, filter, order_by, per_page, limit):
+            columns.add(run)
+        return columns.frame(pd)
 
     def run(self, project: str, run_id: str) -> dict[str, Any]:
         """Everything about one run as a dict: the columns, config, summary, tags, metric
@@ -203,6 +187,90 @@ class Api(QueryClient):
             ],
             ignore_index=True,
         )
+
+
+_BASE_COLUMNS = (
+    "run_id", "name", "state", "group", "job_type", "user", "host", "start", "end", "git_commit", "notes",
+)  # fmt: skip
+
+
+class _RunColumns:
+    """The runs table built column by column (one list per column, no dict per row): the same
+    frame as DataFrame.from_records([run_record(run), ...]) with the base columns first and the
+    others sorted, at a fraction of the cost for thousands of runs (the loops are inlined: this
+    is the client's hot path for a large runs table)."""
+
+    def __init__(self):
+        self.n = 0
+        self.base: dict[str, list] = {c: [] for c in _BASE_COLUMNS}
+        self.extra: dict[str, list] = {}  # column name -> values
+        # per prefix: key -> its column (the same list as in `extra`)
+        self._by_prefix: dict[str, dict[str, list]] = {p: {} for p in ("config.", "summary.", "metrics.", "tags.")}
+
+    def _column(self, prefix: str, key: str) -> list:
+        col = self.extra[prefix + key] = []
+        self._by_prefix[prefix][key] = col
+        return col
+
+    def add(self, run: types_pb2.Run) -> None:
+        n = self.n
+        b = self.base
+        b["run_id"].append(run.run_id)
+        b["name"].append(run.name)
+        b["state"].append(state_name(run.state))
+        b["group"].append(run.group)
+        b["job_type"].append(run.job_type)
+        b["user"].append(run.user)
+        b["host"].append(run.host)
+        b["start"].append(run.start_ms)
+        b["end"].append(run.end_ms or None)
+        b["git_commit"].append(run.git_commit)
+        b["notes"].append(run.notes)
+        nan = math.nan
+        for prefix, values in (("config.", run.config), ("summary.", run.summary)):
+            cols = self._by_prefix[prefix]
+            for k in values:
+                v = values[k]
+                kind = v.WhichOneof("kind")
+                if kind == "number":
+                    value = v.number
+                elif kind == "json" or not kind:
+                    value = value_of(v)
+                else:
+                    value = getattr(v, kind)
+                col = cols.get(k) or self._column(prefix, k)
+                if len(col) != n:
+                    col.extend([nan] * (n - len(col)))  # rows without this field: NaN, as from_records
+                col.append(value)
+        cols = self._by_prefix["metrics."]
+        for m in run.metrics:
+            k = m.key
+            col = cols.get(k) or self._column("metrics.", k)
+            if len(col) != n:
+                col.extend([nan] * (n - len(col)))
+            col.append(m.last)
+        tags = run.tags
+        if tags:
+            cols = self._by_prefix["tags."]
+            for k in tags:
+                col = cols.get(k) or self._column("tags.", k)
+                if len(col) != n:
+                    col.extend([nan] * (n - len(col)))
+                col.append(tags[k])
+        self.n = n + 1
+
+    def frame(self, pd):
+        if not self.n:
+            return pd.DataFrame.from_records([], columns=list(_BASE_COLUMNS))
+        data: dict[str, Any] = dict(self.base)
+        data["start"] = pd.to_datetime(pd.Series(data["start"]), unit="ms", utc=True)
+        data["end"] = pd.to_datetime(pd.Series(data["end"], dtype="float64"), unit="ms", utc=True)
+        for name in sorted(self.extra):
+            col = self.extra[name]
+            if len(col) < self.n:
+                col.extend([math.nan] * (self.n - len(col)))
+            data[name] = col
+        return pd.DataFrame(data)
 
 
 def run_record(run: types_pb2.Run) -> dict[str, Any]:

@@ -100,6 +100,34 @@ def fill_details(
     return needs_sql
 
 
+def run_wire(p: Project, entry: RunEntry, include_config: bool) -> bytes | None:
+    """The run as SearchRuns sends it without key lists (all summaries, config when asked),
+    serialized once and kept until the run changes; None when a summary must come from SQL."""
+    wire = entry.wire.get(include_config)
+    if wire is None:
+        if any(kind == "user" for kind, _ in entry.big):
+            return None
+        run = run_proto(p.name, entry)
+        fill_details([run], [entry], [], [], include_config)
+        wire = entry.wire[include_config] = run.SerializeToString()
+    return wire
+
+
+def runs_field(wires: list[bytes]) -> bytes:
+    """The wire form of `repeated Run runs = 1` holding these serialized runs (field 1,
+    length-delimited, in order), to merge into a SearchRunsResponse."""
+    out = bytearray()
+    for w in wires:
+        out += b"\x0a"
+        n = len(w)
+        while n >= 0x80:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        out.append(n)
+        out += w
+    return bytes(out)
+
+
 def get_run(p: Project, run_id: str) -> tuple[types_pb2.Run, bool] | None:
     """The run with config, summary, context, datasets, artifacts and (unless the second value is
     True: then the caller adds them from SQL) its metric summaries; None when unknown."""

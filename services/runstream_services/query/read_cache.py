@@ -137,6 +137,9 @@ class RunEntry:
     series: dict[tuple[str, str], Series] = field(default_factory=dict)  # (kind, key)
     big: set[tuple[str, str]] = field(default_factory=set)  # series over MAX_SERIES_POINTS
     artifacts: dict[tuple[str, str, str], list] = field(default_factory=dict)
+    # the run's SearchRuns wire form per include_config, built once (cached_reads.run_wire);
+    # cleared whenever the run, its params or its series change
+    wire: dict[bool, bytes] = field(default_factory=dict)
 
     def series_keys(self, kind: str) -> set[str]:
         return {k for (sk, k) in self.series if sk == kind} | {k for (sk, k) in self.big if sk == kind}
@@ -266,6 +269,7 @@ class ReadCache:
             sk = (kind, batch.keys[i])
             if sk in run.big:
                 continue
+            run.wire.clear()
             s = run.series.get(sk)
             if s is None:
                 s = run.series[sk] = Series()
@@ -281,6 +285,7 @@ class ReadCache:
                 self._make_big(p, run, batch.run_id, sk)
 
     def _make_big(self, p: Project, run: RunEntry, run_id: str, sk: tuple[str, str]) -> None:
+        run.wire.clear()
         s = run.series.pop(sk, None)
         if s is not None:
             p.points -= len(s)
@@ -398,6 +403,7 @@ class ReadCache:
                     end += 1
                 run = p.run(ident[0])
                 sk = (ident[1], ident[2])
+                run.wire.clear()
                 if sk not in run.big:
                     s = run.series.get(sk)
                     if s is None:
@@ -419,6 +425,7 @@ class ReadCache:
 def _merge_run(entry: RunEntry, row: RunRow) -> None:
     if entry.row is None or row.version >= entry.row.version:
         entry.row = row
+        entry.wire.clear()
 
 
 def _merge_param(entry: RunEntry, prow) -> None:
@@ -426,3 +433,4 @@ def _merge_param(entry: RunEntry, prow) -> None:
     cur = entry.params.get((scope, key))
     if cur is None or version >= cur[3]:
         entry.params[(scope, key)] = (kind, float(num), text, int(version))
+        entry.wire.clear()

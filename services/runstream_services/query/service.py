@@ -213,13 +213,23 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         return query_pb2.SearchRunsResponse(runs=runs, next_page_token=token, total=total)
 
     async def _search_held(self, p: Project, request, node, sort_fields, page_size, offset, fingerprint):
+        include_config = request.include_config or bool(request.param_keys)
         with self.cache.lock:
             entries, total = cached_reads.search(p, node, sort_fields, page_size, offset)
+            wires = None
+            if not request.param_keys and not request.metric_keys:
+                wires = [cached_reads.run_wire(p, e, include_config) for e in entries]
+        if wires is not None and None not in wires:  # each run serialized once, until it changes
+            next_offset = offset + len(wires)
+            token = encode_page_token(next_offset, fingerprint) if wires and next_offset < total else ""
+            response = query_pb2.SearchRunsResponse(next_page_token=token, total=total)
+            response.MergeFromString(cached_reads.runs_field(wires))
+            return response
+        with self.cache.lock:  # the same page, built field by field (key lists, or SQL summaries)
             runs = [cached_reads.run_proto(p.name, e) for e in entries]
             needs_sql = cached_reads.fill_details(
-                runs, entries, list(request.param_keys), list(request.metric_keys),
-                include_config=request.include_config or bool(request.param_keys),
-            )  # fmt: skip
+                runs, entries, list(request.param_keys), list(request.metric_keys), include_config
+            )
         if needs_sql:
             await self._add_sql_summaries(p.name, runs, needs_sql, list(request.metric_keys))
         next_offset = offset + len(runs)
