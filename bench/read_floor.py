@@ -58,7 +58,10 @@ def build(endpoint: str, spool: Path, n_runs: int, n_params: int, n_metrics: int
         config.update({f"p{j}": i * 31 + j for j in range(n_params - 2)})
         run = _init(endpoint, spool, name=f"run-{i}", config=config)
         for step in range(n_steps):
-            run.log({f"m{k}": ((i * 7919 + k * 104729 + step) % 1000) / 1000.0 for k in range(n_metrics)}, step=step)
+            run.log(
+                {f"m{k}": ((i * 7919 + k * 104729 + step) % 1000) / 1000.0 for k in range(n_metrics)},
+                step=step,
+            )
         if not run.finish():
             raise RuntimeError(f"run {run.id} could not deliver everything")
         return run.id
@@ -128,9 +131,15 @@ def main() -> int:
             df = api.runs(PROJECT)
             assert len(df) == listed, len(df)
 
-        listed = len(api.search_runs(PROJECT, page_size=1).runs) and api.search_runs(PROJECT, page_size=1).total
+        listed = (
+            len(api.search_runs(PROJECT, page_size=1).runs) and api.search_runs(PROJECT, page_size=1).total
+        )
         fresh_run = _init(
-            server.endpoint, folder / "spool", name="fresh", flush_interval_s=0.001, project=PROJECT + "-fresh"
+            server.endpoint,
+            folder / "spool",
+            name="fresh",
+            flush_interval_s=0.001,
+            project=PROJECT + "-fresh",
         )
 
         def fresh(i):

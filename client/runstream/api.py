@@ -205,7 +205,9 @@ class _RunColumns:
         self.base: dict[str, list] = {c: [] for c in _BASE_COLUMNS}
         self.extra: dict[str, list] = {}  # column name -> values
         # per prefix: key -> its column (the same list as in `extra`)
-        self._by_prefix: dict[str, dict[str, list]] = {p: {} for p in ("config.", "summary.", "metrics.", "tags.")}
+        self._by_prefix: dict[str, dict[str, list]] = {
+            p: {} for p in ("config.", "summary.", "metrics.", "tags.")
+        }
 
     def _column(self, prefix: str, key: str) -> list:
         col = self.extra[prefix + key] = []

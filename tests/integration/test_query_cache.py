@@ -38,7 +38,9 @@ def stubs(seeded):  # noqa: F811
     # copy counts distinct points: recount it as the writer does, so both sides state the truth.
     ReplacedPoints(seeded.client, seeded.database).recount({("vision", "r02", "user", "loss")})
     cache = ReadCache(_OneClient(seeded.client), seeded.database)
-    plain = InProcessServer(QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None)).start()
+    plain = InProcessServer(
+        QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None)
+    ).start()
     cached = InProcessServer(
         QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None, cache=cache)
     ).start()
@@ -142,7 +144,9 @@ ORDERS = [
 @pytest.mark.parametrize("flt", FILTERS)
 def test_search_filters_match_sql(stubs, flt):
     for order in (["run_id"], ["-metrics.val_f1"], ["params.optimizer", "-start"]):
-        request = query_pb2.SearchRunsRequest(project="vision", filter=flt, order_by=order, include_config=True)
+        request = query_pb2.SearchRunsRequest(
+            project="vision", filter=flt, order_by=order, include_config=True
+        )
         _same("SearchRuns", stubs, request)
 
 

@@ -19,10 +19,11 @@ import pytest
 
 import runstream
 from runstream.v1 import ingest_pb2 as pb
-from runstream.v1 import query_pb2, types_pb2
+from runstream.v1 import query_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope
 from runstream_services.config import ServerSettings
+from runstream_services.errors import InvalidArgument
 from runstream_services.query.read_cache import ReadCache
 from runstream_services.query.service import QueryServicer
 from runstream_services.storage.clickhouse import ClientPool, connect
@@ -44,7 +45,9 @@ class Wired:
         self.writer = self.new_writer()
         self.cache = ReadCache(self.readers, database)
         self.writer.subscribe(self.cache.on_stored)
-        self.query = QueryServicer(self.client, database, artifacts, None, readers=self.readers, cache=self.cache)
+        self.query = QueryServicer(
+            self.client, database, artifacts, None, readers=self.readers, cache=self.cache
+        )
         self.sql = QueryServicer(self.client, database, artifacts, None, readers=self.readers)
 
     def new_writer(self) -> StoreWriter:
@@ -69,7 +72,8 @@ class Wired:
             servicer_ = servicer or self.query
             request = query_pb2.GetHistoryRequest(project=PROJECT, run_id=run_id, keys=[key])
             async for page in servicer_.GetHistory(request, None):
-                out += zip(np.frombuffer(page.steps, "<i8").tolist(), np.frombuffer(page.values, "<f8").tolist())
+                steps, values = np.frombuffer(page.steps, "<i8"), np.frombuffer(page.values, "<f8")
+                out += zip(steps.tolist(), values.tolist(), strict=True)
             return out
 
         return asyncio.run(collect())
@@ -193,10 +197,34 @@ def test_re_logged_steps_keep_summaries_exact(wired):
     assert w.history("a", "loss") == [(0, 1.0), (1, 2.0), (2, 0.5)]
 
 
+def test_history_without_project_finds_runs_acked_after_the_index_was_read(wired):
+    w = wired
+    w.write(start("c", 1, "a"), points("c", 2, "a", [0], [1.0]))
+    request = query_pb2.GetHistoryRequest(run_id="a", keys=["loss"])
+
+    def history():
+        async def collect():
+            return [p async for p in w.query.GetHistory(request, None)]
+
+        return asyncio.run(collect())
+
+    assert len(history()) == 1  # reads the run index once; the hook keeps it current
+    w.write(start("d", 1, "b"), points("d", 2, "b", [0], [2.0]))
+    request = query_pb2.GetHistoryRequest(run_id="b", keys=["loss"])
+    assert np.frombuffer(history()[0].values, "<f8").tolist() == [2.0]
+    other = pb.RunStart(project="elsewhere", run_id="b")
+    w.write(Envelope.from_request(pb.IngestRequest(seq=3, client_id="d", run_start=other)))
+    with pytest.raises(InvalidArgument, match="several projects"):
+        history()
+    assert w.cache.indexed_projects("b") == ["elsewhere", PROJECT]
+
+
 def test_sdk_reads_its_writes_through_the_public_api(embedded_server, tmp_path):
     """Against the real server: each read follows the ack of the write before it (flush)."""
     with runstream.Api(endpoint=embedded_server.endpoint) as api:
-        run = runstream.init(project=PROJECT, config={"lr": 0.01}, **quick_sdk_options(embedded_server.endpoint, tmp_path))
+        run = runstream.init(
+            project=PROJECT, config={"lr": 0.01}, **quick_sdk_options(embedded_server.endpoint, tmp_path)
+        )
         run.flush()
         assert len(api.runs(PROJECT)) == 1  # the project is held from here on
         for step in range(5):

@@ -47,6 +47,7 @@ log = logging.getLogger("runstream.query.cache")
 MAX_SERIES_POINTS = 4096  # points of one series held; a longer series is read from SQL
 MAX_POINTS = 2_000_000  # points held over all projects (~42 bytes each); least recently read projects go
 MAX_PROJECT_RUNS = 100_000  # a project with more runs is never held
+MAX_INDEXED_RUNS = 2_000_000  # the run id -> projects index is kept up to this many runs
 RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after this long
 _SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
 
@@ -174,6 +175,12 @@ class ReadCache:
         self._uncacheable: dict[str, float] = {}  # project -> monotonic time it was found too big
         self._points = 0
         self.loads = 0  # projects read from SQL (tests and benchmarks look)
+        # run id -> projects holding it, over every project (for reads that name no project):
+        # None until first used; union-only (runs are never deleted), so loading it while the
+        # writer adds runs loses nothing
+        self._run_index: dict[str, set[str]] | None = None
+        self._run_index_ready = False
+        self._run_index_lock = threading.Lock()
 
     # ---- reads ----------------------------------------------------------------------------
 
@@ -203,12 +210,48 @@ class ReadCache:
                 return p
             return self._load(project)
 
+    def indexed_projects(self, run_id: str) -> list[str] | None:
+        """projects_of_run without I/O: None while the index is not loaded."""
+        with self.lock:
+            if self._run_index_ready:
+                return sorted(self._run_index.get(run_id, ()))
+        return None
+
+    def projects_of_run(self, run_id: str) -> list[str] | None:
+        """The projects holding a run with this id (blocking the first time: call from a
+        thread); None when the index is not kept (too many runs: read SQL)."""
+        found = self.indexed_projects(run_id)
+        if found is not None:
+            return found
+        with self._run_index_lock:
+            with self.lock:
+                if self._run_index_ready:
+                    return sorted(self._run_index.get(run_id, ()))
+                if self._run_index is None:
+                    self._run_index = {}
+            with self.readers.client() as client:
+                rows = client.query(
+                    f"SELECT DISTINCT run_id, project FROM {self.db}.runs LIMIT {MAX_INDEXED_RUNS + 1}"
+                ).result_rows
+            with self.lock:
+                if len(rows) > MAX_INDEXED_RUNS:
+                    self._run_index = None  # stays None: SQL answers
+                    self._run_index_ready = False
+                    return None
+                for rid, project in rows:
+                    self._run_index.setdefault(rid, set()).add(project)
+                self._run_index_ready = True
+                return sorted(self._run_index.get(run_id, ()))
+
     # ---- writes ---------------------------------------------------------------------------
 
     def on_stored(self, block) -> None:
         """StoreWriter listener: applies one stored block (writers/store.py StoredBlock) to the
         held projects; blocks of projects not held are ignored (they are read when loaded)."""
         with self.lock:
+            if self._run_index is not None:
+                for row in block.runs:
+                    self._run_index.setdefault(row.run_id, set()).add(row.project)
             if not self._projects:
                 return
             for project, *_ in getattr(block, "recounted", ()):
@@ -254,7 +297,9 @@ class ReadCache:
         run = p.run(batch.run_id)
         steps = np.frombuffer(batch.steps, "<i8")
         values = np.frombuffer(batch.values, "<f8")
-        times = np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, env.received_ms, np.int64)
+        times = (
+            np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, env.received_ms, np.int64)
+        )
         vlo = np.arange(n, dtype=np.uint64) + np.uint64((env.seq & _SEQ_MASK) << POSITION_BITS)
         vhi = np.full(n, env.received_ms, np.int64)
         rank = np.full(n, batch.rank, np.uint16)
@@ -298,7 +343,9 @@ class ReadCache:
         while self._points > MAX_POINTS and len(self._projects) > 1:
             name, p = self._projects.popitem(last=False)
             self._points -= p.points
-            log.info("read cache: dropped project %s (%d points) to stay under %d", name, p.points, MAX_POINTS)
+            log.info(
+                "read cache: dropped project %s (%d points) to stay under %d", name, p.points, MAX_POINTS
+            )
 
     def _load(self, name: str) -> Project | None:
         with self.readers.client() as client:

@@ -20,6 +20,7 @@ from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.errors import InvalidArgument, NotFound, ResourceExhausted
 from runstream_services.query import cached_reads, series, sql_runs, sql_series
 from runstream_services.query.filter import parse_filter, parse_order_by
+from runstream_services.query.read_cache import Project, ReadCache
 from runstream_services.query.request_fields import (
     decode_page_token,
     encode_page_token,
@@ -27,7 +28,6 @@ from runstream_services.query.request_fields import (
     project_name,
     search_fingerprint,
 )
-from runstream_services.query.read_cache import Project, ReadCache
 from runstream_services.query.sql import Query, checked_db
 from runstream_services.storage.clickhouse import ClientPool
 
@@ -349,7 +349,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             if request.project:
                 project = self._may_read(context, request.project)
             else:
-                project = await self._history_project(context, "", request.run_id)
+                project = await self._project_of_run(context, request.run_id)
             held = await self._held(project)
         if held is not None:
             with self.cache.lock:
@@ -400,6 +400,24 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             return project
         rows = await self._rows(sql_runs.projects_of_run(self.db, run_id))
         readable = self._readable([r[0] for r in rows], context)
+        if not readable:
+            raise NotFound(f"run {run_id!r} not found")
+        if len(readable) > 1:
+            raise InvalidArgument(f"run id {run_id!r} exists in several projects; give the project")
+        return readable[0]
+
+    async def _project_of_run(self, context, run_id: str) -> str:
+        """_history_project for a request without project, from the cache's run index when kept."""
+        try:
+            projects = self.cache.indexed_projects(run_id)
+            if projects is None:
+                projects = await asyncio.to_thread(self.cache.projects_of_run, run_id)
+        except Exception:
+            log.exception("read cache: the run index failed; reading SQL")
+            projects = None
+        if projects is None:
+            return await self._history_project(context, "", run_id)
+        readable = self._readable(projects, context)
         if not readable:
             raise NotFound(f"run {run_id!r} not found")
         if len(readable) > 1:
