@@ -303,14 +303,18 @@ class ReadCache:
         vlo = np.arange(n, dtype=np.uint64) + np.uint64((env.seq & _SEQ_MASK) << POSITION_BITS)
         vhi = np.full(n, env.received_ms, np.int64)
         rank = np.full(n, batch.rank, np.uint16)
+        if all((kind, k) in run.big for k in batch.keys):
+            return  # every key of the batch is read from SQL: nothing to hold
         if batch.key_index:
             index = np.frombuffer(batch.key_index, "<u2")
-            groups = [(i, np.flatnonzero(index == i)) for i in range(len(batch.keys))]
+            order = np.argsort(index, kind="stable")  # one pass for any number of keys
+            sorted_index = index[order]
+            starts = np.flatnonzero(np.concatenate(([True], sorted_index[1:] != sorted_index[:-1])))
+            ends = np.append(starts[1:], len(order))
+            groups = [(int(sorted_index[a]), order[a:b]) for a, b in zip(starts, ends, strict=True)]
         else:
             groups = [(0, None)]
         for i, where in groups:
-            if where is not None and len(where) == 0:
-                continue
             sk = (kind, batch.keys[i])
             if sk in run.big:
                 continue

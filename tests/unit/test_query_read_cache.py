@@ -1,0 +1,104 @@
+"""The read cache's merge of stored blocks (query/read_cache.py), without a database: metric
+batches of several keys, ranks, repeated and out-of-order steps must leave each held series equal
+to what `metrics FINAL` keeps (per (rank, step), the point with the highest version), with
+summaries computed from those points; a series over the limit is held by key only; a recount
+drops the project. The reference here is a plain dict of points."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2 as pb
+from runstream_services.bus.base import Envelope
+from runstream_services.query import read_cache
+from runstream_services.query.read_cache import Project, ReadCache
+from runstream_services.writers.store import StoredBlock
+
+PROJECT = "p"
+
+
+class _NoSQL:
+    def client(self):
+        raise AssertionError("these tests never read SQL")
+
+
+@pytest.fixture
+def cache() -> ReadCache:
+    c = ReadCache(_NoSQL(), "db")
+    held = Project(PROJECT, ready=True)
+    c._projects[PROJECT] = held  # held from the start: every block below reaches it
+    return c
+
+
+def block(seq: int, received_ms: int, keys, key_index, steps, values, rank=0, run_id="r") -> StoredBlock:
+    batch = pb.MetricBatch(
+        project=PROJECT, run_id=run_id, rank=rank, keys=list(keys),
+        key_index=np.asarray(key_index, "<u2").tobytes() if key_index is not None else b"",
+        steps=np.asarray(steps, "<i8").tobytes(), values=np.asarray(values, "<f8").tobytes(),
+        times_ms=np.asarray(steps, "<i8").tobytes(),
+    )  # fmt: skip
+    request = pb.IngestRequest(seq=seq, client_id="c", metrics=batch)
+    env = Envelope.from_request(request, received_ms=received_ms)
+    return StoredBlock(runs=[], params=[], metrics=[(env, batch)], artifacts=[])
+
+
+def test_merged_series_equal_final_of_every_point(cache):
+    rng = np.random.default_rng(7)
+    reference: dict[
+        tuple[str, int, int], tuple[tuple[int, int], float]
+    ] = {}  # (key, rank, step) -> (version, value)
+    keys = ["a", "b", "c"]
+    for seq in range(1, 60):
+        n = int(rng.integers(1, 12))
+        key_index = rng.integers(0, 3, n)
+        steps = rng.integers(0, 40, n)  # repeats and any order
+        values = rng.normal(size=n)
+        values[rng.random(n) < 0.1] = math.nan
+        rank = int(rng.integers(0, 2))
+        received = 1_000 + seq // 3  # several requests share a millisecond: seq decides
+        cache.on_stored(block(seq, received, keys, key_index, steps, values, rank=rank))
+        for pos in range(n):
+            ident = (keys[key_index[pos]], rank, int(steps[pos]))
+            version = (received, (seq << read_cache.POSITION_BITS) + pos)
+            if ident not in reference or version >= reference[ident][0]:
+                reference[ident] = (version, float(values[pos]))
+    run = cache.ready(PROJECT).runs["r"]
+    for key in keys:
+        s = run.series[("user", key)]
+        got = list(zip(s.rank.tolist(), s.step.tolist(), s.value.tolist(), strict=True))
+        want = sorted((r, st, v) for (k, r, st), (_, v) in reference.items() if k == key)
+        assert repr(got) == repr(want)
+        summary = s.summary()
+        top = max(want, key=lambda p: p[1])[1]
+        finite = [v for _, _, v in want if math.isfinite(v)]
+        assert summary.count == len(want) and summary.last_step == top
+        assert summary.min == (min(finite) if finite else None) and summary.max == (
+            max(finite) if finite else None
+        )
+        at_top = {repr(v) for _, st, v in want if st == top}
+        assert repr(summary.last) in at_top  # two ranks may share the top step: either is SQL's argMax
+
+
+def test_a_series_over_the_limit_is_held_by_key_only(cache, monkeypatch):
+    monkeypatch.setattr(read_cache, "MAX_SERIES_POINTS", 10)
+    cache.on_stored(block(1, 1, ["x", "y"], [0, 0, 0, 1], [0, 1, 2, 0], [1, 2, 3, 4]))
+    cache.on_stored(block(2, 2, ["x"], None, list(range(3, 20)), [0.5] * 17))
+    held = cache.ready(PROJECT)
+    run = held.runs["r"]
+    assert ("user", "x") in run.big and ("user", "x") not in run.series
+    assert len(run.series[("user", "y")]) == 1
+    assert held.big_keys == {"x": {"r"}} and held.points == 1
+    cache.on_stored(block(3, 3, ["x"], None, [50], [1.0]))  # later points of a big series are not held
+    assert ("user", "x") not in run.series and held.points == 1
+
+
+def test_a_recount_drops_the_project(cache):
+    cache.on_stored(block(1, 1, ["x"], None, [0, 1], [1.0, 2.0]))
+    recount = StoredBlock(
+        runs=[], params=[], metrics=[], artifacts=[], recounted=frozenset({(PROJECT, "r", "user", "x")})
+    )
+    cache.on_stored(recount)
+    assert cache.ready(PROJECT) is None  # the next read loads it again from SQL
