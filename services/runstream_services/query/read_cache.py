@@ -82,23 +82,31 @@ class Series:
         """Adds points (numpy arrays of equal length); of two with the same (rank, step), the one
         with the higher version stays (last write wins, as in `metrics FINAL`)."""
         self._summary = None
-        rank, step = np.asarray(rank, np.uint16), np.asarray(step, np.int64)
-        in_order = _rising(rank, step) and (
-            len(self.step) == 0
-            or rank[0] > self.rank[-1]
-            or (rank[0] == self.rank[-1] and step[0] > self.step[-1])
-        )  # the common case: new steps after the last one of the last rank: a plain append
+        m = len(step)
+        if m == 1 or _rising(rank, step):
+            n = len(self.step)
+            r0 = int(rank[0])
+            last_rank = int(self.rank[-1]) if n else -1
+            in_order = not n or r0 > last_rank or (r0 == last_rank and int(step[0]) > int(self.step[-1]))
+        else:
+            in_order = False  # the common case is in order: new steps after the last one of the last rank
         self._append(rank, step, vhi, vlo, value, time_ms)
         if not in_order:
             self._dedupe()
 
     def _append(self, rank, step, vhi, vlo, value, time_ms) -> None:
-        self.rank = np.concatenate((self.rank, np.asarray(rank, np.uint16)))
-        self.step = np.concatenate((self.step, np.asarray(step, np.int64)))
-        self.vhi = np.concatenate((self.vhi, np.asarray(vhi, np.int64)))
-        self.vlo = np.concatenate((self.vlo, np.asarray(vlo, np.uint64)))
-        self.value = np.concatenate((self.value, np.asarray(value, np.float64)))
-        self.time = np.concatenate((self.time, np.asarray(time_ms, np.int64)))
+        """Arrays of the stored dtypes (uint16, int64, int64, uint64, float64, int64)."""
+        if not len(self.step):  # copies: a slice would keep the whole batch's buffer alive
+            self.rank, self.step, self.vhi = rank.copy(), step.copy(), vhi.copy()
+            self.vlo, self.value, self.time = vlo.copy(), value.copy(), time_ms.copy()
+            return
+        cat = np.concatenate
+        self.rank = cat((self.rank, rank))
+        self.step = cat((self.step, step))
+        self.vhi = cat((self.vhi, vhi))
+        self.vlo = cat((self.vlo, vlo))
+        self.value = cat((self.value, value))
+        self.time = cat((self.time, time_ms))
 
     def _dedupe(self) -> None:
         order = np.lexsort((self.vlo, self.vhi, self.step, self.rank))
@@ -290,12 +298,14 @@ class ReadCache:
     # ---- internals ------------------------------------------------------------------------
 
     def _merge_batch(self, p: Project, env, batch) -> None:
-        n = len(batch.steps) // 8
-        if n == 0:
-            return
         kind = "system" if batch.kind == types_pb2.METRIC_KIND_SYSTEM else "user"
         run = p.run(batch.run_id)
+        if run.big and all((kind, k) in run.big for k in batch.keys):
+            return  # every key of the batch is read from SQL (checked first: reading a bytes field copies it)
         steps = np.frombuffer(batch.steps, "<i8")
+        n = len(steps)
+        if n == 0:
+            return
         values = np.frombuffer(batch.values, "<f8")
         times = (
             np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, env.received_ms, np.int64)
@@ -303,17 +313,17 @@ class ReadCache:
         vlo = np.arange(n, dtype=np.uint64) + np.uint64((env.seq & _SEQ_MASK) << POSITION_BITS)
         vhi = np.full(n, env.received_ms, np.int64)
         rank = np.full(n, batch.rank, np.uint16)
-        if all((kind, k) in run.big for k in batch.keys):
-            return  # every key of the batch is read from SQL: nothing to hold
-        if batch.key_index:
+        arrays = (rank, steps, vhi, vlo, values, times)
+        if batch.key_index and len(batch.keys) > 1:
             index = np.frombuffer(batch.key_index, "<u2")
             order = np.argsort(index, kind="stable")  # one pass for any number of keys
             sorted_index = index[order]
-            starts = np.flatnonzero(np.concatenate(([True], sorted_index[1:] != sorted_index[:-1])))
-            ends = np.append(starts[1:], len(order))
-            groups = [(int(sorted_index[a]), order[a:b]) for a, b in zip(starts, ends, strict=True)]
+            arrays = tuple(a[order] for a in arrays)  # each key's points are then one slice
+            starts = np.flatnonzero(np.concatenate(([True], sorted_index[1:] != sorted_index[:-1]))).tolist()
+            ends = starts[1:] + [n]
+            groups = [(int(sorted_index[a]), slice(a, b)) for a, b in zip(starts, ends, strict=True)]
         else:
-            groups = [(0, None)]
+            groups = [(0, slice(0, n))]
         for i, where in groups:
             sk = (kind, batch.keys[i])
             if sk in run.big:
@@ -323,10 +333,7 @@ class ReadCache:
             if s is None:
                 s = run.series[sk] = Series()
             before = len(s)
-            if where is None:
-                s.merge(rank, steps, vhi, vlo, values, times)
-            else:
-                s.merge(rank[where], steps[where], vhi[where], vlo[where], values[where], times[where])
+            s.merge(*(a[where] for a in arrays))
             grown = len(s) - before
             p.points += grown
             self._points += grown
