@@ -3,8 +3,9 @@
 Three jobs, one concept (the names themselves come from runstream.states, shared with the SDK):
 
 - Transitions. A run_start makes a run running; a run_finish finishes it only when rank 0 sends it
-  (other ranks of a distributed job report that they are done, the run goes on); a resume reopens
-  an ended run; a run_update or heartbeat revives a run declared crashed; a run silent for too
+  (other ranks of a distributed job report that they are done, the run goes on); rank 0's resume
+  reopens an ended run (another rank's start joins it: a late rank must not reopen a run rank 0
+  ended; any rank's resume revives a run the server declared crashed); a run_update or heartbeat revives a run declared crashed; a run silent for too
   long is crashed.
 - Merging run events into the run's row (RunRow, one row of the `runs` table). The merge
   functions change the row in place and return what to audit; the store writer keeps reading,
@@ -44,13 +45,21 @@ def finishes_run(finish: ingest_pb2.RunFinish) -> bool:
     return finish.rank == 0
 
 
+def reopens(start: ingest_pb2.RunStart, current: str) -> bool:
+    """Whether this run_start reopens a run ended in state `current`: a resume by rank 0 (which
+    owns the run's lifecycle), or any rank's resume of a run the server declared crashed. Other
+    ranks resume by default to join a run; one that starts after rank 0 finished must not reopen it."""
+    return start.resume and (start.rank == 0 or current == states.CRASHED)
+
+
 def state_set_by(kind: str, request: ingest_pb2.IngestRequest, current: str | None = None) -> str | None:
     """The state a durable run event leaves its run in, as ingest and the Kafka run directory
     track it: running after a run_start, the finish state after rank 0's run_finish; None when
     the event changes no state. A run_start without resume for a run `current`ly ended changes
-    nothing: admission let it through only as a replay of the run's own start (its ack was lost)."""
+    nothing: admission let it through only as a replay of the run's own start (its ack was lost);
+    nor does a resume that may not reopen it (see `reopens`)."""
     if kind == "run_start":
-        if current in states.TERMINAL_STATES and not request.run_start.resume:
+        if current in states.TERMINAL_STATES and not reopens(request.run_start, current):
             return None
         return states.RUNNING
     if kind == "run_finish" and finishes_run(request.run_finish):
@@ -161,7 +170,7 @@ def merge_run_start(
         row.start_ms = msg.start_ms
     row.tags.update(msg.tags)
     row.heartbeat_ms = max(row.heartbeat_ms, received_ms)
-    if msg.resume and row.state in states.TERMINAL_STATES:
+    if row.state in states.TERMINAL_STATES and reopens(msg, row.state):
         row.state, row.end_ms = states.RUNNING, 0
         audit.append(AuditNote("run.resumed", {"rank": msg.rank}))
     if created:
@@ -367,5 +376,6 @@ __all__ = [
     "merge_run_finish",
     "merge_run_start",
     "merge_run_update",
+    "reopens",
     "state_set_by",
 ]

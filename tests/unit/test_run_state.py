@@ -78,6 +78,21 @@ def test_resume_reopens_an_ended_run_and_a_plain_start_does_not():
     assert (row.state, row.end_ms, audit) == (states.RUNNING, 0, [("run.resumed", {"rank": 0})])
 
 
+def test_a_late_rank_joins_a_run_rank_0_ended_without_reopening_it():
+    """Ranks resume by default (to join); one that starts after rank 0 finished (process start-up
+    skew, a tiny job) must not make the run running again. A crashed run is revived by any rank."""
+    row, _ = run_state.merge_run_start(None, pb.RunStart(project="p", run_id="r"), T0)
+    run_state.merge_run_finish(row, finish(rank=0), T0 + 1)
+    late = pb.RunStart(project="p", run_id="r", resume=True, rank=2)
+    _, audit = run_state.merge_run_start(row, late, T0 + 2)
+    assert (row.state, audit) == (states.FINISHED, [])
+    assert run_state.state_set_by("run_start", pb.IngestRequest(run_start=late), states.FINISHED) is None
+    row.state = states.CRASHED  # as crash_if_silent leaves it
+    _, audit = run_state.merge_run_start(row, late, T0 + 3)
+    assert (row.state, audit) == (states.RUNNING, [("run.resumed", {"rank": 2})])
+    assert run_state.state_set_by("run_start", pb.IngestRequest(run_start=late), states.CRASHED) == states.RUNNING
+
+
 def test_silent_runs_crash_and_an_update_revives_them():
     row, _ = run_state.merge_run_start(None, pb.RunStart(project="p", run_id="r"), T0)
     assert run_state.crash_if_silent(row, cutoff_ms=T0) is None  # heard from at the cutoff
