@@ -102,3 +102,14 @@ def test_a_recount_drops_the_project(cache):
     )
     cache.on_stored(recount)
     assert cache.ready(PROJECT) is None  # the next read loads it again from SQL
+
+
+def test_points_over_the_budget_drop_the_least_recently_read_projects(cache, monkeypatch):
+    monkeypatch.setattr(read_cache, "MAX_POINTS", 5)
+    cache._projects["q"] = Project("q", ready=True)
+    cache.on_stored(block(1, 1, ["x"], None, [0, 1, 2, 3], [1.0] * 4))
+    assert cache.ready(PROJECT) is not None  # 4 points: under the budget; now read after "q"
+    cache.on_stored(block(2, 2, ["x"], None, [4, 5], [1.0] * 2))
+    # 6 points: "q" goes first (least recently read), then the project over the budget on its own
+    assert cache.ready("q") is None and cache.ready(PROJECT) is None
+    assert cache.project(PROJECT) is None  # ... and left to SQL for a while (no load: no SQL here)

@@ -351,9 +351,13 @@ class ReadCache:
             p.big_keys.setdefault(sk[1], set()).add(run_id)
 
     def _evict(self) -> None:
-        while self._points > MAX_POINTS and len(self._projects) > 1:
+        """Drops least recently read projects while over MAX_POINTS; a project that is over it on
+        its own (it grew while held) is then left to SQL for a while."""
+        while self._points > MAX_POINTS and self._projects:
             name, p = self._projects.popitem(last=False)
             self._points -= p.points
+            if not self._projects:
+                self._uncacheable[name] = time.monotonic()
             log.info(
                 "read cache: dropped project %s (%d points) to stay under %d", name, p.points, MAX_POINTS
             )
