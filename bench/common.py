@@ -46,6 +46,7 @@ class Sizes:
     sustained_runs: int = 4  # ... spread over this many runs logged at once
     mlflow_sustained_s: float = 10.0  # MLflow cannot take millions of points: time-bounded instead
     latency_probes: int = 40  # log -> visible probes per repetition
+    m_runs: int = 10_000  # many writers: runs created by 16 clients (bench/many_writers.py)
     mlflow_server_workers: int = 0  # 0: mlflow server's default (4); smoke: 1, to start fast
     rep_budget_s: float = 150.0  # a workload starts another repetition (beyond 2) only within this
 
@@ -77,6 +78,7 @@ class Sizes:
             sustained_runs=2,
             mlflow_sustained_s=1.0,
             latency_probes=3,
+            m_runs=500,
             mlflow_server_workers=1,
         )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import statistics
 import sys
 import tempfile
 import threading
@@ -143,7 +142,9 @@ class RankRequests:
         return self.template.SerializeToString()
 
 
-def ranks_step(endpoint: str, run_id: str, ranks: list[RankRequests], streams: list[Stream], rate: float, seconds: float) -> dict:
+def ranks_step(
+    endpoint: str, run_id: str, ranks: list[RankRequests], streams: list[Stream], rate: float, seconds: float
+) -> dict:
     """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks."""
     per_stream = len(ranks) // len(streams) or 1
     sent_before = sum(s.sent for s in streams)
@@ -224,9 +225,15 @@ def bench_runs(endpoint: str, n_runs: int, clients: int, query) -> dict:
                 project=PROJECT, run_id=run_id, keys=KEYS, key_index=index, steps=steps,
                 values=np.random.default_rng(i).random(100).tobytes(), times_ms=times,
             )  # fmt: skip
-            out.append(pb.IngestRequest(seq=(seq := seq + 1), client_id=client_id, metrics=batch).SerializeToString())
+            out.append(
+                pb.IngestRequest(seq=(seq := seq + 1), client_id=client_id, metrics=batch).SerializeToString()
+            )
             finish = pb.RunFinish(project=PROJECT, run_id=run_id, state=types_pb2.RUN_STATE_FINISHED)
-            out.append(pb.IngestRequest(seq=(seq := seq + 1), client_id=client_id, run_finish=finish).SerializeToString())
+            out.append(
+                pb.IngestRequest(
+                    seq=(seq := seq + 1), client_id=client_id, run_finish=finish
+                ).SerializeToString()
+            )
         return out
 
     prebuilt = [build(c) for c in range(clients)]
@@ -339,13 +346,19 @@ def main() -> int:
                     stop = threading.Event()
                     seconds = 3600.0
                     load = threading.Thread(
-                        target=lambda: ranks_step(server.endpoint, run_id, ranks, streams, held / 2, seconds)
-                        if not stop.is_set() else None,
+                        target=lambda: (
+                            ranks_step(server.endpoint, run_id, ranks, streams, held / 2, seconds)
+                            if not stop.is_set()
+                            else None
+                        ),
                         daemon=True,
                     )
                     load.start()
                     time.sleep(1.0)
-                    out["fresh_half_load"] = {**bench_fresh(server.endpoint, args.probes, api), "load_rps": held / 2}
+                    out["fresh_half_load"] = {
+                        **bench_fresh(server.endpoint, args.probes, api),
+                        "load_rps": held / 2,
+                    }
                     # the load thread keeps running until the server stops; its streams close with it
         finally:
             api.close()

@@ -5,7 +5,8 @@
     .venv/bin/python bench/run.py --repeat 5 --only W1,W3
 
 Workload groups for --only: W1 W2 W3 W4 W5 (Runstream embedded vs MLflow), E (sustained ingest
-and log->visible latency, embedded vs MLflow), K (the same on the Kafka bus; MLflow n/a).
+and log->visible latency, embedded vs MLflow), K (the same on the Kafka bus; MLflow n/a), M (many
+small writers, bench/many_writers.py: 1,000 ranks, 10,000 runs by 16 clients, freshness under load).
 See bench/README.md for what each one measures. Over 400 lines on purpose: the table of rows,
 their targets and the BENCHMARKS.md writer are one report and read best together.
 """
@@ -40,7 +41,7 @@ from common import (
     machine_info,
 )
 
-GROUPS = ("W1", "W2", "W3", "W4", "W5", "E", "K")
+GROUPS = ("W1", "W2", "W3", "W4", "W5", "E", "K", "M")
 LOGGING_X = Target("≥ 1,000× MLflow", ratio=1000)
 QUERY_X = Target("≥ 10× MLflow", ratio=10)
 INGEST_ABS = Target("≥ 1 M points/s", at_least=1_000_000)
@@ -78,8 +79,54 @@ def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
         Row("K-lat-p50", "log → visible latency, Kafka bus: p50", "ms", False, (), mlflow_na="n/a (no Kafka mode)"),
         Row("K-lat-p99", "log → visible latency, Kafka bus: p99", "ms", False, (LATENCY_ABS,),
             mlflow_na="n/a (no Kafka mode)"),
+        Row("M-ranks", "M 1,000 ranks of one run (10 metrics per request), highest rate held with every ack ≤ 2 s after the last send",
+            "requests/s", True, (Target("≥ 20,000 requests/s", at_least=20_000),), mlflow_na=M_NA),
+        Row("M-runs", f"M {s.m_runs:,} runs (20 params, 10 metrics × 10 steps) created by 16 concurrent clients, until visible",
+            "s", False, (Target("< 10 s for 10,000", at_most=10),), mlflow_na=M_NA),
+        Row("M-fresh-p99", "M log → visible (raw gRPC log, runstream.Api.history), idle: p99", "ms", False,
+            (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
+        Row("M-load-p99", "M log → visible at 50 % of the held ranks rate: p99", "ms", False,
+            (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
     ]  # fmt: skip
     return [r for r in rows if group_of(r.id) in groups]
+
+
+M_NA = "n/a (raw-protocol load; MLflow's W3 setup row is the comparable one)"
+
+
+def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
+    """bench/many_writers.py in a child process (it starts its own server)."""
+    import subprocess
+
+    out = workdir / "many_writers.json"
+    args = [
+        sys.executable,
+        str(ROOT / "bench" / "many_writers.py"),
+        "--json",
+        str(out),
+        "--runs",
+        str(sizes.m_runs),
+    ]
+    if sizes.m_runs < 10_000:
+        args.append("--quick")
+    log("Runstream (embedded): many writers")
+    try:
+        subprocess.run(args, check=True, timeout=1800, stdout=subprocess.DEVNULL)
+        result = json.loads(out.read_text())
+    except Exception as exc:
+        for row_id in ("M-ranks", "M-runs", "M-fresh-p99", "M-load-p99"):
+            if row_id in rows:
+                rows[row_id].errors["runstream"] = f"many_writers: {type(exc).__name__}: {exc}"[:300]
+        return
+    values = {
+        "M-ranks": result.get("ranks", {}).get("held_requests_per_s"),
+        "M-runs": result.get("runs", {}).get("visible_s"),
+        "M-fresh-p99": result.get("fresh_idle", {}).get("p99_ms"),
+        "M-load-p99": result.get("fresh_half_load", {}).get("p99_ms"),
+    }
+    for row_id, value in values.items():
+        if row_id in rows and value is not None:
+            rows[row_id].runstream = Measure(samples=[float(value)], detail=result)
 
 
 def group_of(row_id: str) -> str:
@@ -201,7 +248,7 @@ def run_mlflow(
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit == "points/s":
+    if unit in ("points/s", "requests/s"):
         if value >= 1e6:
             return f"{value / 1e6:.2f} M"
         if value >= 1e3:
@@ -381,6 +428,8 @@ def run_benchmark(argv: list[str] | None = None) -> dict:
                 r.not_run.add("runstream")
         else:
             run_runstream(rows, sizes, repeat, groups, workdir)
+            if "M" in groups:
+                run_many_writers(rows, sizes, workdir)
         use_mlflow = args.mlflow == "on" or (args.mlflow == "if-installed" and mlflow_side.venv_ready())
         if use_mlflow:
             mlflow_version = run_mlflow(rows, sizes, repeat, groups, workdir)

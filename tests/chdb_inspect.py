@@ -53,7 +53,11 @@ class StoredCounts:
     distinct_points: int  # distinct (key, step)
     summary_count: int  # sum(count) of metric_summaries: each point counted once
     summary_last_step: int  # max(last_step) of metric_summaries
-    requests_recorded: int  # (client_id, seq) in ingested_requests FINAL
+    requests_recorded: int  # (client_id, seq) pairs recorded as stored (client_seqs ranges, FINAL)
+
+
+#: how many seqs the client_seqs rows record (each row holds closed ranges)
+STORED_SEQS = "toInt64(sum(arraySum(arrayMap(r -> toInt64(r.2) - toInt64(r.1) + 1, ranges))))"
 
 
 def stored_counts(server: HasDataDir) -> StoredCounts:
@@ -63,6 +67,6 @@ def stored_counts(server: HasDataDir) -> StoredCounts:
         "SELECT (SELECT count() FROM DB.metrics), (SELECT count() FROM DB.metrics FINAL), "
         "(SELECT uniqExact(key, step) FROM DB.metrics), (SELECT sum(count) FROM DB.metric_summaries), "
         "(SELECT max(last_step) FROM DB.metric_summaries), "
-        "(SELECT count() FROM DB.ingested_requests FINAL)",
+        f"(SELECT {STORED_SEQS} FROM DB.client_seqs FINAL)",
     )
     return StoredCounts(*(int(v) for v in row))

@@ -83,7 +83,7 @@ def test_resent_requests_on_a_new_stream_and_after_a_restart_are_acked_and_store
     assert all(a.ok for a in ingest(stub_for(bus_server), requests).values())
     again = ingest(stub_for(bus_server), requests)  # a reconnecting SDK resends everything
     assert all(a.ok for a in again.values())
-    # A restarted ingest still knows them (ingested_requests, or the Kafka writer's dedup), not
+    # A restarted ingest still knows them (client_seqs, or the Kafka writer's dedup), not
     # only from its process cache.
     bus_server.ingest.restart()
     assert all(a.ok for a in ingest(stub_for(bus_server), requests[1:]).values())

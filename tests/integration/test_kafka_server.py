@@ -12,7 +12,7 @@ import numpy as np
 from minio import Minio
 
 from runstream.v1 import ingest_pb2 as pb
-from tests.chdb_inspect import stored
+from tests.chdb_inspect import STORED_SEQS, stored
 from tests.ingest_client import OpenStream, ingest, stub_for, workload
 from tests.server_process import wait_writer_caught_up
 
@@ -52,7 +52,7 @@ def test_metrics_and_artifacts_through_kafka_are_stored_once(kafka_server, servi
         [100_000, 100_000]
     ]
     assert stored(kafka_server, "SELECT sum(count) FROM DB.metric_summaries") == [[100_000]]
-    assert stored(kafka_server, "SELECT count() FROM DB.ingested_requests FINAL") == [[13]]
+    assert stored(kafka_server, f"SELECT {STORED_SEQS} FROM DB.client_seqs FINAL") == [[13]]
     manifest = stored(
         kafka_server,
         "SELECT path, version, size, toString(sha256), uri FROM DB.artifacts FINAL ORDER BY path",
@@ -101,4 +101,4 @@ def test_sigkill_of_the_writer_mid_stream_stores_every_point_once(kafka_split):
     assert stored(writer, "SELECT sum(count), max(last_step) FROM DB.metric_summaries") == [
         [total, total // 2 - 1]
     ]
-    assert stored(writer, "SELECT count() FROM DB.ingested_requests FINAL") == [[len(requests)]]
+    assert stored(writer, f"SELECT {STORED_SEQS} FROM DB.client_seqs FINAL") == [[len(requests)]]

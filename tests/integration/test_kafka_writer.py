@@ -20,6 +20,7 @@ from runstream_services.storage.clickhouse import connect
 from runstream_services.storage.migrations import migrate
 from runstream_services.writers.kafka_consumer import KafkaWriterLoop, block_token
 from runstream_services.writers.store import StoreWriter
+from tests.chdb_inspect import STORED_SEQS
 
 PROJECT = "p"
 
@@ -158,7 +159,7 @@ def test_metrics_through_kafka_are_stored_once_and_committed(setup):
         == expected
     )
     assert count(client, db, "SELECT count() FROM {db}.runs FINAL") == 3
-    assert count(client, db, "SELECT count() FROM {db}.ingested_requests FINAL") == len(envelopes)
+    assert count(client, db, "SELECT " + STORED_SEQS + " FROM {db}.client_seqs FINAL") == len(envelopes)
     assert lag and sum(lag.values()) == 0
     assert loop.blocks_written >= 2  # 24k points in blocks of at most ~5k
     assert loop.records_written == len(envelopes) + len(replays)
@@ -179,7 +180,7 @@ class _CrashBeforeIngestedRecord(StoreWriter):
         record = self._bookkeeping.add
 
         def add(table, rows):
-            if table == "ingested_requests":
+            if table == "client_seqs":
                 raise RuntimeError("simulated crash")
             record(table, rows)
 
@@ -241,7 +242,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
 
     assert loop.replayed_blocks == 1
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected  # the first block once
-    assert count(client, db, "SELECT count() FROM {db}.ingested_requests FINAL") == len(envelopes)
+    assert count(client, db, "SELECT " + STORED_SEQS + " FROM {db}.client_seqs FINAL") == len(envelopes)
     # read back from Kafka, not from the stopped loop: the group committed past every record,
     # the re-formed block included, so a restarted writer would replay nothing
     committed, ends = asyncio.run(committed_and_end_offsets(settings, topic, loop.partitions))

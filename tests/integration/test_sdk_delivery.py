@@ -18,7 +18,7 @@ import pytest
 
 import runstream
 from tests import ROOT
-from tests.chdb_inspect import stored
+from tests.chdb_inspect import STORED_SEQS, stored
 from tests.sdk_options import quick_sdk_options
 
 RANK_SCRIPT = textwrap.dedent(
@@ -140,7 +140,7 @@ def test_server_outage_loses_nothing_and_never_blocks_logging(embedded_server, t
         f"SELECT (SELECT count() FROM DB.metrics WHERE run_id = '{run.id}'), "
         f"(SELECT count() FROM DB.metrics FINAL WHERE run_id = '{run.id}'), "
         f"(SELECT uniqExact(run_id, key, rank, step) FROM DB.metrics WHERE run_id = '{run.id}'), "
-        f"(SELECT count() FROM DB.ingested_requests FINAL WHERE client_id = '{run.client_id}')",
+        f"(SELECT {STORED_SEQS} FROM DB.client_seqs FINAL WHERE client_id = '{run.client_id}')",
     )
     assert (rows, rows_final, points) == (2 * step, 2 * step, 2 * step)
     assert requests == stats["submitted"]  # every request the SDK numbered, recorded once

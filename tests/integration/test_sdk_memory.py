@@ -16,7 +16,7 @@ import time
 
 import runstream
 from runstream.run import HANDOFF_WAIT_S
-from tests.chdb_inspect import stored
+from tests.chdb_inspect import STORED_SEQS, stored
 from tests.integration.test_sdk_delivery import poll_until
 from tests.sdk_options import quick_sdk_options
 
@@ -93,7 +93,7 @@ def test_memory_stays_bounded_while_the_server_is_frozen_and_everything_arrives_
         f"SELECT (SELECT count() FROM DB.metrics WHERE run_id = '{run.id}'), "
         f"(SELECT count() FROM DB.metrics FINAL WHERE run_id = '{run.id}'), "
         f"(SELECT uniqExact(run_id, key, rank, step) FROM DB.metrics WHERE run_id = '{run.id}'), "
-        f"(SELECT count() FROM DB.ingested_requests FINAL WHERE client_id = '{run.client_id}')",
+        f"(SELECT {STORED_SEQS} FROM DB.client_seqs FINAL WHERE client_id = '{run.client_id}')",
     )
     assert (rows, rows_final, points) == (2 * STEPS,) * 3
     assert requests == stats["submitted"]

@@ -49,7 +49,9 @@ def q(writer: StoreWriter, sql: str):
 
 def start(client_id: str, seq: int, run_id: str, **fields) -> Envelope:
     return Envelope.from_request(
-        pb.IngestRequest(seq=seq, client_id=client_id, run_start=pb.RunStart(project=PROJECT, run_id=run_id, **fields))
+        pb.IngestRequest(
+            seq=seq, client_id=client_id, run_start=pb.RunStart(project=PROJECT, run_id=run_id, **fields)
+        )
     )
 
 
@@ -107,7 +109,11 @@ class RecordingSink:
         time.sleep(self.delay_s)
         with self._lock:
             self.blocks.append((began, time.monotonic(), list(envelopes)))
-        refused = {e.idempotency_key: self.refuse[e.idempotency_key] for e in envelopes if e.idempotency_key in self.refuse}
+        refused = {
+            e.idempotency_key: self.refuse[e.idempotency_key]
+            for e in envelopes
+            if e.idempotency_key in self.refuse
+        }
         return WriteResult(stored=len(envelopes) - len(refused), refused=refused)
 
     def flush(self):
@@ -169,7 +175,10 @@ def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
     refused_start, *behind, other = asyncio.run(main())
     assert refused_start.refused == {"c1:1": "too many tags"}
     for result, seq in zip(behind, (2, 3), strict=True):
-        assert result.refused[f"c1:{seq}"] == f"request {seq} was not stored: its run_start 1 was refused: too many tags"
+        assert (
+            result.refused[f"c1:{seq}"]
+            == f"request {seq} was not stored: its run_start 1 was refused: too many tags"
+        )
     assert not other.refused
     written = {e.idempotency_key for _, _, envs in sink.blocks for e in envs}
     assert "c1:2" not in written and "c2:1" in written
@@ -195,8 +204,8 @@ def test_a_block_logged_before_a_crash_is_re_formed_under_its_name(writer, tmp_p
     log = BlockLog(tmp_path / "blocks")
     log.write("blk:before-crash:1", envs)
     writer.write(envs, token="blk:before-crash:1")  # the inserts landed...
-    writer._bookkeeping._pending["ingested_requests"].clear()  # ...the record did not (the crash)
-    writer.client.command(f"TRUNCATE TABLE {writer.db}.ingested_requests")
+    writer._bookkeeping._pending["client_seqs"].clear()  # ...the record did not (the crash)
+    writer.client.command(f"TRUNCATE TABLE {writer.db}.client_seqs")
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, ServerSettings(), sole_writer=True)
 
     async def restart_and_resend():
@@ -211,7 +220,7 @@ def test_a_block_logged_before_a_crash_is_re_formed_under_its_name(writer, tmp_p
     assert all(not r.refused for r in results)
     assert q(writer, "SELECT count() FROM DB.metrics") == [(8,)]  # raw rows: nothing inserted twice
     assert q(writer, "SELECT count() FROM DB.runs") == [(1,)]
-    assert q(writer, "SELECT count() FROM DB.ingested_requests FINAL WHERE client_id = 'c1'") == [(5,)]
+    assert q(writer, "SELECT ranges FROM DB.client_seqs FINAL WHERE client_id = 'c1'") == [([(1, 5)],)]
     assert not list((tmp_path / "blocks").glob("*.blk"))
 
 

@@ -107,7 +107,7 @@ def test_metrics_summaries_and_exactly_once(writer):
     assert writer.write([first]).points == 6
     again = writer.write([first, first])  # same call, and a replay
     assert (again.stored, again.duplicates, again.points) == (0, 2, 0)
-    # A fresh writer (e.g. after a restart) finds the key in ingested_requests.
+    # A fresh writer (e.g. after a restart) finds the key in client_seqs.
     writer.flush()
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
     assert fresh.write([first]).duplicates == 1
@@ -136,7 +136,7 @@ def test_caller_token_groups_envelopes_into_one_block(writer):
     assert writer.write(envs, token="topic:0:10-13").points == 200
     writer.flush()
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
-    fresh.client.command(f"TRUNCATE TABLE {writer.db}.ingested_requests")  # as if the record was lost
+    fresh.client.command(f"TRUNCATE TABLE {writer.db}.client_seqs")  # as if the record was lost
     assert fresh.write(envs, token="topic:0:10-13").stored == 4
     assert q(writer, "SELECT count(), uniqExact(key, step) FROM DB.metrics") == [(200, 200)]
     assert q(writer, "SELECT sum(count) FROM DB.metric_summaries") == [(200,)]
@@ -192,7 +192,7 @@ def test_undecodable_payload_is_refused_not_stored(writer):
     mislabeled = dataclasses.replace(from_kafka(envelope(10, run_start=start())), kind="metrics")
     result = writer.write([mislabeled])
     assert result.stored == 0 and "not the metrics body" in result.refused["client-a:10"]
-    assert q(writer, "SELECT count() FROM DB.ingested_requests") == [(0,)]
+    assert q(writer, "SELECT count() FROM DB.client_seqs") == [(0,)]
 
 
 def test_envelopes_read_back_from_kafka_are_parsed_by_the_writer(writer):
@@ -266,17 +266,45 @@ def test_silent_runs_are_marked_crashed_and_revived_by_a_heartbeat(writer):
 
 
 def test_bookkeeping_rows_follow_in_the_background_and_count_before_they_land(writer):
-    """The ingested record is written after the ack; until then the writer still knows the key."""
+    """The stored record is written after the ack; until then the writer still knows the key.
+    One row per client and run holds its stored seqs as ranges, not one row per request."""
     writer.write([envelope(1, run_start=start())])
     env = envelope(2, metrics=metrics(10))
     writer.write([env])
     fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
-    fresh._bookkeeping.add("ingested_requests", writer._bookkeeping.pending("ingested_requests"))
+    fresh._bookkeeping.add("client_seqs", writer._bookkeeping.pending("client_seqs"))
     assert fresh.write([env]).duplicates == 1  # known from rows not yet written
     deadline = time.monotonic() + 10
-    while (
-        q(writer, "SELECT count() FROM DB.ingested_requests FINAL") != [(2,)] and time.monotonic() < deadline
-    ):
+    final = "SELECT client_id, run_id, ranges FROM DB.client_seqs FINAL"
+    while q(writer, final) != [("client-a", "run-1", [(1, 2)])] and time.monotonic() < deadline:
         time.sleep(0.05)  # the background thread writes them within its interval
-    assert q(writer, "SELECT count() FROM DB.ingested_requests FINAL") == [(2,)]
+    assert q(writer, final) == [("client-a", "run-1", [(1, 2)])]
     assert q(writer, "SELECT action FROM DB.audit_log") == [("run.created",)]
+
+
+def test_stored_seqs_are_ranges_per_client_and_run_and_never_expire(writer):
+    """The dedup horizon is the database's life: a spool synced months later is still a replay.
+    Requests stored before migration 0005 (one ingested_requests row each) still count."""
+    writer.write([envelope(1, run_start=start())])
+    writer.write(
+        [envelope(s, metrics=metrics(2, start=2 * s)) for s in range(2, 40)]
+        + [envelope(45, metrics=metrics(2, start=90))]
+    )
+    writer.flush()
+    assert q(writer, "SELECT ranges FROM DB.client_seqs FINAL") == [([(1, 39), (45, 45)],)]
+    old_ms = int(time.time() * 1000) - 400 * 86_400_000  # the row as if written 400 days ago
+    [(client_id, run_id, ranges)] = q(writer, "SELECT client_id, run_id, ranges FROM DB.client_seqs FINAL")
+    writer.client.command(f"TRUNCATE TABLE {writer.db}.client_seqs")
+    writer.client.insert(f"{writer.db}.client_seqs", [[client_id, run_id, ranges, old_ms]],
+                         column_names=["client_id", "run_id", "ranges", "updated_ms"])  # fmt: skip
+    writer.client.command(f"OPTIMIZE TABLE {writer.db}.client_seqs FINAL")  # merges run: nothing expires
+    now_ms = int(time.time() * 1000)  # (that table's rows expire after 30 days: its TTL)
+    writer.client.insert(f"{writer.db}.ingested_requests", [["old-client", 7, "run-1", now_ms]],
+                         column_names=["client_id", "seq", "run_id", "time_ms"])  # fmt: skip
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
+    late = fresh.write(
+        [envelope(20, metrics=metrics(2, start=40)), envelope(7, client_id="old-client", metrics=metrics(2))]
+    )
+    assert (late.stored, late.duplicates) == (0, 2)
+    assert fresh.write([envelope(40, metrics=metrics(2, start=80))]).stored == 1  # a gap is not a replay
+    fresh.close()

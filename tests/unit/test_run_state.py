@@ -90,7 +90,10 @@ def test_a_late_rank_joins_a_run_rank_0_ended_without_reopening_it():
     row.state = states.CRASHED  # as crash_if_silent leaves it
     _, audit = run_state.merge_run_start(row, late, T0 + 3)
     assert (row.state, audit) == (states.RUNNING, [("run.resumed", {"rank": 2})])
-    assert run_state.state_set_by("run_start", pb.IngestRequest(run_start=late), states.CRASHED) == states.RUNNING
+    assert (
+        run_state.state_set_by("run_start", pb.IngestRequest(run_start=late), states.CRASHED)
+        == states.RUNNING
+    )
 
 
 def test_silent_runs_crash_and_an_update_revives_them():

@@ -63,7 +63,11 @@ class BlockLog:
             try:
                 yield path, *_read(path.read_bytes())
             except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
-                log.error("block file %s cannot be read (%s); kept as .bad, its requests were never acked", path, exc)
+                log.error(
+                    "block file %s cannot be read (%s); kept as .bad, its requests were never acked",
+                    path,
+                    exc,
+                )
                 path.rename(path.with_suffix(".bad"))
         for tmp in self.folder.glob("*.tmp"):  # a write cut short: that block was never inserted
             tmp.unlink(missing_ok=True)

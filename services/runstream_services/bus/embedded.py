@@ -98,7 +98,9 @@ class EmbeddedBus:
     async def start(self) -> None:
         if self._pool is not None:
             return
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.max_blocks + 1, thread_name_prefix="runstream-writer")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self.max_blocks + 1, thread_name_prefix="runstream-writer"
+        )
         if self._log is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._recover)
         self._committer = asyncio.create_task(self._commit_loop())
@@ -164,8 +166,10 @@ class EmbeddedBus:
         for item in self._waiting:
             clients = {env.client_id for env in item.envelopes}
             barrier = any(env.kind in RUN_EVENTS for env in item.envelopes)
-            if full or not clients.isdisjoint(held) or any(
-                self._barriers.get(c) or (barrier and self._busy.get(c)) for c in clients
+            if (
+                full
+                or not clients.isdisjoint(held)
+                or any(self._barriers.get(c) or (barrier and self._busy.get(c)) for c in clients)
             ):
                 held |= clients
                 left.append(item)
@@ -211,8 +215,17 @@ class EmbeddedBus:
             return
         keep = []
         for item in self._waiting:
-            whys = [w for env in item.envelopes if (w := failed.get((env.client_id, env.project, env.run_id)))]
-            reasons = {env.idempotency_key: f"request {env.seq} was not stored: {whys[0]}" for env in item.envelopes} if whys else {}
+            whys = [
+                w for env in item.envelopes if (w := failed.get((env.client_id, env.project, env.run_id)))
+            ]
+            reasons = (
+                {
+                    env.idempotency_key: f"request {env.seq} was not stored: {whys[0]}"
+                    for env in item.envelopes
+                }
+                if whys
+                else {}
+            )
             if reasons and not item.future.done():
                 item.future.set_result(WriteResult(refused=reasons))
             else:
@@ -260,7 +273,9 @@ class EmbeddedBus:
             if len(block.items) == 1:
                 self._forget_log(path)
                 raise
-            log.warning("block %s of %d requests failed (%s); writing them one by one", name, len(envelopes), exc)
+            log.warning(
+                "block %s of %d requests failed (%s); writing them one by one", name, len(envelopes), exc
+            )
             singles: list[WriteResult | BaseException] = []
             for item in block.items:
                 try:

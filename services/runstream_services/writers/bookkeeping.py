@@ -1,4 +1,4 @@
-"""Rows that record what was stored (ingested_requests) and who did what (audit_log), written in the
+"""Rows that record what was stored (client_seqs) and who did what (audit_log), written in the
 background a moment after the data they describe.
 
 Why not in the request's own path: on chDB every insert costs ~10 ms however small (a new part), and
@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger("runstream.writer")
 
@@ -26,9 +26,18 @@ class BackgroundRows:
     """Collects rows per table; a daemon thread inserts them every `interval_s`. flush() writes
     what is pending now (tests, shutdown); failed inserts are kept and retried."""
 
-    def __init__(self, insert: InsertFn, columns: dict[str, tuple[str, ...]], interval_s: float = 0.5):
+    def __init__(
+        self,
+        insert: InsertFn,
+        columns: dict[str, tuple[str, ...]],
+        interval_s: float = 0.5,
+        keyed: Iterable[str] = (),
+    ):
+        """`keyed`: tables whose rows replace the pending row with the same first column (a
+        client's latest set of stored seqs supersedes the ones before it)."""
         self._insert = insert
         self._columns = columns
+        self._keyed = set(keyed)
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._pending: dict[str, list[list]] = {table: [] for table in columns}
@@ -46,7 +55,11 @@ class BackgroundRows:
     def add(self, table: str, rows: list[list]) -> None:
         if rows:
             with self._lock:
-                self._pending[table].extend(rows)
+                pending = self._pending[table]
+                if table in self._keyed:
+                    keys = {row[0] for row in rows}
+                    pending[:] = [row for row in pending if row[0] not in keys]
+                pending.extend(rows)
 
     def pending(self, table: str) -> list[list]:
         """Rows not yet inserted (a copy), including those being inserted right now."""

@@ -1,7 +1,9 @@
 """Writes accepted envelopes into ClickHouse, exactly once.
 
 Exactly-once, in three layers:
-1. envelopes whose (client_id, seq) is in `ingested_requests` are skipped (cached per client);
+1. envelopes whose (client_id, seq) is recorded as stored are skipped: `client_seqs` keeps, per
+   client and run, the stored seqs as ranges (one row per pair, not per request; migration 0005;
+   `ingested_requests`, one row per request, is still read for clients from before it);
 2. every insert carries an `insert_deduplication_token` derived from the caller's token or the
    envelope's idempotency key plus a per-table suffix, so re-inserting the same block after a
    crash is dropped by ClickHouse (the metric-summary view is deduplicated with it);
@@ -59,6 +61,7 @@ from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
+from runstream_services.writers.client_seqs import SeqRanges
 from runstream_services.writers.key_index import KeyIndex
 from runstream_services.writers.replaced_points import ReplacedPoints
 from runstream_services.writers.run_cache import RunCache
@@ -70,7 +73,7 @@ MAX_CACHED_RUNS = 10_000  # run rows kept in memory; least recently used ones ar
 MAX_CACHED_RUN_BYTES = 256 * 1024 * 1024  # ... and their (approximate) size
 ABSENT_TTL_S = 2.0  # how long "no such run" is believed without asking the table again
 MAX_ABSENT_RUNS = 100_000
-INGESTED_COLUMNS = ("client_id", "seq", "run_id", "time_ms")
+CLIENT_SEQS_COLUMNS = ("client_id", "run_id", "ranges", "updated_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
 
@@ -134,8 +137,10 @@ class StoreWriter:
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()  # idempotency state
         # client_id -> seqs known stored; least recently seen clients are dropped past
-        # MAX_CACHED_CLIENTS and reloaded from ingested_requests when they come back.
-        self._done: OrderedDict[str, set[int]] = OrderedDict()
+        # MAX_CACHED_CLIENTS and reloaded from the tables when they come back. Per client: all its
+        # stored seqs, and per run the ones the row of (client, run) holds.
+        self._done: OrderedDict[str, SeqRanges] = OrderedDict()
+        self._done_by_run: dict[str, dict[str, SeqRanges]] = {}
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
         self._runs = RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
@@ -150,10 +155,13 @@ class StoreWriter:
         self._client_index: KeyIndex | None = None
         if sole_writer:
             self._run_index = KeyIndex(
-                tuple(r) for r in client.query(f"SELECT DISTINCT project, run_id FROM {database}.runs").result_rows
+                tuple(r)
+                for r in client.query(f"SELECT DISTINCT project, run_id FROM {database}.runs").result_rows
             )
             self._client_index = KeyIndex(
-                r[0] for r in client.query(f"SELECT DISTINCT client_id FROM {database}.ingested_requests").result_rows
+                r[0]
+                for table in ("client_seqs", "ingested_requests")
+                for r in client.query(f"SELECT DISTINCT client_id FROM {database}.{table}").result_rows
             )
         self._column_types: dict[tuple[str, tuple[str, ...]], list] = {}
         # runs looked up and not found, with when: spares a query per new run (admission asks,
@@ -162,7 +170,8 @@ class StoreWriter:
         self._absent: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._bookkeeping = BackgroundRows(
             lambda table, columns, data: self._insert_rows(table, columns, data, None),
-            {"ingested_requests": INGESTED_COLUMNS, "audit_log": AUDIT_COLUMNS},
+            {"client_seqs": CLIENT_SEQS_COLUMNS, "audit_log": AUDIT_COLUMNS},
+            keyed=("client_seqs",),
         )
 
     # ---- public -------------------------------------------------------------------------------
@@ -204,7 +213,7 @@ class StoreWriter:
                 log.exception("a store listener failed on a block of %d runs", len(block.runs))
 
     def flush(self) -> bool:
-        """Writes the pending ingested_requests and audit_log rows now; True when they are stored."""
+        """Writes the pending client_seqs and audit_log rows now; True when they are stored."""
         return self._bookkeeping.flush()
 
     def close(self) -> None:
@@ -259,8 +268,10 @@ class StoreWriter:
         with self._lock:
             if everything:
                 self._done.clear()
+                self._done_by_run.clear()
             for client_id in clients or ():
                 self._done.pop(client_id, None)
+                self._done_by_run.pop(client_id, None)
         with self._meta_lock:
             self._absent.clear()
             if everything:
@@ -279,12 +290,13 @@ class StoreWriter:
 
     # ---- idempotency --------------------------------------------------------------------------
 
-    def _seen_seqs(self, client_id: str) -> set[int]:
+    def _seen_seqs(self, client_id: str) -> SeqRanges:
         return self._seen_seqs_of([client_id])[client_id]
 
-    def _seen_seqs_of(self, client_ids: Iterable[str]) -> dict[str, set[int]]:
-        """The stored seqs of each client: from memory, else one query for all the others."""
-        out: dict[str, set[int]] = {}
+    def _seen_seqs_of(self, client_ids: Iterable[str]) -> dict[str, SeqRanges]:
+        """The stored seqs of each client: from memory, else one query for all the others (their
+        client_seqs rows, rows not yet written, and the old per-request table)."""
+        out: dict[str, SeqRanges] = {}
         missing: list[str] = []
         with self._lock:
             for client_id in client_ids:
@@ -293,29 +305,72 @@ class StoreWriter:
                     self._done.move_to_end(client_id)
                     out[client_id] = seqs
                 elif self._client_index is not None and not self._client_index.may_contain(client_id):
-                    out[client_id] = self._done[client_id] = set()  # a client never seen: nothing stored
+                    out[client_id] = self._remember_locked(client_id, {})  # never seen: nothing stored
                 else:
                     missing.append(client_id)
-        found: dict[str, set[int]] = {c: set() for c in missing}
+        if not missing:
+            return out
+        by_run: dict[str, dict[str, SeqRanges]] = {c: {} for c in missing}
         for start in range(0, len(missing), 1000):
             chunk = missing[start : start + 1000]
-            for client_id, seq in self.client.query(
-                f"SELECT client_id, seq FROM {self.db}.ingested_requests WHERE client_id IN %(c)s",
+            for client_id, run_id, ranges in self.client.query(
+                f"SELECT client_id, run_id, argMax(ranges, updated_ms) FROM {self.db}.client_seqs "
+                "WHERE client_id IN %(c)s GROUP BY client_id, run_id",
                 parameters={"c": chunk},
             ).result_rows:
-                found[client_id].add(seq)
-        if missing:
-            wanted = set(missing)
-            for row in self._bookkeeping.pending("ingested_requests"):
-                if row[0] in wanted:
-                    found[row[0]].add(row[1])
+                by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))
+            for client_id, run_id, seq in self.client.query(  # stored before migration 0005
+                f"SELECT client_id, run_id, seq FROM {self.db}.ingested_requests WHERE client_id IN %(c)s",
+                parameters={"c": chunk},
+            ).result_rows:
+                by_run[client_id].setdefault(run_id, SeqRanges()).add(seq)
+        for client_id, run_id, ranges, _ in self._bookkeeping.pending("client_seqs"):
+            if client_id in by_run:
+                by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))
         with self._lock:
-            for client_id, seqs in found.items():
-                out[client_id] = self._done.setdefault(client_id, set())
-                out[client_id].update(seqs)
-            while len(self._done) > MAX_CACHED_CLIENTS:
-                self._done.popitem(last=False)
+            for client_id, runs in by_run.items():
+                known = self._done.get(client_id)  # loaded by another thread meanwhile
+                out[client_id] = known if known is not None else self._remember_locked(client_id, runs)
         return out
+
+    def _remember_locked(self, client_id: str, runs: dict[str, SeqRanges]) -> SeqRanges:
+        union = SeqRanges()
+        for seqs in runs.values():
+            union.merge(seqs)
+        self._done[client_id] = union
+        self._done_by_run[client_id] = runs
+        while len(self._done) > MAX_CACHED_CLIENTS:
+            evicted, _ = self._done.popitem(last=False)
+            self._done_by_run.pop(evicted, None)
+        return union
+
+    def _record_stored(self, decoded: list, attempt: int = 0) -> None:
+        """Adds the stored requests' seqs to their clients' sets and queues each touched (client,
+        run) row with its whole set (written by the bookkeeping thread, replacing the last)."""
+        clients = {env.client_id for env, _ in decoded}
+        self._seen_seqs_of(clients)  # loaded again if evicted: a row must hold the whole set
+        now_ms = int(time.time() * 1000)
+        rows_: dict[tuple[str, str], list] = {}
+        with self._lock:
+            for env, _ in decoded:
+                union = self._done.get(env.client_id)
+                runs = self._done_by_run.get(env.client_id)
+                if union is None or runs is None:  # evicted meanwhile: reload, then record
+                    continue
+                union.add(env.seq)
+                runs.setdefault(env.run_id, SeqRanges()).add(env.seq)
+                rows_[(env.client_id, env.run_id)] = [env.client_id, env.run_id, None, now_ms]
+            for (client_id, run_id), row in rows_.items():
+                row[2] = self._done_by_run[client_id][run_id].ranges()
+        missed = [(e, r) for e, r in decoded if (e.client_id, e.run_id) not in rows_]
+        self._bookkeeping.add("client_seqs", list(rows_.values()))
+        if missed and attempt < 3:  # only when more than MAX_CACHED_CLIENTS clients write at once
+            self._record_stored(missed, attempt + 1)
+        elif missed:
+            log.warning(
+                "%d stored requests not recorded (client cache thrashing); a resend is dropped by the dedup tokens",
+                len(missed),
+            )
 
     def _claim(self, envelopes: list[Envelope]):
         seen = self._seen_seqs_of({e.client_id for e in envelopes})
@@ -375,9 +430,7 @@ class StoreWriter:
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
             result.points += self._insert_metrics(pending.metrics, token, pending.recounted)
             self._bookkeeping.add("audit_log", pending.audit)
-            self._bookkeeping.add(
-                "ingested_requests", [[e.client_id, e.seq, e.run_id, e.received_ms] for e, _ in decoded]
-            )
+            self._record_stored(decoded)
         except BaseException:
             with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
                 for key in touched:
@@ -388,11 +441,6 @@ class StoreWriter:
         if self._client_index is not None:
             for client_id in {env.client_id for env, _ in decoded}:
                 self._client_index.add(client_id)
-        with self._lock:
-            for env, _ in decoded:
-                seqs = self._done.get(env.client_id)
-                if seqs is not None:  # else evicted: reloaded from the table next time
-                    seqs.add(env.seq)
         result.stored += len(decoded)
         if self._listeners:
             self._notify(
@@ -428,7 +476,10 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
 
     def _insert_metrics(
-        self, items: list[tuple[Envelope, ingest_pb2.MetricBatch]], token: str | None, recounted: set | None = None
+        self,
+        items: list[tuple[Envelope, ingest_pb2.MetricBatch]],
+        token: str | None,
+        recounted: set | None = None,
     ) -> int:
         if not items:
             return 0

@@ -1,0 +1,53 @@
+"""The seqs stored for one SDK client, as closed ranges (the `client_seqs` table, migration 0005).
+
+An SDK numbers its requests 1, 2, 3, ... and resends what was not acked, so the stored seqs of a
+client are one range with, at most, a few gaps (requests refused, or in flight). Kept as sorted,
+disjoint [lo, hi] ranges: membership is a binary search, adding merges neighbours.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+
+class SeqRanges:
+    __slots__ = ("_ranges",)
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
+        self._ranges: list[list[int]] = []
+        for lo, hi in sorted(ranges):
+            self._add(int(lo), int(hi))
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect.bisect_right(self._ranges, [seq, float("inf")]) - 1
+        return i >= 0 and self._ranges[i][1] >= seq
+
+    def __len__(self) -> int:
+        """How many seqs (not ranges)."""
+        return sum(hi - lo + 1 for lo, hi in self._ranges)
+
+    def add(self, seq: int) -> None:
+        self._add(seq, seq)
+
+    def update(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self._add(seq, seq)
+
+    def merge(self, other: SeqRanges) -> None:
+        for lo, hi in other._ranges:
+            self._add(lo, hi)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(lo, hi) for lo, hi in self._ranges]
+
+    def _add(self, lo: int, hi: int) -> None:
+        ranges = self._ranges
+        i = bisect.bisect_left(ranges, [lo, lo])
+        if i > 0 and ranges[i - 1][1] >= lo - 1:
+            i -= 1
+        j = i
+        while j < len(ranges) and ranges[j][0] <= hi + 1:
+            lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
+            j += 1
+        ranges[i:j] = [[lo, hi]]
