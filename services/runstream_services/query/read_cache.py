@@ -47,6 +47,7 @@ log = logging.getLogger("runstream.query.cache")
 MAX_SERIES_POINTS = 4096  # points of one series held; a longer series is read from SQL
 MAX_POINTS = 2_000_000  # points held over all projects (~42 bytes each); least recently read projects go
 MAX_PROJECT_RUNS = 100_000  # a project with more runs is never held
+MAX_PROJECTS = 1_000  # projects held at once (an unknown name read is held too, empty)
 MAX_INDEXED_RUNS = 2_000_000  # the run id -> projects index is kept up to this many runs
 RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after this long
 _SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
@@ -74,6 +75,14 @@ class Series:
         self.value = np.empty(0, np.float64)
         self.time = np.empty(0, np.int64)
         self._summary: Summary | None = None
+
+    @classmethod
+    def of(cls, rank, step, vhi, vlo, value, time_ms) -> Series:
+        """A series holding these arrays as they are (sorted by (rank, step), one per identity)."""
+        s = cls.__new__(cls)
+        s.rank, s.step, s.vhi, s.vlo, s.value, s.time = rank, step, vhi, vlo, value, time_ms
+        s._summary = None
+        return s
 
     def __len__(self) -> int:
         return len(self.step)
@@ -213,10 +222,15 @@ class ReadCache:
                 return None
             gate = self._loading.setdefault(project, threading.Lock())
         with gate:  # one load per project at a time; the others wait for it
-            p = self.ready(project)
-            if p is not None:
-                return p
-            return self._load(project)
+            try:
+                p = self.ready(project)
+                if p is not None:
+                    return p
+                return self._load(project)
+            finally:
+                with self.lock:
+                    if self._loading.get(project) is gate:
+                        del self._loading[project]
 
     def indexed_projects(self, run_id: str) -> list[str] | None:
         """projects_of_run without I/O: None while the index is not loaded."""
@@ -353,6 +367,8 @@ class ReadCache:
     def _evict(self) -> None:
         """Drops least recently read projects while over MAX_POINTS; a project that is over it on
         its own (it grew while held) is then left to SQL for a while."""
+        while len(self._projects) > MAX_PROJECTS:
+            self._points -= self._projects.popitem(last=False)[1].points
         while self._points > MAX_POINTS and self._projects:
             name, p = self._projects.popitem(last=False)
             self._points -= p.points
@@ -435,6 +451,47 @@ class ReadCache:
         ).result_rows
         return runs, prows, arows, listed, points
 
+    def _apply_points(self, p: Project, points) -> None:
+        """The snapshot's points, sorted by (run, kind, key, rank, step) and one per identity
+        (FINAL): each series is a slice; series the hook already started during the load merge."""
+        cols = {c: points.column(c) for c in points.column_names}
+        arrays = tuple(
+            cols[c].to_numpy() if cols[c].num_chunks == 1 else cols[c].combine_chunks().to_numpy()
+            for c in ("rank", "step", "vhi", "vlo", "value", "time_ms")
+        )
+        ident = (_codes(cols["run_id"]), _codes(cols["k"]), _codes(cols["key"]))
+        n = points.num_rows
+        change = np.zeros(n, bool)
+        change[0] = True
+        for codes in ident:
+            change[1:] |= codes[1:] != codes[:-1]
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], n).tolist()
+        starts = starts.tolist()
+        run_ids = cols["run_id"].take(starts).to_pylist()
+        kinds = cols["k"].take(starts).to_pylist()
+        keys = cols["key"].take(starts).to_pylist()
+        for a, b, run_id, kind, key in zip(starts, ends, run_ids, kinds, keys, strict=True):
+            run = p.run(run_id)
+            sk = (kind, key)
+            run.wire.clear()
+            if sk in run.big:
+                continue
+            s = run.series.get(sk)
+            if s is None:  # the common case: the snapshot's points as they are
+                rank, step, vhi, vlo, value, time_ms = arrays
+                s = run.series[sk] = Series.of(
+                    rank[a:b], step[a:b], vhi[a:b], vlo[a:b], value[a:b], time_ms[a:b]
+                )
+                before = 0
+            else:
+                before = len(s)
+                s.merge(*(x[a:b] for x in arrays))
+            p.points += len(s) - before
+            self._points += len(s) - before
+            if len(s) > MAX_SERIES_POINTS:
+                self._make_big(p, run, run_id, sk)
+
     def _apply_snapshot(self, p: Project, runs, prows, arows, listed, points) -> None:
         for r in runs:
             _merge_run(p.run(r[1]), RunRow.from_db(r))
@@ -446,42 +503,18 @@ class ReadCache:
                 row[7] = row[7].decode()
             p.run(a[1]).artifacts.setdefault((a[2], a[6], a[3]), row)  # a block's row is as new or newer
         if points.num_rows:
-            cols = {c: points.column(c) for c in points.column_names}
-            run_ids = cols["run_id"].to_pylist()
-            kinds = cols["k"].to_pylist()
-            keys = cols["key"].to_pylist()
-            rank = cols["rank"].to_numpy()
-            step = cols["step"].to_numpy()
-            time_ms = cols["time_ms"].to_numpy()
-            value = cols["value"].to_numpy()
-            vhi = cols["vhi"].to_numpy()
-            vlo = cols["vlo"].to_numpy()
-            start = 0
-            n = len(run_ids)
-            while start < n:
-                end = start + 1
-                ident = (run_ids[start], kinds[start], keys[start])
-                while end < n and (run_ids[end], kinds[end], keys[end]) == ident:
-                    end += 1
-                run = p.run(ident[0])
-                sk = (ident[1], ident[2])
-                run.wire.clear()
-                if sk not in run.big:
-                    s = run.series.get(sk)
-                    if s is None:
-                        s = run.series[sk] = Series()
-                    before = len(s)
-                    sl = slice(start, end)
-                    s.merge(rank[sl], step[sl], vhi[sl], vlo[sl], value[sl], time_ms[sl])
-                    p.points += len(s) - before
-                    self._points += len(s) - before
-                    if len(s) > MAX_SERIES_POINTS:
-                        self._make_big(p, run, ident[0], sk)
-                start = end
+            self._apply_points(p, points)
         for run_id, kind, key, count in listed:
             run = p.run(run_id)
             if count > MAX_SERIES_POINTS and (kind, key) not in run.big:
                 self._make_big(p, run, run_id, (kind, key))
+
+
+def _codes(column) -> np.ndarray:
+    """Integer codes of an Arrow string column (equal strings, equal codes)."""
+    import pyarrow.compute as pc
+
+    return pc.dictionary_encode(column).combine_chunks().indices.to_numpy(zero_copy_only=False)
 
 
 def _merge_run(entry: RunEntry, row: RunRow) -> None:
