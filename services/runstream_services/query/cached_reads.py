@@ -208,7 +208,8 @@ def search(
     _check_supported(p, node, order_by)
     runs = [e for e in p.runs.values() if e.row is not None]
     if node is not None:
-        runs = [e for e in runs if _matches(node, e)]
+        matches = _compile(node)
+        runs = [e for e in runs if matches(e)]
     total = len(runs)
     runs.sort(key=lambda e: e.row.run_id)  # the last sort key: run_id ascending
     for f, desc in reversed(order_by):
@@ -241,72 +242,129 @@ def _check_supported(p: Project, node: Node | None, order_by: list[tuple[Field, 
                     raise Unsupported("substring match of a non-ASCII or non-text value")
 
 
-def _matches(node: Node, e: RunEntry) -> bool:
+def _compile(node: Node):
+    """The filter as one function of a run (closures with the keys and values resolved once: the
+    filter runs over every run of a project)."""
     if isinstance(node, BoolOp):
+        parts = [_compile(i) for i in node.items]
         if node.op == "and":
-            return all(_matches(i, e) for i in node.items)
-        return any(_matches(i, e) for i in node.items)
+
+            def all_of(e):
+                for f in parts:  # noqa: SIM110 - a loop, not all(...): no generator per run
+                    if not f(e):
+                        return False
+                return True
+
+            return all_of
+
+        def any_of(e):
+            for f in parts:  # noqa: SIM110 - as above
+                if f(e):
+                    return True
+            return False
+
+        return any_of
     if isinstance(node, Not):
-        return not _matches(node.item, e)
-    hit = _compare(node, e)
-    return not hit if node.negated_in else hit
+        inner = _compile(node.item)
+        return lambda e: not inner(e)
+    test = _compare(node)
+    if node.negated_in:
+        return lambda e: not test(e)
+    return test
 
 
-def _compare(node: Compare, e: RunEntry) -> bool:
+def _value_test(op: str, values: list):
+    """A test of one value against the literal(s): membership for `in`, else the comparison."""
+    if op == "in":
+        return lambda v: v in values
+    compare, lit = _OPS[op], values[0]
+    return lambda v: compare(v, lit)
+
+
+def _compare(node: Compare):
     f = node.field
-    row = e.row
     if f.kind == "column":
         kind = COLUMNS[f.key][1]
-        value = getattr(row, _COLUMN_ATTR[f.key])
+        attr = _COLUMN_ATTR[f.key]
         if kind == "text":
-            return _text(value, node)
-        if kind == "state":
-            states = [str(lit.value).lower() for lit in node.values]
-            return value in states if node.op == "in" else _OPS[node.op](value, states[0])
-        if kind == "flag":
-            flags = [1 if lit.value in (True, 1.0) else 0 for lit in node.values]
-            return int(value) in flags if node.op == "in" else _OPS[node.op](int(value), flags[0])
-        times = [to_ms(lit, "") for lit in node.values]
-        return value in times if node.op == "in" else _OPS[node.op](value, times[0])
+            test = _text_test(node)
+        elif kind == "state":
+            test = _value_test(node.op, [str(lit.value).lower() for lit in node.values])
+        elif kind == "flag":
+            flags = _value_test(node.op, [1 if lit.value in (True, 1.0) else 0 for lit in node.values])
+            return lambda e: flags(int(e.row.git_dirty))
+        else:
+            test = _value_test(node.op, [to_ms(lit, "") for lit in node.values])
+        return lambda e: test(getattr(e.row, attr))
     if f.kind == "tag":
-        return f.key in row.tags and _text(row.tags[f.key], node)
+        key, test = f.key, _text_test(node)
+
+        def tag(e):
+            v = e.row.tags.get(key)
+            return v is not None and test(v)
+
+        return tag
     if f.kind in ("param", "summary"):
-        found = e.params.get(("config" if f.kind == "param" else "summary", f.key))
-        return found is not None and any(_param(node.op, lit.value, found) for lit in node.values)
-    s = e.series.get(("user", f.key))
-    if s is None:
-        return False
-    v = _agg(s, f.agg)
-    if v is None:
-        return False
+        pkey = ("config" if f.kind == "param" else "summary", f.key)
+        tests = [_param_test(node.op, lit.value) for lit in node.values]
+
+        def param(e):
+            found = e.params.get(pkey)
+            if found is None:
+                return False
+            for t in tests:  # noqa: SIM110 - as above
+                if t(found):
+                    return True
+            return False
+
+        return param
+    skey, agg = ("user", f.key), f.agg
     if node.op == "in":
-        return any(v == float(lit.value) for lit in node.values)
-    return _OPS[node.op](v, float(node.values[0].value))
+        wanted = [float(lit.value) for lit in node.values]
+        test = lambda v: any(v == w for w in wanted)  # noqa: E731 - NaN is in nothing
+    else:
+        test = _value_test(node.op, [float(node.values[0].value)])
+
+    def metric(e):
+        s = e.series.get(skey)
+        if s is None:
+            return False
+        v = _agg(s, agg)
+        return v is not None and test(v)
+
+    return metric
 
 
-def _text(value: str, node: Compare) -> bool:
+def _text_test(node: Compare):
     texts = [lit.raw if isinstance(lit.value, float) else str(lit.value) for lit in node.values]
-    if node.op == "in":
-        return value in texts
     if node.op == "~":
-        return texts[0].translate(_ASCII_LOWER) in value.translate(_ASCII_LOWER)
-    return _OPS[node.op](value, texts[0])
+        needle = texts[0].translate(_ASCII_LOWER)
+        return lambda v: needle in v.translate(_ASCII_LOWER)
+    return _value_test(node.op, texts)
 
 
-def _param(op: str, value: Any, found: tuple[str, float, str, int]) -> bool:
-    kind, num, text, _ = found
+_NUMERIC_KINDS = ("number", "flag")
+
+
+def _param_test(op: str, value: Any):
+    """A test of one (newest) param row (kind, num, str, version) against one literal."""
     if op == "in":
         op = "="
     if isinstance(value, bool):
         flag = 1.0 if value else 0.0
-        return kind == "flag" and (num == flag if op == "=" else num != flag)
+        if op == "=":
+            return lambda found: found[0] == "flag" and found[1] == flag
+        return lambda found: found[0] == "flag" and found[1] != flag
     if isinstance(value, float):
         if op == "~":
             raise Unsupported("substring match of a number")
-        return kind in ("number", "flag") and _OPS[op](num, value)
+        compare = _OPS[op]
+        return lambda found: found[0] in _NUMERIC_KINDS and compare(found[1], value)
     if op == "~":
-        return value.translate(_ASCII_LOWER) in text.translate(_ASCII_LOWER)
-    return _OPS[op](text, value)
+        needle = value.translate(_ASCII_LOWER)
+        return lambda found: needle in found[2].translate(_ASCII_LOWER)
+    compare = _OPS[op]
+    return lambda found: compare(found[2], value)
 
 
 def _agg(s, agg: str) -> float | None:
