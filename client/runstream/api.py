@@ -145,19 +145,24 @@ class Api(QueryClient):
         `project` may be left out when the run id is unique on the server."""
         pd = _pandas()
         np = require_numpy()
-        columns: dict[str, list] = {"step": [], "key": [], "value": [], "rank": [], "time": []}
-        for part in self.history_pages(run_id, keys, project, kind):
-            index = np.frombuffer(part.key_index, "<u2")
-            columns["key"].append(np.asarray(part.keys, dtype=object)[index])
-            columns["step"].append(np.frombuffer(part.steps, "<i8"))
-            columns["value"].append(np.frombuffer(part.values, "<f8"))
-            columns["rank"].append(np.frombuffer(part.ranks, "<u2"))
-            columns["time"].append(np.frombuffer(part.times_ms, "<i8"))
-        empty = {"step": "<i8", "key": object, "value": "<f8", "rank": "<u2", "time": "<i8"}
-        data = {c: (np.concatenate(v) if v else np.empty(0, dtype=empty[c])) for c, v in columns.items()}
-        df = pd.DataFrame(data)
-        df["time"] = pd.to_datetime(df["time"], unit="ms", utc=True)
-        return df
+        pages = list(self.history_pages(run_id, keys, project, kind))
+        if len(pages) == 1:  # the usual case: no concatenation
+            part = pages[0]
+            key = np.asarray(part.keys, dtype=object)[np.frombuffer(part.key_index, "<u2")]
+            step, value = np.frombuffer(part.steps, "<i8"), np.frombuffer(part.values, "<f8")
+            rank, time_ms = np.frombuffer(part.ranks, "<u2"), np.frombuffer(part.times_ms, "<i8")
+        else:
+            cat = np.concatenate
+            key = cat(
+                [np.asarray(p.keys, dtype=object)[np.frombuffer(p.key_index, "<u2")] for p in pages]
+                or [np.empty(0, object)]
+            )
+            step = cat([np.frombuffer(p.steps, "<i8") for p in pages] or [np.empty(0, "<i8")])
+            value = cat([np.frombuffer(p.values, "<f8") for p in pages] or [np.empty(0, "<f8")])
+            rank = cat([np.frombuffer(p.ranks, "<u2") for p in pages] or [np.empty(0, "<u2")])
+            time_ms = cat([np.frombuffer(p.times_ms, "<i8") for p in pages] or [np.empty(0, "<i8")])
+        time = pd.to_datetime(pd.Series(time_ms), unit="ms", utc=True)
+        return pd.DataFrame({"step": step, "key": key, "value": value, "rank": rank, "time": time})
 
     def series(
         self,
