@@ -1,7 +1,7 @@
 """Answers of the query service computed from a held project (read_cache.py) instead of SQL:
-one run, a run's keys, a history, and run search (filter, sort, page) evaluated in Python with the
-meaning sql.py gives the same filter in SQL (tests/integration/test_query_cache.py compares the
-two on the same data). Each function returns None where the held copy cannot answer exactly (a
+one run, a run's keys, a history, and run search (filter, sort, page; run_table.py evaluates them
+with numpy, with the meaning sql.py gives them in SQL: tests/integration/test_query_cache.py
+compares the two on the same data). Each function returns None where the held copy cannot answer exactly (a
 series too long to hold, a filter form kept to SQL): the caller then reads SQL.
 
 Callers hold the cache's lock while calling these (the writer changes the project under it)."""
@@ -11,32 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
 
 from runstream.states import STATE_NUMBERS
 from runstream.v1 import types_pb2
-from runstream_services.query.filter import COLUMNS, BoolOp, Compare, Field, Node, Not, to_ms
+from runstream_services.query import run_table
+from runstream_services.query.filter import BoolOp, Field, Node, Not
 from runstream_services.query.read_cache import Project, RunEntry
 
 log = logging.getLogger("runstream.query")
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
-_OPS = {
-    "=": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
-_COLUMN_ATTR = {
-    "run_id": "run_id", "name": "name", "group": "group", "job_type": "job_type", "user": "user",
-    "host": "host", "git_commit": "git_commit", "notes": "notes", "state": "state",
-    "start": "start_ms", "end": "end_ms", "heartbeat": "heartbeat_ms", "git_dirty": "git_dirty",
-}  # fmt: skip
 
 
 class Unsupported(Exception):
@@ -203,22 +188,10 @@ def list_keys(p: Project, run_ids: list[str]) -> tuple[list[str], list[str], lis
 def search(
     p: Project, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int
 ) -> tuple[list[RunEntry], int]:
-    """The page of matching runs and the match count, as sql_runs.search_runs orders them.
-    Raises Unsupported for forms kept to SQL."""
+    """The page of matching runs and the match count, as sql_runs.search_runs orders them
+    (run_table.py: numpy over the project's columns). Raises Unsupported for forms kept to SQL."""
     _check_supported(p, node, order_by)
-    runs = [e for e in p.runs.values() if e.row is not None]
-    if node is not None:
-        matches = _compile(node)
-        runs = [e for e in runs if matches(e)]
-    total = len(runs)
-    runs.sort(key=lambda e: e.row.run_id)  # the last sort key: run_id ascending
-    for f, desc in reversed(order_by):
-        for extract in reversed(_sort_values(f)):
-            present = [(v, e) for e in runs if (v := extract(e)) is not None]
-            missing = [e for e in runs if extract(e) is None]
-            present.sort(key=lambda pair: pair[0], reverse=desc)  # stable in either direction
-            runs = [e for _, e in present] + missing  # NULLS LAST
-    return runs[offset : offset + limit], total
+    return run_table.search(p, node, order_by, limit, offset)
 
 
 def _check_supported(p: Project, node: Node | None, order_by: list[tuple[Field, bool]]) -> None:
@@ -240,171 +213,3 @@ def _check_supported(p: Project, node: Node | None, order_by: list[tuple[Field, 
                 needle = n.values[0].value
                 if not isinstance(needle, str) or not needle.isascii():
                     raise Unsupported("substring match of a non-ASCII or non-text value")
-
-
-def _compile(node: Node):
-    """The filter as one function of a run (closures with the keys and values resolved once: the
-    filter runs over every run of a project)."""
-    if isinstance(node, BoolOp):
-        parts = [_compile(i) for i in node.items]
-        if node.op == "and":
-
-            def all_of(e):
-                for f in parts:  # noqa: SIM110 - a loop, not all(...): no generator per run
-                    if not f(e):
-                        return False
-                return True
-
-            return all_of
-
-        def any_of(e):
-            for f in parts:  # noqa: SIM110 - as above
-                if f(e):
-                    return True
-            return False
-
-        return any_of
-    if isinstance(node, Not):
-        inner = _compile(node.item)
-        return lambda e: not inner(e)
-    test = _compare(node)
-    if node.negated_in:
-        return lambda e: not test(e)
-    return test
-
-
-def _value_test(op: str, values: list):
-    """A test of one value against the literal(s): membership for `in`, else the comparison."""
-    if op == "in":
-        return lambda v: v in values
-    compare, lit = _OPS[op], values[0]
-    return lambda v: compare(v, lit)
-
-
-def _compare(node: Compare):
-    f = node.field
-    if f.kind == "column":
-        kind = COLUMNS[f.key][1]
-        attr = _COLUMN_ATTR[f.key]
-        if kind == "text":
-            test = _text_test(node)
-        elif kind == "state":
-            test = _value_test(node.op, [str(lit.value).lower() for lit in node.values])
-        elif kind == "flag":
-            flags = _value_test(node.op, [1 if lit.value in (True, 1.0) else 0 for lit in node.values])
-            return lambda e: flags(int(e.row.git_dirty))
-        else:
-            test = _value_test(node.op, [to_ms(lit, "") for lit in node.values])
-        return lambda e: test(getattr(e.row, attr))
-    if f.kind == "tag":
-        key, test = f.key, _text_test(node)
-
-        def tag(e):
-            v = e.row.tags.get(key)
-            return v is not None and test(v)
-
-        return tag
-    if f.kind in ("param", "summary"):
-        pkey = ("config" if f.kind == "param" else "summary", f.key)
-        tests = [_param_test(node.op, lit.value) for lit in node.values]
-
-        def param(e):
-            found = e.params.get(pkey)
-            if found is None:
-                return False
-            for t in tests:  # noqa: SIM110 - as above
-                if t(found):
-                    return True
-            return False
-
-        return param
-    skey, agg = ("user", f.key), f.agg
-    if node.op == "in":
-        wanted = [float(lit.value) for lit in node.values]
-        test = lambda v: any(v == w for w in wanted)  # noqa: E731 - NaN is in nothing
-    else:
-        test = _value_test(node.op, [float(node.values[0].value)])
-
-    def metric(e):
-        s = e.series.get(skey)
-        if s is None:
-            return False
-        v = _agg(s, agg)
-        return v is not None and test(v)
-
-    return metric
-
-
-def _text_test(node: Compare):
-    texts = [lit.raw if isinstance(lit.value, float) else str(lit.value) for lit in node.values]
-    if node.op == "~":
-        needle = texts[0].translate(_ASCII_LOWER)
-        return lambda v: needle in v.translate(_ASCII_LOWER)
-    return _value_test(node.op, texts)
-
-
-_NUMERIC_KINDS = ("number", "flag")
-
-
-def _param_test(op: str, value: Any):
-    """A test of one (newest) param row (kind, num, str, version) against one literal."""
-    if op == "in":
-        op = "="
-    if isinstance(value, bool):
-        flag = 1.0 if value else 0.0
-        if op == "=":
-            return lambda found: found[0] == "flag" and found[1] == flag
-        return lambda found: found[0] == "flag" and found[1] != flag
-    if isinstance(value, float):
-        if op == "~":
-            raise Unsupported("substring match of a number")
-        compare = _OPS[op]
-        return lambda found: found[0] in _NUMERIC_KINDS and compare(found[1], value)
-    if op == "~":
-        needle = value.translate(_ASCII_LOWER)
-        return lambda found: needle in found[2].translate(_ASCII_LOWER)
-    compare = _OPS[op]
-    return lambda found: compare(found[2], value)
-
-
-def _agg(s, agg: str) -> float | None:
-    summary = s.summary()
-    if agg == "last":
-        return summary.last
-    if agg == "min":
-        return summary.min
-    if agg == "max":
-        return summary.max
-    return float(summary.count)
-
-
-def _sort_values(f: Field) -> list:
-    """Functions giving each run's sort value(s) for the field (None: NULL, sorted last)."""
-    if f.kind == "column":
-        attr = _COLUMN_ATTR[f.key]
-        return [lambda e: getattr(e.row, attr)]
-    if f.kind == "tag":
-        return [lambda e: e.row.tags.get(f.key)]
-    if f.kind in ("param", "summary"):
-        scope = "config" if f.kind == "param" else "summary"
-
-        def number(e):
-            found = e.params.get((scope, f.key))
-            if found is None or found[0] not in ("number", "flag") or math.isnan(found[1]):
-                return None
-            return found[1]
-
-        def text(e):
-            found = e.params.get((scope, f.key))
-            return None if found is None else found[2]
-
-        return [number, text]
-
-    def metric(e):
-        s = e.series.get(("user", f.key))
-        if s is None:
-            return None
-        v = _agg(s, f.agg)
-        return None if v is None or math.isnan(v) else v
-
-    return [metric]

@@ -171,6 +171,8 @@ class Project:
     points: int = 0
     # runs holding a big series, per user metric key (filters/sorts on these keys go to SQL)
     big_keys: dict[str, set[str]] = field(default_factory=dict)
+    version: int = 0  # bumped by every change: run_table.RunTable columns are kept while it stays
+    table: Any = None  # run_table.RunTable of this version, built by the first search
 
     def run(self, run_id: str) -> RunEntry:
         entry = self.runs.get(run_id)
@@ -283,10 +285,12 @@ class ReadCache:
             for row in block.runs:
                 p = projects.get(row.project)
                 if p is not None:
+                    p.version += 1
                     _merge_run(p.run(row.run_id), row)
             for prow in block.params:
                 p = projects.get(prow[0])
                 if p is not None:
+                    p.version += 1
                     _merge_param(p.run(prow[1]), prow)
             for arow in block.artifacts:
                 p = projects.get(arow[0])
@@ -295,6 +299,7 @@ class ReadCache:
             for env, batch in block.metrics:
                 p = projects.get(batch.project)
                 if p is not None:
+                    p.version += 1
                     self._merge_batch(p, env, batch)
             self._evict()
 
@@ -403,6 +408,7 @@ class ReadCache:
             if self._projects.get(name) is not p:
                 return None  # dropped while loading: the next read loads it again
             self._apply_snapshot(p, *snapshot)
+            p.version += 1
             p.ready = True
             self._uncacheable.pop(name, None)
             self.loads += 1

@@ -1,0 +1,251 @@
+"""Run search over a held project (read_cache.Project) with numpy: the filter becomes boolean
+masks over per-field columns and the order one lexsort, with the meaning sql.py gives the same
+filter and order in SQL (tests/integration/test_query_cache.py compares the two).
+
+Columns are built on first use per field and kept while the project does not change
+(Project.version), so repeated searches of a quiet project read only arrays; a project being
+written rebuilds the few columns a search names (one pass over its runs per field)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from runstream_services.query.filter import COLUMNS, BoolOp, Compare, Field, Node, Not, to_ms
+from runstream_services.query.read_cache import Project, RunEntry
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_OPS = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_COLUMN_ATTR = {
+    "run_id": "run_id", "name": "name", "group": "group", "job_type": "job_type", "user": "user",
+    "host": "host", "git_commit": "git_commit", "notes": "notes", "state": "state",
+    "start": "start_ms", "end": "end_ms", "heartbeat": "heartbeat_ms", "git_dirty": "git_dirty",
+}  # fmt: skip
+
+
+class RunTable:
+    """The runs of a project (those with a run row) as columns, built per field on demand."""
+
+    def __init__(self, p: Project):
+        self.version = p.version
+        self.entries: list[RunEntry] = [e for e in p.runs.values() if e.row is not None]
+        self.n = len(self.entries)
+        self._cols: dict[tuple, Any] = {}
+
+    @classmethod
+    def of(cls, p: Project) -> RunTable:
+        """The project's table, reused while the project has not changed since it was built."""
+        table = p.table
+        if table is None or table.version != p.version:
+            table = p.table = cls(p)
+        return table
+
+    def _cached(self, key: tuple, build):
+        col = self._cols.get(key)
+        if col is None:
+            col = self._cols[key] = build()
+        return col
+
+    def column(self, attr: str) -> np.ndarray:
+        """A run-row attribute: object array of text, or int64 for times and git_dirty."""
+
+        def build():
+            values = [getattr(e.row, attr) for e in self.entries]
+            if attr in ("start_ms", "end_ms", "heartbeat_ms", "git_dirty"):
+                return np.array(values, dtype=np.int64) if values else np.empty(0, np.int64)
+            return _objects(values)
+
+        return self._cached(("col", attr), build)
+
+    def tag(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(value with "" where absent, present)."""
+
+        def build():
+            values = [e.row.tags.get(key) for e in self.entries]
+            present = np.array([v is not None for v in values], dtype=bool)
+            return _objects(["" if v is None else v for v in values]), present
+
+        return self._cached(("tag", key), build)
+
+    def param(self, scope: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(kind, num, text, present) of the newest row of the param; kind "" / num NaN / text ""
+        where the run has none."""
+
+        def build():
+            found = [e.params.get((scope, key)) for e in self.entries]
+            present = np.array([f is not None for f in found], dtype=bool)
+            kind = _objects(["" if f is None else f[0] for f in found])
+            num = np.array([np.nan if f is None else f[1] for f in found], dtype=np.float64)
+            text = _objects(["" if f is None else f[2] for f in found])
+            return kind, num, text, present
+
+        return self._cached(("param", scope, key), build)
+
+    def metric(self, key: str, agg: str) -> tuple[np.ndarray, np.ndarray]:
+        """(value, valid) of a user metric's summary: valid where the series exists and the
+        aggregate is not NULL (min/max of a series without a finite value are NULL)."""
+
+        def build():
+            sk = ("user", key)
+            values = np.full(self.n, np.nan)
+            valid = np.zeros(self.n, dtype=bool)
+            for i, e in enumerate(self.entries):
+                s = e.series.get(sk)
+                if s is None:
+                    continue
+                summary = s.summary()
+                v = {"last": summary.last, "min": summary.min, "max": summary.max, "count": summary.count}[
+                    agg
+                ]
+                if v is not None:
+                    values[i] = v
+                    valid[i] = True
+            return values, valid
+
+        return self._cached(("metric", key, agg), build)
+
+    def run_id_codes(self) -> np.ndarray:
+        return self._cached(("run_id_codes",), lambda: _codes(self.column("run_id")))
+
+
+def search(p: Project, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int):
+    """(page of RunEntry, match count), ordered as sql_runs.search_runs orders them."""
+    t = RunTable.of(p)
+    if t.n == 0:
+        return [], 0
+    mask = _mask(t, node) if node is not None else np.ones(t.n, dtype=bool)
+    idx = np.flatnonzero(mask)
+    total = len(idx)
+    if total == 0 or offset >= total:
+        return [], total
+    keys = [t.run_id_codes()[idx]]  # least significant first (np.lexsort): run_id ascending last
+    for f, desc in reversed(order_by):
+        for values, present in reversed(_sort_columns(t, f)):
+            values, present = values[idx], present[idx]
+            codes = np.zeros(len(idx), dtype=np.int64)
+            if present.any():
+                codes[present] = _codes(values[present])
+                if desc:
+                    codes[present] = codes[present].max() - codes[present]
+            keys.append(codes)
+            keys.append(~present)  # NULLS LAST, in either direction
+    order = np.lexsort(keys)
+    page = idx[order[offset : offset + limit]]
+    return [t.entries[i] for i in page.tolist()], total
+
+
+def _sort_columns(t: RunTable, f: Field) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(values, present) per ORDER BY item of the field, as sql.sort_plan orders it."""
+    if f.kind == "column":
+        col = t.column(_COLUMN_ATTR[f.key])
+        return [(col, np.ones(t.n, dtype=bool))]
+    if f.kind == "tag":
+        value, present = t.tag(f.key)
+        return [(value, present)]
+    if f.kind in ("param", "summary"):
+        kind, num, text, present = t.param("config" if f.kind == "param" else "summary", f.key)
+        numeric = present & _is_numeric(kind) & ~np.isnan(num)
+        return [(num, numeric), (text, present)]
+    value, valid = t.metric(f.key, f.agg)
+    return [(value, valid & ~np.isnan(value))]
+
+
+def _mask(t: RunTable, node: Node) -> np.ndarray:
+    if isinstance(node, BoolOp):
+        masks = [_mask(t, i) for i in node.items]
+        out = masks[0].copy()
+        for m in masks[1:]:
+            if node.op == "and":
+                out &= m
+            else:
+                out |= m
+        return out
+    if isinstance(node, Not):
+        return ~_mask(t, node.item)
+    hit = _compare(t, node)
+    return ~hit if node.negated_in else hit
+
+
+def _compare(t: RunTable, node: Compare) -> np.ndarray:
+    f = node.field
+    if f.kind == "column":
+        kind = COLUMNS[f.key][1]
+        col = t.column(_COLUMN_ATTR[f.key])
+        if kind == "text":
+            return _text(col, node)
+        if kind == "state":
+            return _test(col, node.op, [str(lit.value).lower() for lit in node.values])
+        if kind == "flag":
+            return _test(col, node.op, [1 if lit.value in (True, 1.0) else 0 for lit in node.values])
+        return _test(col, node.op, [to_ms(lit, "") for lit in node.values])
+    if f.kind == "tag":
+        value, present = t.tag(f.key)
+        return present & _text(value, node)
+    if f.kind in ("param", "summary"):
+        kind, num, text, present = t.param("config" if f.kind == "param" else "summary", f.key)
+        out = np.zeros(t.n, dtype=bool)
+        for lit in node.values:
+            out |= _param(node.op, lit.value, kind, num, text)
+        return present & out
+    value, valid = t.metric(f.key, f.agg)
+    return valid & _test(value, node.op, [float(lit.value) for lit in node.values])
+
+
+def _test(col: np.ndarray, op: str, values: list) -> np.ndarray:
+    if op == "in":
+        out = np.zeros(len(col), dtype=bool)
+        for v in values:
+            out |= col == v
+        return out
+    return np.asarray(_OPS[op](col, values[0]), dtype=bool)
+
+
+def _text(col: np.ndarray, node: Compare) -> np.ndarray:
+    texts = [lit.raw if isinstance(lit.value, float) else str(lit.value) for lit in node.values]
+    if node.op == "~":
+        return _contains(col, texts[0])
+    return _test(col, node.op, texts)
+
+
+def _contains(col: np.ndarray, needle: str) -> np.ndarray:
+    """positionCaseInsensitiveUTF8(col, needle) > 0 for an ASCII needle (others go to SQL)."""
+    needle = needle.translate(_ASCII_LOWER)
+    return np.fromiter((needle in v.translate(_ASCII_LOWER) for v in col), dtype=bool, count=len(col))
+
+
+def _param(op: str, value: Any, kind: np.ndarray, num: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """sql._param_cond over the newest row of each run (callers AND it with `present`)."""
+    if op == "in":
+        op = "="
+    if isinstance(value, bool):
+        flag = 1.0 if value else 0.0
+        return (kind == "flag") & ((num == flag) if op == "=" else (num != flag))
+    if isinstance(value, float):
+        return _is_numeric(kind) & np.asarray(_OPS[op](num, value), dtype=bool)
+    if op == "~":
+        return _contains(text, value)
+    return np.asarray(_OPS[op](text, value), dtype=bool)
+
+
+def _is_numeric(kind: np.ndarray) -> np.ndarray:
+    return (kind == "number") | (kind == "flag")
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Dense ranks of the values (equal values, equal ranks), in their sort order."""
+    return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.int64)
