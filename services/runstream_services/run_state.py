@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -292,8 +293,9 @@ class RunRegistry:
         self._replays = replays
         self._states: dict[tuple[str, str], str] = {}
         # run events admitted as replays of stored requests: the writer skips them, so their
-        # publish must not change what this registry believes either
-        self._admitted_replays: set[tuple[str, int]] = set()
+        # publish must not change what this registry believes either. Counted: one stream may
+        # carry the same replay twice, both in flight at once (the embedded bus pipelines them).
+        self._admitted_replays: Counter[tuple[str, int]] = Counter()
 
     async def state(self, project: str, run_id: str) -> str | None:
         key = (project, run_id)
@@ -313,8 +315,10 @@ class RunRegistry:
         """Notes the state a run event set, once it is durable (never for a replay: the writer
         skips a request whose (client_id, seq) is stored, whatever its body now says)."""
         replay = (request.client_id, request.seq)
-        if replay in self._admitted_replays:
-            self._admitted_replays.discard(replay)
+        if self._admitted_replays[replay] > 0:
+            self._admitted_replays[replay] -= 1
+            if not self._admitted_replays[replay]:
+                del self._admitted_replays[replay]
             return
         state = state_set_by(kind, request, self._states.get((project, run_id)))
         if state is not None:
@@ -347,7 +351,7 @@ class RunRegistry:
         and noted, so that publishing it changes no state (the writer skips it too)."""
         if kind in ("run_start", "run_finish") and await self.is_replay(request.client_id, request.seq):
             if len(self._admitted_replays) < 100_000:  # entries leave at publish; this bounds failed ones
-                self._admitted_replays.add((request.client_id, request.seq))
+                self._admitted_replays[(request.client_id, request.seq)] += 1
             return  # stored before (its ack was lost): answered again, never applied
         state = await self.state(project, run_id)
         where = f"run {run_id!r} of project {project!r}"
