@@ -18,7 +18,7 @@ from runstream_services.query import read_cache
 from runstream_services.query.read_cache import ReadCache
 from runstream_services.query.service import QueryServicer
 from runstream_services.writers.replaced_points import ReplacedPoints
-from tests.integration.test_query_service import InProcessServer, seeded  # noqa: F401 - fixture
+from tests.integration.test_query_service import InProcessServer, _run_row, seeded  # noqa: F401 - fixture
 
 
 class _OneClient:
@@ -37,6 +37,27 @@ def stubs(seeded):  # noqa: F811
     # writer would have recounted that series' summary (writers/replaced_points.py), and the held
     # copy counts distinct points: recount it as the writer does, so both sides state the truth.
     ReplacedPoints(seeded.client, seeded.database).recount({("vision", "r02", "user", "loss")})
+    # a project of names that order differently under careless string handling (NUL, case,
+    # accents, digits), equal params, text params among numbers
+    names = ["a\0", "a", "B", "b", "é", "e\u0301", "z", "10", "9", "", "a\0b", "ÿ"]
+    rows = [_run_row("names", f"n{i:02d}", i, name=name, tags={"t": name}) for i, name in enumerate(names)]
+    cols = list(rows[0])
+    seeded.client.insert(f"{seeded.database}.runs", [[r[c] for c in cols] for r in rows], column_names=cols)
+    params = [
+        [
+            "names",
+            f"n{i:02d}",
+            "config",
+            "x",
+            *(("number", 1.0, "1") if i % 3 else ("text", float("nan"), name)),
+            1,
+        ]
+        for i, name in enumerate(names)
+    ]
+    seeded.client.insert(
+        f"{seeded.database}.params", params,
+        column_names=["project", "run_id", "scope", "key", "kind", "num", "str", "version"],
+    )  # fmt: skip
     cache = ReadCache(_OneClient(seeded.client), seeded.database)
     plain = InProcessServer(
         QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None)
@@ -209,3 +230,12 @@ def test_cache_answered_without_sql(stubs):
     r01 = project.runs["r01"]
     assert len(r01.series[("user", "loss")]) == 250  # two ranks: 200 + 50 points
     assert len(r01.series[("user", "loss")]) <= read_cache.MAX_SERIES_POINTS
+
+
+@pytest.mark.parametrize(
+    "order", [["name"], ["-name"], ["tags.t"], ["-tags.t", "name"], ["params.x"], ["-params.x"]]
+)
+def test_text_orders_match_sql(stubs, order):
+    for flt in ("", 'name < "b"', 'name >= "a"', 'tags.t in ("a", "é")', 'params.x = "z"'):
+        request = query_pb2.SearchRunsRequest(project="names", filter=flt, order_by=order)
+        _same("SearchRuns", stubs, request)

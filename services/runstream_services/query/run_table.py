@@ -129,8 +129,12 @@ def search(p: Project, node: Node | None, order_by: list[tuple[Field, bool]], li
         return [], total
     keys = [t.run_id_codes()[idx]]  # least significant first (np.lexsort): run_id ascending last
     for f, desc in reversed(order_by):
-        for values, present in reversed(_sort_columns(t, f)):
-            values, present = values[idx], present[idx]
+        columns = [(values[idx], present[idx]) for values, present in _sort_columns(t, f)]
+        if len(columns) == 2 and np.array_equal(columns[0][1], columns[1][1]):
+            numbers = columns[0][0][columns[0][1]]
+            if len(np.unique(numbers)) == len(numbers):
+                columns = columns[:1]  # a param's text only orders runs its number ties (none here)
+        for values, present in reversed(columns):
             codes = np.zeros(len(idx), dtype=np.int64)
             if present.any():
                 codes[present] = _codes(values[present])
@@ -154,7 +158,7 @@ def _sort_columns(t: RunTable, f: Field) -> list[tuple[np.ndarray, np.ndarray]]:
     if f.kind in ("param", "summary"):
         kind, num, text, present = t.param("config" if f.kind == "param" else "summary", f.key)
         numeric = present & _is_numeric(kind) & ~np.isnan(num)
-        return [(num, numeric), (text, present)]
+        return [(num, numeric), (text, present)]  # search() skips the text where it decides nothing
     value, valid = t.metric(f.key, f.agg)
     return [(value, valid & ~np.isnan(value))]
 
@@ -247,5 +251,9 @@ def _objects(values: list) -> np.ndarray:
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
-    """Dense ranks of the values (equal values, equal ranks), in their sort order."""
+    """Dense ranks of the values (equal values, equal ranks), in their sort order. Text is ranked
+    as numpy unicode (compared in C, by code point as Python and ClickHouse's bytes order UTF-8)
+    unless a value holds NUL, which numpy unicode would drop from the end."""
+    if values.dtype == object and len(values) and not any("\0" in v for v in values):
+        values = values.astype(str)
     return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.int64)
