@@ -161,7 +161,7 @@ class Api(QueryClient):
             value = cat([np.frombuffer(p.values, "<f8") for p in pages] or [np.empty(0, "<f8")])
             rank = cat([np.frombuffer(p.ranks, "<u2") for p in pages] or [np.empty(0, "<u2")])
             time_ms = cat([np.frombuffer(p.times_ms, "<i8") for p in pages] or [np.empty(0, "<i8")])
-        time = pd.to_datetime(pd.Series(time_ms), unit="ms", utc=True)
+        time = pd.to_datetime(time_ms, unit="ms", utc=True)  # an Index: a column as is, no alignment
         return pd.DataFrame({"step": step, "key": key, "value": value, "rank": rank, "time": time})
 
     def series(
