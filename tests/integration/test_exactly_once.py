@@ -1,7 +1,8 @@
 """What every bus promises, run once per bus mode (`bus_server`: [embedded] one process, [kafka]
 ingest + writer processes on the real Kafka), through the raw gRPC client of tests/ingest_client.py:
 acks and per-request refusals on a live stream, every point stored exactly once after resends on a
-new stream, after a restart, after kill -9 of ingest mid-stream, and a graceful drain on SIGTERM.
+new stream, after a restart, after kill -9 of ingest mid-stream, after kill -9 of the writing
+process under a many-writer load, and a graceful drain on SIGTERM.
 Stored rows are read from the stopped writer's chDB folder."""
 
 from __future__ import annotations
@@ -158,3 +159,83 @@ def test_sigterm_drains_in_flight_batches(bus_server):
     # Everything acked is stored; anything stored beyond that was read but its ack was lost with
     # the stream - the SDK resends it and dedup keeps it once.
     assert stored >= acked_points
+
+
+def _rank_requests(run_id: str, ranks: range, per_rank: int) -> list[pb.IngestRequest]:
+    """Many small writers: each rank its own client, one step of 10 metrics per request. Seqs
+    are disjoint across the ranks (rank r: r*1000+1...), so acks on a shared stream name one."""
+    keys = [f"m{k}" for k in range(10)]
+    out = []
+    for step in range(per_rank):
+        for r in ranks:
+            batch = pb.MetricBatch(
+                project="proj", run_id=run_id, rank=r, keys=keys,
+                key_index=np.arange(10, dtype="<u2").tobytes(), steps=np.full(10, step, "<i8").tobytes(),
+                values=np.full(10, r + step / 1000, "<f8").tobytes(),
+                times_ms=np.full(10, 1_700_000_000_000 + step, "<i8").tobytes(),
+            )  # fmt: skip
+            out.append(pb.IngestRequest(seq=r * 1000 + 1 + step, client_id=f"rank-{r}", metrics=batch))
+    return out
+
+
+def test_kill_9_under_a_many_writer_load_stores_every_point_once(bus_server):
+    """48 ranks multiplexed over 4 streams, small requests (group commit forms blocks of many
+    clients): the process that writes (embedded: the server; Kafka: the writer) is killed -9
+    mid-load. After a restart and a resend of everything not acked, every point is stored once,
+    summaries count each once, and every request is recorded as stored."""
+    run_id, ranks, per_rank, streams = "many-ranks", 48, 25, 4
+    assert all(a.ok for a in ingest(stub_for(bus_server), [run_start(1, "rank-0-start", run_id)]).values())
+    requests = _rank_requests(run_id, range(ranks), per_rank)
+    parts = [requests[i::streams] for i in range(streams)]
+    acked: set[tuple[str, int]] = set()
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def feed(part: list[pb.IngestRequest]) -> None:
+        by_seq = {r.seq: r.client_id for r in part}
+        stream = OpenStream(bus_server, part)
+        answered = 0
+        try:
+            for answer in stream.responses:
+                assert answer.ok, answer.message
+                with lock:
+                    acked.add((by_seq[answer.seq], answer.seq))
+                    if len(acked) >= len(requests) // 3 and not killed.is_set():
+                        killed.set()
+                        bus_server.writer.kill()
+                answered += 1
+                if answered == len(part):
+                    break  # Kafka: ingest answered all while the writer is down
+        except grpc.RpcError:
+            pass  # embedded: the kill ends the stream
+        finally:
+            stream.close()
+
+    threads = [threading.Thread(target=feed, args=(part,)) for part in parts]
+    for t in threads:
+        t.start()
+    if bus_server.mode == "kafka":  # ingest lives on: its streams finish while the writer is down
+        killed.wait(120)
+        for t in threads:
+            t.join(120)
+        bus_server.writer.start()
+    else:
+        for t in threads:
+            t.join(120)
+        bus_server.ingest.start()
+    assert killed.is_set()
+    if bus_server.mode == "embedded":
+        assert len(acked) < len(requests), "the kill happened mid-load"
+    unacked = [r for r in requests if (r.client_id, r.seq) not in acked]
+    for i in range(streams):  # each resend on a new stream, as reconnecting SDKs do
+        answers = ingest(stub_for(bus_server), unacked[i::streams], timeout=120)
+        assert all(a.ok for a in answers.values()), [a.message for a in answers.values() if not a.ok]
+    bus_server.stop_after_stored()
+
+    total = ranks * per_rank * 10
+    counts = bus_server.stored_counts()
+    assert (counts.rows_final, counts.summary_count, counts.summary_last_step) == (total, total, per_rank - 1)
+    assert counts.rows == total  # no raw row twice: replays re-formed their block or were known
+    assert counts.requests_recorded == len(requests) + 1  # + the run_start
+    ranks_seen = bus_server.stored(f"SELECT uniqExact(rank) FROM DB.metrics WHERE run_id = '{run_id}'")
+    assert ranks_seen == [[ranks]]
