@@ -21,7 +21,7 @@ import runstream
 from runstream.v1 import ingest_pb2 as pb
 from runstream.v1 import query_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
-from runstream_services.bus.base import Envelope
+from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.config import ServerSettings
 from runstream_services.errors import InvalidArgument
 from runstream_services.query.read_cache import ReadCache
@@ -59,8 +59,8 @@ class Wired:
         self.writer = self.new_writer()
         self.writer.subscribe(self.cache.on_stored)
 
-    def write(self, *envelopes: Envelope) -> None:
-        self.writer.write(list(envelopes))
+    def write(self, *envelopes: Envelope) -> WriteResult:
+        return self.writer.write(list(envelopes))
 
     def call(self, method: str, request, servicer=None):
         servicer = servicer or self.query
@@ -175,9 +175,11 @@ def test_a_resend_after_restart_that_clickhouse_drops_leaves_summaries_exact(wir
     w.write(points("c", 2, "a", [0, 1], [1.0, 2.0], received_ms=1_000))
     w.write(points("c", 3, "a", [1], [5.0], received_ms=2_000))
     assert w.history("a", "loss") == [(0, 1.0), (1, 5.0)]
-    w.client.command(f"TRUNCATE TABLE {w.db}.ingested_requests")  # the bookkeeping a crash lost
     w.restart_writer()
-    w.write(points("c", 2, "a", [0, 1], [1.0, 2.0], received_ms=3_000))
+    w.client.command(f"TRUNCATE TABLE {w.db}.client_seqs")  # the bookkeeping a crash lost
+    assert (
+        w.write(points("c", 2, "a", [0, 1], [1.0, 2.0], received_ms=3_000)).stored == 1
+    )  # reached the insert
     assert w.history("a", "loss", w.sql) == [(0, 1.0), (1, 5.0)]  # what is stored
     assert w.history("a", "loss") == [(0, 1.0), (1, 5.0)]
     assert w.summary("a", "loss") == {"last": 5.0, "min": 1.0, "max": 5.0, "count": 2, "last_step": 1}
