@@ -323,6 +323,21 @@ class RunstreamSide:
                 raise RuntimeError(f"W5 fetched {total} points, expected {expected}")
         return {"samples": samples, "detail": {"runs": len(run_ids), "via": self._via("series")}}
 
+    def _w5loop(self, repeat: int) -> dict:
+        """W5 as a script writes it: one Api.history call per run (what MLflow's W5 does)."""
+        project, run_ids, _ = self._w3_setup()
+        run_ids = run_ids[: self.sizes.w5_runs]
+        if self.api is None:
+            raise RuntimeError("this build has no runstream.Api")
+        samples = []
+        for _ in repetitions(repeat, self.sizes.rep_budget_s):
+            t0 = time.perf_counter()
+            total = sum(len(self.api.history(run_id, keys=["m0"], project=project)) for run_id in run_ids)
+            samples.append((time.perf_counter() - t0) * 1000)
+            if total != len(run_ids) * self.sizes.w3_steps:
+                raise RuntimeError(f"W5 loop fetched {total} points")
+        return {"samples": samples, "detail": {"runs": len(run_ids), "via": "runstream.Api.history"}}
+
     def _series_points(
         self, project: str, run_ids: list[str], key: str, max_points: int, downsample: bool
     ) -> int:
