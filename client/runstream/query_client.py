@@ -168,16 +168,20 @@ class QueryClient:
         param_keys: Iterable[str] = (),
         metric_keys: Iterable[str] = (),
         include_config: bool = False,
+        columnar: bool = False,
         timeout_s: float | None = None,
     ) -> query_pb2.SearchRunsResponse:
         """One page of runs: `.runs`, `.next_page_token` ("" on the last page) and `.total` (runs
         matching the filter). Filtering, sorting and paging happen on the server (see `runs`).
         param_keys / metric_keys pick the config keys and metric summaries each run carries
-        (empty: all metrics, and config only with include_config)."""
+        (empty: all metrics, and config only with include_config). columnar: the server may
+        answer with the page as columns in `.table` (RunsTable) and `.runs` empty; when
+        `.HasField("table")` is false the page is in `.runs` as usual."""
         order = [order_by] if isinstance(order_by, str) else list(order_by or [])
         request = query_pb2.SearchRunsRequest(
             project=project, filter=filter or "", order_by=order, page_size=page_size, page_token=page_token,
             param_keys=list(param_keys), metric_keys=list(metric_keys), include_config=include_config,
+            columnar=columnar,
         )  # fmt: skip
         return self._call("SearchRuns", request, timeout_s)
 

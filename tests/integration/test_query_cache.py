@@ -8,11 +8,16 @@ test_read_your_writes.py."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
 from google.protobuf import json_format
 
+from runstream.api import Api, _PagedColumns, _RunColumns
+from runstream.query_client import value_of
 from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.query import read_cache
 from runstream_services.query.read_cache import ReadCache
@@ -65,10 +70,14 @@ def stubs(seeded):  # noqa: F811
     cached = InProcessServer(
         QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None, cache=cache)
     ).start()
+    _ENDPOINTS["cached"] = cached.endpoint
     with grpc.insecure_channel(plain.endpoint) as a, grpc.insecure_channel(cached.endpoint) as b:
         yield query_pb2_grpc.QueryServiceStub(a), query_pb2_grpc.QueryServiceStub(b), cache
     plain.stop()
     cached.stop()
+
+
+_ENDPOINTS: dict[str, str] = {}  # the servers of `stubs` (the Api tests call them through the SDK)
 
 
 def _same(method: str, stubs, request) -> object:
@@ -239,3 +248,197 @@ def test_text_orders_match_sql(stubs, order):
     for flt in ("", 'name < "b"', 'name >= "a"', 'tags.t in ("a", "é")', 'params.x = "z"'):
         request = query_pb2.SearchRunsRequest(project="names", filter=flt, order_by=order)
         _same("SearchRuns", stubs, request)
+
+
+# ---------------------------------------------------------------- columnar SearchRuns
+
+
+def _cells_of_runs(runs) -> list[dict]:
+    """Every field the columnar reply carries, per run, from Run messages."""
+    return [
+        {
+            "run_id": r.run_id, "name": r.name, "group": r.group, "job_type": r.job_type, "state": r.state,
+            "start_ms": r.start_ms, "end_ms": r.end_ms, "heartbeat_ms": r.heartbeat_ms, "user": r.user,
+            "host": r.host, "git_commit": r.git_commit, "git_dirty": r.git_dirty, "notes": r.notes,
+            **{f"config.{k}": repr(value_of(v)) for k, v in r.config.items()},
+            **{f"summary.{k}": repr(value_of(v)) for k, v in r.summary.items()},
+            **{f"tags.{k}": v for k, v in r.tags.items()},
+            **{f"metrics.{m.key}": repr(m.last) for m in r.metrics},
+        }
+        for r in runs
+    ]  # fmt: skip
+
+
+def _cells_of_table(t: query_pb2.RunsTable) -> list[dict]:
+    """The same from a RunsTable, decoded here on its own (not with the SDK's decoder)."""
+    n = t.count
+    rows = []
+    i64 = {f: np.frombuffer(getattr(t, f), "<i8").tolist() for f in ("start_ms", "end_ms", "heartbeat_ms")}
+    for i in range(n):
+        rows.append(
+            {
+                "run_id": t.run_ids[i], "name": t.names[i], "group": t.groups[i], "job_type": t.job_types[i],
+                "state": t.states[i], "start_ms": i64["start_ms"][i], "end_ms": i64["end_ms"][i],
+                "heartbeat_ms": i64["heartbeat_ms"][i], "user": t.users[i], "host": t.hosts[i],
+                "git_commit": t.git_commits[i], "git_dirty": bool(t.git_dirty[i]), "notes": t.notes[i],
+            }
+        )  # fmt: skip
+    for col in t.values:
+        kinds, numbers, texts = col.kinds, np.frombuffer(col.numbers, "<f8").tolist(), list(col.texts)
+        if not any(k in (1, 2) for k in kinds):
+            numbers = numbers or [math.nan] * n  # may be left out
+        assert len(kinds) == len(numbers) == n and len(texts) == sum(k >= 3 for k in kinds), col.name
+        for i, kind in enumerate(kinds):
+            if kind == 0:
+                continue
+            if col.name.startswith("tags."):
+                rows[i][col.name] = texts.pop(0)
+                continue
+            value = types_pb2.Value(
+                **{1: {"number": numbers[i]}, 2: {"flag": bool(numbers[i])}}.get(kind, {})
+                or ({"text": texts.pop(0)} if kind == 3 else {"json": texts.pop(0)})
+            )
+            rows[i][col.name] = repr(value_of(value))
+    assert len(t.metric_keys) == len(t.metric_last) and list(t.metric_keys) == sorted(t.metric_keys)
+    for key, last in zip(t.metric_keys, t.metric_last, strict=True):
+        for i, v in enumerate(np.frombuffer(last, "<f8").tolist()):
+            if not math.isnan(v):  # NaN: absent (or a NaN last value: _nan_metrics_dropped)
+                rows[i][f"metrics.{key}"] = repr(v)
+    return rows
+
+
+def _nan_metrics_dropped(rows: list[dict]) -> list[dict]:
+    """A metric whose last value is NaN reads as absent in a column of floats (both replies)."""
+    return [{k: v for k, v in r.items() if not (k.startswith("metrics.") and v == "nan")} for r in rows]
+
+
+COLUMNAR_CASES = [
+    ("vision", "", ["run_id"]),
+    ("vision", 'params.optimizer = "adam"', ["-metrics.val_f1"]),
+    ("vision", "metrics.loss < 3", ["params.optimizer", "-start"]),
+    ("vision", "params.use_amp = true", ["-summary.best_acc"]),
+    ("vision", 'run_id in ("r05", "r06")', ["-tags.dataset", "name"]),
+    ("names", "", ["name"]),
+    ("names", 'params.x = "z"', ["-params.x"]),
+    ("nlp", "", []),
+    ("nowhere", "", []),
+]
+
+
+@pytest.mark.parametrize("project,flt,order", COLUMNAR_CASES)
+def test_columnar_search_carries_the_rows_cells(stubs, project, flt, order):
+    """A columnar reply holds, cell for cell, what the row-wise reply of the held copy holds (and
+    that equals SQL's: the tests above), in the same order, with the same total and page token;
+    pages with a run whose summaries come from SQL (r00's 100,000-point series) are row-wise."""
+    _, held, _ = stubs
+    tables = 0
+    for include_config in (False, True):
+        for page_size in (5, 100):
+            token = ""
+            while True:
+                fields = dict(
+                    project=project, filter=flt, order_by=order, page_size=page_size, page_token=token,
+                    include_config=include_config,
+                )  # fmt: skip
+                rows = held.SearchRuns(query_pb2.SearchRunsRequest(**fields))
+                cols = held.SearchRuns(query_pb2.SearchRunsRequest(columnar=True, **fields))
+                assert (cols.total, cols.next_page_token) == (rows.total, rows.next_page_token)
+                if cols.HasField("table"):
+                    tables += 1
+                    assert not cols.runs
+                    got = _cells_of_table(cols.table)
+                    assert _nan_metrics_dropped(got) == _nan_metrics_dropped(_cells_of_runs(rows.runs))
+                    assert "r00" not in {r["run_id"] for r in got}
+                else:
+                    assert list(cols.runs) == list(rows.runs)
+                token = rows.next_page_token
+                if not token:
+                    break
+    if project in ("vision", "names") and not flt:
+        assert tables  # the columns were used, not only the fallback
+
+
+def _frame_row_wise(api: Api, project: str, **kwargs) -> pd.DataFrame:
+    columns = _RunColumns()
+    for run in api.iter_runs(project, **kwargs):
+        columns.add(run)
+    return columns.frame(pd)
+
+
+@pytest.mark.parametrize("project,flt,order", COLUMNAR_CASES)
+def test_api_runs_columnar_frame_equals_row_wise(stubs, project, flt, order):
+    """Api.runs over columnar pages (mixed with row-wise ones where r00 is on the page) gives the
+    very frame the row-wise path builds: values, dtypes, column order, NaN for absent cells."""
+    with Api(endpoint=_ENDPOINTS["cached"]) as api:
+        for per_page, limit in ((1000, None), (5, None), (3, 7), (4, 1)):
+            got = api.runs(project, filter=flt, order_by=order, per_page=per_page, limit=limit)
+            expected = _frame_row_wise(
+                api, project, filter=flt, order_by=order, per_page=per_page, limit=limit
+            )
+            pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_paged_columns_join_pages_of_both_forms():
+    """Pages as columns and as runs, with columns that only some pages have, make the frame the
+    row-wise path makes for all the runs (flags, JSON, text among numbers, NaN gaps)."""
+
+    def run(i: int, **config) -> types_pb2.Run:
+        r = types_pb2.Run(run_id=f"r{i}", name=f"n{i}", state=types_pb2.RUN_STATE_FINISHED, start_ms=1000 + i,
+                          end_ms=0 if i % 2 else 2000 + i, tags={"t": "x"} if i % 3 else {})  # fmt: skip
+        for k, v in config.items():
+            r.config[k].CopyFrom(v)
+        if i % 2:
+            r.metrics.add(key="m", last=float(i))
+        return r
+
+    num, flag = types_pb2.Value(number=1.5), types_pb2.Value(flag=True)
+    text, js = types_pb2.Value(text="a"), types_pb2.Value(json='{"a": [1]}')
+    runs = [run(0, a=num), run(1, a=text, b=flag), run(2, b=flag), run(3, c=js), run(4, a=num, c=num), run(5)]
+
+    def table(page) -> query_pb2.RunsTable:
+        t = query_pb2.RunsTable(count=len(page))
+        for name, field in (("run_id", "run_ids"), ("name", "names"), ("group", "groups"),
+                            ("job_type", "job_types"), ("user", "users"), ("host", "hosts"),
+                            ("git_commit", "git_commits"), ("notes", "notes")):  # fmt: skip
+            getattr(t, field).extend(getattr(r, name) for r in page)
+        t.states = bytes(r.state for r in page)
+        for f in ("start_ms", "end_ms", "heartbeat_ms"):
+            setattr(t, f, np.array([getattr(r, f) for r in page], "<i8").tobytes())
+        t.git_dirty = bytes(len(page))
+        names = sorted({f"config.{k}" for r in page for k in r.config} | {"tags.t" for r in page if r.tags})
+        for name in names:
+            col = t.values.add(name=name)
+            kinds, numbers = [], []
+            for r in page:
+                if name == "tags.t":
+                    kinds.append(3 if r.tags else 0)
+                    numbers.append(math.nan)
+                    if r.tags:
+                        col.texts.append(r.tags["t"])
+                    continue
+                v = r.config.get(name[7:])
+                kind = (
+                    0 if v is None else {"number": 1, "flag": 2, "text": 3, "json": 4}[v.WhichOneof("kind")]
+                )
+                kinds.append(kind)
+                numbers.append(v.number if kind == 1 else 1.0 if kind == 2 else math.nan)
+                if kind >= 3:
+                    col.texts.append(v.text or v.json)
+            col.kinds, col.numbers = bytes(kinds), np.array(numbers, "<f8").tobytes()
+        keys = sorted({m.key for r in page for m in r.metrics})
+        for key in keys:
+            t.metric_keys.append(key)
+            lasts = [next((m.last for m in r.metrics if m.key == key), math.nan) for r in page]
+            t.metric_last.append(np.array(lasts, "<f8").tobytes())
+        return t
+
+    expected = _RunColumns()
+    for r in runs:
+        expected.add(r)
+    for split in ((2, 4), (1, 5), (3, 3), (6, 6)):
+        paged = _PagedColumns(np)
+        paged.add_table(table(runs[: split[0]]))
+        paged.add_runs(runs[split[0] : split[1]])
+        paged.add_table(table(runs[split[1] :]))
+        assert paged.n == 6
+        pd.testing.assert_frame_equal(paged.frame(pd), expected.frame(pd), check_exact=True)

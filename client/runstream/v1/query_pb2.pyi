@@ -155,6 +155,7 @@ class SearchRunsRequest(_message.Message):
     PARAM_KEYS_FIELD_NUMBER: _builtins.int
     METRIC_KEYS_FIELD_NUMBER: _builtins.int
     INCLUDE_CONFIG_FIELD_NUMBER: _builtins.int
+    COLUMNAR_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     filter: _builtins.str
     """Filter language, e.g. `params.lr > 0.01 and metrics.val_f1 > 0.85 and tags.dataset = "v2.1"`.
@@ -168,6 +169,11 @@ class SearchRunsRequest(_message.Message):
     """from the previous response"""
     include_config: _builtins.bool
     """false: config left empty unless param_keys given"""
+    columnar: _builtins.bool
+    """true: the server may answer in `table` (one column per field) instead of `runs`, when it can
+    (no param_keys / metric_keys; runs it holds in its read cache). A client asking for it must
+    read `runs` when `table` is absent: older servers ignore this field.
+    """
     @_builtins.property
     def order_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sort key in the same field syntax, optionally prefixed by "-" for descending;
@@ -191,14 +197,147 @@ class SearchRunsRequest(_message.Message):
         param_keys: _abc.Iterable[_builtins.str] | None = ...,
         metric_keys: _abc.Iterable[_builtins.str] | None = ...,
         include_config: _builtins.bool = ...,
+        columnar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "include_config", b"include_config", "metric_keys", b"metric_keys", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "param_keys", b"param_keys", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columnar", b"columnar", "filter", b"filter", "include_config", b"include_config", "metric_keys", b"metric_keys", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "param_keys", b"param_keys", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRunsRequest: _TypeAlias = SearchRunsRequest  # noqa: Y015
+
+@_typing.final
+class ValueColumn(_message.Message):
+    """A column of config, summary or tag values, one cell per run of the table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the column's name: config.<key>, summary.<key> or tags.<key>"""
+    kinds: _builtins.bytes
+    """N x uint8: 0 absent, 1 number, 2 flag, 3 text, 4 json"""
+    numbers: _builtins.bytes
+    """N x float64 LE: number cells (flag: 1.0 / 0.0), NaN elsewhere; empty when no cell is a
+    number or flag
+    """
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the text and json cells, in row order"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kinds: _builtins.bytes = ...,
+        numbers: _builtins.bytes = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kinds", b"kinds", "name", b"name", "numbers", b"numbers", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValueColumn: _TypeAlias = ValueColumn  # noqa: Y015
+
+@_typing.final
+class RunsTable(_message.Message):
+    """Runs as columns: row i of every column is the same run, in the order `runs` would have."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    JOB_TYPES_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_MS_FIELD_NUMBER: _builtins.int
+    USERS_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    GIT_COMMITS_FIELD_NUMBER: _builtins.int
+    GIT_DIRTY_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    METRIC_KEYS_FIELD_NUMBER: _builtins.int
+    METRIC_LAST_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """N runs"""
+    states: _builtins.bytes
+    """N x uint8 RunState numbers"""
+    start_ms: _builtins.bytes
+    """N x int64 LE"""
+    end_ms: _builtins.bytes
+    """N x int64 LE, 0 while running"""
+    heartbeat_ms: _builtins.bytes
+    """N x int64 LE"""
+    git_dirty: _builtins.bytes
+    """N x uint8"""
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def job_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def users(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def git_commits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueColumn]:
+        """config.<key> (with include_config), summary.<key> and tags.<key>: only keys some run of
+        the table has, sorted by name
+        """
+
+    @_builtins.property
+    def metric_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """user metrics some run of the table has, sorted"""
+
+    @_builtins.property
+    def metric_last(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """per metric key (same order), N x float64 LE of the summary's last value, NaN where absent"""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        job_types: _abc.Iterable[_builtins.str] | None = ...,
+        states: _builtins.bytes = ...,
+        start_ms: _builtins.bytes = ...,
+        end_ms: _builtins.bytes = ...,
+        heartbeat_ms: _builtins.bytes = ...,
+        users: _abc.Iterable[_builtins.str] | None = ...,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+        git_commits: _abc.Iterable[_builtins.str] | None = ...,
+        git_dirty: _builtins.bytes = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        values: _abc.Iterable[Global___ValueColumn] | None = ...,
+        metric_keys: _abc.Iterable[_builtins.str] | None = ...,
+        metric_last: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "end_ms", b"end_ms", "git_commits", b"git_commits", "git_dirty", b"git_dirty", "groups", b"groups", "heartbeat_ms", b"heartbeat_ms", "hosts", b"hosts", "job_types", b"job_types", "metric_keys", b"metric_keys", "metric_last", b"metric_last", "names", b"names", "notes", b"notes", "run_ids", b"run_ids", "start_ms", b"start_ms", "states", b"states", "users", b"users", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunsTable: _TypeAlias = RunsTable  # noqa: Y015
 
 @_typing.final
 class SearchRunsResponse(_message.Message):
@@ -209,22 +348,28 @@ class SearchRunsResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """empty on the last page"""
     total: _builtins.int
     """number of runs matching the filter"""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Run]: ...
+    @_builtins.property
+    def table(self) -> Global___RunsTable:
+        """with `columnar` asked and possible: the page as columns, and `runs` empty"""
+
     def __init__(
         self,
         *,
         runs: _abc.Iterable[_types_pb2.Run] | None = ...,
         next_page_token: _builtins.str = ...,
         total: _builtins.int = ...,
+        table: Global___RunsTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs", "table", b"table", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

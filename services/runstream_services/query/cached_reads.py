@@ -16,7 +16,7 @@ import numpy as np
 from google.protobuf import json_format
 
 from runstream.states import STATE_NUMBERS
-from runstream.v1 import types_pb2
+from runstream.v1 import query_pb2, types_pb2
 from runstream_services.query import run_table
 from runstream_services.query.filter import BoolOp, Field, Node, Not
 from runstream_services.query.read_cache import Project, RunEntry
@@ -113,6 +113,63 @@ def runs_field(wires: list[bytes]) -> bytes:
     return bytes(out)
 
 
+def runs_table(
+    p: Project, t: run_table.RunTable, page: np.ndarray, include_config: bool
+) -> query_pb2.RunsTable | None:
+    """The page (row numbers of `t`) as a columnar SearchRuns reply: the same cells the `runs`
+    reply carries without key lists (config with include_config, summary, every user metric's last
+    value, tags), read from the table's per-field columns (kept while the project is unchanged)
+    instead of one message per run. None when a run of the page has a series too long to hold
+    (its summaries come from SQL: the caller answers row by row)."""
+    entries = t.entries
+    if p.big_keys and any(any(kind == "user" for kind, _ in entries[i].big) for i in page.tolist()):
+        return None
+    n = len(page)
+    out = query_pb2.RunsTable(count=n)
+    for field_name, attr in _TABLE_TEXT:
+        getattr(out, field_name).extend(t.column(attr)[page].tolist())
+    out.states = t.state_codes()[page].tobytes()
+    out.start_ms = t.column("start_ms")[page].astype("<i8").tobytes()
+    out.end_ms = t.column("end_ms")[page].astype("<i8").tobytes()
+    out.heartbeat_ms = t.column("heartbeat_ms")[page].astype("<i8").tobytes()
+    out.git_dirty = (t.column("git_dirty")[page] != 0).astype(np.uint8).tobytes()
+    config_keys, summary_keys, metric_keys, tag_keys = t.keys()
+    columns = [("summary", k) for k in summary_keys]
+    if include_config:
+        columns += [("config", k) for k in config_keys]
+    for scope, key in sorted(columns, key=lambda c: f"{c[0]}.{c[1]}"):
+        codes = t.value_codes(scope, key)[page]
+        if not codes.any():
+            continue
+        _, num, text, _ = t.param(scope, key)
+        col = out.values.add(name=f"{scope}.{key}", kinds=codes.tobytes())
+        numeric = (codes == 1) | (codes == 2)
+        col.numbers = np.where(numeric, num[page], np.nan).astype("<f8").tobytes()
+        texts = codes >= 3
+        if texts.any():
+            col.texts.extend(text[page][texts].tolist())
+    for key in tag_keys:
+        value, present = t.tag(key)
+        here = present[page]
+        if not here.any():
+            continue
+        col = out.values.add(name=f"tags.{key}", kinds=np.where(here, 3, 0).astype(np.uint8).tobytes())
+        col.texts.extend(value[page][here].tolist())
+    for key in metric_keys:
+        last, valid = t.metric(key, "last")
+        if not valid[page].any():
+            continue
+        out.metric_keys.append(key)
+        out.metric_last.append(np.where(valid[page], last[page], np.nan).astype("<f8").tobytes())
+    return out
+
+
+_TABLE_TEXT = (
+    ("run_ids", "run_id"), ("names", "name"), ("groups", "group"), ("job_types", "job_type"),
+    ("users", "user"), ("hosts", "host"), ("git_commits", "git_commit"), ("notes", "notes"),
+)  # fmt: skip
+
+
 def get_run(p: Project, run_id: str) -> tuple[types_pb2.Run, bool] | None:
     """The run with config, summary, context, datasets, artifacts and (unless the second value is
     True: then the caller adds them from SQL) its metric summaries; None when unknown."""
@@ -183,6 +240,14 @@ def list_keys(p: Project, run_ids: list[str]) -> tuple[list[str], list[str], lis
 
 
 # ---------------------------------------------------------------- run search
+
+
+def search_rows(
+    p: Project, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int
+) -> tuple[run_table.RunTable, np.ndarray, int]:
+    """`search` as (the project's table, the page as its row numbers, match count)."""
+    _check_supported(p, node, order_by)
+    return run_table.search_rows(p, node, order_by, limit, offset)
 
 
 def search(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from runstream.states import STATE_NUMBERS
 from runstream_services.query.filter import COLUMNS, BoolOp, Compare, Field, Node, Not, to_ms
 from runstream_services.query.read_cache import Project, RunEntry
 
@@ -113,20 +114,67 @@ class RunTable:
 
         return self._cached(("metric", key, agg), build)
 
+    def keys(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(config keys, summary keys, user metric keys, tag keys) over the table's runs, sorted."""
+
+        def build():
+            config, summary, metrics, tags = set(), set(), set(), set()
+            for e in self.entries:
+                for scope, key in e.params:
+                    (summary if scope == "summary" else config).add(key)
+                metrics.update(k for kind, k in e.series if kind == "user")
+                tags.update(e.row.tags)
+            return sorted(config), sorted(summary), sorted(metrics), sorted(tags)
+
+        return self._cached(("keys",), build)
+
+    def state_codes(self) -> np.ndarray:
+        """uint8 RunState number per run (unknown names: RUN_STATE_UNSPECIFIED, as run_proto)."""
+
+        def build():
+            numbers = [STATE_NUMBERS.get(s, 0) for s in self.column("state")]
+            return np.array(numbers, dtype=np.uint8) if numbers else np.empty(0, np.uint8)
+
+        return self._cached(("state_codes",), build)
+
+    def value_codes(self, scope: str, key: str) -> np.ndarray:
+        """uint8 per run: 0 absent, 1 number, 2 flag, 3 text, 4 json (query.proto ValueColumn)."""
+
+        def build():
+            kind, _, _, present = self.param(scope, key)
+            codes = np.full(self.n, 3, np.uint8)
+            codes[kind == "number"] = 1
+            codes[kind == "flag"] = 2
+            codes[kind == "json"] = 4
+            codes[~present] = 0
+            return codes
+
+        return self._cached(("codes", scope, key), build)
+
     def run_id_codes(self) -> np.ndarray:
         return self._cached(("run_id_codes",), lambda: _codes(self.column("run_id")))
 
 
 def search(p: Project, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int):
     """(page of RunEntry, match count), ordered as sql_runs.search_runs orders them."""
+    t, page, total = search_rows(p, node, order_by, limit, offset)
+    return [t.entries[i] for i in page.tolist()], total
+
+
+def search_rows(
+    p: Project, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int
+) -> tuple[RunTable, np.ndarray, int]:
+    """(the project's table, the page as row numbers of it, match count): `search` for callers
+    that read the table's columns for the page (the columnar SearchRuns reply)."""
     t = RunTable.of(p)
+    none = np.empty(0, np.int64)
     if t.n == 0:
-        return [], 0
+        return t, none, 0
     mask = _mask(t, node) if node is not None else np.ones(t.n, dtype=bool)
     idx = np.flatnonzero(mask)
     total = len(idx)
     if total == 0 or offset >= total:
-        return [], total
+        return t, none, total
     keys = [t.run_id_codes()[idx]]  # least significant first (np.lexsort): run_id ascending last
     for f, desc in reversed(order_by):
         columns = [(values[idx], present[idx]) for values, present in _sort_columns(t, f)]
@@ -143,8 +191,7 @@ def search(p: Project, node: Node | None, order_by: list[tuple[Field, bool]], li
             keys.append(codes)
             keys.append(~present)  # NULLS LAST, in either direction
     order = np.lexsort(keys)
-    page = idx[order[offset : offset + limit]]
-    return [t.entries[i] for i in page.tolist()], total
+    return t, idx[order[offset : offset + limit]], total
 
 
 def _sort_columns(t: RunTable, f: Field) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -214,6 +214,16 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     async def _search_held(self, p: Project, request, node, sort_fields, page_size, offset, fingerprint):
         include_config = request.include_config or bool(request.param_keys)
+        if request.columnar and not request.param_keys and not request.metric_keys:
+            with self.cache.lock:
+                t, page, total = cached_reads.search_rows(p, node, sort_fields, page_size, offset)
+                table = cached_reads.runs_table(p, t, page, include_config)
+            if table is not None:
+                next_offset = offset + len(page)
+                token = (
+                    encode_page_token(next_offset, fingerprint) if len(page) and next_offset < total else ""
+                )
+                return query_pb2.SearchRunsResponse(next_page_token=token, total=total, table=table)
         with self.cache.lock:
             entries, total = cached_reads.search(p, node, sort_fields, page_size, offset)
             wires = None
