@@ -20,6 +20,7 @@ from typing import Any
 
 from runstream.errors import RunstreamError
 from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
+from runstream.registry_client import RegistryCalls
 from runstream.states import state_name
 from runstream.v1 import types_pb2
 
@@ -34,7 +35,7 @@ def _pandas():
     return pandas
 
 
-class Api(QueryClient):
+class Api(RegistryCalls, QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 
@@ -89,10 +90,22 @@ class Api(QueryClient):
         `filter` uses the filter language (`params.lr > 0.01 and tags.dataset = "v2"`); `order_by`
         is a field or list of fields, "-" for descending (default: newest first)."""
         pd = _pandas()
-        columns = _RunColumns()
-        for run in self.iter_runs(project, filter, order_by, per_page, limit):
-            columns.add(run)
-        return columns.frame(pd)
+        np = require_numpy()
+        pages = _PagedColumns(np)
+        token = ""
+        while True:
+            size = per_page if limit is None else max(1, min(per_page, limit - pages.n))
+            resp = self.search_runs(
+                project, filter=filter, order_by=order_by, page_size=size, page_token=token,
+                include_config=True, columnar=True,
+            )  # fmt: skip
+            if resp.HasField("table"):  # the server's columns (query.proto RunsTable)
+                pages.add_table(resp.table)
+            else:  # an older server, or runs whose summaries the server read from SQL
+                pages.add_runs(resp.runs)
+            token = resp.next_page_token
+            if not token or (limit is not None and pages.n >= limit):
+                return pages.frame(pd)
 
     def run(self, project: str, run_id: str) -> dict[str, Any]:
         """Everything about one run as a dict: the columns, config, summary, tags, metric
@@ -278,6 +291,118 @@ class _RunColumns:
                 col.extend([math.nan] * (self.n - len(col)))
             data[name] = col
         return pd.DataFrame(data)
+
+
+class _PagedColumns:
+    """The runs table from pages that come as columns (a RunsTable reply) or as Run messages
+    (turned into columns by _RunColumns), joined in `frame` into the frame _RunColumns builds for
+    the same runs: numeric columns as float64 arrays (what pandas makes of a list of floats and
+    NaN), every other column as the list of Python values the row-wise path gives pandas, so both
+    infer the same dtypes. tests/integration/test_query_cache.py compares the two."""
+
+    def __init__(self, np):
+        self.np = np
+        self.n = 0
+        self.base: dict[str, list] = {c: [] for c in _BASE_COLUMNS}  # column -> pieces, in row order
+        self.extra: dict[str, list[tuple[int, Any]]] = {}  # column -> (first row, float64 array or list)
+
+    def add_runs(self, runs) -> None:
+        page = _RunColumns()
+        for run in runs:
+            page.add(run)
+        if not page.n:
+            return
+        for name, values in page.base.items():
+            self.base[name].append(values)
+        for name, values in page.extra.items():
+            values.extend([math.nan] * (page.n - len(values)))
+            self.extra.setdefault(name, []).append((self.n, values))
+        self.n += page.n
+
+    def add_table(self, table) -> None:
+        np, n = self.np, table.count
+        if not n:
+            return
+        b = self.base
+        for column, field in _TABLE_TEXT:
+            b[column].append(list(getattr(table, field)))
+        b["state"].append(_state_table(np)[np.frombuffer(table.states, np.uint8)].tolist())
+        b["start"].append(np.frombuffer(table.start_ms, "<i8"))
+        end = np.frombuffer(table.end_ms, "<i8")
+        b["end"].append(np.where(end == 0, np.nan, end.astype(np.float64)))
+        for col in table.values:
+            self.extra.setdefault(col.name, []).append((self.n, _cells(np, col)))
+        for key, last in zip(table.metric_keys, table.metric_last, strict=True):
+            self.extra.setdefault("metrics." + key, []).append((self.n, np.frombuffer(last, "<f8")))
+        self.n += n
+
+    def frame(self, pd):
+        np, n = self.np, self.n
+        if not n:
+            return pd.DataFrame.from_records([], columns=list(_BASE_COLUMNS))
+        data: dict[str, Any] = {}
+        for name, pieces in self.base.items():
+            if name in ("start", "end"):
+                values = np.concatenate([np.asarray(p, dtype=np.int64 if name == "start" else np.float64)
+                                         for p in pieces])  # fmt: skip
+                data[name] = pd.to_datetime(pd.Series(values), unit="ms", utc=True)
+            else:
+                data[name] = pieces[0] if len(pieces) == 1 else [v for p in pieces for v in p]
+        for name in sorted(self.extra):
+            pieces = self.extra[name]
+            if all(isinstance(v, np.ndarray) for _, v in pieces):
+                if len(pieces) == 1 and len(pieces[0][1]) == n:
+                    column = pieces[0][1]
+                else:
+                    column = np.full(n, np.nan)
+                    for at, v in pieces:
+                        column[at : at + len(v)] = v
+            else:
+                column = [math.nan] * n
+                for at, v in pieces:
+                    column[at : at + len(v)] = v.tolist() if isinstance(v, np.ndarray) else v
+            data[name] = column
+        return pd.DataFrame(data)
+
+
+_TABLE_TEXT = (
+    ("run_id", "run_ids"), ("name", "names"), ("group", "groups"), ("job_type", "job_types"),
+    ("user", "users"), ("host", "hosts"), ("git_commit", "git_commits"), ("notes", "notes"),
+)  # fmt: skip
+_state_names: list = []
+
+
+def _state_table(np):
+    """state_name of every uint8 as an object array (index it with the states column)."""
+    if not _state_names:
+        _state_names.append(np.array([state_name(i) for i in range(256)], dtype=object))
+    return _state_names[0]
+
+
+def _cells(np, col):
+    """A ValueColumn's cells as _RunColumns gives them: a float64 array when every cell is a
+    number or absent (NaN), else the list of values (number, bool, text, decoded JSON, NaN)."""
+    kinds = np.frombuffer(col.kinds, np.uint8)
+    if not (kinds > 1).any():
+        return np.frombuffer(col.numbers, "<f8")
+    if (kinds == 3).all():
+        return list(col.texts)
+    texts = iter(col.texts)
+    out = []
+    nan = math.nan
+    numbers = np.frombuffer(col.numbers, "<f8").tolist() if col.numbers else [nan] * len(kinds)
+    for kind, number in zip(kinds.tolist(), numbers, strict=True):
+        if kind == 1:
+            out.append(number)
+        elif kind == 0:
+            out.append(nan)
+        elif kind == 2:
+            out.append(bool(number))
+        elif kind == 3:
+            out.append(next(texts))
+        else:
+            out.append(value_of(types_pb2.Value(json=next(texts))))
+    return out
 
 
 def run_record(run: types_pb2.Run) -> dict[str, Any]:
