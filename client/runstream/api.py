@@ -20,7 +20,6 @@ from typing import Any
 
 from runstream.errors import RunstreamError
 from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
-from runstream.registry_client import RegistryCalls
 from runstream.states import state_name
 from runstream.v1 import types_pb2
 
@@ -35,7 +34,7 @@ def _pandas():
     return pandas
 
 
-class Api(RegistryCalls, QueryClient):
+class Api(QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 
