@@ -254,6 +254,7 @@ class RunstreamServer:
         if "query" in s.components:
             self._add_query_service(self._grpc)
             served.append("runstream.v1.QueryService")
+            self._add_registry_service(self._grpc, served)
         self._grpc.add_generic_rpc_handlers((health_handler(tuple(served), self._readiness()),))
         try:
             bound = self._grpc.add_insecure_port(_listen_address(s.host, self.port))
@@ -305,6 +306,18 @@ class RunstreamServer:
             cache=cache,
         )  # fmt: skip
         query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, server)
+
+    def _add_registry_service(self, server: grpc.aio.Server, served: list[str]) -> None:
+        """The model registry (registry/service.py), served wherever the query service is: it
+        writes its rare changes straight to the store from this process, on its own clients."""
+        from runstream.v1 import registry_pb2_grpc
+        from runstream_services.registry.service import RegistryServicer
+
+        s = self.settings
+        readers = ClientPool(s.resolved_clickhouse_dsn, size=2)
+        registry = RegistryServicer(readers, s.clickhouse_database, self.auth)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
+        served.append("runstream.v1.RegistryService")
 
     async def _serve_metrics(self) -> None:
         if not self.metrics_port:

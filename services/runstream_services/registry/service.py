@@ -1,0 +1,386 @@
+"""The runstream.v1 RegistryService for grpc.aio: registered models, immutable model versions
+made from a run's artifact, version metadata edits with history, and aliases.
+
+Writes go straight to the store from the process serving the RPC, not through the ingest bus:
+registry changes are rare (a person or a CI job promoting a model), each needs an answer that
+says what it did (the new version number, the alias's previous target), and none of them is on
+a training job's path. Changes to one model are serialized in this process (a lock per model),
+so version numbers are handed out once and an alias move reads the target it replaces. Several
+processes serving registry writes for one database could race on a version number: serve the
+registry from one process per database (the embedded server is one; see the report of issue 12).
+
+Every create, edit, alias move and delete also writes an audit_log row (who: the key's id; when;
+from -> to; the caller's reason) right after the change itself. The alias and edit histories are
+complete on their own (model_alias_moves, model_version_edits); the audit log is the one place
+that lists every registry action of a project beside the runs' own.
+
+Authorization: reads need the read role on the project, writes the write role, and moving or
+deleting a protected alias (RegisteredModel.protected_aliases, default ["production"]) admin.
+A key never learns anything of a project it may not read: the project check comes first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from runstream.v1 import registry_pb2, registry_pb2_grpc
+from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound
+from runstream_services.query.request_fields import project_name
+from runstream_services.query.sql import Query, checked_db
+from runstream_services.registry import rules, sql
+from runstream_services.storage.clickhouse import ClientPool
+
+log = logging.getLogger("runstream.registry")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """The registry of one database. `readers` runs every statement (reads and the registry's
+    own inserts); `auth` is the server's ApiKeys (None: every call may do everything)."""
+
+    def __init__(self, readers: ClientPool, database: str, auth: Any = None):
+        self.readers = readers
+        self.db = checked_db(database)
+        self.auth = auth
+        self._revisions = rules.Revisions()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # ------------------------------------------------------------ access and statements
+
+    def _allowed(self, context, project: str, need: str):
+        """(project, principal) after checking the caller may `need` the project."""
+        project = project_name(project)
+        principal = None
+        if self.auth is not None:
+            principal = self.auth.authenticate(context.invocation_metadata())
+            self.auth.check(principal, project, need)
+        return project, principal
+
+    def _require(self, principal, project: str, need: str) -> None:
+        if self.auth is not None:
+            self.auth.check(principal, project, need)
+
+    async def _rows(self, query: Query) -> list[tuple]:
+        def run() -> list[tuple]:
+            with self.readers.client() as client:
+                return client.query(query.sql, parameters=query.params).result_rows
+
+        return await asyncio.to_thread(run)
+
+    async def _insert(self, table: str, columns: tuple[str, ...], rows: list[list]) -> None:
+        def run() -> None:
+            with self.readers.client() as client:
+                client.insert(f"{self.db}.{table}", rows, column_names=list(columns))
+
+        await asyncio.to_thread(run)
+
+    async def _audit(self, project: str, actor: str, action: str, target: str, detail: dict) -> None:
+        await self._insert(
+            "audit_log", sql.AUDIT_COLUMNS, [[_now_ms(), project, actor, action, target, json.dumps(detail)]]
+        )
+
+    def _lock(self, project: str, model: str) -> asyncio.Lock:
+        return self._locks.setdefault((project, model), asyncio.Lock())
+
+    # ------------------------------------------------------------ loading
+
+    async def _model_row(self, project: str, name: str) -> tuple | None:
+        rows = await self._rows(sql.models(self.db, project, name))
+        return rows[0] if rows else None
+
+    async def _require_model(self, project: str, name: str) -> tuple:
+        row = await self._model_row(project, name)
+        if row is None:
+            raise NotFound(f"no registered model {name!r} in project {project!r}; create it first")
+        return row
+
+    async def _moves(self, project: str, model: str | None) -> dict[str, list[rules.AliasMove]]:
+        out: dict[str, list[rules.AliasMove]] = {}
+        for m, alias, to, frm, actor, reason, t, rev in await self._rows(
+            sql.alias_moves(self.db, project, model)
+        ):
+            out.setdefault(m, []).append(rules.AliasMove(alias, to, frm, actor, reason, t, rev))
+        return out
+
+    async def _aliases(self, project: str, model: str) -> dict[str, int]:
+        return rules.current_aliases((await self._moves(project, model)).get(model, []))
+
+    async def _edits(self, project: str, model: str, version: int | None) -> dict[int, list[tuple]]:
+        out: dict[int, list[tuple]] = {}
+        for v, desc, tags, actor, t, _rev in await self._rows(sql.edits(self.db, project, model, version)):
+            out.setdefault(v, []).append((desc, dict(tags), actor, t))
+        return out
+
+    async def _version_row(self, project: str, model: str, version: int) -> tuple:
+        rows = await self._rows(sql.versions(self.db, project, model, version))
+        if not rows:
+            raise NotFound(f"model {model!r} of project {project!r} has no version {version}")
+        return rows[0]
+
+    # ------------------------------------------------------------ protos
+
+    def _model_proto(self, project: str, row: tuple, aliases: dict[str, int]) -> registry_pb2.RegisteredModel:
+        name, description, protected, creator, created_ms, latest = row
+        return registry_pb2.RegisteredModel(
+            project=project, name=name, description=description, protected_aliases=list(protected),
+            creator=creator, created_ms=created_ms, latest_version=int(latest), aliases=aliases,
+        )  # fmt: skip
+
+    def _version_proto(
+        self,
+        project: str,
+        model: str,
+        row: tuple,
+        edits: list[tuple],
+        aliases: list[str],
+        history: bool = False,
+    ) -> registry_pb2.ModelVersion:
+        (version, run_id, art_name, art_version, art_sha, files, datasets, commit, dirty, creator, created_ms,
+         description, metrics) = row  # fmt: skip
+        tags: dict[str, str] = {}
+        if edits:
+            description, tags = edits[-1][0], edits[-1][1]
+        out = registry_pb2.ModelVersion(
+            project=project, model=model, version=version, run_id=run_id, artifact_name=art_name,
+            artifact_version=art_version, artifact_sha256=art_sha.decode() if isinstance(art_sha, bytes) else art_sha,
+            git_commit=commit, git_dirty=bool(dirty), creator=creator, created_ms=created_ms,
+            description=description, tags=tags, aliases=aliases,
+        )  # fmt: skip
+        for f in json.loads(files or "[]"):
+            out.files.add(path=f["path"], sha256=f["sha256"], size=int(f["size"]))
+        for d in json.loads(datasets or "[]"):
+            out.datasets.add(
+                name=str(d.get("name", "")), version=str(d.get("version", "")), uri=str(d.get("uri", ""))
+            )
+        for m in rules.metrics_from_json(metrics):
+            out.metrics.add(**m)
+        if history:
+            for desc, etags, actor, t in edits:
+                out.history.add(description=desc, tags=etags, actor=actor, time_ms=t)
+        return out
+
+    # ------------------------------------------------------------ models
+
+    async def CreateRegisteredModel(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        name = rules.model_name(request.name)
+        protected = rules.protected_aliases(request.protected_aliases, request.no_protected_aliases)
+        description = rules.text("description", request.description)
+        actor = rules.actor_of(principal)
+        async with self._lock(project, name):
+            row = await self._create_model(project, name, description, protected, actor)
+        return registry_pb2.CreateRegisteredModelResponse(model=self._model_proto(project, row, {}))
+
+    async def _create_model(self, project, name, description, protected, actor) -> tuple:
+        """Inserts the model (caller holds its lock); AlreadyExists when the name is taken."""
+        if await self._model_row(project, name) is not None:
+            raise AlreadyExists(f"model {name!r} already exists in project {project!r}")
+        created = _now_ms()
+        row = [project, name, description, protected, actor, created, self._revisions.next()]
+        await self._insert("registered_models", sql.MODEL_COLUMNS, [row])
+        await self._audit(project, actor, "model.created", name, {"protected_aliases": protected})
+        return (name, description, protected, actor, created, 0)
+
+    async def GetModel(self, request, context):
+        project, _ = self._allowed(context, request.project, "read")
+        name = rules.model_name(request.name)
+        row, aliases = await asyncio.gather(self._require_model(project, name), self._aliases(project, name))
+        return registry_pb2.GetModelResponse(model=self._model_proto(project, row, aliases))
+
+    async def ListModels(self, request, context):
+        project, _ = self._allowed(context, request.project, "read")
+        rows, moves = await asyncio.gather(
+            self._rows(sql.models(self.db, project)), self._moves(project, None)
+        )
+        return registry_pb2.ListModelsResponse(
+            models=[self._model_proto(project, r, rules.current_aliases(moves.get(r[0], []))) for r in rows]
+        )
+
+    # ------------------------------------------------------------ versions
+
+    async def CreateModelVersion(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        model = rules.model_name(request.model)
+        if not request.run_id:
+            raise InvalidArgument("run_id is required: the run that logged the artifact")
+        if not request.artifact_name:
+            raise InvalidArgument("artifact_name is required: the name given to run.log_artifact")
+        description = rules.text("description", request.description)
+        reason = rules.text("reason", request.reason)
+        tags = rules.edited_tags({}, dict(request.tags), ())
+        aliases = list(dict.fromkeys(rules.alias_name(a) for a in request.aliases))
+        if len(aliases) > rules.MAX_ALIASES_PER_VERSION:
+            raise InvalidArgument(f"at most {rules.MAX_ALIASES_PER_VERSION} aliases per call")
+        actor = rules.actor_of(principal)
+        async with self._lock(project, model):
+            model_row = await self._model_row(project, model)
+            if model_row is None and not request.create_model:
+                raise NotFound(
+                    f"no registered model {model!r} in project {project!r}; create it first (or pass create_model)"
+                )
+            protected = model_row[2] if model_row else list(rules.DEFAULT_PROTECTED_ALIASES)
+            for alias in aliases:  # refuse before anything is written
+                self._require(principal, project, rules.role_for_alias(alias, protected))
+            run_rows, files, metric_rows, latest = await asyncio.gather(
+                self._rows(sql.run_row(self.db, project, request.run_id)),
+                self._rows(sql.run_artifact_files(self.db, project, request.run_id, request.artifact_name)),
+                self._rows(sql.run_metrics(self.db, project, request.run_id, list(request.metric_keys))),
+                self._rows(sql.latest_version(self.db, project, model)),
+            )
+            if not run_rows:
+                raise NotFound(f"run {request.run_id!r} not found in project {project!r}")
+            chosen = rules.choose_artifact(
+                files, project, request.run_id, request.artifact_name, request.artifact_version
+            )
+            missing = set(request.metric_keys) - {r[0] for r in metric_rows}
+            if missing:
+                raise NotFound(f"run {request.run_id!r} has no metric {sorted(missing)[0]!r} to snapshot")
+            if model_row is None:
+                await self._create_model(project, model, "", protected, actor)
+            commit, dirty, datasets = run_rows[0]
+            version = int(latest[0][0] or 0) + 1 if latest else 1
+            row = [
+                project, model, version, request.run_id, chosen.name, chosen.version, chosen.sha256,
+                chosen.files_json(), datasets or "[]", commit, dirty, actor, _now_ms(), description,
+                rules.metrics_json(metric_rows),
+            ]  # fmt: skip
+            await self._insert("model_versions", sql.VERSION_COLUMNS, [row])
+            # the first entry of the version's metadata history: as created
+            edit = [project, model, version, description, tags, actor, row[12], self._revisions.next()]
+            await self._insert("model_version_edits", sql.EDIT_COLUMNS, [edit])
+            await self._audit(
+                project, actor, "model_version.created", f"{model}:{version}",
+                {"run_id": request.run_id, "artifact": f"{chosen.name}:{chosen.version}",
+                 "sha256": chosen.sha256, "reason": reason},
+            )  # fmt: skip
+            for alias in aliases:
+                await self._move(project, model, alias, version, actor, reason)
+            edits = await self._edits(project, model, version)
+            stored = await self._version_row(project, model, version)
+        proto = self._version_proto(project, model, stored, edits.get(version, []), sorted(aliases))
+        return registry_pb2.CreateModelVersionResponse(version=proto)
+
+    async def _resolve(self, project: str, model: str, version: int, alias: str) -> int:
+        if version:
+            return version
+        if not alias:
+            raise InvalidArgument("give a version number or an alias")
+        alias = rules.alias_name(alias)
+        target = (await self._aliases(project, model)).get(alias)
+        if target is None:
+            await self._require_model(project, model)
+            raise NotFound(f"model {model!r} has no alias {alias!r}")
+        return target
+
+    async def GetModelVersion(self, request, context):
+        project, _ = self._allowed(context, request.project, "read")
+        model = rules.model_name(request.model)
+        version = await self._resolve(project, model, request.version, request.alias)
+        row, edits, aliases = await asyncio.gather(
+            self._version_row(project, model, version),
+            self._edits(project, model, version),
+            self._aliases(project, model),
+        )
+        names = rules.aliases_by_version(aliases).get(version, [])
+        proto = self._version_proto(project, model, row, edits.get(version, []), names, history=True)
+        return registry_pb2.GetModelVersionResponse(version=proto)
+
+    async def ListModelVersions(self, request, context):
+        project, _ = self._allowed(context, request.project, "read")
+        model = rules.model_name(request.model)
+        _, rows, edits, aliases = await asyncio.gather(
+            self._require_model(project, model),
+            self._rows(sql.versions(self.db, project, model)),
+            self._edits(project, model, None),
+            self._aliases(project, model),
+        )
+        by_version = rules.aliases_by_version(aliases)
+        return registry_pb2.ListModelVersionsResponse(
+            versions=[
+                self._version_proto(project, model, r, edits.get(r[0], []), by_version.get(r[0], []))
+                for r in rows
+            ]
+        )
+
+    async def UpdateModelVersion(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        model = rules.model_name(request.model)
+        if not request.version:
+            raise InvalidArgument("version is required")
+        reason = rules.text("reason", request.reason)
+        actor = rules.actor_of(principal)
+        async with self._lock(project, model):
+            row = await self._version_row(project, model, request.version)
+            edits = (await self._edits(project, model, request.version)).get(request.version, [])
+            old_desc, old_tags = (edits[-1][0], edits[-1][1]) if edits else (row[11], {})
+            new_desc = rules.text("description", request.description) if request.set_description else old_desc
+            new_tags = rules.edited_tags(old_tags, dict(request.set_tags), request.remove_tags)
+            if (new_desc, new_tags) != (old_desc, old_tags):
+                t = _now_ms()
+                edit = [project, model, request.version, new_desc, new_tags, actor, t, self._revisions.next()]
+                await self._insert("model_version_edits", sql.EDIT_COLUMNS, [edit])
+                await self._audit(
+                    project, actor, "model_version.updated", f"{model}:{request.version}",
+                    {"from": {"description": old_desc, "tags": old_tags},
+                     "to": {"description": new_desc, "tags": new_tags}, "reason": reason},
+                )  # fmt: skip
+            edits = (await self._edits(project, model, request.version)).get(request.version, [])
+            aliases = rules.aliases_by_version(await self._aliases(project, model)).get(request.version, [])
+        proto = self._version_proto(project, model, row, edits, aliases, history=True)
+        return registry_pb2.UpdateModelVersionResponse(version=proto)
+
+    # ------------------------------------------------------------ aliases
+
+    async def SetAlias(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        model = rules.model_name(request.model)
+        alias = rules.alias_name(request.alias)
+        reason = rules.text("reason", request.reason)
+        if not request.version:
+            raise InvalidArgument("version is required: the version the alias should point at")
+        async with self._lock(project, model):
+            model_row = await self._require_model(project, model)
+            self._require(principal, project, rules.role_for_alias(alias, model_row[2]))
+            await self._version_row(project, model, request.version)
+            previous = await self._move(
+                project, model, alias, request.version, rules.actor_of(principal), reason
+            )
+        return registry_pb2.SetAliasResponse(previous_version=previous, version=request.version)
+
+    async def DeleteAlias(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        model = rules.model_name(request.model)
+        alias = rules.alias_name(request.alias)
+        reason = rules.text("reason", request.reason)
+        async with self._lock(project, model):
+            model_row = await self._require_model(project, model)
+            self._require(principal, project, rules.role_for_alias(alias, model_row[2]))
+            if alias not in await self._aliases(project, model):
+                raise NotFound(f"model {model!r} has no alias {alias!r}")
+            previous = await self._move(project, model, alias, 0, rules.actor_of(principal), reason)
+        return registry_pb2.DeleteAliasResponse(previous_version=previous)
+
+    async def _move(self, project: str, model: str, alias: str, to: int, actor: str, reason: str) -> int:
+        """Points `alias` at version `to` (0: deletes it) with one row, and audits the move. The
+        caller holds the model's lock and has checked the role. Returns the previous target; a
+        move to the current target writes nothing."""
+        previous = (await self._aliases(project, model)).get(alias, 0)
+        if previous == to:
+            return previous
+        t = _now_ms()
+        row = [project, model, alias, to, previous, actor, reason, t, self._revisions.next()]
+        await self._insert("model_alias_moves", sql.MOVE_COLUMNS, [row])
+        action = "alias.deleted" if to == 0 else ("alias.created" if previous == 0 else "alias.moved")
+        await self._audit(
+            project, actor, action, f"{model}@{alias}", {"from": previous, "to": to, "reason": reason}
+        )
+        return previous
+
+
+__all__ = ["RegistryServicer"]
