@@ -226,6 +226,86 @@ def history_columns(entry: RunEntry, kind: str, keys: list[str]) -> tuple[np.nda
     )
 
 
+def series_bounds(
+    p: Project, kind: str, run_ids: list[str], keys: list[str], rank: int | None
+) -> list[tuple] | None:
+    """The rows sql_series.series_bounds reads from the rollups (run, key, rank, first/last step,
+    first/last ms, points), from the held points; None when a requested series is too long to
+    hold (the caller reads SQL). One difference, on purpose: a step logged again counts once here
+    (as in history), while the rollups add up every row inserted for it."""
+    rows: list[tuple] = []
+    for run_id in run_ids:
+        entry = p.runs.get(run_id)
+        if entry is None:
+            continue
+        for key in keys:
+            sk = (kind, key)
+            if sk in entry.big:
+                return None
+            s = entry.series.get(sk)
+            if s is None or not len(s):
+                continue
+            for r, a, b in _rank_slices(s, rank):
+                t = s.time[a:b]
+                rows.append(
+                    (run_id, key, r, int(s.step[a]), int(s.step[b - 1]), int(t.min()), int(t.max()), b - a)
+                )
+    return rows
+
+
+def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
+    """The columns of each read of a series plan (series.SeriesPlan) whose reads are all raw, as
+    sql_series.raw_points_sql returns them: (series number from 1, x, y), each series' points
+    ordered by x, within the zoom range."""
+    spec = plan.spec
+    out = []
+    for read in plan.reads:
+        si, xs, ys = [], [], []
+        for pick in read.picks:
+            b = plan.series[pick.series]
+            s = p.runs[b.run_id].series[(kind, b.key)]
+            (_, lo, hi), *_ = _rank_slices(s, b.rank)
+            if spec.axis == "step":
+                x = s.step[lo:hi].astype(np.float64)
+            else:
+                t = s.time[lo:hi]
+                x = (t - plan.run_t0[b.run_id] if spec.axis == "relative" else t).astype(np.float64)
+            y = s.value[lo:hi]
+            if spec.axis != "step":  # steps rise within a rank; times need not
+                order = np.argsort(x, kind="stable")
+                x, y = x[order], y[order]
+            if spec.x_range is not None:
+                keep = (x >= spec.x_range[0]) & (x <= spec.x_range[1])
+                x, y = x[keep], y[keep]
+            si.append(np.full(len(x), pick.series + 1, np.uint32))
+            xs.append(x)
+            ys.append(y)
+        cat = np.concatenate
+        out.append(
+            (
+                cat(si) if si else np.empty(0, np.uint32),
+                cat(xs) if xs else np.empty(0),
+                cat(ys) if ys else np.empty(0),
+            )
+        )
+    return out
+
+
+def _rank_slices(s, rank: int | None) -> list[tuple[int, int, int]]:
+    """(rank, start, end) of each rank's points in a held series (sorted by rank, step); only
+    `rank`'s when given."""
+    ranks = s.rank
+    if rank is not None:
+        a, b = np.searchsorted(ranks, [rank, rank + 1]).tolist()
+        return [(rank, a, b)] if b > a else []
+    if ranks[0] == ranks[-1]:
+        return [(int(ranks[0]), 0, len(ranks))]
+    cuts = np.flatnonzero(ranks[1:] != ranks[:-1]) + 1
+    starts = [0, *cuts.tolist()]
+    ends = [*cuts.tolist(), len(ranks)]
+    return [(int(ranks[a]), a, b) for a, b in zip(starts, ends, strict=True)]
+
+
 def list_keys(p: Project, run_ids: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
     """(user metric keys, system metric keys, config keys, tag keys), each sorted."""
     entries = [p.runs[r] for r in dict.fromkeys(run_ids) if r in p.runs] if run_ids else list(p.runs.values())
