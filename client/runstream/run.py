@@ -54,7 +54,7 @@ from runstream._internal.values import (
     value_map,
 )
 from runstream.config import Settings
-from runstream.errors import InvalidValueError, RunFinishedError
+from runstream.errors import FlushTimeoutError, InvalidValueError, RunFinishedError, RunstreamError
 from runstream.v1 import ingest_pb2
 
 WAKE_ENTRIES = 8192  # log() calls buffered before the worker is woken early (it also wakes on a timer)
@@ -393,6 +393,28 @@ class Run:
         if self._pipeline is not None:
             self._wake()
         return artifact.describe()
+
+    def register_model(
+        self, artifact_name: str, model_name: str, aliases=(), description: str = "", timeout_s: float = 60.0
+    ) -> dict:
+        """Registers the newest version of the artifact `artifact_name` this run logged as the next
+        version of `model_name` (registered on first use), pointing `aliases` at it. Waits until
+        what was logged is acknowledged, then asks the registry (runstream.registry_client), which
+        records this run, the artifact's files and digest, datasets, commit and metrics in the
+        version. Returns the version as a dict (see Api.model_version)."""
+        from runstream.registry_client import RegistryClient, version_record
+
+        if self.mode != "online":
+            raise RunstreamError(
+                f"register_model needs an online run (this one is {self.mode}): the registry is on the server"
+            )
+        if not self.flush(timeout_s):
+            raise FlushTimeoutError(f"run {self.id!r}: logged data not acknowledged within {timeout_s}s")
+        with RegistryClient(self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
+            version = registry.create_model_version(
+                self.project, model_name, self.id, artifact_name, aliases=aliases, description=description
+            )
+        return version_record(version)
 
     # ---- delivery -------------------------------------------------------------------------
 

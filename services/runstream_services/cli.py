@@ -13,6 +13,8 @@ examples:
   runstream server --bus kafka --kafka-bootstrap 127.0.0.1:9092 \\
       --clickhouse-dsn http://default:@127.0.0.1:8123 --artifact-store s3 --s3-endpoint 127.0.0.1:9000
   runstream sync ~/.runstream/spool   upload runs logged offline (idempotent)
+  runstream models show --project mnist classifier@production
+  runstream artifact get --project mnist classifier@production --dest ./model
 
 Settings can also come from RUNSTREAM_<SETTING> variables (e.g. RUNSTREAM_PORT) or a TOML file
 (--config or RUNSTREAM_CONFIG); a flag wins over the environment, which wins over the file.
@@ -44,6 +46,58 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k, None) for k in keys}
 
 
+def _client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", required=True, help="the project the models or runs belong to")
+    p.add_argument("--endpoint", help="server host:port (default $RUNSTREAM_ENDPOINT or 127.0.0.1:7777)")
+    p.add_argument("--api-key", help="API key (default $RUNSTREAM_API_KEY)")
+
+
+def _registry_commands(sub) -> None:
+    """`models ls|show|alias` and `artifact get`; handlers (named, imported when run) in
+    registry/commands.py."""
+    models = sub.add_parser("models", help="list, inspect and alias registered models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser("ls", help="list the project's models with their latest version and aliases")
+    _client_flags(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler="models_ls")
+    p = msub.add_parser(
+        "show",
+        help="show a model and its versions (REF = name), or one version with its run, artifact, "
+        "datasets, commit and metrics (REF = name:VERSION or name@ALIAS)",
+    )
+    _client_flags(p)
+    p.add_argument("ref", metavar="REF", help="name, name:VERSION or name@ALIAS")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler="models_show")
+    p = msub.add_parser(
+        "alias",
+        help="point ALIAS of MODEL at VERSION in one step (or remove it with --delete); protected "
+        "aliases such as production need an admin key; the move is written to the audit log",
+    )
+    _client_flags(p)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("version", metavar="VERSION", type=int, nargs="?", help="version number to point at")
+    p.add_argument("--delete", action="store_true", help="remove the alias instead")
+    p.add_argument("--reason", help="why, recorded in the audit log")
+    p.set_defaults(handler="models_alias")
+
+    artifact = sub.add_parser("artifact", help="download logged artifacts")
+    asub = artifact.add_subparsers(dest="artifact_command", metavar="ACTION", required=True)
+    p = asub.add_parser(
+        "get",
+        help="download an artifact's files and check each sha256: SOURCE is a run id (then NAME is "
+        "the artifact name) or a model reference name, name:VERSION or name@ALIAS",
+    )
+    _client_flags(p)
+    p.add_argument("source", metavar="SOURCE", help="run id, or model name / name:VERSION / name@ALIAS")
+    p.add_argument("name", metavar="NAME", nargs="?", help="artifact name (required for a run id)")
+    p.add_argument("--dest", default=".", help="folder to write the files into (default: here)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler="artifact_get")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runstream",
@@ -68,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="API key (default $RUNSTREAM_API_KEY)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    _registry_commands(sub)
+
     p = sub.add_parser("dashboard", help="run only the dashboard against a running server")
     p.add_argument("--endpoint", help="server host:port (default $RUNSTREAM_ENDPOINT or 127.0.0.1:7777)")
     p.add_argument("--port", type=int, default=8501, help="Streamlit port (default 8501)")
@@ -89,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         from runstream.sync import main as sync_main
 
         return sync_main(args)
+    if args.command in ("models", "artifact"):
+        from runstream_services.registry.commands import main as registry_main
+
+        return registry_main(args)
     if args.command == "dashboard":
         from runstream_services.up import dashboard_main
 

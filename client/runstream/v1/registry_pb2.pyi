@@ -878,3 +878,93 @@ class DeleteAliasResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteAliasResponse: _TypeAlias = DeleteAliasResponse  # noqa: Y015
+
+@_typing.final
+class ListRegistryEventsRequest(_message.Message):
+    """List registry audit events."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    model: _builtins.str
+    """empty: every model of the project"""
+    limit: _builtins.int
+    """default 1,000, at most 10,000"""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        model: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryEventsRequest: _TypeAlias = ListRegistryEventsRequest  # noqa: Y015
+
+@_typing.final
+class RegistryEvent(_message.Message):
+    """One registry action as the audit log holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    time_ms: _builtins.int
+    actor: _builtins.str
+    """"key:<key id>" or "anonymous" """
+    action: _builtins.str
+    """model.created, model_version.created, model_version.updated,"""
+    target: _builtins.str
+    """alias.created, alias.moved, alias.deleted
+    "model", "model:version" or "model@alias"
+    """
+    detail: _builtins.str
+    """JSON: from/to, run and artifact, reason"""
+    def __init__(
+        self,
+        *,
+        time_ms: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "target", b"target", "time_ms", b"time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryEvent: _TypeAlias = RegistryEvent  # noqa: Y015
+
+@_typing.final
+class ListRegistryEventsResponse(_message.Message):
+    """The events, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistryEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___RegistryEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryEventsResponse: _TypeAlias = ListRegistryEventsResponse  # noqa: Y015

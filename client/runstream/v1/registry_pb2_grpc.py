@@ -81,6 +81,11 @@ class RegistryServiceStub:
                 request_serializer=runstream_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
                 _registered_method=True)
+        self.ListRegistryEvents = channel.unary_unary(
+                '/runstream.v1.RegistryService/ListRegistryEvents',
+                request_serializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -152,6 +157,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRegistryEvents(self, request, context):
+        """The registry's audit log of a project (or one model), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +211,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DeleteAlias,
                     request_deserializer=runstream_dot_v1_dot_registry__pb2.DeleteAliasRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_registry__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListRegistryEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryEvents,
+                    request_deserializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +463,33 @@ class RegistryService:
             '/runstream.v1.RegistryService/DeleteAlias',
             runstream_dot_v1_dot_registry__pb2.DeleteAliasRequest.SerializeToString,
             runstream_dot_v1_dot_registry__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.RegistryService/ListRegistryEvents',
+            runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.SerializeToString,
+            runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,9 @@ from runstream_services.storage.clickhouse import ClientPool
 
 log = logging.getLogger("runstream.registry")
 
+DEFAULT_EVENTS = 1_000
+MAX_EVENTS = 10_000
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -365,6 +368,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise NotFound(f"model {model!r} has no alias {alias!r}")
             previous = await self._move(project, model, alias, 0, rules.actor_of(principal), reason)
         return registry_pb2.DeleteAliasResponse(previous_version=previous)
+
+    async def ListRegistryEvents(self, request, context):
+        project, _ = self._allowed(context, request.project, "read")
+        model = rules.model_name(request.model) if request.model else ""
+        limit = request.limit or DEFAULT_EVENTS
+        if limit > MAX_EVENTS:
+            raise InvalidArgument(f"limit {limit} is over the limit of {MAX_EVENTS:,}")
+        rows = await self._rows(sql.events(self.db, project, model, limit))
+        return registry_pb2.ListRegistryEventsResponse(
+            events=[
+                registry_pb2.RegistryEvent(time_ms=t, actor=a, action=act, target=tg, detail=d)
+                for t, a, act, tg, d in rows
+            ]  # fmt: skip
+        )
 
     async def _move(self, project: str, model: str, alias: str, to: int, actor: str, reason: str) -> int:
         """Points `alias` at version `to` (0: deletes it) with one row, and audits the move. The

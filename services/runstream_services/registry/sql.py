@@ -131,3 +131,28 @@ def run_metrics(db: str, project: str, run_id: str, keys: list[str]) -> Query:
         f"AND run_id = {{run:String}} AND kind = 'user'{cond} GROUP BY key ORDER BY key",
         params,
     )
+
+
+#: the audit_log actions the registry writes
+ACTIONS = (
+    "model.created", "model_version.created", "model_version.updated", "alias.created", "alias.moved",
+    "alias.deleted",
+)  # fmt: skip
+
+
+def events(db: str, project: str, model: str, limit: int) -> Query:
+    """Rows (time_ms, actor, action, target, detail) of the project's registry audit rows (only
+    `model`'s when given: targets `model`, `model:<n>`, `model@<alias>`), newest first."""
+    params: dict[str, object] = {"project": project, "actions": list(ACTIONS), "limit": limit}
+    cond = ""
+    if model:
+        cond = (
+            " AND (target = {model:String} OR startsWith(target, {version_prefix:String}) "
+            "OR startsWith(target, {alias_prefix:String}))"
+        )
+        params |= {"model": model, "version_prefix": model + ":", "alias_prefix": model + "@"}
+    return Query(
+        f"SELECT time_ms, actor, action, target, detail FROM {db}.audit_log WHERE project = {{project:String}} "
+        f"AND action IN {{actions:Array(String)}}{cond} ORDER BY time_ms DESC LIMIT {{limit:UInt32}}",
+        params,
+    )
