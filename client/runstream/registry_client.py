@@ -144,16 +144,26 @@ class RegistryCalls:
         aliases: Iterable[str] = (),
         create_model: bool = True,
         reason: str = "",
+        wait_visible_s: float = 0.0,
     ) -> registry_pb2.ModelVersion:
         """The next version of `model`, made from the run's artifact (artifact_version 0: the
         newest the run logged). The server snapshots the run's datasets, commit and metrics
-        (metric_keys, or all) into the version; `aliases` are pointed at it."""
+        (metric_keys, or all) into the version; `aliases` are pointed at it.
+        wait_visible_s: how long a run or artifact the server does not know yet is asked for again
+        (on the Kafka bus an acknowledged artifact is stored a moment later, by the writer)."""
         request = registry_pb2.CreateModelVersionRequest(
             project=project, model=model, run_id=run_id, artifact_name=artifact_name,
             artifact_version=artifact_version, description=description, tags=dict(tags or {}),
             metric_keys=list(metric_keys), aliases=list(aliases), create_model=create_model, reason=reason,
         )  # fmt: skip
-        return self._rcall("CreateModelVersion", request).version
+        deadline = time.monotonic() + wait_visible_s
+        while True:
+            try:
+                return self._rcall("CreateModelVersion", request).version
+            except ServerError as exc:
+                if exc.code != "NOT_FOUND" or time.monotonic() + 0.2 > deadline:
+                    raise
+            time.sleep(0.2)
 
     def get_model_version(
         self, project: str, model: str, version: int = 0, alias: str = ""

@@ -395,25 +395,34 @@ class Run:
         return artifact.describe()
 
     def register_model(
-        self, artifact_name: str, model_name: str, aliases=(), description: str = "", timeout_s: float = 60.0
+        self,
+        artifact_name: str,
+        model_name: str,
+        aliases=(),
+        description: str = "",
+        timeout_s: float = 60.0,
+        endpoint: str | None = None,
     ) -> dict:
         """Registers the newest version of the artifact `artifact_name` this run logged as the next
         version of `model_name` (registered on first use), pointing `aliases` at it. Waits until
         what was logged is acknowledged, then asks the registry (runstream.registry_client), which
         records this run, the artifact's files and digest, datasets, commit and metrics in the
-        version. Returns the version as a dict (see Api.model_version)."""
+        version. `endpoint`: the server serving the registry, when it is not the run's (a split
+        deployment). Returns the version as a dict (see Api.model_version)."""
         from runstream.registry_client import RegistryClient, version_record
 
         if self.mode != "online":
             raise RunstreamError(
                 f"register_model needs an online run (this one is {self.mode}): the registry is on the server"
             )
+        deadline = time.monotonic() + timeout_s
         if not self.flush(timeout_s):
             raise FlushTimeoutError(f"run {self.id!r}: logged data not acknowledged within {timeout_s}s")
-        with RegistryClient(self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
+        with RegistryClient(endpoint or self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
             version = registry.create_model_version(
-                self.project, model_name, self.id, artifact_name, aliases=aliases, description=description
-            )
+                self.project, model_name, self.id, artifact_name, aliases=aliases, description=description,
+                wait_visible_s=max(0.0, deadline - time.monotonic()),
+            )  # fmt: skip
         return version_record(version)
 
     # ---- delivery -------------------------------------------------------------------------

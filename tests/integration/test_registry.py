@@ -361,3 +361,24 @@ def test_cli_models_and_artifact_get(server, logged, tmp_path):
     for command in (["models", "--help"], ["artifact", "get", "--help"]):
         helped = _cli(server, *command)
         assert helped.returncode == 0 and "usage: runstream" in helped.stdout
+
+
+def test_register_right_after_logging_on_each_bus(bus_server, tmp_path):
+    """Run.register_model straight after log_artifact: on the Kafka bus the ack means "on the
+    brokers" and the writer stores the artifact a moment later; the registry (served with the
+    query service, by the writer process in a split deployment) waits for it to be visible. The
+    bytes come back through the same process. Under the 1 MiB inline limit, so they travel in the
+    Kafka record and the writer stores them (the split test deployment gives ingest and writer
+    separate local artifact folders: an uploaded file would be in ingest's only)."""
+    big = os.urandom(600 << 10)
+    (tmp_path / "big.bin").write_bytes(big)
+    run = runstream.init(project="bus-reg", name="r", **quick_sdk_options(bus_server.endpoint, tmp_path))
+    run.use_dataset("train", "v9")
+    run.log({"loss": 0.25}, step=0)
+    run.log_artifact(tmp_path / "big.bin", name="big")
+    v = run.register_model("big", "bus-model", aliases=["staging"], endpoint=bus_server.writer.endpoint)
+    run.finish()
+    assert v["version"] == 1 and v["artifact_sha256"] == sha(big) and v["datasets"][0]["version"] == "v9"
+    with RegistryClient(bus_server.writer.endpoint) as c:
+        (path,) = c.download_artifact("bus-reg", "bus-model@staging", None, tmp_path / "dl", progress=False)
+    assert path.read_bytes() == big
