@@ -23,7 +23,7 @@ from runstream_services.query import cached_reads, read_cache
 from runstream_services.query.read_cache import ReadCache
 from runstream_services.query.service import QueryServicer
 from runstream_services.writers.replaced_points import ReplacedPoints
-from tests.integration.test_query_service import InProcessServer, _run_row, seeded  # noqa: F401 - fixture
+from tests.integration.test_query_service import T0, InProcessServer, _run_row, seeded  # noqa: F401 - fixture
 
 
 class _OneClient:
@@ -455,7 +455,25 @@ SERIES_CASES = [
     dict(keys=["loss"], rank=1),
     dict(keys=["loss"], all_ranks=True, has_range=True, x_min=20, x_max=120.5),
     dict(keys=["loss"], x_axis=query_pb2.X_AXIS_RELATIVE_TIME, has_range=True, x_min=100, x_max=1500),
-    dict(keys=["loss", "nothing"], downsampling=query_pb2.DOWNSAMPLING_LTTB, max_points=50),  # SQL: minmax
+    dict(keys=["loss", "nothing"], downsampling=query_pb2.DOWNSAMPLING_LTTB, max_points=50),
+    dict(keys=["loss"], max_points=50, all_ranks=True),  # min/max buckets over the held points
+    dict(
+        keys=["loss"],
+        max_points=40,
+        x_axis=query_pb2.X_AXIS_TIME,
+        has_range=True,
+        x_min=T0 + 500,
+        x_max=T0 + 200_000,
+    ),
+    dict(
+        keys=["loss"],
+        max_points=30,
+        x_axis=query_pb2.X_AXIS_RELATIVE_TIME,
+        has_range=True,
+        x_min=300,
+        x_max=1e9,
+    ),
+    dict(keys=["loss"], max_points=4),  # buckets of rollup rows: SQL
     dict(keys=["loss"], downsampling=query_pb2.DOWNSAMPLING_LTTB, max_points=300),
     dict(keys=["val_f1"], downsampling=query_pb2.DOWNSAMPLING_NONE),
     dict(keys=["grad_norm"], max_points=2),
@@ -466,21 +484,29 @@ SERIES_CASES = [
 
 @pytest.mark.parametrize("case", SERIES_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_series_match_sql(stubs, case, monkeypatch):
-    """GetMetricSeries from held points (every series held, all read whole) equals SQL's answer:
-    ranks, axes, zoom, LTTB over raw points; series the plan reduces or too long to hold are read
-    from SQL inside the cached servicer, so they match too."""
+    """GetMetricSeries from held points (every series held, read whole or as min/max buckets of
+    its points) equals SQL's answer: ranks, axes, zoom, LTTB; plans that read rollups and series
+    too long to hold are read from SQL inside the cached servicer, so they match too."""
     held_reads = []
     points = cached_reads.series_points
     monkeypatch.setattr(cached_reads, "series_points", lambda *a: held_reads.append(1) or points(*a))
+    reduced = False  # some series came back with fewer points than logged
     for run_ids in SERIES_RUNS:
-        _same(
+        answer = _same(
             "GetMetricSeries",
             stubs,
             query_pb2.GetMetricSeriesRequest(project="vision", run_ids=run_ids, **case),
         )
-    # the held copy answered, except where the plan reduces series (r00's long series is held by
+        reduced |= any(
+            len(s.get("x", "")) * 3 // 4 // 8 < int(s["totalPoints"]) for s in answer.get("series", [])
+        )
+    # the zoomed cases and those asking for fewer points than loss's 200 (buckets)
+    assert reduced == ("x_min" in case or ("loss" in case["keys"] and case.get("max_points", 1000) < 200)), (
+        case
+    )
+    # the held copy answered, except where the plan reads rollups (r00's long series is held by
     # key only: its calls read SQL, the others not)
-    from_sql = case.get("max_points") == 50
+    from_sql = case.get("max_points") == 4
     assert bool(held_reads) != from_sql, held_reads
     _same(
         "GetMetricSeries", stubs, query_pb2.GetMetricSeriesRequest(project="nowhere", run_ids=["r01"], **case)

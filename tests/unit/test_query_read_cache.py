@@ -113,3 +113,36 @@ def test_points_over_the_budget_drop_the_least_recently_read_projects(cache, mon
     # 6 points: "q" goes first (least recently read), then the project over the budget on its own
     assert cache.ready("q") is None and cache.ready(PROJECT) is None
     assert cache.project(PROJECT) is None  # ... and left to SQL for a while (no load: no SQL here)
+
+
+def test_minmax_buckets_of_held_points_follow_the_sql_rules():
+    """cached_reads._minmax_buckets as sql_series.minmax_sql computes them: buckets of
+    floor((x - x0) / width); per bucket the x and value of the smallest and the largest value, NaN
+    never winning while a bucket holds a number, an all-NaN bucket left out; of equal values the
+    first in order; checked against a plain loop."""
+    from runstream_services.query.cached_reads import _minmax_buckets
+
+    rng = np.random.default_rng(7)
+    x = np.arange(40, dtype=np.float64) * 1.5 + 3
+    y = rng.integers(0, 4, 40).astype(np.float64)  # many ties
+    y[[5, 6, 30]] = math.nan
+    y[10:14] = math.nan  # bucket 1 (x0 3, width 15: x 18..31.5, points 10..19): not all NaN
+    y[20:30] = math.nan  # bucket 2 all NaN: left out
+    si, b, xl, yl, xh, yh = _minmax_buckets(3, x, y, 3.0, 15.0)
+    expected = {}
+    for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
+        bucket = math.floor((xi - 3.0) / 15.0)
+        lo = math.inf if math.isnan(yi) else yi
+        hi = -math.inf if math.isnan(yi) else yi
+        cur = expected.setdefault(bucket, [xi, lo, xi, hi])
+        if lo < cur[1]:
+            cur[0], cur[1] = xi, lo
+        if hi > cur[3]:
+            cur[2], cur[3] = xi, hi
+    expected = {k: v for k, v in expected.items() if v[1] <= v[3]}
+    assert 2 not in expected and sorted(expected) == b.tolist()
+    assert set(si.tolist()) == {3}
+    got = {int(k): [a, c, d, e] for k, a, c, d, e in zip(b, xl, yl, xh, yh, strict=True)}
+    assert got == expected
+    empty = _minmax_buckets(1, np.empty(0), np.empty(0), 0.0, 1.0)
+    assert [len(c) for c in empty] == [0] * 6

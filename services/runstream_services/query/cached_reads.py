@@ -253,14 +253,19 @@ def series_bounds(
     return rows
 
 
+HELD_SOURCES = ("raw", "minmax")  # the series plan's reads series_points answers (not "rollup")
+
+
 def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
-    """The columns of each read of a series plan (series.SeriesPlan) whose reads are all raw, as
-    sql_series.raw_points_sql returns them: (series number from 1, x, y), each series' points
-    ordered by x, within the zoom range."""
+    """The columns of each read of a series plan (series.SeriesPlan) whose reads are all in
+    HELD_SOURCES, as sql_series returns them: raw (series number from 1, x, y), each series' points
+    ordered by x; minmax (series number, bucket, x and y of the bucket's min, x and y of its max),
+    NaN ranking last as in SQL and an all-NaN bucket left out; both within the zoom range. Of
+    equal values in a bucket the first in step order is picked (SQL may pick another equal one)."""
     spec = plan.spec
     out = []
     for read in plan.reads:
-        si, xs, ys = [], [], []
+        parts: list[tuple[np.ndarray, ...]] = []
         for pick in read.picks:
             b = plan.series[pick.series]
             s = p.runs[b.run_id].series[(kind, b.key)]
@@ -277,18 +282,40 @@ def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
             if spec.x_range is not None:
                 keep = (x >= spec.x_range[0]) & (x <= spec.x_range[1])
                 x, y = x[keep], y[keep]
-            si.append(np.full(len(x), pick.series + 1, np.uint32))
-            xs.append(x)
-            ys.append(y)
-        cat = np.concatenate
-        out.append(
-            (
-                cat(si) if si else np.empty(0, np.uint32),
-                cat(xs) if xs else np.empty(0),
-                cat(ys) if ys else np.empty(0),
-            )
-        )
+            if read.source == "raw":
+                parts.append((np.full(len(x), pick.series + 1, np.uint32), x, y))
+            else:
+                parts.append(_minmax_buckets(pick.series + 1, x, y, pick.x0, pick.width))
+        if parts:
+            out.append(tuple(np.concatenate(c) for c in zip(*parts, strict=True)))
+        elif read.source == "raw":
+            out.append((np.empty(0, np.uint32), np.empty(0), np.empty(0)))
+        else:
+            out.append((np.empty(0, np.uint32), np.empty(0, np.int64), *(np.empty(0) for _ in range(4))))
     return out
+
+
+def _minmax_buckets(si: int, x: np.ndarray, y: np.ndarray, x0: float, width: float) -> tuple[np.ndarray, ...]:
+    """sql_series.minmax_sql over one series' points: per bucket floor((x - x0) / width), the x of
+    the smallest value and that value, the x of the largest and that value (NaN counts as +inf for
+    the min and -inf for the max); buckets with no number left out."""
+    n = len(x)
+    if not n:
+        return (np.empty(0, np.uint32), np.empty(0, np.int64), *(np.empty(0) for _ in range(4)))
+    nan = np.isnan(y)
+    lo = np.where(nan, np.inf, y)
+    hi = np.where(nan, -np.inf, y)
+    bucket = np.floor((x - x0) / width).astype(np.int64)
+    position = np.arange(n)
+    by_lo = np.lexsort((position, lo, bucket))  # per bucket: smallest value first, then earliest
+    by_hi = np.lexsort((position, -hi, bucket))
+    sorted_bucket = bucket[by_lo]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_bucket[1:] != sorted_bucket[:-1]
+    i_lo, i_hi = by_lo[first], by_hi[first]  # both orders group the buckets alike
+    keep = lo[i_lo] <= hi[i_hi]
+    i_lo, i_hi = i_lo[keep], i_hi[keep]
+    return (np.full(len(i_lo), si, np.uint32), bucket[i_lo], x[i_lo], lo[i_lo], x[i_hi], hi[i_hi])
 
 
 def _rank_slices(s, rank: int | None) -> list[tuple[int, int, int]]:
