@@ -236,6 +236,12 @@ def test_sdk_reads_its_writes_through_the_public_api(embedded_server, tmp_path):
             assert list(hist.step) == list(range(step + 1))
             assert api.run(PROJECT, run.id)["metrics"]["loss"]["count"] == step + 1
             assert len(api.runs(PROJECT, filter=f"metrics.loss.count = {step + 1}")) == 1
+            table = api.runs(PROJECT)  # the columnar reply
+            assert table["metrics.loss"].tolist() == [1.0 / (step + 1)] and table["config.lr"].tolist() == [
+                0.01
+            ]
+            curve = api.series(PROJECT, [run.id], ["loss"])  # GetMetricSeries from the held points
+            assert curve.x.tolist() == list(range(step + 1))
         run.summary["best"] = 0.5
         run.flush()
         assert api.run(PROJECT, run.id)["summary"] == {"best": 0.5}
