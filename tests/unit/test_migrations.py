@@ -54,7 +54,7 @@ def test_0004_versions_points_and_recomputes_old_summaries(chdb_dsn, database):
     summaries = f"SELECT key, min(min), max(max), sum(count) FROM {database}.metric_summaries GROUP BY key ORDER BY key"  # fmt: skip
     assert client.query(summaries).result_rows == [("dup", 1.0, 2.0, 2), ("nan", 0.0, 0.0, 1)]
 
-    assert migrations.migrate(client, database) == [4, 5]
+    assert migrations.migrate(client, database) == [v for v, _, _ in migrations.available() if v >= 4]
 
     rows = client.query(summaries).result_rows
     assert rows[1] == ("nan", None, None, 1)
