@@ -198,12 +198,22 @@ class Api(RegistryCalls, QueryClient):
         )
         if not arrays:
             return pd.DataFrame({"run_id": [], "key": [], "rank": [], "x": [], "y": []})
-        return pd.concat(
-            [
-                pd.DataFrame({"run_id": s.run_id, "key": s.key, "rank": s.rank, "x": s.x, "y": s.y})
-                for s in arrays
-            ],
-            ignore_index=True,
+        np = require_numpy()
+        # one frame from concatenated columns: the frame of one frame per series joined by
+        # pd.concat (dtypes included: text columns get the dtype "str" as a text scalar does)
+        sizes = [len(s.x) for s in arrays]
+        return pd.DataFrame(
+            {
+                "run_id": pd.Series(
+                    np.repeat(np.array([s.run_id for s in arrays], dtype=object), sizes), dtype="str"
+                ),
+                "key": pd.Series(
+                    np.repeat(np.array([s.key for s in arrays], dtype=object), sizes), dtype="str"
+                ),
+                "rank": np.repeat(np.array([s.rank for s in arrays], dtype=np.int64), sizes),
+                "x": np.concatenate([s.x for s in arrays]),
+                "y": np.concatenate([s.y for s in arrays]),
+            }
         )
 
 

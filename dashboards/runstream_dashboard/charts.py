@@ -4,6 +4,8 @@ safe_text.plotly_text, as Plotly renders <a href> and a few other tags there."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,19 +19,45 @@ X_TITLES = {"step": "step", "time": "time", "relative": "minutes since the run's
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:
     """Debiased exponential moving average (TensorBoard's smoothing). `weight` in [0, 1): 0 is no
-    smoothing. NaN points are skipped (they keep the running average) and stay NaN."""
+    smoothing. NaN points are skipped (they keep the running average) and stay NaN.
+
+    Vectorized (a 50-run overlay of 1,000-point curves is 50,000 points per chart): over the finite
+    values u, last_k = w last_(k-1) + (1 - w) u_k is, within a block starting at a,
+    w^(k-a+1) last_(a-1) + (1 - w) w^(k-a) cumsum(u_j w^(a-j)); blocks are short enough that
+    w^(a-j) stays far from overflow. Values too large for that use the plain loop."""
     y = np.asarray(values, dtype=float)
     if weight <= 0 or y.size == 0:
         return y
-    out = np.empty_like(y)
-    last, n = 0.0, 0
-    for i, v in enumerate(y):
-        if not np.isfinite(v):
-            out[i] = v
-            continue
+    out = y.copy()
+    finite = np.isfinite(y)
+    u = y[finite]
+    if not u.size:
+        return out
+    if np.abs(u).max() > 1e100:
+        out[finite] = _ema_loop(u, weight)
+        return out
+    log_w = math.log(weight)
+    block = max(1, int(300 / -log_w)) if log_w < 0 else u.size
+    last = np.empty_like(u)
+    carry = 0.0
+    for a in range(0, u.size, block):
+        part = u[a : a + block]
+        k = np.arange(part.size, dtype=float)
+        grow = np.exp(-k * log_w)  # w^-k
+        decay = np.exp(k * log_w)  # w^k
+        last[a : a + part.size] = weight * decay * carry + (1 - weight) * decay * np.cumsum(part * grow)
+        carry = last[a + part.size - 1]
+    count = np.arange(1, u.size + 1, dtype=float)
+    out[finite] = last / (1 - np.power(weight, count))
+    return out
+
+
+def _ema_loop(u: np.ndarray, weight: float) -> np.ndarray:
+    out = np.empty_like(u)
+    last = 0.0
+    for i, v in enumerate(u.tolist()):
         last = last * weight + (1 - weight) * v
-        n += 1
-        out[i] = last / (1 - weight**n)
+        out[i] = last / (1 - weight ** (i + 1))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -195,22 +196,24 @@ def metric_series(
         kind="system" if system else "user",
         timeout_s=SERIES_TIMEOUT_S,
     )
-    frames = [
-        pd.DataFrame(
-            {
-                "run_id": s.run_id,
-                "key": s.key,
-                "rank": s.rank,
-                "x": s.x,
-                "y": s.y,
-                "total_points": s.total_points,
-            }
-        )
-        for s in series
-    ]
-    if not frames:
+    if not series:
         return pd.DataFrame(columns=SERIES_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    # one frame from concatenated columns (one frame per series and pd.concat cost ~0.2 ms each:
+    # ~20 ms for a 50-run overlay of two metrics); the same frame, dtypes included
+    sizes = [len(s.x) for s in series]
+    return pd.DataFrame(
+        {
+            # dtype "str": what a text scalar column gets, even with no rows
+            "run_id": pd.Series(
+                np.repeat(np.array([s.run_id for s in series], dtype=object), sizes), dtype="str"
+            ),
+            "key": pd.Series(np.repeat(np.array([s.key for s in series], dtype=object), sizes), dtype="str"),
+            "rank": np.repeat(np.array([s.rank for s in series], dtype=np.int64), sizes),
+            "x": np.concatenate([s.x for s in series]),
+            "y": np.concatenate([s.y for s in series]),
+            "total_points": np.repeat(np.array([s.total_points for s in series], dtype=np.int64), sizes),
+        }
+    )
 
 
 @dataclass(frozen=True)

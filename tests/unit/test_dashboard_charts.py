@@ -52,3 +52,40 @@ def test_learning_curves_give_one_trace_per_run_and_rank():
     fig = charts.learning_curves(series, "loss", {"r1": "first", "r2": "second"}, x_axis="relative")
     assert [t.name for t in fig.data] == ["first (rank 0)", "second (rank 0)", "second (rank 1)"]
     assert list(fig.data[0].x) == pytest.approx([0, 1 / 60_000, 2 / 60_000])
+
+
+@pytest.mark.parametrize("weight", [0.001, 0.1, 0.6, 0.9, 0.99])
+def test_ema_equals_the_step_by_step_recursion(weight):
+    """The vectorized EMA (blocks of cumulative sums) against the recursion written plainly: long
+    series (many blocks), NaN and inf points skipped and kept, values of mixed sign and size."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(0, 1, 5000) * np.repeat([1.0, 1e6, 1e-6, 1.0, 1e30], 1000)
+    y[rng.integers(0, 5000, 200)] = np.nan
+    y[[7, 4000]] = np.inf
+    expected, last, n = y.copy(), 0.0, 0
+    for i, v in enumerate(y.tolist()):
+        if np.isfinite(v):
+            last = last * weight + (1 - weight) * v
+            n += 1
+            expected[i] = last / (1 - weight**n)
+    got = charts.ema(y, weight)
+    finite = np.isfinite(y)
+    assert np.array_equal(got[~finite], y[~finite], equal_nan=True)
+    scale = np.maximum.accumulate(np.abs(np.where(finite, y, 0)))[
+        finite
+    ]  # error relative to the values so far
+    assert np.all(np.abs(got[finite] - expected[finite]) <= 1e-9 * scale + 1e-300)
+    huge = np.array([1e200, np.nan, -1e200, 1.0])  # the plain loop's range
+    assert charts.ema(huge, weight)[3] == pytest.approx(_plain(huge, weight)[3])
+
+
+def _plain(y, weight):
+    out, last, n = [], 0.0, 0
+    for v in y:
+        if np.isfinite(v):
+            last = last * weight + (1 - weight) * v
+            n += 1
+            out.append(last / (1 - weight**n))
+        else:
+            out.append(v)
+    return out

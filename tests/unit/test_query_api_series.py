@@ -1,0 +1,36 @@
+"""Api.series builds its long-form frame from concatenated columns: the same frame (values,
+dtypes, order) as one frame per series joined by pd.concat, which it replaced. No server: the
+series come from a stand-in for series_arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from runstream.api import Api
+from runstream.query_client import SeriesArrays
+
+
+@pytest.mark.parametrize("sizes", [[], [3], [5, 0, 2], [0, 0], [1000] * 20])
+def test_series_frame_equals_the_concatenated_frames(monkeypatch, sizes):
+    rng = np.random.default_rng(2)
+    arrays = [
+        SeriesArrays(f"r{i}", f"k{i % 2}", i % 3, np.arange(n, dtype=float), rng.random(n), n)
+        for i, n in enumerate(sizes)
+    ]
+    api = Api(endpoint="127.0.0.1:9")  # never called: series_arrays is replaced
+    monkeypatch.setattr(api, "series_arrays", lambda *a, **k: arrays)
+    got = api.series("p", ["r0"], ["k0"])
+    if arrays:
+        expected = pd.concat(
+            [
+                pd.DataFrame({"run_id": s.run_id, "key": s.key, "rank": s.rank, "x": s.x, "y": s.y})
+                for s in arrays
+            ],
+            ignore_index=True,
+        )
+    else:
+        expected = pd.DataFrame({"run_id": [], "key": [], "rank": [], "x": [], "y": []})
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    api.close()
