@@ -147,16 +147,27 @@ table = st.dataframe(
     },
 )
 
+
+def _turn_page(step: int, next_token: str = "") -> None:
+    """Prev / Next, as the buttons' callbacks: the pager moves before the script runs again, so a
+    click costs one run of the page, not two (a click handled in the body needed st.rerun())."""
+    moved = st.session_state["runs_pager"]
+    if step > 0:
+        moved["tokens"] = moved["tokens"][: moved["index"] + 1] + [next_token]
+    moved["index"] += step
+
+
 prev_col, info_col, next_col, open_col, compare_col = st.columns([1, 2, 1, 2, 2], vertical_alignment="center")
-if prev_col.button("← Prev", disabled=pager["index"] == 0, key="runs_prev"):
-    pager["index"] -= 1
-    st.rerun()
+prev_col.button("← Prev", disabled=pager["index"] == 0, key="runs_prev", on_click=_turn_page, args=(-1,))
 pages_total = max(1, -(-page.total // page_size))
 info_col.caption(f"page {pager['index'] + 1} of {pages_total:,}")
-if next_col.button("Next →", disabled=not page.next_page_token, key="runs_next"):
-    pager["tokens"] = pager["tokens"][: pager["index"] + 1] + [page.next_page_token]
-    pager["index"] += 1
-    st.rerun()
+next_col.button(
+    "Next →",
+    disabled=not page.next_page_token,
+    key="runs_next",
+    on_click=_turn_page,
+    args=(1, page.next_page_token),
+)
 
 rows = table.selection.rows if table else []
 selected = runs.iloc[rows] if rows else runs.iloc[0:0]
