@@ -12,7 +12,9 @@ params, 10 metrics x 10 steps, finished), then each read is timed `--calls` time
   run       Api.run(project, run_id)
   keys      Api.keys(project, [run_id])
   W3a       Api.runs(project, filter='params.optimizer = "adam"', order_by=["-metrics.m0"], limit=100)
-  W3b       Api.runs(project)  (all runs, with config)
+  W3b       Api.runs(project)  (all runs, with config; columnar SearchRuns pages)
+  W3b-rows  the same frame from row-wise pages (Api.iter_runs; what Api.runs read before the
+            columnar reply), for a same-run comparison
   fresh     log one point, finish-flush, then Api.history sees it (log -> visible, per call)
 Prints p50/p99 in ms. Targets (issue 17): small reads p50 < 3 ms, p99 < 10 ms; W3a p50 < 10 ms;
 W3b p50 < 25 ms.
@@ -89,6 +91,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated rows to time (default: all)")
     args = ap.parse_args()
 
+    import pandas as pd
+
     from runstream.api import Api
     from tests.server_process import ServerProcess
 
@@ -131,6 +135,15 @@ def main() -> int:
             df = api.runs(PROJECT)
             assert len(df) == listed, len(df)
 
+        def w3b_rows(i):
+            from runstream.api import _RunColumns
+
+            columns = _RunColumns()
+            for run in api.iter_runs(PROJECT):
+                columns.add(run)
+            df = columns.frame(pd)
+            assert len(df) == listed, len(df)
+
         listed = (
             len(api.search_runs(PROJECT, page_size=1).runs) and api.search_runs(PROJECT, page_size=1).total
         )
@@ -155,6 +168,7 @@ def main() -> int:
             "keys": (keys, "Api.keys(project, [run])"),
             "W3a": (w3a, f"W3a Api.runs filter+sort top 100 of {n}"),
             "W3b": (w3b, f"W3b Api.runs all {n} runs"),
+            "W3b-rows": (w3b_rows, f"W3b from row-wise pages (before), {n} runs"),
             "fresh": (fresh, "log+flush(ack) then Api.history sees it"),
         }
         wanted = [r for r in args.only.split(",") if r] or list(rows)
@@ -163,7 +177,7 @@ def main() -> int:
         print(f"|{'-' * 46}|-------:|-------:|")
         for name in wanted:
             fn, label = rows[name]
-            calls = args.calls if name not in ("W3b", "fresh") else max(5, args.calls // 5)
+            calls = args.calls if name not in ("W3b", "W3b-rows", "fresh") else max(5, args.calls // 5)
             t = timed(fn, calls)
             print(f"| {label:<44} | {np.percentile(t, 50):6.2f} | {np.percentile(t, 99):6.2f} |", flush=True)
         fresh_run.finish()
