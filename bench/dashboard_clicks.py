@@ -28,6 +28,7 @@ animation frame in the page, so each figure includes ~1 frame (16 ms) of polling
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -101,7 +102,10 @@ OVERLAY_DRAWN = "(n) => {" + _JS + "const c = traces(); return c.length >= 2 && 
 SELECT_ALL = -1  # grid_row_checkbox's row -1: the header row, whose marker selects every row
 
 
-def _timed_until(page, click, condition: str, arg=None, timeout_ms: int = 180_000) -> float:
+SHOTS = Path(tempfile.gettempdir())
+
+
+def _timed_until(page, click, condition: str, arg=None, timeout_ms: int = 120_000) -> float:
     """ms from the click to `condition` (a JS function of `arg`) holding, polled every frame."""
     t = time.perf_counter()
     click()
@@ -112,7 +116,7 @@ def _timed_until(page, click, condition: str, arg=None, timeout_ms: int = 180_00
 def measure(url: str, runs: int, clicks: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    from tests.e2e.dashboard_process import grid_row_checkbox, launch_chromium, wait_idle
+    from tests.e2e.dashboard_process import launch_chromium
 
     out: dict[str, list[float]] = {
         "table next": [], "table prev/next (cached)": [], "table 4-term filter": [],
@@ -122,63 +126,112 @@ def measure(url: str, runs: int, clicks: int) -> dict[str, list[float]]:
         browser = launch_chromium(pw)
         page = browser.new_context(viewport={"width": 1600, "height": 1400}).new_page()
         page.set_default_timeout(180_000)
-        page.goto(f"{url}/?project={PROJECT}")
-        page.get_by_text(f"{runs:,} runs match").first.wait_for()
-        wait_idle(page, 180_000)
+        try:
+            _clicks(page, url, runs, clicks, out)
+        except Exception:
+            shot = SHOTS / f"dashboard_clicks-{int(time.time())}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"a click never drew what was awaited; the page: {shot}", file=sys.stderr)
+            raise
+        finally:
+            browser.close()
+    return out
 
-        def click_button(name: str):
-            return lambda: page.get_by_role("button", name=name).click()
 
-        # -- the runs table: Next -> through pages not read before, then Prev / Next (cached)
-        for i in range(clicks):
-            want = f"showing {(i + 1) * 100 + 1:,}–"
-            arg = {"want": want, "first": page.evaluate(FIRST_ROW)}
-            out["table next"].append(_timed_until(page, click_button("Next →"), PAGE_DRAWN, arg))
-            wait_idle(page)
-        for _ in range(clicks):
-            for button, shown in (("← Prev", clicks - 1), ("Next →", clicks)):
-                arg = {"want": f"showing {shown * 100 + 1:,}–", "first": page.evaluate(FIRST_ROW)}
-                out["table prev/next (cached)"].append(
-                    _timed_until(page, click_button(button), PAGE_DRAWN, arg)
-                )
-                wait_idle(page)
+def _clicks(page, url: str, runs: int, clicks: int, out: dict[str, list[float]]) -> None:
+    from tests.e2e.dashboard_process import grid_row_checkbox, wait_idle
 
-        # -- a 4-term filter typed, then Enter: each one new
-        box = page.get_by_label("Filter", exact=True).and_(page.locator("input"))
-        for i in range(clicks):
-            box.fill(FILTER_4.format(x=f"0.{i + 1}"))
-            ms = _timed_until(page, lambda: box.press("Enter"), CAPTION_DRAWN, f"p0 > 0.{i + 1}")
-            out["table 4-term filter"].append(ms)
-            wait_idle(page)
+    page.goto(f"{url}/?project={PROJECT}")
+    page.get_by_text(f"{runs:,} runs match").first.wait_for()
+    wait_idle(page, 180_000)
 
-        # -- a 50-run overlay: the long-curve runs, 50 rows a page, select all on each page
-        long_runs = min(LONG_RUNS, runs)
-        box.fill("metrics.loss.count > 0")
-        box.press("Enter")
-        page.get_by_text(f"{long_runs:,} runs match").first.wait_for()
+    def click_button(name: str):
+        return lambda: page.get_by_role("button", name=name).click()
+
+    # -- the runs table: Next -> through pages not read before, then Prev / Next (cached)
+    for i in range(clicks):
+        want = f"showing {(i + 1) * 100 + 1:,}–"
+        arg = {"want": want, "first": page.evaluate(FIRST_ROW)}
+        out["table next"].append(_timed_until(page, click_button("Next →"), PAGE_DRAWN, arg))
         wait_idle(page)
-        page.get_by_role("combobox", name="Rows").first.click()
-        page.get_by_role("option", name="50", exact=True).click()
-        page.get_by_text("showing 1–50").first.wait_for()
+    for _ in range(clicks):
+        for button, shown in (("← Prev", clicks - 1), ("Next →", clicks)):
+            arg = {"want": f"showing {shown * 100 + 1:,}–", "first": page.evaluate(FIRST_ROW)}
+            out["table prev/next (cached)"].append(_timed_until(page, click_button(button), PAGE_DRAWN, arg))
+            wait_idle(page)
+
+    # -- a 4-term filter typed, then Enter: each one new
+    box = page.get_by_label("Filter", exact=True).and_(page.locator("input"))
+    for i in range(clicks):
+        box.fill(FILTER_4.format(x=f"0.{i + 1}"))
+        ms = _timed_until(page, lambda: box.press("Enter"), CAPTION_DRAWN, f"p0 > 0.{i + 1}")
+        out["table 4-term filter"].append(ms)
         wait_idle(page)
-        for i in range(min(clicks, long_runs // 50)):
-            if i:
-                page.get_by_role("button", name="Next →").click()
-                page.get_by_text(f"showing {i * 50 + 1:,}–").first.wait_for()
-                wait_idle(page)
-            table = page.locator('[data-testid="stDataFrame"]').first
 
-            def select_all(t=table):
-                return page.mouse.click(*grid_row_checkbox(page, t, SELECT_ALL))
+    # -- a 50-run overlay: the long-curve runs, 50 rows a page, select all on each page
+    long_runs = min(LONG_RUNS, runs)
+    box.fill("metrics.loss.count > 0")
+    box.press("Enter")
+    page.get_by_text(f"{long_runs:,} runs match").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("combobox", name="Rows").first.click()
+    page.get_by_role("option", name="50", exact=True).click()
+    page.get_by_text("showing 1–50").first.wait_for()
+    wait_idle(page)
+    for i in range(min(clicks, long_runs // 50)):
+        if i:
+            page.get_by_role("button", name="Next →").click()
+            page.get_by_text(f"showing {i * 50 + 1:,}–").first.wait_for()
+            wait_idle(page)
+        table = page.locator('[data-testid="stDataFrame"]').first
+        table.wait_for(state="visible")
+        page.wait_for_timeout(500)  # the grid settles (a rerun may replace it)
+        header = grid_row_checkbox(page, table, SELECT_ALL)
 
-            out["overlay 50"].append(_timed_until(page, select_all, OVERLAY_DRAWN, 50))
-            wait_idle(page)
-            select_all()  # cleared, then the same 50 again within the loaders' TTL
-            page.get_by_text("Select runs in the table").wait_for()
-            wait_idle(page)
-            out["overlay 50 (cached)"].append(_timed_until(page, select_all, OVERLAY_DRAWN, 50))
-            wait_idle(page)
-        browser.close()
+        def select_all(xy=header):
+            return page.mouse.click(*xy)
+
+        out["overlay 50"].append(_timed_until(page, select_all, OVERLAY_DRAWN, 50))
+        wait_idle(page)
+        select_all()  # cleared, then the same 50 again within the loaders' TTL
+        page.get_by_text("Select runs in the table").wait_for()
+        wait_idle(page)
+        out["overlay 50 (cached)"].append(_timed_until(page, select_all, OVERLAY_DRAWN, 50))
+        wait_idle(page)
+
+
+def loader_costs(endpoint: str, calls: int) -> dict[str, list[float]]:
+    """ms per call of the Runs page's loaders, bypassing Streamlit's cache (what a click that
+    misses it pays before rendering), and the overlay's figures; run in a child process with the
+    measured tree's packages (`--loaders`)."""
+    os.environ["RUNSTREAM_ENDPOINT"] = endpoint
+    from runstream_dashboard import charts
+    from runstream_dashboard import queries as q
+
+    api = q.api()
+    long_ids = tuple(
+        api.runs(PROJECT, filter="metrics.loss.count > 0", order_by="run_id", limit=50)["run_id"]
+    )
+    param_keys = tuple(f"p{k}" for k in range(8))
+    metric_keys = ("loss", *(f"m{k}" for k in range(5)))
+    out: dict[str, list[float]] = {"loader: runs page (100 rows)": [], "loader: 50-run series": []}
+    out["charts: 2 overlay figures"] = []
+    for i in range(calls + 2):  # 2 warm-up calls
+        t = time.perf_counter()
+        page = q.search_runs.__wrapped__(PROJECT, "", ("-start",), 100, "", param_keys, metric_keys)
+        t1 = time.perf_counter()
+        series = q.metric_series.__wrapped__(PROJECT, long_ids, ("loss", "m0"), "step", 1000)
+        t2 = time.perf_counter()
+        labels = {r: r for r in long_ids}
+        for key in ("loss", "m0"):
+            charts.learning_curves(series, key, labels, x_axis="step", smoothing=0.6)
+        t3 = time.perf_counter()
+        assert len(page.runs) == 100 and series["run_id"].nunique() == 50, (len(page.runs), len(series))
+        if i >= 2:
+            out["loader: runs page (100 rows)"].append((t1 - t) * 1000)
+            out["loader: 50-run series"].append((t2 - t1) * 1000)
+            out["charts: 2 overlay figures"].append((t3 - t2) * 1000)
+    print(json.dumps(out))
     return out
 
 
@@ -191,15 +244,19 @@ def run_once(folder: Path, runs: int, clicks: int, tree: Path | None) -> dict[st
     if tree is not None:  # a copy: this tree's migrations may be newer than the other tree knows
         data = folder / "server-other-tree"
         shutil.rmtree(data, ignore_errors=True)
-        shutil.copytree(folder / "server" / "chdb", data / "chdb")
+        shutil.copytree(folder / "server" / "chdb", data / "chdb", symlinks=True)  # chDB links relatively
     server = ServerProcess(data, env=extra).start(timeout_s=180)
     dash = None
     saved = dict(os.environ)
     try:
         if extra:
             os.environ.update(extra)  # the dashboard child inherits it
+        loaders = subprocess.run(
+            [sys.executable, __file__, "--loaders", server.endpoint, "--clicks", str(max(clicks, 5))],
+            check=True, capture_output=True, text=True, env={**os.environ},
+        )  # fmt: skip
         dash = DashboardProcess(server.endpoint, folder / "streamlit.log").start()
-        return measure(dash.url, runs, clicks)
+        return {**measure(dash.url, runs, clicks), **json.loads(loaders.stdout.strip().splitlines()[-1])}
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -214,14 +271,23 @@ def main() -> int:
     ap.add_argument("--clicks", type=int, default=4, help="clicks per row (overlay: at most 4)")
     ap.add_argument("--data-dir", default="", help="kept, and reused when it holds data")
     ap.add_argument("--tree", default="", help="another checkout to measure first (before/after)")
+    ap.add_argument("--tree-only", action="store_true", help="measure only --tree (not this checkout)")
+    ap.add_argument("--loaders", default="", metavar="ENDPOINT", help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args()
+    if args.loaders:
+        loader_costs(args.loaders, args.clicks)
+        return 0
     folder = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="rs-dashclicks-"))
+    global SHOTS
+    SHOTS = folder
     try:
         if not (folder / "server" / "chdb").exists():
             t = time.perf_counter()
             build_data(folder / "server", args.runs)
             print(f"built {args.runs:,} runs in {time.perf_counter() - t:.0f}s", file=sys.stderr)
         trees = ([("before", Path(args.tree))] if args.tree else []) + [("this tree", None)]
+        if args.tree_only:
+            trees = trees[:1]
         results = {label: run_once(folder, args.runs, args.clicks, tree) for label, tree in trees}
         print(
             f"\ndashboard clicks, {args.runs:,} runs; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
