@@ -42,12 +42,16 @@ class SeqRanges:
         return [(lo, hi) for lo, hi in self._ranges]
 
     def _add(self, lo: int, hi: int) -> None:
-        ranges = self._ranges
-        i = bisect.bisect_left(ranges, [lo, lo])
-        if i > 0 and ranges[i - 1][1] >= lo - 1:
-            i -= 1
-        j = i
-        while j < len(ranges) and ranges[j][0] <= hi + 1:
-            lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
-            j += 1
-        ranges[i:j] = [[lo, hi]]
+        add_range(self._ranges, lo, hi)
+
+
+def add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
+    """Adds [lo, hi] to sorted, disjoint closed ranges, merging overlapping and adjacent ones."""
+    i = bisect.bisect_left(ranges, [lo, lo])
+    if i > 0 and ranges[i - 1][1] >= lo - 1:
+        i -= 1
+    j = i
+    while j < len(ranges) and ranges[j][0] <= hi + 1:
+        lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
+        j += 1
+    ranges[i:j] = [[lo, hi]]

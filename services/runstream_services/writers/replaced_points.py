@@ -27,6 +27,7 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from runstream.v1 import ingest_pb2, types_pb2
+from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
 MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
@@ -207,13 +208,6 @@ def _overlaps(ranges: list[list[int]], lo: int, hi: int) -> bool:
 
 def _add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
     """Adds [lo, hi], merging overlapping and adjacent ranges; past MAX_RANGES, keeps one."""
-    i = bisect.bisect_left(ranges, [lo, lo])
-    if i > 0 and ranges[i - 1][1] >= lo - 1:
-        i -= 1
-    j = i
-    while j < len(ranges) and ranges[j][0] <= hi + 1:
-        lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
-        j += 1
-    ranges[i:j] = [[lo, hi]]
+    add_range(ranges, lo, hi)
     if len(ranges) > MAX_RANGES:
         ranges[:] = [[ranges[0][0], max(r[1] for r in ranges)]]
