@@ -308,3 +308,20 @@ def test_stored_seqs_are_ranges_per_client_and_run_and_never_expire(writer):
     assert (late.stored, late.duplicates) == (0, 2)
     assert fresh.write([envelope(40, metrics=metrics(2, start=80))]).stored == 1  # a gap is not a replay
     fresh.close()
+
+
+def test_one_client_logging_several_runs_keeps_a_record_per_run(writer):
+    """The pending record is replaced per (client, run), never per client alone: a process that
+    logs many runs (a sweep in one process) must keep every run's row."""
+    for i, run_id in enumerate(("run-a", "run-b", "run-c")):
+        writer.write([envelope(1 + 2 * i, run_start=start(run_id=run_id))])
+        writer.write([envelope(2 + 2 * i, metrics=metrics(4, run_id=run_id))])
+    writer.flush()
+    rows = q(writer, "SELECT run_id, ranges FROM DB.client_seqs FINAL ORDER BY run_id")
+    assert rows == [("run-a", [(1, 2)]), ("run-b", [(3, 4)]), ("run-c", [(5, 6)])]
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, writer.settings)
+    assert (
+        fresh.write([envelope(s, metrics=metrics(4, run_id="run-a")) for s in (1, 2, 3, 4, 5, 6)]).duplicates
+        == 6
+    )
+    fresh.close()

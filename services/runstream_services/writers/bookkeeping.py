@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 log = logging.getLogger("runstream.writer")
 
@@ -31,13 +31,13 @@ class BackgroundRows:
         insert: InsertFn,
         columns: dict[str, tuple[str, ...]],
         interval_s: float = 0.5,
-        keyed: Iterable[str] = (),
+        keyed: dict[str, int] | None = None,
     ):
-        """`keyed`: tables whose rows replace the pending row with the same first column (a
-        client's latest set of stored seqs supersedes the ones before it)."""
+        """`keyed`: table -> n, for tables whose rows replace the pending row with the same first
+        n columns (a (client, run)'s latest set of stored seqs supersedes the ones before it)."""
         self._insert = insert
         self._columns = columns
-        self._keyed = set(keyed)
+        self._keyed = dict(keyed or {})
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self._pending: dict[str, list[list]] = {table: [] for table in columns}
@@ -56,9 +56,10 @@ class BackgroundRows:
         if rows:
             with self._lock:
                 pending = self._pending[table]
-                if table in self._keyed:
-                    keys = {row[0] for row in rows}
-                    pending[:] = [row for row in pending if row[0] not in keys]
+                n = self._keyed.get(table)
+                if n:
+                    keys = {tuple(row[:n]) for row in rows}
+                    pending[:] = [row for row in pending if tuple(row[:n]) not in keys]
                 pending.extend(rows)
 
     def pending(self, table: str) -> list[list]:

@@ -171,7 +171,7 @@ class StoreWriter:
         self._bookkeeping = BackgroundRows(
             lambda table, columns, data: self._insert_rows(table, columns, data, None),
             {"client_seqs": CLIENT_SEQS_COLUMNS, "audit_log": AUDIT_COLUMNS},
-            keyed=("client_seqs",),
+            keyed={"client_seqs": 2},  # one row per (client_id, run_id)
         )
 
     # ---- public -------------------------------------------------------------------------------
