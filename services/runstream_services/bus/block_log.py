@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,10 +40,12 @@ class BlockLog:
         self.folder.mkdir(parents=True, exist_ok=True)
         numbers = [int(p.stem) for p in self.folder.glob("*.blk") if p.stem.isdigit()]
         self._next = max(numbers, default=0) + 1
+        self._lock = threading.Lock()  # blocks are logged from several pool threads
 
     def write(self, name: str, envelopes: list[Envelope]) -> Path:
         """Logs one block; returns its file (pass it to `remove` once the block is recorded)."""
-        number, self._next = self._next, self._next + 1
+        with self._lock:
+            number, self._next = self._next, self._next + 1
         parts = [name.encode() + b"\n"]
         for env in envelopes:
             header = json.dumps(

@@ -236,8 +236,10 @@ class EmbeddedBus:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
+            self._blocks_written += 1  # named here, in the loop thread: two pool threads must
+            name = f"blk:{self._name}:{self._blocks_written}"  # never share a name (= a dedup token)
             try:
-                results = await loop.run_in_executor(self._pool, self._write_block, block)
+                results = await loop.run_in_executor(self._pool, self._write_block, block, name)
             except Exception as exc:
                 results = [exc] * len(block.items)
             self._refuse_behind(block, results)
@@ -259,13 +261,11 @@ class EmbeddedBus:
                 self._idle.set()
             self._wake.set()
 
-    def _write_block(self, block: _Block) -> list[WriteResult | BaseException]:
+    def _write_block(self, block: _Block, name: str) -> list[WriteResult | BaseException]:
         """In a pool thread: logs the block, writes it under its name and splits the result per
         publish. When the block fails as a whole, each publish is written on its own, so one
         request the store cannot take fails alone."""
         envelopes = block.envelopes
-        self._blocks_written += 1
-        name = f"blk:{self._name}:{self._blocks_written}"
         path = self._log.write(name, envelopes) if self._log is not None else None
         try:
             result = self.sink.write(envelopes, token=name)
