@@ -295,7 +295,9 @@ class RunRegistry:
         # run events admitted as replays of stored requests: the writer skips them, so their
         # publish must not change what this registry believes either. Counted: one stream may
         # carry the same replay twice, both in flight at once (the embedded bus pipelines them).
-        self._admitted_replays: Counter[tuple[str, int]] = Counter()
+        # Keyed by kind too: the same seq may be replayed with several bodies, and a run_update's
+        # publish must not use up the mark of a run_start replayed beside it.
+        self._admitted_replays: Counter[tuple[str, int, str]] = Counter()
 
     async def state(self, project: str, run_id: str) -> str | None:
         key = (project, run_id)
@@ -314,7 +316,7 @@ class RunRegistry:
     def published(self, kind: str, request: ingest_pb2.IngestRequest, project: str, run_id: str) -> None:
         """Notes the state a run event set, once it is durable (never for a replay: the writer
         skips a request whose (client_id, seq) is stored, whatever its body now says)."""
-        replay = (request.client_id, request.seq)
+        replay = (request.client_id, request.seq, kind)
         if self._admitted_replays[replay] > 0:
             self._admitted_replays[replay] -= 1
             if not self._admitted_replays[replay]:
@@ -329,7 +331,7 @@ class RunRegistry:
         is durable: the requests behind it on its stream are admitted against it (a bus that keeps
         a client's order, the embedded one, writes them after it). `published` confirms it;
         `withdraw` undoes it when the event was not stored."""
-        if (request.client_id, request.seq) in self._admitted_replays:
+        if (request.client_id, request.seq, kind) in self._admitted_replays:
             return  # a replay changes no state
         state = state_set_by(kind, request, self._states.get((project, run_id)))
         if state is not None:
@@ -351,7 +353,7 @@ class RunRegistry:
         and noted, so that publishing it changes no state (the writer skips it too)."""
         if kind in ("run_start", "run_finish") and await self.is_replay(request.client_id, request.seq):
             if len(self._admitted_replays) < 100_000:  # entries leave at publish; this bounds failed ones
-                self._admitted_replays[(request.client_id, request.seq)] += 1
+                self._admitted_replays[(request.client_id, request.seq, kind)] += 1
             return  # stored before (its ack was lost): answered again, never applied
         state = await self.state(project, run_id)
         where = f"run {run_id!r} of project {project!r}"

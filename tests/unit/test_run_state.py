@@ -230,6 +230,14 @@ def test_a_replayed_run_event_changes_no_state_whatever_its_body():
     runs.published("run_start", replay, "p", "r")
     runs.published("run_start", replay, "p", "r")
     assert asyncio.run(runs.state("p", "r")) == states.FINISHED
+    # One seq replayed with two bodies at once (fuzz, under load): the run_update's publish must
+    # not use up the mark of the run_start beside it.
+    update = pb.IngestRequest(client_id="c", seq=1, run_update=pb.RunUpdate(project="p", run_id="r"))
+    asyncio.run(runs.admit("run_start", "p", "r", replay))
+    asyncio.run(runs.admit("run_update", "p", "r", update))
+    runs.published("run_update", update, "p", "r")
+    runs.published("run_start", replay, "p", "r")
+    assert asyncio.run(runs.state("p", "r")) == states.FINISHED
     fresh = pb.IngestRequest(client_id="new", seq=1, run_start=pb.RunStart(project="p", run_id="r"))
     with pytest.raises(AlreadyExists):
         asyncio.run(runs.admit("run_start", "p", "r", fresh))
