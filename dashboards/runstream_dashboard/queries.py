@@ -2,6 +2,12 @@
 dataclasses for the pages. Pages never touch gRPC or protobuf; they call these loaders, which
 Streamlit caches by their arguments (short TTLs, so live runs refresh).
 
+TTLs are short because a read that misses the cache is cheap next to drawing its answer: on the
+embedded server the query service answers from its read cache (bench/dashboard_clicks.py, 10,000
+runs: the Runs page's loader ~16 ms, a 50-run series loader ~18 ms, against 0.3-2.5 s from click
+to drawn page), so the cache only spares reruns that follow each other closely, and live pages
+(refreshed every 5 s) get data at most 2 s old.
+
 Every call goes through one runstream.Api per process (`api()`, an st.cache_resource), which
 reads $RUNSTREAM_ENDPOINT and $RUNSTREAM_API_KEY as the SDK does. A failed call raises
 runstream.errors.ServerError (ServerUnavailableError when the server is not reached): pages show
@@ -88,7 +94,7 @@ def run_row(run: types_pb2.Run) -> dict[str, Any]:
 # ---------------------------------------------------------------- loaders
 
 
-@st.cache_data(ttl=15, show_spinner=False)
+@st.cache_data(ttl=5, show_spinner=False)
 def list_projects() -> pd.DataFrame:
     """Projects with run counts and last activity, newest first."""
     rows = [
@@ -109,7 +115,7 @@ class RunsPage:
     total: int
 
 
-@st.cache_data(ttl=10, show_spinner=False, max_entries=200)
+@st.cache_data(ttl=3, show_spinner=False, max_entries=200)
 def search_runs(
     project: str,
     filter_text: str = "",
@@ -159,7 +165,7 @@ class Keys:
     system_metric_keys: tuple[str, ...] = ()
 
 
-@st.cache_data(ttl=30, show_spinner=False)
+@st.cache_data(ttl=10, show_spinner=False)
 def list_keys(project: str, run_ids: tuple[str, ...] = ()) -> Keys:
     keys = api().keys(project, run_ids)
     return Keys(
@@ -173,7 +179,7 @@ def list_keys(project: str, run_ids: tuple[str, ...] = ()) -> Keys:
 SERIES_COLUMNS = ["run_id", "key", "rank", "x", "y", "total_points"]
 
 
-@st.cache_data(ttl=5, show_spinner=False, max_entries=100)
+@st.cache_data(ttl=2, show_spinner=False, max_entries=100)
 def metric_series(
     project: str,
     run_ids: tuple[str, ...],
@@ -238,7 +244,7 @@ class RunDetail:
 ARTIFACT_COLUMNS = ["name", "path", "type", "version", "size", "sha256", "uri", "created"]
 
 
-@st.cache_data(ttl=5, show_spinner=False, max_entries=100)
+@st.cache_data(ttl=2, show_spinner=False, max_entries=100)
 def get_run(project: str, run_id: str) -> RunDetail:
     run = api().get_run(project, run_id)
     info = run_row(run)
