@@ -307,7 +307,9 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
-    parser.add_argument("--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000,20000,25000")
+    parser.add_argument(
+        "--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,12000,16000,20000,25000"
+    )
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--probes", type=int, default=200)
