@@ -29,6 +29,7 @@ class Unsupported(Exception):
 
 
 def value_proto(kind: str, num: float, text: str) -> types_pb2.Value:
+    """A params row (kind, number, text) as the wire Value: the cache and the SQL path share it."""
     if kind == "number":
         return types_pb2.Value(number=num)
     if kind == "flag":

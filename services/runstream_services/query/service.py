@@ -52,16 +52,6 @@ _AXES = {
 }
 
 
-def _value(kind: str, num: float, text: str) -> types_pb2.Value:
-    if kind == "number":
-        return types_pb2.Value(number=num)
-    if kind == "flag":
-        return types_pb2.Value(flag=bool(num))
-    if kind == "json":
-        return types_pb2.Value(json=text)
-    return types_pb2.Value(text=text)
-
-
 def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
 
@@ -265,7 +255,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         )
         for run_id, scope, key, kind, num, text in param_rows:
             target = by_id[run_id].config if scope == "config" else by_id[run_id].summary
-            target[key].CopyFrom(_value(kind, num, text))
+            target[key].CopyFrom(cached_reads.value_proto(kind, num, text))
         for run_id, key, last, lo, hi, count, last_step in metric_rows:
             by_id[run_id].metrics.add(key=key, last=last, min=lo, max=hi, count=count, last_step=last_step)
 
