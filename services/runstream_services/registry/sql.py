@@ -60,16 +60,21 @@ def versions(db: str, project: str, model: str, version: int | None = None) -> Q
     """Rows of `_VERSION_SELECT` (version, run_id, artifact_name, artifact_version, artifact_sha256,
     files, datasets, git_commit, git_dirty, creator, created_ms, description, metrics) of the
     model (only `version` when given), newest first."""
-    params: dict[str, object] = {"project": project, "model": model}
-    cond = ""
-    if version is not None:
-        cond = " AND version = {version:UInt32}"
-        params["version"] = version
+    cond, params = _model_scope(project, model, version)
     return Query(
         f"{_VERSION_SELECT} FROM {db}.model_versions WHERE project = {{project:String}} "
         f"AND model = {{model:String}}{cond} ORDER BY version DESC LIMIT 1 BY version",
         params,
     )
+
+
+def _model_scope(project: str, model: str, version: int | None) -> tuple[str, dict[str, object]]:
+    """The extra condition and the bound values for one model's rows (one version's when given)."""
+    params: dict[str, object] = {"project": project, "model": model}
+    if version is None:
+        return "", params
+    params["version"] = version
+    return " AND version = {version:UInt32}", params
 
 
 def latest_version(db: str, project: str, model: str) -> Query:
@@ -83,11 +88,7 @@ def latest_version(db: str, project: str, model: str) -> Query:
 def edits(db: str, project: str, model: str, version: int | None = None) -> Query:
     """Rows (version, description, tags, actor, time_ms, revision): the metadata edits of the
     model's versions (only `version` when given), oldest first."""
-    params: dict[str, object] = {"project": project, "model": model}
-    cond = ""
-    if version is not None:
-        cond = " AND version = {version:UInt32}"
-        params["version"] = version
+    cond, params = _model_scope(project, model, version)
     return Query(
         f"SELECT version, description, tags, actor, time_ms, revision FROM {db}.model_version_edits "
         f"WHERE project = {{project:String}} AND model = {{model:String}}{cond} ORDER BY version, revision",
