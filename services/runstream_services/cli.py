@@ -4,6 +4,7 @@ works with the bare SDK install."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 EPILOG = """\
@@ -98,6 +99,23 @@ def _registry_commands(sub) -> None:
     p.set_defaults(handler="artifact_get")
 
 
+# Command groups that live with their feature. Each module defines `add_commands(sub)`, which only
+# declares subcommands and flags (argparse; no heavy imports at module level, so `--help` stays
+# fast and works on the bare SDK install) and sets `run="package.module:function"` on each
+# subcommand; main() imports that function when the command runs and returns what it returns.
+COMMAND_GROUPS: tuple[str, ...] = ()
+
+
+def _add_groups(sub) -> None:
+    for name in COMMAND_GROUPS:
+        importlib.import_module(name).add_commands(sub)
+
+
+def _run_group_command(args: argparse.Namespace) -> int:
+    module_name, _, func = args.run.partition(":")
+    return getattr(importlib.import_module(module_name), func)(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runstream",
@@ -123,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     _registry_commands(sub)
+    _add_groups(sub)
 
     p = sub.add_parser("dashboard", help="run only the dashboard against a running server")
     p.add_argument("--endpoint", help="server host:port (default $RUNSTREAM_ENDPOINT or 127.0.0.1:7777)")
@@ -133,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "run", None):
+        return _run_group_command(args)
     if args.command == "server":
         from runstream_services.server import main as server_main
 
