@@ -30,9 +30,17 @@ class ServerSettings:
     kafka_bootstrap: str = ""
     kafka_topic_prefix: str = "runstream"
     kafka_group_id: str = "runstream-writers"
+    # static group membership (KIP-345): a writer that restarts under the same id within the
+    # session timeout gets its partitions back without a rebalance of the whole group; the Helm
+    # chart's writer StatefulSet sets it to the pod name. "": dynamic membership
+    kafka_group_instance_id: str = ""
     # metric store
     clickhouse_dsn: str = ""  # default: chdb://<data_dir>/chdb
     clickhouse_database: str = "runstream"
+    # apply missing schema migrations at start (embedded default). With false, a separate
+    # `runstream migrate` (the Helm pre-install/upgrade Job) applies them once and the server
+    # refuses to start while the schema lacks a migration it needs
+    migrate_on_start: bool = True
     # artifact store
     artifact_store: str = "local"  # local | s3
     artifact_dir: str = ""  # default: <data_dir>/artifacts
