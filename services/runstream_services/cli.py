@@ -103,7 +103,9 @@ def _registry_commands(sub) -> None:
 # declares subcommands and flags (argparse; no heavy imports at module level, so `--help` stays
 # fast and works on the bare SDK install) and sets `run="package.module:function"` on each
 # subcommand; main() imports that function when the command runs and returns what it returns.
-COMMAND_GROUPS: tuple[str, ...] = ()
+COMMAND_GROUPS: tuple[str, ...] = (
+    "runstream_services.storage.migrate_command",  # migrate
+)
 
 
 def _add_groups(sub) -> None:

@@ -32,6 +32,7 @@ from runstream_services.ingest.service import IngestServicer
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
 from runstream_services.run_state import RunRegistry, RunsTable, RunStateSource
 from runstream_services.storage.clickhouse import ClientPool, connect
+from runstream_services.storage.migrate_command import require_current
 from runstream_services.storage.migrations import migrate
 
 if TYPE_CHECKING:  # imported where used: a process loads only the parts its settings ask for
@@ -151,9 +152,12 @@ class RunstreamServer:
             s.data_path.mkdir(parents=True, exist_ok=True)
         if self._needs_store():
             self.client = await asyncio.to_thread(connect, s.resolved_clickhouse_dsn)
-            applied = await asyncio.to_thread(migrate, self.client, s.clickhouse_database)
-            if applied:
-                log.info("applied migrations %s to %s", applied, s.clickhouse_database)
+            if s.migrate_on_start:
+                applied = await asyncio.to_thread(migrate, self.client, s.clickhouse_database)
+                if applied:
+                    log.info("applied migrations %s to %s", applied, s.clickhouse_database)
+            else:
+                await asyncio.to_thread(require_current, self.client, s.clickhouse_database)
         self.artifact_store = await asyncio.to_thread(self._build_artifact_store)
 
     def _build_artifact_store(self) -> ArtifactStore:
