@@ -27,6 +27,12 @@ def connect(dsn: str) -> Client:
             if client is None:
                 try:
                     client = clickhouse_connect.get_client(dsn=dsn)
+                except ImportError as exc:  # the lean `runstream[server]` install has no chDB
+                    raise ConfigError(
+                        f"{dsn!r} is the embedded chDB store, and chDB is not installed here: "
+                        "pip install 'runstream[embedded]', or point --clickhouse-dsn "
+                        "(RUNSTREAM_CLICKHOUSE_DSN) at a ClickHouse server, http://user:pass@host:8123"
+                    ) from exc
                 except Exception as exc:  # chDB raises plain RuntimeError
                     raise Unavailable(
                         f"cannot open chDB at {dsn!r}: {exc}. One process owns a chDB folder; "
