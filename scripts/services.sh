@@ -53,7 +53,7 @@ install_minio() {
 
 install_chdb() {
   "$py" -c "import chdb, clickhouse_connect" 2>/dev/null || {
-    log "chDB is missing: pip install -e '.[server]'"; exit 1; }
+    log "chDB is missing: pip install -e '.[embedded]'"; exit 1; }
 }
 
 wait_port() {  # name port seconds
