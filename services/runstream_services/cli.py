@@ -36,6 +36,11 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--artifact-store", choices=["local", "s3"], help="local folder (default) or s3")
     g.add_argument("--s3-endpoint", help="S3/MinIO host:port")
     g.add_argument("--s3-bucket", help="bucket for artifact bytes (default runstream-artifacts)")
+    g.add_argument("--tls-cert", dest="tls_cert_file", help="TLS certificate chain (PEM) for the gRPC port")
+    g.add_argument("--tls-key", dest="tls_key_file", help="its private key (PEM); TLS is off without both")
+    g.add_argument(
+        "--tls-client-ca", dest="tls_client_ca_file", help="mTLS: clients need a cert this CA signed"
+    )
     g.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
 
 
@@ -43,6 +48,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     keys = [
         "host", "port", "metrics_port", "data_dir", "components", "bus", "kafka_bootstrap",
         "clickhouse_dsn", "artifact_store", "s3_endpoint", "s3_bucket",
+        "tls_cert_file", "tls_key_file", "tls_client_ca_file",
     ]  # fmt: skip
     return {k: getattr(args, k, None) for k in keys}
 
