@@ -10,6 +10,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from runstream.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -21,6 +22,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LineageDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LineageDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LineageDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LINEAGE_DIRECTION_BOTH: _LineageDirection.ValueType  # 0
+    """upstream and downstream"""
+    LINEAGE_DIRECTION_UPSTREAM: _LineageDirection.ValueType  # 1
+    """what the start was made from"""
+    LINEAGE_DIRECTION_DOWNSTREAM: _LineageDirection.ValueType  # 2
+    """what was made from the start"""
+
+class LineageDirection(_LineageDirection, metaclass=_LineageDirectionEnumTypeWrapper):
+    """Which way a lineage walk goes from its start."""
+
+LINEAGE_DIRECTION_BOTH: LineageDirection.ValueType  # 0
+"""upstream and downstream"""
+LINEAGE_DIRECTION_UPSTREAM: LineageDirection.ValueType  # 1
+"""what the start was made from"""
+LINEAGE_DIRECTION_DOWNSTREAM: LineageDirection.ValueType  # 2
+"""what was made from the start"""
+Global___LineageDirection: _TypeAlias = LineageDirection  # noqa: Y015
 
 @_typing.final
 class RegisteredModel(_message.Message):
@@ -48,6 +73,26 @@ class RegisteredModel(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROJECT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
@@ -56,6 +101,8 @@ class RegisteredModel(_message.Message):
     CREATED_MS_FIELD_NUMBER: _builtins.int
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -73,6 +120,16 @@ class RegisteredModel(_message.Message):
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """alias -> version it points at now"""
 
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """current (latest edit; none as created)"""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionEdit]:
+        """Metadata as created, then every edit, oldest first (only filled by GetModel and
+        UpdateRegisteredModel).
+        """
+
     def __init__(
         self,
         *,
@@ -84,10 +141,12 @@ class RegisteredModel(_message.Message):
         created_ms: _builtins.int = ...,
         latest_version: _builtins.int = ...,
         aliases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        history: _abc.Iterable[Global___VersionEdit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_ms", b"created_ms", "creator", b"creator", "description", b"description", "latest_version", b"latest_version", "name", b"name", "project", b"project", "protected_aliases", b"protected_aliases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_ms", b"created_ms", "creator", b"creator", "description", b"description", "history", b"history", "latest_version", b"latest_version", "name", b"name", "project", b"project", "protected_aliases", b"protected_aliases", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,7 +221,7 @@ Global___MetricSnapshot: _TypeAlias = MetricSnapshot  # noqa: Y015
 
 @_typing.final
 class VersionEdit(_message.Message):
-    """One change of a version's editable metadata."""
+    """One change of a version's (or a model's) editable metadata."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -433,20 +492,28 @@ Global___GetModelResponse: _TypeAlias = GetModelResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
-    """List the models of a project."""
+    """List the models of a project, by name, a page at a time."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty: the first page"""
+    limit: _builtins.int
+    """models per page; 0: 1,000; at most 10,000"""
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,21 +521,25 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
-    """The models."""
+    """One page of models."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredModel]: ...
     def __init__(
         self,
         *,
         models: _abc.Iterable[Global___RegisteredModel] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -631,23 +702,31 @@ Global___GetModelVersionResponse: _TypeAlias = GetModelVersionResponse  # noqa: 
 
 @_typing.final
 class ListModelVersionsRequest(_message.Message):
-    """List the versions of a model."""
+    """List the versions of a model, newest first, a page at a time."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     model: _builtins.str
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty: the first page"""
+    limit: _builtins.int
+    """versions per page; 0: 1,000; at most 10,000"""
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         model: _builtins.str = ...,
+        page_token: _builtins.str = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model", "page_token", b"page_token", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -655,21 +734,25 @@ Global___ListModelVersionsRequest: _TypeAlias = ListModelVersionsRequest  # noqa
 
 @_typing.final
 class ListModelVersionsResponse(_message.Message):
-    """The versions, newest first."""
+    """One page of versions, newest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
     def __init__(
         self,
         *,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,21 +971,25 @@ class ListRegistryEventsRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     model: _builtins.str
     """empty: every model of the project"""
     limit: _builtins.int
-    """default 1,000, at most 10,000"""
+    """events per page; default 1,000, at most 10,000"""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty: the newest events"""
     def __init__(
         self,
         *,
         project: _builtins.str = ...,
         model: _builtins.str = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model", "page_token", b"page_token", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -923,13 +1010,16 @@ class RegistryEvent(_message.Message):
     actor: _builtins.str
     """"key:<key id>" or "anonymous" """
     action: _builtins.str
-    """model.created, model_version.created, model_version.updated,"""
+    """model.created, model.updated, model_version.created,"""
     target: _builtins.str
-    """alias.created, alias.moved, alias.deleted
-    "model", "model:version" or "model@alias"
+    """model_version.updated, alias.created, alias.moved, alias.deleted,
+    input.recorded
+    "model", "model:version", "model@alias"; for input.recorded of an
     """
     detail: _builtins.str
-    """JSON: from/to, run and artifact, reason"""
+    """artifact "artifact:name:version"
+    JSON: from/to, run and artifact, reason
+    """
     def __init__(
         self,
         *,
@@ -954,17 +1044,465 @@ class ListRegistryEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegistryEvent]: ...
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___RegistryEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRegistryEventsResponse: _TypeAlias = ListRegistryEventsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRegisteredModelRequest(_message.Message):
+    """Edit a model's metadata."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetTagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SET_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SET_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    name: _builtins.str
+    set_description: _builtins.bool
+    """true: description replaces the current one"""
+    description: _builtins.str
+    reason: _builtins.str
+    """recorded in the audit log"""
+    @_builtins.property
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """tags added or changed"""
+
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """tags removed"""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        name: _builtins.str = ...,
+        set_description: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        set_tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "project", b"project", "reason", b"reason", "remove_tags", b"remove_tags", "set_description", b"set_description", "set_tags", b"set_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRegisteredModelRequest: _TypeAlias = UpdateRegisteredModelRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRegisteredModelResponse(_message.Message):
+    """The model after the edit (with its history)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___RegisteredModel: ...
+    def __init__(
+        self,
+        *,
+        model: Global___RegisteredModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRegisteredModelResponse: _TypeAlias = UpdateRegisteredModelResponse  # noqa: Y015
+
+@_typing.final
+class RunInput(_message.Message):
+    """What a run consumed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    SOURCE_RUN_ID_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """the consuming run"""
+    kind: _builtins.str
+    """"artifact" or "model_version" """
+    name: _builtins.str
+    """artifact name, or model name"""
+    version: _builtins.int
+    """artifact version (per project and name), or model version"""
+    ref: _builtins.str
+    """the reference as given: name, name:3, name@alias"""
+    alias: _builtins.str
+    """the alias it was resolved through ("" when none)"""
+    source_run_id: _builtins.str
+    """the run that produced the artifact / the model version"""
+    sha256: _builtins.str
+    """the artifact's digest (one file: its sha256)"""
+    actor: _builtins.str
+    """"key:<key id>" or "anonymous" """
+    time_ms: _builtins.int
+    """when it was recorded"""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        ref: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        source_run_id: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "kind", b"kind", "name", b"name", "ref", b"ref", "run_id", b"run_id", "sha256", b"sha256", "source_run_id", b"source_run_id", "time_ms", b"time_ms", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInput: _TypeAlias = RunInput  # noqa: Y015
+
+@_typing.final
+class UseArtifactRequest(_message.Message):
+    """Record a run's input."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    """the consuming run (it need not be stored yet)"""
+    ref: _builtins.str
+    """"name", "name:version" or "name@alias" """
+    kind: _builtins.str
+    """"artifact", "model" or "" (then: a registered model of that name if there is one, else an
+    artifact; "name@alias" is always a model)
+    """
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        ref: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "project", b"project", "ref", b"ref", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseArtifactRequest: _TypeAlias = UseArtifactRequest  # noqa: Y015
+
+@_typing.final
+class UseArtifactResponse(_message.Message):
+    """The input as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def input(self) -> Global___RunInput: ...
+    def __init__(
+        self,
+        *,
+        input: Global___RunInput | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UseArtifactResponse: _TypeAlias = UseArtifactResponse  # noqa: Y015
+
+@_typing.final
+class ListRunInputsRequest(_message.Message):
+    """List a run's inputs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunInputsRequest: _TypeAlias = ListRunInputsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunInputsResponse(_message.Message):
+    """The inputs, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInput]: ...
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Iterable[Global___RunInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunInputsResponse: _TypeAlias = ListRunInputsResponse  # noqa: Y015
+
+@_typing.final
+class GetLineageRequest(_message.Message):
+    """Ask for the lineage around one node. Give exactly one of run_id, model, artifact_name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_ALIAS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_NAME_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    MAX_DEPTH_FIELD_NUMBER: _builtins.int
+    MAX_NODES_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    model: _builtins.str
+    """a model version: model + model_version or model_alias (neither: newest)"""
+    model_version: _builtins.int
+    model_alias: _builtins.str
+    artifact_name: _builtins.str
+    """an artifact version: artifact_name + artifact_version (0: newest)"""
+    artifact_version: _builtins.int
+    direction: Global___LineageDirection.ValueType
+    max_depth: _builtins.int
+    """hops from the start; 0: 10; at most 50"""
+    max_nodes: _builtins.int
+    """0: 500; at most 5,000 (the walk stops there, truncated is set)"""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        model_alias: _builtins.str = ...,
+        artifact_name: _builtins.str = ...,
+        artifact_version: _builtins.int = ...,
+        direction: Global___LineageDirection.ValueType = ...,
+        max_depth: _builtins.int = ...,
+        max_nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_name", b"artifact_name", "artifact_version", b"artifact_version", "direction", b"direction", "max_depth", b"max_depth", "max_nodes", b"max_nodes", "model", b"model", "model_alias", b"model_alias", "model_version", b"model_version", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLineageRequest: _TypeAlias = GetLineageRequest  # noqa: Y015
+
+@_typing.final
+class LineageNode(_message.Message):
+    """One node of a lineage graph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PropertiesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """"run/<run id>", "artifact/<name>:<version>", "model_version/<model>:<version>",
+    "dataset/<name>@<version>"
+    """
+    kind: _builtins.str
+    """run, artifact, model_version, dataset"""
+    name: _builtins.str
+    """run id, artifact name, model name, dataset name"""
+    version: _builtins.str
+    """artifact / model / dataset version ("" for a run)"""
+    label: _builtins.str
+    """what to show: the run's name, "clf:3", "train@v2.1" """
+    missing: _builtins.bool
+    """referenced but not stored (deleted, never existed, or not written yet)"""
+    depth: _builtins.int
+    """hops from the start: negative upstream, positive downstream, 0 the start"""
+    @_builtins.property
+    def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """facts for display: run state / git_commit / start_ms, artifact run_id / sha256 / size,
+        model version run_id / aliases / artifact, dataset uri
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        label: _builtins.str = ...,
+        missing: _builtins.bool = ...,
+        depth: _builtins.int = ...,
+        properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "id", b"id", "kind", b"kind", "label", b"label", "missing", b"missing", "name", b"name", "properties", b"properties", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineageNode: _TypeAlias = LineageNode  # noqa: Y015
+
+@_typing.final
+class LineageEdge(_message.Message):
+    """One edge, always in the direction data flowed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    RELATION_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """node id"""
+    target: _builtins.str
+    """node id"""
+    relation: _builtins.str
+    """produced (run -> artifact), registered_as (artifact -> model_version),
+    input (dataset / artifact / model_version -> the run that used it)
+    """
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        relation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["relation", b"relation", "source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineageEdge: _TypeAlias = LineageEdge  # noqa: Y015
+
+@_typing.final
+class GetLineageResponse(_message.Message):
+    """The graph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    start: _builtins.str
+    """id of the start node"""
+    truncated: _builtins.bool
+    """true: max_depth or max_nodes stopped the walk somewhere"""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LineageNode]: ...
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___LineageEdge]: ...
+    def __init__(
+        self,
+        *,
+        start: _builtins.str = ...,
+        nodes: _abc.Iterable[Global___LineageNode] | None = ...,
+        edges: _abc.Iterable[Global___LineageEdge] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "nodes", b"nodes", "start", b"start", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLineageResponse: _TypeAlias = GetLineageResponse  # noqa: Y015

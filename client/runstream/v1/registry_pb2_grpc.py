@@ -86,6 +86,26 @@ class RegistryServiceStub:
                 request_serializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.FromString,
                 _registered_method=True)
+        self.UpdateRegisteredModel = channel.unary_unary(
+                '/runstream.v1.RegistryService/UpdateRegisteredModel',
+                request_serializer=runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelResponse.FromString,
+                _registered_method=True)
+        self.UseArtifact = channel.unary_unary(
+                '/runstream.v1.RegistryService/UseArtifact',
+                request_serializer=runstream_dot_v1_dot_registry__pb2.UseArtifactRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_registry__pb2.UseArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListRunInputs = channel.unary_unary(
+                '/runstream.v1.RegistryService/ListRunInputs',
+                request_serializer=runstream_dot_v1_dot_registry__pb2.ListRunInputsRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_registry__pb2.ListRunInputsResponse.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/runstream.v1.RegistryService/GetLineage',
+                request_serializer=runstream_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -158,7 +178,39 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRegistryEvents(self, request, context):
-        """The registry's audit log of a project (or one model), newest first.
+        """The registry's audit log of a project (or one model), newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRegisteredModel(self, request, context):
+        """Edits a model's description and/or tags (the old values stay in its history).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UseArtifact(self, request, context):
+        """Records that a run consumed an artifact version of the project or a registered model version
+        (run.use_artifact). The reference is resolved now ("clf@production" -> the version the alias
+        points at) and the input is stored before the call returns. Needs write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRunInputs(self, request, context):
+        """What a run consumed (its recorded inputs), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """The lineage graph around a run, an artifact version or a model version: upstream (what it was
+        made from, transitively) and/or downstream (what was made from it). Bounded by depth and
+        node count; cycles are walked once; referenced things that do not exist are missing nodes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +268,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListRegistryEvents,
                     request_deserializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.SerializeToString,
+            ),
+            'UpdateRegisteredModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRegisteredModel,
+                    request_deserializer=runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelResponse.SerializeToString,
+            ),
+            'UseArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseArtifact,
+                    request_deserializer=runstream_dot_v1_dot_registry__pb2.UseArtifactRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_registry__pb2.UseArtifactResponse.SerializeToString,
+            ),
+            'ListRunInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunInputs,
+                    request_deserializer=runstream_dot_v1_dot_registry__pb2.ListRunInputsRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_registry__pb2.ListRunInputsResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=runstream_dot_v1_dot_registry__pb2.GetLineageRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_registry__pb2.GetLineageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +562,114 @@ class RegistryService:
             '/runstream.v1.RegistryService/ListRegistryEvents',
             runstream_dot_v1_dot_registry__pb2.ListRegistryEventsRequest.SerializeToString,
             runstream_dot_v1_dot_registry__pb2.ListRegistryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRegisteredModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.RegistryService/UpdateRegisteredModel',
+            runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelRequest.SerializeToString,
+            runstream_dot_v1_dot_registry__pb2.UpdateRegisteredModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.RegistryService/UseArtifact',
+            runstream_dot_v1_dot_registry__pb2.UseArtifactRequest.SerializeToString,
+            runstream_dot_v1_dot_registry__pb2.UseArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.RegistryService/ListRunInputs',
+            runstream_dot_v1_dot_registry__pb2.ListRunInputsRequest.SerializeToString,
+            runstream_dot_v1_dot_registry__pb2.ListRunInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.RegistryService/GetLineage',
+            runstream_dot_v1_dot_registry__pb2.GetLineageRequest.SerializeToString,
+            runstream_dot_v1_dot_registry__pb2.GetLineageResponse.FromString,
             options,
             channel_credentials,
             insecure,
