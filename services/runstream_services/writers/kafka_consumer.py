@@ -159,6 +159,8 @@ class KafkaWriterLoop:
             fetch_max_bytes=max(64 << 20, max_record_bytes(self.settings)),
             fetch_max_wait_ms=max(10, int(self.flush_interval_s * 1000)),
             max_poll_interval_ms=600_000,  # a slow insert must not cost the partition
+            # static membership: a restart under the same id keeps its partitions, no rebalance
+            group_instance_id=self.settings.kafka_group_instance_id or None,
         )
         await self.dead_letters.start()
         consumer.subscribe(self.topics, listener=_Rebalance(self))
