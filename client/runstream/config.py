@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.errors import ConfigError
+from runstream.tls import Tls
 
 DEFAULT_ENDPOINT = "127.0.0.1:7777"
 MODES = ("online", "offline", "disabled")
@@ -40,10 +41,27 @@ class Settings:
     owns_config: bool | None = None  # None: rank 0 sends config/summary, other ranks keep them local
     rank: int | None = None  # None: from the launcher's environment
     world_size: int | None = None
+    # TLS (see runstream.tls): None: on when a CA or client certificate is given
+    tls: bool | None = None
+    tls_ca: str = ""  # PEM CA bundle that signed the server's certificate ("": system roots)
+    tls_client_cert: str = ""  # mTLS: this client's certificate and key (PEM)
+    tls_client_key: str = ""
+    tls_server_name: str = ""  # the name in the server's certificate, when not the endpoint's host
 
     @property
     def spool_path(self) -> Path:
         return Path(self.spool_dir).expanduser()
+
+    @property
+    def tls_config(self) -> Tls:
+        return Tls.resolve(
+            tls=self.tls,
+            ca_file=self.tls_ca,
+            client_cert_file=self.tls_client_cert,
+            client_key_file=self.tls_client_key,
+            server_name=self.tls_server_name,
+            env={},
+        )
 
 
 def _coerce(name: str, typ: Any, raw: str) -> Any:
@@ -99,3 +117,5 @@ def validate(s: Settings) -> None:
         raise ConfigError("system_metrics_interval_s must be >= 0 (0 disables the sampler)")
     if s.max_memory_bytes < 1024 * 1024:
         raise ConfigError(f"max_memory_bytes={s.max_memory_bytes} is below 1 MiB")
+    if s.tls_config.enabled:
+        s.tls_config.credentials()  # a missing or unreadable file fails at init, on the caller's thread

@@ -24,6 +24,7 @@ import grpc.experimental
 
 from runstream.config import DEFAULT_ENDPOINT
 from runstream.errors import UNREACHABLE_CODES, RunstreamError, ServerError, ServerUnavailableError
+from runstream.tls import Tls, channel
 from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ class QueryClient:
 
     endpoint and api_key: argument, else $RUNSTREAM_ENDPOINT / $RUNSTREAM_API_KEY, else
     127.0.0.1:7777 and no key. timeout_s: the deadline of each call that does not pass its own.
-    max_receive_bytes: the largest answer accepted (gRPC's max_receive_message_length)."""
+    max_receive_bytes: the largest answer accepted (gRPC's max_receive_message_length).
+    tls: how to secure the channel (runstream.tls.Tls), else from $RUNSTREAM_TLS* (plaintext
+    when none is set)."""
 
     def __init__(
         self,
@@ -92,13 +95,16 @@ class QueryClient:
         timeout_s: float = 60.0,
         *,
         max_receive_bytes: int = MAX_RECEIVE_BYTES,
+        tls: Tls | None = None,
     ):
         self.endpoint = endpoint or os.environ.get("RUNSTREAM_ENDPOINT") or DEFAULT_ENDPOINT
         key = api_key if api_key is not None else os.environ.get("RUNSTREAM_API_KEY")
         self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(
+        self.tls = Tls.resolve() if tls is None else tls
+        self._channel = channel(
             self.endpoint,
+            self.tls,
             options=[
                 ("grpc.max_receive_message_length", max_receive_bytes),
                 # streaming reads (history, artifact downloads) run on the caller's thread: without
@@ -142,6 +148,9 @@ class QueryClient:
         status = exc.code() if hasattr(exc, "code") else None
         code = status.name if status else "UNKNOWN"
         details = (exc.details() if hasattr(exc, "details") else "") or str(exc)
+        hint = self.tls.hint(details) if code == "UNAVAILABLE" else ""
+        if hint:
+            details = f"{details}. {hint}"
         if code in UNREACHABLE_CODES:
             shown = f"cannot reach the Runstream server at {self.endpoint} ({details})"
             return ServerUnavailableError(

@@ -418,7 +418,9 @@ class Run:
         deadline = time.monotonic() + timeout_s
         if not self.flush(timeout_s):
             raise FlushTimeoutError(f"run {self.id!r}: logged data not acknowledged within {timeout_s}s")
-        with RegistryClient(endpoint or self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
+        with RegistryClient(
+            endpoint or self.settings.endpoint, self.settings.api_key, timeout_s, tls=self.settings.tls_config
+        ) as registry:
             version = registry.create_model_version(
                 self.project, model_name, self.id, artifact_name, aliases=aliases, description=description,
                 wait_visible_s=max(0.0, deadline - time.monotonic()),

@@ -52,6 +52,11 @@ class ServerSettings:
     # auth
     auth_required: bool = False
     api_keys_file: str = ""  # JSON: {"<key>": {"project": "p" or "*", "role": "read|write|admin"}}
+    # TLS on the gRPC port (runstream_services/tls.py): certificate chain and key (PEM); a client
+    # CA turns on mTLS (clients must present a certificate it signed)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     # limits
     max_batch_points: int = 1_000_000
     max_message_bytes: int = 64 * 1024 * 1024
@@ -121,6 +126,15 @@ class ServerSettings:
         for name in ("max_config_bytes", "max_ingest_streams", "grpc_max_concurrent_streams"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError(
+                "TLS needs both tls_cert_file and tls_key_file (RUNSTREAM_TLS_CERT_FILE / "
+                "RUNSTREAM_TLS_KEY_FILE, --tls-cert / --tls-key), or neither"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError(
+                "tls_client_ca_file (mTLS) needs the server's own tls_cert_file and tls_key_file"
+            )
         if self.auth_required and not self.api_keys_file:
             raise ConfigError("auth_required needs api_keys_file / RUNSTREAM_API_KEYS_FILE")
         return self

@@ -34,6 +34,7 @@ from runstream_services.run_state import RunRegistry, RunsTable, RunStateSource
 from runstream_services.storage.clickhouse import ClientPool, connect
 from runstream_services.storage.migrate_command import require_current
 from runstream_services.storage.migrations import migrate
+from runstream_services.tls import server_credentials
 
 if TYPE_CHECKING:  # imported where used: a process loads only the parts its settings ask for
     from clickhouse_connect.driver.client import Client
@@ -48,6 +49,20 @@ log = logging.getLogger("runstream.server")
 
 def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _warn_if_exposed(s: ServerSettings, *, tls: bool) -> None:
+    """Says so in the log when a non-loopback port is open without auth or without TLS."""
+    if s.host in ("127.0.0.1", "::1", "localhost"):
+        return
+    if not s.auth_required:
+        log.warning(
+            "listening on %s with auth_required=false: anyone who reaches it may read and write", s.host
+        )
+    if not tls:
+        log.warning(
+            "listening on %s without TLS: API keys and data travel in clear text (see --tls-cert)", s.host
+        )
 
 
 def _ms(seconds: float) -> int:
@@ -246,6 +261,8 @@ class RunstreamServer:
         self._grpc = grpc.aio.server(
             interceptors=[AuthInterceptor(self.auth), ErrorInterceptor()], options=_grpc_options(s)
         )
+        creds = server_credentials(s)  # None: plaintext
+        _warn_if_exposed(s, tls=creds is not None)
         served = []
         if "ingest" in s.components:
             assert self.bus is not None and self.runs is not None
@@ -261,7 +278,10 @@ class RunstreamServer:
             self._add_registry_service(self._grpc, served)
         self._grpc.add_generic_rpc_handlers((health_handler(tuple(served), self._readiness()),))
         try:
-            bound = self._grpc.add_insecure_port(_listen_address(s.host, self.port))
+            address = _listen_address(s.host, self.port)
+            bound = (
+                self._grpc.add_secure_port(address, creds) if creds else self._grpc.add_insecure_port(address)
+            )
         except RuntimeError as exc:
             bound = 0
             log.debug("bind failed: %s", exc)

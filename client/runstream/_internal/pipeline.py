@@ -109,7 +109,9 @@ class Pipeline:
     async def _start(self) -> None:
         self._wake_event = asyncio.Event()
         self.spool = spool_mod.SpoolFile(self.run_dir, self.client_id)
-        channel = None if self.offline else self.worker.channel(self.settings.endpoint)
+        channel = (
+            None if self.offline else self.worker.channel(self.settings.endpoint, self.settings.tls_config)
+        )
         self._channel = channel
         self.stream = IngestStream(
             channel=channel,

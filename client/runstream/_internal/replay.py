@@ -77,7 +77,7 @@ async def replay_file(
                 if req.WhichOneof("body") == "artifact" and not req.artifact.inline_data:
                     blobs[req.seq] = req.artifact
         result.requests = len(requests)
-        channel = worker.channel(settings.endpoint)
+        channel = worker.channel(settings.endpoint, settings.tls_config)
 
         def refused(resp, _data):
             result.refused += 1
@@ -139,7 +139,7 @@ async def _upload_blob(
             "the spool folder is incomplete"
         )
     await upload_file(
-        worker.channel(settings.endpoint),
+        worker.channel(settings.endpoint, settings.tls_config),
         settings.api_key,
         event.project,
         event.run_id,

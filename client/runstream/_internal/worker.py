@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 
+from runstream.tls import PLAINTEXT, Tls, aio_channel
+
 CHANNEL_OPTIONS = [
     # reconnect quickly once the server is back (gRPC's default backoff grows to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -34,7 +36,7 @@ class Worker:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, Tls], grpc.aio.Channel] = {}
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="runstream-worker", daemon=True)
         self.thread.start()
@@ -71,9 +73,9 @@ class Worker:
     def call_soon(self, fn, *args) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
 
-    def channel(self, endpoint: str) -> grpc.aio.Channel:
-        """The shared channel to `endpoint`; call from the loop thread only."""
-        ch = self._channels.get(endpoint)
+    def channel(self, endpoint: str, tls: Tls = PLAINTEXT) -> grpc.aio.Channel:
+        """The shared channel to `endpoint`, secured as `tls` says; call from the loop thread only."""
+        ch = self._channels.get((endpoint, tls))
         if ch is None:
-            ch = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            ch = self._channels[(endpoint, tls)] = aio_channel(endpoint, tls, CHANNEL_OPTIONS)
         return ch
