@@ -1,0 +1,12 @@
+"""Framework integrations: log what a training library already knows into a Runstream run.
+
+Each module imports its framework when it is imported itself, never from `import runstream`, so
+the bare SDK stays light; install the framework with the matching extra:
+
+    runstream.integrations.sklearn    pip install "runstream[sklearn]"    params, metrics, search results
+    runstream.integrations.xgboost    pip install "runstream[xgboost]"    xgboost TrainingCallback
+    runstream.integrations.lightgbm   pip install "runstream[lightgbm]"   lightgbm callback
+    runstream.integrations.optuna     pip install "runstream[optuna]"     one run per trial, study = group
+
+`pip install "runstream[integrations]"` installs all of them. Examples: client/examples/.
+"""
