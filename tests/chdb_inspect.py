@@ -60,9 +60,10 @@ class StoredCounts:
 STORED_SEQS = "toInt64(sum(arraySum(arrayMap(r -> toInt64(r.2) - toInt64(r.1) + 1, ranges))))"
 
 
-def stored_counts(server: HasDataDir) -> StoredCounts:
-    """StoredCounts of every run on a stopped server."""
-    (row,) = stored(
+def stored_counts(server: HasDataDir, query=None) -> StoredCounts:
+    """StoredCounts of every run on a stopped server; `query(server, sql)` reads the rows
+    (default `stored`: its chDB folder)."""
+    (row,) = (query or stored)(
         server,
         "SELECT (SELECT count() FROM DB.metrics), (SELECT count() FROM DB.metrics FINAL), "
         "(SELECT uniqExact(key, step) FROM DB.metrics), (SELECT sum(count) FROM DB.metric_summaries), "
