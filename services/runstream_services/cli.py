@@ -111,6 +111,7 @@ def _registry_commands(sub) -> None:
 # subcommand; main() imports that function when the command runs and returns what it returns.
 COMMAND_GROUPS: tuple[str, ...] = (
     "runstream_services.storage.migrate_command",  # migrate
+    "runstream_services.auth.cli_args",  # keys
 )
 
 

@@ -1,20 +1,33 @@
-"""API keys: a JSON file {"<key>": {"project": "<name>" or "*", "role": "read|write|admin"}}.
-Handlers ask `ApiKeys.check(principal, project, need)` for every project they touch, so a key
-never reaches another project's data. With auth_required=false every call is allowed."""
+"""API keys: who may do what on which project. Keys live in a JSON file (format, hashing and edits:
+auth/keyfile.py; `runstream keys create|rotate|revoke|ls` edits it). Handlers ask
+`ApiKeys.check(principal, project, need)` for every project they touch, so a key never reaches
+another project's data. With auth_required=false every call is allowed.
+
+Roles: read (query, download), write (+ log runs, upload artifacts, register models, move
+unprotected aliases), admin (+ move or delete protected aliases such as `production`). Keys are
+managed by whoever may write the keys file (an operator), not over the API.
+
+The file is re-read when it changes (checked at most once a second), so a created, rotated or
+revoked key takes effect on a running server without a restart."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from runstream_services.auth import keyfile
+from runstream_services.auth.keyfile import ROLES, KeyEntry
 from runstream_services.config import ServerSettings
 from runstream_services.errors import ConfigError, PermissionDenied, Unauthenticated
 
-ROLES = {"read": 1, "write": 2, "admin": 3}
+log = logging.getLogger(__name__)
+RELOAD_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,7 @@ class Principal:
 
     project: str
     role: str
-    key_id: str  # first characters of the key's sha256, safe to log
+    key_id: str  # the key's id in the keys file (older plaintext keys: a sha256 prefix), safe to log
 
     def may(self, project: str, need: str) -> bool:
         return self.project in ("*", project) and ROLES[self.role] >= ROLES[need]
@@ -42,38 +55,91 @@ def bearer_key(metadata) -> str | None:
     return None
 
 
+class _Table:
+    """One loaded version of the keys: plaintext keys by sha256, hashed entries by id, and the
+    keys verified so far (by sha256, so the key text is not kept)."""
+
+    def __init__(self, entries: list[KeyEntry]):
+        self.plain = {_hash(e.plaintext): _principal(e) for e in entries if not e.hashed}
+        self.hashed = {e.key_id: e for e in entries if e.hashed}
+        self.verified: dict[str, Principal] = {}
+
+    def find(self, key: str) -> Principal | None:
+        digest = _hash(key)
+        found = self.plain.get(digest) or self.verified.get(digest)
+        if found is not None:
+            return found
+        entry = self.hashed.get(keyfile.key_id_of(key) or "")
+        if entry is None or not keyfile.verify_key(key, entry.hash):
+            return None
+        principal = self.verified[digest] = _principal(entry)
+        return principal
+
+
+def _principal(e: KeyEntry) -> Principal:
+    return Principal(e.project, e.role, e.key_id)
+
+
 class ApiKeys:
-    def __init__(self, keys: dict[str, tuple[str, str]], required: bool):
-        """`keys`: key -> (project, role)."""
+    def __init__(self, keys: dict[str, tuple[str, str]], required: bool, *, path: Path | None = None):
+        """`keys`: plaintext key -> (project, role), for keys given in code; `path`: a keys file,
+        loaded now and re-read when it changes."""
         self.required = required
-        self._by_hash = {_hash(k): Principal(p, r, _hash(k)[:12]) for k, (p, r) in keys.items()}
+        self.path = path
+        self._fixed = [KeyEntry(keyfile.plaintext_id(k), p, r, plaintext=k) for k, (p, r) in keys.items()]
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._stamp = self._file_stamp()
+        self._table = _Table(self._fixed + (self._load_file() if path else []))
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> ApiKeys:
-        if not settings.api_keys_file:
-            return cls({}, settings.auth_required)
-        path = Path(settings.api_keys_file).expanduser()
+        path = Path(settings.api_keys_file).expanduser() if settings.api_keys_file else None
+        return cls({}, settings.auth_required, path=path)
+
+    def _file_stamp(self) -> tuple[int, int] | None:
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read api_keys_file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"api_keys_file {path} must hold a JSON object of key -> {{project, role}}")
-        keys = {}
-        for key, entry in data.items():
-            if not isinstance(entry, dict) or entry.get("role") not in ROLES or not entry.get("project"):
-                raise ConfigError(
-                    f"api_keys_file {path}: each entry needs {{'project': '<name>' or '*', "
-                    f"'role': one of {sorted(ROLES)}}}"
-                )
-            keys[key] = (str(entry["project"]), entry["role"])
-        return cls(keys, settings.auth_required)
+            st = self.path.stat() if self.path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    def _load_file(self) -> list[KeyEntry]:
+        assert self.path is not None
+        entries = keyfile.load(self.path)
+        plain = sum(1 for e in entries if not e.hashed)
+        if plain:
+            log.warning(
+                "api_keys_file %s holds %d plaintext key(s): they still work, but replace each with "
+                "`runstream keys rotate <id>` (see `runstream keys ls`)", self.path, plain,
+            )  # fmt: skip
+        return entries
+
+    def _refresh(self) -> None:
+        """Re-reads the file when it changed; a file that cannot be read keeps the last keys."""
+        if self.path is None or time.monotonic() - self._checked < RELOAD_CHECK_S:
+            return
+        with self._lock:
+            if time.monotonic() - self._checked < RELOAD_CHECK_S:
+                return
+            self._checked = time.monotonic()
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return
+            try:
+                table = _Table(self._fixed + self._load_file())
+            except ConfigError as exc:
+                log.warning("keys file changed but cannot be used, keeping the previous keys: %s", exc)
+                return
+            self._stamp, self._table = stamp, table
+            log.info("API keys reloaded from %s (%d keys)", self.path, len(table.plain) + len(table.hashed))
 
     def authenticate(self, metadata) -> Principal | None:
         """The caller's principal; None when auth is off and no known key was sent.
         Raises Unauthenticated when auth is required and the key is missing or unknown."""
         key = bearer_key(metadata)
-        principal = self._by_hash.get(_hash(key)) if key else None
+        self._refresh()
+        principal = self._table.find(key) if key else None
         if principal is None and self.required:
             if key is None:
                 raise Unauthenticated(
