@@ -112,6 +112,7 @@ def _registry_commands(sub) -> None:
 COMMAND_GROUPS: tuple[str, ...] = (
     "runstream_services.storage.migrate_command",  # migrate
     "runstream_services.auth.cli_args",  # keys
+    "runstream.importers.cli_args",  # import
 )
 
 
