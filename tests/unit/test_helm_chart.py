@@ -26,6 +26,7 @@ yaml = pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/runstream"
 CI_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
+PRODUCTION = CHART / "examples/production-values.yaml"
 SERVER_COMPONENTS = ("ingest", "writer", "query")
 
 
@@ -73,7 +74,9 @@ def component_of(obj: dict) -> str:
 
 
 def deployments(docs: list[dict]) -> dict[str, dict]:
-    return {component_of(d): d for d in by_kind(docs, "Deployment").values()}
+    """The long-running workloads by component: Deployments, and the writers' StatefulSet."""
+    kinds = ("Deployment", "StatefulSet")
+    return {component_of(d): d for d in docs if d["kind"] in kinds}
 
 
 def container(deploy: dict) -> dict:
@@ -90,9 +93,9 @@ def config_toml(docs: list[dict]) -> dict:
     return tomllib.loads(cm["data"]["runstream.toml"])["server"]
 
 
-@pytest.fixture(scope="module", params=[p.name for p in CI_FILES])
+@pytest.fixture(scope="module", params=[p.name for p in CI_FILES] + ["../examples/production-values.yaml"])
 def ci_file(request) -> Path:
-    return CHART / "ci" / request.param
+    return (CHART / "ci" / request.param).resolve()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,9 @@ def test_lint_strict(ci_file):
 
 
 def test_every_pod_runs_non_root_with_a_read_only_root(rendered):
-    pods = [d["spec"]["template"]["spec"] for d in by_kind(rendered, "Deployment").values()]
+    pods = [
+        d["spec"]["template"]["spec"] for d in rendered if d["kind"] in ("Deployment", "StatefulSet", "Job")
+    ]
     pods += [d["spec"] for d in by_kind(rendered, "Pod").values()]
     assert pods
     for spec in pods:
@@ -339,3 +344,197 @@ def test_template_refuses_probe_on_a_closed_port(tmp_path):
     )
     assert proc.returncode != 0
     assert "server.metricsPort is 0" in proc.stderr
+
+
+# ---- what a platform team checks before installing (issue 14) ----------------------------------
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def overrides(tmp_path: Path, values: dict, base: Path = CHART / "ci/default-values.yaml") -> list[dict]:
+    extra = tmp_path / "override-values.yaml"
+    extra.write_text(yaml.safe_dump(values))
+    return render(base, "-f", str(extra))
+
+
+def test_every_container_has_startup_readiness_and_liveness_on_open_ports(rendered):
+    """startupProbe holds liveness off while a server connects to its store and Kafka (a slow start
+    is not a crash loop); gRPC probes ask grpc_health.py's named services: readiness (store and
+    Kafka reachable) and liveness (the process answers)."""
+    for name, workload in deployments(rendered).items():
+        c = container(workload)
+        ports = {p["name"] for p in c["ports"]}
+        for kind, service in (
+            ("startupProbe", "liveness"),
+            ("readinessProbe", "readiness"),
+            ("livenessProbe", "liveness"),
+        ):
+            probe = c.get(kind)
+            if probe is None:
+                assert kind == "livenessProbe", (name, kind)  # only liveness may be switched off
+                continue
+            if "grpc" in probe:
+                assert probe["grpc"]["service"] == service, (name, kind)
+            else:
+                assert probe["httpGet"]["port"] in ports, (name, kind)
+        startup = c["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
+
+
+def test_writers_are_a_statefulset_of_static_kafka_members(rendered):
+    """Stable pod names become the writers' group.instance.id (KIP-345), which the real settings
+    loader accepts: a restarted writer takes its partitions back without a group rebalance."""
+    writer = deployments(rendered)["writer"]
+    assert writer["kind"] == "StatefulSet"
+    assert writer["spec"]["podManagementPolicy"] == "Parallel"
+    headless = by_kind(rendered, "Service")[writer["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == writer["spec"]["selector"]["matchLabels"]
+    env = env_of(container(writer))
+    assert env["RUNSTREAM_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    settings = load_settings(
+        {"bus": "kafka", "kafka_bootstrap": "k:9092"},
+        env={"RUNSTREAM_KAFKA_GROUP_INSTANCE_ID": "rs-runstream-writer-1"},
+    )
+    assert settings.kafka_group_instance_id == "rs-runstream-writer-1"
+    assert not by_kind(rendered, "HorizontalPodAutoscaler").get("rs-runstream-writer")
+
+
+def test_migrations_run_once_in_a_hook_job_and_servers_do_not_migrate(rendered):
+    (job,) = by_kind(rendered, "Job").values()
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    c = pod_spec(job)["containers"][0]
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "migrate" and args.run.endswith("migrate_command:main")
+    env = env_of(c)
+    assert env["RUNSTREAM_CLICKHOUSE_DSN"]["value"].startswith(("http://", "https://"))
+    password_ref = env["RUNSTREAM_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    # Hooks run before the release's own Secret, ConfigMap and ServiceAccount exist.
+    secrets = by_kind(rendered, "Secret")
+    if password_ref["name"].endswith("-migrate"):
+        hook_secret = secrets[password_ref["name"]]
+        assert hook_secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert int(hook_secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            annotations["helm.sh/hook-weight"]
+        )
+        assert password_ref["key"] in hook_secret["data"]
+    else:
+        assert password_ref["name"] not in secrets, "an existing Secret is used as is"
+    assert "volumes" not in pod_spec(job) or all("configMap" not in v for v in pod_spec(job)["volumes"])
+    assert pod_spec(job)["serviceAccountName"] != "rs-runstream" or not by_kind(rendered, "ServiceAccount")
+    assert config_toml(rendered)["migrate_on_start"] is False
+
+
+def test_without_the_migration_job_servers_migrate_themselves(tmp_path):
+    docs = overrides(tmp_path, {"migrations": {"job": {"enabled": False}}})
+    assert not by_kind(docs, "Job")
+    assert config_toml(docs)["migrate_on_start"] is True
+
+
+def test_disruption_budgets_and_autoscalers(tmp_path):
+    docs = overrides(
+        tmp_path,
+        {
+            "ingest": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9}},
+            "dashboard": {"replicaCount": 1},
+        },
+    )
+    hpas = {component_of(h): h for h in by_kind(docs, "HorizontalPodAutoscaler").values()}
+    assert set(hpas) == {"ingest"}
+    ingest = deployments(docs)["ingest"]
+    assert "replicas" not in ingest["spec"], "the autoscaler owns the replica count"
+    target = hpas["ingest"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", ingest["metadata"]["name"])
+    assert (hpas["ingest"]["spec"]["minReplicas"], hpas["ingest"]["spec"]["maxReplicas"]) == (3, 9)
+    pdbs = {component_of(p): p for p in by_kind(docs, "PodDisruptionBudget").values()}
+    # single-pod components get none: a PDB of maxUnavailable 1 over one pod would only block drains
+    assert set(pdbs) == {"ingest", "writer", "query"}
+    for name, pdb in pdbs.items():
+        assert (
+            pdb["spec"]["selector"]["matchLabels"]
+            == deployments(docs)[name]["spec"]["selector"]["matchLabels"]
+        )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"query": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}})
+    )
+    proc = run_helm(
+        "template", "rs", str(CHART), "-f", str(CHART / "ci/default-values.yaml"), "-f", str(bad), check=False
+    )
+    assert proc.returncode != 0 and "minReplicas (5) is above maxReplicas (2)" in proc.stderr
+
+
+def test_pods_spread_and_scratch_space_is_bounded(rendered):
+    workloads = [d for d in rendered if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for w in workloads:
+        spec = pod_spec(w)
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), (w["metadata"]["name"], volume["name"])
+        if w["kind"] == "Job":
+            continue
+        spreads = spec["topologySpreadConstraints"]
+        assert {s["topologyKey"] for s in spreads} >= {"kubernetes.io/hostname"}
+        for spread in spreads:
+            assert spread["labelSelector"]["matchLabels"] == w["spec"]["selector"]["matchLabels"]
+
+
+def test_network_policies_open_exactly_the_served_ports():
+    docs = render(PRODUCTION)
+    policies = {component_of(p): p for p in by_kind(docs, "NetworkPolicy").values()}
+    workloads = deployments(docs)
+    assert set(policies) == set(workloads)
+    for name, policy in policies.items():
+        assert (
+            policy["spec"]["podSelector"]["matchLabels"] == workloads[name]["spec"]["selector"]["matchLabels"]
+        )
+        container_ports = {p["name"] for p in container(workloads[name])["ports"]}
+        opened = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        assert opened == container_ports, name
+        assert "Egress" in policy["spec"]["policyTypes"]
+        dns = policy["spec"]["egress"][0]["ports"]
+        assert {p["port"] for p in dns} == {53}
+    grpc_rule = next(r for r in policies["ingest"]["spec"]["ingress"] if r["ports"][0]["port"] == "grpc")
+    sources = grpc_rule["from"]
+    assert sources[0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "rs"  # helm test pod
+    assert sources[1]["namespaceSelector"]["matchLabels"] == {"runstream.dev/training": "true"}
+    # the dashboard may call the query service
+    dashboard_egress = policies["dashboard"]["spec"]["egress"]
+    assert any(rule.get("ports") == [{"port": 7777}] for rule in dashboard_egress)
+
+
+def test_dashboard_ingress_terminates_tls_and_routes_to_the_dashboard_service():
+    docs = render(PRODUCTION)
+    (ingress,) = by_kind(docs, "Ingress").values()
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "runstream-dashboard-tls", "hosts": ["runstream.ml.example.com"]}
+    ]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    service = by_kind(docs, "Service")[backend["name"]]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert component_of(service) == "dashboard"
+
+
+def test_alerts_use_only_metrics_the_services_export():
+    import re
+
+    from runstream_services.metrics_http import DECLARED
+
+    docs = render(PRODUCTION)
+    (rule,) = by_kind(docs, "PrometheusRule").values()
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = rule["spec"]["groups"][0]["rules"]
+    assert {r["alert"] for r in rules} >= {
+        "RunstreamWriterLagHigh",
+        "RunstreamIngestErrors",
+        "RunstreamTargetDown",
+    }
+    for r in rules:
+        for metric in re.findall(r"\b(runstream_[a-z_]+)\b", r["expr"]):
+            assert metric in DECLARED, f"{r['alert']} uses {metric}, which no service exports"
+        assert 'namespace="ml"' in r["expr"]

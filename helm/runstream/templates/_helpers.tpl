@@ -108,6 +108,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc:%d" (include "runstream.componentName" (dict "root" . "component" "ingest")) .Release.Namespace (int .Values.server.grpcPort) }}
 {{- end }}
 
+{{/* The ClickHouse DSN. Kubernetes expands $(RUNSTREAM_CLICKHOUSE_PASSWORD) from the variable defined
+before it (from a Secret), so the password never sits in the manifest. */}}
+{{- define "runstream.clickhouseDsn" -}}
+{{- $scheme := ternary "https" "http" .Values.clickhouse.secure }}
+{{- printf "%s://%s:$(RUNSTREAM_CLICKHOUSE_PASSWORD)@%s:%d" $scheme (.Values.clickhouse.user | urlquery) .Values.clickhouse.host (int .Values.clickhouse.port) }}
+{{- end }}
+
 {{/* Environment of a server container: config file, ClickHouse DSN and S3 keys from Secrets. */}}
 {{- define "runstream.serverEnv" -}}
 - name: RUNSTREAM_CONFIG
@@ -119,10 +126,8 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "runstream.clickhouseSecretName" . }}
       key: {{ .Values.clickhouse.existingSecretPasswordKey }}
-{{- $scheme := ternary "https" "http" .Values.clickhouse.secure }}
-{{- /* Kubernetes expands $(VAR) from the variables defined above, so the password never sits in the manifest. */}}
 - name: RUNSTREAM_CLICKHOUSE_DSN
-  value: {{ printf "%s://%s:$(RUNSTREAM_CLICKHOUSE_PASSWORD)@%s:%d" $scheme (.Values.clickhouse.user | urlquery) .Values.clickhouse.host (int .Values.clickhouse.port) | quote }}
+  value: {{ include "runstream.clickhouseDsn" . | quote }}
 - name: RUNSTREAM_S3_ACCESS_KEY
   valueFrom:
     secretKeyRef:
@@ -140,6 +145,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if eq .probe.type "grpc" -}}
 grpc:
   port: {{ int .root.Values.server.grpcPort }}
+  {{- /* grpc_health.py: "liveness" answers while the process runs; "readiness" also checks the store and Kafka. */}}
+  service: {{ .grpcService | default "readiness" }}
 {{- else -}}
 httpGet:
   path: {{ .probe.path | default "/metrics" }}
@@ -153,7 +160,7 @@ failureThreshold: {{ .probe.failureThreshold }}
 
 {{/* Pod-level fields every component shares. (dict "root" $ "values" .Values.ingest) */}}
 {{- define "runstream.podCommon" -}}
-serviceAccountName: {{ include "runstream.serviceAccountName" .root }}
+serviceAccountName: {{ .serviceAccountName | default (include "runstream.serviceAccountName" .root) }}
 automountServiceAccountToken: {{ .root.Values.serviceAccount.automountServiceAccountToken }}
 {{- with .root.Values.imagePullSecrets }}
 imagePullSecrets:
@@ -173,6 +180,44 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- if .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml .values.topologySpreadConstraints | nindent 2 }}
+{{- else if .root.Values.topologySpread.enabled }}
+{{- $spread := .root.Values.topologySpread }}
+topologySpreadConstraints:
+  {{- range $spread.topologyKeys }}
+  - maxSkew: {{ int $spread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: {{ $spread.whenUnsatisfiable }}
+    labelSelector:
+      matchLabels:
+        {{- include "runstream.componentSelectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The three probes of a container. (dict "root" $ "values" .Values.ingest "httpPort" "metrics") */}}
+{{- define "runstream.probes" -}}
+{{- if .values.startupProbe.enabled }}
+startupProbe:
+  {{- include "runstream.probe" (dict "root" .root "probe" .values.startupProbe "httpPort" .httpPort "grpcService" "liveness") | nindent 2 }}
+{{- end }}
+{{- if .values.readinessProbe.enabled }}
+readinessProbe:
+  {{- include "runstream.probe" (dict "root" .root "probe" .values.readinessProbe "httpPort" .httpPort "grpcService" "readiness") | nindent 2 }}
+{{- end }}
+{{- if .values.livenessProbe.enabled }}
+livenessProbe:
+  {{- include "runstream.probe" (dict "root" .root "probe" .values.livenessProbe "httpPort" .httpPort "grpcService" "liveness") | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The scratch emptyDirs, with their size limits. */}}
+{{- define "runstream.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.scratch.tmpSizeLimit }}
 {{- end }}
 
 {{/* Pod metadata: selector labels, extra labels and annotations (with config/secret checksums for a rollout on change). */}}

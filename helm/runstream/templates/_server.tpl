@@ -1,14 +1,16 @@
 {{/*
-Deployment and Service of one server component (`runstream server --components ...`).
+Deployment (or StatefulSet) of one server component (`runstream server --components ...`).
 (dict "root" $ "component" "ingest" "values" .Values.ingest "components" "ingest" "grpc" true)
 grpc: whether this process serves a gRPC API (ingest or query), so it gets the gRPC port.
+kind: "StatefulSet" for the writers (stable pod names = static Kafka group members), else Deployment.
 */}}
 {{- define "runstream.serverDeployment" -}}
 {{- $root := .root }}
 {{- $v := .values }}
 {{- $name := include "runstream.componentName" (dict "root" $root "component" .component) }}
 {{- $metrics := gt (int $root.Values.server.metricsPort) 0 }}
-{{- range $probeName, $probe := dict "readinessProbe" $v.readinessProbe "livenessProbe" $v.livenessProbe }}
+{{- $kind := .kind | default "Deployment" }}
+{{- range $probeName, $probe := dict "readinessProbe" $v.readinessProbe "livenessProbe" $v.livenessProbe "startupProbe" $v.startupProbe }}
 {{- if and $probe.enabled (eq $probe.type "http") (not $metrics) }}
 {{- fail (printf "%s.%s uses the HTTP /metrics port, but server.metricsPort is 0 (off): enable metrics or use type grpc / enabled false" $.component $probeName) }}
 {{- end }}
@@ -17,14 +19,20 @@ grpc: whether this process serves a gRPC API (ingest or query), so it gets the g
 {{- end }}
 {{- end }}
 apiVersion: apps/v1
-kind: Deployment
+kind: {{ $kind }}
 metadata:
   name: {{ $name }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "runstream.componentLabels" . | nindent 4 }}
 spec:
+  {{- if not (and $v.autoscaling $v.autoscaling.enabled) }}
   replicas: {{ $v.replicaCount }}
+  {{- end }}
+  {{- if eq $kind "StatefulSet" }}
+  serviceName: {{ $name }}-headless
+  podManagementPolicy: Parallel
+  {{- end }}
   selector:
     matchLabels:
       {{- include "runstream.componentSelectorLabels" . | nindent 6 }}
@@ -58,17 +66,16 @@ spec:
             {{- end }}
           env:
             {{- include "runstream.serverEnv" $root | nindent 12 }}
+            {{- if eq $kind "StatefulSet" }}
+            # static Kafka group membership: the pod name survives a restart
+            - name: RUNSTREAM_KAFKA_GROUP_INSTANCE_ID
+              valueFrom:
+                fieldRef: {fieldPath: metadata.name}
+            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
-          {{- if $v.readinessProbe.enabled }}
-          readinessProbe:
-            {{- include "runstream.probe" (dict "root" $root "probe" $v.readinessProbe "httpPort" "metrics") | nindent 12 }}
-          {{- end }}
-          {{- if $v.livenessProbe.enabled }}
-          livenessProbe:
-            {{- include "runstream.probe" (dict "root" $root "probe" $v.livenessProbe "httpPort" "metrics") | nindent 12 }}
-          {{- end }}
+          {{- include "runstream.probes" (dict "root" $root "values" $v "httpPort" "metrics") | nindent 10 }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
@@ -99,9 +106,9 @@ spec:
                 path: api-keys.json
         {{- end }}
         - name: data
-          emptyDir: {}
-        - name: tmp
-          emptyDir: {}
+          emptyDir:
+            sizeLimit: {{ $root.Values.scratch.dataSizeLimit }}
+        {{- include "runstream.scratchVolumes" $root | nindent 8 }}
 {{- end }}
 
 {{/*
@@ -146,4 +153,79 @@ spec:
       protocol: TCP
       appProtocol: http
     {{- end }}
+{{- end }}
+
+{{/*
+Headless Service a StatefulSet needs (its pods' DNS names). (dict "root" $ "component" "writer")
+*/}}
+{{- define "runstream.headlessService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "runstream.componentName" . }}-headless
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "runstream.componentLabels" . | nindent 4 }}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector:
+    {{- include "runstream.componentSelectorLabels" . | nindent 4 }}
+  {{- if gt (int .root.Values.server.metricsPort) 0 }}
+  ports:
+    - name: metrics
+      port: {{ int .root.Values.server.metricsPort }}
+      targetPort: metrics
+  {{- end }}
+{{- end }}
+
+{{/*
+PodDisruptionBudget and HorizontalPodAutoscaler of a component, each when it applies.
+(dict "root" $ "component" "ingest" "values" .Values.ingest "kind" "Deployment")
+*/}}
+{{- define "runstream.scaling" -}}
+{{- $v := .values }}
+{{- $hpa := and $v.autoscaling $v.autoscaling.enabled }}
+{{- if and $v.podDisruptionBudget.enabled (or $hpa (gt (int $v.replicaCount) 1)) }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "runstream.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "runstream.componentLabels" . | nindent 4 }}
+spec:
+  maxUnavailable: {{ $v.podDisruptionBudget.maxUnavailable }}
+  selector:
+    matchLabels:
+      {{- include "runstream.componentSelectorLabels" . | nindent 6 }}
+{{- end }}
+{{- if $hpa }}
+{{- if gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas) }}
+{{- fail (printf "%s.autoscaling: minReplicas (%d) is above maxReplicas (%d)" .component (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
+{{- end }}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: {{ include "runstream.componentName" . }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "runstream.componentLabels" . | nindent 4 }}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: {{ .kind | default "Deployment" }}
+    name: {{ include "runstream.componentName" . }}
+  minReplicas: {{ int $v.autoscaling.minReplicas }}
+  maxReplicas: {{ int $v.autoscaling.maxReplicas }}
+  metrics:
+    - type: Resource
+      resource:
+        name: cpu
+        target:
+          type: Utilization
+          averageUtilization: {{ int $v.autoscaling.targetCPUUtilizationPercentage }}
+{{- end }}
 {{- end }}
