@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from runstream.errors import RunstreamError, ServerError
+from runstream.lineage import DIRECTIONS, LineageGraph
 from runstream.query_client import QueryClient
 from runstream.v1 import query_pb2, registry_pb2, registry_pb2_grpc
 
@@ -121,7 +122,41 @@ class RegistryCalls:
         return self._rcall("GetModel", registry_pb2.GetModelRequest(project=project, name=name)).model
 
     def list_models(self, project: str) -> list[registry_pb2.RegisteredModel]:
-        return list(self._rcall("ListModels", registry_pb2.ListModelsRequest(project=project)).models)
+        """Every model of the project, by name (page after page)."""
+        out: list[registry_pb2.RegisteredModel] = []
+        token = ""
+        while True:
+            page = self.models_page(project, token)
+            out.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def models_page(
+        self, project: str, page_token: str = "", limit: int = 0
+    ) -> registry_pb2.ListModelsResponse:
+        """One page of the project's models (limit 0: the server's 1,000); its next_page_token
+        continues the listing ("" on the last page)."""
+        request = registry_pb2.ListModelsRequest(project=project, page_token=page_token, limit=limit)
+        return self._rcall("ListModels", request)
+
+    def update_model(
+        self,
+        project: str,
+        name: str,
+        *,
+        description: str | None = None,
+        set_tags: Mapping[str, str] | None = None,
+        remove_tags: Iterable[str] = (),
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Edits a model's description / tags (the old values stay in its history, audited);
+        returns the model as a dict with its history."""
+        request = registry_pb2.UpdateRegisteredModelRequest(
+            project=project, name=name, set_description=description is not None, description=description or "",
+            set_tags=dict(set_tags or {}), remove_tags=list(remove_tags), reason=reason,
+        )  # fmt: skip
+        return model_record(self._rcall("UpdateRegisteredModel", request).model)
 
     def models(self, project: str) -> list[dict[str, Any]]:
         """The project's registered models as dicts (name, description, latest_version, aliases,
@@ -178,10 +213,29 @@ class RegistryCalls:
         )
         return self._rcall("GetModelVersion", request).version
 
-    def model_versions(self, project: str, name: str) -> list[dict[str, Any]]:
-        """Every version of the model as dicts (see model_version), newest first."""
-        request = registry_pb2.ListModelVersionsRequest(project=project, model=name)
-        return [version_record(v) for v in self._rcall("ListModelVersions", request).versions]
+    def model_versions(self, project: str, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The versions of the model as dicts (see model_version), newest first: all of them, or
+        the newest `limit`."""
+        out: list[dict[str, Any]] = []
+        token = ""
+        while limit is None or len(out) < limit:
+            page = self.model_versions_page(
+                project, name, token, min(limit - len(out), 10_000) if limit else 0
+            )
+            out.extend(version_record(v) for v in page.versions)
+            token = page.next_page_token
+            if not token:
+                break
+        return out
+
+    def model_versions_page(
+        self, project: str, name: str, page_token: str = "", limit: int = 0
+    ) -> registry_pb2.ListModelVersionsResponse:
+        """One page of the model's versions, newest first (limit 0: the server's 1,000)."""
+        request = registry_pb2.ListModelVersionsRequest(
+            project=project, model=name, page_token=page_token, limit=limit
+        )
+        return self._rcall("ListModelVersions", request)
 
     def model_version(self, project: str, name: str, version: int | None = None, alias: str | None = None):
         """One version as a dict: version, run_id, artifact_name/_version/_sha256, files, datasets,
@@ -226,15 +280,95 @@ class RegistryCalls:
         return self._rcall("DeleteAlias", request).previous_version
 
     def registry_events(self, project: str, model: str = "", limit: int = 1000) -> list[dict[str, Any]]:
-        """The registry's audit log of the project (or one model), newest first: dicts with time_ms,
-        actor, action (model.created, model_version.created/.updated, alias.created/.moved/.deleted),
-        target and detail (decoded JSON: from/to, run and artifact, reason)."""
-        request = registry_pb2.ListRegistryEventsRequest(project=project, model=model, limit=limit)
-        return [
+        """The registry's audit log of the project (or one model), newest first, at most `limit`
+        events (page after page): dicts with time_ms, actor, action (model.created/.updated,
+        model_version.created/.updated, alias.created/.moved/.deleted, input.recorded), target
+        and detail (decoded JSON: from/to, run and artifact, reason)."""
+        out: list[dict[str, Any]] = []
+        token = ""
+        while len(out) < limit:
+            events, token = self.registry_events_page(project, model, min(limit - len(out), 10_000), token)
+            out.extend(events)
+            if not token:
+                break
+        return out
+
+    def registry_events_page(
+        self, project: str, model: str = "", limit: int = 0, page_token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of registry events (see registry_events) and the token of the next ("" at the end)."""
+        request = registry_pb2.ListRegistryEventsRequest(
+            project=project, model=model, limit=limit, page_token=page_token
+        )
+        resp = self._rcall("ListRegistryEvents", request)
+        events = [
             {"time_ms": e.time_ms, "actor": e.actor, "action": e.action, "target": e.target,
              "detail": json.loads(e.detail or "{}")}
-            for e in self._rcall("ListRegistryEvents", request).events
+            for e in resp.events
         ]  # fmt: skip
+        return events, resp.next_page_token
+
+    # ------------------------------------------------------------ inputs and lineage
+
+    def use_artifact(
+        self, project: str, run_id: str, ref: str, *, kind: str = "", wait_visible_s: float = 0.0
+    ) -> dict[str, Any]:
+        """Records that run `run_id` consumed `ref`: an artifact version of the project ("name",
+        "name:3") or a registered model version ("clf", "clf:3", "clf@production"); kind
+        "artifact" / "model" settles a name that is both. Resolved and stored before this returns;
+        returns the input as a dict (see input_record). wait_visible_s: how long a reference the
+        server does not know yet is asked for again (on the Kafka bus an artifact logged a moment
+        ago is stored a moment after its ack)."""
+        request = registry_pb2.UseArtifactRequest(project=project, run_id=run_id, ref=ref, kind=kind)
+        deadline = time.monotonic() + wait_visible_s
+        while True:
+            try:
+                return input_record(self._rcall("UseArtifact", request).input)
+            except ServerError as exc:
+                if exc.code != "NOT_FOUND" or time.monotonic() + 0.2 > deadline:
+                    raise
+            time.sleep(0.2)
+
+    def run_inputs(self, project: str, run_id: str) -> list[dict[str, Any]]:
+        """What the run consumed (artifact and model versions recorded by use_artifact), oldest first."""
+        request = registry_pb2.ListRunInputsRequest(project=project, run_id=run_id)
+        return [input_record(i) for i in self._rcall("ListRunInputs", request).inputs]
+
+    def lineage(
+        self,
+        project: str,
+        ref: str | None = None,
+        *,
+        run_id: str | None = None,
+        artifact: str | None = None,
+        direction: str = "both",
+        max_depth: int = 0,
+        max_nodes: int = 0,
+    ) -> LineageGraph:
+        """The lineage graph around a model version (`ref`: "clf", "clf:3", "clf@production"), a
+        run (`run_id=`) or an artifact version (`artifact="name"` or "name:3"): upstream, what it
+        was made from (run, datasets, consumed artifacts and models, the runs that made those, ...),
+        and downstream, what was made from it (artifacts, model versions, runs that consumed them).
+        direction: "both", "upstream" or "downstream"; max_depth (default 10) and max_nodes
+        (default 500) bound the walk (graph.truncated says when they did)."""
+        if sum(x is not None for x in (ref, run_id, artifact)) != 1:
+            raise RunstreamError("lineage: give one of ref (a model reference), run_id= or artifact=")
+        if direction not in DIRECTIONS:
+            raise RunstreamError(f"lineage: direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
+        request = registry_pb2.GetLineageRequest(
+            project=project, direction=DIRECTIONS[direction], max_depth=max_depth, max_nodes=max_nodes
+        )
+        if ref is not None:
+            request.model, request.model_version, request.model_alias = parse_model_ref(ref)
+        elif run_id is not None:
+            request.run_id = run_id
+        else:
+            name, _, version = str(artifact).rpartition(":")
+            if name and version.isdigit():
+                request.artifact_name, request.artifact_version = name, int(version)
+            else:
+                request.artifact_name = str(artifact)
+        return LineageGraph.from_proto(self._rcall("GetLineage", request))
 
     # ------------------------------------------------------------ downloads
 
@@ -329,11 +463,33 @@ def model_record(m: registry_pb2.RegisteredModel) -> dict[str, Any]:
     return {
         "name": m.name,
         "description": m.description,
+        "tags": dict(sorted(m.tags.items())),
         "latest_version": m.latest_version,
         "aliases": dict(sorted(m.aliases.items())),
         "protected_aliases": list(m.protected_aliases),
         "creator": m.creator,
         "created_ms": m.created_ms,
+        "history": [
+            {"description": h.description, "tags": dict(h.tags), "actor": h.actor, "time_ms": h.time_ms}
+            for h in m.history
+        ],
+    }
+
+
+def input_record(i: registry_pb2.RunInput) -> dict[str, Any]:
+    """A run input as a dict: run_id (the consumer), kind ("artifact" / "model_version"), name,
+    version, ref (as given), alias, source_run_id (who made it), sha256, actor, time_ms."""
+    return {
+        "run_id": i.run_id,
+        "kind": i.kind,
+        "name": i.name,
+        "version": i.version,
+        "ref": i.ref,
+        "alias": i.alias,
+        "source_run_id": i.source_run_id,
+        "sha256": i.sha256,
+        "actor": i.actor,
+        "time_ms": i.time_ms,
     }
 
 
@@ -367,8 +523,10 @@ def version_record(v: registry_pb2.ModelVersion) -> dict[str, Any]:
 
 __all__ = [
     "ChecksumError",
+    "LineageGraph",
     "RegistryCalls",
     "RegistryClient",
+    "input_record",
     "model_record",
     "parse_model_ref",
     "version_record",

@@ -427,6 +427,29 @@ class Run:
             )  # fmt: skip
         return version_record(version)
 
+    def use_artifact(
+        self, ref: str, kind: str | None = None, timeout_s: float = 60.0, endpoint: str | None = None
+    ) -> dict:
+        """Records that this run consumes `ref`: an artifact version of its project ("name" for the
+        newest, "name:3") or a registered model version ("clf", "clf:3", "clf@production"); kind
+        "artifact" or "model" settles a name that is both (by default a registered model of that
+        name wins). The registry resolves the reference now ("clf@production" is stored as the
+        version production points at) and stores the input before this returns, so lineage shows
+        it even if the run crashes next. Fetch the files with runstream.Api().download_artifact.
+        `endpoint`: the server serving the registry, when it is not the run's. Returns the input
+        as a dict (kind, name, version, alias, source_run_id, sha256, ...)."""
+        from runstream.registry_client import RegistryClient
+
+        if self.mode == "disabled":
+            return {}
+        if self.mode != "online":
+            raise RunstreamError(
+                f"use_artifact needs an online run (this one is {self.mode}): the registry is on the server"
+            )
+        self._check_open()
+        with RegistryClient(endpoint or self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
+            return registry.use_artifact(self.project, self.id, ref, kind=kind or "")
+
     # ---- delivery -------------------------------------------------------------------------
 
     def flush(self, timeout_s: float = 30.0) -> bool:

@@ -4,6 +4,8 @@ the current state of aliases from their move history, tag edits, and revision nu
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -20,6 +22,8 @@ MAX_NAME = 200
 MAX_ALIASES_PER_VERSION = 50
 MAX_TAGS = 100
 MAX_TEXT = 64 * 1024  # description / reason / tag value
+DEFAULT_PAGE = 1_000
+MAX_PAGE = 10_000
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")  # never a number: "name:3" means version 3
 
@@ -46,6 +50,59 @@ def alias_name(alias: str) -> str:
             f"(at most {MAX_NAME} characters); a number would read as a version"
         )
     return alias
+
+
+def artifact_name(name: str) -> str:
+    """An artifact name as run.log_artifact accepts it (1 to MAX_NAME characters, no control
+    characters), or InvalidArgument."""
+    if not name or len(name) > MAX_NAME or any(ord(c) < 32 for c in name):
+        raise InvalidArgument(
+            f"artifact name {name[:80]!r} is not valid: 1 to {MAX_NAME} characters, no control characters"
+        )
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int, str]:
+    """A reference as (name, version, alias): "clf" -> ("clf", 0, ""), "clf:3" -> ("clf", 3, ""),
+    "clf@prod" -> ("clf", 0, "prod"). A name may hold ':' when what follows is not a number."""
+    if not ref:
+        raise InvalidArgument("a reference is required: name, name:version or name@alias")
+    if "@" in ref:
+        name, _, alias = ref.rpartition("@")
+        if not name:
+            raise InvalidArgument(f"reference {ref[:80]!r}: use name, name:version or name@alias")
+        return name, 0, alias_name(alias)
+    name, sep, version = ref.rpartition(":")
+    if sep and name and version.isdigit():
+        if not 0 < int(version) < 2**32:
+            raise InvalidArgument(f"reference {ref[:80]!r}: versions are numbered from 1")
+        return name, int(version), ""
+    return ref, 0, ""
+
+
+def page_size(limit: int) -> int:
+    """Items per page a list request asked for (0: DEFAULT_PAGE), or InvalidArgument."""
+    if limit > MAX_PAGE:
+        raise InvalidArgument(f"limit {limit:,} is over the limit of {MAX_PAGE:,} per page")
+    return limit or DEFAULT_PAGE
+
+
+def page_token(kind: str, value) -> str:
+    """An opaque continuation token: which listing it belongs to, and where it stopped."""
+    return base64.urlsafe_b64encode(json.dumps([kind, value]).encode()).decode()
+
+
+def read_page_token(kind: str, token: str):
+    """The position a page_token of listing `kind` holds (None for ""), or InvalidArgument."""
+    if not token:
+        return None
+    try:
+        got_kind, value = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError, binascii.Error):
+        got_kind, value = None, None
+    if got_kind != kind:
+        raise InvalidArgument("page_token is not one this listing handed out; start again without it")
+    return value
 
 
 def text(what: str, value: str) -> str:

@@ -4,10 +4,15 @@ made from a run's artifact, version metadata edits with history, and aliases.
 Writes go straight to the store from the process serving the RPC, not through the ingest bus:
 registry changes are rare (a person or a CI job promoting a model), each needs an answer that
 says what it did (the new version number, the alias's previous target), and none of them is on
-a training job's path. Changes to one model are serialized in this process (a lock per model),
-so version numbers are handed out once and an alias move reads the target it replaces. Several
-processes serving registry writes for one database could race on a version number: serve the
-registry from one process per database (the embedded server is one; see the report of issue 12).
+a training job's path. Changes to one model are serialized in this process (a lock per model).
+Version numbers are also safe across processes serving one database: a version number is
+claimed with an insert whose deduplication token is (project, model, number), the store keeps
+only the first such claim, and only the claimant that reads its own claim back writes the
+version (`_claim_version`). Alias moves are serialized per process only: two processes moving
+one alias at the same moment both succeed, the later revision wins, and the audit log's "from"
+of the later one may name the target before the earlier move.
+
+Run inputs and lineage (UseArtifact, ListRunInputs, GetLineage) are in inputs.py, mixed in here.
 
 Every create, edit, alias move and delete also writes an audit_log row (who: the key's id; when;
 from -> to; the caller's reason) right after the change itself. The alias and edit histories are
@@ -24,26 +29,27 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from runstream.v1 import registry_pb2, registry_pb2_grpc
-from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound
+from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import Query, checked_db
 from runstream_services.registry import rules, sql
+from runstream_services.registry.inputs import InputCalls
 from runstream_services.storage.clickhouse import ClientPool
 
 log = logging.getLogger("runstream.registry")
 
-DEFAULT_EVENTS = 1_000
-MAX_EVENTS = 10_000
+MAX_CLAIMS = 50  # version numbers one CreateModelVersion tries before giving up
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
     """The registry of one database. `readers` runs every statement (reads and the registry's
     own inserts); `auth` is the server's ApiKeys (None: every call may do everything)."""
 
@@ -76,10 +82,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
         return await asyncio.to_thread(run)
 
-    async def _insert(self, table: str, columns: tuple[str, ...], rows: list[list]) -> None:
+    async def _insert(self, table: str, columns: tuple[str, ...], rows: list[list], token: str = "") -> None:
         def run() -> None:
             with self.readers.client() as client:
-                client.insert(f"{self.db}.{table}", rows, column_names=list(columns))
+                settings = {"insert_deduplication_token": token} if token else None
+                client.insert(f"{self.db}.{table}", rows, column_names=list(columns), settings=settings)
 
         await asyncio.to_thread(run)
 
@@ -128,12 +135,32 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     # ------------------------------------------------------------ protos
 
-    def _model_proto(self, project: str, row: tuple, aliases: dict[str, int]) -> registry_pb2.RegisteredModel:
+    def _model_proto(
+        self,
+        project: str,
+        row: tuple,
+        aliases: dict[str, int],
+        current: tuple[str, dict] | None = None,
+        edits: list[tuple] | None = None,
+    ) -> registry_pb2.RegisteredModel:
+        """`current`: (description, tags) of the newest edit; `edits`: the history rows
+        (description, tags, actor, time_ms, revision), when the answer carries the history."""
         name, description, protected, creator, created_ms, latest = row
-        return registry_pb2.RegisteredModel(
+        tags: dict[str, str] = {}
+        if current is not None:
+            description, tags = current
+        out = registry_pb2.RegisteredModel(
             project=project, name=name, description=description, protected_aliases=list(protected),
-            creator=creator, created_ms=created_ms, latest_version=int(latest), aliases=aliases,
+            creator=creator, created_ms=created_ms, latest_version=int(latest), aliases=aliases, tags=tags,
         )  # fmt: skip
+        if edits is not None:
+            out.history.add(description=row[1], actor=creator, time_ms=created_ms)  # as created
+            for desc, etags, actor, t, _rev in edits:
+                out.history.add(description=desc, tags=dict(etags), actor=actor, time_ms=t)
+        return out
+
+    async def _model_edits(self, project: str, name: str) -> list[tuple]:
+        return await self._rows(sql.model_edits(self.db, project, name))
 
     def _version_proto(
         self,
@@ -193,17 +220,56 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetModel(self, request, context):
         project, _ = self._allowed(context, request.project, "read")
         name = rules.model_name(request.name)
-        row, aliases = await asyncio.gather(self._require_model(project, name), self._aliases(project, name))
-        return registry_pb2.GetModelResponse(model=self._model_proto(project, row, aliases))
+        row, aliases, edits = await asyncio.gather(
+            self._require_model(project, name), self._aliases(project, name), self._model_edits(project, name)
+        )
+        current = (edits[-1][0], dict(edits[-1][1])) if edits else None
+        return registry_pb2.GetModelResponse(model=self._model_proto(project, row, aliases, current, edits))
 
     async def ListModels(self, request, context):
         project, _ = self._allowed(context, request.project, "read")
-        rows, moves = await asyncio.gather(
-            self._rows(sql.models(self.db, project)), self._moves(project, None)
+        limit = rules.page_size(request.limit)
+        after = rules.read_page_token("models", request.page_token) or ""
+        rows, moves, edited = await asyncio.gather(
+            self._rows(sql.models(self.db, project, after=str(after), limit=limit + 1)),
+            self._moves(project, None),
+            self._rows(sql.current_model_tags(self.db, project)),
         )
+        current = {name: (desc, dict(tags)) for name, desc, tags in edited}
+        more = len(rows) > limit
+        rows = rows[:limit]
         return registry_pb2.ListModelsResponse(
-            models=[self._model_proto(project, r, rules.current_aliases(moves.get(r[0], []))) for r in rows]
+            models=[
+                self._model_proto(project, r, rules.current_aliases(moves.get(r[0], [])), current.get(r[0]))
+                for r in rows
+            ],
+            next_page_token=rules.page_token("models", rows[-1][0]) if more else "",
         )
+
+    async def UpdateRegisteredModel(self, request, context):
+        project, principal = self._allowed(context, request.project, "write")
+        name = rules.model_name(request.name)
+        reason = rules.text("reason", request.reason)
+        actor = rules.actor_of(principal)
+        async with self._lock(project, name):
+            row = await self._require_model(project, name)
+            edits = await self._model_edits(project, name)
+            old_desc, old_tags = (edits[-1][0], dict(edits[-1][1])) if edits else (row[1], {})
+            new_desc = rules.text("description", request.description) if request.set_description else old_desc
+            new_tags = rules.edited_tags(old_tags, dict(request.set_tags), request.remove_tags)
+            if (new_desc, new_tags) != (old_desc, old_tags):
+                edit = [project, name, new_desc, new_tags, actor, _now_ms(), self._revisions.next()]
+                await self._insert("registered_model_edits", sql.MODEL_EDIT_COLUMNS, [edit])
+                await self._audit(
+                    project, actor, "model.updated", name,
+                    {"from": {"description": old_desc, "tags": old_tags},
+                     "to": {"description": new_desc, "tags": new_tags}, "reason": reason},
+                )  # fmt: skip
+                edits = await self._model_edits(project, name)
+            aliases = await self._aliases(project, name)
+        current = (edits[-1][0], dict(edits[-1][1])) if edits else None
+        proto = self._model_proto(project, row, aliases, current, edits)
+        return registry_pb2.UpdateRegisteredModelResponse(model=proto)
 
     # ------------------------------------------------------------ versions
 
@@ -230,11 +296,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             protected = model_row[2] if model_row else list(rules.DEFAULT_PROTECTED_ALIASES)
             for alias in aliases:  # refuse before anything is written
                 self._require(principal, project, rules.role_for_alias(alias, protected))
-            run_rows, files, metric_rows, latest = await asyncio.gather(
+            run_rows, files, metric_rows = await asyncio.gather(
                 self._rows(sql.run_row(self.db, project, request.run_id)),
                 self._rows(sql.run_artifact_files(self.db, project, request.run_id, request.artifact_name)),
                 self._rows(sql.run_metrics(self.db, project, request.run_id, list(request.metric_keys))),
-                self._rows(sql.latest_version(self.db, project, model)),
             )
             if not run_rows:
                 raise NotFound(f"run {request.run_id!r} not found in project {project!r}")
@@ -247,7 +312,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             if model_row is None:
                 await self._create_model(project, model, "", protected, actor)
             commit, dirty, datasets = run_rows[0]
-            version = int(latest[0][0] or 0) + 1 if latest else 1
+            version = await self._claim_version(project, model)
             row = [
                 project, model, version, request.run_id, chosen.name, chosen.version, chosen.sha256,
                 chosen.files_json(), datasets or "[]", commit, dirty, actor, _now_ms(), description,
@@ -268,6 +333,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             stored = await self._version_row(project, model, version)
         proto = self._version_proto(project, model, stored, edits.get(version, []), sorted(aliases))
         return registry_pb2.CreateModelVersionResponse(version=proto)
+
+    async def _claim_version(self, project: str, model: str) -> int:
+        """The next version number of the model, claimed for this call alone, also against other
+        processes serving this database. Each try claims (highest written or claimed) + 1 with an
+        insert deduplicated by (project, model, number): the store keeps the first claim of a
+        number and silently drops the others, so reading the claim back tells exactly one
+        claimant it holds the number; a loser tries the next number. A claimant that fails after
+        its claim leaves a gap in the numbers, never a duplicate."""
+        claim = uuid.uuid4().hex
+        for _ in range(MAX_CLAIMS):
+            floor = await self._rows(sql.next_version_floor(self.db, project, model))
+            version = int((floor[0][0] if floor else 0) or 0) + 1
+            await self._insert(
+                "model_version_claims", sql.CLAIM_COLUMNS, [[project, model, version, claim, _now_ms()]],
+                token=sql.claim_token(project, model, version),
+            )  # fmt: skip
+            holder = await self._rows(sql.claim_holder(self.db, project, model, version))
+            if holder and holder[0][0] == claim:
+                return version
+        raise Unavailable(
+            f"model {model!r}: no free version number after {MAX_CLAIMS} tries (other registry "
+            "processes are creating versions of it right now); try again"
+        )
 
     async def _resolve(self, project: str, model: str, version: int, alias: str) -> int:
         if version:
@@ -297,18 +385,23 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListModelVersions(self, request, context):
         project, _ = self._allowed(context, request.project, "read")
         model = rules.model_name(request.model)
+        limit = rules.page_size(request.limit)
+        below = rules.read_page_token("versions", request.page_token) or 0
         _, rows, edits, aliases = await asyncio.gather(
             self._require_model(project, model),
-            self._rows(sql.versions(self.db, project, model)),
+            self._rows(sql.versions(self.db, project, model, below=int(below), limit=limit + 1)),
             self._edits(project, model, None),
             self._aliases(project, model),
         )
+        more = len(rows) > limit
+        rows = rows[:limit]
         by_version = rules.aliases_by_version(aliases)
         return registry_pb2.ListModelVersionsResponse(
             versions=[
                 self._version_proto(project, model, r, edits.get(r[0], []), by_version.get(r[0], []))
                 for r in rows
-            ]
+            ],
+            next_page_token=rules.page_token("versions", int(rows[-1][0])) if more else "",
         )
 
     async def UpdateModelVersion(self, request, context):
@@ -372,16 +465,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListRegistryEvents(self, request, context):
         project, _ = self._allowed(context, request.project, "read")
         model = rules.model_name(request.model) if request.model else ""
-        limit = request.limit or DEFAULT_EVENTS
-        if limit > MAX_EVENTS:
-            raise InvalidArgument(f"limit {limit} is over the limit of {MAX_EVENTS:,}")
-        rows = await self._rows(sql.events(self.db, project, model, limit))
+        limit = rules.page_size(request.limit)
+        before = rules.read_page_token("events", request.page_token)
+        if before is not None and not (isinstance(before, list) and len(before) == 2):
+            raise InvalidArgument("page_token is not one this listing handed out; start again without it")
+        rows = await self._rows(
+            sql.events(self.db, project, model, limit + 1, tuple(before) if before is not None else None)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
         return registry_pb2.ListRegistryEventsResponse(
             events=[
                 registry_pb2.RegistryEvent(time_ms=t, actor=a, action=act, target=tg, detail=d)
-                for t, a, act, tg, d in rows
-            ]  # fmt: skip
-        )
+                for t, a, act, tg, d, _h in rows
+            ],
+            next_page_token=rules.page_token("events", [rows[-1][0], int(rows[-1][5])]) if more else "",
+        )  # fmt: skip
 
     async def _move(self, project: str, model: str, alias: str, to: int, actor: str, reason: str) -> int:
         """Points `alias` at version `to` (0: deletes it) with one row, and audits the move. The
