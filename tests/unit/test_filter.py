@@ -143,7 +143,7 @@ def test_compiled_types():
         ("params.x in 1", "expected '(' after 'in'", 13),
         ("params.x in (1, ", "expected a value after ','", 17),
         ("params.x in (1 2)", "expected ',' or ')'", 16),
-        ("params.x not 1", "expected 'in' after 'not'", 14),
+        ("params.x not 1", "expected 'in', 'like' or 'ilike' after 'not'", 14),
         ("name = adam", 'quote text values: "adam"', 8),
         ("name = `adam`", "backticks quote keys", 8),
         ('name = "a\\q"', "unknown escape", 10),
@@ -261,7 +261,7 @@ def test_not_semantics_include_missing():
 
 
 def test_sort_fields():
-    assert parse_sort_field("-metrics.val_f1") == (Field("metric", "val_f1", pos=0), True)
+    assert parse_sort_field("-metrics.val_f1") == (Field("metric", "val_f1", pos=1), True)
     assert parse_sort_field("params.`learning rate`") == (Field("param", "learning rate", pos=0), False)
     assert parse_sort_field("+start")[0].key == "start"
     for bad in ("", "-", "metrics.x > 1", "nonsense", "-params."):
@@ -319,7 +319,7 @@ def test_times_at_the_int64_bounds_are_exact():
 
 def test_order_by_parses_every_key():
     assert parse_order_by(["-metrics.val_f1", "start"]) == [
-        (Field("metric", "val_f1", pos=0), True),
+        (Field("metric", "val_f1", pos=1), True),
         (Field("column", "start", pos=0), False),
     ]
 
@@ -336,3 +336,160 @@ def test_order_by_too_long_in_total_is_refused_naming_the_limit():
     with pytest.raises(InvalidArgument) as err:
         parse_order_by([key, key])
     assert f"over the limit of {MAX_SORT_CHARS} characters" in err.value.message
+
+
+# ---------------------------------------------------------------- conventions users type (issue 15, item 3)
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        (["metrics.val_acc desc"], [("metric", "val_acc", True)]),
+        (["metrics.val_acc DESC"], [("metric", "val_acc", True)]),
+        (["metrics.val_acc Asc"], [("metric", "val_acc", False)]),
+        (["-metrics.val_acc"], [("metric", "val_acc", True)]),
+        (
+            ["metrics.loss.min desc, -params.lr, name"],
+            [("metric", "loss", True), ("param", "lr", True), ("column", "name", False)],
+        ),  # fmt: skip
+        (
+            ["attributes.start_time DESC", "metrics.rmse ASC"],
+            [("column", "start", True), ("metric", "rmse", False)],
+        ),
+        (["metrics.desc"], [("metric", "desc", False)]),  # a metric called desc is a key, not a direction
+        (["metrics.`a, b` desc"], [("metric", "a, b", True)]),
+        (["datasets.imagenet desc"], [("dataset", "imagenet", True)]),
+        (["tags.mlflow.runName"], [("column", "name", False)]),
+    ],
+)
+def test_order_by_directions_and_comma_separated_keys(entries, expected):
+    got = parse_order_by(entries)
+    assert [(f.kind, f.key, desc) for f, desc in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("entry", "message", "column"),
+    [
+        ("-metrics.x desc", "the sort direction is given twice", 12),
+        ("metrics.x desc desc", "unexpected 'desc' after the sort field", 16),
+        ("metrics.x descending", "unexpected 'descending' after the sort field", 11),
+        ("metrics.x,", "expected a sort field", 11),
+        ("metrics.x,, name", "expected a sort field", 11),
+        ("metrics.x name", "and ',' between fields", 11),
+    ],
+)
+def test_order_by_mistakes_point_at_the_mistake(entry, message, column):
+    with pytest.raises(FilterError) as err:
+        parse_order_by([entry])
+    assert message in err.value.message and f"at column {column}" in err.value.message
+    assert err.value.message.splitlines()[-1].index("^") - 2 == column - 1
+
+
+def test_order_by_counts_comma_separated_keys_against_the_limit():
+    entry = ", ".join(f"params.p{i}" for i in range(MAX_SORT_KEYS + 1))
+    with pytest.raises(InvalidArgument) as err:
+        parse_order_by([entry])
+    assert f"{MAX_SORT_KEYS + 1} order_by keys is over the limit" in err.value.message
+    with pytest.raises(InvalidArgument, match="sort by datasets.<name>"):
+        parse_order_by(["datasets.name"])
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "key", "agg"),
+    [
+        ("attributes.status", "column", "state", "last"),
+        ("attribute.STATUS", "column", "state", "last"),
+        ("attr.run_name", "column", "name", "last"),
+        ("run.start_time", "column", "start", "last"),
+        ("attributes.end_time", "column", "end", "last"),
+        ("attributes.user_id", "column", "user", "last"),
+        ("attributes.run_id", "column", "run_id", "last"),
+        ("status", "column", "state", "last"),
+        ("start_time", "column", "start", "last"),
+        ("param.lr", "param", "lr", "last"),
+        ("parameter.lr", "param", "lr", "last"),
+        ("metric.loss.min", "metric", "loss", "min"),
+        ("tag.team", "tag", "team", "last"),
+        ('params."learning rate"', "param", "learning rate", "last"),
+        ("params.'a.b'.c", "param", "a.b.c", "last"),
+        ("tags.mlflow.runName", "column", "name", "last"),
+        ("tags.mlflow.user", "column", "user", "last"),
+        ("tags.mlflow.source.git.commit", "column", "git_commit", "last"),
+        ("tags.`mlflow.runName`", "tag", "mlflow.runName", "last"),  # quoted: the tag itself
+        ("tags.mlflow.other", "tag", "mlflow.other", "last"),
+        ("datasets.imagenet", "dataset", "imagenet", "version"),
+        ("datasets.imagenet.hash", "dataset", "imagenet", "version"),
+        ("datasets.imagenet.version", "dataset", "imagenet", "version"),
+        ("datasets.imagenet.uri", "dataset", "imagenet", "uri"),
+        ("datasets.coco.2017", "dataset", "coco.2017", "version"),
+        ("datasets.`a.hash`", "dataset", "a.hash", "version"),
+        ("datasets.name", "dataset", "", "name"),  # MLflow: some dataset of the run has this name
+        ("datasets.digest", "dataset", "", "version"),
+        ("datasets.`name`", "dataset", "name", "version"),
+    ],
+)
+def test_mlflow_spellings_and_datasets_map_to_fields(text, kind, key, agg):
+    value = '"finished"' if key == "state" else "1" if kind == "metric" or key in ("start", "end") else '"x"'
+    node = parse_filter(f"{text} = {value}")
+    assert (node.field.kind, node.field.key, node.field.agg) == (kind, key, agg)
+
+
+def test_single_quoted_values_and_mlflow_status_values():
+    node = parse_filter("params.x = 'a' and attributes.status = 'FINISHED'")
+    assert [c.values[0].value for c in node.items] == ["a", "FINISHED"]
+    where, params = compile_("attributes.status = 'FINISHED'")
+    assert where == "toString(state) = {p1:String}" and params["p1"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('attributes.artifact_uri = "s3://x"', "Api.run(project, run_id)['artifacts']"),
+        ('attributes.lifecycle_stage = "active"', "leave this term out"),
+        ('experiment_id = "1"', "pass the project"),
+        ('attributes.nonsense = "1"', "attributes. takes one of: run_id, name"),
+        ('datasets.context = "training"', 'datasets.<name> = "<version>"'),
+        ('attributes = "x"', "attributes needs a key, e.g. attributes.status"),
+        ('datasets = "x"', "datasets needs a key, e.g. datasets.imagenet"),
+        ("attributes.status = 'SCHEDULED'", "state is one of"),
+        ('params."" = 1', "empty quoted key"),
+        ('metrics.loss like "a%"', "'like' matches text; metrics.loss is not text"),
+        ('status ilike "fin%"', "'ilike' matches text; state is not text (compare it with in (...))"),
+        ("params.x like 5", "'like' takes a pattern in quotes"),
+        ('params.x like "50\\\\"', "cannot end with a backslash"),
+        ("params.x not = 1", "expected 'in', 'like' or 'ilike' after 'not'"),
+    ],
+)
+def test_unsupported_spellings_name_the_runstream_spelling(text, message):
+    with pytest.raises(FilterError) as err:
+        parse_filter(text)
+    assert message in err.value.message, err.value.message
+    assert "^" in err.value.message.splitlines()[-1]
+
+
+def test_like_and_dataset_terms_compile_to_bound_sql():
+    where, params = compile_("params.opt LIKE 'ad%' and tags.t not ilike \"%X_\" and name like 'a\\\\%'")
+    assert "AND key = {p2:String} AND (like(str, {p1:String}))" in where and params["p1"] == "ad%"
+    assert "(NOT (mapContains(tags, {p3:String}) AND ilike(tags[{p3:String}], {p4:String})))" in where
+    assert params["p4"] == "%X_" and params["p5"] == "a\\%"
+    where, params = compile_('datasets.imagenet = "v2.1" and metrics.f1 > 0.85')
+    assert where.startswith(
+        "(arrayExists(ds_ -> JSONExtractString(ds_, 'name') = {p2:String} AND "
+        "JSONExtractString(ds_, 'version') = {p1:String}, JSONExtractArrayRaw(datasets))"
+    )
+    assert params["p2"] == "imagenet" and params["p1"] == "v2.1"
+    where, params = compile_('datasets.name in ("a", "b\') OR 1=1 --")')
+    assert (
+        where
+        == "arrayExists(ds_ -> JSONExtractString(ds_, 'name') IN {p1:Array(String)}, JSONExtractArrayRaw(datasets))"
+    )
+    assert params["p1"] == ["a", "b') OR 1=1 --"]
+
+
+def test_dataset_sort_reads_the_first_reference():
+    binder = sql.Binder()
+    plan = sql.sort_plan(parse_order_by(["datasets.imagenet.uri DESC"]), binder, "db", "{p0:String}")
+    assert plan.order[0].startswith("if(arrayExists(ds_ -> JSONExtractString(ds_, 'name') = {p0:String}")
+    assert (
+        "JSONExtractString(arrayFirst(" in plan.order[0] and "'uri'), NULL) DESC NULLS LAST" in plan.order[0]
+    )

@@ -3,20 +3,36 @@
     params.lr > 0.01 and metrics.val_f1 > 0.85 and tags.dataset = "v2.1"
     (state = "finished" or state = "running") and not name ~ "debug"
     metrics.`val/acc`.max >= 0.9 and config.model.depth in (12, 24)
+    datasets.imagenet = "v2.1" and metrics.f1 > 0.85
 
 Fields: params.<key> and config.<key> (the same), summary.<key>, metrics.<key> (last value) and
-metrics.<key>.min/.max/.count/.last, tags.<key>, and the run columns in `COLUMNS`. Keys may be
-written with backticks (`a key`.x, `lr.decay`) to hold dots, spaces or operators; a backticked
-key is taken literally (metrics.`a.min` is the key "a.min", its last value).
-Operators: = (or ==) != (or <>) < <= > >= ~ (case-insensitive substring), in (...), not in (...),
-and, or, not, parentheses. Values: numbers, "strings" or 'strings', true, false. Times (start, end,
-heartbeat) are unix ms within Int64 or ISO dates. A search sorts by at most MAX_SORT_KEYS fields
-(`parse_order_by`): each one past a run column is a join.
+metrics.<key>.min/.max/.count/.last, tags.<key>, datasets.<name> (the version run.use_dataset
+recorded: the content sha256 of a path, or the version given; .hash is the same value, .uri its
+uri), and the run columns in `COLUMNS`. Keys may be written with backticks (`a key`.x,
+`lr.decay`) to hold dots, spaces or operators; a backticked key is taken literally
+(metrics.`a.min` is the key "a.min", its last value). After a dot, "double" or 'single' quotes
+quote a key too (MLflow's spelling).
+Operators: = (or ==) != (or <>) < <= > >= ~ (case-insensitive substring), like / ilike (SQL
+patterns: % any text, _ one character, \\ escapes), in (...), not in (...), not like, not ilike,
+and, or, not, parentheses. Values: numbers, "strings" or 'strings', true, false. Times (start,
+end, heartbeat) are unix ms within Int64 or ISO dates.
+
+MLflow's spellings are accepted where they mean one thing here (`MLFLOW_ATTRIBUTES`,
+`MLFLOW_TAGS`): attributes.status (also attribute., attr., run.), start_time, end_time, run_name,
+user_id, param./parameter./metric./tag. prefixes, tags.mlflow.runName (the run's name), and
+datasets.name / datasets.digest (some dataset of the run has that name / version). Those that
+have no Runstream meaning (artifact_uri, lifecycle_stage, experiment_id, datasets.context) are
+refused with a message naming what to write instead.
+
+A search sorts by at most MAX_SORT_KEYS fields (`parse_order_by`): "-field" or "field DESC" (ASC,
+any case) for the direction, several keys comma-separated in one entry or as a list; each key
+past a run column is a join.
 
 The parser yields an AST; `sql.compile_filter` turns it into a SQL condition over the runs table
 in which every value and key is a bound server-side parameter (see sql.Binder): no user text is
-ever spliced into SQL. Errors are FilterError (InvalidArgument) with the column and a caret under
-the mistake. The tokenizer and FilterError live in filter_lexer.py.
+ever spliced into SQL; run_table.py evaluates the same AST over a held project with numpy.
+Errors are FilterError (InvalidArgument) with the column and a caret under the mistake. The
+tokenizer and FilterError live in filter_lexer.py.
 """
 
 from __future__ import annotations
@@ -54,8 +70,34 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 STATES = tuple(STATE_NAMES.values())  # in wire order: unspecified, running, finished, ...
 METRIC_AGGS = ("last", "min", "max", "count")
-_PREFIXES = {"params": "param", "config": "param", "summary": "summary", "metrics": "metric", "tags": "tag"}
-_KEYWORDS = {"and", "or", "not", "in", "true", "false"}
+DATASET_ATTRS = {"version": "version", "hash": "version", "uri": "uri"}  # datasets.<name>.<attr>
+_PREFIXES = {
+    "params": "param", "config": "param", "summary": "summary", "metrics": "metric", "tags": "tag",
+    "datasets": "dataset",
+    # MLflow's spellings of the same prefixes
+    "param": "param", "parameter": "param", "parameters": "param", "metric": "metric", "tag": "tag",
+    "dataset": "dataset",
+}  # fmt: skip
+_ATTRIBUTE_PREFIXES = ("attributes", "attribute", "attr", "run")  # MLflow: attributes.status, ...
+#: MLflow attribute names -> the run column they mean here
+MLFLOW_ATTRIBUTES = {
+    "status": "state", "run_name": "name", "start_time": "start", "end_time": "end", "user_id": "user",
+}  # fmt: skip
+#: MLflow attributes with no Runstream meaning -> what to write instead
+_REFUSED_ATTRIBUTES = {
+    "artifact_uri": "Runstream keeps artifacts per run, not under one URI: read them with "
+    "Api.run(project, run_id)['artifacts']",
+    "lifecycle_stage": "Runstream has no deleted runs to exclude: leave this term out",
+    "experiment_id": "a search covers one project: pass the project to Api.runs / SearchRuns",
+}
+#: MLflow system tags that are run columns here (tags.mlflow.runName -> name); a tag of that
+#: name is still reachable with backticks: tags.`mlflow.runName`
+MLFLOW_TAGS = {
+    "mlflow.runName": "name", "mlflow.user": "user", "mlflow.source.git.commit": "git_commit",
+    "mlflow.note.content": "notes",
+}  # fmt: skip
+TEXT_OPS = ("like", "ilike")
+_KEYWORDS = {"and", "or", "not", "in", "true", "false", "like", "ilike"}
 
 
 # ---------------------------------------------------------------- AST
@@ -63,17 +105,23 @@ _KEYWORDS = {"and", "or", "not", "in", "true", "false"}
 
 @dataclass(frozen=True)
 class Field:
-    """What a filter term or sort key names. kind: column, param, summary, metric or tag."""
+    """What a filter term or sort key names. kind: column, param, summary, metric, tag or dataset.
+    A dataset field names the dataset (key) and what of it (agg: version, uri, or name); key ""
+    means any dataset of the run (MLflow's datasets.name / datasets.digest)."""
 
     kind: str
-    key: str  # column field name, or the param/metric/tag key
-    agg: str = "last"  # metrics only
+    key: str  # column field name, or the param/metric/tag key, or the dataset name
+    agg: str = "last"  # metrics: last/min/max/count; datasets: version/uri/name
     pos: int = 0
 
     @property
     def label(self) -> str:
         if self.kind == "column":
             return self.key
+        if self.kind == "dataset":
+            if not self.key:
+                return "datasets.name" if self.agg == "name" else "datasets.digest"
+            return f"datasets.{self.key}" + (f".{self.agg}" if self.agg != "version" else "")
         prefix = {"param": "params", "summary": "summary", "metric": "metrics", "tag": "tags"}[self.kind]
         return f"{prefix}.{self.key}" + (
             f".{self.agg}" if self.kind == "metric" and self.agg != "last" else ""
@@ -90,9 +138,9 @@ class Literal:
 @dataclass(frozen=True)
 class Compare:
     field: Field
-    op: str  # = != < <= > >= ~ in
+    op: str  # = != < <= > >= ~ in like ilike
     values: tuple[Literal, ...]
-    negated_in: bool = False  # `not in`
+    negated_in: bool = False  # `not in`, `not like`, `not ilike`: the whole term negated
     pos: int = 0
 
 
@@ -114,9 +162,9 @@ Node = Compare | BoolOp | Not
 
 
 class _Parser:
-    def __init__(self, source: str):
+    def __init__(self, source: str, signs: bool = False):
         self.source = source
-        self.tokens = tokenize(source)
+        self.tokens = tokenize(source, signs)
         self.i = 0
         self.terms = 0
 
@@ -190,16 +238,26 @@ class _Parser:
         negated = False
         if self.is_word("not"):
             self.i += 1
-            if not self.is_word("in"):
-                self.fail(f"expected 'in' after 'not' (write `not {field.label} ...` to negate a comparison)")
+            if not self.is_word("in", *TEXT_OPS):
+                self.fail(
+                    f"expected 'in', 'like' or 'ilike' after 'not' (write `not {field.label} ...` to negate "
+                    "a comparison)"
+                )
             negated = True
+        if self.is_word(*TEXT_OPS):
+            op_tok = self.tok
+            self.i += 1
+            value = self.value(f"after '{op_tok.text}'")
+            return check(Compare(field, op_tok.text.lower(), (value,), negated, op_tok.pos), self.source)
         if self.is_word("in"):
             op_tok = self.tok
             self.i += 1
             values = self.value_list(op_tok)
             return check(Compare(field, "in", values, negated, start.pos), self.source)
         if self.tok.kind != "op":
-            self.fail(f"expected an operator (= != < <= > >= ~ in) after {field.label}", found=self.tok)
+            self.fail(
+                f"expected an operator (= != < <= > >= ~ in like ilike) after {field.label}", found=self.tok
+            )
         op_tok = self.tok
         self.i += 1
         value = self.value(f"after '{op_tok.text}'")
@@ -250,34 +308,60 @@ class _Parser:
         self.i += 1
         while self.tok.kind == "dot":
             self.i += 1
-            if self.tok.kind not in ("word", "quoted_key", "number"):
+            if self.tok.kind not in ("word", "quoted_key", "number", "string"):
                 self.fail("expected a key after '.'", found=self.tok)
-            parts.append((self.tok.text, self.tok.kind == "quoted_key"))
+            if self.tok.kind == "string" and not self.tok.text:
+                self.fail("empty quoted key")
+            # "key" or 'key' after a dot quotes a key, as backticks do (MLflow's params."a b")
+            parts.append((self.tok.text, self.tok.kind in ("quoted_key", "string")))
             self.i += 1
         return build_field(parts, tok.pos, self.source)
 
 
 def build_field(parts: list[tuple[str, bool]], pos: int, source: str) -> Field:
-    """Interprets dotted segments (text, was_backticked) as a Field."""
+    """Interprets dotted segments (text, was_quoted) as a Field."""
     head, head_quoted = parts[0]
     name = head.lower()
     if len(parts) == 1:
-        if not head_quoted and name in COLUMNS:
-            return Field("column", name, pos=pos)
-        if not head_quoted and name in _PREFIXES:
-            raise FilterError(f"{name} needs a key, e.g. {name}.lr", source, pos)
+        if not head_quoted:
+            column = _column_of(name, source, pos)
+            if column:
+                return Field("column", column, pos=pos)
+            if name in _PREFIXES or name in _ATTRIBUTE_PREFIXES:
+                example = {"dataset": "imagenet", "column": "status"}.get(_PREFIXES.get(name, "column"), "lr")
+                raise FilterError(f"{name} needs a key, e.g. {name}.{example}", source, pos)
         raise FilterError(
             f"unknown field {head!r}; use params.<key>, config.<key>, summary.<key>, metrics.<key>, "
-            f"tags.<key> or one of: {', '.join(COLUMNS)}",
+            f"tags.<key>, datasets.<name> or one of: {', '.join(COLUMNS)}",
             source,
             pos,
         )
+    if not head_quoted and name in _ATTRIBUTE_PREFIXES:
+        attr, attr_quoted = parts[1]
+        column = None if attr_quoted or len(parts) > 2 else _column_of(attr.lower(), source, pos)
+        if column is None:
+            raise FilterError(
+                f"unknown run attribute {'.'.join(p for p, _ in parts[1:])!r}; {head}. takes one of: "
+                f"{', '.join([*COLUMNS, *MLFLOW_ATTRIBUTES])}",
+                source,
+                pos,
+            )
+        return Field("column", column, pos=pos)
     if head_quoted or name not in _PREFIXES:
         raise FilterError(
-            f"unknown field prefix {head!r}; use params., config., summary., metrics. or tags.", source, pos
+            f"unknown field prefix {head!r}; use params., config., summary., metrics., tags., datasets. "
+            "or attributes.",
+            source,
+            pos,
         )
     kind = _PREFIXES[name]
     rest = parts[1:]
+    if kind == "dataset":
+        return _dataset_field(rest, pos, source)
+    if kind == "tag" and not any(quoted for _, quoted in rest):
+        column = MLFLOW_TAGS.get(".".join(text for text, _ in rest))
+        if column is not None:
+            return Field("column", column, pos=pos)
     agg = "last"
     if kind == "metric" and len(rest) > 1 and not rest[-1][1] and rest[-1][0].lower() in METRIC_AGGS:
         agg = rest[-1][0].lower()
@@ -288,29 +372,96 @@ def build_field(parts: list[tuple[str, bool]], pos: int, source: str) -> Field:
     return Field(kind, key, agg, pos)
 
 
+def _column_of(name: str, source: str, pos: int) -> str | None:
+    """The run column a (lower-cased) attribute name means, None if none; FilterError for MLflow's
+    attributes that mean nothing here."""
+    if name in COLUMNS:
+        return name
+    if name in MLFLOW_ATTRIBUTES:
+        return MLFLOW_ATTRIBUTES[name]
+    if name in _REFUSED_ATTRIBUTES:
+        raise FilterError(f"{name} is MLflow's; {_REFUSED_ATTRIBUTES[name]}", source, pos)
+    return None
+
+
+def _dataset_field(rest: list[tuple[str, bool]], pos: int, source: str) -> Field:
+    """datasets.<name>[.version|.hash|.uri], or MLflow's datasets.name / datasets.digest."""
+    if len(rest) == 1 and not rest[0][1]:
+        word = rest[0][0].lower()
+        if word == "name":
+            return Field("dataset", "", "name", pos)
+        if word == "digest":
+            return Field("dataset", "", "version", pos)
+        if word == "context":
+            raise FilterError(
+                "Runstream records no dataset context (training, eval, ...); compare the dataset "
+                'itself: datasets.<name> = "<version>" (a dataset named context: datasets.`context`)',
+                source,
+                pos,
+            )
+    agg = "version"
+    if len(rest) > 1 and not rest[-1][1] and rest[-1][0].lower() in DATASET_ATTRS:
+        agg = DATASET_ATTRS[rest[-1][0].lower()]
+        rest = rest[:-1]
+    key = ".".join(text for text, _ in rest)
+    if not key:
+        raise FilterError("empty dataset name", source, pos)
+    return Field("dataset", key, agg, pos)
+
+
 def parse_filter(source: str) -> Node | None:
     """The AST of a filter; None for an empty filter."""
     return _Parser(source).parse()
 
 
 def parse_sort_field(source: str) -> tuple[Field, bool]:
-    """A sort key in field syntax, optionally prefixed by '-' (descending): (field, descending)."""
-    text = source.strip()
-    descending = text.startswith("-")
-    if descending or text.startswith("+"):
-        text = text[1:]
-    parser = _Parser(text)
+    """One sort key: a field, optionally prefixed by '-' (descending) or '+', or followed by ASC or
+    DESC (any case): (field, descending)."""
+    keys = _sort_keys(source)
+    if len(keys) != 1:
+        raise FilterError("expected one sort field, found a ','", source, keys[1][0].pos)
+    return keys[0]
+
+
+def _sort_keys(source: str) -> list[tuple[Field, bool]]:
+    """The comma-separated sort keys of one order_by entry."""
+    parser = _Parser(source, signs=True)
     if parser.tok.kind == "end":
         raise InvalidArgument("empty sort field in order_by")
-    field = parser.field()
-    if parser.tok.kind != "end":
-        parser.fail(f"unexpected {parser.describe(parser.tok)} after the sort field")
-    return field, descending
+    keys: list[tuple[Field, bool]] = []
+    while True:
+        sign = None
+        if parser.tok.kind == "sign":
+            sign = parser.tok
+            parser.i += 1
+        if parser.tok.kind in ("comma", "end"):
+            parser.fail(
+                "expected a sort field, e.g. metrics.val_acc DESC or -metrics.val_acc", found=parser.tok
+            )
+        field = parser.field()
+        descending = sign is not None and sign.text == "-"
+        if parser.is_word("asc", "desc"):
+            if sign is not None:
+                parser.fail(
+                    f"the sort direction is given twice ('{sign.text}' and {parser.tok.text}); keep one"
+                )
+            descending = parser.tok.text.lower() == "desc"
+            parser.i += 1
+        keys.append((field, descending))
+        if parser.tok.kind == "end":
+            return keys
+        if parser.tok.kind != "comma":
+            parser.fail(
+                f"unexpected {parser.describe(parser.tok)} after the sort field (write ASC or DESC, "
+                "and ',' between fields)"
+            )
+        parser.i += 1
 
 
 def parse_order_by(order_by: Sequence[str]) -> list[tuple[Field, bool]]:
-    """The sort keys of a search (parse_sort_field each); InvalidArgument naming the limit when there
-    are more than MAX_SORT_KEYS or they are longer than MAX_SORT_CHARS together."""
+    """The sort keys of a search: each entry one key or several comma-separated (see _sort_keys).
+    InvalidArgument naming the limit when there are more than MAX_SORT_KEYS keys or the entries
+    are longer than MAX_SORT_CHARS together."""
     if len(order_by) > MAX_SORT_KEYS:
         raise InvalidArgument(
             f"{len(order_by)} order_by keys is over the limit of {MAX_SORT_KEYS}; sort by fewer keys"
@@ -320,7 +471,15 @@ def parse_order_by(order_by: Sequence[str]) -> list[tuple[Field, bool]]:
         raise InvalidArgument(
             f"order_by is {chars} characters long, over the limit of {MAX_SORT_CHARS} characters"
         )
-    return [parse_sort_field(s) for s in order_by]
+    keys = [key for entry in order_by for key in _sort_keys(entry)]
+    if len(keys) > MAX_SORT_KEYS:
+        raise InvalidArgument(
+            f"{len(keys)} order_by keys is over the limit of {MAX_SORT_KEYS}; sort by fewer keys"
+        )
+    for f, _ in keys:
+        if f.kind == "dataset" and not f.key:
+            raise InvalidArgument(f"cannot sort by {f.label} (any dataset of a run); sort by datasets.<name>")
+    return keys
 
 
 # ---------------------------------------------------------------- checks
@@ -334,6 +493,14 @@ def check(node: Compare, source: str) -> Compare:
     def fail(message: str, pos: int) -> None:
         raise FilterError(message, source, pos)
 
+    if op in TEXT_OPS:
+        lit = node.values[0]
+        if kind in ("metric", "state", "time", "flag"):
+            instead = "in (...)" if kind in ("state", "flag") else "= != < <= > >= or in (...)"
+            fail(f"'{op}' matches text; {field.label} is not text (compare it with {instead})", node.pos)
+        if not isinstance(lit.value, str):
+            fail(f"'{op}' takes a pattern in quotes, e.g. {field.label} {op} \"adam%\"", lit.pos)
+        check_pattern(lit.value, source, lit.pos)
     for lit in node.values:
         if kind == "metric" and not isinstance(lit.value, float):
             fail(f"{field.label} is a number; compare it with a number", lit.pos)
@@ -350,6 +517,24 @@ def check(node: Compare, source: str) -> Compare:
     if op in ("<", "<=", ">", ">=", "~") and isinstance(node.values[0].value, bool):
         fail("true/false can only be compared with = != or in", node.pos)
     return node
+
+
+def check_pattern(pattern: str, source: str, pos: int) -> None:
+    """A like/ilike pattern: % any text, _ one character, a backslash takes the next character
+    literally (ClickHouse's rules); refused when it ends inside an escape."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            if i + 1 == len(pattern):
+                raise FilterError(
+                    "a like pattern cannot end with a backslash (a backslash escapes the next character: "
+                    '"100\\\\%" is a literal %; a literal backslash is four: "\\\\\\\\")',
+                    source,
+                    pos,
+                )
+            i += 2
+        else:
+            i += 1
 
 
 def to_ms(lit: Literal, source: str) -> int:

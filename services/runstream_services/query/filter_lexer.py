@@ -20,7 +20,7 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # word, quoted_key, string, number, op, lparen, rparen, comma, dot, end
+    kind: str  # word, quoted_key, string, number, op, lparen, rparen, comma, dot, sign, end
     text: str  # the value (unescaped for strings and quoted keys)
     pos: int  # 0-based offset in the filter
 
@@ -44,8 +44,9 @@ def _caret(source: str, pos: int, width: int = 80) -> str:
     return f"  {prefix}{shown}{suffix}\n  {' ' * (len(prefix) + pos - start)}^"
 
 
-def tokenize(source: str) -> list[Token]:
-    """The tokens of `source`, ending with an "end" token; FilterError at the first bad character."""
+def tokenize(source: str, signs: bool = False) -> list[Token]:
+    """The tokens of `source`, ending with an "end" token; FilterError at the first bad character.
+    With `signs` (sort keys), a '-' or '+' that does not start a number is a "sign" token."""
     if len(source) > MAX_FILTER_CHARS:
         raise InvalidArgument(
             f"filter is {len(source)} characters long; at most {MAX_FILTER_CHARS} are allowed"
@@ -93,6 +94,9 @@ def tokenize(source: str) -> list[Token]:
             i += 1
         elif ch == ".":
             tokens.append(Token("dot", ch, i))
+            i += 1
+        elif signs and ch in "-+":
+            tokens.append(Token("sign", ch, i))
             i += 1
         else:
             op = next((o for o in _OPERATORS if source.startswith(o, i)), None)

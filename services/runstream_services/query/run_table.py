@@ -8,7 +8,10 @@ written rebuilds the few columns a search names (one pass over its runs per fiel
 
 from __future__ import annotations
 
+import json
 import operator
+import re
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -90,6 +93,21 @@ class RunTable:
             return kind, num, text, present
 
         return self._cached(("param", scope, key), build)
+
+    def datasets(self, name: str, attr: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The run's references to dataset `name` ("": every dataset) as slots: slot j is
+        (version/uri/name of the j-th such reference, "" where the run has fewer, present)."""
+
+        def build():
+            per_run = [[ref[attr] for ref in _dataset_refs(e.row.datasets) if not name or ref["name"] == name]
+                       for e in self.entries]  # fmt: skip
+            slots = []
+            for j in range(max((len(v) for v in per_run), default=0)):
+                present = np.array([len(v) > j for v in per_run], dtype=bool)
+                slots.append((_objects([v[j] if len(v) > j else "" for v in per_run]), present))
+            return slots
+
+        return self._cached(("datasets", name, attr), build)
 
     def metric(self, key: str, agg: str) -> tuple[np.ndarray, np.ndarray]:
         """(value, valid) of a user metric's summary: valid where the series exists and the
@@ -202,6 +220,9 @@ def _sort_columns(t: RunTable, f: Field) -> list[tuple[np.ndarray, np.ndarray]]:
     if f.kind == "tag":
         value, present = t.tag(f.key)
         return [(value, present)]
+    if f.kind == "dataset":  # the first reference to the dataset, as sql.dataset_value
+        slots = t.datasets(f.key, f.agg)
+        return [slots[0] if slots else (_objects([""] * t.n), np.zeros(t.n, dtype=bool))]
     if f.kind in ("param", "summary"):
         kind, num, text, present = t.param("config" if f.kind == "param" else "summary", f.key)
         numeric = present & _is_numeric(kind) & ~np.isnan(num)
@@ -241,6 +262,11 @@ def _compare(t: RunTable, node: Compare) -> np.ndarray:
     if f.kind == "tag":
         value, present = t.tag(f.key)
         return present & _text(value, node)
+    if f.kind == "dataset":  # some reference matches (sql._dataset_cond)
+        out = np.zeros(t.n, dtype=bool)
+        for value, present in t.datasets(f.key, f.agg):
+            out |= present & _text(value, node)
+        return out
     if f.kind in ("param", "summary"):
         kind, num, text, present = t.param("config" if f.kind == "param" else "summary", f.key)
         out = np.zeros(t.n, dtype=bool)
@@ -264,6 +290,8 @@ def _text(col: np.ndarray, node: Compare) -> np.ndarray:
     texts = [lit.raw if isinstance(lit.value, float) else str(lit.value) for lit in node.values]
     if node.op == "~":
         return _contains(col, texts[0])
+    if node.op in ("like", "ilike"):
+        return _like(col, texts[0], node.op == "ilike")
     return _test(col, node.op, texts)
 
 
@@ -271,6 +299,45 @@ def _contains(col: np.ndarray, needle: str) -> np.ndarray:
     """positionCaseInsensitiveUTF8(col, needle) > 0 for an ASCII needle (others go to SQL)."""
     needle = needle.translate(_ASCII_LOWER)
     return np.fromiter((needle in v.translate(_ASCII_LOWER) for v in col), dtype=bool, count=len(col))
+
+
+def _like(col: np.ndarray, pattern: str, ignore_case: bool) -> np.ndarray:
+    """ClickHouse's like/ilike: the whole text matches; % any text (newlines too), _ one
+    character, a backslash takes the next character literally; ilike folds case as Python's re
+    does (Unicode simple folding, as ClickHouse's re2: tests/integration/test_filter_conventions.py
+    compares them on names that fold unusually)."""
+    match = _like_regex(pattern, ignore_case).fullmatch
+    return np.fromiter((match(v) is not None for v in col), dtype=bool, count=len(col))
+
+
+@lru_cache(maxsize=256)
+def _like_regex(pattern: str, ignore_case: bool) -> re.Pattern:
+    out, i = [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):  # filter.check_pattern refused a trailing one
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+
+
+def _dataset_refs(text: str) -> list[dict[str, str]]:
+    """The run's dataset references as the SQL path reads them (JSONExtractArrayRaw and
+    JSONExtractString): unreadable JSON is no reference, a field that is not a string is ""."""
+    try:
+        items = json.loads(text or "[]")
+    except ValueError:
+        return []
+    if not isinstance(items, list):
+        return []
+    refs = []
+    for item in items:
+        item = item if isinstance(item, dict) else {}
+        refs.append({k: v if isinstance(v := item.get(k), str) else "" for k in ("name", "version", "uri")})
+    return refs
 
 
 def _param(op: str, value: Any, kind: np.ndarray, num: np.ndarray, text: np.ndarray) -> np.ndarray:
@@ -284,6 +351,8 @@ def _param(op: str, value: Any, kind: np.ndarray, num: np.ndarray, text: np.ndar
         return _is_numeric(kind) & np.asarray(_OPS[op](num, value), dtype=bool)
     if op == "~":
         return _contains(text, value)
+    if op in ("like", "ilike"):
+        return _like(text, value, op == "ilike")
     return np.asarray(_OPS[op](text, value), dtype=bool)
 
 

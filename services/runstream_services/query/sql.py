@@ -66,6 +66,8 @@ def _compare(node: Compare, b: Binder, db: str, project_ph: str) -> str:
     elif f.kind == "tag":
         key = b.bind(f.key, "String")
         cond = f"(mapContains(tags, {key}) AND {_text_cond('tags[' + key + ']', node, b)})"
+    elif f.kind == "dataset":
+        cond = _dataset_cond(node, b, "datasets")
     elif f.kind in ("param", "summary"):
         scope = "config" if f.kind == "param" else "summary"
         row_cond = " OR ".join(_param_cond(node.op, lit.value, b) for lit in node.values)
@@ -108,6 +110,8 @@ def _param_cond(op: str, value: object, b: Binder) -> str:
         return f"({kind} IN ('number', 'flag') AND {num} {_NUMERIC_OPS[op]} {b.bind(value, 'Float64')})"
     if op == "~":
         return f"(positionCaseInsensitiveUTF8({text}, {b.bind(value, 'String')}) > 0)"
+    if op in ("like", "ilike"):
+        return f"{op}({text}, {b.bind(value, 'String')})"
     return f"({text} {_NUMERIC_OPS[op]} {b.bind(value, 'String')})"
 
 
@@ -117,7 +121,29 @@ def _text_cond(expr: str, node: Compare, b: Binder) -> str:
         return f"{expr} IN {b.bind(texts, 'Array(String)')}"
     if node.op == "~":
         return f"positionCaseInsensitiveUTF8({expr}, {b.bind(texts[0], 'String')}) > 0"
+    if node.op in ("like", "ilike"):
+        return f"{node.op}({expr}, {b.bind(texts[0], 'String')})"
     return f"{expr} {_NUMERIC_OPS[node.op]} {b.bind(texts[0], 'String')}"
+
+
+def _dataset_cond(node: Compare, b: Binder, column: str) -> str:
+    """Some dataset reference of the run (the `datasets` JSON list that run.use_dataset fills:
+    [{"name", "version", "uri"}, ...]) has the field's name and its version/uri/name matches."""
+    f = node.field
+    terms = [_text_cond(f"JSONExtractString(ds_, '{f.agg}')", node, b)]
+    if f.key:
+        terms.insert(0, f"JSONExtractString(ds_, 'name') = {b.bind(f.key, 'String')}")
+    return f"arrayExists(ds_ -> {' AND '.join(terms)}, JSONExtractArrayRaw({column}))"
+
+
+def dataset_value(f: Field, b: Binder, column: str) -> str:
+    """The version (or uri) of the first reference to dataset `f.key` in the run, NULL if none."""
+    name = b.bind(f.key, "String")
+    items = f"JSONExtractArrayRaw({column})"
+    pred = f"ds_ -> JSONExtractString(ds_, 'name') = {name}"
+    return (
+        f"if(arrayExists({pred}, {items}), JSONExtractString(arrayFirst({pred}, {items}), '{f.agg}'), NULL)"
+    )
 
 
 def _column_cond(node: Compare, b: Binder) -> str:
@@ -164,6 +190,8 @@ def sort_plan(fields: list[tuple[Field, bool]], b: Binder, db: str, project_ph: 
         elif f.kind == "tag":
             key = b.bind(f.key, "String")
             order.append(f"if(mapContains(r.tags, {key}), r.tags[{key}], NULL) {direction} NULLS LAST")
+        elif f.kind == "dataset":  # search_runs selects r.datasets when a key is one
+            order.append(f"{dataset_value(f, b, 'r.datasets')} {direction} NULLS LAST")
         elif f.kind in ("param", "summary"):
             scope = "config" if f.kind == "param" else "summary"
             joins.append(

@@ -97,6 +97,8 @@ def search_runs(
     plan = sort_plan(order_by, binder, db, project_ph)
     limit_ph, offset_ph = binder.bind(limit, "UInt64"), binder.bind(offset, "UInt64")
     inner_cols = ", ".join(RUN_COLUMNS).replace("toString(state)", "state")
+    if any(f.kind == "dataset" for f, _ in order_by):
+        inner_cols += ", datasets"
     outer_cols = ", ".join("toString(r.state)" if c == "toString(state)" else f"r.{c}" for c in RUN_COLUMNS)
     sql = (
         f"SELECT {outer_cols}, count() OVER () AS total "
