@@ -1017,7 +1017,7 @@ class RegistryEvent(_message.Message):
     "model", "model:version", "model@alias"; for input.recorded of an
     """
     detail: _builtins.str
-    """artifact "artifact:name:version"
+    """artifact "artifact <name>:<version>"
     JSON: from/to, run and artifact, reason
     """
     def __init__(
