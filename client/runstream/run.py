@@ -428,7 +428,12 @@ class Run:
         return version_record(version)
 
     def use_artifact(
-        self, ref: str, kind: str | None = None, timeout_s: float = 60.0, endpoint: str | None = None
+        self,
+        ref: str,
+        kind: str | None = None,
+        timeout_s: float = 60.0,
+        endpoint: str | None = None,
+        wait_s: float = 0.0,
     ) -> dict:
         """Records that this run consumes `ref`: an artifact version of its project ("name" for the
         newest, "name:3") or a registered model version ("clf", "clf:3", "clf@production"); kind
@@ -436,8 +441,10 @@ class Run:
         name wins). The registry resolves the reference now ("clf@production" is stored as the
         version production points at) and stores the input before this returns, so lineage shows
         it even if the run crashes next. Fetch the files with runstream.Api().download_artifact.
-        `endpoint`: the server serving the registry, when it is not the run's. Returns the input
-        as a dict (kind, name, version, alias, source_run_id, sha256, ...)."""
+        `endpoint`: the server serving the registry, when it is not the run's. `wait_s`: how long
+        a reference the server does not know yet is asked for again (on the Kafka bus another
+        run's artifact is stored a moment after that run's flush). Returns the input as a dict
+        (kind, name, version, alias, source_run_id, sha256, ...)."""
         from runstream.registry_client import RegistryClient
 
         if self.mode == "disabled":
@@ -448,7 +455,7 @@ class Run:
             )
         self._check_open()
         with RegistryClient(endpoint or self.settings.endpoint, self.settings.api_key, timeout_s) as registry:
-            return registry.use_artifact(self.project, self.id, ref, kind=kind or "")
+            return registry.use_artifact(self.project, self.id, ref, kind=kind or "", wait_visible_s=wait_s)
 
     # ---- delivery -------------------------------------------------------------------------
 
