@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 import threading
 
 import clickhouse_connect
@@ -41,9 +42,39 @@ def connect(dsn: str) -> Client:
                 _chdb_clients[dsn] = client
             return client
     try:
-        return clickhouse_connect.get_client(dsn=dsn, autogenerate_session_id=False)
+        client = clickhouse_connect.get_client(dsn=dsn, autogenerate_session_id=False)
     except Exception as exc:
-        raise Unavailable(f"cannot reach ClickHouse at {dsn!r}: {exc}") from exc
+        raise Unavailable(f"cannot reach ClickHouse at {redacted(dsn)!r}: {exc}") from exc
+    require_server_version(client.server_version, dsn)
+    return client
+
+
+MIN_SERVER_VERSION = (24, 8)
+"""The oldest ClickHouse server the store runs on: the LTS release that has everything the schema
+and queries use (lttb() since 23.10, lightweight DELETE, insert dedup tokens carried into the
+materialized views). Checked when a server client connects; chDB bundles its own engine."""
+
+
+def require_server_version(version: str | None, dsn: str) -> None:
+    """Raises ConfigError when the server is older than MIN_SERVER_VERSION."""
+    try:
+        found = tuple(int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        raise ConfigError(
+            f"ClickHouse at {redacted(dsn)!r} reports version {version!r}, which is not a version"
+        ) from None
+    if found < MIN_SERVER_VERSION:
+        need = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ConfigError(
+            f"ClickHouse at {redacted(dsn)!r} is version {version}; Runstream needs {need} or newer "
+            "(its schema and queries use lttb(), lightweight DELETE and deduplicated materialized "
+            "views): upgrade the server, or use the embedded store (chdb://)"
+        )
+
+
+def redacted(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", dsn)
 
 
 class ClientPool:

@@ -1,0 +1,102 @@
+"""The store on a ClickHouse server over HTTP (an http:// DSN), through tests/clickhouse_standin.py.
+
+STAND-IN, labelled as such: no ClickHouse server can be installed on the test machines, so the
+"server" here is the real chDB engine in a process of its own behind ClickHouse's HTTP interface
+(the subset clickhouse-connect uses). The SQL, parts and insert dedup are real; the HTTP layer is
+the stand-in's. What runs through it is the store code's server path: clickhouse-connect's HTTP
+client, insert_arrow for metric points (the chDB Python() fast path does not apply), the
+migrations applied once by `runstream migrate` and checked by servers with migrate_on_start off.
+
+Two suites written for chDB run here unchanged on an http:// DSN, collected again under this
+module's fixtures: the exactly-once cases of test_exactly_once.py (an embedded `runstream server`
+whose store is the stand-in; the same server process kill -9'd, restarted, drained) and every test
+of test_query_service.py (the QueryService on a store seeded over HTTP)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from runstream_services.artifacts.local import LocalArtifactStore
+from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.migrations import migrate
+from tests.clickhouse_standin import StandinProcess, server_deployment
+from tests.integration import test_exactly_once as exactly_once
+from tests.integration import test_query_service as query_suite
+from tests.integration.test_query_service import Seeded, query_server, seed, stub  # noqa: F401 - fixtures
+
+pytest.importorskip("chdb")
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> StandinProcess:
+    """The ClickHouse STAND-IN (chDB behind ClickHouse's HTTP interface), one per module."""
+    process = StandinProcess(tmp_path_factory.mktemp("standin")).start()
+    yield process
+    process.stop()
+
+
+# ------------------------------------------------------ exactly once, on a server store (stand-in)
+
+
+@pytest.fixture
+def bus_server(tmp_path, standin):
+    """An embedded `runstream server` whose store is the STAND-IN over http:// (see module doc)."""
+    deployment = server_deployment(tmp_path, standin)
+    yield deployment
+    deployment.close()
+
+
+test_exactly_once_stored_once_with_summaries = (
+    exactly_once.test_metrics_are_stored_once_with_summaries_and_the_stream_survives_bad_requests
+)
+test_exactly_once_resends_and_restart = (
+    exactly_once.test_resent_requests_on_a_new_stream_and_after_a_restart_are_acked_and_stored_once
+)
+test_exactly_once_kill_9_under_many_writers = (
+    exactly_once.test_kill_9_under_a_many_writer_load_stores_every_point_once
+)
+
+
+def test_server_store_uses_insert_arrow_and_its_dedup_token(standin):
+    """The writer's insert path on a server client is insert_arrow with the dedup token: the same
+    block twice is stored once (STAND-IN server)."""
+    import pyarrow as pa
+
+    from runstream_services.writers.arrow_insert import ArrowInserter
+
+    client = connect(standin.dsn)
+    db = f"ins_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE DATABASE {db}")
+    client.command(
+        f"CREATE TABLE {db}.t (k String, v Float64) ENGINE = MergeTree ORDER BY k "
+        "SETTINGS non_replicated_deduplication_window = 100"
+    )
+    inserter = ArrowInserter(client)
+    assert inserter.mode == "insert_arrow"
+    table = pa.table({"k": ["a", "b", "c"], "v": [1.0, 2.0, 3.0]})
+    inserter.insert(f"{db}.t", table, "block-1")
+    inserter.insert(f"{db}.t", table, "block-1")  # a replay
+    inserter.insert(f"{db}.t", table.slice(0, 1), "block-2")
+    assert client.query(f"SELECT count(), sum(v) FROM {db}.t").result_rows == [(4, 7.0)]
+
+
+# --------------------------------------------------- the query service, on a server store (stand-in)
+
+
+@pytest.fixture(scope="module")
+def seeded(standin, tmp_path_factory) -> Seeded:
+    """test_query_service's store, seeded over HTTP into the STAND-IN (replaces its chDB one)."""
+    database = f"t_query_{uuid.uuid4().hex[:8]}"
+    client = connect(standin.dsn)
+    migrate(client, database)
+    store = LocalArtifactStore(tmp_path_factory.mktemp("query") / "artifacts")
+    sha = seed(client, database, store)
+    yield Seeded(client, database, sha, store)
+    client.command(f"DROP DATABASE IF EXISTS {database}")
+
+
+for _name in dir(query_suite):
+    if _name.startswith("test_"):
+        globals()[f"{_name}_on_server"] = getattr(query_suite, _name)
