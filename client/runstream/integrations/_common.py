@@ -17,6 +17,7 @@ from typing import Any
 
 from runstream._internal import lifecycle
 from runstream._internal.start import init
+from runstream._internal.values import tag_map
 from runstream.errors import NotInitializedError, RefusedWarning
 from runstream.run import Run
 
@@ -70,6 +71,11 @@ def numeric(data: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
+
+
+def with_tag(tags: Any, key: str, value: str = "") -> dict[str, str]:
+    """Tags in any form runstream.init takes (one, a list, a dict) plus `key` = `value`."""
+    return {**tag_map(tags), key: value}
 
 
 def finite(value: float) -> bool:

@@ -28,7 +28,7 @@ from sklearn.base import is_classifier, is_regressor
 
 from runstream.run import Run
 
-from ._common import finite, log_written_file, plain_dict, resolve_run, side_run
+from ._common import finite, log_written_file, plain_dict, resolve_run, side_run, with_tag
 
 WHO = "runstream.integrations.sklearn"
 _SPLIT = re.compile(r"^split(\d+)_(test|train)_(.+)$")  # cv_results_ per-fold columns
@@ -167,7 +167,7 @@ def log_search(
         if n_splits is not None:
             config["search.n_splits"] = int(n_splits)
         best = int(results[rank_key][i]) == 1
-        tags = _tags(base_tags, best)
+        tags = with_tag(base_tags, "best") if best else base_tags
         with side_run(
             project, init_kwargs, name=f"candidate-{i:03d}", group=group, job_type="cv-candidate",
             config=config, tags=tags,
@@ -185,18 +185,6 @@ def log_search(
             run.summary.update({**summary, f"{prefix}candidate": i})
         run_ids.append(run.id)
     return run_ids
-
-
-def _tags(base: Any, best: bool) -> Any:
-    if not best:
-        return base
-    if base is None:
-        return ["best"]
-    if isinstance(base, str):
-        return [base, "best"]
-    if isinstance(base, Mapping):
-        return {**base, "best": ""}
-    return [*base, "best"]
 
 
 def _progress(items, enabled: bool, what: str):
