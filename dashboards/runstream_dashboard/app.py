@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from runstream_dashboard import state
+from runstream_dashboard import login, state
 
 st.set_page_config(page_title="Runstream", page_icon=":material/monitoring:", layout="wide")
 
@@ -18,6 +18,7 @@ PAGES = [
     st.Page("views/run.py", title="Run", url_path="run", icon=":material/description:"),
 ]
 
+login.gate()  # a sign-in form until this viewer has signed in, when the server needs a key
 page = st.navigation(PAGES)
 state.sidebar()
 page.run()

@@ -8,8 +8,10 @@ runs: the Runs page's loader ~16 ms, a 50-run series loader ~18 ms, against 0.3-
 to drawn page), so the cache only spares reruns that follow each other closely, and live pages
 (refreshed every 5 s) get data at most 2 s old.
 
-Every call goes through one runstream.Api per process (`api()`, an st.cache_resource), which
-reads $RUNSTREAM_ENDPOINT and $RUNSTREAM_API_KEY as the SDK does. A failed call raises
+Every call goes through the session's runstream.Api (`api()`): one per distinct key in an
+st.cache_resource, the key being the signed-in viewer's (login.py), never a process-wide one, and
+loaders cache per viewer (`login.per_viewer`). The endpoint and TLS come from $RUNSTREAM_ENDPOINT
+and $RUNSTREAM_TLS_* as for the SDK. A failed call raises
 runstream.errors.ServerError (ServerUnavailableError when the server is not reached): pages show
 its `details`, and its `code` next to a refused filter."""
 
@@ -23,8 +25,10 @@ import pandas as pd
 import streamlit as st
 
 from runstream.api import Api, value_of
+from runstream.errors import ServerError
 from runstream.states import state_name
 from runstream.v1 import types_pb2
+from runstream_dashboard import login
 
 RPC_TIMEOUT_S = 15.0
 SERIES_TIMEOUT_S = 30.0
@@ -46,10 +50,41 @@ RUN_COLUMNS = [
 ]
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _api(viewer: str, _key: str) -> Api:
+    """One connection per key, shared by the sessions signed in with it (`_key` is left out of
+    Streamlit's cache key; `viewer` is its hash)."""
+    return Api(api_key=_key, timeout_s=RPC_TIMEOUT_S)
+
+
+def api_for(key: str) -> Api:
+    return _api(login.fingerprint(key), key)
+
+
 def api() -> Api:
-    """The process's one connection to the query service, shared by every session."""
-    return Api(timeout_s=RPC_TIMEOUT_S)
+    """This session's connection to the query service: with the viewer's own key."""
+    return api_for(login.viewer_key())
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def server_wants_a_key() -> bool:
+    """Whether the server refuses a call without a key (asked without one; unreachable: no)."""
+    try:
+        api_for("").list_projects(timeout_s=5)
+    except ServerError as exc:
+        return exc.code == "UNAUTHENTICATED"
+    return False
+
+
+def key_problem(key: str) -> str | None:
+    """None when the server accepts `key`, else what to tell the person signing in."""
+    try:
+        api_for(key).list_projects(timeout_s=10)
+    except ServerError as exc:
+        if exc.code == "UNAUTHENTICATED":
+            return "This API key is not valid on this server. Check it, or ask an admin for one."
+        return f"Could not check the key: {exc.details}"
+    return None
 
 
 def endpoint() -> str:
@@ -94,7 +129,7 @@ def run_row(run: types_pb2.Run) -> dict[str, Any]:
 # ---------------------------------------------------------------- loaders
 
 
-@st.cache_data(ttl=5, show_spinner=False)
+@login.per_viewer(ttl=5, show_spinner=False)
 def list_projects() -> pd.DataFrame:
     """Projects with run counts and last activity, newest first."""
     rows = [
@@ -115,7 +150,7 @@ class RunsPage:
     total: int
 
 
-@st.cache_data(ttl=3, show_spinner=False, max_entries=200)
+@login.per_viewer(ttl=3, show_spinner=False, max_entries=200)
 def search_runs(
     project: str,
     filter_text: str = "",
@@ -165,7 +200,7 @@ class Keys:
     system_metric_keys: tuple[str, ...] = ()
 
 
-@st.cache_data(ttl=10, show_spinner=False)
+@login.per_viewer(ttl=10, show_spinner=False)
 def list_keys(project: str, run_ids: tuple[str, ...] = ()) -> Keys:
     keys = api().keys(project, run_ids)
     return Keys(
@@ -179,7 +214,7 @@ def list_keys(project: str, run_ids: tuple[str, ...] = ()) -> Keys:
 SERIES_COLUMNS = ["run_id", "key", "rank", "x", "y", "total_points"]
 
 
-@st.cache_data(ttl=2, show_spinner=False, max_entries=100)
+@login.per_viewer(ttl=2, show_spinner=False, max_entries=100)
 def metric_series(
     project: str,
     run_ids: tuple[str, ...],
@@ -244,7 +279,7 @@ class RunDetail:
 ARTIFACT_COLUMNS = ["name", "path", "type", "version", "size", "sha256", "uri", "created"]
 
 
-@st.cache_data(ttl=2, show_spinner=False, max_entries=100)
+@login.per_viewer(ttl=2, show_spinner=False, max_entries=100)
 def get_run(project: str, run_id: str) -> RunDetail:
     run = api().get_run(project, run_id)
     info = run_row(run)
@@ -311,7 +346,7 @@ def get_run(project: str, run_id: str) -> RunDetail:
     )
 
 
-@st.cache_data(ttl=300, show_spinner=False, max_entries=20)
+@login.per_viewer(ttl=300, show_spinner=False, max_entries=20)
 def download_artifact(project: str, run_id: str, sha256: str) -> bytes:
     """The bytes of one artifact file (DownloadArtifact, streamed in chunks)."""
     return api().download_artifact(
