@@ -97,6 +97,17 @@ def seeded(standin, tmp_path_factory) -> Seeded:
     client.command(f"DROP DATABASE IF EXISTS {database}")
 
 
+def test_a_request_naming_10000_runs_is_answered_on_a_server_store(stub):  # noqa: F811 - the fixture
+    """10,000 run ids bound as one Array(String) are ~330 KiB: past what a server takes in a URL
+    parameter or a form field (the STAND-IN enforces http_max_field_value_size, 128 KiB), so the
+    store's server client sends such a value in the query body (storage/large_binds.py)."""
+    from runstream.v1 import query_pb2
+
+    ids = ["r02"] + [uuid.uuid4().hex for _ in range(9_999)]
+    some = stub.ListKeys(query_pb2.ListKeysRequest(project="vision", run_ids=ids))
+    assert list(some.metric_keys) == ["loss", "val_f1"]
+
+
 for _name in dir(query_suite):
     if _name.startswith("test_"):
         globals()[f"{_name}_on_server"] = getattr(query_suite, _name)

@@ -10,8 +10,10 @@ import threading
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.httpclient import HttpClient
 
 from runstream_services.errors import ConfigError, Unavailable
+from runstream_services.storage.large_binds import ServerClient
 
 _chdb_lock = threading.Lock()
 _chdb_clients: dict[str, Client] = {}
@@ -46,6 +48,9 @@ def connect(dsn: str) -> Client:
     except Exception as exc:
         raise Unavailable(f"cannot reach ClickHouse at {redacted(dsn)!r}: {exc}") from exc
     require_server_version(client.server_version, dsn)
+    if type(client) is HttpClient:
+        # Same object, one more behaviour: large bind values go in the body (see large_binds).
+        client.__class__ = ServerClient
     return client
 
 
