@@ -96,7 +96,11 @@ def main() -> int:
 
     bootstrap = kafka_bootstrap()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    env = {"RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix, "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers"}
+    env = {
+        "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+        "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers",
+        "RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED": "1",  # the local single-node broker
+    }
     if args.block_points:
         env["RUNSTREAM_WRITER_MAX_BLOCK_POINTS"] = str(args.block_points)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="rs-bench-kafka-"))

@@ -50,7 +50,11 @@ class RunstreamSide:
             kafka = _kafka_bootstrap()
             prefix = f"bench{self._stamp}"
             extra = ["--bus", "kafka", "--kafka-bootstrap", kafka]
-            env = {"RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix, "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers"}
+            env = {
+                "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+                "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers",
+                "RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED": "1",  # the local single-node broker
+            }
         self.server = ServerProcess(self.workdir / "server", extra_args=extra, env=env).start(timeout_s=120)
         try:
             from runstream.v1 import query_pb2_grpc

@@ -124,7 +124,14 @@ def new_prefix() -> str:
 
 
 def kafka_env(prefix: str, **extra: str) -> dict[str, str]:
-    return {"RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix, "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers", **extra}
+    """Settings of a server on the test broker: its own topics and group; a single-node broker
+    cannot hold replication 3, so under-replication is allowed explicitly (as for any dev cluster)."""
+    return {
+        "RUNSTREAM_KAFKA_TOPIC_PREFIX": prefix,
+        "RUNSTREAM_KAFKA_GROUP_ID": f"{prefix}-writers",
+        "RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED": "1",
+        **extra,
+    }
 
 
 def drop_topics(kafka_bootstrap: str, prefix: str) -> None:

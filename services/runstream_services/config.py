@@ -30,6 +30,16 @@ class ServerSettings:
     kafka_bootstrap: str = ""
     kafka_topic_prefix: str = "runstream"
     kafka_group_id: str = "runstream-writers"
+    # topics (set when the bus creates them; existing topics are left as they are): partitions
+    # bound how many writers are busy; replication 3 with min ISR 2 survives one broker lost with
+    # acks=all. A replication factor below 3 (or a cluster with fewer brokers) is refused unless
+    # kafka_allow_under_replicated (a development cluster, the tests' single broker)
+    kafka_partitions: int = 6
+    kafka_replication_factor: int = 3
+    kafka_min_insync_replicas: int = 2
+    kafka_allow_under_replicated: bool = False
+    kafka_retention_hours: float = 168.0  # how long unconsumed records wait for the writers
+    kafka_compression: str = "auto"  # auto (lz4, else zstd) | lz4 | zstd | gzip | none
     # static group membership (KIP-345): a writer that restarts under the same id within the
     # session timeout gets its partitions back without a rebalance of the whole group; the Helm
     # chart's writer StatefulSet sets it to the pod name. "": dynamic membership
@@ -110,6 +120,8 @@ class ServerSettings:
             raise ConfigError(
                 "bus=kafka needs kafka_bootstrap (host:port[,host:port]) / RUNSTREAM_KAFKA_BOOTSTRAP"
             )
+        if self.bus == "kafka":
+            self._validate_kafka()
         if self.bus == "embedded" and "writer" not in self.components and "ingest" in self.components:
             raise ConfigError(
                 "the embedded bus hands batches to an in-process writer: keep 'writer' in components"
@@ -138,6 +150,27 @@ class ServerSettings:
         if self.auth_required and not self.api_keys_file:
             raise ConfigError("auth_required needs api_keys_file / RUNSTREAM_API_KEYS_FILE")
         return self
+
+    def _validate_kafka(self) -> None:
+        if self.kafka_partitions < 1:
+            raise ConfigError(f"kafka_partitions must be at least 1, not {self.kafka_partitions}")
+        if not 1 <= self.kafka_min_insync_replicas <= self.kafka_replication_factor:
+            raise ConfigError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) must be between 1 and "
+                f"kafka_replication_factor ({self.kafka_replication_factor})"
+            )
+        if self.kafka_replication_factor < 3 and not self.kafka_allow_under_replicated:
+            raise ConfigError(
+                f"kafka_replication_factor {self.kafka_replication_factor} cannot survive the loss of a "
+                "broker with acks=all; cluster mode needs 3 (min ISR 2). For a development cluster set "
+                "kafka_allow_under_replicated = true (RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED=1)"
+            )
+        if self.kafka_compression not in ("auto", "lz4", "zstd", "gzip", "none"):
+            raise ConfigError(
+                f"kafka_compression must be auto, lz4, zstd, gzip or none, not {self.kafka_compression!r}"
+            )
+        if self.kafka_retention_hours <= 0:
+            raise ConfigError(f"kafka_retention_hours must be positive, not {self.kafka_retention_hours}")
 
 
 def _coerce(name: str, typ: Any, raw: Any) -> Any:

@@ -33,6 +33,7 @@ def setup(services, chdb_dsn, database, tmp_path):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     settings = ServerSettings(
         bus="kafka",
+        kafka_allow_under_replicated=True,  # the test broker is a single node
         kafka_bootstrap=services.kafka_bootstrap,
         kafka_topic_prefix=prefix,
         kafka_group_id=f"{prefix}-writers",

@@ -50,6 +50,7 @@ def settings(services):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     yield ServerSettings(
         bus="kafka",
+        kafka_allow_under_replicated=True,  # the test broker is a single node
         kafka_bootstrap=services.kafka_bootstrap,
         kafka_topic_prefix=prefix,
         max_message_bytes=2 * 1024 * 1024,

@@ -38,7 +38,7 @@ from clickhouse_connect.driver.client import Client
 from runstream_services.bus.base import Envelope, Sink, WriteResult
 from runstream_services.bus.kafka.dead_letter import DeadLetters, is_deterministic, screen
 from runstream_services.bus.kafka.headers import envelope_from_record
-from runstream_services.bus.kafka.topics import DEFAULT_PARTITIONS, ensure_topics, max_record_bytes, topics
+from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, topics
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
@@ -115,7 +115,7 @@ class KafkaWriterLoop:
         *,
         client: Client | None = None,
         metrics: Metrics | None = None,
-        partitions: int = DEFAULT_PARTITIONS,
+        partitions: int | None = None,
     ):
         if not settings.kafka_bootstrap:
             raise Unavailable(
@@ -125,7 +125,7 @@ class KafkaWriterLoop:
         self.sink = sink
         self.client = client if client is not None else connect(settings.resolved_clickhouse_dsn)
         self.db = settings.clickhouse_database
-        self.partitions = partitions
+        self.partitions = partitions or settings.kafka_partitions
         self.topics = topics(settings.kafka_topic_prefix)
         self.max_block_points = settings.writer_max_block_points
         self.max_block_bytes = MAX_BLOCK_BYTES_FACTOR * max_record_bytes(settings)

@@ -19,15 +19,25 @@ from runstream_services import run_state
 from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.bus.kafka.directory import RunDirectory
 from runstream_services.bus.kafka.headers import record_headers
-from runstream_services.bus.kafka.topics import DEFAULT_PARTITIONS, ensure_topics, max_record_bytes, topic_for
+from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, topic_for
 from runstream_services.config import ServerSettings
 from runstream_services.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
 
-def compression_type() -> str | None:
-    """lz4 (cheapest CPU per byte on this 2-core class of machine), else zstd, else none."""
+def compression_type(setting: str = "auto") -> str | None:
+    """The producer's codec: kafka_compression, or for "auto" lz4 (cheapest CPU per byte on this
+    2-core class of machine), else zstd, else none."""
+    if setting == "none":
+        return None
+    if setting != "auto":
+        available = {"lz4": codec.has_lz4, "zstd": codec.has_zstd, "gzip": codec.has_gzip}[setting]()
+        if not available:
+            raise Unavailable(
+                f"kafka_compression={setting}, but its codec is not installed (pip install cramjam)"
+            )
+        return setting
     if codec.has_lz4():
         return "lz4"
     if codec.has_zstd():
@@ -56,11 +66,11 @@ class KafkaBus:
     # a retried batch may land after a later one of the same client: ingest waits for run events
     keeps_client_order = False
 
-    def __init__(self, settings: ServerSettings, *, partitions: int = DEFAULT_PARTITIONS, linger_ms: int = 5):
+    def __init__(self, settings: ServerSettings, *, partitions: int | None = None, linger_ms: int = 5):
         if not settings.kafka_bootstrap:
             raise Unavailable("bus=kafka needs kafka_bootstrap (host:port) / RUNSTREAM_KAFKA_BOOTSTRAP")
         self.settings = settings
-        self.partitions = partitions
+        self.partitions = partitions or settings.kafka_partitions
         self.linger_ms = linger_ms
         self.prefix = settings.kafka_topic_prefix
         self._producer: AIOKafkaProducer | None = None
@@ -75,7 +85,7 @@ class KafkaBus:
             client_id="runstream-ingest",
             enable_idempotence=True,
             acks="all",
-            compression_type=compression_type(),
+            compression_type=compression_type(self.settings.kafka_compression),
             linger_ms=self.linger_ms,
             max_batch_size=1 << 20,
             max_request_size=max_record_bytes(self.settings),

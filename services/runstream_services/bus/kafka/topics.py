@@ -28,8 +28,7 @@ from runstream_services.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTITIONS = 6
-MAX_REPLICATION = 3
+DEFAULT_PARTITIONS = ServerSettings.kafka_partitions
 _RECORD_OVERHEAD_BYTES = 64 * 1024  # headers, key and batch framing on top of the payload
 
 
@@ -68,9 +67,46 @@ def max_record_bytes(settings: ServerSettings) -> int:
     return settings.max_message_bytes + _RECORD_OVERHEAD_BYTES
 
 
-async def ensure_topics(settings: ServerSettings, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Creates the bus topics that are missing (idempotent; safe when several processes race).
-    Replication follows the cluster: min(3, brokers)."""
+def topic_plan(settings: ServerSettings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for new topics on a cluster of `brokers`.
+    Refuses (Unavailable, saying what to change) a cluster too small for the configured factor,
+    unless kafka_allow_under_replicated, which caps both at what the cluster has."""
+    replication, min_isr = settings.kafka_replication_factor, settings.kafka_min_insync_replicas
+    if brokers < replication:
+        if not settings.kafka_allow_under_replicated:
+            raise Unavailable(
+                f"Kafka at {settings.kafka_bootstrap} has {brokers} broker(s); topics need replication "
+                f"factor {replication} (kafka_replication_factor) so that acked records survive a lost "
+                "broker. Add brokers, or for a development cluster set kafka_allow_under_replicated = true"
+            )
+        replication = max(1, brokers)
+        log.warning(
+            "Kafka has %d broker(s): topics get replication %d (under-replicated, dev only)",
+            brokers,
+            replication,
+        )
+    return replication, max(1, min(min_isr, replication))
+
+
+def topic_configs(settings: ServerSettings, min_isr: int) -> dict[str, dict[str, str]]:
+    """Per-topic configs: the record size limit, retention (dead letters are kept 4x as long, at
+    least 30 days: someone has to look at them), min.insync.replicas."""
+    prefix = settings.kafka_topic_prefix
+    retention_ms = int(settings.kafka_retention_hours * 3600 * 1000)
+    common = {"min.insync.replicas": str(min_isr), "max.message.bytes": str(max_record_bytes(settings))}
+    return {
+        runs_topic(prefix): {**common, "retention.ms": str(retention_ms)},
+        artifacts_topic(prefix): {**common, "retention.ms": str(retention_ms)},
+        run_states_topic(prefix): {"min.insync.replicas": str(min_isr), "cleanup.policy": "compact"},
+        dead_letter_topic(prefix): {**common, "retention.ms": str(max(4 * retention_ms, 30 * 86_400_000))},
+    }
+
+
+async def ensure_topics(settings: ServerSettings, partitions: int | None = None) -> None:
+    """Creates the bus topics that are missing (idempotent; safe when several processes race)
+    with the configured partitions, replication, min ISR and retention. Existing topics are
+    left as they are (change them with Kafka's tools)."""
+    partitions = partitions or settings.kafka_partitions
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, client_id="runstream-admin", request_timeout_ms=30000
     )
@@ -84,20 +120,21 @@ async def ensure_topics(settings: ServerSettings, partitions: int = DEFAULT_PART
         if not wanted:
             return
         cluster = await admin.describe_cluster()
-        replication = max(1, min(MAX_REPLICATION, len(cluster.get("brokers", [])) or 1))
-        configs = {"max.message.bytes": str(max_record_bytes(settings))}
+        replication, min_isr = topic_plan(settings, len(cluster.get("brokers", [])))
+        configs = topic_configs(settings, min_isr)
         states = run_states_topic(settings.kafka_topic_prefix)
         new = [
-            NewTopic(t, 1, replication, topic_configs={"cleanup.policy": "compact"})
-            if t == states
-            else NewTopic(t, partitions, replication, topic_configs=configs)
+            NewTopic(t, 1 if t == states else partitions, replication, topic_configs=configs[t])
             for t in wanted
         ]
         response = await admin.create_topics(new)
         for topic, code, message in _topic_errors(response):
             if code and code != TopicAlreadyExistsError.errno:
                 raise Unavailable(f"Kafka refused to create topic {topic!r}: error {code} {message or ''}")
-        log.info("created Kafka topics %s (%d partitions, replication %d)", wanted, partitions, replication)
+        log.info(
+            "created Kafka topics %s (%d partitions, replication %d, min ISR %d)",
+            wanted, partitions, replication, min_isr,
+        )  # fmt: skip
     except KafkaError as exc:
         raise Unavailable(f"cannot create Kafka topics at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
