@@ -16,6 +16,13 @@ PAGES = [
     st.Page("views/sweep.py", title="Sweep", url_path="sweep", icon=":material/tune:"),
     st.Page("views/compare.py", title="Compare", url_path="compare", icon=":material/compare_arrows:"),
     st.Page("views/run.py", title="Run", url_path="run", icon=":material/description:"),
+    st.Page("views/models.py", title="Models", url_path="models", icon=":material/model_training:"),
+    st.Page(
+        "views/model_version.py",
+        title="Model version",
+        url_path="model_version",
+        icon=":material/deployed_code:",
+    ),
 ]
 
 login.gate()  # a sign-in form until this viewer has signed in, when the server needs a key
