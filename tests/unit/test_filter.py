@@ -474,22 +474,23 @@ def test_like_and_dataset_terms_compile_to_bound_sql():
     assert params["p4"] == "%X_" and params["p5"] == "a\\%"
     where, params = compile_('datasets.imagenet = "v2.1" and metrics.f1 > 0.85')
     assert where.startswith(
-        "(arrayExists(ds_ -> JSONExtractString(ds_, 'name') = {p2:String} AND "
-        "JSONExtractString(ds_, 'version') = {p1:String}, JSONExtractArrayRaw(datasets))"
+        "(arrayExists(ds_ -> if(JSONType(ds_, 'name') = 'String', JSONExtractString(ds_, 'name'), '') = "
+        "{p2:String} AND if(JSONType(ds_, 'version') = 'String', JSONExtractString(ds_, 'version'), '') = "
+        "{p1:String}, JSONExtractArrayRaw(datasets))"
     )
     assert params["p2"] == "imagenet" and params["p1"] == "v2.1"
     where, params = compile_('datasets.name in ("a", "b\') OR 1=1 --")')
-    assert (
-        where
-        == "arrayExists(ds_ -> JSONExtractString(ds_, 'name') IN {p1:Array(String)}, JSONExtractArrayRaw(datasets))"
-    )
+    name = "if(JSONType(ds_, 'name') = 'String', JSONExtractString(ds_, 'name'), '')"
+    assert where == f"arrayExists(ds_ -> {name} IN {{p1:Array(String)}}, JSONExtractArrayRaw(datasets))"
     assert params["p1"] == ["a", "b') OR 1=1 --"]
 
 
 def test_dataset_sort_reads_the_first_reference():
     binder = sql.Binder()
     plan = sql.sort_plan(parse_order_by(["datasets.imagenet.uri DESC"]), binder, "db", "{p0:String}")
-    assert plan.order[0].startswith("if(arrayExists(ds_ -> JSONExtractString(ds_, 'name') = {p0:String}")
-    assert (
-        "JSONExtractString(arrayFirst(" in plan.order[0] and "'uri'), NULL) DESC NULLS LAST" in plan.order[0]
+    name = "if(JSONType(ds_, 'name') = 'String', JSONExtractString(ds_, 'name'), '')"
+    first = f"arrayFirst(ds_ -> {name} = {{p0:String}}, JSONExtractArrayRaw(r.datasets))"
+    assert plan.order[0] == (
+        f"if(arrayExists(ds_ -> {name} = {{p0:String}}, JSONExtractArrayRaw(r.datasets)), "
+        f"if(JSONType({first}, 'uri') = 'String', JSONExtractString({first}, 'uri'), ''), NULL) DESC NULLS LAST"
     )

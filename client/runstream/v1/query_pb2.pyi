@@ -298,8 +298,9 @@ class RunsTable(_message.Message):
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValueColumn]:
-        """config.<key> (with include_config), summary.<key> and tags.<key>: only keys some run of
-        the table has, sorted by name
+        """config.<key> (with include_config), summary.<key>, tags.<key> and datasets.<name> (the
+        version of the run's first reference to that dataset, as text): only keys some run of the
+        table has, sorted by name
         """
 
     @_builtins.property

@@ -493,7 +493,7 @@ class Run(_message.Message):
 
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetRef]:
-        """only filled by GetRun"""
+        """filled by GetRun and SearchRuns (in the order recorded)"""
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactManifest]:

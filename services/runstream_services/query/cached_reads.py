@@ -20,12 +20,9 @@ from runstream.v1 import query_pb2, types_pb2
 from runstream_services.query import run_table
 from runstream_services.query.filter import BoolOp, Field, Node, Not
 from runstream_services.query.read_cache import Project, RunEntry
+from runstream_services.query.run_table import Unsupported
 
 log = logging.getLogger("runstream.query")
-
-
-class Unsupported(Exception):
-    """This read is answered from SQL (raised while planning, before any answer is built)."""
 
 
 def value_proto(kind: str, num: float, text: str) -> types_pb2.Value:
@@ -39,14 +36,32 @@ def value_proto(kind: str, num: float, text: str) -> types_pb2.Value:
     return types_pb2.Value(text=text)
 
 
+def add_datasets(run: types_pb2.Run, datasets_json: str) -> None:
+    """Adds the run row's datasets (the JSON list run.use_dataset fills) to the Run, in the order
+    recorded: the cache and the SQL path share it. Unreadable JSON is logged and skipped."""
+    if not datasets_json or datasets_json == "[]":
+        return
+    try:
+        for item in json.loads(datasets_json):
+            run.datasets.add(
+                name=str(item.get("name", "")),
+                version=str(item.get("version", "")),
+                uri=str(item.get("uri", "")),
+            )
+    except (ValueError, AttributeError, TypeError) as exc:
+        log.warning("run %s has unreadable datasets: %s", run.run_id, exc)
+
+
 def run_proto(project: str, entry: RunEntry) -> types_pb2.Run:
     r = entry.row
-    return types_pb2.Run(
+    run = types_pb2.Run(
         run_id=r.run_id, project=project, name=r.name, group=r.group, job_type=r.job_type,
         state=STATE_NUMBERS.get(r.state, types_pb2.RUN_STATE_UNSPECIFIED), start_ms=r.start_ms,
         end_ms=r.end_ms, heartbeat_ms=r.heartbeat_ms, user=r.user, host=r.host, git_commit=r.git_commit,
         git_dirty=bool(r.git_dirty), notes=r.notes, tags=r.tags,
     )  # fmt: skip
+    add_datasets(run, r.datasets)
+    return run
 
 
 def fill_details(
@@ -149,12 +164,13 @@ def runs_table(
         texts = codes >= 3
         if texts.any():
             col.texts.extend(text[page][texts].tolist())
-    for key in tag_keys:
-        value, present = t.tag(key)
+    text_columns = [(f"tags.{key}", t.tag(key)) for key in tag_keys]
+    text_columns += [(f"datasets.{name}", t.dataset_column(name)) for name in t.dataset_names()]
+    for name, (value, present) in sorted(text_columns, key=lambda c: c[0]):
         here = present[page]
         if not here.any():
             continue
-        col = out.values.add(name=f"tags.{key}", kinds=np.where(here, 3, 0).astype(np.uint8).tobytes())
+        col = out.values.add(name=name, kinds=np.where(here, 3, 0).astype(np.uint8).tobytes())
         col.texts.extend(value[page][here].tolist())
     for key in metric_keys:
         last, valid = t.metric(key, "last")
@@ -184,15 +200,6 @@ def get_run(p: Project, run_id: str) -> tuple[types_pb2.Run, bool] | None:
             json_format.Parse(row.context, run.context, ignore_unknown_fields=True)
         except (json_format.ParseError, ValueError) as exc:
             log.warning("run %s has an unreadable context: %s", run_id, exc)
-    if row.datasets:
-        try:
-            for item in json.loads(row.datasets):
-                run.datasets.add(
-                    name=str(item.get("name", "")), version=str(item.get("version", "")),
-                    uri=str(item.get("uri", "")),
-                )  # fmt: skip
-        except (ValueError, AttributeError, TypeError) as exc:
-            log.warning("run %s has unreadable datasets: %s", run_id, exc)
     for a in sorted(entry.artifacts.values(), key=lambda a: (a[2], a[5], a[3])):  # name, version, path
         _, rid, name, path, typ, version, _, sha, size, uri, created = a
         run.artifacts.add(

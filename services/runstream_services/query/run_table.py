@@ -36,6 +36,11 @@ _COLUMN_ATTR = {
 }  # fmt: skip
 
 
+class Unsupported(Exception):
+    """This read is answered from SQL (raised while planning or evaluating a search, before any
+    answer is built): cached_reads.Unsupported."""
+
+
 class RunTable:
     """The runs of a project (those with a run row) as columns, built per field on demand."""
 
@@ -108,6 +113,20 @@ class RunTable:
             return slots
 
         return self._cached(("datasets", name, attr), build)
+
+    def dataset_names(self) -> list[str]:
+        """The names of the datasets the table's runs reference, sorted (a nameless one is none)."""
+
+        def build():
+            return sorted({ref["name"] for e in self.entries for ref in _dataset_refs(e.row.datasets)} - {""})
+
+        return self._cached(("dataset_names",), build)
+
+    def dataset_column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(version of the run's first reference to the dataset, "" where none; present): the
+        runs table's datasets.<name> column and its sort order."""
+        slots = self.datasets(name, "version")
+        return slots[0] if slots else (_objects([""] * self.n), np.zeros(self.n, dtype=bool))
 
     def metric(self, key: str, agg: str) -> tuple[np.ndarray, np.ndarray]:
         """(value, valid) of a user metric's summary: valid where the series exists and the
@@ -303,9 +322,11 @@ def _contains(col: np.ndarray, needle: str) -> np.ndarray:
 
 def _like(col: np.ndarray, pattern: str, ignore_case: bool) -> np.ndarray:
     """ClickHouse's like/ilike: the whole text matches; % any text (newlines too), _ one
-    character, a backslash takes the next character literally; ilike folds case as Python's re
-    does (Unicode simple folding, as ClickHouse's re2: tests/integration/test_filter_conventions.py
-    compares them on names that fold unusually)."""
+    character, a backslash takes the next character literally. ilike only over ASCII pattern and
+    text (ASCII case folding): ClickHouse folds other letters differently by pattern shape ('K'
+    ilike 'k' but not '%k%'), so anything else is answered from SQL (Unsupported)."""
+    if ignore_case and not (pattern.isascii() and all(v.isascii() for v in col)):
+        raise Unsupported("ilike over non-ASCII text")
     match = _like_regex(pattern, ignore_case).fullmatch
     return np.fromiter((match(v) is not None for v in col), dtype=bool, count=len(col))
 
@@ -321,7 +342,7 @@ def _like_regex(pattern: str, ignore_case: bool) -> re.Pattern:
             continue
         out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
         i += 1
-    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+    return re.compile("".join(out), re.DOTALL | (re.IGNORECASE | re.ASCII if ignore_case else 0))
 
 
 def _dataset_refs(text: str) -> list[dict[str, str]]:

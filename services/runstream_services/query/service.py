@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -191,6 +190,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         # past the last match the window count has no row to ride on: count apart
         total = rows[0][-1] if rows else (await self._rows(sql_runs.count_runs(self.db, project, node)))[0][0]
         runs = [_run_from_row(project, row) for row in rows]
+        for run, row in zip(runs, rows, strict=True):
+            cached_reads.add_datasets(run, row[len(sql_runs.RUN_COLUMNS)])
         await self._fill_details(
             project,
             runs,
@@ -286,16 +287,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
                 json_format.Parse(context_json, run.context, ignore_unknown_fields=True)
             except (json_format.ParseError, ValueError) as exc:
                 log.warning("run %s has an unreadable context: %s", request.run_id, exc)
-        if datasets_json:
-            try:
-                for item in json.loads(datasets_json):
-                    run.datasets.add(
-                        name=str(item.get("name", "")),
-                        version=str(item.get("version", "")),
-                        uri=str(item.get("uri", "")),
-                    )
-            except (ValueError, AttributeError, TypeError) as exc:
-                log.warning("run %s has unreadable datasets: %s", request.run_id, exc)
+        cached_reads.add_datasets(run, datasets_json)
         for run_id, name, path, typ, version, sha, size, uri, created in artifacts:
             run.artifacts.add(
                 run_id=run_id, name=name, path=path, type=typ, version=version,

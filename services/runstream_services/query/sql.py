@@ -130,20 +130,24 @@ def _dataset_cond(node: Compare, b: Binder, column: str) -> str:
     """Some dataset reference of the run (the `datasets` JSON list that run.use_dataset fills:
     [{"name", "version", "uri"}, ...]) has the field's name and its version/uri/name matches."""
     f = node.field
-    terms = [_text_cond(f"JSONExtractString(ds_, '{f.agg}')", node, b)]
+    terms = [_text_cond(_dataset_field(f.agg), node, b)]
     if f.key:
-        terms.insert(0, f"JSONExtractString(ds_, 'name') = {b.bind(f.key, 'String')}")
+        terms.insert(0, f"{_dataset_field('name')} = {b.bind(f.key, 'String')}")
     return f"arrayExists(ds_ -> {' AND '.join(terms)}, JSONExtractArrayRaw({column}))"
+
+
+def _dataset_field(attr: str, item: str = "ds_") -> str:
+    """A text field of one dataset reference; "" where it is missing or not a string (as
+    run_table._dataset_refs reads it: JSONExtractString alone would print a number)."""
+    return f"if(JSONType({item}, '{attr}') = 'String', JSONExtractString({item}, '{attr}'), '')"
 
 
 def dataset_value(f: Field, b: Binder, column: str) -> str:
     """The version (or uri) of the first reference to dataset `f.key` in the run, NULL if none."""
     name = b.bind(f.key, "String")
     items = f"JSONExtractArrayRaw({column})"
-    pred = f"ds_ -> JSONExtractString(ds_, 'name') = {name}"
-    return (
-        f"if(arrayExists({pred}, {items}), JSONExtractString(arrayFirst({pred}, {items}), '{f.agg}'), NULL)"
-    )
+    pred = f"ds_ -> {_dataset_field('name')} = {name}"
+    return f"if(arrayExists({pred}, {items}), {_dataset_field(f.agg, f'arrayFirst({pred}, {items})')}, NULL)"
 
 
 def _column_cond(node: Compare, b: Binder) -> str:

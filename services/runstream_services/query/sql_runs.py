@@ -90,16 +90,15 @@ def _runs_where(db: str, project: str, node: Node | None, binder: Binder) -> tup
 def search_runs(
     db: str, project: str, node: Node | None, order_by: list[tuple[Field, bool]], limit: int, offset: int
 ) -> Query:
-    """The page of matching runs and the total match count in one query: rows are RUN_COLUMNS
-    followed by the total (the same on every row)."""
+    """The page of matching runs and the total match count in one query: rows are RUN_COLUMNS,
+    the datasets (JSON text), then the total (the same on every row)."""
     binder = Binder()
     where, project_ph = _runs_where(db, project, node, binder)
     plan = sort_plan(order_by, binder, db, project_ph)
     limit_ph, offset_ph = binder.bind(limit, "UInt64"), binder.bind(offset, "UInt64")
-    inner_cols = ", ".join(RUN_COLUMNS).replace("toString(state)", "state")
-    if any(f.kind == "dataset" for f, _ in order_by):
-        inner_cols += ", datasets"
+    inner_cols = ", ".join(RUN_COLUMNS).replace("toString(state)", "state") + ", datasets"
     outer_cols = ", ".join("toString(r.state)" if c == "toString(state)" else f"r.{c}" for c in RUN_COLUMNS)
+    outer_cols += ", r.datasets"
     sql = (
         f"SELECT {outer_cols}, count() OVER () AS total "
         f"FROM (SELECT {inner_cols} FROM {db}.runs FINAL WHERE {where}) AS r "
