@@ -2,8 +2,9 @@
 DataFrames and plain dicts.
 
     api = runstream.Api()                      # $RUNSTREAM_ENDPOINT, else 127.0.0.1:7777
-    df = api.runs("mnist", filter="params.lr > 0.01 and metrics.val_acc > 0.9", order_by="-metrics.val_acc")
+    df = api.runs("mnist", filter="params.lr > 0.01 and metrics.val_acc > 0.9", order_by="metrics.val_acc DESC")
     hist = api.history(df.run_id[0], keys=["loss"], project="mnist")
+    api.export_runs("mnist", "runs.parquet", filter='datasets.mnist = "v2"')   # or .csv
 
 Api is the QueryClient (query_client.py: the connection and one method per RPC, returning wire
 messages: list_projects, search_runs, get_run, keys, series_arrays, history_pages,
@@ -15,6 +16,7 @@ pandas is optional for the bare SDK install; it is imported when a DataFrame is 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -86,9 +88,13 @@ class Api(RegistryCalls, QueryClient):
         limit: int | None = None,
     ):
         """One row per run: run_id, name, state, group, job_type, user, host, start, end, git_commit,
-        notes, config.<key>, summary.<key>, metrics.<key> (last value), tags.<key>.
-        `filter` uses the filter language (`params.lr > 0.01 and tags.dataset = "v2"`); `order_by`
-        is a field or list of fields, "-" for descending (default: newest first)."""
+        notes; MLflow's names for the same values: status (the state in capitals: FINISHED, ...),
+        start_time, end_time, params.<key> (= config.<key>); then config.<key>, datasets.<name>
+        (the version the run used), metrics.<key> (last value), summary.<key>, tags.<key>.
+        `filter` uses the filter language (`params.lr > 0.01 and tags.dataset = "v2"`; MLflow's
+        spellings such as `attributes.status = 'FINISHED'` work too); `order_by` is a field or a
+        list of fields, each "-field" or "field DESC"/"field ASC", several may be comma-separated
+        (default: newest first)."""
         pd = _pandas()
         np = require_numpy()
         pages = _PagedColumns(np)
@@ -106,6 +112,27 @@ class Api(RegistryCalls, QueryClient):
             token = resp.next_page_token
             if not token or (limit is not None and pages.n >= limit):
                 return pages.frame(pd)
+
+    def export_runs(
+        self,
+        project: str,
+        path: str | os.PathLike,
+        format: str | None = None,
+        filter: str | None = None,
+        order_by: str | Iterable[str] | None = None,
+        limit: int | None = None,
+        per_page: int = 1000,
+    ) -> int:
+        """Writes the runs table (the frame `runs` returns, same arguments) to a Parquet or CSV
+        file and returns the number of runs written. `format` is "parquet" or "csv", by default
+        from the file's suffix (.parquet, .pq, .csv). Parquet needs pyarrow (runstream[parquet]);
+        a column mixing kinds of values (numbers and text, lists) is written as JSON text."""
+        from runstream import runs_export
+
+        fmt = runs_export.export_format(path, format)
+        frame = self.runs(project, filter=filter, order_by=order_by, per_page=per_page, limit=limit)
+        runs_export.write(frame, path, fmt)
+        return len(frame)
 
     def run(self, project: str, run_id: str) -> dict[str, Any]:
         """Everything about one run as a dict: the columns, config, summary, tags, metric
@@ -234,7 +261,7 @@ class _RunColumns:
         self.extra: dict[str, list] = {}  # column name -> values
         # per prefix: key -> its column (the same list as in `extra`)
         self._by_prefix: dict[str, dict[str, list]] = {
-            p: {} for p in ("config.", "summary.", "metrics.", "tags.")
+            p: {} for p in ("config.", "summary.", "metrics.", "tags.", "datasets.")
         }
 
     def _column(self, prefix: str, key: str) -> list:
@@ -287,11 +314,23 @@ class _RunColumns:
                 if len(col) != n:
                     col.extend([nan] * (n - len(col)))
                 col.append(tags[k])
+        if run.datasets:  # datasets.<name>: the version of the run's first reference to it
+            cols = self._by_prefix["datasets."]
+            for d in run.datasets:
+                k = d.name
+                col = cols.get(k) if k else None
+                if col is None and k:
+                    col = self._column("datasets.", k)
+                if col is None or len(col) > n:
+                    continue  # nameless, or this run's later reference to the dataset
+                if len(col) != n:
+                    col.extend([nan] * (n - len(col)))
+                col.append(d.version)
         self.n = n + 1
 
     def frame(self, pd):
         if not self.n:
-            return pd.DataFrame.from_records([], columns=list(_BASE_COLUMNS))
+            return _runs_frame(pd, None)
         data: dict[str, Any] = dict(self.base)
         data["start"] = pd.to_datetime(pd.Series(data["start"]), unit="ms", utc=True)
         data["end"] = pd.to_datetime(pd.Series(data["end"], dtype="float64"), unit="ms", utc=True)
@@ -300,7 +339,7 @@ class _RunColumns:
             if len(col) < self.n:
                 col.extend([math.nan] * (self.n - len(col)))
             data[name] = col
-        return pd.DataFrame(data)
+        return _runs_frame(pd, data)
 
 
 class _PagedColumns:
@@ -349,7 +388,7 @@ class _PagedColumns:
     def frame(self, pd):
         np, n = self.np, self.n
         if not n:
-            return pd.DataFrame.from_records([], columns=list(_BASE_COLUMNS))
+            return _runs_frame(pd, None)
         data: dict[str, Any] = {}
         for name, pieces in self.base.items():
             if name in ("start", "end"):
@@ -372,7 +411,27 @@ class _PagedColumns:
                 for at, v in pieces:
                     column[at : at + len(v)] = v.tolist() if isinstance(v, np.ndarray) else v
             data[name] = column
-        return pd.DataFrame(data)
+        return _runs_frame(pd, data)
+
+
+_MLFLOW_COLUMNS = ("status", "start_time", "end_time")
+
+
+def _runs_frame(pd, data: dict[str, Any] | None):
+    """The runs table from its columns (the base ones, then the others sorted by name; None: no
+    runs), with MLflow's names added for the same values: status, start_time, end_time after the
+    base columns, params.<key> beside config.<key> (copy-on-write: no second copy of the data)."""
+    if data is None:
+        return pd.DataFrame.from_records([], columns=[*_BASE_COLUMNS, *_MLFLOW_COLUMNS])
+    df = pd.DataFrame(data)
+    aliases = pd.DataFrame(
+        {"status": df["state"].str.upper(), "start_time": df["start"], "end_time": df["end"]}
+    )
+    config = [c for c in df.columns if c.startswith("config.")]
+    params = df[config].rename(columns=lambda c: "params." + c[len("config.") :])
+    out = pd.concat([df, aliases, params], axis=1)
+    rest = sorted([c for c in df.columns if c not in _BASE_COLUMNS] + list(params.columns))
+    return out[[*_BASE_COLUMNS, *_MLFLOW_COLUMNS, *rest]]
 
 
 _TABLE_TEXT = (
@@ -438,6 +497,8 @@ def run_record(run: types_pb2.Run) -> dict[str, Any]:
         row[f"metrics.{m.key}"] = m.last
     for k, v in run.tags.items():
         row[f"tags.{k}"] = v
+    for d in run.datasets:
+        row.setdefault(f"datasets.{d.name}", d.version)
     return row
 
 

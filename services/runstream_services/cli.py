@@ -113,6 +113,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "runstream_services.storage.migrate_command",  # migrate
     "runstream_services.auth.cli_args",  # keys
     "runstream.importers.cli_args",  # import
+    "runstream.cli_runs",  # runs ls|export
 )
 
 
