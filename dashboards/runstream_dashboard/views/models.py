@@ -110,8 +110,8 @@ with tab_versions:
             hide_index=True,
             width="stretch",
             key="model_versions_table",
-            column_order=["open", "version", "aliases", "created", "creator", "run", "artifact", "sha256",
-                          "description", "tags"],
+            column_order=["open", "version", "aliases", "description", "created", "creator", "run", "artifact",
+                          "tags", "sha256"],
             column_config={
                 "open": st.column_config.LinkColumn("", display_text="open", width="small"),
                 "version": st.column_config.NumberColumn("version", format="v%d"),
