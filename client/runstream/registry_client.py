@@ -341,18 +341,21 @@ class RegistryCalls:
         *,
         run_id: str | None = None,
         artifact: str | None = None,
+        dataset: str | None = None,
         direction: str = "both",
         max_depth: int = 0,
         max_nodes: int = 0,
     ) -> LineageGraph:
         """The lineage graph around a model version (`ref`: "clf", "clf:3", "clf@production"), a
-        run (`run_id=`) or an artifact version (`artifact="name"` or "name:3"): upstream, what it
-        was made from (run, datasets, consumed artifacts and models, the runs that made those, ...),
+        run (`run_id=`), an artifact version (`artifact="name"` or "name:3") or a dataset as runs
+        recorded it (`dataset="name@version"`): upstream, what it was made from (run, datasets, consumed artifacts and models, the runs that made those, ...),
         and downstream, what was made from it (artifacts, model versions, runs that consumed them).
         direction: "both", "upstream" or "downstream"; max_depth (default 10) and max_nodes
         (default 500) bound the walk (graph.truncated says when they did)."""
-        if sum(x is not None for x in (ref, run_id, artifact)) != 1:
-            raise RunstreamError("lineage: give one of ref (a model reference), run_id= or artifact=")
+        if sum(x is not None for x in (ref, run_id, artifact, dataset)) != 1:
+            raise RunstreamError(
+                "lineage: give one of ref (a model reference), run_id=, artifact= or dataset="
+            )
         if direction not in DIRECTIONS:
             raise RunstreamError(f"lineage: direction must be one of {sorted(DIRECTIONS)}, not {direction!r}")
         request = registry_pb2.GetLineageRequest(
@@ -362,6 +365,13 @@ class RegistryCalls:
             request.model, request.model_version, request.model_alias = parse_model_ref(ref)
         elif run_id is not None:
             request.run_id = run_id
+        elif dataset is not None:
+            name, sep, version = dataset.rpartition("@")
+            if not sep or not name:
+                raise RunstreamError(
+                    f"lineage: dataset={dataset!r}: use name@version, as run.use_dataset recorded it"
+                )
+            request.dataset_name, request.dataset_version = name, version
         else:
             name, _, version = str(artifact).rpartition(":")
             if name and version.isdigit():

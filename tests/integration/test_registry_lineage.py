@@ -164,6 +164,11 @@ def test_lineage_walks_a_model_version_back_to_its_data_and_forward_to_its_consu
     assert {n.label for n in down.downstream_runs()} == {"train", "finetune", "evaluate"}
     assert {"model_version/clf:1", "model_version/clf-ft:1"} <= {n.id for n in down.nodes}
     assert all(n.depth >= 0 for n in down.nodes)
+    with _client(server, "read-a") as c:
+        used = c.lineage(A, dataset="raw@v1", direction="downstream")
+    assert used.start == "dataset/raw@v1" and used.node(f"run/{ids['prep']}").depth == 1
+    assert {"model_version/clf:1", f"run/{ids['evaluate']}"} <= {n.id for n in used.nodes}
+    assert "dataset/train@v2.1" not in {n.id for n in used.nodes}  # a sibling input, not derived
     nodes, frame_edges = g.to_pandas()
     assert len(nodes) == len(g.nodes) and set(frame_edges.columns) == {"source", "target", "relation"}
     assert nodes.set_index("id").loc[f"run/{ids['prep']}", "depth"] == -7

@@ -1315,7 +1315,9 @@ Global___ListRunInputsResponse: _TypeAlias = ListRunInputsResponse  # noqa: Y015
 
 @_typing.final
 class GetLineageRequest(_message.Message):
-    """Ask for the lineage around one node. Give exactly one of run_id, model, artifact_name."""
+    """Ask for the lineage around one node. Give exactly one of run_id, model, artifact_name,
+    dataset_name.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1329,6 +1331,8 @@ class GetLineageRequest(_message.Message):
     DIRECTION_FIELD_NUMBER: _builtins.int
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
     MAX_NODES_FIELD_NUMBER: _builtins.int
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     run_id: _builtins.str
     model: _builtins.str
@@ -1343,6 +1347,9 @@ class GetLineageRequest(_message.Message):
     """hops from the start; 0: 10; at most 50"""
     max_nodes: _builtins.int
     """0: 500; at most 5,000 (the walk stops there, truncated is set)"""
+    dataset_name: _builtins.str
+    """a dataset as runs recorded it (run.use_dataset): name + version"""
+    dataset_version: _builtins.str
     def __init__(
         self,
         *,
@@ -1356,10 +1363,12 @@ class GetLineageRequest(_message.Message):
         direction: Global___LineageDirection.ValueType = ...,
         max_depth: _builtins.int = ...,
         max_nodes: _builtins.int = ...,
+        dataset_name: _builtins.str = ...,
+        dataset_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_name", b"artifact_name", "artifact_version", b"artifact_version", "direction", b"direction", "max_depth", b"max_depth", "max_nodes", b"max_nodes", "model", b"model", "model_alias", b"model_alias", "model_version", b"model_version", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_name", b"artifact_name", "artifact_version", b"artifact_version", "dataset_name", b"dataset_name", "dataset_version", b"dataset_version", "direction", b"direction", "max_depth", b"max_depth", "max_nodes", b"max_nodes", "model", b"model", "model_alias", b"model_alias", "model_version", b"model_version", "project", b"project", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

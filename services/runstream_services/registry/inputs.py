@@ -120,10 +120,10 @@ class InputCalls:
         return registry_pb2.ListRunInputsResponse(inputs=[_input_proto(r) for r in rows])
 
     async def _lineage_start(self, project: str, request) -> lg.Ref:
-        given = [bool(request.run_id), bool(request.model), bool(request.artifact_name)]
-        if sum(given) != 1:
+        given = [request.run_id, request.model, request.artifact_name, request.dataset_name]
+        if sum(bool(g) for g in given) != 1:
             raise InvalidArgument(
-                "give exactly one of run_id, model or artifact_name to start the lineage from"
+                "give exactly one of run_id, model, artifact_name or dataset_name to start the lineage from"
             )
         if request.run_id:
             return lg.run(_run_id(request.run_id))
@@ -138,6 +138,13 @@ class InputCalls:
                     else await self._newest_version(project, model)
                 )
             return lg.model_version(model, version)
+        if request.dataset_name:
+            if not request.dataset_version:
+                raise InvalidArgument(
+                    "dataset_version is required with dataset_name, as run.use_dataset recorded it"
+                )
+            version = rules.text("dataset_version", request.dataset_version)
+            return lg.dataset(rules.artifact_name(request.dataset_name), version)
         name = rules.artifact_name(request.artifact_name)
         version = request.artifact_version or (await self._artifact_version(project, name, 0))[0]
         return lg.artifact(name, version)
