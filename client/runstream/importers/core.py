@@ -89,6 +89,7 @@ class SourceRun:
     metrics: Callable[[], Iterable[Series]] = lambda: ()
     artifacts: Callable[[], Iterable[SourceArtifact]] = lambda: ()
     run_id: str = ""  # set by import_runs (run_id_for) unless the reader chose one
+    error: str = ""  # set by a reader that could not read this run: reported as failed, nothing written
 
 
 @dataclass
@@ -271,6 +272,9 @@ class RunWriter:
     def write(self, src: SourceRun) -> RunResult:
         src.run_id = src.run_id or run_id_for(src.source, src.source_id)
         result = RunResult(src.source_id, src.project, src.run_id, "imported")
+        if src.error:
+            result.status, result.error = "failed", src.error
+            return result
         have = self.existing(src.project, src.run_id)
         if have is not None:
             ended = states.state_name(have.state) in states.TERMINAL_STATES
@@ -297,6 +301,17 @@ class RunWriter:
         tags = {k: v for k, v in src.tags.items() if k != FINGERPRINT_TAG}
         tags[SOURCE_TAG] = src.source
         tags[SOURCE_ID_TAG] = src.source_id
+        series_list = []  # read before the run starts: without a source start, the first point's time is it
+        collapsed = 0
+        for series in src.metrics():
+            series, dropped = normalize(series)
+            collapsed += dropped
+            if series.steps:
+                series_list.append(series)
+        times = [t for series in series_list if series.times for t in (min(series.times), max(series.times))]
+        start_s = src.start_s if src.start_s is not None else min(times, default=None)
+        end_s = src.end_s or max(times, default=None)
+        result.collapsed = collapsed
         run = runstream.init(
             project=src.project,
             id=src.run_id,
@@ -306,17 +321,13 @@ class RunWriter:
             tags=tags,
             notes=src.notes or None,
             config=src.config or None,
-            start_time=src.start_s,
+            start_time=start_s,
             settings=self.settings,
         )
         try:
             if src.summary:
                 run.summary.update(src.summary)
-            for series in src.metrics():
-                series, dropped = normalize(series)
-                result.collapsed += dropped
-                if not series.steps:
-                    continue
+            for series in series_list:
                 if have_metrics.get(series.key) == (len(series.steps), series.steps[-1]):
                     result.keys_kept += 1
                     continue
@@ -333,7 +344,7 @@ class RunWriter:
                 )
             run.tags = {**run.tags, FINGERPRINT_TAG: src.fingerprint}
             state = src.state if src.state in states.FINISH_STATES else "killed"
-            if not run.finish(state, end_time=src.end_s):
+            if not run.finish(state, end_time=end_s):
                 raise ImportFailed(
                     f"run {src.run_id!r}: its end was not acknowledged; run the import again to resume"
                 )

@@ -491,18 +491,21 @@ def import_models(
             report.models.append(f"model {model.name}: no version comes from an imported run; left out")
             continue
         project = homes[0]
-        try:
+        try:  # (Runstream run id, MLflow version) -> Runstream version, from the versions' tags
             have = {
-                int(v["tags"].get(VERSION_TAG, 0)): v["version"]
+                (v["run_id"], int(v["tags"].get(VERSION_TAG, 0))): v["version"]
                 for v in client.model_versions(project, model.name)
             }
         except ServerError as exc:
             if exc.code != "NOT_FOUND":
                 raise
             have = {}
+        made_for: dict[int, int] = {}  # MLflow version -> Runstream version
         created = 0
         for version, pair in placed:
-            if version.version in have:
+            key = (pair[1].run_id if pair else "", version.version)
+            if key in have:
+                made_for[version.version] = have[key]
                 continue
             why = None
             if pair is None:
@@ -520,12 +523,12 @@ def import_models(
                 description=version.description or model.description,
                 tags={**version.tags, VERSION_TAG: str(version.version)}, wait_visible_s=30.0,
             )  # fmt: skip
-            have[version.version] = made.version
+            made_for[version.version] = made.version
             created += 1
         moved = 0
-        current = dict(client.get_model(project, model.name).aliases) if have else {}
+        current = dict(client.get_model(project, model.name).aliases) if made_for else {}
         for alias, version in sorted(model.aliases.items()):
-            target = have.get(version)
+            target = made_for.get(version)
             if target is None:
                 report.models.append(
                     f"model {model.name} alias {alias}: version {version} not imported; left out"
@@ -534,8 +537,8 @@ def import_models(
                 client.set_alias(project, model.name, alias, target, reason="imported from MLflow")
                 moved += 1
         report.models.append(
-            f"model {project}/{model.name}: {created} versions created, {len(have) - created} already there, "
-            f"{moved} aliases set"
+            f"model {project}/{model.name}: {created} versions created, "
+            f"{len(made_for) - created} already there, {moved} aliases set"
         )
 
 
