@@ -89,6 +89,19 @@ def _registry_commands(sub) -> None:
     p.add_argument("--delete", action="store_true", help="remove the alias instead")
     p.add_argument("--reason", help="why, recorded in the audit log")
     p.set_defaults(handler="models_alias")
+    p = msub.add_parser(
+        "lineage",
+        help="what a model version (REF), a run (--run) or a dataset (--dataset name@version) came from "
+        "and what was made from it: runs, artifacts, model versions, datasets, one line per edge",
+    )
+    _client_flags(p)
+    p.add_argument("ref", metavar="REF", nargs="?", help="name, name:VERSION or name@ALIAS")
+    p.add_argument("--run", help="start from this run id instead")
+    p.add_argument("--dataset", help="start from this dataset (name@version) instead")
+    p.add_argument("--direction", choices=["both", "upstream", "downstream"], default="both")
+    p.add_argument("--depth", type=int, default=0, help="hops from the start (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON (nodes and edges)")
+    p.set_defaults(handler="models_lineage")
 
     artifact = sub.add_parser("artifact", help="download logged artifacts")
     asub = artifact.add_subparsers(dest="artifact_command", metavar="ACTION", required=True)

@@ -97,6 +97,26 @@ def models_alias(args: argparse.Namespace) -> None:
     print(f"{args.model}@{args.alias} -> v{args.version} (was {was})")
 
 
+def models_lineage(args: argparse.Namespace) -> None:
+    starts = [x for x in (args.ref, args.run, args.dataset) if x]
+    if len(starts) != 1:
+        raise RunstreamError("give one of REF (a model version), --run RUN_ID or --dataset NAME@VERSION")
+    with _client(args) as client:
+        graph = client.lineage(
+            args.project, args.ref, run_id=args.run, dataset=args.dataset, direction=args.direction,
+            max_depth=args.depth,
+        )  # fmt: skip
+    if args.json:
+        return _print_json({"start": graph.start, "truncated": graph.truncated,
+                            "nodes": [vars(n) for n in graph.nodes], "edges": [vars(e) for e in graph.edges]})  # fmt: skip
+    labels = {n.id: f"{n.kind} {n.label}" + (" (missing)" if n.missing else "") for n in graph.nodes}
+    print(f"lineage of {labels[graph.start]}: {len(graph.nodes)} nodes, {len(graph.edges)} edges")
+    for e in sorted(graph.edges, key=lambda e: (graph.node(e.source).depth, e.source, e.target)):
+        print(f"  {labels[e.source]}  --{e.relation}-->  {labels[e.target]}")
+    if graph.truncated:
+        print("  (truncated: raise --depth to see more)")
+
+
 def artifact_get(args: argparse.Namespace) -> None:
     with _client(args) as client:
         paths = client.download_artifact(
@@ -108,7 +128,7 @@ def artifact_get(args: argparse.Namespace) -> None:
 
 
 #: the handler each subcommand names in cli.py (by name, so building the parser imports nothing)
-HANDLERS = {f.__name__: f for f in (models_ls, models_show, models_alias, artifact_get)}
+HANDLERS = {f.__name__: f for f in (models_ls, models_show, models_alias, models_lineage, artifact_get)}
 
 
 def main(args: argparse.Namespace) -> int:
