@@ -26,6 +26,14 @@ ARTIFACT_FLUSH_S = 60.0
 MAX_TEXT_CHARS = 1000  # config values that are objects (an estimator, a callable) become their repr
 
 
+def missing(module: str, extra: str, exc: ImportError, hint: str = "") -> ImportError:
+    """The error an integration raises when its framework does not import: which extra installs it."""
+    return ImportError(
+        f"runstream.integrations.{extra} needs {module}, which does not import here ({exc}): "
+        f'pip install "runstream[{extra}]"{hint}'
+    )
+
+
 def resolve_run(run: Run | None, who: str) -> Run:
     """`run`, else the current run; `who` names the integration in the error."""
     if run is not None:

@@ -22,11 +22,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import keras
-
 from runstream.run import Run
 
-from ._common import log_written_file, numeric, plain, resolve_run
+from ._common import log_written_file, missing, numeric, plain, resolve_run
+
+try:
+    import keras
+except ImportError as exc:
+    raise missing(
+        "keras",
+        "keras",
+        exc,
+        " and a backend, named by KERAS_BACKEND before keras is imported (jax, tensorflow, torch)",
+    ) from None
+
 
 WHO = "runstream.integrations.keras"
 

@@ -20,11 +20,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import lightgbm
-
 from runstream.run import Run
 
-from ._common import log_written_file, plain_dict, resolve_run
+from ._common import log_written_file, missing, plain_dict, resolve_run
+
+try:
+    import lightgbm
+except ImportError as exc:
+    raise missing("lightgbm", "lightgbm", exc) from None
+
 
 WHO = "runstream.integrations.lightgbm"
 

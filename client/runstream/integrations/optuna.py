@@ -23,10 +23,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
+from ._common import missing, plain_dict, side_run, with_tag
 
-from ._common import plain_dict, side_run, with_tag
+try:
+    import optuna
+    from optuna.trial import FrozenTrial, TrialState
+except ImportError as exc:
+    raise missing("optuna", "optuna", exc) from None
+
 
 _RUN_STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "finished", TrialState.FAIL: "failed"}
 

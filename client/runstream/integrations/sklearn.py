@@ -22,13 +22,17 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-from sklearn import metrics as skm
-from sklearn.base import is_classifier, is_regressor
-
 from runstream.run import Run
 
-from ._common import finite, log_written_file, plain_dict, resolve_run, side_run, with_tag
+from ._common import finite, log_written_file, missing, plain_dict, resolve_run, side_run, with_tag
+
+try:
+    import numpy as np
+    from sklearn import metrics as skm
+    from sklearn.base import is_classifier, is_regressor
+except ImportError as exc:
+    raise missing("scikit-learn", "sklearn", exc) from None
+
 
 WHO = "runstream.integrations.sklearn"
 _SPLIT = re.compile(r"^split(\d+)_(test|train)_(.+)$")  # cv_results_ per-fold columns

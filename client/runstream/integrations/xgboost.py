@@ -23,12 +23,16 @@ import json
 import re
 from typing import Any
 
-import xgboost
-from xgboost.callback import TrainingCallback
-
 from runstream.run import Run
 
-from ._common import log_written_file, resolve_run
+from ._common import log_written_file, missing, resolve_run
+
+try:
+    import xgboost
+    from xgboost.callback import TrainingCallback
+except ImportError as exc:
+    raise missing("xgboost", "xgboost", exc, " (or xgboost-cpu)") from None
+
 
 WHO = "runstream.integrations.xgboost"
 _INT = re.compile(r"^-?\d+$")
