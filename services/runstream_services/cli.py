@@ -96,7 +96,7 @@ def _registry_commands(sub) -> None:
     )
     _client_flags(p)
     p.add_argument("ref", metavar="REF", nargs="?", help="name, name:VERSION or name@ALIAS")
-    p.add_argument("--run", help="start from this run id instead")
+    p.add_argument("--run", dest="run_id", help="start from this run id instead")  # args.run: COMMAND_GROUPS
     p.add_argument("--dataset", help="start from this dataset (name@version) instead")
     p.add_argument("--direction", choices=["both", "upstream", "downstream"], default="both")
     p.add_argument("--depth", type=int, default=0, help="hops from the start (default 10)")

@@ -98,12 +98,12 @@ def models_alias(args: argparse.Namespace) -> None:
 
 
 def models_lineage(args: argparse.Namespace) -> None:
-    starts = [x for x in (args.ref, args.run, args.dataset) if x]
+    starts = [x for x in (args.ref, args.run_id, args.dataset) if x]
     if len(starts) != 1:
         raise RunstreamError("give one of REF (a model version), --run RUN_ID or --dataset NAME@VERSION")
     with _client(args) as client:
         graph = client.lineage(
-            args.project, args.ref, run_id=args.run, dataset=args.dataset, direction=args.direction,
+            args.project, args.ref, run_id=args.run_id, dataset=args.dataset, direction=args.direction,
             max_depth=args.depth,
         )  # fmt: skip
     if args.json:
