@@ -93,3 +93,27 @@ def test_cv_means_and_stds_and_the_sklearn_api_through_clone(embedded_server, tm
     record = read_run(endpoint, "xgb", second.id)
     assert record["config"]["xgboost.max_depth"] == 2 and record["summary"]["num_boosted_rounds"] == 4
     assert "model" not in {a["name"] for a in record["artifacts"]}  # log_model defaults to off
+
+
+def test_two_ranks_of_one_job_log_their_rounds_into_one_run_each_with_its_rank(embedded_server, tmp_path):
+    """As a distributed job does (the launcher gives both ranks one run id): each rank trains on
+    its shard with its own callback; every point carries its rank, rank 0 owns config and summary."""
+    X, y = _data(seed=2)
+    options = quick_sdk_options(embedded_server.endpoint, tmp_path)
+    ranks = [runstream.init("xgb", id="job-7", rank=r, world_size=2, **options) for r in (0, 1)]
+    recorded = [{}, {}]
+    for r, run in enumerate(ranks):
+        shard = xgb.DMatrix(X[r::2], label=y[r::2])
+        xgb.train(
+            {"max_depth": 2 + r, "objective": "reg:squarederror"}, shard, 4, evals=[(shard, "train")],
+            evals_result=recorded[r], callbacks=[RunstreamCallback(run)], verbose_eval=False,
+        )  # fmt: skip
+    assert all(run.finish(timeout_s=30) for run in ranks)
+    with runstream.Api(endpoint=embedded_server.endpoint) as api:
+        history = api.history("job-7", keys=["train/rmse"], project="xgb")
+    for r in (0, 1):
+        mine = history[history["rank"] == r].sort_values("step")
+        assert list(mine.step) == [0, 1, 2, 3]
+        assert list(mine.value) == pytest.approx(recorded[r]["train"]["rmse"])
+    record = read_run(embedded_server.endpoint, "xgb", "job-7")
+    assert record["config"]["xgboost.max_depth"] == 2  # rank 0's; rank 1 keeps its config local
