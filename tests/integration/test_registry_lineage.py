@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -314,3 +315,29 @@ def test_use_artifact_of_a_just_logged_artifact_on_each_bus(bus_server, tmp_path
     with RegistryClient(bus_server.writer.endpoint) as c:
         g = c.lineage("bus-lin", run_id=consumer.id, direction="upstream")
     assert f"run/{producer.id}" in {n.id for n in g.nodes}
+
+
+def test_cli_models_lineage(server, chain):
+    ids = chain.ids
+    cmd = [sys.executable, "-m", "runstream_services.cli", "models", "lineage", "--project", A]
+    env = {**os.environ, "RUNSTREAM_ENDPOINT": server.endpoint, "RUNSTREAM_API_KEY": "read-a"}
+    out = subprocess.run(
+        [*cmd, "clf-ft:1", "--direction", "upstream"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("lineage of model_version clf-ft:1")
+    assert "run prep  --produced-->  artifact features:" in out.stdout
+    assert "model_version clf:1  --input-->  run finetune" in out.stdout
+    as_json = subprocess.run(
+        [*cmd, "--run", ids["evaluate"], "--json"], capture_output=True, text=True, env=env
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    graph = json.loads(as_json.stdout)
+    assert graph["start"] == f"run/{ids['evaluate']}" and not graph["truncated"]
+    assert {
+        "source": "model_version/clf-ft:1",
+        "target": f"run/{ids['evaluate']}",
+        "relation": "input",
+    } in graph["edges"]
+    both = subprocess.run([*cmd, "clf:1", "--run", ids["train"]], capture_output=True, text=True, env=env)
+    assert both.returncode == 2 and "give one of REF" in both.stderr
