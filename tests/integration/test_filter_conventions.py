@@ -249,3 +249,45 @@ def test_searched_runs_carry_their_datasets_on_both_paths(stubs):
 def test_refusals_are_invalid_argument_with_the_runstream_spelling(stubs, flt, says):
     code = _same(stubs, query_pb2.SearchRunsRequest(project="vision", filter=flt))
     assert code[1] == grpc.StatusCode.INVALID_ARGUMENT and says in code[2] and "^" in code[2]
+
+
+# ---------------------------------------------------------------- token soup on both paths
+
+_FIELDS = (
+    "datasets.imagenet", "datasets.coco.hash", "datasets.imagenet.uri", "datasets.name", "datasets.digest",
+    "datasets.`x.y`", "attributes.status", "attr.run_name", "run.start_time", "tags.mlflow.runName",
+    "params.optimizer", 'params."model.depth"', "metrics.val_f1", "name", "status", "tags.dataset",
+)  # fmt: skip
+_OPS = ("=", "!=", "<", ">=", "~", "like", "ilike", "not like", "not ilike", "in", "not in")
+_VALUES = ("'v2.1'", '"V2%"', "'%'", "'_'", '"a\\\\%b"', "'k%'", '"é%"', "'FINISHED'", "12", "0.6", '""',
+           "'%a%'", "'ÿ'", "1700000300000")  # fmt: skip
+_ORDERS = ("datasets.imagenet desc", "-datasets.coco.uri", "metrics.val_f1 ASC", "run_name DESC, -start",
+           "attributes.status", "tags.mlflow.runName asc", "datasets.`x.y` DESC")  # fmt: skip
+
+
+def test_random_filters_answer_alike_on_both_paths(stubs):
+    """Random filters and sort keys of the new spellings: both paths give the same runs in the
+    same order, or the same refusal, and nothing is an internal error. Most of them are valid
+    (the count is asserted), so the comparison is about answers, not only refusals."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    term = st.builds(
+        lambda f, op, v, w: f"{f} {op} ({v}, {w})" if op.endswith("in") else f"{f} {op} {v}",
+        st.sampled_from(_FIELDS), st.sampled_from(_OPS), st.sampled_from(_VALUES), st.sampled_from(_VALUES),
+    )  # fmt: skip
+    joined = st.lists(st.tuples(st.sampled_from(("and", "or", "and not")), term), max_size=3)
+    answered = []
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    @given(term, joined, st.lists(st.sampled_from(_ORDERS), max_size=2))
+    def check(first, rest, order):
+        flt = " ".join([first, *(f"{j} {t}" for j, t in rest)])
+        answer = _same(stubs, query_pb2.SearchRunsRequest(project="vision", filter=flt, order_by=order,
+                                                          page_size=5))  # fmt: skip
+        assert isinstance(answer, dict) or answer[1] == grpc.StatusCode.INVALID_ARGUMENT, answer
+        answered.append(isinstance(answer, dict))
+
+    check()
+    assert sum(answered) >= 40, f"{sum(answered)} of {len(answered)} filters were valid"
