@@ -89,6 +89,24 @@ def test_events_are_the_registry_actions_of_one_model(db):
     assert [r[0] for r in _rows(client, sql.events(d, "p", "", 2))] == [5, 4]
 
 
+def test_event_pages_continue_past_rows_of_one_millisecond(db):
+    """Keyset paging on (time_ms, row hash): rows sharing a millisecond are neither lost nor
+    repeated at a page edge."""
+    client, d = db
+    rows = [[7, "p", "key:x", "alias.moved", f"m@a{i}", "{}"] for i in range(5)] + [
+        [9, "p", "key:x", "model.created", "m", "{}"]
+    ]
+    _insert(client, d, "audit_log", sql.AUDIT_COLUMNS, rows)
+    seen, before = [], None
+    while True:
+        page = _rows(client, sql.events(d, "p", "", 2, before))
+        seen += [(r[0], r[3]) for r in page]
+        if len(page) < 2:
+            break
+        before = (page[-1][0], page[-1][5])
+    assert seen[0] == (9, "m") and sorted(seen[1:]) == [(7, f"m@a{i}") for i in range(5)]
+
+
 @pytest.mark.parametrize(
     "argv, handler",
     [
@@ -97,6 +115,8 @@ def test_events_are_the_registry_actions_of_one_model(db):
         (["models", "alias", "--project", "p", "clf", "staging", "3", "--reason", "x"], "models_alias"),
         (["models", "alias", "--project", "p", "clf", "staging", "--delete"], "models_alias"),
         (["artifact", "get", "--project", "p", "run1", "model", "--dest", "out"], "artifact_get"),
+        (["models", "lineage", "--project", "p", "clf:3", "--direction", "upstream"], "models_lineage"),
+        (["models", "lineage", "--project", "p", "--run", "r1", "--depth", "3"], "models_lineage"),
     ],
 )
 def test_cli_parses_registry_commands(argv, handler):
