@@ -10,8 +10,9 @@ FILTER is the filter language of runstream.Api.runs, e.g.
   'params.lr > 0.01 and metrics.val_f1 > 0.85 and tags.team = "vision"'
   'datasets.imagenet = "v2.1" and state = "finished"'
 MLflow's spellings work too: attributes.status = 'FINISHED', params.x = 'a', name LIKE 'bert%'.
-ORDER is a field, "-field" or "field DESC"/"field ASC"; give --order-by several times or
-comma-separate keys: --order-by "metrics.val_acc DESC, params.lr". Default: newest first.
+ORDER is a field, "field DESC"/"field ASC" or "-field" (write --order-by=-field, with "=", so
+the "-" is not read as a flag); give --order-by several times or comma-separate keys:
+--order-by "metrics.val_acc DESC, params.lr". Default: newest first.
 """
 
 
