@@ -145,6 +145,15 @@ def project_name(text: str) -> str:
     return cleaned if set(cleaned) != {"."} else "imported"
 
 
+def artifact_name(text: str) -> str:
+    """An artifact name the server takes (no '/', '\\' or control characters; not '.' or '..'):
+    a source's path-like name "files/model" becomes "files.model"."""
+    cleaned = (
+        re.sub(r"[\x00-\x1f\x7f]", "", text.replace("/", ".").replace("\\", ".")).strip(".") or "artifact"
+    )
+    return cleaned[:128]
+
+
 def parse_param(text: str) -> Any:
     """An MLflow-style string param as the value a filter can compare: int, float or bool when the
     text is exactly one, the text otherwise ("0.01" -> 0.01, "True" -> True, "adam" -> "adam")."""
@@ -337,7 +346,13 @@ class RunWriter:
             with tempfile.TemporaryDirectory(prefix="runstream-import-", dir=self.scratch) as tmp:
                 for i, art in enumerate(src.artifacts()):
                     self._artifact(run, art, Path(tmp) / str(i), have_files, result)
-            if not run.flush(self.timeout_s):
+            flushed = run.flush(self.timeout_s)
+            if run.refused_count:
+                raise ImportFailed(
+                    f"run {src.run_id!r}: the server refused {run.refused_count} of its requests (the warnings "
+                    "above say why); the run stays incomplete and is continued by the next import"
+                )
+            if not flushed:
                 raise ImportFailed(
                     f"run {src.run_id!r}: the server did not acknowledge everything within {self.timeout_s}s "
                     f"(last error: {run.stats.get('last_error') or 'none'}); run the import again to resume"
@@ -360,10 +375,11 @@ class RunWriter:
         files = {(f.rel, f.sha256) for f in collect(path)}
         if not files:
             return
-        if any(files == held for held in have_files.get(art.name, [])):
+        name = artifact_name(art.name)
+        if any(files == held for held in have_files.get(name, [])):
             result.artifacts_kept += 1
             return
-        run.log_artifact(path, name=art.name, type=art.type or None)
+        run.log_artifact(path, name=name, type=art.type or None)
         result.artifacts_sent += 1
 
 
