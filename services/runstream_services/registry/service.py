@@ -8,9 +8,11 @@ a training job's path. Changes to one model are serialized in this process (a lo
 Version numbers are also safe across processes serving one database: a version number is
 claimed with an insert whose deduplication token is (project, model, number), the store keeps
 only the first such claim, and only the claimant that reads its own claim back writes the
-version (`_claim_version`). Alias moves are serialized per process only: two processes moving
-one alias at the same moment both succeed, the later revision wins, and the audit log's "from"
-of the later one may name the target before the earlier move.
+version (`_claim_version`; this relies on the store deduplicating inserts by token and showing
+an insert to the next read, as chDB and a single ClickHouse server do). Alias moves and metadata
+edits are serialized per process only: two processes moving one alias at the same moment both
+succeed, the move with the higher revision (unix microseconds of its process's clock) wins, and
+the audit log's "from" of one of them names the target before the other's move.
 
 Run inputs and lineage (UseArtifact, ListRunInputs, GetLineage) are in inputs.py, mixed in here.
 
