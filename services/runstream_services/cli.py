@@ -36,11 +36,9 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--artifact-store", choices=["local", "s3"], help="local folder (default) or s3")
     g.add_argument("--s3-endpoint", help="S3/MinIO host:port")
     g.add_argument("--s3-bucket", help="bucket for artifact bytes (default runstream-artifacts)")
-    g.add_argument("--tls-cert", dest="tls_cert_file", help="TLS certificate chain (PEM) for the gRPC port")
-    g.add_argument("--tls-key", dest="tls_key_file", help="its private key (PEM); TLS is off without both")
-    g.add_argument(
-        "--tls-client-ca", dest="tls_client_ca_file", help="mTLS: clients need a cert this CA signed"
-    )
+    g.add_argument("--tls-cert-file", help="TLS certificate chain (PEM) for the gRPC port")
+    g.add_argument("--tls-key-file", help="its private key (PEM); TLS is off without both")
+    g.add_argument("--tls-client-ca-file", help="mTLS: clients need a certificate this CA (PEM) signed")
     g.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
 
 

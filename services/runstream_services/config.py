@@ -141,7 +141,7 @@ class ServerSettings:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError(
                 "TLS needs both tls_cert_file and tls_key_file (RUNSTREAM_TLS_CERT_FILE / "
-                "RUNSTREAM_TLS_KEY_FILE, --tls-cert / --tls-key), or neither"
+                "RUNSTREAM_TLS_KEY_FILE, --tls-cert-file / --tls-key-file), or neither"
             )
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ConfigError(

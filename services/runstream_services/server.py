@@ -61,7 +61,8 @@ def _warn_if_exposed(s: ServerSettings, *, tls: bool) -> None:
         )
     if not tls:
         log.warning(
-            "listening on %s without TLS: API keys and data travel in clear text (see --tls-cert)", s.host
+            "listening on %s without TLS: API keys and data travel in clear text (see --tls-cert-file)",
+            s.host,
         )
 
 

@@ -99,10 +99,12 @@ def client_endpoint(settings: ServerSettings) -> str:
 def wait_for_server(
     endpoint: str, proc: subprocess.Popen | None, log_path: Path | None, timeout_s: float
 ) -> None:
+    from runstream.tls import Tls
+    from runstream.tls import channel as tls_channel
     from runstream.v1 import ingest_pb2, ingest_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(endpoint) as channel:
+    with tls_channel(endpoint, Tls.resolve()) as channel:  # TLS as $RUNSTREAM_TLS* say, like the SDK
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         while True:
             if proc is not None and proc.poll() is not None:

@@ -1,4 +1,4 @@
-"""TLS on a real embedded server (`runstream server --tls-cert/--tls-key[/--tls-client-ca]`), with
+"""TLS on a real embedded server (`runstream server --tls-cert-file/--tls-key-file[/--tls-client-ca-file]`), with
 certificates made at test time: the SDK logs and runstream.Api reads over TLS end to end, a client
 trusting the wrong CA or speaking plaintext is refused with an error that says what to check, and
 with mTLS a client without a certificate signed by the client CA is refused."""
@@ -48,8 +48,8 @@ def certs(tmp_path_factory) -> TlsFiles:
 
 
 def _server_args(certs: TlsFiles, mtls: bool) -> list[str]:
-    args = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)]
-    return args + (["--tls-client-ca", str(certs.ca)] if mtls else [])
+    args = ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)]
+    return args + (["--tls-client-ca-file", str(certs.ca)] if mtls else [])
 
 
 @pytest.fixture(scope="module")
