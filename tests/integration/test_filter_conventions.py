@@ -152,6 +152,14 @@ CASES = {
     "params.\"model.depth\" = 24 and params.lr like '%'": ["r06", "r07", "r08", "r09", "r10", "r11"],
     "params.optimizer ilike '%drop%'": ["r01", "r03", "r05", "r07", "r09", "r11"],
     "params.optimizer not ilike 'ADAM'": ["r01", "r03", "r05", "r07", "r09", "r11"],
+    # MLflow's IS NULL / IS NOT NULL: whether the run has the field
+    "datasets.imagenet IS NULL": ["r00", "r03", "r05", "r06", "r08", "r09", "r11"],
+    "datasets.name is not null": ["r01", "r02", "r03", "r04", "r06", "r07", "r08", "r10", "r11"],
+    "metrics.grad_norm is not null": ["r01"],
+    "metrics.long is null": [f"r{i:02d}" for i in range(1, 12)],  # held by key only: answered from SQL
+    "tags.team is not null and params.nothing is null and summary.best_acc is not null": sorted(ROWS),
+    "params.lr is null or tags.nope is not null": [],
+    "attributes.created >= 1700000600000": ["r10", "r11"],
 }
 
 
@@ -244,6 +252,7 @@ def test_searched_runs_carry_their_datasets_on_both_paths(stubs):
         ('attributes.artifact_uri = "x"', "Api.run(project, run_id)['artifacts']"),
         ('datasets.context = "train"', 'datasets.<name> = "<version>"'),
         ("metrics.val_f1 like '0.%'", "'like' matches text"),
+        ("attributes.status is null", "every run has state"),
     ],
 )
 def test_refusals_are_invalid_argument_with_the_runstream_spelling(stubs, flt, says):
@@ -258,7 +267,8 @@ _FIELDS = (
     "datasets.`x.y`", "attributes.status", "attr.run_name", "run.start_time", "tags.mlflow.runName",
     "params.optimizer", 'params."model.depth"', "metrics.val_f1", "name", "status", "tags.dataset",
 )  # fmt: skip
-_OPS = ("=", "!=", "<", ">=", "~", "like", "ilike", "not like", "not ilike", "in", "not in")
+_OPS = ("=", "!=", "<", ">=", "~", "like", "ilike", "not like", "not ilike", "in", "not in", "is null",
+        "is not null")  # fmt: skip
 _VALUES = ("'v2.1'", '"V2%"', "'%'", "'_'", '"a\\\\%b"', "'k%'", '"é%"', "'FINISHED'", "12", "0.6", '""',
            "'%a%'", "'ÿ'", "1700000300000")  # fmt: skip
 _ORDERS = ("datasets.imagenet desc", "-datasets.coco.uri", "metrics.val_f1 ASC", "run_name DESC, -start",
@@ -273,7 +283,8 @@ def test_random_filters_answer_alike_on_both_paths(stubs):
     from hypothesis import strategies as st
 
     term = st.builds(
-        lambda f, op, v, w: f"{f} {op} ({v}, {w})" if op.endswith("in") else f"{f} {op} {v}",
+        lambda f, op, v, w: f"{f} {op} ({v}, {w})" if op.endswith("in") else f"{f} {op}" if op.startswith("is")
+        else f"{f} {op} {v}",
         st.sampled_from(_FIELDS), st.sampled_from(_OPS), st.sampled_from(_VALUES), st.sampled_from(_VALUES),
     )  # fmt: skip
     joined = st.lists(st.tuples(st.sampled_from(("and", "or", "and not")), term), max_size=3)

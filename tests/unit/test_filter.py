@@ -403,6 +403,7 @@ def test_order_by_counts_comma_separated_keys_against_the_limit():
         ("run.start_time", "column", "start", "last"),
         ("attributes.end_time", "column", "end", "last"),
         ("attributes.user_id", "column", "user", "last"),
+        ("attributes.created", "column", "start", "last"),
         ("attributes.run_id", "column", "run_id", "last"),
         ("status", "column", "state", "last"),
         ("start_time", "column", "start", "last"),
@@ -458,6 +459,9 @@ def test_single_quoted_values_and_mlflow_status_values():
         ("params.x like 5", "'like' takes a pattern in quotes"),
         ('params.x like "50\\\\"', "cannot end with a backslash"),
         ("params.x not = 1", "expected 'in', 'like' or 'ilike' after 'not'"),
+        ("params.x is 1", "expected 'null' or 'not null' after 'is'"),
+        ("params.x is not", "expected 'null' or 'not null' after 'is'"),
+        ("end_time is null", "every run has end: 'is null' / 'is not null' test params"),
     ],
 )
 def test_unsupported_spellings_name_the_runstream_spelling(text, message):
@@ -494,3 +498,18 @@ def test_dataset_sort_reads_the_first_reference():
         f"if(arrayExists(ds_ -> {name} = {{p0:String}}, JSONExtractArrayRaw(r.datasets)), "
         f"if(JSONType({first}, 'uri') = 'String', JSONExtractString({first}, 'uri'), ''), NULL) DESC NULLS LAST"
     )
+
+
+def test_is_null_tests_whether_the_run_has_the_field():
+    node = parse_filter("params.x IS NULL and tags.t is not null")
+    assert [(c.op, c.negated_in, c.values) for c in node.items] == [
+        ("exists", True, ()),
+        ("exists", False, ()),
+    ]
+    where, params = compile_("params.x IS NULL and tags.t is not null and datasets.name is not null")
+    assert where == (
+        "((NOT run_id IN (SELECT run_id FROM db.params FINAL WHERE project = {p0:String} AND scope = 'config' "
+        "AND key = {p1:String})) AND mapContains(tags, {p2:String}) AND arrayExists(ds_ -> 1, "
+        "JSONExtractArrayRaw(datasets)))"
+    )
+    assert params == {"p0": "proj", "p1": "x", "p2": "t"}

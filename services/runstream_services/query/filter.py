@@ -14,7 +14,8 @@ uri), and the run columns in `COLUMNS`. Keys may be written with backticks (`a k
 quote a key too (MLflow's spelling).
 Operators: = (or ==) != (or <>) < <= > >= ~ (case-insensitive substring), like / ilike (SQL
 patterns: % any text, _ one character, \\ escapes), in (...), not in (...), not like, not ilike,
-and, or, not, parentheses. Values: numbers, "strings" or 'strings', true, false. Times (start,
+is null / is not null (whether the run has the param, metric, tag or dataset), and, or, not,
+parentheses. Values: numbers, "strings" or 'strings', true, false. Times (start,
 end, heartbeat) are unix ms within Int64 or ISO dates.
 
 MLflow's spellings are accepted where they mean one thing here (`MLFLOW_ATTRIBUTES`,
@@ -82,6 +83,7 @@ _ATTRIBUTE_PREFIXES = ("attributes", "attribute", "attr", "run")  # MLflow: attr
 #: MLflow attribute names -> the run column they mean here
 MLFLOW_ATTRIBUTES = {
     "status": "state", "run_name": "name", "start_time": "start", "end_time": "end", "user_id": "user",
+    "created": "start",
 }  # fmt: skip
 #: MLflow attributes with no Runstream meaning -> what to write instead
 _REFUSED_ATTRIBUTES = {
@@ -97,7 +99,7 @@ MLFLOW_TAGS = {
     "mlflow.note.content": "notes",
 }  # fmt: skip
 TEXT_OPS = ("like", "ilike")
-_KEYWORDS = {"and", "or", "not", "in", "true", "false", "like", "ilike"}
+_KEYWORDS = {"and", "or", "not", "in", "true", "false", "like", "ilike", "is", "null"}
 
 
 # ---------------------------------------------------------------- AST
@@ -138,9 +140,9 @@ class Literal:
 @dataclass(frozen=True)
 class Compare:
     field: Field
-    op: str  # = != < <= > >= ~ in like ilike
+    op: str  # = != < <= > >= ~ in like ilike, or "exists" (IS NOT NULL; IS NULL is it negated)
     values: tuple[Literal, ...]
-    negated_in: bool = False  # `not in`, `not like`, `not ilike`: the whole term negated
+    negated_in: bool = False  # `not in`, `not like`, `not ilike`, `is null`: the whole term negated
     pos: int = 0
 
 
@@ -235,6 +237,16 @@ class _Parser:
             self.fail(f"filter has more than {MAX_TERMS} comparisons")
         start = self.tok
         field = self.field()
+        if self.is_word("is"):  # MLflow's IS NULL / IS NOT NULL: whether the run has the field
+            is_tok = self.tok
+            self.i += 1
+            present = self.is_word("not")
+            if present:
+                self.i += 1
+            if not self.is_word("null"):
+                self.fail("expected 'null' or 'not null' after 'is'", found=self.tok)
+            self.i += 1
+            return check(Compare(field, "exists", (), not present, is_tok.pos), self.source)
         negated = False
         if self.is_word("not"):
             self.i += 1
@@ -493,6 +505,16 @@ def check(node: Compare, source: str) -> Compare:
     def fail(message: str, pos: int) -> None:
         raise FilterError(message, source, pos)
 
+    if op == "exists" and field.kind == "column":
+        hint = (
+            '; a run that has not ended has end = 0 (or write state = "running")'
+            if field.key == "end"
+            else ""
+        )
+        fail(
+            f"every run has {field.label}: 'is null' / 'is not null' test params, metrics, tags and datasets{hint}",
+            node.pos,
+        )
     if op in TEXT_OPS:
         lit = node.values[0]
         if kind in ("metric", "state", "time", "flag"):

@@ -268,6 +268,8 @@ def _mask(t: RunTable, node: Node) -> np.ndarray:
 
 def _compare(t: RunTable, node: Compare) -> np.ndarray:
     f = node.field
+    if node.op == "exists":  # sql._exists
+        return _exists(t, f)
     if f.kind == "column":
         kind = COLUMNS[f.key][1]
         col = t.column(_COLUMN_ATTR[f.key])
@@ -294,6 +296,17 @@ def _compare(t: RunTable, node: Compare) -> np.ndarray:
         return present & out
     value, valid = t.metric(f.key, f.agg)
     return valid & _test(value, node.op, [float(lit.value) for lit in node.values])
+
+
+def _exists(t: RunTable, f: Field) -> np.ndarray:
+    if f.kind == "tag":
+        return t.tag(f.key)[1].copy()
+    if f.kind == "dataset":
+        slots = t.datasets(f.key, "name")
+        return slots[0][1].copy() if slots else np.zeros(t.n, dtype=bool)
+    if f.kind in ("param", "summary"):
+        return t.param("config" if f.kind == "param" else "summary", f.key)[3].copy()
+    return t.metric(f.key, "count")[1].copy()
 
 
 def _test(col: np.ndarray, op: str, values: list) -> np.ndarray:

@@ -61,7 +61,9 @@ def compile_filter(node: Node, binder: Binder, db: str, project_ph: str) -> str:
 
 def _compare(node: Compare, b: Binder, db: str, project_ph: str) -> str:
     f = node.field
-    if f.kind == "column":
+    if node.op == "exists":
+        cond = _exists(f, b, db, project_ph)
+    elif f.kind == "column":
         cond = _column_cond(node, b)
     elif f.kind == "tag":
         key = b.bind(f.key, "String")
@@ -87,6 +89,25 @@ def _compare(node: Compare, b: Binder, db: str, project_ph: str) -> str:
             f"AND key = {b.bind(f.key, 'String')} GROUP BY run_id HAVING {having})"
         )
     return f"(NOT {cond})" if node.negated_in else cond
+
+
+def _exists(f: Field, b: Binder, db: str, project_ph: str) -> str:
+    """The run has the param/summary value, metric series, tag or dataset reference (IS NOT NULL)."""
+    if f.kind == "tag":
+        return f"mapContains(tags, {b.bind(f.key, 'String')})"
+    if f.kind == "dataset":
+        name = f"{_dataset_field('name')} = {b.bind(f.key, 'String')}" if f.key else "1"
+        return f"arrayExists(ds_ -> {name}, JSONExtractArrayRaw(datasets))"
+    if f.kind in ("param", "summary"):
+        scope = "config" if f.kind == "param" else "summary"
+        return (
+            f"run_id IN (SELECT run_id FROM {db}.params FINAL WHERE project = {project_ph} AND scope = '{scope}' "
+            f"AND key = {b.bind(f.key, 'String')})"
+        )
+    return (
+        f"run_id IN (SELECT run_id FROM {db}.metric_summaries WHERE project = {project_ph} AND kind = 'user' "
+        f"AND key = {b.bind(f.key, 'String')})"
+    )
 
 
 _METRIC_AGG_SQL = {
