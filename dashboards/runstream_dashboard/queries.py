@@ -66,6 +66,9 @@ def api() -> Api:
     return api_for(login.viewer_key())
 
 
+api.clear = _api.clear  # type: ignore[attr-defined]  # drops every connection (as before: a cached resource)
+
+
 @st.cache_data(ttl=30, show_spinner=False)
 def server_wants_a_key() -> bool:
     """Whether the server refuses a call without a key (asked without one; unreachable: no)."""
