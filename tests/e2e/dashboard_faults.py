@@ -82,6 +82,31 @@ def _download_corrupt() -> None:
     Api.download_artifact = lambda self, *args, **kwargs: real(self, *args, **kwargs)[:-1]
 
 
+def _lineage_direction_ignored() -> None:
+    """The lineage Direction control has no effect: the graph is always asked for both ways."""
+    from runstream import Api
+
+    real = Api.lineage
+    Api.lineage = lambda self, *args, **kwargs: real(self, *args, **{**kwargs, "direction": "both"})
+
+
+def _lineage_downstream_dropped() -> None:
+    """The lineage figure leaves out what was made from the start (nodes right of it)."""
+    import dataclasses
+
+    from runstream_dashboard import lineage_chart
+
+    real = lineage_chart.lineage_figure
+
+    def lineage_figure(graph, *args, **kwargs):
+        kept = [n for n in graph.nodes if n.depth <= 0]
+        ids = {n.id for n in kept}
+        edges = [e for e in graph.edges if e.source in ids and e.target in ids]
+        return real(dataclasses.replace(graph, nodes=kept, edges=edges), *args, **kwargs)
+
+    lineage_chart.lineage_figure = lineage_figure
+
+
 FAULTS: dict[str, Callable[[], None]] = {
     "ema_ignored": _ema_ignored,
     "log_y_ignored": _log_y_ignored,
@@ -90,6 +115,8 @@ FAULTS: dict[str, Callable[[], None]] = {
     "compare_configs_equal": _compare_configs_equal,
     "series_frozen": _series_frozen,
     "download_corrupt": _download_corrupt,
+    "lineage_direction_ignored": _lineage_direction_ignored,
+    "lineage_downstream_dropped": _lineage_downstream_dropped,
 }
 
 
