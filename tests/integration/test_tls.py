@@ -143,3 +143,29 @@ def test_tls_settings_are_checked_once_with_messages_that_say_what_to_set(certs,
     assert Tls.resolve(env={"RUNSTREAM_TLS_CA": str(certs.ca)}).enabled
     assert not Tls.resolve(env={}).enabled
     assert Tls.resolve(env={"RUNSTREAM_TLS": "1"}) == Tls(enabled=True)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, certs):
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "tls.crt").write_bytes(certs.server_cert.read_bytes())
+    (live / "tls.key").write_bytes(certs.server_key.read_bytes())
+    server = TlsServerProcess(
+        tmp_path / "server", Tls(True, str(certs.ca)),
+        ["--tls-cert-file", str(live / "tls.crt"), "--tls-key-file", str(live / "tls.key")],
+    ).start()  # fmt: skip
+    try:
+        renewed = make_tls_files(tmp_path / "renewed")  # a new CA and a new server certificate
+        with (
+            runstream.Api(endpoint=server.endpoint, timeout_s=5, tls=Tls(True, str(renewed.ca))) as api,
+            pytest.raises(ServerUnavailableError),
+        ):
+            api.list_projects()  # not yet: the server still presents the old certificate
+        (live / "tls.key").write_bytes(renewed.server_key.read_bytes())
+        (live / "tls.crt").write_bytes(renewed.server_cert.read_bytes())
+        time.sleep(1.5)  # the server checks the files at most once a second
+        with runstream.Api(endpoint=server.endpoint, timeout_s=10, tls=Tls(True, str(renewed.ca))) as api:
+            assert api.list_projects() == []
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
