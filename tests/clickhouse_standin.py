@@ -476,11 +476,12 @@ class StandinProcess:
                 self.proc.wait()
 
 
-def server_deployment(tmp_path: Path, standin: StandinProcess):
-    """An embedded `runstream server` (in-process bus and writer) whose store is the stand-in
-    over HTTP, in a database of its own: `runstream migrate` applies the schema first and the
-    server runs with migrate_on_start = false, as a cluster's pods do. A BusServer whose
-    `stored` reads the stand-in over HTTP (the server may be stopped; the store lives on)."""
+def server_deployment(tmp_path: Path, standin: StandinProcess, mode: str = "embedded", services=None):
+    """A Runstream deployment whose store is the stand-in over HTTP, in a database of its own:
+    `runstream migrate` applies the schema first and the store's processes run with
+    migrate_on_start = false, as a cluster's pods do. mode "embedded": one `runstream server`;
+    "kafka": ingest + a writer process on the real Kafka (`services`), the writer on the stand-in.
+    A BusServer whose `stored` reads the stand-in over HTTP (the store outlives the processes)."""
     from tests import deployments
     from tests.chdb_inspect import stored_counts
     from tests.server_process import ServerProcess
@@ -492,20 +493,25 @@ def server_deployment(tmp_path: Path, standin: StandinProcess):
         capture_output=True, text=True, timeout=120, env={**os.environ, **env},
     )  # fmt: skip
     assert migrated.returncode == 0, migrated.stderr
-    server = ServerProcess(tmp_path / "server", extra_args=["--clickhouse-dsn", standin.dsn], env=env).start()
+    store_args = ["--clickhouse-dsn", standin.dsn]
 
-    class OnServer(deployments.BusServer):
-        def stored(self, sql: str) -> list[list]:
-            client = standin.client()
-            try:
-                return [list(r) for r in client.query(sql.replace("DB.", f"{database}.")).result_rows]
-            finally:
-                client.close()
+    def stored(self, sql: str) -> list[list]:
+        client = standin.client()
+        try:
+            return [list(r) for r in client.query(sql.replace("DB.", f"{database}.")).result_rows]
+        finally:
+            client.close()
 
-        def stored_counts(self):
-            return stored_counts(self, query=lambda _server, sql: self.stored(sql))
+    def counts(self):
+        return stored_counts(self, query=lambda _server, sql: self.stored(sql))
 
-    return OnServer("embedded", ingest=server, writer=server)
+    if mode == "kafka":
+        base = deployments.kafka_split(tmp_path, services, writer_args=store_args, writer_env=env)
+    else:
+        server = ServerProcess(tmp_path / "server", extra_args=store_args, env=env).start()
+        base = deployments.BusServer("embedded", ingest=server, writer=server)
+    base.__class__ = type("OnServer", (deployments.BusServer,), {"stored": stored, "stored_counts": counts})
+    return base
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,15 +74,21 @@ def embedded(tmp_path: Path) -> BusServer:
     return BusServer("embedded", ingest=server, writer=server)
 
 
-def kafka_split(tmp_path: Path, services: Services) -> BusServer:
-    """Writer first (small blocks, quick flushes, so a test sees several blocks), then ingest."""
+def kafka_split(
+    tmp_path: Path, services: Services, writer_args: list[str] = (), writer_env: dict | None = None
+) -> BusServer:
+    """Writer first (small blocks, quick flushes, so a test sees several blocks), then ingest.
+    `writer_args` / `writer_env` go to the writer only (e.g. a --clickhouse-dsn)."""
     prefix = new_prefix()
     bus = ["--bus", "kafka", "--kafka-bootstrap", services.kafka_bootstrap]
     writer = WriterProcess(
         tmp_path / "writer",
-        extra_args=[*bus, "--components", "writer,query"],
+        extra_args=[*bus, "--components", "writer,query", *writer_args],
         env=kafka_env(
-            prefix, RUNSTREAM_WRITER_MAX_BLOCK_POINTS="60000", RUNSTREAM_WRITER_FLUSH_INTERVAL_S="0.1"
+            prefix,
+            RUNSTREAM_WRITER_MAX_BLOCK_POINTS="60000",
+            RUNSTREAM_WRITER_FLUSH_INTERVAL_S="0.1",
+            **(writer_env or {}),
         ),
     ).start()
     ingest = ServerProcess(

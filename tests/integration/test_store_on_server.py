@@ -8,9 +8,10 @@ client, insert_arrow for metric points (the chDB Python() fast path does not app
 migrations applied once by `runstream migrate` and checked by servers with migrate_on_start off.
 
 Two suites written for chDB run here unchanged on an http:// DSN, collected again under this
-module's fixtures: the exactly-once cases of test_exactly_once.py (an embedded `runstream server`
-whose store is the stand-in; the same server process kill -9'd, restarted, drained) and every test
-of test_query_service.py (the QueryService on a store seeded over HTTP)."""
+module's fixtures: three exactly-once cases of test_exactly_once.py (an embedded `runstream server`
+whose store is the stand-in: stored once with summaries, resends and a restart, kill -9 under a
+many-writer load; the first again with the Kafka writer process on it) and every test of
+test_query_service.py (the QueryService on a store seeded over HTTP)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def bus_server(tmp_path, standin):
     deployment.close()
 
 
+@pytest.fixture
+def kafka_bus_server(tmp_path, standin, services):
+    """Ingest + a Kafka writer process on the real Kafka; the writer's store is the STAND-IN."""
+    deployment = server_deployment(tmp_path, standin, "kafka", services)
+    yield deployment
+    deployment.close()
+
+
 test_exactly_once_stored_once_with_summaries = (
     exactly_once.test_metrics_are_stored_once_with_summaries_and_the_stream_survives_bad_requests
 )
@@ -57,6 +66,13 @@ test_exactly_once_resends_and_restart = (
 test_exactly_once_kill_9_under_many_writers = (
     exactly_once.test_kill_9_under_a_many_writer_load_stores_every_point_once
 )
+
+
+def test_exactly_once_stored_once_by_the_kafka_writer(kafka_bus_server):
+    """The first case again with the Kafka writer process storing on the STAND-IN."""
+    exactly_once.test_metrics_are_stored_once_with_summaries_and_the_stream_survives_bad_requests(
+        kafka_bus_server
+    )
 
 
 def test_server_store_uses_insert_arrow_and_its_dedup_token(standin):
