@@ -4,7 +4,8 @@ Playwright) against a real embedded server. The registry is filled through the p
 prep (dataset raw@v1) logs features; train consumes features, logs a model registered as clf v1
 with alias staging, later moved to v2; evaluate consumes clf@staging (resolved to v1). Every
 assertion reads what the browser drew (Plotly's figure data, the data grids' accessible tables,
-link targets) and compares it with what was logged."""
+link targets) and compares it with what was logged. RUNSTREAM_E2E_FAULT (tests/e2e/dashboard_faults.py)
+proves the lineage test fails when the drawing or the direction control breaks."""
 
 from __future__ import annotations
 
@@ -138,6 +139,8 @@ def test_models_page_lists_models_versions_and_who_moved_the_aliases(seeded, das
 
 
 def test_version_page_draws_the_lineage_and_links_to_its_run_and_back(seeded, dashboard, page):
+    """Faults lineage_downstream_dropped (the consumer is not drawn) and lineage_direction_ignored
+    (the upstream-only redraw still shows it)."""
     ids = seeded[1]
     page.goto(f"{dashboard.url}/model_version?project={PROJECT}&model=clf&version=1")
     wait_idle(page)
