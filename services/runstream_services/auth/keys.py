@@ -12,6 +12,7 @@ revoked key takes effect on a running server without a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -28,6 +29,7 @@ from runstream_services.errors import ConfigError, PermissionDenied, Unauthentic
 
 log = logging.getLogger(__name__)
 RELOAD_CHECK_S = 1.0
+MAX_REFUSED = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,20 @@ class _Table:
         self.plain = {_hash(e.plaintext): _principal(e) for e in entries if not e.hashed}
         self.hashed = {e.key_id: e for e in entries if e.hashed}
         self.verified: dict[str, Principal] = {}
+        self.refused: dict[str, None] = {}  # wrong secrets for known ids, so a retry costs no hash
 
     def find(self, key: str) -> Principal | None:
         digest = _hash(key)
         found = self.plain.get(digest) or self.verified.get(digest)
-        if found is not None:
+        if found is not None or digest in self.refused:
             return found
         entry = self.hashed.get(keyfile.key_id_of(key) or "")
-        if entry is None or not keyfile.verify_key(key, entry.hash):
+        if entry is None:
+            return None
+        if not keyfile.verify_key(key, entry.hash):
+            if len(self.refused) >= MAX_REFUSED:
+                self.refused.pop(next(iter(self.refused)))
+            self.refused[digest] = None
             return None
         principal = self.verified[digest] = _principal(entry)
         return principal
@@ -175,7 +183,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if not self.keys.required or handler_call_details.method in self.OPEN_METHODS:
             return await continuation(handler_call_details)
         try:
-            self.keys.authenticate(handler_call_details.invocation_metadata)
+            # in a thread: the first call of a key verifies its scrypt hash (tens to hundreds of ms);
+            # the handlers' own authenticate() then finds it verified
+            await asyncio.to_thread(self.keys.authenticate, handler_call_details.invocation_metadata)
         except Unauthenticated as exc:
             handler = await continuation(handler_call_details)
             return _refusing(handler, exc.message)
