@@ -55,6 +55,8 @@ def models_show(args: argparse.Namespace) -> None:
     )
     if model["description"]:
         print(f"  {model['description']}")
+    for k, val in model["tags"].items():
+        print(f"  tag {k}={val}")
     print(f"  protected aliases: {', '.join(model['protected_aliases']) or '-'}")
     for v in versions:
         aliases = f"  [{', '.join(v['aliases'])}]" if v["aliases"] else ""
