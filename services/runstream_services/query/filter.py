@@ -18,12 +18,13 @@ is null / is not null (whether the run has the param, metric, tag or dataset), a
 parentheses. Values: numbers, "strings" or 'strings', true, false. Times (start,
 end, heartbeat) are unix ms within Int64 or ISO dates.
 
-MLflow's spellings are accepted where they mean one thing here (`MLFLOW_ATTRIBUTES`,
+MLflow's spellings are accepted where they mean one thing here (`ATTRIBUTE_ALIASES`,
 `MLFLOW_TAGS`): attributes.status (also attribute., attr., run.), start_time, end_time, run_name,
-user_id, param./parameter./metric./tag. prefixes, tags.mlflow.runName (the run's name), and
-datasets.name / datasets.digest (some dataset of the run has that name / version). Those that
-have no Runstream meaning (artifact_uri, lifecycle_stage, experiment_id, datasets.context) are
-refused with a message naming what to write instead.
+user_id, created, param./parameter./metric./tag. prefixes, tags.mlflow.runName (the run's name),
+datasets.name / datasets.digest (some dataset of the run has that name / version), IS [NOT] NULL;
+W&B's display_name and created_at. Those that have no Runstream meaning (artifact_uri,
+lifecycle_stage, experiment_id, datasets.context, W&B's summary_metrics.) are refused with a
+message naming what to write instead.
 
 A search sorts by at most MAX_SORT_KEYS fields (`parse_order_by`): "-field" or "field DESC" (ASC,
 any case) for the direction, several keys comma-separated in one entry or as a list; each key
@@ -80,10 +81,12 @@ _PREFIXES = {
     "dataset": "dataset",
 }  # fmt: skip
 _ATTRIBUTE_PREFIXES = ("attributes", "attribute", "attr", "run")  # MLflow: attributes.status, ...
-#: MLflow attribute names -> the run column they mean here
-MLFLOW_ATTRIBUTES = {
+#: MLflow's (and W&B's) attribute names -> the run column they mean here
+ATTRIBUTE_ALIASES = {
     "status": "state", "run_name": "name", "start_time": "start", "end_time": "end", "user_id": "user",
     "created": "start",
+    # W&B's run attributes (its order= strings: "-created_at")
+    "display_name": "name", "created_at": "start", "createdat": "start", "jobtype": "job_type",
 }  # fmt: skip
 #: MLflow attributes with no Runstream meaning -> what to write instead
 _REFUSED_ATTRIBUTES = {
@@ -354,11 +357,18 @@ def build_field(parts: list[tuple[str, bool]], pos: int, source: str) -> Field:
         if column is None:
             raise FilterError(
                 f"unknown run attribute {'.'.join(p for p, _ in parts[1:])!r}; {head}. takes one of: "
-                f"{', '.join([*COLUMNS, *MLFLOW_ATTRIBUTES])}",
+                f"{', '.join([*COLUMNS, *ATTRIBUTE_ALIASES])}",
                 source,
                 pos,
             )
         return Field("column", column, pos=pos)
+    if not head_quoted and name == "summary_metrics":
+        raise FilterError(
+            "summary_metrics. is W&B's; write metrics.<key> (the last value logged) or summary.<key> (a "
+            "value set with run.summary)",
+            source,
+            pos,
+        )
     if head_quoted or name not in _PREFIXES:
         raise FilterError(
             f"unknown field prefix {head!r}; use params., config., summary., metrics., tags., datasets. "
@@ -389,8 +399,8 @@ def _column_of(name: str, source: str, pos: int) -> str | None:
     attributes that mean nothing here."""
     if name in COLUMNS:
         return name
-    if name in MLFLOW_ATTRIBUTES:
-        return MLFLOW_ATTRIBUTES[name]
+    if name in ATTRIBUTE_ALIASES:
+        return ATTRIBUTE_ALIASES[name]
     if name in _REFUSED_ATTRIBUTES:
         raise FilterError(f"{name} is MLflow's; {_REFUSED_ATTRIBUTES[name]}", source, pos)
     return None
