@@ -105,7 +105,12 @@ def per_viewer(**cache_kwargs: Any) -> Callable:
 def gate() -> None:
     """Lets the script go on once this session may see data; otherwise draws the sign-in and
     stops the run. Call before st.navigation."""
-    current = mode()
+    try:
+        current = mode()
+    except ValueError as exc:
+        st.title("Dashboard settings")
+        st.error(md(str(exc)))
+        st.stop()
     if current == "none":
         st.session_state[_KEY] = ""
         return
