@@ -416,8 +416,8 @@ def test_order_by_counts_comma_separated_keys_against_the_limit():
         ('params."learning rate"', "param", "learning rate", "last"),
         ("params.'a.b'.c", "param", "a.b.c", "last"),
         ("tags.mlflow.runName", "column", "name", "last"),
-        ("tags.mlflow.user", "column", "user", "last"),
-        ("tags.mlflow.source.git.commit", "column", "git_commit", "last"),
+        ("tags.mlflow.note.content", "column", "notes", "last"),
+        ("tags.mlflow.user", "tag", "mlflow.user", "last"),  # imported runs keep it as a tag
         ("tags.`mlflow.runName`", "tag", "mlflow.runName", "last"),  # quoted: the tag itself
         ("tags.mlflow.other", "tag", "mlflow.other", "last"),
         ("datasets.imagenet", "dataset", "imagenet", "version"),

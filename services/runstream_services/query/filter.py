@@ -95,12 +95,10 @@ _REFUSED_ATTRIBUTES = {
     "lifecycle_stage": "Runstream has no deleted runs to exclude: leave this term out",
     "experiment_id": "a search covers one project: pass the project to Api.runs / SearchRuns",
 }
-#: MLflow system tags that are run columns here (tags.mlflow.runName -> name); a tag of that
-#: name is still reachable with backticks: tags.`mlflow.runName`
-MLFLOW_TAGS = {
-    "mlflow.runName": "name", "mlflow.user": "user", "mlflow.source.git.commit": "git_commit",
-    "mlflow.note.content": "notes",
-}  # fmt: skip
+#: MLflow system tags that are run columns here (`runstream import mlflow` moves them there too);
+#: a tag of that name is still reachable with backticks: tags.`mlflow.runName`. Other mlflow.*
+#: tags (mlflow.user, mlflow.source.git.commit) stay tags: imported runs keep them as tags.
+MLFLOW_TAGS = {"mlflow.runName": "name", "mlflow.note.content": "notes"}
 TEXT_OPS = ("like", "ilike")
 _KEYWORDS = {"and", "or", "not", "in", "true", "false", "like", "ilike", "is", "null"}
 
