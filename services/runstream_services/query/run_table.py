@@ -361,8 +361,10 @@ def _like_regex(pattern: str, ignore_case: bool) -> re.Pattern:
 def _dataset_refs(text: str) -> list[dict[str, str]]:
     """The run's dataset references as the SQL path reads them (JSONExtractArrayRaw and
     JSONExtractString): unreadable JSON is no reference, a field that is not a string is ""."""
+    if not text or text == "[]":  # most runs: no dataset
+        return []
     try:
-        items = json.loads(text or "[]")
+        items = json.loads(text)
     except ValueError:
         return []
     if not isinstance(items, list):
