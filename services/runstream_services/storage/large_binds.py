@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlencode
 
 from clickhouse_connect.driver.binding import format_query_value
+from clickhouse_connect.driver.exceptions import ProgrammingError
 from clickhouse_connect.driver.httpclient import HttpClient
 
 INLINE_OVER = 16 * 1024
@@ -25,8 +27,23 @@ DEFAULT_MAX_QUERY_SIZE = 262_144  # ClickHouse's max_query_size default
 _PLACEHOLDER = re.compile(r"\{(\w+):([^{}]+)\}")
 
 
+MAX_URL_SETTINGS = 64 * 1024
+"""Bytes of URL-encoded settings a request may carry; the store's are a few short names, numbers
+and dedup tokens (bounded by the 128-character client_id), so more is a bug, refused here."""
+
+
+def check_settings(settings: dict | None) -> None:
+    if settings and len(urlencode({k: str(v) for k, v in settings.items()})) > MAX_URL_SETTINGS:
+        longest = max(settings, key=lambda k: len(str(settings[k])))
+        raise ProgrammingError(
+            f"settings of {len(urlencode(settings))} bytes would go in the request URL (longest: "
+            f"{longest!r}); a ClickHouse server refuses URLs over 1 MiB: keep settings short"
+        )
+
+
 def inline_large(sql: Any, parameters: Any, settings: dict | None, server_tz=None):
     """(sql, parameters, settings) with every bound value over INLINE_OVER written into `sql`."""
+    check_settings(settings)
     if not isinstance(sql, str) or not isinstance(parameters, dict) or not parameters:
         return sql, parameters, settings
     literals = {}
@@ -67,3 +84,11 @@ class ServerClient(HttpClient):
     def command(self, cmd, parameters=None, data=None, settings=None, *args, **kwargs):
         cmd, parameters, settings = inline_large(cmd, parameters, settings, self.server_tz)
         return super().command(cmd, parameters, data, settings, *args, **kwargs)
+
+    def raw_insert(self, table, column_names=None, insert_block=None, settings=None, *args, **kwargs):
+        check_settings(settings)
+        return super().raw_insert(table, column_names, insert_block, settings, *args, **kwargs)
+
+    def insert(self, *args, **kwargs):
+        check_settings(kwargs.get("settings"))
+        return super().insert(*args, **kwargs)
