@@ -116,3 +116,51 @@ def test_multi_objective_names_from_the_study_and_threads(embedded_server, tmp_p
         )
     with pytest.raises(ValueError, match="2 objective"):
         RunstreamCallback("opt2", metric_name="only-one")(study, study.trials[0])
+
+
+def test_a_tracked_objective_logs_live_into_its_trial_run_which_the_callback_completes(
+    embedded_server, tmp_path
+):
+    endpoint = embedded_server.endpoint
+    callback = RunstreamCallback("opt3", **quick_sdk_options(endpoint, tmp_path))
+
+    @callback.track
+    def tracked(trial):
+        alpha = trial.suggest_float("alpha", 1e-3, 100.0, log=True)
+        assert runstream.current_run() is callback.run_of(trial)  # runstream.log lands in the trial's run
+        for epoch, rows in enumerate((150, 250, 350)):  # more data each "epoch"
+            score = Ridge(alpha=alpha).fit(X[:rows], Y[:rows]).score(X[350:], Y[350:])
+            runstream.log({"val_r2": score}, step=epoch)
+            trial.report(score, epoch)
+            if alpha > 50 and epoch == 1:
+                raise optuna.TrialPruned()
+        if alpha < 0.01:
+            raise ValueError("pretend this one diverged")
+        return score
+
+    study = optuna.create_study(study_name="tracked", direction="maximize")
+    for alpha in (1.0, 80.0, 0.005):
+        study.enqueue_trial({"alpha": alpha})
+    with runstream.init("opt3", name="driver", **quick_sdk_options(endpoint, tmp_path)) as driver:
+        study.optimize(tracked, n_trials=3, callbacks=[callback], catch=(ValueError,))
+        assert runstream.current_run() is driver
+    with runstream.Api(endpoint=endpoint) as api:
+        table = api.runs("opt3", filter='group = "tracked"')
+    assert sorted(table.run_id) == sorted(callback.run_ids.values()) and len(table) == 3  # one run per trial
+    complete, pruned, failed = (read_run(endpoint, "opt3", callback.run_ids[n]) for n in range(3))
+    for number, record in enumerate((complete, pruned, failed)):
+        trial = study.trials[number]
+        assert record["name"] == f"trial-{number}" and record["config"]["alpha"] == trial.params["alpha"]
+        assert record["config"]["optuna.trial"] == number and record["tags"] == {
+            "trial_state": trial.state.name
+        }
+        live = curves(endpoint, "opt3", record["run_id"])["val_r2"]
+        assert live == pytest.approx(trial.intermediate_values)  # logged by the objective as it ran
+    assert complete["state"] == "finished" and complete["summary"]["value"] == pytest.approx(
+        study.trials[0].value
+    )
+    assert complete["summary"]["user_attrs.runstream_run_id"] == complete["run_id"]
+    assert complete["config"]["optuna.sampler"] == "TPESampler"  # the callback completed this run
+    assert pruned["state"] == "finished" and pruned["summary"]["last_step"] == 1
+    assert failed["state"] == "failed" and "pretend this one diverged" in failed["summary"]["error"]
+    assert failed["summary"]["trial_state"] == "FAIL" and "value" not in failed["summary"]

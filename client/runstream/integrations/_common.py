@@ -113,6 +113,12 @@ def log_written_file(
     return described
 
 
+def own_run_defaults() -> dict[str, Any]:
+    """runstream.init arguments for a run an integration starts (a candidate, a trial): a fresh
+    id, not a resume, rank 0 of 1 with the config, whatever launcher environment it runs in."""
+    return {"id": uuid.uuid4().hex[:16], "resume": False, "rank": 0, "world_size": 1, "owns_config": True}
+
+
 @contextlib.contextmanager
 def side_run(project: str, init_kwargs: Mapping[str, Any], **run_fields: Any) -> Iterator[Run]:
     """A run of its own (one search candidate, one optuna trial) for the block, which may finish it
@@ -121,8 +127,7 @@ def side_run(project: str, init_kwargs: Mapping[str, Any], **run_fields: Any) ->
     run gets a fresh id and rank 0 of a world of 1 even inside a distributed launcher (whose run
     id and rank belong to the training run), unless init_kwargs say otherwise."""
     before = lifecycle.current_run()
-    kwargs: dict[str, Any] = {"id": uuid.uuid4().hex[:16], "resume": False, "rank": 0, "world_size": 1}
-    kwargs["owns_config"] = True
+    kwargs = own_run_defaults()
     kwargs.update(init_kwargs)
     kwargs.update(run_fields)
     run = init(project=project, **kwargs)
@@ -134,6 +139,12 @@ def side_run(project: str, init_kwargs: Mapping[str, Any], **run_fields: Any) ->
     else:
         run.finish()  # a no-op when the block finished it
     finally:
-        # the SDK's own package: Run has no public "finished" flag yet
-        if before is not None and lifecycle.current_run() is None and not before._finished:
-            lifecycle.started(before)  # the user's run is the current one again
+        restore_current(before)
+
+
+def restore_current(before: Run | None) -> None:
+    """Makes `before` (the run that was current before an integration started one) current
+    again, unless it finished meanwhile."""
+    # the SDK's own package: Run has no public "finished" flag yet
+    if before is not None and lifecycle.current_run() is not before and not before._finished:
+        lifecycle.started(before)
