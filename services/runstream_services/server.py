@@ -363,7 +363,8 @@ class RunstreamServer:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                marked = await asyncio.to_thread(writer.mark_crashed, int(crash_after_s * 1000))
+                owns = self.kafka_writer.owns_run if self.kafka_writer is not None else None
+                marked = await asyncio.to_thread(writer.mark_crashed, int(crash_after_s * 1000), owns=owns)
             except Exception:
                 log.exception("crash detection failed; retrying in %ss", interval_s)
                 continue

@@ -94,7 +94,7 @@ def test_round_trip_keeps_envelopes_topics_and_per_run_order(settings):
     art = ingest_pb2.IngestRequest(
         seq=101,
         client_id="c1",
-        artifact=ingest_pb2.ArtifactEvent(project="p", run_id="a", inline_data=b"z" * 1000),
+        artifact=ingest_pb2.ArtifactEvent(project="p", run_id="a", name="weights", inline_data=b"z" * 1000),
     )
     published += [envelope(start, "a"), envelope(art, "a")]
 
@@ -118,7 +118,8 @@ def test_round_trip_keeps_envelopes_topics_and_per_run_order(settings):
     for record in records:
         by_topic.setdefault(record.topic, []).append(record)
     assert len(by_topic[runs_topic(settings.kafka_topic_prefix)]) == 41
-    assert [r.key for r in by_topic[artifacts_topic(settings.kafka_topic_prefix)]] == [b"a"]
+    # artifacts are keyed by project + name: one writer numbers all versions of a name
+    assert [r.key for r in by_topic[artifacts_topic(settings.kafka_topic_prefix)]] == [b"p\x00weights"]
     received = {(e.client_id, e.seq): e for e in map(envelope_from_record, records)}
     for sent in published:
         got = received[(sent.client_id, sent.seq)]

@@ -4,12 +4,14 @@ blocks, commits only after inserts, exact re-forming of a half-written block."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from runstream.v1 import ingest_pb2
 from runstream_services.artifacts.local import LocalArtifactStore
@@ -327,3 +329,91 @@ def test_writer_joins_with_its_static_group_instance_id(setup):
     assert len(members) == 1
     assert members[0]["member_id"].startswith("writer-0-"), members[0]["member_id"]
     assert members[0]["client_id"] == "runstream-writer"
+
+
+def artifact_event(seq: int, run_id: str, client_id: str, name: str) -> ingest_pb2.IngestRequest:
+    data = f"{run_id}/{seq}".encode()
+    return ingest_pb2.IngestRequest(
+        seq=seq,
+        client_id=client_id,
+        artifact=ingest_pb2.ArtifactEvent(
+            project=PROJECT, run_id=run_id, name=name, path="model.bin", size=len(data), inline_data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+        ),
+    )  # fmt: skip
+
+
+def test_two_writers_number_one_artifact_name_without_collisions(setup):
+    """Twelve runs spread over all partitions each log an artifact "model", in three waves, while
+    two writers share the group. Versions are numbered by whoever stores the event: artifact records are keyed by
+    project + name, so one writer numbers them all, 1..12 once each. (Keyed by run, as run events
+    are, each writer would take max+1 from its own view and hand out the same numbers twice.)"""
+    settings, client, store = setup
+    db = settings.clickhouse_database
+    runs = [f"run-{i}" for i in range(12)]
+    partitions = {(murmur2(r.encode()) & 0x7FFFFFFF) % 6 for r in runs}
+    assert len(partitions) >= 4, "the runs must spread over the partitions of both writers"
+    envelopes = [envelope(artifact_event(i + 1, run, "client-v", "model"), run) for i, run in enumerate(runs)]
+
+    async def scenario():
+        loops = [
+            KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
+            for _ in range(2)
+        ]
+        for loop in loops:
+            await loop.start()
+        try:
+            for _ in range(300):  # both hold partitions before anything is published
+                if all(loop._parts for loop in loops):
+                    break
+                await asyncio.sleep(0.1)
+            assert all(loop._parts for loop in loops), "both writers got partitions"
+            for wave in (envelopes[:4], envelopes[4:8], envelopes[8:]):  # each writer caches in between
+                await publish(settings, wave)
+                stored = count(client, db, "SELECT count() FROM {db}.artifacts") + len(wave)
+                for _ in range(300):
+                    if count(client, db, "SELECT count() FROM {db}.artifacts") >= stored:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            for loop in loops:
+                await loop.stop()
+
+    asyncio.run(scenario())
+    rows = client.query(f"SELECT run_id, version FROM {db}.artifacts WHERE name = 'model'").result_rows
+    assert sorted(v for _, v in rows) == list(range(1, 13)), rows
+    assert sorted(r for r, _ in rows) == sorted(runs)
+
+
+def test_crash_detection_judges_only_the_runs_of_owned_partitions(setup):
+    """With several writers each marks crashed only the silent runs whose partition it holds."""
+    settings, client, store = setup
+    db = settings.clickhouse_database
+    runs = [f"run-{i}" for i in range(8)]
+    envelopes = [envelope(run_start(i + 1, run, "client-s"), run) for i, run in enumerate(runs)]
+
+    async def scenario():
+        writer = StoreWriter(client, db, store, settings)
+        loop = KafkaWriterLoop(settings, writer, client=client)
+        await publish(settings, envelopes)
+        await loop.start()
+        try:
+            for _ in range(300):
+                if count(client, db, "SELECT count() FROM {db}.runs FINAL") >= len(runs):
+                    break
+                await asyncio.sleep(0.1)
+            owned = {r for r in runs if loop.owns_run(PROJECT, r)}
+            assert owned == set(runs), "a single writer of the group owns every partition"
+            # pretend this writer held only the even partitions: the others are not its to judge
+            half = {r for r in runs if (murmur2(r.encode()) & 0x7FFFFFFF) % 6 % 2 == 0}
+            marked = writer.mark_crashed(
+                0, now_ms=int(time.time() * 1000) + 10_000, owns=lambda p, r: r in half
+            )
+        finally:
+            await loop.stop()
+        return half, marked
+
+    half, marked = asyncio.run(scenario())
+    assert {r for _, r in marked} == half and half
+    states = dict(client.query(f"SELECT run_id, state FROM {db}.runs FINAL").result_rows)
+    assert {r for r, s in states.items() if s == "crashed"} == half

@@ -38,7 +38,13 @@ from clickhouse_connect.driver.client import Client
 from runstream_services.bus.base import Envelope, Sink, WriteResult
 from runstream_services.bus.kafka.dead_letter import DeadLetters, is_deterministic, screen
 from runstream_services.bus.kafka.headers import envelope_from_record
-from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, topics
+from runstream_services.bus.kafka.topics import (
+    ensure_topics,
+    max_record_bytes,
+    partition_for,
+    runs_topic,
+    topics,
+)
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
@@ -226,6 +232,16 @@ class KafkaWriterLoop:
         yield "runstream_dead_letters_total", {}, self.dead_letters.count
 
     # ---- rebalance ----------------------------------------------------------------------------
+
+    def owns_run(self, project: str, run_id: str) -> bool:
+        """Whether this writer holds the partition of the run's events now: it alone stores them,
+        so it alone may judge the run silent (crash detection) without racing another writer."""
+        consumer, topic = self._consumer, runs_topic(self.settings.kafka_topic_prefix)
+        partitions = consumer.partitions_for_topic(topic) if consumer is not None else None
+        if not partitions:
+            return False
+        tp = TopicPartition(topic, partition_for(run_id.encode(), len(partitions)))
+        return tp in self._parts
 
     async def _on_revoked(self, revoked) -> None:
         # The group coordinator calls this from its own task: wait for the blocks being written

@@ -43,7 +43,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
@@ -228,9 +228,13 @@ class StoreWriter:
             row = self._get_run_locked(project, run_id)
         return row.state if row else None
 
-    def mark_crashed(self, stale_after_ms: int, now_ms: int | None = None) -> list[tuple[str, str]]:
+    def mark_crashed(
+        self, stale_after_ms: int, now_ms: int | None = None, owns: Callable[[str, str], bool] | None = None
+    ) -> list[tuple[str, str]]:
         """Marks 'running' runs whose last heartbeat is older than `stale_after_ms` as crashed: their
         process died without finishing. A later heartbeat or resume makes them running again.
+        `owns(project, run_id)`: only runs whose events this writer stores (several Kafka writers:
+        each judges its own partitions, so none overwrites a heartbeat another just stored).
         Returns the (project, run_id) pairs marked."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         cutoff = now_ms - stale_after_ms
@@ -241,6 +245,8 @@ class StoreWriter:
         pending, marked = _Pending(), []
         with self._meta_lock:
             for project, run_id in stale:
+                if owns is not None and not owns(project, run_id):
+                    continue
                 row = self._get_run_locked(project, run_id)
                 note = run_state.crash_if_silent(row, cutoff) if row is not None else None
                 if row is None or note is None:

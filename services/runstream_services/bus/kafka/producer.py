@@ -19,7 +19,7 @@ from runstream_services import run_state
 from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.bus.kafka.directory import RunDirectory
 from runstream_services.bus.kafka.headers import record_headers
-from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, topic_for
+from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, record_key, topic_for
 from runstream_services.config import ServerSettings
 from runstream_services.errors import ResourceExhausted, Unavailable
 
@@ -118,7 +118,7 @@ class KafkaBus:
                     await producer.send(
                         topic_for(self.prefix, envelope.kind),
                         value=envelope.payload,
-                        key=envelope.run_id.encode(),
+                        key=record_key(envelope),
                         headers=record_headers(envelope),
                     )
                 )

@@ -6,7 +6,8 @@ travels on ONE topic keyed by run_id:
 
 - `<prefix>.runs`        RunStart, RunUpdate, RunFinish and MetricBatch (the run's event stream)
 - `<prefix>.artifacts`   ArtifactEvent (inline bytes up to 1 MiB go to the object store on the
-                         writer side; kept apart so they never hold back a run's metrics)
+                         writer side; kept apart so they never hold back a run's metrics), keyed
+                         by project + artifact name: one writer numbers a name's versions
 - `<prefix>.run-states`  compacted, one partition: the state each run event set (directory.py)
 - `<prefix>.dead-letter` records a writer can never store, with why (dead_letter.py); not consumed
 
@@ -22,6 +23,7 @@ import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
@@ -60,6 +62,26 @@ def all_topics(prefix: str) -> list[str]:
 def topic_for(prefix: str, kind: str) -> str:
     """The topic an envelope of this body kind travels on."""
     return artifacts_topic(prefix) if kind == "artifact" else runs_topic(prefix)
+
+
+def record_key(envelope) -> bytes:
+    """The key an envelope is published under, which picks its partition and so its writer.
+    Run events: the run id (a run's events stay in order, on one writer). Artifact events: the
+    project and artifact name, so one writer allocates every version of a name, in order; with
+    run keys, two runs logging "model" on two writers would both take the next version."""
+    if envelope.kind == "artifact":
+        request = envelope.request
+        if request is None:
+            from runstream.v1 import ingest_pb2
+
+            request = ingest_pb2.IngestRequest.FromString(envelope.payload)
+        return f"{envelope.project}\x00{request.artifact.name}".encode()
+    return envelope.run_id.encode()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as the Java client) gives `key`."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def max_record_bytes(settings: ServerSettings) -> int:
