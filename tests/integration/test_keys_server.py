@@ -32,16 +32,17 @@ def keyed_server(tmp_path):
     keys_file = tmp_path / "keys.json"
     writer = json.loads(keys_cli(keys_file, "create", "--project", "vision", "--role", "write", "--json"))
     reader = json.loads(keys_cli(keys_file, "create", "--project", "nlp", "--role", "read", "--json"))
+    admin = json.loads(keys_cli(keys_file, "create", "--project", "*", "--role", "admin", "--json"))
     server = ServerProcess(
         tmp_path / "server",
         env={"RUNSTREAM_AUTH_REQUIRED": "true", "RUNSTREAM_API_KEYS_FILE": str(keys_file)},
     ).start()
-    yield server, keys_file, writer, reader
+    yield server, keys_file, writer, reader, admin
     server.stop()
 
 
 def test_cli_made_keys_log_and_read_and_a_revoked_key_is_refused_without_a_restart(keyed_server, tmp_path):
-    server, keys_file, writer, reader = keyed_server
+    server, keys_file, writer, reader, _ = keyed_server
     assert writer["key"] not in keys_file.read_text()
     run = runstream.init(
         project="vision", api_key=writer["key"], **quick_sdk_options(server.endpoint, tmp_path)
@@ -72,3 +73,22 @@ def test_cli_made_keys_log_and_read_and_a_revoked_key_is_refused_without_a_resta
             time.sleep(0.2)
         assert code == "UNAUTHENTICATED"
     assert server.proc.poll() is None  # the same process, never restarted
+
+
+def test_the_admin_role_of_a_cli_made_key_guards_protected_aliases(keyed_server, tmp_path):
+    server, _, writer, _, admin = keyed_server
+    run = runstream.init(
+        project="vision", api_key=writer["key"], **quick_sdk_options(server.endpoint, tmp_path)
+    )
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"weights" * 100)
+    run.log_artifact(weights, name="model")
+    version = run.register_model("model", "classifier", aliases=["staging"])["version"]
+    assert run.finish(timeout_s=30)
+    with runstream.Api(endpoint=server.endpoint, api_key=writer["key"]) as api:
+        with pytest.raises(ServerError) as info:
+            api.set_alias("vision", "classifier", "production", version)
+        assert info.value.code == "PERMISSION_DENIED" and "admin" in info.value.details
+    with runstream.Api(endpoint=server.endpoint, api_key=admin["key"]) as api:
+        assert api.set_alias("vision", "classifier", "production", version, reason="release") == 0
+        assert api.delete_alias("vision", "classifier", "production", reason="rollback") == version
