@@ -119,6 +119,8 @@ def test_grid_search_logs_one_run_per_candidate_in_one_group(embedded_server, tm
 def test_randomized_search_with_a_single_score_and_a_generated_group(embedded_server, tmp_path):
     X, y = load_diabetes(return_X_y=True)
     search = RandomizedSearchCV(Ridge(), {"alpha": [0.001, 0.1, 10.0, 100.0]}, n_iter=3, cv=2, random_state=0)
+    with pytest.raises(ValueError, match="call fit first"):
+        rs_sklearn.log_search(search, "sk-rand")
     search.fit(X, y)
     endpoint = embedded_server.endpoint
     run_ids = rs_sklearn.log_search(

@@ -147,6 +147,8 @@ def log_search(
     ..., one point each), which are also its summary, with the fit and score times. The best
     candidate (rank 1 of the refit scorer) is tagged "best". `init_kwargs` go to runstream.init
     (endpoint, tags, settings...). Returns the run ids in candidate order."""
+    if not hasattr(search, "cv_results_"):
+        raise ValueError(f"{WHO}.log_search: {type(search).__name__} has no cv_results_: call fit first")
     results: Mapping[str, Any] = search.cv_results_
     params_list = results["params"]
     group = group or f"{type(search).__name__.lower()}-{uuid.uuid4().hex[:8]}"
