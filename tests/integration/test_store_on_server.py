@@ -98,6 +98,46 @@ def test_server_store_uses_insert_arrow_and_its_dedup_token(standin):
     assert client.query(f"SELECT count(), sum(v) FROM {db}.t").result_rows == [(4, 7.0)]
 
 
+def test_two_processes_migrating_together_apply_each_migration_once(standin):
+    """Two servers starting at once (migrate_on_start) on one ClickHouse server (the STAND-IN):
+    the migration lock lets one apply the migrations; the other finds them applied."""
+    import threading
+
+    from runstream_services.storage.migrations import available
+
+    db = f"mig_{uuid.uuid4().hex[:8]}"
+    results: list[list[int]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(migrate(connect(standin.dsn), db))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    every = [v for v, _, _ in available()]
+    assert sorted(results, key=len) == [[], every]
+    client = connect(standin.dsn)
+    rows = client.query(
+        f"SELECT version, count() FROM {db}.schema_migrations GROUP BY version ORDER BY version"
+    )
+    assert rows.result_rows == [(v, 1) for v in every]
+    assert client.query(f"EXISTS TABLE {db}.schema_migrations_lock").result_rows == [(0,)]
+
+
+def test_a_lock_left_by_a_crashed_migration_names_its_holder(standin):
+    from runstream_services.errors import Unavailable
+    from runstream_services.storage.migrations import MigrationLock
+
+    client = connect(standin.dsn)
+    db = f"mig_{uuid.uuid4().hex[:8]}"
+    client.command(f"CREATE DATABASE {db}")
+    crashed = MigrationLock(client, db)
+    crashed.holder = "pod-a pid 7"
+    crashed.__enter__()  # and never exits
+    with pytest.raises(Unavailable, match=r"pod-a pid 7 since .* DROP TABLE mig_\w+\.schema_migrations_lock"):
+        migrate(client, db, lock_wait_s=1)
+
+
 # --------------------------------------------------- the query service, on a server store (stand-in)
 
 

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from runstream_services.errors import ConfigError
+from runstream_services.errors import ConfigError, Unavailable
 
 log = logging.getLogger("runstream.migrate")
 
@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{db}: {'up to date' if not lacking else f'{len(lacking)} migration(s) missing'}")
             return 1 if lacking else 0
         applied = migrate(client, db)
-    except ConfigError as exc:
+    except (ConfigError, Unavailable) as exc:  # e.g. the migration lock held too long
         print(f"runstream migrate: {exc}", file=sys.stderr)
         return 2
     print(f"{db}: applied {applied}" if applied else f"{db}: up to date, nothing to apply")
