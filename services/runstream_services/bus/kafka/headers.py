@@ -1,10 +1,11 @@
 """The record layout of the Kafka bus: Envelope <-> Kafka record.
 
-key = run_id (per-run order), value = the serialized IngestRequest (untouched), headers = the
-other Envelope fields: client_id, seq, project, received_ms, `body` (the body kind) and `points`
-(metric points), so neither the producer nor a writer sizing its blocks decodes a payload.
-Every record KafkaBus has written carries all six headers (`body` and `points` since the first
-version). A record without `body` (written by some other producer) is still read correctly: its
+key = topics.record_key (run events: the run id, for per-run order; artifact events: project +
+name), value = the serialized IngestRequest (untouched), headers = the other Envelope fields:
+client_id, seq, project, run_id, received_ms, `body` (the body kind) and `points` (metric
+points), so neither the producer nor a writer sizing its blocks decodes a payload. Records
+written before the `run_id` header existed were keyed by run id: the key is their run id.
+Every record KafkaBus has written carries `body` and `points` (since the first version). A record without `body` (written by some other producer) is still read correctly: its
 kind and points are then taken from the parsed payload, which the writer reuses.
 """
 
@@ -32,6 +33,7 @@ def record_headers(envelope: Envelope) -> list[tuple[str, bytes]]:
         ("client_id", envelope.client_id.encode()),
         ("seq", str(envelope.seq).encode()),
         ("project", envelope.project.encode()),
+        ("run_id", envelope.run_id.encode()),
         ("received_ms", str(envelope.received_ms).encode()),
         ("body", envelope.kind.encode()),
         ("points", str(envelope.points).encode()),
@@ -48,7 +50,7 @@ def envelope_from_record(record: Record) -> Envelope:
         seq=int(headers["seq"]),
         kind=kind,
         project=headers["project"].decode(),
-        run_id=(record.key or b"").decode(),
+        run_id=(headers.get("run_id") or record.key or b"").decode(),
         payload=payload,
         received_ms=int(headers["received_ms"]),
         points=points,
