@@ -1,18 +1,25 @@
 """Certificates made at test time (the `cryptography` package): a CA, a server certificate for
 127.0.0.1 / localhost signed by it, a client certificate for mTLS, and an unrelated CA to prove
-that a client trusting the wrong CA is refused. Nothing is read from or written to the repo."""
+that a client trusting the wrong CA is refused. Nothing is read from or written to the repo.
+TlsServerProcess: a `runstream server` child process whose health wait speaks TLS."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from runstream.tls import Tls, channel
+from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+from tests.server_process import ServerProcess
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -131,3 +138,26 @@ def make_tls_files(folder: Path) -> TlsFiles:
         other_client_cert=folder / "stranger.crt",
         other_client_key=folder / "stranger.key",
     )
+
+
+class TlsServerProcess(ServerProcess):
+    """A ServerProcess whose health wait connects with TLS (and a client certificate for mTLS)."""
+
+    def __init__(self, data_dir, tls: Tls, extra_args):
+        super().__init__(data_dir, extra_args)
+        self.tls = tls
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with channel(self.endpoint, self.tls) as ch:
+                    ingest_pb2_grpc.IngestServiceStub(ch).Health(ingest_pb2.HealthRequest(), timeout=2)
+                    return
+            except grpc.RpcError as exc:
+                last = exc
+                time.sleep(0.2)
+        raise TimeoutError(f"TLS server not healthy after {timeout_s}s ({last}):\n{self.log_tail()}")

@@ -3,7 +3,7 @@ and hashed keys: a viewer sees the sign-in form (never data) until they enter a 
 accepts; a wrong key is refused; a project-A key sees project A only, while a second viewer signed
 in at the same time with a project-B key sees B only (answers are cached per viewer); signing out
 returns to the form. The dashboard is started with an admin key in RUNSTREAM_API_KEY to prove it
-does not use a process-wide key."""
+does not use a process-wide key. Last, a dashboard given RUNSTREAM_TLS_CA reads a TLS-only server."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 import runstream
+from runstream.tls import Tls
 from runstream_services.auth import keyfile
 from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, launch_chromium, wait_idle
 from tests.sdk_options import quick_sdk_options
 from tests.server_process import ServerProcess
+from tests.tls_certs import TlsServerProcess, make_tls_files
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
@@ -156,3 +158,40 @@ def test_each_viewer_sees_only_the_projects_of_their_own_key(deployment, browser
     finally:
         ctx_a.close()
         ctx_b.close()
+
+
+def test_the_dashboard_reads_a_tls_server_with_the_ca_from_its_settings(browser, tmp_path):
+    """`runstream dashboard` with RUNSTREAM_TLS_CA in its environment against a TLS-only server
+    (auth off: no sign-in): the Projects page lists what the SDK logged over TLS."""
+    certs = make_tls_files(tmp_path / "certs")
+    srv = TlsServerProcess(
+        tmp_path / "data", Tls(True, str(certs.ca)),
+        ["--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key)],
+    ).start()  # fmt: skip
+    dash = None
+    try:
+        run = runstream.init(
+            project="tls-project", tls_ca=str(certs.ca), **quick_sdk_options(srv.endpoint, tmp_path)
+        )
+        run.log({"loss": 0.5}, step=0)
+        assert run.finish(timeout_s=30)
+        old = os.environ.get("RUNSTREAM_TLS_CA")
+        os.environ["RUNSTREAM_TLS_CA"] = str(certs.ca)
+        try:
+            dash = DashboardProcess(srv.endpoint, tmp_path / "streamlit.log").start()
+        finally:
+            if old is None:
+                os.environ.pop("RUNSTREAM_TLS_CA")
+            else:
+                os.environ["RUNSTREAM_TLS_CA"] = old
+        context, page = _new_page(browser)
+        try:
+            page.goto(dash.url)
+            wait_idle(page)
+            assert _projects_listed(page) == ["tls-project"]
+        finally:
+            context.close()
+    finally:
+        if dash is not None:
+            dash.stop()
+        srv.stop()

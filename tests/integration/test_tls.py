@@ -7,39 +7,13 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 
 import runstream
 from runstream.errors import ConfigError, ServerUnavailableError
-from runstream.tls import Tls, channel
-from runstream.v1 import ingest_pb2, ingest_pb2_grpc
+from runstream.tls import Tls
 from tests.sdk_options import quick_sdk_options
-from tests.server_process import ServerProcess
-from tests.tls_certs import TlsFiles, make_tls_files
-
-
-class TlsServerProcess(ServerProcess):
-    """A ServerProcess whose health wait connects with TLS (and a client certificate for mTLS)."""
-
-    def __init__(self, data_dir, tls: Tls, extra_args):
-        super().__init__(data_dir, extra_args)
-        self.tls = tls
-
-    def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with channel(self.endpoint, self.tls) as ch:
-                    ingest_pb2_grpc.IngestServiceStub(ch).Health(ingest_pb2.HealthRequest(), timeout=2)
-                    return
-            except grpc.RpcError as exc:
-                last = exc
-                time.sleep(0.2)
-        raise TimeoutError(f"TLS server not healthy after {timeout_s}s ({last}):\n{self.log_tail()}")
+from tests.tls_certs import TlsFiles, TlsServerProcess, make_tls_files
 
 
 @pytest.fixture(scope="module")
