@@ -91,7 +91,7 @@ def where(record) -> tuple[str, str]:
     """(project, run) of a record, for the log line, as far as its headers and key say."""
     headers = dict(record.headers or ())
     project = headers.get("project", b"?").decode("utf-8", "replace")
-    return project, (record.key or b"?").decode("utf-8", "replace")
+    return project, (headers.get("run_id") or record.key or b"?").decode("utf-8", "replace")
 
 
 class DeadLetters:
