@@ -1,6 +1,6 @@
 """Optuna into Runstream: each trial of a study becomes a run (its params, objective value,
-per-epoch intermediate values and state), the study being the group; pruned trials show where
-they stopped.
+per-epoch curves logged live from the objective, and state), the study being the group; pruned
+trials show where they stopped.
 
     runstream server &                        # or RUNSTREAM_ENDPOINT=host:port
     python client/examples/optuna_study.py --project optuna-example --trials 30
@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import train_test_split
 
+import runstream
 from runstream.integrations.optuna import RunstreamCallback
 
 
@@ -34,6 +35,9 @@ def main() -> None:
     X_train, X_valid, y_train, y_valid = train_test_split(X / 16.0, y, test_size=0.3, random_state=0)
     classes = np.unique(y)
 
+    callback = RunstreamCallback(project=args.project)
+
+    @callback.track  # the trial's run is current while the objective runs: runstream.log lands in it
     def objective(trial: optuna.Trial) -> float:
         model = SGDClassifier(
             alpha=trial.suggest_float("alpha", 1e-6, 1e-1, log=True),
@@ -44,6 +48,9 @@ def main() -> None:
         for epoch in range(args.epochs):  # one pass per epoch; the pruner may stop a poor trial
             model.partial_fit(X_train, y_train, classes=classes)
             accuracy = model.score(X_valid, y_valid)
+            runstream.log(
+                {"val_accuracy": accuracy, "train_accuracy": model.score(X_train, y_train)}, step=epoch
+            )
             trial.report(accuracy, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -52,7 +59,6 @@ def main() -> None:
     study = optuna.create_study(
         study_name=args.study, direction="maximize", pruner=optuna.pruners.MedianPruner(n_warmup_steps=2)
     )
-    callback = RunstreamCallback(project=args.project)
     study.optimize(objective, n_trials=args.trials, callbacks=[callback])
     best = study.best_trial
     print(

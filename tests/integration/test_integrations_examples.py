@@ -15,18 +15,18 @@ import pytest
 import runstream
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "client" / "examples"
-CASES = {  # example -> (extra modules it needs, arguments, runs it leaves)
-    "sklearn_search.py": (["sklearn"], ["--folds", "2"], 9),  # 8 candidates + the refit
-    "xgboost_train.py": (["xgboost"], ["--rounds", "15"], 1),
-    "lightgbm_train.py": (["lightgbm"], ["--rounds", "15"], 1),
-    "optuna_study.py": (["optuna", "sklearn"], ["--trials", "4", "--epochs", "3"], 4),
-    "keras_train.py": (["jax", "keras", "sklearn"], ["--epochs", "1"], 1),
+CASES = {  # example -> (extra modules it needs, arguments, runs it leaves, a metric every run has)
+    "sklearn_search.py": (["sklearn"], ["--folds", "2"], 9, None),  # 8 candidates + the refit
+    "xgboost_train.py": (["xgboost"], ["--rounds", "15"], 1, "valid/rmse"),
+    "lightgbm_train.py": (["lightgbm"], ["--rounds", "15"], 1, "valid/auc"),
+    "optuna_study.py": (["optuna", "sklearn"], ["--trials", "4", "--epochs", "3"], 4, "val_accuracy"),
+    "keras_train.py": (["jax", "keras", "sklearn"], ["--epochs", "1"], 1, "val_loss"),
 }
 
 
 @pytest.mark.parametrize("example", sorted(CASES))
 def test_example_runs_and_its_runs_arrive(example, embedded_server, tmp_path):
-    modules, args, runs = CASES[example]
+    modules, args, runs, metric = CASES[example]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]  # found, not imported (keras
     if missing:  # would pick its backend in this process)
         pytest.skip(f"{example} needs {', '.join(missing)} (pip install -e '.[dev]')")
@@ -48,3 +48,5 @@ def test_example_runs_and_its_runs_arrive(example, embedded_server, tmp_path):
     assert len(table) == runs and set(table.state) == {"finished"}, table[["name", "state"]]
     metric_columns = [c for c in table.columns if c.startswith("metrics.")]
     assert metric_columns and table[metric_columns].notna().any(axis=1).all()  # every run has metrics
+    if metric is not None:
+        assert table[f"metrics.{metric}"].notna().all()
