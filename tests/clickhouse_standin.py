@@ -194,8 +194,8 @@ def _identifier(name: str) -> str:
 
 
 def _literal(value: str) -> str:
-    if re.fullmatch(r"-?\d+(\.\d+)?", value):
-        return value
+    """A string literal: a server parses every setting from its text (SET x = '3' sets a number;
+    SET token = 123 would not set a String setting)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

@@ -60,6 +60,10 @@ def test_settings_apply_to_their_request_only_and_unknown_ones_fail(standin):
     sql = "SELECT value FROM system.settings WHERE name = 'max_threads'"
     assert _get(standin, query=sql, max_threads="3")[2] == b"3\n"
     assert _get(standin, query=sql)[2] != b"3\n"
+    token = "SELECT getSetting('insert_deduplication_token')"
+    assert (
+        _get(standin, query=token, insert_deduplication_token="123")[2] == b"123\n"
+    )  # text, as a server parses it
     status, headers, _ = _get(standin, query="SELECT 1", no_such_setting="1")
     assert (status, headers["X-ClickHouse-Exception-Code"]) == (400, "115")
 
