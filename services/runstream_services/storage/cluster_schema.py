@@ -45,6 +45,9 @@ GLOBAL_TABLES = frozenset(
         "model_alias_moves",
         "registered_model_edits",
         "model_version_claims",
+        "run_edits",
+        "alert_rules",
+        "alert_firings",
     }
 )
 """Replicated on every node, not sharded: small, and read right after they are written."""
