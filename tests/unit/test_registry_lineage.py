@@ -7,6 +7,7 @@ be: separate locks) creating versions of one model at once on real in-process ch
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -145,3 +146,54 @@ def test_two_registry_processes_never_hand_out_one_version_number_twice(chdb_dsn
         f"SELECT version, count() FROM {database}.model_versions GROUP BY version"
     ).result_rows
     assert sorted(stored) == [(v, 1) for v in range(1, 17)]
+
+
+def test_alias_moves_from_two_registry_processes_form_one_chain(chdb_dsn, database):
+    """Two servicers (separate locks, like two query replicas) move one alias at the same time:
+    the moves are claimed one after another, so sorted by revision every move starts where the
+    previous one ended, the audit log says the same, and the alias ends where the last move put it.
+    (Run and artifact rows inserted straight into the tables: a stand-in for the ingest path.)"""
+    client = connect(chdb_dsn)
+    migrations.migrate(client, database)
+    client.insert(
+        f"{database}.runs",
+        [["p", "r1", "", 0, "[]", 1]],
+        column_names=["project", "run_id", "git_commit", "git_dirty", "datasets", "version"],
+    )
+    client.insert(
+        f"{database}.artifacts",
+        [["p", "r1", "model", "model.bin", 1, "t1", "a" * 64, 3]],
+        column_names=["project", "run_id", "name", "path", "version", "version_tag", "sha256", "size"],
+    )
+    pool = ClientPool(chdb_dsn, size=4)
+    replicas = [RegistryServicer(pool, database), RegistryServicer(pool, database)]
+    create = registry_pb2.CreateModelVersionRequest(
+        project="p", model="m", run_id="r1", artifact_name="model", create_model=True
+    )
+
+    async def moves() -> list[registry_pb2.SetAliasResponse]:
+        for _ in range(3):
+            await replicas[0].CreateModelVersion(create, None)
+        requests = [
+            registry_pb2.SetAliasRequest(project="p", model="m", alias="staging", version=1 + i % 3)
+            for i in range(12)
+        ]
+        return await asyncio.gather(*(replicas[i % 2].SetAlias(r, None) for i, r in enumerate(requests)))
+
+    answers = asyncio.run(moves())
+    rows = client.query(
+        f"SELECT from_version, to_version, revision FROM {database}.model_alias_moves ORDER BY revision"
+    ).result_rows
+    assert len({r[2] for r in rows}) == len(rows)
+    chain = [(int(f), int(t)) for f, t, _ in rows]
+    assert chain[0][0] == 0 and all(chain[i][0] == chain[i - 1][1] for i in range(1, len(chain))), chain
+    assert all(f != t for f, t in chain)
+    # every call's answer is the move it made (or, for a move to the current target, that target)
+    made = sorted((a.previous_version, a.version) for a in answers if a.previous_version != a.version)
+    assert made == sorted(chain)
+    audit = client.query(
+        f"SELECT detail FROM {database}.audit_log WHERE action LIKE 'alias.%' ORDER BY time_ms"
+    ).result_rows
+    assert sorted((json.loads(d)["from"], json.loads(d)["to"]) for (d,) in audit) == sorted(chain)
+    current = asyncio.run(replicas[1].GetModel(registry_pb2.GetModelRequest(project="p", name="m"), None))
+    assert current.model.aliases["staging"] == chain[-1][1]

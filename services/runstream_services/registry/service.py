@@ -8,11 +8,11 @@ a training job's path. Changes to one model are serialized in this process (a lo
 Version numbers are also safe across processes serving one database: a version number is
 claimed with an insert whose deduplication token is (project, model, number), the store keeps
 only the first such claim, and only the claimant that reads its own claim back writes the
-version (`_claim_version`; this relies on the store deduplicating inserts by token and showing
-an insert to the next read, as chDB and a single ClickHouse server do). Alias moves and metadata
-edits are serialized per process only: two processes moving one alias at the same moment both
-succeed, the move with the higher revision (unix microseconds of its process's clock) wins, and
-the audit log's "from" of one of them names the target before the other's move.
+version, and the moves of one alias are claimed the same way, in order, so each move's "from"
+is the previous move's "to" whichever process made it (claims.py). Metadata edits are serialized
+per process only: two processes editing one model's or version's description at the same moment
+both write, the edit with the higher revision is current, and the audit log's "from" of one of
+them is the metadata before the other's edit.
 
 Run inputs and lineage (UseArtifact, ListRunInputs, GetLineage) are in inputs.py, mixed in here.
 
@@ -31,20 +31,17 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any
 
 from runstream.v1 import registry_pb2, registry_pb2_grpc
-from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound
 from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import Query, checked_db
-from runstream_services.registry import rules, sql
+from runstream_services.registry import claims, rules, sql
 from runstream_services.registry.inputs import InputCalls
 from runstream_services.storage.clickhouse import ClientPool
 
 log = logging.getLogger("runstream.registry")
-
-MAX_CLAIMS = 50  # version numbers one CreateModelVersion tries before giving up
 
 
 def _now_ms() -> int:
@@ -314,7 +311,7 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
             if model_row is None:
                 await self._create_model(project, model, "", protected, actor)
             commit, dirty, datasets = run_rows[0]
-            version = await self._claim_version(project, model)
+            version = await claims.version_number(self._rows, self._insert, self.db, project, model)
             row = [
                 project, model, version, request.run_id, chosen.name, chosen.version, chosen.sha256,
                 chosen.files_json(), datasets or "[]", commit, dirty, actor, _now_ms(), description,
@@ -335,29 +332,6 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
             stored = await self._version_row(project, model, version)
         proto = self._version_proto(project, model, stored, edits.get(version, []), sorted(aliases))
         return registry_pb2.CreateModelVersionResponse(version=proto)
-
-    async def _claim_version(self, project: str, model: str) -> int:
-        """The next version number of the model, claimed for this call alone, also against other
-        processes serving this database. Each try claims (highest written or claimed) + 1 with an
-        insert deduplicated by (project, model, number): the store keeps the first claim of a
-        number and silently drops the others, so reading the claim back tells exactly one
-        claimant it holds the number; a loser tries the next number. A claimant that fails after
-        its claim leaves a gap in the numbers, never a duplicate."""
-        claim = uuid.uuid4().hex
-        for _ in range(MAX_CLAIMS):
-            floor = await self._rows(sql.next_version_floor(self.db, project, model))
-            version = int((floor[0][0] if floor else 0) or 0) + 1
-            await self._insert(
-                "model_version_claims", sql.CLAIM_COLUMNS, [[project, model, version, claim, _now_ms()]],
-                token=sql.claim_token(project, model, version),
-            )  # fmt: skip
-            holder = await self._rows(sql.claim_holder(self.db, project, model, version))
-            if holder and holder[0][0] == claim:
-                return version
-        raise Unavailable(
-            f"model {model!r}: no free version number after {MAX_CLAIMS} tries (other registry "
-            "processes are creating versions of it right now); try again"
-        )
 
     async def _resolve(self, project: str, model: str, version: int, alias: str) -> int:
         if version:
@@ -486,13 +460,21 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
 
     async def _move(self, project: str, model: str, alias: str, to: int, actor: str, reason: str) -> int:
         """Points `alias` at version `to` (0: deletes it) with one row, and audits the move. The
-        caller holds the model's lock and has checked the role. Returns the previous target; a
-        move to the current target writes nothing."""
-        previous = (await self._aliases(project, model)).get(alias, 0)
-        if previous == to:
+        caller holds the model's lock and has checked the role; claims.alias_turn orders the move
+        after every other process's moves of the alias. Returns the previous target; a move to
+        the current target writes nothing."""
+
+        async def load_moves() -> list[rules.AliasMove]:
+            return [m for m in (await self._moves(project, model)).get(model, []) if m.alias == alias]
+
+        turn = await claims.alias_turn(
+            self._rows, self._insert, self.db, project, model, alias, to, load_moves, self._revisions
+        )
+        previous = turn.previous
+        if not turn.revision:
             return previous
-        t = _now_ms()
-        row = [project, model, alias, to, previous, actor, reason, t, self._revisions.next()]
+        turn.check_in_time()
+        row = [project, model, alias, to, previous, actor, reason, _now_ms(), turn.revision]
         await self._insert("model_alias_moves", sql.MOVE_COLUMNS, [row])
         action = "alias.deleted" if to == 0 else ("alias.created" if previous == 0 else "alias.moved")
         await self._audit(

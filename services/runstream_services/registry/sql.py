@@ -257,6 +257,15 @@ def claim_holder(db: str, project: str, model: str, version: int) -> Query:
     )
 
 
+def claims_of(db: str, project: str, subject: str) -> Query:
+    """Rows (number, claim, time_ms) of every claim of `subject` (a model, or "model@alias")."""
+    return Query(
+        f"SELECT version, claim, time_ms FROM {db}.model_version_claims WHERE project = {{project:String}} "
+        f"AND model = {{subject:String}} ORDER BY version",
+        {"project": project, "subject": subject},
+    )
+
+
 def claim_token(project: str, model: str, version: int) -> str:
     """The deduplication token of a claim: one per (project, model, version)."""
     return "model-version-claim\n" + json.dumps([project, model, version])
