@@ -28,6 +28,8 @@ class _NoChdb:
 
 
 sys.meta_path.insert(0, _NoChdb())
+with open(os.environ["NO_CHDB_LOG"] + ".loaded", "a") as _loaded:
+    _loaded.write(" ".join(sys.orig_argv).replace("\\n", " ") + "\\n")
 '''
 
 
@@ -40,6 +42,8 @@ class NoChdb:
         (self.folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
         self.log = self.folder / "refused.txt"
         self.log.write_text("")
+        self.loaded_log = Path(f"{self.log}.loaded")
+        self.loaded_log.write_text("")
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """`base` (default os.environ) with the blocker first on PYTHONPATH."""
@@ -50,3 +54,7 @@ class NoChdb:
     def refused(self) -> list[str]:
         """The chDB module names a child asked for (and was refused), in order."""
         return self.log.read_text().split()
+
+    def loaded(self) -> list[str]:
+        """The command lines of the child interpreters that ran with the blocker."""
+        return self.loaded_log.read_text().splitlines()

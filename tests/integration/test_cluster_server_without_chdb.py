@@ -1,18 +1,25 @@
-"""The cluster ingest path of the lean install (`runstream[server]`, no chDB) serves: a `runstream
-server --bus kafka --components ingest` with chDB blocked (tests/no_chdb.py) starts against the real
-Kafka with MinIO artifacts, answers the grpc.health.v1 readiness check, takes a run from the SDK
-(acked once on Kafka), drains on SIGTERM, and never asked for chDB. The writer and query need a
-ClickHouse server for that, which this machine cannot run (tests/unit/test_server_without_chdb.py
-covers their start-up up to the connection)."""
+"""The cluster path of the lean install (`runstream[server]`, no chDB) serves with chDB blocked in
+every Runstream process (tests/no_chdb.py), and none of them ever asks for it:
+
+- `runstream server --bus kafka --components ingest` on the real Kafka with MinIO artifacts answers
+  the grpc.health.v1 readiness check, takes a run from the SDK (acked once on Kafka) and drains;
+- the whole cluster, `runstream migrate`, ingest and a `--components writer,query` process with
+  `--clickhouse-dsn http://...`, stores a run and reads it back. The ClickHouse server there is
+  tests/clickhouse_standin.py, a STAND-IN (chDB behind ClickHouse's HTTP interface, in a process of
+  its own, started before the blocker): no ClickHouse server can run on this machine."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import grpc
+import pytest
 
 import runstream
+from runstream.errors import ServerError
 from runstream_services.grpc_health import CHECK_METHOD
+from tests.clickhouse_standin import StandinProcess, server_deployment
 from tests.deployments import drop_topics, kafka_env, new_prefix
 from tests.no_chdb import NoChdb
 from tests.sdk_options import quick_sdk_options
@@ -50,4 +57,41 @@ def test_cluster_ingest_serves_without_chdb(services, tmp_path):
     finally:
         server.stop()
         drop_topics(services.kafka_bootstrap, prefix)
+    assert any("--components ingest" in cmd for cmd in blocker.loaded()), blocker.loaded()
+    assert blocker.refused() == []
+
+
+def test_cluster_on_a_clickhouse_server_stores_and_reads_without_chdb(services, tmp_path, monkeypatch):
+    pytest.importorskip("chdb")  # the stand-in ClickHouse server runs on chDB, in its own process
+    standin = StandinProcess(tmp_path / "standin").start()
+    blocker = NoChdb(tmp_path / "block")
+    blocked = blocker.env()
+    for name in ("PYTHONPATH", "NO_CHDB_LOG"):  # every child from here on: migrate, writer, ingest
+        monkeypatch.setenv(name, blocked[name])
+    steps = 30
+    deployment = None
+    try:
+        deployment = server_deployment(tmp_path, standin, "kafka", services)
+        run = runstream.init(project="lean", **quick_sdk_options(deployment.ingest.endpoint, tmp_path))
+        for step in range(steps):
+            run.log({"loss": 1.0 / (step + 1)}, step=step)
+        assert run.finish(timeout_s=60)
+        count, deadline = None, time.monotonic() + 90
+        with runstream.Api(deployment.writer.endpoint) as api:
+            while count != steps and time.monotonic() < deadline:
+                time.sleep(0.3)
+                try:
+                    count = api.run("lean", run.id)["metrics"].get("loss", {}).get("count")
+                except ServerError as exc:  # NOT_FOUND until the writer stored the run
+                    assert exc.code == "NOT_FOUND", exc
+        assert count == steps
+        assert _readiness(deployment.writer.endpoint) == b"\x08\x01"  # its store probe: SELECT 1 over HTTP
+    finally:
+        if deployment is not None:
+            deployment.close()
+        standin.stop()
+    loaded = blocker.loaded()  # the blocker was in every Runstream process, none asked for chDB
+    assert any(" migrate " in cmd for cmd in loaded), loaded
+    assert any("--components writer,query" in cmd for cmd in loaded), loaded
+    assert any("--components ingest" in cmd for cmd in loaded), loaded
     assert blocker.refused() == []
