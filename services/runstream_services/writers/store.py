@@ -57,6 +57,7 @@ from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.config import ServerSettings
 from runstream_services.errors import InvalidArgument
 from runstream_services.metrics_http import Metrics
+from runstream_services.run_edits import rules as edit_rules
 from runstream_services.run_state import AuditNote, RunRow
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
@@ -144,6 +145,9 @@ class StoreWriter:
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
         self._runs = RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
+        # fields people edited per run, with when (run_edits/rules.py): a run event sent before
+        # an edit does not undo it. Loaded with each run's row; edits are rare, so never evicted.
+        self._pins: dict[tuple[str, str], dict[str, int]] = {}
         self._artifact_versions: dict[tuple[str, str], dict[str, int]] = {}
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
@@ -261,6 +265,34 @@ class StoreWriter:
             if self._listeners:
                 self._notify(StoredBlock([copy.deepcopy(r) for r in pending.runs.values()], [], [], []))
         return marked
+
+    def edit_run(
+        self, project: str, run_id: str, change: Callable[[RunRow], dict[str, int]]
+    ) -> RunRow | None:
+        """Applies a person's edit (run_edits/service.py): `change(row)` edits the row in place and
+        returns its pins (field -> edit time ms); the row is then stored with a new version and
+        handed to the listeners. None when no such run is stored. The state is left as it is."""
+        key = (project, run_id)
+        pending = _Pending()
+        with self._meta_lock:
+            row = self._get_run_locked(project, run_id)
+            if row is None:
+                return None
+            pins = change(row)
+            if not pins:
+                return copy.deepcopy(row)
+            self._pins.setdefault(key, {}).update(pins)
+            self._stage_run(row, pending)
+            stored = copy.deepcopy(row)
+        try:
+            self._insert_rows("runs", run_state.RUN_COLUMNS, [stored.values()], None)
+        except BaseException:
+            with self._meta_lock:
+                self._runs.pop(key, None)  # the cache is ahead of the table: reload on next use
+            raise
+        if self._listeners:
+            self._notify(StoredBlock([copy.deepcopy(stored)], [], [], []))
+        return stored
 
     def forget(
         self, *, clients: Iterable[str] | None = None, runs: Iterable[tuple[str, str]] | None = None
@@ -562,6 +594,8 @@ class StoreWriter:
         """Merges a run event into its run's row (the rules are in run_state.py) and stages the
         row, its config/summary params and its audit rows. Returns the run's key."""
         known = self._get_run_locked(env.project, env.run_id)
+        pins = self._pins.get((env.project, env.run_id))
+        before = copy.deepcopy(known) if pins and known is not None else None
         if env.kind == "run_start":
             row, notes = run_state.merge_run_start(known, req.run_start, env.received_ms)
             self._stage_params(row, "config", req.run_start.config, pending)
@@ -571,6 +605,8 @@ class StoreWriter:
             self._stage_params(row, "summary", req.run_update.summary, pending)
         else:
             row, notes = run_state.merge_run_finish(known, req.run_finish, env.received_ms)
+        if before is not None and pins:  # people's edits outlive events sent before them
+            edit_rules.keep_edits(before, row, pins, edit_rules.event_time_ms(env.kind, req))
         key = (row.project, row.run_id)
         self._runs[key] = row
         for note in notes:
@@ -615,6 +651,14 @@ class StoreWriter:
             for values in found:
                 row = RunRow.from_db(values)
                 self._runs[(row.project, row.run_id)] = row
+            for project, run_id, *edit in self.client.query(
+                f"SELECT project, run_id, field, old_value, new_value, time_ms FROM {self.db}.run_edits "
+                "WHERE (project, run_id) IN %(keys)s AND field IN ('name', 'notes', 'tags')",
+                parameters={"keys": chunk},
+            ).result_rows:
+                pins = self._pins.setdefault((project, run_id), {})
+                for pin, edited_ms in edit_rules.pins_from_rows([tuple(edit)]).items():
+                    pins[pin] = max(pins.get(pin, 0), edited_ms)
             for key in chunk:
                 if key not in self._runs:
                     self._absent[key] = now
