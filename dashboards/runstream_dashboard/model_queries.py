@@ -1,6 +1,7 @@
 """The model registry's loaders for the Models page, the model version page and the run page's
 registry section: the registry calls of the one runstream.Api of queries.py (`queries.api()`),
-shaped into DataFrames and dicts, cached like queries.py's loaders (short TTLs: registry changes
+shaped into DataFrames and dicts, cached per viewer like queries.py's loaders (login.per_viewer:
+an answer made with one viewer's key is never shown to another; short TTLs: registry changes
 are rare but a person promoting a model wants to see the move at once). A failed call raises
 runstream.errors.ServerError, as in queries.py."""
 
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import streamlit as st
 
 from runstream.lineage import LineageGraph
+from runstream_dashboard import login
 from runstream_dashboard.queries import api
 
 MODEL_COLUMNS = ["name", "latest_version", "aliases", "description", "tags", "creator", "created"]
@@ -39,7 +40,7 @@ def _version_text(v: Any) -> str:
     return f"v{v}" if v else "—"
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def models(project: str) -> pd.DataFrame:
     """The project's registered models, by name, aliases as "alias→vN"."""
     rows = [
@@ -57,7 +58,7 @@ def models(project: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def model(project: str, name: str) -> dict[str, Any]:
     """One model as runstream.registry_client.model_record (with its metadata history)."""
     from runstream.registry_client import model_record
@@ -65,7 +66,7 @@ def model(project: str, name: str) -> dict[str, Any]:
     return model_record(api().get_model(project, name))
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def versions(project: str, name: str) -> pd.DataFrame:
     """The model's versions, newest first."""
     rows = [
@@ -85,13 +86,13 @@ def versions(project: str, name: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def version(project: str, name: str, number: int) -> dict[str, Any]:
     """One version as runstream.registry_client.version_record (files, datasets, metrics, history)."""
     return api().model_version(project, name, version=number)
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def events(project: str, model_name: str = "", limit: int = MAX_EVENTS) -> pd.DataFrame:
     """The registry's audit log (of the project, or one model), newest first; from / to / reason
     taken out of each event's detail, the rest kept as JSON text."""
@@ -124,7 +125,7 @@ def alias_moves(project: str, model_name: str) -> pd.DataFrame:
     return moves[MOVE_COLUMNS].reset_index(drop=True)
 
 
-@st.cache_data(ttl=5, show_spinner=False)
+@login.per_viewer(ttl=5, show_spinner=False)
 def lineage(
     project: str,
     model_name: str = "",
@@ -148,7 +149,7 @@ class RunRegistry:
     versions: pd.DataFrame
 
 
-@st.cache_data(ttl=3, show_spinner=False)
+@login.per_viewer(ttl=3, show_spinner=False)
 def run_registry(project: str, run_id: str) -> RunRegistry:
     inputs = pd.DataFrame(
         [{**i, "time": _time(i["time_ms"])} for i in api().run_inputs(project, run_id)],

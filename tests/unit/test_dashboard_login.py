@@ -5,6 +5,8 @@ The browser test with a real server is tests/e2e/test_dashboard_login_browser.py
 
 from __future__ import annotations
 
+import ast
+
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
@@ -63,3 +65,18 @@ def test_per_viewer_caches_answers_per_key(monkeypatch):
     assert answer(1) == ("bob-key", 1)  # not alice's cached answer
     assert made == ["alice-key", "bob-key"]
     answer.clear()
+
+
+def test_every_data_loader_of_the_dashboard_is_cached_per_viewer():
+    """A loader cached with plain st.cache_data would hand one viewer's answer (made with their
+    key) to another viewer asking the same question within its TTL. Only answers that do not
+    depend on the viewer may use it: whether the server wants a key, and the OIDC key map."""
+    allowed = {("queries.py", "server_wants_a_key"), ("login.py", "_user_keys")}
+    shared = []
+    for path in APP_PATH.parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                "cache_data" in ast.unparse(d) for d in node.decorator_list
+            ):
+                shared.append((path.name, node.name))
+    assert set(shared) <= allowed, f"use @login.per_viewer(...) for {sorted(set(shared) - allowed)}"
