@@ -343,6 +343,7 @@ class Run:
     def _send_update(self, owner_only: bool = True, **fields: Any) -> None:
         if owner_only and not self.owns_config:
             return  # rank != 0 keeps config/summary locally (settings.owns_config changes that)
+        fields.setdefault("heartbeat_ms", int(time.time() * 1000))  # when it was made: edits made later win
         self._send("run_update", ingest_pb2.RunUpdate(project=self.project, run_id=self.id, **fields))
 
     @property
