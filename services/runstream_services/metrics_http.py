@@ -82,12 +82,17 @@ class Metrics:
 
 
 class MetricsHttpServer:
-    """Serves GET /metrics in the Prometheus text format; anything else is 404."""
+    """Serves GET /metrics in the Prometheus text format, and the HTTP health checks: /livez (200
+    while the process answers) and /readyz (200, or 503 with the reason while the store or Kafka
+    is unreachable or the server drains: the same answer as grpc.health.v1 `readiness`). HTTP
+    probes are what the kubelet can use when the gRPC port speaks TLS, and on writers, which
+    serve no gRPC. Anything else is 404."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int):
+    def __init__(self, metrics: Metrics, host: str, port: int, readiness=None):
         self.metrics = metrics
         self.host = host
         self.port = port
+        self.readiness = readiness  # grpc_health.Readiness, or None: always ready
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -106,10 +111,21 @@ class MetricsHttpServer:
             while await asyncio.wait_for(reader.readline(), 5) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request_line.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
+            path = parts[1].split("?")[0] if len(parts) >= 2 and parts[0] == "GET" else None
+            ctype = "text/plain"
+            if path == "/metrics":
                 status, body, ctype = "200 OK", self.metrics.render().encode(), "text/plain; version=0.0.4"
+            elif path == "/livez":
+                status, body = "200 OK", b"alive\n"
+            elif path == "/readyz":
+                why = await self.readiness.reason() if self.readiness is not None else None
+                status, body = (
+                    ("200 OK", b"ready\n")
+                    if why is None
+                    else ("503 Service Unavailable", f"{why}\n".encode())
+                )
             else:
-                status, body, ctype = "404 Not Found", b"only GET /metrics is served here\n", "text/plain"
+                status, body = "404 Not Found", b"GET /metrics, /readyz or /livez\n"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n".encode()

@@ -130,6 +130,7 @@ class RunstreamServer:
         self.auth = ApiKeys.from_settings(settings)
         self._grpc: grpc.aio.Server | None = None
         self._metrics_http: MetricsHttpServer | None = None
+        self._ready: Readiness | None = None
         self._crash_watch: asyncio.Task | None = None
         self._started = False
         self._stopping = False  # readiness answers NOT_SERVING from the moment stop() begins
@@ -296,7 +297,10 @@ class RunstreamServer:
         await self._grpc.start()
 
     def _readiness(self) -> Readiness:
-        """NOT_SERVING while stopping or draining, or while the store or Kafka does not answer."""
+        """NOT_SERVING while stopping or draining, or while the store or Kafka does not answer.
+        One instance serves grpc.health.v1 and the metrics port's /readyz."""
+        if self._ready is not None:
+            return self._ready
         probes: dict[str, Probe] = {}
         client = self.client
         if client is not None:
@@ -307,10 +311,13 @@ class RunstreamServer:
             probes["store"] = store
         if self.bus is not None and self.settings.bus == "kafka":
             probes["kafka"] = self.bus.ping
-        return Readiness(
+        elif self.kafka_writer is not None:
+            probes["kafka"] = self.kafka_writer.ping
+        self._ready = Readiness(
             draining=lambda: self._stopping or (self.ingest is not None and self.ingest.draining),
             probes=probes,
         )
+        return self._ready
 
     def _add_query_service(self, server: grpc.aio.Server) -> None:
         from runstream.v1 import query_pb2_grpc
@@ -347,7 +354,9 @@ class RunstreamServer:
     async def _serve_metrics(self) -> None:
         if not self.metrics_port:
             return
-        self._metrics_http = MetricsHttpServer(self.metrics, self.settings.host, self.metrics_port)
+        self._metrics_http = MetricsHttpServer(
+            self.metrics, self.settings.host, self.metrics_port, readiness=self._readiness()
+        )
         try:
             await self._metrics_http.start()
             self.metrics_port = self._metrics_http.port

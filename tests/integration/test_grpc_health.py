@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -33,6 +35,21 @@ def test_liveness_and_readiness_names(embedded_server):
     assert _check(embedded_server.endpoint, "readiness") == b"\x08\x01"
 
 
+def _http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_http_probes_on_the_metrics_port(embedded_server):
+    """/readyz and /livez: what the kubelet uses when gRPC speaks TLS, and on writers."""
+    assert _http(embedded_server.metrics_port, "/livez") == (200, "alive\n")
+    assert _http(embedded_server.metrics_port, "/readyz") == (200, "ready\n")
+    assert _http(embedded_server.metrics_port, "/nope")[0] == 404
+
+
 def test_draining_server_is_not_ready_but_alive(tmp_path):
     """SIGTERM: readiness answers NOT_SERVING at once (for shutdown_delay_s the server still
     serves, so load balancers can stop routing first); liveness stays SERVING."""
@@ -46,6 +63,9 @@ def test_draining_server_is_not_ready_but_alive(tmp_path):
         for name in ("", "readiness", "runstream.v1.IngestService"):
             assert _check(server.endpoint, name) == b"\x08\x02", name
         assert _check(server.endpoint, "liveness") == b"\x08\x01"
+        status, body = _http(server.metrics_port, "/readyz")
+        assert status == 503 and "draining" in body
+        assert _http(server.metrics_port, "/livez")[0] == 200
         assert server.proc.wait(30) == 0
     finally:
         server.kill()
@@ -54,3 +74,38 @@ def test_draining_server_is_not_ready_but_alive(tmp_path):
 def test_kafka_server_is_ready_when_kafka_and_the_store_answer(kafka_server):
     assert _check(kafka_server.endpoint, "readiness") == b"\x08\x01"
     assert _check(kafka_server.endpoint, "") == b"\x08\x01"
+
+
+def test_a_writer_is_not_ready_while_kafka_is_away_but_stays_alive(tmp_path):
+    """A writer process (no gRPC API): /readyz turns 503 naming Kafka when its broker stops (the
+    pod leaves rotation, dashboards see it), /livez stays 200 (no restart for an outage that is
+    not the pod's), and /readyz is 200 again once the broker is back."""
+    from tests.deployments import kafka_env, new_prefix
+    from tests.private_kafka import PrivateKafka
+    from tests.server_process import WriterProcess
+
+    kafka = PrivateKafka(tmp_path / "kafka")
+    kafka.format()
+    kafka.start()
+    writer = WriterProcess(
+        tmp_path / "writer",
+        extra_args=["--bus", "kafka", "--kafka-bootstrap", kafka.bootstrap, "--components", "writer"],
+        env=kafka_env(new_prefix()),
+    )
+    try:
+        writer.start()
+        assert _http(writer.metrics_port, "/readyz") == (200, "ready\n")
+        kafka.stop()
+        deadline = time.monotonic() + 60
+        while (answer := _http(writer.metrics_port, "/readyz"))[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert answer[0] == 503 and "kafka unreachable" in answer[1], answer
+        assert _http(writer.metrics_port, "/livez")[0] == 200
+        kafka.start()
+        deadline = time.monotonic() + 90
+        while (answer := _http(writer.metrics_port, "/readyz"))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert answer == (200, "ready\n")
+    finally:
+        writer.stop()
+        kafka.stop()

@@ -233,6 +233,14 @@ class KafkaWriterLoop:
 
     # ---- rebalance ----------------------------------------------------------------------------
 
+    async def ping(self) -> None:
+        """Returns once Kafka answered a metadata request (readiness); raises when it did not."""
+        consumer = self._consumer
+        if consumer is None:
+            raise Unavailable("the Kafka writer is not started (or was stopped)")
+        if not await consumer._client.fetch_all_metadata():
+            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} sent no metadata")
+
     def owns_run(self, project: str, run_id: str) -> bool:
         """Whether this writer holds the partition of the run's events now: it alone stores them,
         so it alone may judge the run silent (crash detection) without racing another writer."""
