@@ -221,3 +221,42 @@ def test_the_lint_refuses_distributed_unsafe_subqueries(schema, sql, refused):
     assert bool(problems(sql, schema.sharding, RUN_SHARDING_KEY)) is refused, problems(
         sql, schema.sharding, RUN_SHARDING_KEY
     )
+
+
+class RecordingClient:
+    """STAND-IN for a ClickHouse cluster node (no cluster can run here, see the module doc): it
+    records the statements `migrate` sends and keeps schema_migrations' rows, nothing else."""
+
+    uri = "http://node-1:8123"
+
+    def __init__(self):
+        self.sent: list[str] = []
+        self.versions: list[int] = []
+
+    def command(self, stmt, *args, **kwargs):
+        self.sent.append(stmt)
+
+    def query(self, sql, *args, **kwargs):
+        class Rows:
+            result_rows = [(v,) for v in self.versions] if "schema_migrations" in sql else []
+
+        return Rows()
+
+    def insert(self, table, rows, column_names=None, **kwargs):
+        if table.endswith(".schema_migrations"):
+            self.versions += [r[0] for r in rows]
+
+
+def test_migrate_with_a_cluster_sends_the_rendered_statements_once():
+    from runstream_services.storage.migrations import migrate
+
+    node = RecordingClient()
+    applied = migrate(node, DB, cluster="c1")
+    rendered = ClusterSchema(DB, "c1").render()
+    assert applied == [v for v, _, _ in rendered[1:]] == node.versions
+    ddl = [s for s in node.sent if "schema_migrations_lock" not in s]
+    assert ddl == [s for _, _, stmts in rendered for s in stmts]  # in order, each once
+    assert node.sent[-1] == f"DROP TABLE IF EXISTS {DB}.schema_migrations_lock"  # the lock was held
+    node.sent.clear()
+    assert migrate(node, DB, cluster="c1") == []  # a second Job: nothing but the idempotent head
+    assert node.sent == [s for s in rendered[0][2]]

@@ -50,6 +50,12 @@ def add_commands(sub) -> None:
     p.add_argument("--config", help="TOML settings file ([server] table), as for `runstream server`")
     p.add_argument("--clickhouse-dsn", help="chdb://<folder> or http://user:pass@host:8123")
     p.add_argument("--check", action="store_true", help="only list missing migrations; exit 1 if any")
+    p.add_argument(
+        "--cluster",
+        help="a ClickHouse cluster name (remote_servers): apply the cluster variant, ON CLUSTER, with "
+        "Replicated local tables and Distributed tables (print it: python -m "
+        "runstream_services.storage.cluster_schema)",
+    )
     p.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
     p.set_defaults(run="runstream_services.storage.migrate_command:main")
 
@@ -72,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"missing {version:04d}_{name}")
             print(f"{db}: {'up to date' if not lacking else f'{len(lacking)} migration(s) missing'}")
             return 1 if lacking else 0
-        applied = migrate(client, db)
+        applied = migrate(client, db, cluster=args.cluster)
     except (ConfigError, Unavailable) as exc:  # e.g. the migration lock held too long
         print(f"runstream migrate: {exc}", file=sys.stderr)
         return 2

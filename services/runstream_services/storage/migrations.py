@@ -39,16 +39,16 @@ def statements(sql: str, db: str) -> list[str]:
     return out
 
 
-def migrate(client: Client, db: str, lock_wait_s: float = 600) -> list[int]:
+def migrate(client: Client, db: str, lock_wait_s: float = 600, cluster: str | None = None) -> list[int]:
     """Creates `db` if needed and applies the migrations it lacks, on a server holding the
-    migration lock (MigrationLock) while it does. Returns the versions applied."""
+    migration lock (MigrationLock) while it does. Returns the versions applied. With `cluster`,
+    the statements are the cluster variant (storage/cluster_schema.py: ON CLUSTER, Replicated +
+    Distributed tables), applied once from one node for the whole cluster."""
     if not _DB_NAME.match(db):
         raise ConfigError(f"database name {db!r} must match {_DB_NAME.pattern}")
-    client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
-        "(version UInt32, name String, applied_ms Int64) ENGINE = MergeTree ORDER BY version"
-    )
+    plan = _plan(db, cluster)
+    for stmt in plan[0][2]:  # the database and schema_migrations
+        client.command(stmt)
     if not _missing(client, db):
         return []
     # chDB: this process owns the folder, no one else can migrate it (and a crash leaves no lock)
@@ -56,10 +56,10 @@ def migrate(client: Client, db: str, lock_wait_s: float = 600) -> list[int]:
     with contextlib.nullcontext() if owned else MigrationLock(client, db, lock_wait_s):
         done = _done(client, db)  # again: another process may have applied them meanwhile
         applied = []
-        for version, name, sql in available():
+        for version, name, stmts in plan[1:]:
             if version in done:
                 continue
-            for stmt in statements(sql, db):
+            for stmt in stmts:
                 client.command(stmt)
             client.insert(
                 f"{db}.schema_migrations",
@@ -68,6 +68,21 @@ def migrate(client: Client, db: str, lock_wait_s: float = 600) -> list[int]:
             )
             applied.append(version)
         return applied
+
+
+def _plan(db: str, cluster: str | None) -> list[tuple[int, str, list[str]]]:
+    """(version, name, statements): first (0, "database", ...) creating the database and
+    schema_migrations, then every migration."""
+    if cluster:
+        from runstream_services.storage.cluster_schema import ClusterSchema
+
+        return ClusterSchema(db, cluster).render()
+    head = [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, applied_ms Int64) ENGINE = MergeTree ORDER BY version",
+    ]
+    return [(0, "database", head)] + [(v, n, statements(sql, db)) for v, n, sql in available()]
 
 
 def _done(client: Client, db: str) -> set[int]:
