@@ -95,6 +95,13 @@ class ServerSettings:
     # on SIGTERM, readiness says NOT_SERVING this long before the drain starts (load balancers
     # stop routing new streams here first; traffic is still served meanwhile)
     shutdown_delay_s: float = 0.0
+    # alerts (runstream_services/alerts/): how often the no-points rules are checked and the rules
+    # reread from the store; webhook delivery attempts per firing, the first retry's delay
+    # (doubled per attempt, with jitter) and each POST's timeout
+    alerts_check_interval_s: float = 30.0
+    alert_webhook_attempts: int = 5
+    alert_webhook_backoff_s: float = 1.0
+    alert_webhook_timeout_s: float = 5.0
 
     @property
     def data_path(self) -> Path:
