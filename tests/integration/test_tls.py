@@ -143,3 +143,13 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, certs):
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+def test_an_sdk_trusting_the_wrong_ca_keeps_the_run_and_says_what_to_check(tls_server, certs, tmp_path):
+    run = runstream.init(
+        project="tls", tls_ca=str(certs.other_ca), **quick_sdk_options(tls_server.endpoint, tmp_path)
+    )
+    run.log({"loss": 1.0}, step=0)
+    with pytest.warns(RuntimeWarning, match="TLS handshake with the server failed") as caught:
+        assert not run.finish(timeout_s=3)
+    assert any("runstream sync" in str(w.message) for w in caught)  # spooled, not lost

@@ -282,6 +282,12 @@ class Pipeline:
             return False
         return await self.stream.wait_acked(self.stream.last_seq, max(0.0, deadline - time.monotonic()))
 
+    def _last_error(self, none: str) -> str:
+        """The stream's last error, with what to check when it was a failed TLS handshake."""
+        error = self.stream.stats.last_error
+        hint = self.settings.tls_config.hint(error) if error else ""
+        return f"{error}. {hint}" if hint else (error or none)
+
     async def _close(self, timeout_s: float, at_exit: bool = False) -> bool:
         """Waits for acks up to timeout_s, then spools what is left. True: all delivered."""
         deadline = time.monotonic() + timeout_s
@@ -291,7 +297,7 @@ class Pipeline:
             deadline = time.monotonic()  # nobody to wait for: spool at once
             warnings.warn(
                 f"runstream: the server {self.settings.endpoint} was never reached by this process "
-                f"({self.stream.stats.last_error or 'no answer'}); run {self.buffer.run_id!r} is saved in "
+                f"({self._last_error('no answer')}); run {self.buffer.run_id!r} is saved in "
                 f"{self.run_dir} at exit. Upload it with: runstream sync {self.run_dir}",
                 RuntimeWarning,
                 stacklevel=1,
@@ -348,7 +354,7 @@ class Pipeline:
             return False
         warnings.warn(
             f"runstream: {len(records)} request(s) of run {self.buffer.run_id!r} were not acknowledged "
-            f"(last error: {stream.stats.last_error or 'none'}); they are saved in {self.run_dir}. "
+            f"(last error: {self._last_error('none')}); they are saved in {self.run_dir}. "
             f"Upload them with: runstream sync {self.run_dir}" + (f". {lost}" if lost else ""),
             RuntimeWarning,
             stacklevel=1,
