@@ -15,6 +15,11 @@ roles: read   query runs and metrics, download artifacts
        admin  + move or delete protected aliases (e.g. production)
 project: one project name, or '*' for every project.
 
+On Kubernetes the keys file is a Secret mounted into the servers: edit a local copy with
+--keys-file and update the Secret from it (kubectl create secret generic ... --from-file=keys.json=...
+--dry-run=client -o yaml | kubectl apply -f -); the servers see the change when the kubelet
+refreshes the mount (about a minute).
+
 examples:
   runstream keys create --project mnist --role write --name ci-trainer
   runstream keys create --project '*' --role admin --name alice
