@@ -538,3 +538,59 @@ def test_alerts_use_only_metrics_the_services_export():
         for metric in re.findall(r"\b(runstream_[a-z_]+)\b", r["expr"]):
             assert metric in DECLARED, f"{r['alert']} uses {metric}, which no service exports"
         assert 'namespace="ml"' in r["expr"]
+
+
+def test_tls_mounts_the_certificate_and_clients_trust_its_ca(tmp_path):
+    """tls.enabled: servers get the certificate (and the client CA for mTLS) where the rendered
+    settings say, the settings pass the real loader, probes move to the metrics port's HTTP checks
+    (the kubelet's gRPC probe cannot speak TLS), and the dashboard and helm test pod resolve the
+    CA and client certificate through runstream.tls exactly as the SDK does."""
+    from runstream.tls import Tls
+
+    tls = {
+        "enabled": True,
+        "secretName": "rs-tls",
+        "clientCASecret": "rs-clients",
+        "clientCertSecret": "rs-dash",
+    }
+    docs = overrides(tmp_path, {"tls": tls})
+    toml = config_toml(docs)
+    assert (toml["tls_cert_file"], toml["tls_key_file"]) == (
+        "/etc/runstream/tls/tls.crt",
+        "/etc/runstream/tls/tls.key",
+    )
+    assert toml["tls_client_ca_file"] == "/etc/runstream/tls-client-ca/ca.crt"
+    for name, workload in deployments(docs).items():
+        spec, c = pod_spec(workload), container(workload)
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" not in c[kind], (name, kind)
+        if name == "dashboard":
+            env = {k: v["value"] for k, v in env_of(c).items() if "value" in v}
+            client = Tls.resolve(env=env)
+            assert client.enabled and client.ca_file == "/etc/runstream/tls-ca/ca.crt"
+            assert volumes[mounts["/etc/runstream/tls-ca"]]["secret"]["secretName"] == "rs-tls"
+            assert volumes[mounts["/etc/runstream/tls-client"]]["secret"]["secretName"] == "rs-dash"
+            continue
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert volumes[mounts["/etc/runstream/tls"]]["secret"]["secretName"] == "rs-tls"
+        assert volumes[mounts["/etc/runstream/tls-client-ca"]]["secret"]["secretName"] == "rs-clients"
+    config = tmp_path / "runstream.toml"
+    (cm,) = by_kind(docs, "ConfigMap").values()
+    config.write_text(cm["data"]["runstream.toml"])
+    loaded = load_settings({}, env={"RUNSTREAM_CLICKHOUSE_DSN": "http://u:p@h:8123"}, config_file=config)
+    assert loaded.tls_client_ca_file == toml["tls_client_ca_file"]
+    (pod,) = by_kind(docs, "Pod").values()
+    assert "tls.channel(" in pod["spec"]["containers"][0]["args"][0]
+    assert env_of(pod["spec"]["containers"][0])["RUNSTREAM_TLS_CA"]["value"] == "/etc/runstream/tls-ca/ca.crt"
+
+
+def test_tls_without_a_certificate_secret_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"tls": {"enabled": True}}))
+    proc = run_helm(
+        "template", "rs", str(CHART), "-f", str(CHART / "ci/default-values.yaml"), "-f", str(bad), check=False
+    )
+    assert proc.returncode != 0 and "tls.enabled needs tls.secretName" in proc.stderr

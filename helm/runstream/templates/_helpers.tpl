@@ -142,7 +142,12 @@ before it (from a Secret), so the password never sits in the manifest. */}}
 
 {{/* A probe. (dict "root" $ "probe" .Values.ingest.readinessProbe "httpPort" "metrics") */}}
 {{- define "runstream.probe" -}}
-{{- if eq .probe.type "grpc" -}}
+{{- if and (eq .probe.type "grpc") .root.Values.tls.enabled -}}
+{{- /* the kubelet's gRPC probe cannot speak TLS: the metrics port's HTTP checks answer the same */}}
+httpGet:
+  path: {{ ternary "/readyz" "/livez" (eq (.grpcService | default "readiness") "readiness") }}
+  port: metrics
+{{- else if eq .probe.type "grpc" -}}
 grpc:
   port: {{ int .root.Values.server.grpcPort }}
   {{- /* grpc_health.py: "liveness" answers while the process runs; "readiness" also checks the store and Kafka. */}}
@@ -233,4 +238,46 @@ annotations:
   {{- with merge (deepCopy .values.podAnnotations) .root.Values.podAnnotations }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/* TLS client settings of the dashboard and the helm test pod: env (RUNSTREAM_TLS_*) and their volume mounts / volumes. */}}
+{{- define "runstream.tlsClientEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: RUNSTREAM_TLS_CA
+  value: /etc/runstream/tls-ca/ca.crt
+{{- if .Values.tls.clientCertSecret }}
+- name: RUNSTREAM_TLS_CLIENT_CERT
+  value: /etc/runstream/tls-client/tls.crt
+- name: RUNSTREAM_TLS_CLIENT_KEY
+  value: /etc/runstream/tls-client/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "runstream.tlsClientMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  mountPath: /etc/runstream/tls-ca
+  readOnly: true
+{{- if .Values.tls.clientCertSecret }}
+- name: tls-client
+  mountPath: /etc/runstream/tls-client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "runstream.tlsClientVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    items:
+      - {key: {{ .Values.tls.caKey }}, path: ca.crt}
+{{- if .Values.tls.clientCertSecret }}
+- name: tls-client
+  secret:
+    secretName: {{ .Values.tls.clientCertSecret }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -14,6 +14,9 @@ kind: "StatefulSet" for the writers (stable pod names = static Kafka group membe
 {{- if and $probe.enabled (eq $probe.type "http") (not $metrics) }}
 {{- fail (printf "%s.%s uses the HTTP /metrics port, but server.metricsPort is 0 (off): enable metrics or use type grpc / enabled false" $.component $probeName) }}
 {{- end }}
+{{- if and $probe.enabled (eq $probe.type "grpc") $root.Values.tls.enabled (not $metrics) }}
+{{- fail (printf "%s.%s has type grpc and tls.enabled, but the kubelet's gRPC probe cannot speak TLS and server.metricsPort is 0: enable metrics (its /readyz and /livez answer instead)" $.component $probeName) }}
+{{- end }}
 {{- if and $probe.enabled (eq $probe.type "grpc") (not $.grpc) }}
 {{- fail (printf "%s.%s has type grpc, but this component serves no gRPC API (%s): use type http" $.component $probeName $.components) }}
 {{- end }}
@@ -93,6 +96,16 @@ spec:
               mountPath: {{ $root.Values.dataDir }}
             - name: tmp
               mountPath: /tmp
+            {{- if $root.Values.tls.enabled }}
+            - name: tls
+              mountPath: /etc/runstream/tls
+              readOnly: true
+            {{- if $root.Values.tls.clientCASecret }}
+            - name: tls-client-ca
+              mountPath: /etc/runstream/tls-client-ca
+              readOnly: true
+            {{- end }}
+            {{- end }}
       volumes:
         - name: config
           configMap:
@@ -109,6 +122,21 @@ spec:
           emptyDir:
             sizeLimit: {{ $root.Values.scratch.dataSizeLimit }}
         {{- include "runstream.scratchVolumes" $root | nindent 8 }}
+        {{- if $root.Values.tls.enabled }}
+        - name: tls
+          secret:
+            secretName: {{ $root.Values.tls.secretName }}
+            items:
+              - {key: tls.crt, path: tls.crt}
+              - {key: tls.key, path: tls.key}
+        {{- if $root.Values.tls.clientCASecret }}
+        - name: tls-client-ca
+          secret:
+            secretName: {{ $root.Values.tls.clientCASecret }}
+            items:
+              - {key: {{ $root.Values.tls.clientCAKey }}, path: ca.crt}
+        {{- end }}
+        {{- end }}
 {{- end }}
 
 {{/*
