@@ -197,3 +197,56 @@ def test_alias_moves_from_two_registry_processes_form_one_chain(chdb_dsn, databa
     assert sorted((json.loads(d)["from"], json.loads(d)["to"]) for (d,) in audit) == sorted(chain)
     current = asyncio.run(replicas[1].GetModel(registry_pb2.GetModelRequest(project="p", name="m"), None))
     assert current.model.aliases["staging"] == chain[-1][1]
+
+
+def test_metadata_edits_from_two_registry_processes_lose_nothing(chdb_dsn, database):
+    """Ten concurrent tag edits of one version and of its model, split over two servicers: each
+    edit starts from the one before it, so every tag is kept and the history has one row per edit.
+    (Run and artifact rows inserted straight into the tables: a stand-in for the ingest path.)"""
+    client = connect(chdb_dsn)
+    migrations.migrate(client, database)
+    client.insert(
+        f"{database}.runs",
+        [["p", "r1", "", 0, "[]", 1]],
+        column_names=["project", "run_id", "git_commit", "git_dirty", "datasets", "version"],
+    )
+    client.insert(
+        f"{database}.artifacts",
+        [["p", "r1", "model", "model.bin", 1, "t1", "a" * 64, 3]],
+        column_names=["project", "run_id", "name", "path", "version", "version_tag", "sha256", "size"],
+    )
+    pool = ClientPool(chdb_dsn, size=4)
+    replicas = [RegistryServicer(pool, database), RegistryServicer(pool, database)]
+
+    async def edit():
+        create = registry_pb2.CreateModelVersionRequest(
+            project="p", model="m", run_id="r1", artifact_name="model", create_model=True
+        )
+        await replicas[0].CreateModelVersion(create, None)
+        await asyncio.gather(
+            *(
+                replicas[i % 2].UpdateModelVersion(
+                    registry_pb2.UpdateModelVersionRequest(
+                        project="p", model="m", version=1, set_tags={f"k{i}": "x"}
+                    ),
+                    None,
+                )
+                for i in range(10)
+            ),
+            *(
+                replicas[i % 2].UpdateRegisteredModel(
+                    registry_pb2.UpdateRegisteredModelRequest(project="p", name="m", set_tags={f"t{i}": "y"}),
+                    None,
+                )
+                for i in range(10)
+            ),
+        )
+        version = await replicas[1].GetModelVersion(
+            registry_pb2.GetModelVersionRequest(project="p", model="m", version=1), None
+        )
+        model = await replicas[0].GetModel(registry_pb2.GetModelRequest(project="p", name="m"), None)
+        return version.version, model.model
+
+    version, model = asyncio.run(edit())
+    assert dict(version.tags) == {f"k{i}": "x" for i in range(10)} and len(version.history) == 11
+    assert dict(model.tags) == {f"t{i}": "y" for i in range(10)} and len(model.history) == 11

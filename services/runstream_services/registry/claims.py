@@ -8,13 +8,15 @@ claimant that reads its own claim back holds it; everyone else knows they lost.
 
 - Version N of a model: the token is (project, model, N); a loser claims N+1. A claimant that
   fails after its claim leaves a gap in the numbers, never a duplicate.
-- Move N of an alias (subject "model@alias": '@' is never in a model name, so these never meet a
-  version claim): the claim also carries the revision the move row will have. Before claiming,
-  a mover reads the alias's moves, then its claims; while a claim has no move row yet (someone is
-  between claim and insert) it waits, so when it claims N+1 every earlier move is visible, and the
-  target it replaces (the audit log's "from") is the one the previous move set. A claim whose
-  row has not appeared after STALE_MS counts as abandoned (its claimant died); a claimant too slow
-  to insert within half of that gives up instead of writing late.
+- Change N of an alias (subject "model@alias") or of a model's or version's metadata (subjects
+  "model#edits", "model:3#edits"; '@' and '#' are in no model name, so these never meet a version
+  claim): the claim also carries the revision the change's row will have. Before claiming, a
+  changer reads the subject's rows, then its claims; while a claim has no row yet (someone is
+  between claim and insert) it waits, so when it claims N+1 every earlier change is visible: an
+  alias move's "from" is the target the previous move set, and an edit starts from the previous
+  edit's description and tags (none is lost). A claim whose row has not appeared after STALE_MS
+  counts as abandoned (its claimant died); a claimant too slow to insert within half of that gives
+  up instead of writing late.
 
 This relies on the store showing an insert to the next read and deduplicating by token, as chDB
 and a single ClickHouse server do (the schema's MergeTree tables are not replicated)."""
@@ -27,15 +29,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from runstream_services.errors import Unavailable
 from runstream_services.query.sql import Query
 from runstream_services.registry import rules, sql
 
 MAX_CLAIMS = 50  # version numbers one CreateModelVersion tries before giving up
-STALE_MS = 30_000  # an alias move claim without its row after this long is abandoned
-MOVE_WAIT_S = 40.0  # the longest a move waits for another process's move of the same alias
+STALE_MS = 30_000  # a change's claim without its row after this long is abandoned
+MOVE_WAIT_S = 40.0  # the longest a change waits for another process's change of the same subject
 
+S = TypeVar("S")
 Rows = Callable[[Query], Awaitable[list[tuple]]]
 Insert = Callable[..., Awaitable[None]]
 
@@ -70,63 +74,64 @@ async def version_number(rows: Rows, insert: Insert, db: str, project: str, mode
 
 
 @dataclass(frozen=True)
-class AliasTurn:
-    """The version the alias points at before this move (every earlier move counted; 0: none),
-    the revision to write the move with (0: the alias already points where asked, nothing is
-    claimed or to be written), and when the claim was made."""
+class Turn(Generic[S]):
+    """A change's turn: the state every earlier change of the subject left (whichever process
+    made it), the revision to write the change with (0: nothing to write, nothing claimed), and
+    when the claim was made."""
 
-    previous: int
+    state: S
     revision: int
     claimed_ms: int = 0
 
     def check_in_time(self) -> None:
         """Raises Unavailable when the claim is old enough that other processes may soon treat it
-        as abandoned: then the move must not be written."""
+        as abandoned: then the change must not be written."""
         if _now_ms() - self.claimed_ms > STALE_MS // 2:
-            raise Unavailable("the alias move took too long to write and was not written; try again")
+            raise Unavailable("the registry change took too long to write and was not written; try again")
 
 
-async def alias_turn(
+async def turn(
     rows: Rows,
     insert: Insert,
     db: str,
     project: str,
-    model: str,
-    alias: str,
-    to: int,
-    load_moves: Callable[[], Awaitable[list[rules.AliasMove]]],
+    subject: str,
+    load: Callable[[], Awaitable[tuple[S, set[int]]]],
+    needed: Callable[[S], bool],
     revisions: rules.Revisions,
-) -> AliasTurn:
-    """Waits for this alias's earlier moves (of any process) to be visible, then claims the next
-    move (see the module docstring). The caller writes its move row with AliasTurn.revision within
-    STALE_MS / 2 of the claim or not at all (AliasTurn.check_in_time)."""
-    subject = f"{model}@{alias}"
+) -> Turn[S]:
+    """Waits until every earlier change of `subject` (of any process) is visible, then claims the
+    next one (see the module docstring). `load` reads the subject's state and the revisions of the
+    rows it holds; `needed(state)` says whether there is anything to write. The caller writes its
+    row with Turn.revision within STALE_MS / 2 of the claim or not at all (Turn.check_in_time)."""
     claim_id = uuid.uuid4().hex
     deadline = time.monotonic() + MOVE_WAIT_S
     while True:
-        moves = await load_moves()  # first the moves, then the claims: see the module docstring
+        state, done = await load()  # first the rows, then the claims: see the module docstring
         claims = await rows(sql.claims_of(db, project, subject))
-        done = {m.revision for m in moves}
         now = _now_ms()
-        waiting = False
-        for _n, claim, t in claims:
-            revision = json.loads(claim).get("revision", 0)
-            if revision not in done and now - t < STALE_MS:
-                waiting = True
-        if waiting:
+        if any(json.loads(c).get("revision", 0) not in done and now - t < STALE_MS for _n, c, t in claims):
             if time.monotonic() > deadline:
                 raise Unavailable(
-                    f"alias {subject!r} is being moved by another registry process and its move did not "
+                    f"{subject!r} is being changed by another registry process and its change did not "
                     f"appear within {MOVE_WAIT_S:.0f} s; try again"
                 )
             await asyncio.sleep(0.05)
             continue
-        previous = rules.current_aliases(moves).get(alias, 0)
-        if previous == to:
-            return AliasTurn(previous, 0)
+        if not needed(state):
+            return Turn(state, 0)
         n = max((int(c[0]) for c in claims), default=0) + 1
         revision = revisions.next(max(int(time.time() * 1_000_000), max(done, default=0) + 1))
         claim = json.dumps({"id": claim_id, "revision": revision})
         claimed_ms = _now_ms()
         if await _claim(rows, insert, db, project, subject, n, claim):
-            return AliasTurn(previous, revision, claimed_ms)
+            return Turn(state, revision, claimed_ms)
+
+
+def alias_subject(model: str, alias: str) -> str:
+    return f"{model}@{alias}"
+
+
+def edits_subject(model: str, version: int = 0) -> str:
+    """The subject of a model's (version 0) or a version's metadata edits ('#' is in no name)."""
+    return f"{model}:{version}#edits" if version else f"{model}#edits"

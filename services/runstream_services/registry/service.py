@@ -8,11 +8,9 @@ a training job's path. Changes to one model are serialized in this process (a lo
 Version numbers are also safe across processes serving one database: a version number is
 claimed with an insert whose deduplication token is (project, model, number), the store keeps
 only the first such claim, and only the claimant that reads its own claim back writes the
-version, and the moves of one alias are claimed the same way, in order, so each move's "from"
-is the previous move's "to" whichever process made it (claims.py). Metadata edits are serialized
-per process only: two processes editing one model's or version's description at the same moment
-both write, the edit with the higher revision is current, and the audit log's "from" of one of
-them is the metadata before the other's edit.
+version, and the moves of one alias and the metadata edits of one model or version are claimed
+the same way, in order, whichever process makes them (claims.py): a move's "from" is the
+previous move's "to", and an edit starts from the previous edit (none is lost).
 
 Run inputs and lineage (UseArtifact, ListRunInputs, GetLineage) are in inputs.py, mixed in here.
 
@@ -30,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 import time
 from typing import Any
 
@@ -250,14 +249,28 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
         name = rules.model_name(request.name)
         reason = rules.text("reason", request.reason)
         actor = rules.actor_of(principal)
+        description = rules.text("description", request.description) if request.set_description else None
         async with self._lock(project, name):
             row = await self._require_model(project, name)
-            edits = await self._model_edits(project, name)
-            old_desc, old_tags = (edits[-1][0], dict(edits[-1][1])) if edits else (row[1], {})
-            new_desc = rules.text("description", request.description) if request.set_description else old_desc
-            new_tags = rules.edited_tags(old_tags, dict(request.set_tags), request.remove_tags)
-            if (new_desc, new_tags) != (old_desc, old_tags):
-                edit = [project, name, new_desc, new_tags, actor, _now_ms(), self._revisions.next()]
+
+            def change(edits: list[tuple]) -> tuple[tuple, tuple]:
+                old = (edits[-1][0], dict(edits[-1][1])) if edits else (row[1], {})
+                tags = rules.edited_tags(old[1], dict(request.set_tags), request.remove_tags)
+                return old, (old[0] if description is None else description, tags)
+
+            async def load() -> tuple[list[tuple], set[int]]:
+                edits = await self._model_edits(project, name)
+                return edits, {int(e[4]) for e in edits}
+
+            turn = await claims.turn(
+                self._rows, self._insert, self.db, project, claims.edits_subject(name), load,
+                lambda edits: operator.ne(*change(edits)), self._revisions,
+            )  # fmt: skip
+            edits = turn.state
+            if turn.revision:
+                (old_desc, old_tags), (new_desc, new_tags) = change(turn.state)
+                turn.check_in_time()
+                edit = [project, name, new_desc, new_tags, actor, _now_ms(), turn.revision]
                 await self._insert("registered_model_edits", sql.MODEL_EDIT_COLUMNS, [edit])
                 await self._audit(
                     project, actor, "model.updated", name,
@@ -387,15 +400,28 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgument("version is required")
         reason = rules.text("reason", request.reason)
         actor = rules.actor_of(principal)
+        description = rules.text("description", request.description) if request.set_description else None
         async with self._lock(project, model):
             row = await self._version_row(project, model, request.version)
-            edits = (await self._edits(project, model, request.version)).get(request.version, [])
-            old_desc, old_tags = (edits[-1][0], edits[-1][1]) if edits else (row[11], {})
-            new_desc = rules.text("description", request.description) if request.set_description else old_desc
-            new_tags = rules.edited_tags(old_tags, dict(request.set_tags), request.remove_tags)
-            if (new_desc, new_tags) != (old_desc, old_tags):
+
+            def change(edits: list[tuple]) -> tuple[tuple, tuple]:
+                old = (edits[-1][1], dict(edits[-1][2])) if edits else (row[11], {})
+                tags = rules.edited_tags(old[1], dict(request.set_tags), request.remove_tags)
+                return old, (old[0] if description is None else description, tags)
+
+            async def load() -> tuple[list[tuple], set[int]]:
+                edits = await self._rows(sql.edits(self.db, project, model, request.version))
+                return edits, {int(e[5]) for e in edits}
+
+            turn = await claims.turn(
+                self._rows, self._insert, self.db, project, claims.edits_subject(model, request.version), load,
+                lambda edits: operator.ne(*change(edits)), self._revisions,
+            )  # fmt: skip
+            if turn.revision:
+                (old_desc, old_tags), (new_desc, new_tags) = change(turn.state)
+                turn.check_in_time()
                 t = _now_ms()
-                edit = [project, model, request.version, new_desc, new_tags, actor, t, self._revisions.next()]
+                edit = [project, model, request.version, new_desc, new_tags, actor, t, turn.revision]
                 await self._insert("model_version_edits", sql.EDIT_COLUMNS, [edit])
                 await self._audit(
                     project, actor, "model_version.updated", f"{model}:{request.version}",
@@ -460,17 +486,19 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
 
     async def _move(self, project: str, model: str, alias: str, to: int, actor: str, reason: str) -> int:
         """Points `alias` at version `to` (0: deletes it) with one row, and audits the move. The
-        caller holds the model's lock and has checked the role; claims.alias_turn orders the move
-        after every other process's moves of the alias. Returns the previous target; a move to
-        the current target writes nothing."""
+        caller holds the model's lock and has checked the role; claims.turn orders the move after
+        every other process's moves of the alias. Returns the previous target; a move to the
+        current target writes nothing."""
 
-        async def load_moves() -> list[rules.AliasMove]:
-            return [m for m in (await self._moves(project, model)).get(model, []) if m.alias == alias]
+        async def load() -> tuple[list[rules.AliasMove], set[int]]:
+            moves = [m for m in (await self._moves(project, model)).get(model, []) if m.alias == alias]
+            return moves, {m.revision for m in moves}
 
-        turn = await claims.alias_turn(
-            self._rows, self._insert, self.db, project, model, alias, to, load_moves, self._revisions
-        )
-        previous = turn.previous
+        turn = await claims.turn(
+            self._rows, self._insert, self.db, project, claims.alias_subject(model, alias), load,
+            lambda moves: rules.current_aliases(moves).get(alias, 0) != to, self._revisions,
+        )  # fmt: skip
+        previous = rules.current_aliases(turn.state).get(alias, 0)
         if not turn.revision:
             return previous
         turn.check_in_time()
