@@ -25,6 +25,7 @@ from runstream.query_client import QueryClient, SeriesArrays, require_numpy, val
 from runstream.registry_client import RegistryCalls
 from runstream.states import state_name
 from runstream.v1 import types_pb2
+from runstream.workflow_client import WorkflowCalls
 
 
 def _pandas():
@@ -37,7 +38,7 @@ def _pandas():
     return pandas
 
 
-class Api(RegistryCalls, QueryClient):
+class Api(WorkflowCalls, RegistryCalls, QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 

@@ -35,6 +35,7 @@ from runstream_services.storage.clickhouse import ClientPool, connect
 from runstream_services.storage.migrate_command import require_current
 from runstream_services.storage.migrations import migrate
 from runstream_services.tls import server_credentials
+from runstream_services.workflow_services import WorkflowServices
 
 if TYPE_CHECKING:  # imported where used: a process loads only the parts its settings ask for
     from clickhouse_connect.driver.client import Client
@@ -132,6 +133,7 @@ class RunstreamServer:
         self._metrics_http: MetricsHttpServer | None = None
         self._ready: Readiness | None = None
         self._crash_watch: asyncio.Task | None = None
+        self.workflow: WorkflowServices | None = None  # run edits and alerts
         self._started = False
         self._stopping = False  # readiness answers NOT_SERVING from the moment stop() begins
 
@@ -145,6 +147,9 @@ class RunstreamServer:
         self._started = True
         await self._open_store()
         self._build_store_writer()
+        if self._needs_store():
+            self.workflow = WorkflowServices(self.settings, self.auth, self.store_writer)
+            self.workflow.start()
         await self._start_bus()
         await self._start_kafka_writer()
         self.runs = self._build_run_registry()
@@ -278,6 +283,8 @@ class RunstreamServer:
             self._add_query_service(self._grpc)
             served.append("runstream.v1.QueryService")
             self._add_registry_service(self._grpc, served)
+            if self.workflow is not None:
+                self.workflow.add_to_server(self._grpc, served)
         self._grpc.add_generic_rpc_handlers((health_handler(tuple(served), self._readiness()),))
         try:
             address = _listen_address(s.host, self.port)
@@ -395,6 +402,8 @@ class RunstreamServer:
             await asyncio.sleep(self.settings.shutdown_delay_s)  # still serving meanwhile
         if self._crash_watch is not None:
             self._crash_watch.cancel()
+        if self.workflow is not None:
+            self.workflow.close()
         if self.ingest is not None:
             try:
                 await asyncio.wait_for(self.ingest.drain(), grace_s)

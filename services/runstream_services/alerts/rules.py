@@ -1,0 +1,138 @@
+"""Alert rules: what a rule may say, how a condition is decided, and firing episodes.
+
+Kinds:
+- threshold: the mean of the newest `last_n` points (1: the newest point) of metric `key` of a run
+  compared with `value` by `op` (>, >=, <, <=, ==, !=); non-finite points are left out of the mean
+  (the nonfinite kind reports them).
+- nonfinite: a point of `key` (any user metric when `key` is empty) is NaN or +-inf.
+- no_points: a running run logged no metric point for `minutes` (since its last point, or since
+  it started).
+- crashed: the server marked a run crashed (it went silent without finishing).
+
+Episodes: a rule fires once per (rule, run) when its condition becomes true, and again only after
+the condition was seen false in between (threshold back across, finite points again, points again,
+the run revived). `Episodes` keeps that state in memory; a restarted server starts with none, so a
+condition still true after a restart fires once more."""
+
+from __future__ import annotations
+
+import math
+import operator
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from runstream_services.errors import InvalidArgument
+from runstream_services.ingest.validation import check_key
+
+KINDS = ("threshold", "nonfinite", "no_points", "crashed")
+OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+}  # fmt: skip
+MAX_LAST_N = 10_000
+MAX_RULES_PER_PROJECT = 1_000
+RULE_COLUMNS = (
+    "project", "rule_id", "name", "kind", "key", "op", "value", "last_n", "minutes", "webhook_url", "secret",
+    "creator", "created_ms", "deleted", "revision",
+)  # fmt: skip
+FIRING_COLUMNS = (
+    "project", "rule_id", "run_id", "firing_id", "fired_ms", "message", "detail", "status", "attempts", "last_error",
+    "revision",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rule:
+    project: str
+    rule_id: str
+    name: str
+    kind: str
+    key: str = ""
+    op: str = ""
+    value: float = 0.0
+    last_n: int = 1
+    minutes: float = 0.0
+    webhook_url: str = ""
+    secret: str = ""
+    creator: str = ""
+    created_ms: int = 0
+
+    def row(self, revision: int, deleted: bool = False) -> list:
+        return [
+            self.project, self.rule_id, self.name, self.kind, self.key, self.op, self.value, self.last_n,
+            self.minutes, self.webhook_url, self.secret, self.creator, self.created_ms, int(deleted), revision,
+        ]  # fmt: skip
+
+    def describe(self) -> str:
+        if self.kind == "threshold":
+            over = f"mean of the last {self.last_n} points of " if self.last_n > 1 else ""
+            return f"{over}{self.key} {self.op} {self.value:g}"
+        if self.kind == "nonfinite":
+            return f"{self.key or 'a metric'} is NaN or infinite"
+        if self.kind == "no_points":
+            return f"no points for {self.minutes:g} minutes"
+        return "run crashed"
+
+
+def checked(rule: Rule) -> Rule:
+    """The rule if it is complete and sound; InvalidArgument saying what to fix otherwise."""
+    if rule.kind not in KINDS:
+        raise InvalidArgument(f"alert kind {rule.kind!r} is unknown: use one of {', '.join(KINDS)}")
+    if not rule.name or len(rule.name) > 256:
+        raise InvalidArgument("an alert rule needs a name of 1 to 256 characters")
+    url = urlsplit(rule.webhook_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise InvalidArgument(f"webhook_url {rule.webhook_url[:200]!r} must be an http:// or https:// URL")
+    if rule.kind == "threshold":
+        check_key("alert metric", rule.key)
+        if rule.op not in OPS:
+            raise InvalidArgument(f"op {rule.op!r} is unknown: use one of {' '.join(OPS)}")
+        if not math.isfinite(rule.value):
+            raise InvalidArgument(
+                "a threshold value must be a finite number (use kind nonfinite for NaN/inf)"
+            )
+        if not 1 <= rule.last_n <= MAX_LAST_N:
+            raise InvalidArgument(f"last_n must be 1 to {MAX_LAST_N} points")
+    elif rule.kind == "nonfinite":
+        if rule.key:
+            check_key("alert metric", rule.key)
+    elif rule.kind == "no_points" and not (rule.minutes > 0 and math.isfinite(rule.minutes)):
+        raise InvalidArgument("a no_points rule needs minutes > 0")
+    return rule
+
+
+def new_secret() -> str:
+    return secrets.token_hex(32)
+
+
+def threshold_holds(rule: Rule, recent: list[float]) -> bool | None:
+    """Whether the threshold condition holds on the newest points (oldest first); None when there
+    are fewer finite points than last_n (undecided: neither fires nor ends an episode)."""
+    finite = [v for v in recent if math.isfinite(v)][-rule.last_n :]
+    if len(finite) < rule.last_n:
+        return None
+    return OPS[rule.op](sum(finite) / len(finite), rule.value)
+
+
+class Episodes:
+    """Which (rule, run) conditions are true now; `enter` is True only on a false -> true change."""
+
+    def __init__(self) -> None:
+        self._open: set[tuple[str, str, str]] = set()
+
+    def enter(self, project: str, rule_id: str, run_id: str) -> bool:
+        key = (project, rule_id, run_id)
+        if key in self._open:
+            return False
+        self._open.add(key)
+        return True
+
+    def leave(self, project: str, rule_id: str, run_id: str) -> None:
+        self._open.discard((project, rule_id, run_id))
+
+    def is_open(self, project: str, rule_id: str, run_id: str) -> bool:
+        return (project, rule_id, run_id) in self._open
+
+    def drop_rule(self, project: str, rule_id: str) -> None:
+        self._open = {k for k in self._open if k[:2] != (project, rule_id)}

@@ -1,0 +1,60 @@
+"""Editable runs and alerts as `runstream server` runs them (issue 16, items 3 and 5): the
+RunEditService and AlertService beside the query service, and the alert evaluator beside the
+store writer (it reads the blocks the writer stores; alerts/evaluator.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from runstream_services.config import ServerSettings
+from runstream_services.storage.clickhouse import ClientPool
+
+log = logging.getLogger("runstream.server")
+
+
+class WorkflowServices:
+    def __init__(self, settings: ServerSettings, auth: Any, store_writer: Any = None):
+        self.settings = settings
+        self.auth = auth
+        self.store_writer = store_writer
+        self.evaluator: Any = None
+        self._pool: ClientPool | None = None
+
+    def _readers(self) -> ClientPool:
+        if self._pool is None:
+            self._pool = ClientPool(self.settings.resolved_clickhouse_dsn, size=2)
+        return self._pool
+
+    def start(self) -> None:
+        """Starts the alert evaluator where this process stores blocks (it runs the writer)."""
+        if self.store_writer is None:
+            return
+        from runstream_services.alerts.evaluator import AlertEvaluator
+        from runstream_services.alerts.store import AlertStore
+
+        self.evaluator = AlertEvaluator(
+            AlertStore(self._readers(), self.settings.clickhouse_database), self.settings
+        )
+        self.store_writer.subscribe(self.evaluator.on_stored)
+        self.evaluator.start()
+
+    def add_to_server(self, server: grpc.aio.Server, served: list[str]) -> None:
+        from runstream.v1 import alerts_pb2_grpc, run_edits_pb2_grpc
+        from runstream_services.alerts.service import AlertServicer
+        from runstream_services.alerts.store import AlertStore
+        from runstream_services.run_edits.service import RunEditServicer
+
+        s = self.settings
+        sole_writer = self.store_writer if s.bus == "embedded" else None  # run_edits/service.py says why
+        edits = RunEditServicer(self._readers(), s.clickhouse_database, self.auth, writer=sole_writer)
+        run_edits_pb2_grpc.add_RunEditServiceServicer_to_server(edits, server)
+        alerts = AlertServicer(AlertStore(self._readers(), s.clickhouse_database), self.auth, self.evaluator)
+        alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
+        served += ["runstream.v1.RunEditService", "runstream.v1.AlertService"]
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
