@@ -30,6 +30,7 @@ from tests.integration.test_bench_smoke import _mlflow_unavailable
 from tests.server_process import free_port
 
 WRITER = ROOT / "tests" / "integration" / "mlflow_writer.py"
+pytestmark = pytest.mark.timeout(1800)  # the first test may make MLflow's venv (minutes, once per machine)
 PROJECTS = {"vision exp": "vision-exp", "nlp/base": "nlp-base"}
 STATES = {"FINISHED": "finished", "FAILED": "failed"}
 

@@ -343,10 +343,11 @@ class RunWriter:
                 run.log_arrays(series.key, series.steps, series.values, times=series.times)
                 result.keys_sent += 1
                 result.points += len(series.steps)
+            # files over 1 MiB are uploaded by the worker later: downloads must outlive the flush
             with tempfile.TemporaryDirectory(prefix="runstream-import-", dir=self.scratch) as tmp:
                 for i, art in enumerate(src.artifacts()):
                     self._artifact(run, art, Path(tmp) / str(i), have_files, result)
-            flushed = run.flush(self.timeout_s)
+                flushed = run.flush(self.timeout_s)
             if run.refused_count:
                 raise ImportFailed(
                     f"run {src.run_id!r}: the server refused {run.refused_count} of its requests (the warnings "
@@ -416,3 +417,18 @@ def import_runs(
         if own:
             writer.close()
     return report
+
+
+def cli_result(source: str, call: Callable[[], ImportReport]) -> int:
+    """Runs an import for `runstream import SOURCE`: prints the report (registry lines, then the
+    summary). Exit status 0 when every run is in, 1 when some failed (run it again to resume them),
+    2 when the import could not start (the message says why)."""
+    try:
+        report = call()
+    except RunstreamError as exc:
+        print(f"runstream import {source}: {exc}", file=sys.stderr)
+        return 2
+    for line in report.models:
+        print(line)
+    print(report.summary())
+    return 1 if report.count("failed") else 0

@@ -17,7 +17,8 @@ Mapping (chosen so a Runstream filter finds what an MLflow search found):
 - a run becomes the run `mlflow-<run id>` (core.run_id_for); run name, start and end time, status
   (FINISHED -> finished, FAILED -> failed, KILLED -> killed, RUNNING/SCHEDULED -> killed until a
   later import finds it ended); params become config (numbers, bools parsed: core.parse_param);
-  tags stay tags (mlflow.runName is the name, mlflow.note.content the notes); each metric's whole
+  tags stay tags (mlflow.runName is the name, mlflow.note.content the notes, a nested run's parent
+  is also named by its Runstream id in `import.parent_run`); each metric's whole
   history (steps, values, timestamps) becomes the series of the same key.
 - artifacts: each top-level entry of the run's artifact folder is one artifact of that name
   (a folder "model" -> artifact "model" with all its files), files hashed with sha256.
@@ -49,6 +50,7 @@ from .core import (
     Series,
     SourceArtifact,
     SourceRun,
+    cli_result,
     digest,
     import_runs,
     parse_param,
@@ -385,7 +387,11 @@ class RestStore:
             for child in self._list(run_id, entry["path"]):
                 self._download(run_id, child, dest)
             return
-        target = dest / entry["path"]
+        target = (dest / entry["path"]).resolve()
+        if not target.is_relative_to(dest.resolve()):  # a listing must not write outside the scratch folder
+            raise ImportFailed(
+                f"MLflow server {self.base}: artifact path {entry['path']!r} leaves the run's folder"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(self._call("GET", "/get-artifact", {"path": entry["path"], "run_uuid": run_id}))
 
@@ -453,7 +459,13 @@ def source_run(store: Store, run: MlflowRun, project: str | None) -> SourceRun:
         group=run.experiment if project else "",
         fingerprint=digest(run.status, run.end_ms, run.params, run.tags, run.latest, run.name),
         name=name,
-        tags=tags | {"mlflow.experiment": run.experiment, "mlflow.status": run.status},
+        tags=tags
+        | {"mlflow.experiment": run.experiment, "mlflow.status": run.status}
+        | (
+            {"import.parent_run": run_id_for("mlflow", parent)}
+            if (parent := tags.get("mlflow.parentRunId"))
+            else {}
+        ),
         notes=notes,
         config={k: parse_param(v) for k, v in run.params.items()},
         start_s=run.start_ms / 1000 if run.start_ms else None,
@@ -576,15 +588,16 @@ def import_mlflow(
 
 def main(args) -> int:
     """`runstream import mlflow URI`."""
-    report = import_mlflow(
-        args.uri, project=args.project, endpoint=args.endpoint, api_key=args.api_key,
-        token=args.mlflow_token, models=not args.no_models, progress=not args.no_progress, quiet=args.quiet,
-    )  # fmt: skip
-    return _finish(report)
-
-
-def _finish(report: ImportReport) -> int:
-    for line in report.models:
-        print(line)
-    print(report.summary())
-    return 1 if report.count("failed") else 0
+    return cli_result(
+        "mlflow",
+        lambda: import_mlflow(
+            args.uri,
+            project=args.project,
+            endpoint=args.endpoint,
+            api_key=args.api_key,
+            token=args.mlflow_token,
+            models=not args.no_models,
+            progress=not args.no_progress,
+            quiet=args.quiet,
+        ),  # fmt: skip
+    )

@@ -39,6 +39,7 @@ from .core import (
     Series,
     SourceArtifact,
     SourceRun,
+    cli_result,
     digest,
     import_runs,
     project_name,
@@ -139,8 +140,10 @@ class NeptuneRun:
         return out
 
     def _file(self, rel: str) -> Path | None:
-        for candidate in (self.files_root / rel, self.files_root / self.parts[0].parent.name / rel):
-            if candidate.exists():
+        root = self.files_root.resolve()
+        for candidate in (root / rel, root / self.parts[0].parent.name / rel):
+            candidate = candidate.resolve()
+            if candidate.is_relative_to(root) and candidate.exists():  # never a file outside the export
                 return candidate
         return None
 
@@ -259,9 +262,16 @@ def import_neptune(
 
 def main(args) -> int:
     """`runstream import neptune DATA [--files FILES]`."""
-    report = import_neptune(
-        args.data, files=args.files, project=args.project, step_multiplier=args.step_multiplier,
-        endpoint=args.endpoint, api_key=args.api_key, progress=not args.no_progress, quiet=args.quiet,
-    )  # fmt: skip
-    print(report.summary())
-    return 1 if report.count("failed") else 0
+    return cli_result(
+        "neptune",
+        lambda: import_neptune(
+            args.data,
+            files=args.files,
+            project=args.project,
+            step_multiplier=args.step_multiplier,
+            endpoint=args.endpoint,
+            api_key=args.api_key,
+            progress=not args.no_progress,
+            quiet=args.quiet,
+        ),  # fmt: skip
+    )

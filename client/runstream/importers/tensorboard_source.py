@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from .core import ImportFailed, ImportReport, Series, SourceRun, digest, import_runs
+from .core import ImportFailed, ImportReport, Series, SourceRun, cli_result, digest, import_runs
 
 _CRC_TABLE: list[int] = []
 
@@ -186,9 +186,15 @@ def import_tensorboard(
 
 def main(args) -> int:
     """`runstream import tensorboard LOGDIR --project P`."""
-    report = import_tensorboard(
-        args.logdir, project=args.project, group=args.group, endpoint=args.endpoint, api_key=args.api_key,
-        progress=not args.no_progress, quiet=args.quiet,
-    )  # fmt: skip
-    print(report.summary())
-    return 1 if report.count("failed") else 0
+    return cli_result(
+        "tensorboard",
+        lambda: import_tensorboard(
+            args.logdir,
+            project=args.project,
+            group=args.group,
+            endpoint=args.endpoint,
+            api_key=args.api_key,
+            progress=not args.no_progress,
+            quiet=args.quiet,
+        ),  # fmt: skip
+    )

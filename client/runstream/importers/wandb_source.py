@@ -37,6 +37,7 @@ from .core import (
     Series,
     SourceArtifact,
     SourceRun,
+    cli_result,
     digest,
     import_runs,
     project_name,
@@ -280,9 +281,14 @@ def import_wandb(
 
 def main(args) -> int:
     """`runstream import wandb PATH...`."""
-    report = import_wandb(
-        args.paths, project=args.project, endpoint=args.endpoint, api_key=args.api_key,
-        progress=not args.no_progress, quiet=args.quiet,
-    )  # fmt: skip
-    print(report.summary())
-    return 1 if report.count("failed") else 0
+    return cli_result(
+        "wandb",
+        lambda: import_wandb(
+            args.paths,
+            project=args.project,
+            endpoint=args.endpoint,
+            api_key=args.api_key,
+            progress=not args.no_progress,
+            quiet=args.quiet,
+        ),  # fmt: skip
+    )
