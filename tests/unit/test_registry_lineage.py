@@ -12,7 +12,7 @@ import json
 import pytest
 
 from runstream.v1 import registry_pb2
-from runstream_services.errors import InvalidArgument
+from runstream_services.errors import AlreadyExists, InvalidArgument
 from runstream_services.registry import lineage as lg
 from runstream_services.registry import rules
 from runstream_services.registry.lineage import Edge, NodeInfo
@@ -250,3 +250,20 @@ def test_metadata_edits_from_two_registry_processes_lose_nothing(chdb_dsn, datab
     version, model = asyncio.run(edit())
     assert dict(version.tags) == {f"k{i}": "x" for i in range(10)} and len(version.history) == 11
     assert dict(model.tags) == {f"t{i}": "y" for i in range(10)} and len(model.history) == 11
+
+
+def test_one_model_name_is_created_once_by_two_registry_processes(chdb_dsn, database):
+    migrations.migrate(connect(chdb_dsn), database)
+    pool = ClientPool(chdb_dsn, size=4)
+    replicas = [RegistryServicer(pool, database), RegistryServicer(pool, database)]
+    request = registry_pb2.CreateRegisteredModelRequest(project="p", name="same")
+
+    async def create() -> list:
+        return await asyncio.gather(
+            *(replicas[i % 2].CreateRegisteredModel(request, None) for i in range(6)), return_exceptions=True
+        )
+
+    results = asyncio.run(create())
+    created = [r for r in results if isinstance(r, registry_pb2.CreateRegisteredModelResponse)]
+    refused = [r for r in results if isinstance(r, AlreadyExists)]
+    assert len(created) == 1 and len(refused) == 5

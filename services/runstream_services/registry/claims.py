@@ -6,6 +6,8 @@ the store keeps the first and silently drops the rest (model_version_claims keep
 100,000 tokens, migration 0007). So a claim is one insert whose token names what is claimed, and a
 claimant that reads its own claim back holds it; everyone else knows they lost.
 
+- A model's name (subject "model#model"): the first claim creates the model, the others get
+  ALREADY_EXISTS.
 - Version N of a model: the token is (project, model, N); a loser claims N+1. A claimant that
   fails after its claim leaves a gap in the numbers, never a duplicate.
 - Change N of an alias (subject "model@alias") or of a model's or version's metadata (subjects
@@ -126,6 +128,15 @@ async def turn(
         claimed_ms = _now_ms()
         if await _claim(rows, insert, db, project, subject, n, claim):
             return Turn(state, revision, claimed_ms)
+
+
+async def first(rows: Rows, insert: Insert, db: str, project: str, subject: str) -> bool:
+    """True for the one caller, of any process, that claims `subject` first (a model's name)."""
+    return await _claim(rows, insert, db, project, subject, 1, uuid.uuid4().hex)
+
+
+def model_subject(model: str) -> str:
+    return f"{model}#model"
 
 
 def alias_subject(model: str, alias: str) -> str:

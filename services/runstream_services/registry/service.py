@@ -207,8 +207,11 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
 
     async def _create_model(self, project, name, description, protected, actor) -> tuple:
         """Inserts the model (caller holds its lock); AlreadyExists when the name is taken."""
+        taken = AlreadyExists(f"model {name!r} already exists in project {project!r}")
         if await self._model_row(project, name) is not None:
-            raise AlreadyExists(f"model {name!r} already exists in project {project!r}")
+            raise taken
+        if not await claims.first(self._rows, self._insert, self.db, project, claims.model_subject(name)):
+            raise taken  # another process created it a moment ago
         created = _now_ms()
         row = [project, name, description, protected, actor, created, self._revisions.next()]
         await self._insert("registered_models", sql.MODEL_COLUMNS, [row])
