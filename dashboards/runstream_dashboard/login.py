@@ -16,6 +16,12 @@ key depends on RUNSTREAM_DASHBOARD_AUTH:
 
 Answers are cached per viewer (`per_viewer`): a cached answer made with one key is never shown
 to a session signed in with another.
+
+A key sign-in lasts across reloads and tabs of the same browser for
+RUNSTREAM_DASHBOARD_SESSION_HOURS (default 12): the browser gets a cookie holding a random token,
+and only this process's memory maps the token to the key (the key never goes to the browser). A
+restarted dashboard, or another replica without sticky sessions, asks again. Signing out forgets
+the token.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import functools
 import hashlib
 import json
 import os
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,9 @@ from runstream_dashboard.safe_text import md, md_code
 MODES = ("auto", "none", "keys", "oidc")
 _KEY = "_runstream_viewer_key"  # session_state: the signed-in viewer's API key ("" for none)
 _ERROR = "_runstream_login_error"
+_COOKIE = "runstream_session"
+_SET_COOKIE = "_runstream_set_cookie"  # session_state: a cookie value to send to the browser once
+_TOKEN = "_runstream_session_token"  # session_state: this session's token in _Sessions
 
 
 def mode() -> str:
@@ -116,10 +128,80 @@ def gate() -> None:
         return
     if current == "oidc":
         _oidc_gate()
-    elif not st.session_state.get(_KEY):
+    elif not st.session_state.get(_KEY) and not _resume():
+        _send_cookie()
         _key_form()
         st.stop()
+    _send_cookie()
     _signed_in_sidebar(current)
+
+
+class _Sessions:
+    """Browser sessions of this process: random token -> (key, expiry). In memory only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_token: dict[str, tuple[str, float]] = {}
+
+    def open(self, key: str) -> str:
+        hours = float(os.environ.get("RUNSTREAM_DASHBOARD_SESSION_HOURS", "12") or 12)
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            now = time.time()
+            self._by_token = {t: v for t, v in self._by_token.items() if v[1] > now}
+            self._by_token[token] = (key, now + hours * 3600)
+        return token
+
+    def key(self, token: str) -> str | None:
+        with self._lock:
+            found = self._by_token.get(token)
+        return found[0] if found and found[1] > time.time() else None
+
+    def close(self, token: str) -> None:
+        with self._lock:
+            self._by_token.pop(token, None)
+
+
+@st.cache_resource(show_spinner=False)
+def _sessions() -> _Sessions:
+    return _Sessions()
+
+
+def _cookie_token() -> str:
+    try:
+        return str(st.context.cookies.get(_COOKIE) or "")
+    except Exception:  # noqa: BLE001 - no browser request (AppTest, bare mode)
+        return ""
+
+
+def _resume() -> bool:
+    """Signs this new session in with the browser's session cookie, when it names a live token
+    whose key the server still accepts."""
+    token = _cookie_token()
+    key = _sessions().key(token) if token else None
+    if not key:
+        return False
+    from runstream_dashboard import queries
+
+    if queries.key_problem(key) is not None:  # revoked since: sign in again
+        _sessions().close(token)
+        return False
+    st.session_state[_KEY] = key
+    st.session_state[_TOKEN] = token
+    return True
+
+
+def _send_cookie() -> None:
+    """Sends a pending cookie (set, or cleared with "") to the browser, once."""
+    value = st.session_state.pop(_SET_COOKIE, None)
+    if value is None:
+        return
+    age = int(float(os.environ.get("RUNSTREAM_DASHBOARD_SESSION_HOURS", "12") or 12) * 3600) if value else 0
+    with st.sidebar:
+        st.html(
+            f"<script>document.cookie = '{_COOKIE}={value}; path=/; max-age={age}; SameSite=Strict';</script>",
+            unsafe_allow_javascript=True,
+        )
 
 
 def _sign_in() -> None:
@@ -131,6 +213,8 @@ def _sign_in() -> None:
     if problem is None:
         st.session_state[_KEY] = key
         st.session_state["login_key"] = ""  # the key is not kept in the widget
+        token = st.session_state[_TOKEN] = _sessions().open(key)
+        st.session_state[_SET_COOKIE] = token  # URL-safe base64: nothing to quote
 
 
 def _key_form() -> None:
@@ -172,6 +256,9 @@ def _user_keys() -> dict[str, str]:
 def _sign_out() -> None:
     st.session_state[_KEY] = ""
     st.session_state[_ERROR] = None
+    for token in {st.session_state.pop(_TOKEN, ""), _cookie_token()} - {""}:
+        _sessions().close(token)
+    st.session_state[_SET_COOKIE] = ""  # clears the browser's cookie
     if mode() == "oidc":
         st.logout()
 

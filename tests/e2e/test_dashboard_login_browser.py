@@ -1,8 +1,9 @@
 """Dashboard sign-in in a real headless Chromium against a real embedded server with auth required
 and hashed keys: a viewer sees the sign-in form (never data) until they enter a key the server
 accepts; a wrong key is refused; a project-A key sees project A only, while a second viewer signed
-in at the same time with a project-B key sees B only (answers are cached per viewer); signing out
-returns to the form. The dashboard is started with an admin key in RUNSTREAM_API_KEY to prove it
+in at the same time with a project-B key sees B only (answers are cached per viewer); a reload in
+the same browser stays signed in (session cookie) while another browser is asked for a key; signing
+out returns to the form and ends the session. The dashboard is started with an admin key in RUNSTREAM_API_KEY to prove it
 does not use a process-wide key. Last, a dashboard given RUNSTREAM_TLS_CA reads a TLS-only server."""
 
 from __future__ import annotations
@@ -146,15 +147,24 @@ def test_each_viewer_sees_only_the_projects_of_their_own_key(deployment, browser
         for _ in range(2):
             assert _projects_listed(page_a) == [A]
             assert _projects_listed(page_b) == [B]
-        page_a.reload()  # a new browser session: the key is asked for again
-        wait_idle(page_a)
-        assert page_a.get_by_role("heading", name="Sign in to Runstream").is_visible()
-        _sign_in(page_a, keys[A])
+        page_a.reload()  # a new Streamlit session in the same browser: resumed by the session cookie
+        page_a.get_by_role("link", name="Projects").wait_for()
+        assert _projects_listed(page_a) == [A]
+        ctx_c, page_c = _new_page(browser)  # another browser: no cookie, the key is asked for
+        try:
+            page_c.goto(f"{dashboard.url}/projects")
+            wait_idle(page_c)
+            assert page_c.get_by_role("heading", name="Sign in to Runstream").is_visible()
+            assert A not in page_c.inner_text("body")
+        finally:
+            ctx_c.close()
         page_a.get_by_role("link", name="Projects").wait_for()
         page_a.get_by_role("button", name="Sign out").click()
         page_a.get_by_role("heading", name="Sign in to Runstream").wait_for()
         wait_idle(page_a)
         assert A not in page_a.inner_text("body")
+        page_a.reload()  # signed out: the cookie's token is forgotten, a reload asks again
+        page_a.get_by_role("heading", name="Sign in to Runstream").wait_for()
     finally:
         ctx_a.close()
         ctx_b.close()
