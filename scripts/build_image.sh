@@ -15,9 +15,12 @@
 # Older Docker: skopeo copy oci:$CACHE/oci:<version> docker-archive:runstream.tar:runstream:<version>
 #
 # smoke unpacks the image (umoci unpack) and, in a private mount + pid namespace, chroots into it
-# as uid 10001: `runstream server --help`, `import chdb` must fail, `pip check`, then a short
-# `runstream server --bus kafka --components ingest` against $RUNSTREAM_TEST_KAFKA (default: the
-# Kafka of scripts/services.sh) and a grpc.health.v1 check made with the image's own python.
+# as the image's user with its env: its entrypoint + cmd (`runstream server --help`), `import chdb`
+# must fail, `pip check`; then serves `runstream server --bus kafka --components ingest` against
+# $RUNSTREAM_TEST_KAFKA (default: the Kafka of scripts/services.sh) until grpc.health.v1 answers
+# SERVING (checked by the image's own python), and `runstream dashboard` until its health answers.
+# With SMOKE_CLICKHOUSE_DSN=http://user:pass@host:8123 also a `--components writer,query` process on
+# that ClickHouse server, and a run logged through ingest is read back from query.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -130,37 +133,62 @@ cmd_build() {
     "($(du -sh "$CACHE/runstream-$TAG.oci.tar" | cut -f1), gzip layers)"
 }
 
-health_check_py() {  # run by the image's python: grpc HOST:PORT (grpc.health.v1 "" + Ingest Health) | http URL
+smoke_check_py() {  # run by the image's python; every check retries for up to 90 s
   cat <<'EOF'
+"""grpc HOST:PORT [SERVICE...]: grpc.health.v1 for "" and each service | http URL: its body |
+roundtrip INGEST QUERY: the SDK logs a run through ingest, the query service returns its points."""
 import sys, time, urllib.request
-kind, target = sys.argv[1], sys.argv[2]
-deadline = time.monotonic() + 90
+
+kind, target, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+STEPS = 20
+SERVING = b"\x08\x01"
 
 
 def grpc_check():
     import grpc
-    from runstream.v1 import ingest_pb2, ingest_pb2_grpc
     with grpc.insecure_channel(target) as ch:
         check = ch.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
-        status = check(b"", timeout=3)
-        ingest = ingest_pb2_grpc.IngestServiceStub(ch).Health(ingest_pb2.HealthRequest(), timeout=3)
-    return ("SERVING" if status == b"\x08\x01" else f"NOT_SERVING {status!r}") + f", IngestService.Health {ingest.status}"
+        answers = {name: check((b"\x0a" + bytes([len(name)]) + name.encode()) if name else b"", timeout=3)
+                   for name in ["", *rest]}
+    return ", ".join(f"{name or '(server)'} {'SERVING' if a == SERVING else 'NOT_SERVING'}" for name, a in answers.items())
 
 
 def http_check():
     return urllib.request.urlopen(target, timeout=3).read().decode()
 
 
+def roundtrip():
+    import runstream
+    from runstream.errors import ServerError
+    run = runstream.init(project="smoke", endpoint=target, spool_dir="/tmp/smoke/spool",
+                         system_metrics_interval_s=0, capture_packages=False)
+    for step in range(STEPS):
+        run.log({"loss": 1.0 / (step + 1)}, step=step)
+    assert run.finish(timeout_s=60), "the run was not acked"
+    with runstream.Api(rest[0]) as api:
+        while True:
+            try:
+                count = api.run("smoke", run.id)["metrics"].get("loss", {}).get("count")
+                if count == STEPS:
+                    return f"{STEPS} points logged through ingest, stored by the writer, read back from query"
+            except ServerError as exc:
+                if exc.code != "NOT_FOUND":
+                    raise
+            time.sleep(0.5)
+
+
+deadline = time.monotonic() + 90
 while True:
     try:
-        answer = grpc_check() if kind == "grpc" else http_check()
-        break
+        answer = {"grpc": grpc_check, "http": http_check, "roundtrip": roundtrip}[kind]()
+        if kind != "grpc" or "NOT_SERVING" not in answer or time.monotonic() > deadline:
+            break
     except Exception as exc:
         if time.monotonic() > deadline:
-            sys.exit(f"no health answer from {target}: {exc}")
-        time.sleep(0.5)
-print(f"health {target}: {answer}")
-sys.exit(0 if answer.startswith(("SERVING", "ok")) else 1)
+            sys.exit(f"{kind} {target}: no answer: {exc}")
+    time.sleep(0.5)
+print(f"{kind} {target}: {answer}")
+sys.exit(0 if {"grpc": "NOT_SERVING" not in answer, "http": answer == "ok", "roundtrip": True}[kind] else 1)
 EOF
 }
 
@@ -171,7 +199,8 @@ cmd_smoke() {
   local kafka=${RUNSTREAM_TEST_KAFKA:-}
   [ -n "$kafka" ] || kafka=$(bash "$ROOT/scripts/services.sh" env 2>/dev/null | sed -n 's/^RUNSTREAM_TEST_KAFKA=//p')
   [ -n "$kafka" ] || die "no Kafka for the serve check: set RUNSTREAM_TEST_KAFKA=host:port (or bash scripts/services.sh up)"
-  local started=$SECONDS port=${SMOKE_PORT:-17777} dport=${SMOKE_DASHBOARD_PORT:-18501} prefix=${SMOKE_TOPIC_PREFIX:-smoke$(date +%s)}
+  local started=$SECONDS port=${SMOKE_PORT:-17777} qport=${SMOKE_QUERY_PORT:-17787} dport=${SMOKE_DASHBOARD_PORT:-18501}
+  local prefix=${SMOKE_TOPIC_PREFIX:-smoke$(date +%s)} dsn=${SMOKE_CLICKHOUSE_DSN:-}
   # SMOKE_KEEP=1 keeps the unpacked bundle and reuses it the next time (while debugging the check)
   if [ -z "${SMOKE_KEEP:-}" ] || [ ! -f "$bundle/config.json" ]; then
     rm -rf "$bundle"
@@ -186,39 +215,53 @@ cmd_smoke() {
   env=$(python3 -c 'import json,sys,shlex; print(shlex.join(json.load(open(sys.argv[1]))["process"]["env"]))' "$bundle/config.json")
   args=$(python3 -c 'import json,sys,shlex; print(shlex.join(json.load(open(sys.argv[1]))["process"]["args"]))' "$bundle/config.json")
   echo "== image config: user $user, args $args"
-  mkdir -p "$r/tmp/smoke" && chown "$user" "$r/tmp/smoke"
-  health_check_py >"$r/tmp/health_check.py"
+  rm -rf "$r/tmp/smoke" && mkdir -p "$r/tmp/smoke" && chown "$user" "$r/tmp/smoke"
+  smoke_check_py >"$r/tmp/smoke_check.py"
   # A private mount + pid namespace: /proc, /dev, /etc/hosts as a runtime would give them; all
   # gone when it exits (and every process in it with it).
   local rc=0
   unshare --mount --pid --fork --mount-proc="$r/proc" /bin/sh -eu -c '
-    r=$1; user=$2; env=$3; args=$4; port=$5; dport=$6; kafka=$7; prefix=$8
+    r=$1; user=$2; env=$3; args=$4; port=$5; qport=$6; dport=$7; kafka=$8; prefix=$9; dsn=${10}
     mount --rbind /dev "$r/dev"
     touch "$r/etc/hosts" && mount --bind /etc/hosts "$r/etc/hosts"
     run() { eval "chroot --userspec=$user \"\$r\" /usr/bin/env -i $env \"\$@\""; }
     run_exec() { eval "exec chroot --userspec=$user \"\$r\" /usr/bin/env -i $env \"\$@\""; }
+    # the smoke Kafka is a single development broker: allow topics under the replication factor
+    cluster="RUNSTREAM_KAFKA_TOPIC_PREFIX=$prefix RUNSTREAM_KAFKA_GROUP_ID=$prefix-writers"
+    cluster="$cluster RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED=1 RUNSTREAM_CLICKHOUSE_DATABASE=$prefix"
     echo "== $args"; eval "run $args" | head -3
     echo "== uid: $(run python -c "import os; print(os.getuid())")"
     echo "== import chdb: $(run python -c "import chdb" 2>&1 | tail -1)"
     echo "== pip check: $(run pip check)"
+    rc=0; pids=""
+    if [ -n "$dsn" ]; then
+      echo "== serve: runstream server --bus kafka --components writer,query --clickhouse-dsn <server>"
+      (run_exec env $cluster runstream server --bus kafka --kafka-bootstrap "$kafka" --components writer,query \
+        --clickhouse-dsn "$dsn" --host 127.0.0.1 --port "$qport" --metrics-port 0 --data-dir /tmp/smoke/writer \
+        >"$r/tmp/smoke/writer.log" 2>&1) &
+      writer=$!; pids="writer"
+      run python /tmp/smoke_check.py grpc "127.0.0.1:$qport" runstream.v1.QueryService || rc=1
+    fi
     echo "== serve: runstream server --bus kafka --components ingest ($kafka)"
-    # (the smoke Kafka is a single development broker: allow topics under the replication factor)
-    (run_exec env RUNSTREAM_KAFKA_TOPIC_PREFIX="$prefix" RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED=1 runstream server --bus kafka --kafka-bootstrap "$kafka" \
-      --components ingest --host 127.0.0.1 --port "$port" --metrics-port 0 --data-dir /tmp/smoke \
-      >"$r/tmp/smoke/server.log" 2>&1) &
-    server=$!
-    rc=0; run python /tmp/health_check.py grpc "127.0.0.1:$port" || rc=$?
-    echo "== dashboard: runstream dashboard --endpoint 127.0.0.1:$port --port $dport"
-    (run_exec runstream dashboard --endpoint "127.0.0.1:$port" --port "$dport" >"$r/tmp/smoke/dashboard.log" 2>&1) &
-    dashboard=$!
-    run python /tmp/health_check.py http "http://127.0.0.1:$dport/_stcore/health" || rc=$?
-    for name in dashboard server; do
+    (run_exec env $cluster runstream server --bus kafka --kafka-bootstrap "$kafka" --components ingest \
+      --host 127.0.0.1 --port "$port" --metrics-port 0 --data-dir /tmp/smoke/ingest \
+      >"$r/tmp/smoke/ingest.log" 2>&1) &
+    ingest=$!; pids="ingest $pids"
+    run python /tmp/smoke_check.py grpc "127.0.0.1:$port" runstream.v1.IngestService || rc=1
+    if [ -n "$dsn" ]; then
+      run python /tmp/smoke_check.py roundtrip "127.0.0.1:$port" "127.0.0.1:$qport" || rc=1
+    fi
+    echo "== dashboard: runstream dashboard --endpoint 127.0.0.1:$qport --port $dport"
+    (run_exec runstream dashboard --endpoint "127.0.0.1:$qport" --port "$dport" >"$r/tmp/smoke/dashboard.log" 2>&1) &
+    dashboard=$!; pids="dashboard $pids"
+    run python /tmp/smoke_check.py http "http://127.0.0.1:$dport/_stcore/health" || rc=1
+    for name in $pids; do
       eval "pid=\$$name"; kill -TERM "$pid" 2>/dev/null || true; stopped=0; wait "$pid" || stopped=$?
       echo "== $name stopped on SIGTERM: exit $stopped"
       [ "$stopped" = 0 ] || rc=1
     done
-    [ "$rc" = 0 ] || { for f in server dashboard; do echo "$f log:"; tail -20 "$r/tmp/smoke/$f.log"; done; exit 1; }
-  ' smoke "$r" "$user" "$env" "$args" "$port" "$dport" "$kafka" "$prefix" || rc=$?
+    [ "$rc" = 0 ] || { for name in $pids; do echo "$name log:"; tail -20 "$r/tmp/smoke/$name.log"; done; exit 1; }
+  ' smoke "$r" "$user" "$env" "$args" "$port" "$qport" "$dport" "$kafka" "$prefix" "$dsn" || rc=$?
   [ -n "${SMOKE_KEEP:-}" ] || rm -rf "$bundle"
   [ "$rc" = 0 ] || die "smoke failed ($rc)"
   log "smoke passed in $((SECONDS - started)) s"
