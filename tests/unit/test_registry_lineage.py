@@ -134,9 +134,7 @@ def test_two_registry_processes_never_hand_out_one_version_number_twice(chdb_dsn
     )
 
     async def create_many() -> list[int]:
-        await replicas[0].CreateRegisteredModel(
-            registry_pb2.CreateRegisteredModelRequest(project="p", name="m"), None
-        )
+        # the model does not exist yet: every call may create it (create_model), one does
         done = await asyncio.gather(*(replicas[i % 2].CreateModelVersion(request, None) for i in range(16)))
         return [r.version.version for r in done]
 
@@ -146,6 +144,10 @@ def test_two_registry_processes_never_hand_out_one_version_number_twice(chdb_dsn
         f"SELECT version, count() FROM {database}.model_versions GROUP BY version"
     ).result_rows
     assert sorted(stored) == [(v, 1) for v in range(1, 17)]
+    created = client.query(
+        f"SELECT count() FROM {database}.audit_log WHERE action = 'model.created'"
+    ).result_rows
+    assert created == [(1,)]
 
 
 def test_alias_moves_from_two_registry_processes_form_one_chain(chdb_dsn, database):

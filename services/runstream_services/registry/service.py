@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from runstream.v1 import registry_pb2, registry_pb2_grpc
-from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound
+from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import Query, checked_db
 from runstream_services.registry import claims, rules, sql
@@ -101,6 +101,15 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
     async def _model_row(self, project: str, name: str) -> tuple | None:
         rows = await self._rows(sql.models(self.db, project, name))
         return rows[0] if rows else None
+
+    async def _model_created_elsewhere(self, project: str, name: str, wait_s: float = 5.0) -> tuple:
+        """The model another process has claimed and is writing (its row appears a moment later)."""
+        deadline = time.monotonic() + wait_s
+        while (row := await self._model_row(project, name)) is None:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"model {name!r} is being created by another registry process; try again")
+            await asyncio.sleep(0.05)
+        return row
 
     async def _require_model(self, project: str, name: str) -> tuple:
         row = await self._model_row(project, name)
@@ -325,7 +334,12 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
             if missing:
                 raise NotFound(f"run {request.run_id!r} has no metric {sorted(missing)[0]!r} to snapshot")
             if model_row is None:
-                await self._create_model(project, model, "", protected, actor)
+                try:
+                    await self._create_model(project, model, "", protected, actor)
+                except AlreadyExists:  # another process created it a moment ago: use that one
+                    model_row = await self._model_created_elsewhere(project, model)
+                    for alias in aliases:
+                        self._require(principal, project, rules.role_for_alias(alias, model_row[2]))
             commit, dirty, datasets = run_rows[0]
             version = await claims.version_number(self._rows, self._insert, self.db, project, model)
             row = [
