@@ -125,6 +125,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "runstream_services.auth.cli_args",  # keys
     "runstream.importers.cli_args",  # import
     "runstream.cli_runs",  # runs ls|export
+    "runstream.cli_alerts",  # alerts ls|add|rm|firings
 )
 
 
