@@ -271,5 +271,5 @@ case "${1:-}" in
   lock) cmd_lock ;;
   build) cmd_build ;;
   smoke) cmd_smoke ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac
