@@ -17,6 +17,7 @@ PAGES = [
     st.Page("views/compare.py", title="Compare", url_path="compare", icon=":material/compare_arrows:"),
     st.Page("views/run.py", title="Run", url_path="run", icon=":material/description:"),
     st.Page("views/models.py", title="Models", url_path="models", icon=":material/model_training:"),
+    st.Page("views/alerts.py", title="Alerts", url_path="alerts", icon=":material/notifications:"),
     st.Page(
         "views/model_version.py",
         title="Model version",

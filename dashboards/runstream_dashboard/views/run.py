@@ -12,7 +12,7 @@ import streamlit as st
 
 from runstream import states
 from runstream.errors import ServerError
-from runstream_dashboard import charts, run_registry_section, state
+from runstream_dashboard import charts, run_edit_section, run_registry_section, state
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md, md_code
 
@@ -136,6 +136,7 @@ with tab_overview:
     if run.datasets:
         st.subheader("Datasets")
         st.dataframe(pd.DataFrame(run.datasets), hide_index=True, width="stretch")
+    run_edit_section.show(project, run_id, info["name"], run.notes, dict(run.tags))  # edits + history
     run_registry_section.show(project, run_id)  # inputs, and model versions registered from it
 
 
