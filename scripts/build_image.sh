@@ -215,15 +215,19 @@ cmd_smoke() {
   env=$(python3 -c 'import json,sys,shlex; print(shlex.join(json.load(open(sys.argv[1]))["process"]["env"]))' "$bundle/config.json")
   args=$(python3 -c 'import json,sys,shlex; print(shlex.join(json.load(open(sys.argv[1]))["process"]["args"]))' "$bundle/config.json")
   echo "== image config: user $user, args $args"
-  rm -rf "$r/tmp/smoke" && mkdir -p "$r/tmp/smoke" && chown "$user" "$r/tmp/smoke"
-  smoke_check_py >"$r/tmp/smoke_check.py"
-  # A private mount + pid namespace: /proc, /dev, /etc/hosts as a runtime would give them; all
-  # gone when it exits (and every process in it with it).
+  smoke_check_py >"$bundle/smoke_check.py"
+  touch "$r/etc/hosts"
+  # A private mount + pid namespace, set up as the chart runs the pod: the root read-only, a
+  # writable emptyDir-like tmpfs on /tmp (HOME), /proc, /dev and /etc/hosts as a runtime gives
+  # them; all gone when it exits (and every process in it with it).
   local rc=0
   unshare --mount --pid --fork --mount-proc="$r/proc" /bin/sh -eu -c '
     r=$1; user=$2; env=$3; args=$4; port=$5; qport=$6; dport=$7; kafka=$8; prefix=$9; dsn=${10}
+    mount --rbind "$r" "$r" && mount -o remount,bind,ro "$r"
+    mount -t tmpfs -o mode=1777,size=1g tmpfs "$r/tmp"
     mount --rbind /dev "$r/dev"
-    touch "$r/etc/hosts" && mount --bind /etc/hosts "$r/etc/hosts"
+    mount --bind /etc/hosts "$r/etc/hosts"
+    mkdir "$r/tmp/smoke" && chown "$user" "$r/tmp/smoke" && cp "$r/../smoke_check.py" "$r/tmp/"
     run() { eval "chroot --userspec=$user \"\$r\" /usr/bin/env -i $env \"\$@\""; }
     run_exec() { eval "exec chroot --userspec=$user \"\$r\" /usr/bin/env -i $env \"\$@\""; }
     # the smoke Kafka is a single development broker: allow topics under the replication factor
@@ -233,6 +237,7 @@ cmd_smoke() {
     echo "== uid: $(run python -c "import os; print(os.getuid())")"
     echo "== import chdb: $(run python -c "import chdb" 2>&1 | tail -1)"
     echo "== pip check: $(run pip check)"
+    echo "== read-only root: $(run sh -c "touch /opt/runstream/x 2>&1 || true")"
     rc=0; pids=""
     if [ -n "$dsn" ]; then
       echo "== serve: runstream server --bus kafka --components writer,query --clickhouse-dsn <server>"

@@ -1,6 +1,7 @@
 """The cluster image, run without a container engine: `bash scripts/build_image.sh smoke` unpacks
 the OCI image that `build` left in the cache (umoci) and, chrooted as the image's user with its env,
-runs its entrypoint + cmd (`runstream server --help`), shows chDB is absent and `pip check` clean,
+with the root read-only and a tmpfs on /tmp as the chart runs it, runs its entrypoint + cmd
+(`runstream server --help`), shows chDB is absent and `pip check` clean,
 then serves the cluster from the image against the real Kafka: a `writer,query` process whose
 `--clickhouse-dsn http://...` is tests/clickhouse_standin.py (a STAND-IN for a ClickHouse server:
 chDB behind ClickHouse's HTTP interface, run from the test environment, not the image) and an
@@ -68,6 +69,7 @@ def test_the_built_image_serves_the_cluster_and_answers_health(services, tmp_pat
     assert "== uid: 10001" in text
     assert "No module named 'chdb'" in text
     assert "== pip check: No broken requirements found." in text
+    assert "== read-only root: touch: cannot touch '/opt/runstream/x': Read-only file system" in text
     assert "(server) SERVING, runstream.v1.QueryService SERVING" in text
     assert "(server) SERVING, runstream.v1.IngestService SERVING" in text
     assert "20 points logged through ingest, stored by the writer, read back from query" in text
