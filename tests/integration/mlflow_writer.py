@@ -6,7 +6,8 @@ and mlflow only: it cannot import anything from this repository).
 Logs into two experiments: runs with params, tags, metrics with explicit steps (one with a NaN),
 a metric logged without a step, a FAILED run, artifacts (a "model" folder with a 1.5 MiB file, so
 the importer's upload path is used, and a text file), and a registered model "clf" with two versions
-made from a run's "model" folder, alias "champion" -> version 1. Writes what it logged, as MLflow
+made from a run's "model" folder and a third from an MLflow 3 logged model "net" of that run,
+aliases "champion" -> version 1, "candidate" -> version 3. Writes what it logged, as MLflow
 reports it back (run ids, every metric point, artifact digests), to OUT.json: the tests compare
 what landed in Runstream against it.
 """
@@ -71,6 +72,18 @@ def main() -> None:
             json.dump({"run": i}, f)
         client.log_artifacts(rid, folder, "model")
         client.log_text(rid, f"notes of run {i}\n", "notes.txt")
+        net_files = {}
+        if i == 0:  # an MLflow 3 logged model: files kept apart from the run's artifacts
+            logged = client.create_logged_model(experiments[exp_name], name="net", source_run_id=rid)
+            net = os.path.join(work, "net")
+            os.makedirs(os.path.join(net, "data"))
+            for rel, blob in (("MLmodel", b"flavors: {}\n"), ("data/params.bin", bytes(range(256)) * 64)):
+                with open(os.path.join(net, rel), "wb") as f:
+                    f.write(blob)
+                net_files[f"net/{rel}"] = hashlib.sha256(blob).hexdigest()
+            client.log_model_artifacts(logged.model_id, net)
+            client.finalize_logged_model(logged.model_id, "READY")
+            truth["logged_model"] = logged.model_id
         client.set_terminated(rid, status, end_time=t0 + 50_000)
         history = {}
         for key in ("loss", "acc", "epoch_time"):
@@ -84,6 +97,7 @@ def main() -> None:
                 with open(os.path.join(root, fname), "rb") as f:
                     files[f"{folder_name}/{fname}"] = hashlib.sha256(f.read()).hexdigest()
         files["notes.txt/notes.txt"] = hashlib.sha256(f"notes of run {i}\n".encode()).hexdigest()
+        files.update(net_files)
         info = client.get_run(rid).info
         truth["runs"][rid] = {
             "name": f"run-{i}", "experiment": exp_name, "status": status,
@@ -98,7 +112,12 @@ def main() -> None:
     client.create_registered_model("clf", description="a classifier")
     v1 = client.create_model_version("clf", source, run_id=rid, description="first")
     client.create_model_version("clf", source, run_id=rid, description="second")
+    v3 = client.create_model_version(
+        "clf", f"models:/{truth['logged_model']}", run_id=rid, model_id=truth["logged_model"],
+        description="from a logged model",
+    )  # fmt: skip
     client.set_registered_model_alias("clf", "champion", v1.version)
+    client.set_registered_model_alias("clf", "candidate", v3.version)
     with open(args.out, "w") as f:
         json.dump(truth, f)
 

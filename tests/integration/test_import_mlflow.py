@@ -80,12 +80,20 @@ def check_landed(api: runstream.Api, truth: dict) -> None:
     ] == [
         ("1", model_run, "model", "first"),
         ("2", model_run, "model", "second"),
+        (
+            "3",
+            model_run,
+            "net",
+            "from a logged model",
+        ),  # models:/m-...: the logged model, an artifact of its run
     ]
     model_files = {f["path"]: f["sha256"] for f in versions[0]["files"]}
     src_files = truth["runs"][truth["model_run"]]["files"]
     assert model_files == {p.split("/", 1)[1]: sha for p, sha in src_files.items() if p.startswith("model/")}
     (model,) = api.models("vision-exp")
-    assert model["aliases"] == {"champion": versions[0]["version"]}
+    assert model["aliases"] == {"champion": versions[0]["version"], "candidate": versions[2]["version"]}
+    net_files = {f["path"]: f["sha256"] for f in versions[2]["files"]}
+    assert net_files == {p.split("/", 1)[1]: sha for p, sha in src_files.items() if p.startswith("net/")}
 
 
 @pytest.mark.parametrize("store", ["sqlite", "file", "server"])
@@ -107,13 +115,13 @@ def test_mlflow_store_imports_everything_once(store, mlflow_side, embedded_serve
         truth = write_mlflow(mlflow_side, uri, data / "truth.json", env=env)
         first = run_import(embedded_server.endpoint, tmp_path, "mlflow", source)
         assert (first["imported"], first["skipped"], first["failed"]) == (3, 0, 0), first["out"]
-        assert "model vision-exp/clf: 2 versions created, 0 already there, 1 aliases set" in first["out"]
+        assert "model vision-exp/clf: 3 versions created, 0 already there, 2 aliases set" in first["out"]
         with runstream.Api(embedded_server.endpoint) as api:
             check_landed(api, truth)
             again = run_import(embedded_server.endpoint, tmp_path, "mlflow", source)
             assert (again["imported"], again["resumed"], again["skipped"], again["points"]) == (0, 0, 3, 0)
-            assert "model vision-exp/clf: 0 versions created, 2 already there, 0 aliases set" in again["out"]
-            check_landed(api, truth)  # nothing doubled: one version per artifact, two model versions
+            assert "model vision-exp/clf: 0 versions created, 3 already there, 0 aliases set" in again["out"]
+            check_landed(api, truth)  # nothing doubled: one version per artifact, three model versions
     finally:
         if server is not None:
             server.stop()

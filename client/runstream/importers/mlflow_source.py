@@ -22,9 +22,12 @@ Mapping (chosen so a Runstream filter finds what an MLflow search found):
   history (steps, values, timestamps) becomes the series of the same key.
 - artifacts: each top-level entry of the run's artifact folder is one artifact of that name
   (a folder "model" -> artifact "model" with all its files), files hashed with sha256.
+- logged models (MLflow 3's mlflow.<flavor>.log_model keeps a model's files apart from the run's
+  artifacts): each becomes an artifact of the run that logged it, named after the model (name.<model
+  id> when the run logged several of one name). Left out with --no-models.
 - registry: each registered model becomes a model of the same name in the project of its first
-  version's run; a version whose source lies inside its run's artifacts becomes a version made
-  from that artifact, tagged `mlflow.version` (which is how a second import knows it); aliases
+  version's run; a version whose source is a logged model (models:/m-...) or lies inside its run's
+  artifacts becomes a version made from that artifact, tagged `mlflow.version` (which is how a second import knows it); aliases
   point at the matching versions. Versions Runstream cannot represent (no run, a source outside
   the run's artifacts, a run in another project) are reported and left out.
 """
@@ -87,6 +90,16 @@ class MlflowVersion:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LoggedModel:
+    """An MLflow 3 logged model (mlflow.<flavor>.log_model): artifacts of its own, outside the run's."""
+
+    model_id: str
+    name: str
+    run_id: str  # the run that logged it ("" when none)
+    artifact_uri: str
+
+
 @dataclass
 class MlflowModel:
     name: str
@@ -106,6 +119,10 @@ class Store(Protocol):
 
     def models(self) -> list[MlflowModel]: ...
 
+    def logged_models(self) -> list[LoggedModel]: ...
+
+    def logged_model_files(self, model: LoggedModel) -> SourceArtifact: ...
+
 
 def _local_path(uri: str) -> Path:
     """A file:// URI or a plain path -> Path."""
@@ -118,6 +135,11 @@ def _local_artifacts(root: Path) -> list[SourceArtifact]:
     if not root.is_dir():
         return []
     return [SourceArtifact(p.name, lambda _scratch, p=p: p) for p in sorted(root.iterdir())]
+
+
+def _local_model_files(model: LoggedModel) -> SourceArtifact:
+    root = _local_path(model.artifact_uri)
+    return SourceArtifact(model.name, lambda _scratch: root, "model")
 
 
 def _series(rows) -> list[Series]:
@@ -177,6 +199,19 @@ class SqliteStore:
 
     def artifacts(self, run: MlflowRun) -> list[SourceArtifact]:
         return _local_artifacts(_local_path(run.artifact_uri))
+
+    def logged_models(self) -> list[LoggedModel]:
+        try:
+            rows = self._rows(
+                "SELECT model_id, name, source_run_id, artifact_location FROM logged_models "
+                "WHERE lifecycle_stage = 'active' ORDER BY creation_timestamp_ms, model_id"
+            )
+        except sqlite3.OperationalError:  # a store written by MLflow 2: no logged models
+            return []
+        return [LoggedModel(m, name or m, run or "", uri or "") for m, name, run, uri in rows]
+
+    def logged_model_files(self, model: LoggedModel) -> SourceArtifact:
+        return _local_model_files(model)
 
     def models(self) -> list[MlflowModel]:
         models = []
@@ -275,6 +310,20 @@ class FileStore:
     def artifacts(self, run: MlflowRun) -> list[SourceArtifact]:
         return _local_artifacts(_local_path(run.artifact_uri))
 
+    def logged_models(self) -> list[LoggedModel]:
+        found = []
+        for meta_path in sorted(self.root.glob("*/models/*/meta.yaml")):
+            meta = _yaml(meta_path)
+            if meta.get("lifecycle_stage", "active") != "active" or not meta.get("model_id"):
+                continue
+            location = meta.get("artifact_location") or str(meta_path.parent / "artifacts")
+            found.append(LoggedModel(str(meta["model_id"]), str(meta.get("name") or meta["model_id"]),
+                                     str(meta.get("source_run_id") or ""), str(location)))  # fmt: skip
+        return found
+
+    def logged_model_files(self, model: LoggedModel) -> SourceArtifact:
+        return _local_model_files(model)
+
     def models(self) -> list[MlflowModel]:
         models = []
         root = self.root / "models"
@@ -320,7 +369,8 @@ class RestStore:
         request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
-                return resp.read() if path.startswith("/get-artifact") else json.loads(resp.read() or b"{}")
+                raw = path.startswith(("/get-artifact", "/ajax-api/2.0/mlflow/logged-models/"))
+                return resp.read() if raw else json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:500].decode(errors="replace")
             raise ImportFailed(
@@ -405,6 +455,56 @@ class RestStore:
 
         return [SourceArtifact(e["path"], fetch(e)) for e in self._list(run.run_id)]
 
+    def logged_models(self) -> list[LoggedModel]:
+        experiments = [
+            e["experiment_id"]
+            for e in self._pages(
+                "POST", "/api/2.0/mlflow/experiments/search", "experiments",
+                body={"max_results": PAGE, "view_type": "ACTIVE_ONLY"},
+            )
+        ]  # fmt: skip
+        if not experiments:
+            return []
+        body = {"experiment_ids": experiments, "max_results": 100}
+        found = []
+        for m in self._pages("POST", "/api/2.0/mlflow/logged-models/search", "models", body=body):
+            info = m.get("info", {})
+            found.append(LoggedModel(info["model_id"], info.get("name") or info["model_id"],
+                                     info.get("source_run_id", ""), info.get("artifact_uri", "")))  # fmt: skip
+        return found
+
+    def _model_download(self, model_id: str, path: str, dest: Path) -> None:
+        listing = self._call(
+            "GET", f"/api/2.0/mlflow/logged-models/{model_id}/artifacts/directories",
+            {"artifact_directory_path": path} if path else None,
+        )  # fmt: skip
+        for entry in listing.get("files", []):
+            rel = (
+                f"{path}/{entry['path']}"
+                if path and not entry["path"].startswith(path + "/")
+                else entry["path"]
+            )
+            if entry.get("is_dir"):
+                self._model_download(model_id, rel, dest)
+                continue
+            target = (dest / rel).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                raise ImportFailed(
+                    f"MLflow server {self.base}: model file path {rel!r} leaves the model's folder"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            url = f"/ajax-api/2.0/mlflow/logged-models/{model_id}/artifacts/files"
+            target.write_bytes(self._call("GET", url, {"artifact_file_path": rel}))
+
+    def logged_model_files(self, model: LoggedModel) -> SourceArtifact:
+        def path(scratch: Path) -> Path:
+            root = scratch / "model"
+            root.mkdir(parents=True, exist_ok=True)
+            self._model_download(model.model_id, "", root)
+            return root
+
+        return SourceArtifact(model.name, path, "model")
+
     def models(self) -> list[MlflowModel]:
         models = []
         for m in self._pages(
@@ -447,7 +547,11 @@ def open_store(uri: str, token: str | None = None) -> Store:
 # ---------------------------------------------------------------- import
 
 
-def source_run(store: Store, run: MlflowRun, project: str | None) -> SourceRun:
+def source_run(
+    store: Store, run: MlflowRun, project: str | None, logged: list[LoggedModel] = ()
+) -> SourceRun:
+    """`logged`: the logged models this run logged; each becomes an artifact of the run, named
+    after the model (see model_artifact_names)."""
     tags = dict(run.tags)
     name = tags.pop("mlflow.runName", "") or run.name
     notes = tags.pop("mlflow.note.content", "")
@@ -457,7 +561,9 @@ def source_run(store: Store, run: MlflowRun, project: str | None) -> SourceRun:
         source_id=run.run_id,
         project=project or project_name(run.experiment),
         group=run.experiment if project else "",
-        fingerprint=digest(run.status, run.end_ms, run.params, run.tags, run.latest, run.name),
+        fingerprint=digest(
+            run.status, run.end_ms, run.params, run.tags, run.latest, run.name, [m.model_id for m in logged]
+        ),  # fmt: skip
         name=name,
         tags=tags
         | {"mlflow.experiment": run.experiment, "mlflow.status": run.status}
@@ -472,13 +578,41 @@ def source_run(store: Store, run: MlflowRun, project: str | None) -> SourceRun:
         end_s=run.end_ms / 1000 if run.end_ms else None,
         state=state,
         metrics=lambda: store.history(run),
-        artifacts=lambda: store.artifacts(run),
+        artifacts=lambda: (
+            store.artifacts(run)
+            + [_renamed(store.logged_model_files(m), n) for m, n in model_artifact_names(logged).items()]
+        ),  # fmt: skip
     )
 
 
-def _artifact_name(version: MlflowVersion, run: MlflowRun | None) -> str | None:
-    """The top-level artifact of the version's run that its source points into, or None."""
+def _renamed(artifact: SourceArtifact, name: str) -> SourceArtifact:
+    artifact.name = name
+    return artifact
+
+
+def model_artifact_names(logged) -> dict:
+    """{logged model: artifact name}: the model's name, or name.<model id> when the run logged
+    several models of that name."""
+    counts: dict[str, int] = {}
+    for m in logged:
+        counts[m.name] = counts.get(m.name, 0) + 1
+    return {m: m.name if counts[m.name] == 1 else f"{m.name}.{m.model_id}" for m in logged}
+
+
+def _logged_model_id(version: MlflowVersion) -> str | None:
+    """models:/<model id> (MLflow 3: a version made from a logged model) -> the model id."""
+    if version.source.startswith("models:/m-"):
+        return version.source[len("models:/") :].split("/")[0]
+    return None
+
+
+def _artifact_name(version: MlflowVersion, run: MlflowRun | None, model_names: dict[str, str]) -> str | None:
+    """The artifact of the version's run its source is: a logged model's (model_names: model id ->
+    artifact name), or the top-level entry of the run's artifacts its source points into; or None."""
     source = version.source
+    model_id = _logged_model_id(version)
+    if model_id is not None:
+        return model_names.get(model_id)
     if source.startswith("runs:/"):
         rest = source[len("runs:/") :].split("/", 1)
         return rest[1].split("/")[0] if len(rest) == 2 and rest[1] else None
@@ -492,12 +626,24 @@ def _artifact_name(version: MlflowVersion, run: MlflowRun | None) -> str | None:
 
 
 def import_models(
-    store: Store, runs: dict[str, tuple[MlflowRun, SourceRun]], writer: RunWriter, report: ImportReport
+    store: Store,
+    runs: dict[str, tuple[MlflowRun, SourceRun]],
+    logged: list[LoggedModel],
+    writer: RunWriter,
+    report: ImportReport,
 ) -> None:
     """Registered models, versions (in order) and aliases; a second import changes nothing."""
     client = writer.query
+    by_id = {m.model_id: m for m in logged}
+    model_names = {}  # logged model id -> the artifact name it has in its run
+    for run_id in {m.run_id for m in logged}:
+        for m, name in model_artifact_names([m for m in logged if m.run_id == run_id]).items():
+            model_names[m.model_id] = name
     for model in store.models():
-        placed = [(v, runs.get(v.run_id)) for v in model.versions]
+        placed = []
+        for v in model.versions:
+            source_model = by_id.get(_logged_model_id(v) or "")
+            placed.append((v, runs.get(v.run_id or (source_model.run_id if source_model else ""))))
         homes = [pair[1].project for _, pair in placed if pair is not None]
         if not homes:
             report.models.append(f"model {model.name}: no version comes from an imported run; left out")
@@ -524,7 +670,7 @@ def import_models(
                 why = f"its run {version.run_id or '(none)'} was not imported"
             elif pair[1].project != project:
                 why = f"its run is in project {pair[1].project}, the model in {project}"
-            artifact = _artifact_name(version, pair[0]) if pair else None
+            artifact = _artifact_name(version, pair[0], model_names) if pair else None
             if why is None and artifact is None:
                 why = f"its source {version.source!r} is not inside the run's artifacts"
             if why:
@@ -569,7 +715,11 @@ def import_mlflow(
     then its registered models (see the module docstring). Idempotent and resumable."""
     store = open_store(uri, token)
     mruns = list(store.runs())
-    pairs = {r.run_id: (r, source_run(store, r, project)) for r in mruns}
+    logged = store.logged_models() if models else []
+    pairs = {
+        r.run_id: (r, source_run(store, r, project, [m for m in logged if m.run_id == r.run_id]))
+        for r in mruns
+    }
     for _, src in pairs.values():
         src.run_id = run_id_for(src.source, src.source_id)
     writer = RunWriter(endpoint, api_key)
@@ -580,7 +730,7 @@ def import_mlflow(
         )  # fmt: skip
         done = {r.source_id for r in report.runs if r.status != "failed"}
         if models:
-            import_models(store, {k: v for k, v in pairs.items() if k in done}, writer, report)
+            import_models(store, {k: v for k, v in pairs.items() if k in done}, logged, writer, report)
     finally:
         writer.close()
     return report
