@@ -168,9 +168,10 @@ class AlertEvaluator:
     def _batch(self, project: str, run_id: str, batch, project_rules: list[Rule]) -> None:
         if not batch.keys:
             return
-        index = np.frombuffer(batch.key_index, "<u2")
         steps = np.frombuffer(batch.steps, "<i8")
         values = np.frombuffer(batch.values, "<f8")
+        # one key: the SDK leaves key_index empty (every point is key 0)
+        index = np.frombuffer(batch.key_index, "<u2") if batch.key_index else np.zeros(len(values), "<u2")
         positions = {k: i for i, k in enumerate(batch.keys)}
         for rule in project_rules:
             if rule.kind not in ("threshold", "nonfinite"):
