@@ -112,9 +112,13 @@ cmd_build() {
   rm -rf "$r"/tmp/* "$r"/root/.cache
   chmod 1777 "$r/tmp"
 
+  # the commit the sources came from, "-dirty" when they differ from it (the build copies the work tree)
+  local revision
+  revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git -C "$ROOT" status --porcelain -- "${SOURCES[@]}" 2>/dev/null)" ] || revision=$revision-dirty
   local labels=(--config.label "org.opencontainers.image.title=runstream"
     --config.label "org.opencontainers.image.version=$VERSION"
-    --config.label "org.opencontainers.image.revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+    --config.label "org.opencontainers.image.revision=$revision"
     --config.label "org.opencontainers.image.base.name=debian:$(cat "$r/etc/debian_version") (debootstrap --variant=minbase $SUITE)")
   umoci repack --image "$layout:$TAG" "$bundle"
   umoci config --image "$layout:$TAG" --author "scripts/build_image.sh" \
