@@ -1,0 +1,159 @@
+"""Alerts without a server: rule checks, the threshold decision, episodes, signatures, the
+evaluator on stored blocks with a real AlertStore (chDB), and webhook retries against a real local
+HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2
+from runstream_services.alerts import rules
+from runstream_services.alerts.evaluator import AlertEvaluator
+from runstream_services.alerts.rules import Rule
+from runstream_services.alerts.store import AlertStore
+from runstream_services.alerts.webhook import Delivery, WebhookSender, sign, verify
+from runstream_services.bus.base import Envelope
+from runstream_services.config import ServerSettings
+from runstream_services.errors import InvalidArgument
+from runstream_services.run_state import RunRow
+from runstream_services.storage.clickhouse import ClientPool
+from runstream_services.storage.migrations import migrate
+from runstream_services.writers.store import StoredBlock
+from tests.webhook_receiver import WebhookReceiver
+
+URL = "http://127.0.0.1:9/hook"
+
+
+def rule(**over) -> Rule:
+    fields = {"project": "p", "rule_id": "r1", "name": "n", "kind": "threshold", "key": "loss", "op": ">",
+              "value": 5.0, "webhook_url": URL, "secret": "s"}  # fmt: skip
+    return Rule(**{**fields, **over})
+
+
+@pytest.mark.parametrize(
+    "over, says",
+    [
+        ({"kind": "sometimes"}, "unknown"),
+        ({"webhook_url": "file:///etc/passwd"}, "http"),
+        ({"op": "~"}, "op"),
+        ({"value": math.nan}, "finite"),
+        ({"last_n": 0}, "last_n"),
+        ({"kind": "no_points", "minutes": 0}, "minutes"),
+        ({"key": ""}, "empty key"),
+    ],
+)
+def test_bad_rules_are_refused_with_what_to_fix(over, says):
+    with pytest.raises(InvalidArgument, match=says):
+        rules.checked(rule(**over))
+
+
+def test_threshold_uses_the_mean_of_the_newest_finite_points():
+    r = rule(last_n=3, op="<", value=0.5)
+    assert rules.threshold_holds(r, [0.1, math.nan, 0.2]) is None  # two finite points: undecided
+    assert rules.threshold_holds(r, [9, 0.1, 0.2, 0.3]) is True
+    assert rules.threshold_holds(r, [0.1, 0.2, 1.5]) is False
+
+
+def test_episodes_fire_once_until_the_condition_ends():
+    e = rules.Episodes()
+    assert e.enter("p", "r", "run") and not e.enter("p", "r", "run")
+    e.leave("p", "r", "run")
+    assert e.enter("p", "r", "run")
+
+
+def test_signature_is_hmac_sha256_of_the_body():
+    import hashlib
+    import hmac
+
+    body = b'{"a": 1}'
+    assert sign("k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    assert verify("k", body, sign("k", body)) and not verify("k", body + b" ", sign("k", body))
+
+
+def test_webhook_retries_with_backoff_then_delivers():
+    receiver = WebhookReceiver(fail_first=2)
+    outcomes = []
+    sender = WebhookSender(
+        lambda d, status, n, err: outcomes.append((status, n, err)), attempts=3, backoff_s=0.05
+    )
+    try:
+        sender.send(Delivery(receiver.url, "secret", {"x": 1}, {"firing_id": "f1"}))
+        deadline = time.monotonic() + 10
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outcomes == [("delivered", 3, "")]
+        assert receiver.requests == 3 and receiver.payloads() == [{"x": 1}]
+        headers, body = receiver.received[0]
+        assert verify("secret", body, headers["x-runstream-signature"])
+        assert headers["x-runstream-firing"] == "f1"
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_webhook_gives_up_after_the_last_attempt():
+    outcomes = []
+    sender = WebhookSender(lambda d, status, n, err: outcomes.append((status, n)), attempts=2, backoff_s=0.01)
+    try:
+        sender.send(Delivery("http://127.0.0.1:1/nothing-listens", "s", {}, {"firing_id": "f"}))
+        deadline = time.monotonic() + 10
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outcomes == [("failed", 2)]
+    finally:
+        sender.close()
+
+
+def _block(run_id: str, key: str, steps, values, state: str | None = None) -> StoredBlock:
+    n = len(values)
+    batch = ingest_pb2.MetricBatch(
+        project="p", run_id=run_id, keys=[key], steps=np.asarray(steps, "<i8").tobytes(),
+        values=np.asarray(values, "<f8").tobytes(), times_ms=np.zeros(n, "<i8").tobytes(),
+    )  # fmt: skip
+    env = Envelope(
+        project="p", run_id=run_id, client_id="c", seq=1, kind="metrics", payload=b"", received_ms=1
+    )
+    runs = [RunRow(project="p", run_id=run_id, state=state)] if state else []
+    return StoredBlock(runs=runs, params=[], metrics=[(env, batch)] if n else [], artifacts=[])
+
+
+def test_evaluator_fires_once_per_episode_and_records_firings(chdb_dsn, database):
+    pool = ClientPool(chdb_dsn, size=1)
+    with pool.client() as client:
+        migrate(client, database)
+    store = AlertStore(pool, database)
+    store.add_rule(rule(webhook_url="http://127.0.0.1:1/x"))
+    store.add_rule(rule(rule_id="r2", kind="nonfinite", key=""))
+    store.add_rule(rule(rule_id="r3", kind="no_points", key="", op="", minutes=1.0))
+    now = [1_000.0]
+    ev = AlertEvaluator(store, ServerSettings(alert_webhook_attempts=1), clock=lambda: now[0])
+    ev.sender.close()  # deliveries are webhook.py's tests: here they fail at once and are recorded
+    try:
+        ev.reload_rules()
+        ev.evaluate_block(_block("run", "", [], [], state="running"))
+        ev.evaluate_block(_block("run", "loss", [0, 1, 2], [1, 6, 7]))
+        ev.evaluate_block(_block("run", "loss", [3], [8]))
+        ev.evaluate_block(_block("run", "loss", [4], [math.nan]))
+        ev.evaluate_block(_block("run", "loss", [5], [1]))
+        ev.evaluate_block(_block("run", "loss", [6], [9]))
+        ev.check_silence(now_ms=1_000 * 1_000 + 61_000)  # last point at received_ms=1: silent
+        ev.check_silence(now_ms=1_000 * 1_000 + 62_000)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            firings = store.firings("p")
+            if len(firings) == 4 and all(f[7] == "failed" for f in firings):
+                break
+            time.sleep(0.05)
+        by_rule = {}
+        for f in firings:
+            by_rule.setdefault(f[1], []).append(json.loads(f[6]))
+        assert sorted(d["step"] for d in by_rule["r1"]) == [1, 6]
+        assert by_rule["r2"] == [{"key": "loss", "step": 4, "value": "nan"}]
+        assert len(by_rule["r3"]) == 1
+    finally:
+        ev.close()
