@@ -23,6 +23,10 @@ from pathlib import Path
 from .core import ImportFailed, ImportReport, Series, SourceRun, cli_result, digest, import_runs
 
 _CRC_TABLE: list[int] = []
+try:
+    from google_crc32c import value as _fast_crc32c
+except ImportError:
+    _fast_crc32c = None
 
 
 def _table() -> list[int]:
@@ -36,7 +40,10 @@ def _table() -> list[int]:
 
 
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), the checksum TFRecord files use."""
+    """CRC-32C (Castagnoli), the checksum TFRecord files use: google-crc32c's C code when it is
+    installed, else this table-driven loop (about 8 MB/s on one core)."""
+    if _fast_crc32c is not None:
+        return _fast_crc32c(data)
     table = _table()
     crc = 0xFFFFFFFF
     for b in data:
