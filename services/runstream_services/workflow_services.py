@@ -48,8 +48,7 @@ class WorkflowServices:
         from runstream_services.run_edits.service import RunEditServicer
 
         s = self.settings
-        sole_writer = self.store_writer if s.bus == "embedded" else None  # run_edits/service.py says why
-        edits = RunEditServicer(self._readers(), s.clickhouse_database, self.auth, writer=sole_writer)
+        edits = RunEditServicer(self._readers(), s.clickhouse_database, self.auth, writer=self.store_writer)
         run_edits_pb2_grpc.add_RunEditServiceServicer_to_server(edits, server)
         alerts = AlertServicer(AlertStore(self._readers(), s.clickhouse_database), self.auth, self.evaluator)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)

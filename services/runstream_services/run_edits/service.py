@@ -2,14 +2,15 @@
 after the fact (the dashboard's run page, `runstream.Api().update_run`).
 
 Where the edit is applied:
-- a process whose store writer is the database's only writer (embedded bus): through that writer
+- a process that runs a store writer (always, embedded): through that writer
   (StoreWriter.edit_run), under the lock it merges run events with, so its cached row, its pins
   (run_edits/rules.py) and the query service's in-process read cache all see the edit at once;
-- otherwise (Kafka: the writers are other processes): the run's row is read, edited and inserted
-  with a newer version from here. The Kafka writers learn of the edit only when they next read
-  the run's row from the table (after a restart, a rebalance or cache eviction); until then a run
-  event of that run stored by a writer that still caches the row writes the pre-edit name, notes
-  and tags again. Editing runs that have ended (the common case) is safe there.
+- a process without one (a query-only deployment on a ClickHouse server): the run's row is read,
+  edited and inserted with a newer version from here.
+Kafka with several writer processes: a writer other than this process's learns of the edit only
+when it next reads the run's row from the table (a restart, a rebalance, cache eviction); until
+then a run event of that run stored by such a writer, if it still caches the row, writes the
+pre-edit name, notes and tags again. Editing runs that have ended (the common case) is safe.
 
 Every changed field is a run_edits row (who: the key's id and role; when; before and after) and
 the call also writes one audit_log row ("run.edited"). An edit never changes the run's state.
@@ -36,7 +37,7 @@ AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
 
 class RunEditServicer(run_edits_pb2_grpc.RunEditServiceServicer):
-    """`writer`: this process's StoreWriter when it is the only writer of the database, else None."""
+    """`writer`: this process's StoreWriter, None when it runs none."""
 
     def __init__(self, readers: ClientPool, database: str, auth: Any = None, writer: Any = None):
         self.readers = readers
