@@ -155,6 +155,9 @@ class AlertEvaluator:
             self._running[key] = max(self._running.get(key, 0), row.start_ms, row.heartbeat_ms)
         else:
             self._running.pop(key, None)
+            if row.state in states.TERMINAL_STATES:  # its metric rules' memory is no longer needed
+                for recent in [k for k in self._recent if k[2] == row.run_id and k[0] == row.project]:
+                    del self._recent[recent]
         for rule in self._rules_of(row.project):
             if rule.kind == "crashed":
                 if row.state == states.CRASHED:
