@@ -9,6 +9,7 @@ import time
 from runstream_services.alerts import rules
 from runstream_services.alerts.rules import Rule
 from runstream_services.query.sql import checked_db
+from runstream_services.registry.sql import AUDIT_COLUMNS
 from runstream_services.storage.clickhouse import ClientPool
 
 _RULE_SELECT = "SELECT project, rule_id, name, kind, key, op, value, last_n, minutes, webhook_url, secret, creator, created_ms"
@@ -37,7 +38,7 @@ class AlertStore:
 
     def audit(self, row: list) -> None:
         """One audit_log row (time_ms, project, actor, action, target, detail)."""
-        self._insert("audit_log", ("time_ms", "project", "actor", "action", "target", "detail"), [row])
+        self._insert("audit_log", AUDIT_COLUMNS, [row])
 
     def rules(self, project: str | None = None) -> list[Rule]:
         """The live rules of `project` (every project's when None), oldest first."""

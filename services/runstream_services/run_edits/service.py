@@ -29,11 +29,10 @@ from runstream_services.errors import NotFound
 from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import checked_db
 from runstream_services.registry.rules import Revisions, actor_of
+from runstream_services.registry.sql import AUDIT_COLUMNS
 from runstream_services.run_edits import rules
 from runstream_services.run_state import RunRow
 from runstream_services.storage.clickhouse import ClientPool
-
-AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 
 
 class RunEditServicer(run_edits_pb2_grpc.RunEditServiceServicer):
