@@ -1,6 +1,9 @@
 """The cluster path of the lean install (`runstream[server]`, no chDB) serves with chDB blocked in
 every Runstream process (tests/no_chdb.py), and none of them ever asks for it:
 
+- the default embedded store (a chdb:// DSN) stops start-up with a ConfigError naming the extra to
+  install; a server on an http:// DSN with nothing listening stops at `cannot reach ClickHouse`
+  without having asked for chDB (neither needs the real services);
 - `runstream server --bus kafka --components ingest` on the real Kafka with MinIO artifacts answers
   the grpc.health.v1 readiness check, takes a run from the SDK (acked once on Kafka) and drains;
 - the whole cluster, `runstream migrate`, ingest and a `--components writer,query` process with
@@ -11,6 +14,8 @@ every Runstream process (tests/no_chdb.py), and none of them ever asks for it:
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import grpc
@@ -23,13 +28,45 @@ from tests.clickhouse_standin import StandinProcess, server_deployment
 from tests.deployments import drop_topics, kafka_env, new_prefix
 from tests.no_chdb import NoChdb
 from tests.sdk_options import quick_sdk_options
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 
 def _readiness(endpoint: str) -> bytes:
     with grpc.insecure_channel(endpoint) as channel:
         check = channel.unary_unary(CHECK_METHOD, request_serializer=None, response_deserializer=None)
         return check(b"", timeout=10)
+
+
+def _server(blocker: NoChdb, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "runstream_services.cli", "server", "--port", str(free_port()),
+           "--metrics-port", "0", "--data-dir", str(tmp_path / "data"), *args]  # fmt: skip
+    env = {k: v for k, v in blocker.env().items() if not k.startswith("RUNSTREAM_")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+
+def test_the_default_embedded_store_without_chdb_says_what_to_install(tmp_path):
+    blocker = NoChdb(tmp_path / "block")
+    out = _server(blocker, tmp_path)  # no --clickhouse-dsn: chdb://<data-dir>/chdb
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "chDB is not installed" in out.stderr and "pip install 'runstream[embedded]'" in out.stderr
+    assert "--clickhouse-dsn" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert blocker.refused() and blocker.refused()[0] == "chdb"  # the blocker is what stopped it
+
+
+def test_a_server_on_a_clickhouse_server_dsn_never_asks_for_chdb(tmp_path):
+    """Nothing listens on the DSN's port: start-up stops at the store with `cannot reach
+    ClickHouse` (no ClickHouse server runs on this machine); up to there chDB was not asked for.
+    The Kafka address is never dialled: the store is opened first."""
+    blocker = NoChdb(tmp_path / "block")
+    dsn = f"http://default:@127.0.0.1:{free_port()}"
+    out = _server(
+        blocker, tmp_path, "--bus", "kafka", "--kafka-bootstrap", "127.0.0.1:1", "--clickhouse-dsn", dsn
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "cannot reach ClickHouse" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(blocker.loaded()) == 1 and blocker.refused() == []
 
 
 def test_cluster_ingest_serves_without_chdb(services, tmp_path):
