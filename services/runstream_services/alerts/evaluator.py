@@ -49,7 +49,11 @@ class AlertEvaluator:
     def __init__(
         self, store: AlertStore, settings: ServerSettings, *, clock: Callable[[], float] = time.time
     ):
+        """With Kafka, each writer learns the running runs from the blocks it stores (its own
+        partitions'), so no two writers judge one run silent; embedded, the runs running at start
+        are read from the store too."""
         self.store = store
+        self.load_running = settings.bus == "embedded"
         self.interval_s = max(0.05, settings.alerts_check_interval_s)
         self.clock = clock
         self.sender = WebhookSender(
@@ -74,7 +78,7 @@ class AlertEvaluator:
     def start(self) -> None:
         try:
             self.reload_rules()
-            for project, run_id, heartbeat_ms in self.store.running_runs():
+            for project, run_id, heartbeat_ms in self.store.running_runs() if self.load_running else ():
                 self._running[(project, run_id)] = int(heartbeat_ms)
         except Exception:
             log.exception("alerts: loading rules or running runs failed; retried every check")
