@@ -85,7 +85,7 @@ class SourceRun:
     summary: dict[str, Any] = field(default_factory=dict)
     start_s: float | None = None
     end_s: float | None = None
-    state: str = "finished"
+    state: str = states.FINISHED
     metrics: Callable[[], Iterable[Series]] = lambda: ()
     artifacts: Callable[[], Iterable[SourceArtifact]] = lambda: ()
     run_id: str = ""  # set by import_runs (run_id_for) unless the reader chose one
@@ -359,13 +359,13 @@ class RunWriter:
                     f"(last error: {run.stats.get('last_error') or 'none'}); run the import again to resume"
                 )
             run.tags = {**run.tags, FINGERPRINT_TAG: src.fingerprint}
-            state = src.state if src.state in states.FINISH_STATES else "killed"
+            state = src.state if src.state in states.FINISH_STATES else states.KILLED
             if not run.finish(state, end_time=end_s):
                 raise ImportFailed(
                     f"run {src.run_id!r}: its end was not acknowledged; run the import again to resume"
                 )
         except BaseException:
-            run.finish("killed", timeout_s=5.0)
+            run.finish(states.KILLED, timeout_s=5.0)
             raise
 
     def _artifact(self, run, art: SourceArtifact, scratch: Path, have_files, result: RunResult) -> None:

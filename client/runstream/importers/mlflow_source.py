@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from runstream import states
 from runstream.errors import ServerError
 
 from .core import (
@@ -61,7 +62,7 @@ from .core import (
     run_id_for,
 )
 
-STATES = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}
+STATES = {"FINISHED": states.FINISHED, "FAILED": states.FAILED, "KILLED": states.KILLED}
 FILE_STORE_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 VERSION_TAG = "mlflow.version"
 PAGE = 1000
@@ -555,7 +556,7 @@ def source_run(
     tags = dict(run.tags)
     name = tags.pop("mlflow.runName", "") or run.name
     notes = tags.pop("mlflow.note.content", "")
-    state = STATES.get(run.status, "killed")
+    state = STATES.get(run.status, states.KILLED)
     return SourceRun(
         source="mlflow",
         source_id=run.run_id,

@@ -33,6 +33,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from runstream import states
+
 from .core import (
     ImportFailed,
     ImportReport,
@@ -221,7 +223,7 @@ def source_run(files: list[Path], files_root: Path, project: str | None, step_mu
         config=config,
         start_s=_when(start[-1]["datetime_value"]) if start else None,
         end_s=_when(end[-1]["datetime_value"]) if end else None,
-        state="failed" if run.scalar("sys/failed") else "finished",
+        state=states.FAILED if run.scalar("sys/failed") else states.FINISHED,
         metrics=run.metric_series,
         artifacts=run.source_artifacts,
     )

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runstream import states
+
 from .core import (
     ImportFailed,
     ImportReport,
@@ -225,7 +227,9 @@ def source_run(log: Path, project: str | None) -> SourceRun:
     info = run.info
     files = run.folder / "files"
     listing = sorted((p.relative_to(files).as_posix(), p.stat().st_size) for p in files.rglob("*") if p.is_file()) if files.is_dir() else []  # fmt: skip
-    state = "killed" if run.exit_code is None else ("finished" if run.exit_code == 0 else "failed")
+    state = (
+        states.KILLED if run.exit_code is None else (states.FINISHED if run.exit_code == 0 else states.FAILED)
+    )
     times = [t for _, _, ts in run.series.values() for t in ts if t == t]
     start = info.start_time.seconds + info.start_time.nanos / 1e9 if info.HasField("start_time") else None
     return SourceRun(
