@@ -157,3 +157,31 @@ def test_evaluator_fires_once_per_episode_and_records_firings(chdb_dsn, database
         assert len(by_rule["r3"]) == 1
     finally:
         ev.close()
+
+
+def test_firings_left_pending_are_delivered_at_start(chdb_dsn, database):
+    """A server stopped before a delivery ended leaves the firing pending; the next start sends it
+    (same firing id) and records the outcome."""
+    pool = ClientPool(chdb_dsn, size=1)
+    with pool.client() as client:
+        migrate(client, database)
+    store = AlertStore(pool, database)
+    receiver = WebhookReceiver()
+    store.add_rule(rule(webhook_url=receiver.url))
+    pending = {"project": "p", "rule_id": "r1", "run_id": "run", "firing_id": "f-1", "fired_ms": int(time.time() * 1000),
+               "message": "loss = 7 > 5", "detail": json.dumps({"step": 3}), "status": "pending", "attempts": 0,
+               "last_error": ""}  # fmt: skip
+    store.record_firing(pending)
+    ev = AlertEvaluator(store, ServerSettings())
+    try:
+        ev.start()
+        [payload] = receiver.wait_for(lambda ps: len(ps) == 1, timeout_s=10)
+        assert payload["firing_id"] == "f-1" and payload["detail"] == {"step": 3}
+        assert verify("s", receiver.received[0][1], receiver.received[0][0]["x-runstream-signature"])
+        deadline = time.monotonic() + 10
+        while store.firings("p")[0][7] != "delivered" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.firings("p")[0][7] == "delivered" and store.pending_firings(0) == []
+    finally:
+        ev.close()
+        receiver.close()

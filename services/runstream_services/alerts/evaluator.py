@@ -51,7 +51,7 @@ class AlertEvaluator:
     ):
         """With Kafka, each writer learns the running runs from the blocks it stores (its own
         partitions'), so no two writers judge one run silent; embedded, the runs running at start
-        are read from the store too."""
+        are read from the store too, and firings left pending by the last run are delivered."""
         self.store = store
         self.load_running = settings.bus == "embedded"
         self.interval_s = max(0.05, settings.alerts_check_interval_s)
@@ -80,8 +80,13 @@ class AlertEvaluator:
             self.reload_rules()
             for project, run_id, heartbeat_ms in self.store.running_runs() if self.load_running else ():
                 self._running[(project, run_id)] = int(heartbeat_ms)
+            resent = self.resend_pending() if self.load_running else 0  # Kafka: whose they are is unknown
+            if resent:
+                log.info("alerts: delivering %d firings left pending by the last run", resent)
         except Exception:
-            log.exception("alerts: loading rules or running runs failed; retried every check")
+            log.exception(
+                "alerts: loading rules, running runs or pending firings failed; rules retried every check"
+            )
         self._thread.start()
 
     def close(self) -> None:
@@ -261,12 +266,30 @@ class AlertEvaluator:
             self.store.record_firing(firing)
         except Exception:
             log.exception("alerts: recording firing %s failed (it is still delivered)", firing["firing_id"])
+        self._deliver(rule, firing)
+
+    def _deliver(self, rule: Rule, firing: dict) -> None:
         payload = {
-            "firing_id": firing["firing_id"], "project": rule.project, "run_id": run_id, "fired_ms": fired_ms,
-            "message": message, "detail": detail,
+            "firing_id": firing["firing_id"], "project": rule.project, "run_id": firing["run_id"],
+            "fired_ms": firing["fired_ms"], "message": firing["message"], "detail": json.loads(firing["detail"]),
             "rule": {"rule_id": rule.rule_id, "name": rule.name, "kind": rule.kind, "condition": rule.describe()},
         }  # fmt: skip
         self.sender.send(Delivery(rule.webhook_url, rule.secret, payload, firing))
+
+    def resend_pending(self, max_age_ms: int = 24 * 3600_000) -> int:
+        """Delivers again the firings a stopped server left pending (fired within `max_age_ms`,
+        their rule still live); the same firing id, so a receiver can drop a second copy.
+        Returns how many."""
+        since = int(self.clock() * 1000) - max_age_ms
+        with self._rules_lock:
+            live = {(r.project, r.rule_id): r for rs in self._rules.values() for r in rs}
+        sent = 0
+        for firing in self.store.pending_firings(since):
+            rule = live.get((firing["project"], firing["rule_id"]))
+            if rule is not None:
+                self._deliver(rule, firing)
+                sent += 1
+        return sent
 
     def _delivered(self, delivery: Delivery, status: str, attempts: int, error: str) -> None:
         firing = dict(delivery.firing, status=status, attempts=attempts, last_error=error)

@@ -74,6 +74,16 @@ class AlertStore:
             {"p": project, "r": rule_id, "n": limit},
         )
 
+    def pending_firings(self, since_ms: int) -> list[dict]:
+        """Firings fired since `since_ms` whose delivery never ended (the server stopped first)."""
+        cols = rules.FIRING_COLUMNS[:-1]
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM {self.db}.alert_firings FINAL "
+            "WHERE status = 'pending' AND fired_ms >= {t:Int64} ORDER BY fired_ms",
+            {"t": since_ms},
+        )
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
     def running_runs(self) -> list[tuple[str, str, int]]:
         """(project, run_id, heartbeat_ms) of the runs running now, for the evaluator's start."""
         return self._query(
