@@ -73,6 +73,31 @@ def test_tensorboard_scalars_import_once_with_steps_and_wall_times(embedded_serv
         assert len(api.runs("tb-proj")) == 2
 
 
+def test_a_run_left_half_imported_is_continued_after_its_last_stored_point(embedded_server, tmp_path):
+    """What an interrupted import leaves: the run's first 150 points of "acc" stored, no
+    fingerprint. The next import sends only the rest of that series (and the other series)."""
+    from runstream.importers.core import run_id_for
+
+    logdir = tmp_path / "tb"
+    truth = write_events(logdir)
+    acc = truth["baseline"]["acc"][:150]
+    run = runstream.init(
+        project="tb-resume", id=run_id_for("tensorboard", "baseline"), endpoint=embedded_server.endpoint,
+        spool_dir=str(tmp_path / "spool"), system_metrics_interval_s=0, capture_packages=False,
+    )  # fmt: skip
+    run.log_arrays("acc", [s for s, _, _ in acc], [v for _, _, v in acc], times=[t / 1000 for _, t, _ in acc])
+    assert run.finish(timeout_s=60)
+    done = run_import(
+        embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), "--project", "tb-resume"
+    )
+    assert (done["resumed"], done["imported"], done["failed"]) == (1, 1, 0), done["out"]
+    every = sum(len(p) for r in truth.values() for p in r.values())
+    assert done["points"] == every - 150, done["out"]  # the 150 stored points were not sent again
+    with runstream.Api(embedded_server.endpoint) as api:
+        got = history_points(api, "tb-resume", run_id_for("tensorboard", "baseline"))
+        assert got == truth["baseline"]
+
+
 def test_a_corrupt_event_record_is_refused_with_file_and_offset(embedded_server, tmp_path):
     logdir = tmp_path / "tb"
     write_events(logdir)

@@ -8,7 +8,15 @@ import zlib
 
 import pytest
 
-from runstream.importers.core import Series, artifact_name, normalize, parse_param, project_name, run_id_for
+from runstream.importers.core import (
+    Series,
+    artifact_name,
+    held_prefix,
+    normalize,
+    parse_param,
+    project_name,
+    run_id_for,
+)
 from runstream.importers.tensorboard_source import crc32c, masked_crc, records
 from runstream.importers.wandb_source import BLOCK, FULL, HEADER, ImportFailed, log_records
 
@@ -48,6 +56,15 @@ def test_one_point_per_step():
         [1.0, 5.0, 3.0],
         1,
     )  # the latest of step 1 kept
+
+
+def test_what_an_interrupted_import_stored_is_recognized_as_a_prefix():
+    series = Series("k", list(range(10)), [float(i) for i in range(10)])
+    assert held_prefix(series, None) == 0
+    assert held_prefix(series, (5, 4)) == 5  # steps 0-4 stored: send 5-9
+    assert held_prefix(series, (10, 9)) == 10  # all there
+    assert held_prefix(series, (3, 4)) == 0  # not a prefix (points missing before step 4): send all
+    assert held_prefix(Series("k", [0, 2, 4, 6], [0.0] * 4), (3, 5)) == 0  # last step not a source step
 
 
 def _tfrecord(payload: bytes) -> bytes:

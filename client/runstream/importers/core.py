@@ -10,9 +10,10 @@ it reads into `SourceRun`s; `import_runs` is the one writer of them. Its contrac
   computed by the reader) and finish it. A run whose tag matches and which has ended is skipped
   without reading its metrics. A source run that changed since (it went on logging) gets another
   fingerprint and is brought up to date.
-- **Resumed when interrupted**: a run without that tag is continued. Its metric series whose point
-  count and last step on the server equal the source's are not sent again; the others are sent
-  whole, and the store keeps one point per (run, key, step): a resent point replaces itself
+- **Resumed when interrupted**: a run without that tag is continued. Of each metric series only the
+  points after those the server holds are sent (`held_prefix`: the server's count and last step
+  of the series tell which prefix is stored); when that cannot be told, the whole series is sent
+  again, and the store keeps one point per (run, key, step): a resent point replaces itself
   (last-write-wins on the point's identity, writers/store.py). Artifacts whose files (paths and
   sha256) the run already holds under the same name are not logged again.
 
@@ -24,6 +25,7 @@ others are counted in the report as `collapsed`.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -195,6 +197,19 @@ def normalize(series: Series) -> tuple[Series, int]:
     ), n - len(keep)
 
 
+def held_prefix(series: Series, held: tuple[int, int] | None) -> int:
+    """How many of the series' first points the server holds already, from its summary of the
+    series (count, last step): a series is sent in step order, so what an interrupted import
+    stored is a prefix of it when the count matches the points up to the stored last step. Any
+    other state (nothing held, a changed source) sends the whole series again, which the store
+    takes idempotently (one point per step)."""
+    if held is None:
+        return 0
+    count, last_step = held
+    upto = bisect.bisect_right(series.steps, last_step)
+    return upto if upto == count and upto and series.steps[upto - 1] == last_step else 0
+
+
 class Progress:
     """A tqdm bar over runs when tqdm is installed and `enabled`; otherwise one line per run on
     stderr (unless `quiet`)."""
@@ -337,12 +352,14 @@ class RunWriter:
             if src.summary:
                 run.summary.update(src.summary)
             for series in series_list:
-                if have_metrics.get(series.key) == (len(series.steps), series.steps[-1]):
+                start = held_prefix(series, have_metrics.get(series.key))
+                if start == len(series.steps):
                     result.keys_kept += 1
                     continue
-                run.log_arrays(series.key, series.steps, series.values, times=series.times)
+                times = series.times[start:] if series.times else None
+                run.log_arrays(series.key, series.steps[start:], series.values[start:], times=times)
                 result.keys_sent += 1
-                result.points += len(series.steps)
+                result.points += len(series.steps) - start
             # files over 1 MiB are uploaded by the worker later: downloads must outlive the flush
             with tempfile.TemporaryDirectory(prefix="runstream-import-", dir=self.scratch) as tmp:
                 for i, art in enumerate(src.artifacts()):
