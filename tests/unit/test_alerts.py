@@ -52,11 +52,12 @@ def test_bad_rules_are_refused_with_what_to_fix(over, says):
         rules.checked(rule(**over))
 
 
-def test_threshold_uses_the_mean_of_the_newest_finite_points():
-    r = rule(last_n=3, op="<", value=0.5)
-    assert rules.threshold_holds(r, [0.1, math.nan, 0.2]) is None  # two finite points: undecided
-    assert rules.threshold_holds(r, [9, 0.1, 0.2, 0.3]) is True
-    assert rules.threshold_holds(r, [0.1, 0.2, 1.5]) is False
+def test_window_means_cover_every_window_ending_in_the_batch():
+    means, ends = rules.window_means([0.1], np.array([0.2, 0.3, 1.5]), 3)
+    assert means.tolist() == pytest.approx([0.2, 2.0 / 3]) and ends.tolist() == [1, 2]
+    means, ends = rules.window_means([], np.array([0.1, 0.2]), 3)
+    assert len(means) == 0 and len(ends) == 0  # too few points: undecided
+    assert rules.window_means([], np.array([4.0, 6.0]), 1)[0].tolist() == [4.0, 6.0]
 
 
 def test_episodes_fire_once_until_the_condition_ends():
@@ -130,13 +131,14 @@ def test_evaluator_fires_once_per_episode_and_records_firings(chdb_dsn, database
     store.add_rule(rule(webhook_url="http://127.0.0.1:1/x"))
     store.add_rule(rule(rule_id="r2", kind="nonfinite", key=""))
     store.add_rule(rule(rule_id="r3", kind="no_points", key="", op="", minutes=1.0))
+    store.add_rule(rule(rule_id="r4", last_n=3))  # the mean of 3 points of loss > 5
     now = [1_000.0]
     ev = AlertEvaluator(store, ServerSettings(alert_webhook_attempts=1), clock=lambda: now[0])
     ev.sender.close()  # deliveries are webhook.py's tests: here they fail at once and are recorded
     try:
         ev.reload_rules()
         ev.evaluate_block(_block("run", "", [], [], state="running"))
-        ev.evaluate_block(_block("run", "loss", [0, 1, 2], [1, 6, 7]))
+        ev.evaluate_block(_block("run", "loss", [0, 1, 2], [1, 6, 7]))  # r4: mean 14/3 at step 2
         ev.evaluate_block(_block("run", "loss", [3], [8]))
         ev.evaluate_block(_block("run", "loss", [4], [math.nan]))
         ev.evaluate_block(_block("run", "loss", [5], [1]))
@@ -145,16 +147,20 @@ def test_evaluator_fires_once_per_episode_and_records_firings(chdb_dsn, database
         ev.check_silence(now_ms=1_000 * 1_000 + 62_000)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            firings = store.firings("p")
-            if len(firings) == 4 and all(f[7] == "failed" for f in firings):
+            firings = store.firings("p")  # every firing fails at once and is recorded so
+            if len(firings) == 5 and all(f[7] == "failed" for f in firings):
                 break
             time.sleep(0.05)
+        assert len(firings) == 5 and {f[7] for f in firings} == {"failed"}, firings
         by_rule = {}
         for f in firings:
             by_rule.setdefault(f[1], []).append(json.loads(f[6]))
         assert sorted(d["step"] for d in by_rule["r1"]) == [1, 6]
         assert by_rule["r2"] == [{"key": "loss", "step": 4, "value": "nan"}]
         assert len(by_rule["r3"]) == 1
+        # r4 windows: [1,6,7] 4.67 no; [6,7,8] 7 at step 3 fires; [7,8,1] 5.33 and [8,1,9] 6 hold
+        # (NaN skipped): the same episode, no second firing
+        assert [(d["step"], round(d["value"], 2)) for d in by_rule["r4"]] == [(3, 7.0)]
     finally:
         ev.close()
 

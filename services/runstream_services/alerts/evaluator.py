@@ -210,27 +210,34 @@ class AlertEvaluator:
             return
         i = int(np.argmax(bad))
         key = batch.keys[int(keys_idx[i])]
-        self._enter(rule, run_id, f"{key} is {v[i]!r} at step {int(s[i])}",
+        self._enter(rule, run_id, f"{key} is {float(v[i])} at step {int(s[i])}",
                     {"key": key, "step": int(s[i]), "value": _jsonable(float(v[i]))})  # fmt: skip
 
     def _threshold(self, rule: Rule, run_id: str, v, s) -> None:
-        recent = self._recent.setdefault((rule.project, rule.rule_id, run_id), deque(maxlen=rule.last_n))
-        op = rules.OPS[rule.op]
-        if rule.last_n == 1:
-            finite = np.isfinite(v)
-            hits = finite & op(v, rule.value)
-            if hits.any():
-                i = int(np.argmax(hits))
-                self._fire_threshold(rule, run_id, float(v[i]), int(s[i]))
-        recent.extend(float(x) for x in v[-rule.last_n :])
-        holds = rules.threshold_holds(rule, list(recent))
-        if holds is None:
-            return
-        if holds:
-            mean = sum(recent) / len(recent)  # holds: the newest last_n points are finite
-            self._fire_threshold(rule, run_id, mean, int(s[-1]))
-        else:
-            self._episodes.leave(rule.project, rule.rule_id, run_id)
+        """Every window of last_n finite points that ends in this batch is decided, in step
+        order: the first window that holds opens an episode (fires), one that does not closes it."""
+        key = (rule.project, rule.rule_id, run_id)
+        recent = self._recent.setdefault(key, deque(maxlen=rule.last_n))  # newest finite values
+        finite = np.isfinite(v)
+        fv, fs = v[finite], s[finite]
+        means, ends = rules.window_means(list(recent), fv, rule.last_n)
+        recent.extend(fv[-rule.last_n :].tolist())
+        if not len(means):
+            return  # too few finite points yet: undecided
+        holds = rules.OPS[rule.op](means, rule.value)
+        start = 0
+        if self._episodes.is_open(*key):
+            ended = np.flatnonzero(~holds)
+            if not len(ended):
+                return  # the open episode goes on
+            self._episodes.leave(*key)
+            start = int(ended[0])
+        hits = np.flatnonzero(holds[start:])
+        if len(hits):
+            i = start + int(hits[0])
+            self._fire_threshold(rule, run_id, float(means[i]), int(fs[ends[i]]))
+            if not holds[-1]:
+                self._episodes.leave(*key)
 
     def _fire_threshold(self, rule: Rule, run_id: str, value: float, step: int) -> None:
         what = f"mean of last {rule.last_n} of {rule.key}" if rule.last_n > 1 else rule.key

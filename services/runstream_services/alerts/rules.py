@@ -1,9 +1,9 @@
 """Alert rules: what a rule may say, how a condition is decided, and firing episodes.
 
 Kinds:
-- threshold: the mean of the newest `last_n` points (1: the newest point) of metric `key` of a run
-  compared with `value` by `op` (>, >=, <, <=, ==, !=); non-finite points are left out of the mean
-  (the nonfinite kind reports them).
+- threshold: the mean of `last_n` consecutive finite points (1: each point) of metric `key` of a
+  run compared with `value` by `op` (>, >=, <, <=, ==, !=); every window that ends in a stored
+  batch is decided, in step order; non-finite points are skipped (the nonfinite kind reports them).
 - nonfinite: a point of `key` (any user metric when `key` is empty) is NaN or +-inf.
 - no_points: a running run logged no metric point for `minutes` (since its last point, or since
   it started).
@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 import operator
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import numpy as np
 
 from runstream_services.errors import InvalidArgument
 from runstream_services.ingest.validation import check_key
@@ -106,13 +108,18 @@ def new_secret() -> str:
     return secrets.token_hex(32)
 
 
-def threshold_holds(rule: Rule, recent: list[float]) -> bool | None:
-    """Whether the threshold condition holds on the newest points (oldest first); None when there
-    are fewer finite points than last_n (undecided: neither fires nor ends an episode)."""
-    finite = [v for v in recent if math.isfinite(v)][-rule.last_n :]
-    if len(finite) < rule.last_n:
-        return None
-    return OPS[rule.op](sum(finite) / len(finite), rule.value)
+def window_means(previous: Sequence[float], values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of every window of `n` consecutive finite points that ends among `values` (a
+    batch's finite values in step order; `previous`: the newest finite values before them), and
+    for each window the index in `values` where it ends. Empty while fewer than n points exist."""
+    seq = np.concatenate([np.asarray(previous, dtype=float), values])
+    if len(seq) < n:
+        return np.empty(0), np.empty(0, dtype=int)
+    sums = np.concatenate([[0.0], np.cumsum(seq)])
+    means = (sums[n:] - sums[:-n]) / n
+    ends = np.arange(n - 1, len(seq)) - len(previous)
+    keep = ends >= 0
+    return means[keep], ends[keep]
 
 
 class Episodes:
