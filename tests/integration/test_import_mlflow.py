@@ -122,6 +122,19 @@ def test_mlflow_store_imports_everything_once(store, mlflow_side, embedded_serve
             assert (again["imported"], again["resumed"], again["skipped"], again["points"]) == (0, 0, 3, 0)
             assert "model vision-exp/clf: 0 versions created, 3 already there, 0 aliases set" in again["out"]
             check_landed(api, truth)  # nothing doubled: one version per artifact, three model versions
+            if store == "sqlite":  # --project: every experiment into one project, the experiment as group
+                one = run_import(
+                    embedded_server.endpoint, tmp_path, "mlflow", source, "--project", "all-in-one"
+                )
+                assert (one["imported"], one["failed"]) == (3, 0), one["out"]
+                runs = api.runs("all-in-one")
+                groups = {f"mlflow-{rid}": src["experiment"] for rid, src in truth["runs"].items()}
+                assert dict(zip(runs["run_id"], runs["group"], strict=True)) == groups
+                assert [v["tags"]["mlflow.version"] for v in api.model_versions("all-in-one", "clf")] == [
+                    "3",
+                    "2",
+                    "1",
+                ]
     finally:
         if server is not None:
             server.stop()
