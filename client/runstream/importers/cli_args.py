@@ -68,7 +68,8 @@ def add_commands(sub) -> None:
         help="W&B run folders (offline runs or synced copies: run-*/run-<id>.wandb), read with wandb's own reader",
         description="Import W&B runs from their local run folders (wandb/offline-run-*/ or run-*/,\n"
         "each holding run-<id>.wandb): config, summary, tags, notes, group, every history row,\n"
-        "and the run's files/. Needs wandb installed (its reader parses the .wandb files).\n\n" + COMMON_HELP,
+        "the run's files/ and logged artifacts. Needs wandb installed: its record schema decodes the\n"
+        ".wandb files.\n\n" + COMMON_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", metavar="PATH", nargs="+", help="wandb/ folders or run folders")
