@@ -8,7 +8,7 @@ import argparse
 COMMON_HELP = """\
 Every import is idempotent and resumable: a run already imported (and unchanged at the source) is
 skipped; an import that was interrupted continues the run it stopped in, sending only the metric
-series and artifacts the server does not hold yet. Run it again until it reports no failures.
+points and artifacts the server does not hold yet. Run it again until it reports no failures.
 """
 
 
