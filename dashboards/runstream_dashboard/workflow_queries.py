@@ -16,10 +16,17 @@ RULE_COLUMNS = ["rule_id", "name", "kind", "condition", "webhook_url", "creator"
 FIRING_COLUMNS = ["fired", "rule", "run_id", "message", "status", "attempts", "last_error"]
 
 
-def _shown(value_json: str) -> str:
+def _shown(value_json: str, after: bool) -> str:
+    """A field's value before or `after` an edit as shown; for tags (only the changed keys, None
+    meaning absent), a tag absent before is left out and one removed is shown as "−key"."""
     value = json.loads(value_json)
-    if isinstance(value, dict):  # tags: only the changed keys; None = absent
-        return ", ".join(f"{k}={v}" if v is not None else f"−{k}" for k, v in sorted(value.items())) or "—"
+    if isinstance(value, dict):
+        shown = [
+            f"{k}={v}" if v is not None else f"−{k}"
+            for k, v in sorted(value.items())
+            if v is not None or after
+        ]
+        return ", ".join(shown) or "—"
     return value if value else "—"
 
 
@@ -31,8 +38,8 @@ def run_edits(project: str, run_id: str) -> tuple[pd.DataFrame, str, str]:
         {
             "time": pd.Timestamp(e.time_ms, unit="ms"),
             "field": e.field,
-            "from": _shown(e.old_value),
-            "to": _shown(e.new_value),
+            "from": _shown(e.old_value, False),
+            "to": _shown(e.new_value, True),
             "actor": e.actor,
             "role": e.role,
         }  # fmt: skip
