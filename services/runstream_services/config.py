@@ -102,6 +102,9 @@ class ServerSettings:
     alert_webhook_attempts: int = 5
     alert_webhook_backoff_s: float = 1.0
     alert_webhook_timeout_s: float = 5.0
+    # hosts alert webhooks may be sent to (exact names or ".example.com" suffixes); empty: any.
+    # Set it where keys with the write role must not make the server POST inside your network.
+    alert_webhook_hosts: tuple[str, ...] = ()
 
     @property
     def data_path(self) -> Path:

@@ -50,7 +50,8 @@ class WorkflowServices:
         s = self.settings
         edits = RunEditServicer(self._readers(), s.clickhouse_database, self.auth, writer=self.store_writer)
         run_edits_pb2_grpc.add_RunEditServiceServicer_to_server(edits, server)
-        alerts = AlertServicer(AlertStore(self._readers(), s.clickhouse_database), self.auth, self.evaluator)
+        store = AlertStore(self._readers(), s.clickhouse_database)
+        alerts = AlertServicer(store, self.auth, self.evaluator, allowed_hosts=s.alert_webhook_hosts)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
         served += ["runstream.v1.RunEditService", "runstream.v1.AlertService"]
 

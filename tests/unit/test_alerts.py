@@ -191,3 +191,13 @@ def test_firings_left_pending_are_delivered_at_start(chdb_dsn, database):
     finally:
         ev.close()
         receiver.close()
+
+
+def test_webhook_hosts_can_be_limited():
+    allowed = ("hooks.example.com", ".corp.example")
+    rules.checked(rule(webhook_url="https://hooks.example.com/x"), allowed)
+    rules.checked(rule(webhook_url="https://a.corp.example:8443/x"), allowed)
+    for url in ("http://169.254.169.254/latest", "http://127.0.0.1:9/x", "https://evilcorp.example/x"):
+        with pytest.raises(InvalidArgument, match="alert_webhook_hosts"):
+            rules.checked(rule(webhook_url=url), allowed)
+    rules.checked(rule(webhook_url="http://127.0.0.1:9/x"))  # no list: any host

@@ -77,8 +77,9 @@ class Rule:
         return "run crashed"
 
 
-def checked(rule: Rule) -> Rule:
-    """The rule if it is complete and sound; InvalidArgument saying what to fix otherwise."""
+def checked(rule: Rule, allowed_hosts: Sequence[str] = ()) -> Rule:
+    """The rule if it is complete and sound; InvalidArgument saying what to fix otherwise.
+    `allowed_hosts`: the hosts webhooks may go to (exact, or ".suffix"); empty: any."""
     if rule.kind not in KINDS:
         raise InvalidArgument(f"alert kind {rule.kind!r} is unknown: use one of {', '.join(KINDS)}")
     if not rule.name or len(rule.name) > 256:
@@ -86,6 +87,14 @@ def checked(rule: Rule) -> Rule:
     url = urlsplit(rule.webhook_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise InvalidArgument(f"webhook_url {rule.webhook_url[:200]!r} must be an http:// or https:// URL")
+    host = (url.hostname or "").lower()
+    if allowed_hosts and not any(
+        host == h or (h.startswith(".") and host.endswith(h)) for h in allowed_hosts
+    ):
+        raise InvalidArgument(
+            f"webhook host {host!r} is not allowed on this server: use one of {', '.join(allowed_hosts)} "
+            "(server setting alert_webhook_hosts)"
+        )
     if rule.kind == "threshold":
         check_key("alert metric", rule.key)
         if rule.op not in OPS:

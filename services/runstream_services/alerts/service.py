@@ -33,8 +33,9 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
     """`evaluator`: this process's AlertEvaluator, told to reread the rules after a change (None
     when this process runs no writer)."""
 
-    def __init__(self, store: AlertStore, auth: Any = None, evaluator: Any = None):
+    def __init__(self, store: AlertStore, auth: Any = None, evaluator: Any = None, allowed_hosts=()):
         self.store = store
+        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
         self.auth = auth
         self.evaluator = evaluator
 
@@ -76,7 +77,8 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
                 secret=given.secret or rules.new_secret(),
                 creator=actor_of(principal),
                 created_ms=int(time.time() * 1000),
-            )  # fmt: skip
+            ),
+            self.allowed_hosts,
         )
         existing = await asyncio.to_thread(self.store.rules, project)
         if len(existing) >= rules.MAX_RULES_PER_PROJECT:
