@@ -33,6 +33,16 @@ MAX_QUEUED = 10_000
 SIGNATURE_HEADER = "X-Runstream-Signature"
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: it could lead a POST to a host alert_webhook_hosts keeps out."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def sign(secret: str, body: bytes) -> str:
     """The signature header's value for `body`."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -119,7 +129,7 @@ class WebhookSender:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:
+            with _OPENER.open(request, timeout=self.timeout_s) as answer:
                 answer.read(64 * 1024)
             self._done(delivery, "delivered", "")
             return
