@@ -201,3 +201,22 @@ def test_webhook_hosts_can_be_limited():
         with pytest.raises(InvalidArgument, match="alert_webhook_hosts"):
             rules.checked(rule(webhook_url=url), allowed)
     rules.checked(rule(webhook_url="http://127.0.0.1:9/x"))  # no list: any host
+
+
+def test_an_edit_of_a_crashed_run_fires_no_crashed_alert(chdb_dsn, database):
+    pool = ClientPool(chdb_dsn, size=1)
+    with pool.client() as client:
+        migrate(client, database)
+    store = AlertStore(pool, database)
+    store.add_rule(rule(kind="crashed", key="", op=""))
+    ev = AlertEvaluator(store, ServerSettings(alert_webhook_attempts=1))
+    ev.sender.close()
+    try:
+        ev.reload_rules()
+        crashed = RunRow(project="p", run_id="run", state="crashed")
+        ev.evaluate_block(StoredBlock(runs=[crashed], params=[], metrics=[], artifacts=[], edited=True))
+        assert ev.fired == 0  # a person renamed a crashed run (e.g. after a restart): nothing new
+        ev.evaluate_block(StoredBlock(runs=[crashed], params=[], metrics=[], artifacts=[]))
+        assert ev.fired == 1
+    finally:
+        ev.close()

@@ -145,7 +145,7 @@ class AlertEvaluator:
                 log.exception("alerts: evaluation failed; going on with the next block")
 
     def evaluate_block(self, block) -> None:
-        for row in block.runs:
+        for row in () if block.edited else block.runs:  # an edit changes no state: nothing to judge
             self._run_row(row)
         for env, batch in block.metrics:
             self._running_point(env.project, env.run_id, env.received_ms)

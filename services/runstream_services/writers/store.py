@@ -90,6 +90,7 @@ class StoredBlock:
     # series whose summary the writer replaced by its exact summary in this write (a write that
     # re-logged stored steps): a cached summary of these must be reread, not added to
     recounted: frozenset = frozenset()  # of (project, run_id, kind, key)
+    edited: bool = False  # the runs changed by a person's edit (edit_run), not by run events
 
 
 @dataclass
@@ -291,7 +292,7 @@ class StoreWriter:
                 self._runs.pop(key, None)  # the cache is ahead of the table: reload on next use
             raise
         if self._listeners:
-            self._notify(StoredBlock([copy.deepcopy(stored)], [], [], []))
+            self._notify(StoredBlock([copy.deepcopy(stored)], [], [], [], edited=True))
         return stored
 
     def forget(
