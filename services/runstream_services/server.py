@@ -258,7 +258,13 @@ class RunstreamServer:
         store: RunStateSource | None = self.store_writer
         if store is None and self.client is not None:
             store = RunsTable(self.client, self.settings.clickhouse_database)
-        replays = self.store_writer.is_stored if self.store_writer is not None else None
+        replays = None
+        if self.store_writer is not None:
+            replays = self.store_writer.is_stored
+        elif self.client is not None:
+            from runstream_services.writers.client_seqs import StoredSeqsQuery
+
+            replays = StoredSeqsQuery(self.client, self.settings.clickhouse_database)
         return RunRegistry(directory=self.run_directory, store=store, replays=replays)
 
     # ---- 6. gRPC and metrics endpoints --------------------------------------------------------

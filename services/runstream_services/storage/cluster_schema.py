@@ -38,6 +38,7 @@ GLOBAL_TABLES = frozenset(
     {
         "schema_migrations",
         "writer_intents",
+        "writer_claims",
         "audit_log",
         "registered_models",
         "model_versions",

@@ -55,3 +55,29 @@ def add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
         lo, hi = min(lo, ranges[j][0]), max(hi, ranges[j][1])
         j += 1
     ranges[i:j] = [[lo, hi]]
+
+
+class StoredSeqsQuery:
+    """`(client_id, seq) -> stored?` answered by the store's tables, for a process that stores
+    nothing itself (an ingest pod beside Kafka writers): it asks only for run events that an ended
+    run would refuse, so that a resent run_start/run_finish whose ack was lost is answered again
+    instead of refused. No cache: these are rare, and another process is writing the answers."""
+
+    def __init__(self, client, db: str):
+        self.client, self.db = client, db
+
+    def __call__(self, client_id: str, seq: int) -> bool:
+        seqs = SeqRanges()
+        for (ranges,) in self.client.query(
+            f"SELECT argMax(ranges, updated_ms) FROM {self.db}.client_seqs WHERE client_id = %(c)s GROUP BY run_id",
+            parameters={"c": client_id},
+        ).result_rows:
+            seqs.merge(SeqRanges(ranges))
+        if seq in seqs:
+            return True
+        return bool(  # stored before migration 0005
+            self.client.query(
+                f"SELECT count() FROM {self.db}.ingested_requests WHERE client_id = %(c)s AND seq = %(s)s",
+                parameters={"c": client_id, "s": seq},
+            ).result_rows[0][0]
+        )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,6 +96,11 @@ class _PartitionState:
     ready: list[_Block] = field(default_factory=list)
     replay: tuple[int, int] | None = None  # intent (first, last) still to re-form
     committed: int | None = None
+    generation: int = -1  # the group generation this writer claimed the partition with
+
+
+class Fenced(Exception):
+    """This writer lost the partition to a newer group generation (see _fenced)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -146,6 +152,7 @@ class KafkaWriterLoop:
         self.records_written = 0
         self.points_written = 0
         self.replayed_blocks = 0
+        self.fenced_blocks = 0  # blocks a zombie of this writer dropped (a newer owner claimed them)
         self.errors = 0
         self.dead_letters = DeadLetters(settings)
         if metrics is not None:
@@ -227,6 +234,7 @@ class KafkaWriterLoop:
         yield "runstream_kafka_writer_partitions", {"state": "lag_known"}, len(self.lag())
         yield "runstream_kafka_writer_blocks_total", {}, self.blocks_written
         yield "runstream_kafka_writer_replayed_blocks_total", {}, self.replayed_blocks
+        yield "runstream_kafka_writer_fenced_blocks_total", {}, self.fenced_blocks
         yield "runstream_kafka_writer_points_total", {}, self.points_written
         yield "runstream_kafka_writer_errors_total", {}, self.errors
         yield "runstream_dead_letters_total", {}, self.dead_letters.count
@@ -269,7 +277,9 @@ class KafkaWriterLoop:
         assigned = list(assigned)
         if not assigned or consumer is None:
             return
-        intents = await asyncio.to_thread(self._read_intents, assigned)
+        generation = int(getattr(getattr(consumer, "_coordinator", None), "generation", -1) or -1)
+        # claim first, then read the intents: a zombie's intent is seen here, or it sees this claim
+        intents = await asyncio.to_thread(self._claim_and_read_intents, assigned, generation)
         # while a partition was away another writer may have stored its runs' requests (issue 10)
         await asyncio.to_thread(self.sink.forget)
         beginnings = None
@@ -281,6 +291,7 @@ class KafkaWriterLoop:
                     beginnings = await consumer.beginning_offsets(assigned)
                 committed = beginnings.get(tp, 0)
             state.committed = committed
+            state.generation = generation
             state.open, state.ready, state.replay = None, [], None
             intent = intents.get((tp.topic, tp.partition))
             if intent is not None and intent[0] >= committed and intent[1] >= intent[0]:
@@ -288,6 +299,28 @@ class KafkaWriterLoop:
                 log.info("partition %s:%d: re-forming block %d..%d (written before a crash?)",
                          tp.topic, tp.partition, intent[0], intent[1])  # fmt: skip
             consumer.seek(tp, committed)
+
+    def _claim_and_read_intents(self, assigned, generation: int) -> dict[tuple[str, int], tuple[int, int]]:
+        now = int(time.time() * 1000)
+        member = self.settings.kafka_group_instance_id or f"pid-{os.getpid()}"
+        self.client.insert(
+            f"{self.db}.writer_claims",
+            [[tp.topic, tp.partition, generation, member, now] for tp in assigned],
+            column_names=["topic", "partition", "generation", "member", "time_ms"],
+        )
+        return self._read_intents(assigned)
+
+    def _fenced(self, tp: TopicPartition) -> bool:
+        """True when a newer group generation claimed `tp` than the one this writer holds it with:
+        it lost the partition while frozen or cut off (a zombie) and must not insert."""
+        state = self._parts.get(tp)
+        if state is None:
+            return True
+        newest = self.client.query(
+            f"SELECT max(generation) FROM {self.db}.writer_claims WHERE topic = %(t)s AND partition = %(p)s",
+            parameters={"t": tp.topic, "p": tp.partition},
+        ).result_rows
+        return bool(newest) and newest[0][0] is not None and int(newest[0][0]) > state.generation
 
     def _read_intents(self, assigned) -> dict[tuple[str, int], tuple[int, int]]:
         topic_names = sorted({tp.topic for tp in assigned})
@@ -414,6 +447,10 @@ class KafkaWriterLoop:
                     self._write_intent_and_block, tp, first, last, block.envelopes, token
                 )
                 break
+            except Fenced as exc:
+                self.fenced_blocks += 1
+                log.warning("block %s dropped: %s (the new owner stores it)", token, exc)
+                return None
             except Exception as exc:
                 self.errors += 1
                 if is_deterministic(exc):
@@ -441,6 +478,8 @@ class KafkaWriterLoop:
             [[tp.topic, tp.partition, first, last, int(time.time() * 1000)]],
             column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
         )
+        if self._fenced(tp):  # after the intent: see 0009_writer_claims.sql
+            raise Fenced(f"{tp.topic}:{tp.partition} was claimed by a newer generation of the group")
         writable, refused = [], {}
         for envelope in envelopes:
             screened, why = screen(envelope)
