@@ -182,10 +182,16 @@ def search_runs(
         for m in run.metrics:
             if not metric_keys or m.key in metric_keys:
                 row[f"metrics.{m.key}"] = m.last
+        datasets: dict[str, list[str]] = {}
+        for d in run.datasets:  # in use order; a dataset used twice shows both versions
+            versions = datasets.setdefault(d.name, [])
+            if d.version not in versions:
+                versions.append(d.version)
+        row["datasets"] = ", ".join(f"{name}@{'/'.join(v)}" for name, v in datasets.items()) or None
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        df = pd.DataFrame(columns=RUN_COLUMNS)
+        df = pd.DataFrame(columns=[*RUN_COLUMNS, "datasets"])
     extra = [f"params.{k}" for k in param_keys] + [f"metrics.{k}" for k in metric_keys]
     for col in extra:
         if col not in df.columns:

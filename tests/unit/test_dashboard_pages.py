@@ -43,6 +43,7 @@ def _runs() -> pd.DataFrame:
                 "end": None if i == 0 else pd.Timestamp("2025-01-01 11:00"),
                 "duration_s": 3600.0,
                 "tags": "dataset=v2.1",
+                "datasets": f"cifar10@v{1 + i % 2}",
                 "params.lr": lr,
                 "params.optimizer": opt,
                 "params.model.depth": 4 + i % 2,
@@ -106,7 +107,12 @@ class FakeQueries:
             column = order.lstrip("-")
             if column in runs.columns:
                 runs = runs.sort_values(column, ascending=not order.startswith("-"), kind="stable")
-        keep = [*q.RUN_COLUMNS, *[f"params.{k}" for k in param_keys], *[f"metrics.{k}" for k in metric_keys]]
+        keep = [
+            *q.RUN_COLUMNS,
+            "datasets",
+            *[f"params.{k}" for k in param_keys],
+            *[f"metrics.{k}" for k in metric_keys],
+        ]
         runs = runs[[c for c in keep if c in runs.columns]].reset_index(drop=True)
         start = int(page_token or 0)
         page = runs.iloc[start : start + page_size].reset_index(drop=True)
@@ -333,7 +339,7 @@ def test_runs_table_asks_the_server_for_one_sorted_page_with_the_chosen_columns(
     assert params == ("lr", "model.depth", "optimizer") and metrics == ("loss", "val_acc")
     table = at.dataframe[0].value
     assert len(table) == N_RUNS
-    assert {"params.lr", "params.optimizer", "metrics.val_acc"} <= set(table.columns)
+    assert {"params.lr", "params.optimizer", "metrics.val_acc", "datasets"} <= set(table.columns)
     assert table["open"][0] == "./run?project=demo&run=run0"
     assert any("6 runs match" in c.value for c in at.caption)
 
@@ -531,3 +537,36 @@ def test_run_rows_name_states_as_the_sdk_does_and_cells_show_values_as_logged():
     assert q.cell_value(value(json="null")) == "null"
     assert q.cell_value(value(flag=True)) is True and q.cell_value(value(text="adam")) == "adam"
     assert q.cell_value(value()) is None
+
+
+def test_runs_page_rows_carry_each_runs_datasets(monkeypatch):
+    """queries.search_runs turns the server's Run.datasets into the table's datasets column
+    (name@version; a dataset used in two versions shows both), from a real SearchRunsResponse."""
+    from runstream.v1 import query_pb2, types_pb2
+
+    reply = query_pb2.SearchRunsResponse(
+        runs=[
+            types_pb2.Run(
+                run_id="a", project=PROJECT,
+                datasets=[types_pb2.DatasetRef(name="imagenet", version="v2.1"),
+                          types_pb2.DatasetRef(name="imagenet", version="v2.2"),
+                          types_pb2.DatasetRef(name="labels", version="sha:ab12")],
+            ),
+            types_pb2.Run(run_id="b", project=PROJECT),
+        ],
+        total=2,
+    )  # fmt: skip
+
+    class OneReply:
+        def search_runs(self, project, **kwargs):
+            return reply
+
+    monkeypatch.setattr(q, "api", lambda: OneReply())
+    page = (
+        q.search_runs.__wrapped__(PROJECT)
+        if hasattr(q.search_runs, "__wrapped__")
+        else q.search_runs(PROJECT)
+    )
+    by_run = dict(zip(page.runs["run_id"], page.runs["datasets"], strict=True))
+    assert by_run["a"] == "imagenet@v2.1/v2.2, labels@sha:ab12"
+    assert pd.isna(by_run["b"])

@@ -39,7 +39,7 @@ col_filter, col_sort, col_dir, col_size = st.columns([6, 2, 1, 1], vertical_alig
 filter_text = col_filter.text_input(
     "Filter",
     key="runs_filter",
-    placeholder='params.lr > 0.001 and metrics.val_acc > 0.8 and tags.dataset = "v2.1"',
+    placeholder='params.lr > 0.001 and metrics.val_acc > 0.8 and datasets.imagenet = "v2.1"',
     help=FILTER_HELP,
 ).strip()
 filter_error = col_filter.empty()
@@ -125,6 +125,7 @@ table = st.dataframe(
         "group",
         *[f"params.{k}" for k in param_cols],
         *[f"metrics.{k}" for k in metric_cols],
+        "datasets",
         "tags",
         "start",
         "duration_s",
@@ -134,6 +135,7 @@ table = st.dataframe(
         "open": st.column_config.LinkColumn("", display_text="open", width="small"),
         "start": st.column_config.DatetimeColumn("start", format="YYYY-MM-DD HH:mm"),
         "duration_s": st.column_config.NumberColumn("duration (s)", format="%.0f"),
+        "datasets": st.column_config.TextColumn("datasets", help="name@version of each dataset the run used"),
         **{
             c: st.column_config.NumberColumn(c.removeprefix("metrics."), format="%.4g")
             for c in runs.columns
