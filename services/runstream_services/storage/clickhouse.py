@@ -54,6 +54,11 @@ def connect(dsn: str) -> Client:
     return client
 
 
+READ_YOUR_WRITES = {"select_sequential_consistency": 1}
+"""Settings of the writers' bookkeeping reads (claims, intents, stored seqs, artifact versions):
+on a replicated cluster the read sees every insert acknowledged before it, whichever replica
+serves it (a no-op on chDB and non-replicated tables)."""
+
 MIN_SERVER_VERSION = (24, 8)
 """The oldest ClickHouse server the store runs on: the LTS release that has everything the schema
 and queries use (lttb() since 23.10, lightweight DELETE, insert dedup tokens carried into the

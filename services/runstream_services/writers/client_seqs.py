@@ -10,6 +10,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from runstream_services.storage.clickhouse import READ_YOUR_WRITES
+
 
 class SeqRanges:
     __slots__ = ("_ranges",)
@@ -71,6 +73,7 @@ class StoredSeqsQuery:
         for (ranges,) in self.client.query(
             f"SELECT argMax(ranges, updated_ms) FROM {self.db}.client_seqs WHERE client_id = %(c)s GROUP BY run_id",
             parameters={"c": client_id},
+            settings=READ_YOUR_WRITES,
         ).result_rows:
             seqs.merge(SeqRanges(ranges))
         if seq in seqs:
@@ -79,5 +82,6 @@ class StoredSeqsQuery:
             self.client.query(
                 f"SELECT count() FROM {self.db}.ingested_requests WHERE client_id = %(c)s AND seq = %(s)s",
                 parameters={"c": client_id, "s": seq},
+                settings=READ_YOUR_WRITES,
             ).result_rows[0][0]
         )

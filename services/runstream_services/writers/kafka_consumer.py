@@ -49,7 +49,7 @@ from runstream_services.bus.kafka.topics import (
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
-from runstream_services.storage.clickhouse import connect
+from runstream_services.storage.clickhouse import READ_YOUR_WRITES, connect
 
 log = logging.getLogger("runstream.kafka_writer")
 
@@ -319,6 +319,7 @@ class KafkaWriterLoop:
         newest = self.client.query(
             f"SELECT max(generation) FROM {self.db}.writer_claims WHERE topic = %(t)s AND partition = %(p)s",
             parameters={"t": tp.topic, "p": tp.partition},
+            settings=READ_YOUR_WRITES,
         ).result_rows
         return bool(newest) and newest[0][0] is not None and int(newest[0][0]) > state.generation
 
@@ -328,6 +329,7 @@ class KafkaWriterLoop:
             f"SELECT topic, partition, argMax(first_offset, (last_offset, time_ms)), max(last_offset) "
             f"FROM {self.db}.writer_intents WHERE topic IN %(t)s GROUP BY topic, partition",
             parameters={"t": topic_names},
+            settings=READ_YOUR_WRITES,
         ).result_rows
         return {(t, int(p)): (int(first), int(last)) for t, p, first, last in rows}
 

@@ -59,6 +59,7 @@ from runstream_services.errors import InvalidArgument
 from runstream_services.metrics_http import Metrics
 from runstream_services.run_edits import rules as edit_rules
 from runstream_services.run_state import AuditNote, RunRow
+from runstream_services.storage.clickhouse import READ_YOUR_WRITES
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
@@ -356,6 +357,7 @@ class StoreWriter:
                 f"SELECT client_id, run_id, argMax(ranges, updated_ms) FROM {self.db}.client_seqs "
                 "WHERE client_id IN %(c)s GROUP BY client_id, run_id",
                 parameters={"c": chunk},
+                settings=READ_YOUR_WRITES,
             ).result_rows:
                 by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))
             for client_id, run_id, seq in self.client.query(  # stored before migration 0005
@@ -698,6 +700,7 @@ class StoreWriter:
                 f"SELECT version_tag, max(version) FROM {self.db}.artifacts "
                 "WHERE project = %(p)s AND name = %(n)s GROUP BY version_tag",
                 parameters={"p": msg.project, "n": msg.name},
+                settings=READ_YOUR_WRITES,
             ).result_rows
             versions = self._artifact_versions[(msg.project, msg.name)] = {t: int(v) for t, v in found}
         if tag not in versions:
