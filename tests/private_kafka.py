@@ -94,7 +94,10 @@ class PrivateKafka:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         internal_rf = min(3, len(self.nodes))
         # what `StorageTool random-uuid` prints: a random UUID, URL-safe base64 without padding
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # (one that starts with "-" would read as an option to StorageTool's argument parser)
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         formats = []
         for n in self.nodes:
             n.folder.mkdir(parents=True, exist_ok=True)

@@ -155,6 +155,7 @@ def test_run_page_url_opens_directly_with_system_metrics(server, dashboard, page
     page.goto(f"{dashboard.url}/run?project={PROJECT}&run={failed[0].run_id}")
     wait_idle(page)
     page.get_by_role("heading", name=failed[0].name).wait_for()
-    page.get_by_text("Diverged: the loss became NaN").wait_for()
+    # the notes as shown on the page (the Edit-run form below holds them in a textarea too)
+    page.get_by_test_id("stText").get_by_text("Diverged: the loss became NaN").wait_for()
     page.get_by_role("tab", name="System").click()
     page.wait_for_function(SYSTEM_CHART_SHOWN)
