@@ -651,14 +651,21 @@ class StoreWriter:
                 parameters={"keys": chunk},
             ).result_rows
             now = time.monotonic()
+            loaded = []
             for values in found:
                 row = RunRow.from_db(values)
                 self._runs[(row.project, row.run_id)] = row
-            for project, run_id, *edit in self.client.query(
-                f"SELECT project, run_id, field, old_value, new_value, time_ms FROM {self.db}.run_edits "
-                "WHERE (project, run_id) IN %(keys)s AND field IN ('name', 'notes', 'tags')",
-                parameters={"keys": chunk},
-            ).result_rows:
+                loaded.append((row.project, row.run_id))
+            edits = (  # only runs that exist can have edits: new runs cost no second query
+                self.client.query(
+                    f"SELECT project, run_id, field, old_value, new_value, time_ms FROM {self.db}.run_edits "
+                    "WHERE (project, run_id) IN %(keys)s AND field IN ('name', 'notes', 'tags')",
+                    parameters={"keys": loaded},
+                ).result_rows
+                if loaded
+                else []
+            )
+            for project, run_id, *edit in edits:
                 pins = self._pins.setdefault((project, run_id), {})
                 for pin, edited_ms in edit_rules.pins_from_rows([tuple(edit)]).items():
                     pins[pin] = max(pins.get(pin, 0), edited_ms)
