@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
+from runstream.alert_rules import describe
 from runstream.api import Api
 from runstream.errors import RunstreamError, ServerError
 
@@ -14,17 +15,6 @@ def _fail(exc: Exception) -> int:
     message = exc.details if isinstance(exc, ServerError) else str(exc)
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def _condition(rule) -> str:
-    if rule.kind == "threshold":
-        over = f"mean(last {rule.last_n}) of " if rule.last_n > 1 else ""
-        return f"{over}{rule.key} {rule.op} {rule.value:g}"
-    if rule.kind == "nonfinite":
-        return f"{rule.key or '*'} is NaN/inf"
-    if rule.kind == "no_points":
-        return f"no points for {rule.minutes:g} min"
-    return "run crashed"
 
 
 def ls(args) -> int:
@@ -37,7 +27,7 @@ def ls(args) -> int:
         print(f"no alert rules in {args.project!r}: add one with `runstream alerts add {args.project} ...`")
         return 0
     for r in rules:
-        print(f"{r.rule_id}  {r.name!r}  {r.kind}: {_condition(r)}  -> {r.webhook_url}  (by {r.creator})")
+        print(f"{r.rule_id}  {r.name!r}  {r.kind}: {describe(r)}  -> {r.webhook_url}  (by {r.creator})")
     return 0
 
 
@@ -50,7 +40,7 @@ def add(args) -> int:
             )  # fmt: skip
     except RunstreamError as exc:
         return _fail(exc)
-    print(f"added {rule.rule_id}: {rule.kind}: {_condition(rule)} -> {rule.webhook_url}")
+    print(f"added {rule.rule_id}: {rule.kind}: {describe(rule)} -> {rule.webhook_url}")
     if not args.secret:
         print(f"webhook secret (shown once): {rule.secret}")
     return 0

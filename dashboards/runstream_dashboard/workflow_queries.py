@@ -8,6 +8,7 @@ import json
 
 import pandas as pd
 
+from runstream.alert_rules import describe
 from runstream_dashboard import login
 from runstream_dashboard import queries as q
 
@@ -57,17 +58,6 @@ def update_run(project: str, run_id: str, **changes) -> int:
     return len(answer.edits)
 
 
-def condition(rule) -> str:
-    if rule.kind == "threshold":
-        over = f"mean of last {rule.last_n} · " if rule.last_n > 1 else ""
-        return f"{over}{rule.key} {rule.op} {rule.value:g}"
-    if rule.kind == "nonfinite":
-        return f"{rule.key or 'any metric'} is NaN/inf"
-    if rule.kind == "no_points":
-        return f"no points for {rule.minutes:g} min"
-    return "run crashed"
-
-
 @login.per_viewer(ttl=3, show_spinner=False)
 def alert_rules(project: str) -> pd.DataFrame:
     rows = [
@@ -75,7 +65,7 @@ def alert_rules(project: str) -> pd.DataFrame:
             "rule_id": r.rule_id,
             "name": r.name,
             "kind": r.kind,
-            "condition": condition(r),
+            "condition": describe(r),
             "webhook_url": r.webhook_url,
             "creator": r.creator,
             "created": pd.Timestamp(r.created_ms, unit="ms"),

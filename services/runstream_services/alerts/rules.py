@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from runstream import alert_rules
 from runstream_services.errors import InvalidArgument
 from runstream_services.ingest.validation import check_key
 
@@ -67,14 +68,7 @@ class Rule:
         ]  # fmt: skip
 
     def describe(self) -> str:
-        if self.kind == "threshold":
-            over = f"mean of the last {self.last_n} points of " if self.last_n > 1 else ""
-            return f"{over}{self.key} {self.op} {self.value:g}"
-        if self.kind == "nonfinite":
-            return f"{self.key or 'a metric'} is NaN or infinite"
-        if self.kind == "no_points":
-            return f"no points for {self.minutes:g} minutes"
-        return "run crashed"
+        return alert_rules.describe(self)
 
 
 def checked(rule: Rule, allowed_hosts: Sequence[str] = ()) -> Rule:

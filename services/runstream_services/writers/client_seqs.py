@@ -59,6 +59,29 @@ def add_range(ranges: list[list[int]], lo: int, hi: int) -> None:
     ranges[i:j] = [[lo, hi]]
 
 
+def load_stored_seqs(client, db: str, client_ids: list[str]) -> dict[str, dict[str, SeqRanges]]:
+    """{client_id: {run_id: stored seqs}} of `client_ids` as the tables hold them: their
+    `client_seqs` rows and the per-request table of before migration 0005. One query each per
+    1,000 clients; read with READ_YOUR_WRITES (another writer may have just recorded them)."""
+    by_run: dict[str, dict[str, SeqRanges]] = {c: {} for c in client_ids}
+    for start in range(0, len(client_ids), 1000):
+        chunk = client_ids[start : start + 1000]
+        for client_id, run_id, ranges in client.query(
+            f"SELECT client_id, run_id, argMax(ranges, updated_ms) FROM {db}.client_seqs "
+            "WHERE client_id IN %(c)s GROUP BY client_id, run_id",
+            parameters={"c": chunk},
+            settings=READ_YOUR_WRITES,
+        ).result_rows:
+            by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))
+        for client_id, run_id, seq in client.query(  # stored before migration 0005
+            f"SELECT client_id, run_id, seq FROM {db}.ingested_requests WHERE client_id IN %(c)s",
+            parameters={"c": chunk},
+            settings=READ_YOUR_WRITES,
+        ).result_rows:
+            by_run[client_id].setdefault(run_id, SeqRanges()).add(seq)
+    return by_run
+
+
 class StoredSeqsQuery:
     """`(client_id, seq) -> stored?` answered by the store's tables, for a process that stores
     nothing itself (an ingest pod beside Kafka writers): it asks only for run events that an ended
@@ -69,19 +92,5 @@ class StoredSeqsQuery:
         self.client, self.db = client, db
 
     def __call__(self, client_id: str, seq: int) -> bool:
-        seqs = SeqRanges()
-        for (ranges,) in self.client.query(
-            f"SELECT argMax(ranges, updated_ms) FROM {self.db}.client_seqs WHERE client_id = %(c)s GROUP BY run_id",
-            parameters={"c": client_id},
-            settings=READ_YOUR_WRITES,
-        ).result_rows:
-            seqs.merge(SeqRanges(ranges))
-        if seq in seqs:
-            return True
-        return bool(  # stored before migration 0005
-            self.client.query(
-                f"SELECT count() FROM {self.db}.ingested_requests WHERE client_id = %(c)s AND seq = %(s)s",
-                parameters={"c": client_id, "s": seq},
-                settings=READ_YOUR_WRITES,
-            ).result_rows[0][0]
-        )
+        runs = load_stored_seqs(self.client, self.db, [client_id])[client_id]
+        return any(seq in seqs for seqs in runs.values())

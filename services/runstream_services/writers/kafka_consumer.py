@@ -46,6 +46,9 @@ from runstream_services.bus.kafka.topics import (
     runs_topic,
     topics,
 )
+from runstream_services.bus.kafka.topics import (
+    ping as kafka_ping,
+)
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
@@ -244,10 +247,9 @@ class KafkaWriterLoop:
     async def ping(self) -> None:
         """Returns once Kafka answered a metadata request (readiness); raises when it did not."""
         consumer = self._consumer
-        if consumer is None:
-            raise Unavailable("the Kafka writer is not started (or was stopped)")
-        if not await consumer._client.fetch_all_metadata():
-            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} sent no metadata")
+        await kafka_ping(
+            consumer._client if consumer is not None else None, self.settings.kafka_bootstrap, "writer"
+        )
 
     def owns_run(self, project: str, run_id: str) -> bool:
         """Whether this writer holds the partition of the run's events now: it alone stores them,

@@ -63,7 +63,7 @@ from runstream_services.storage.clickhouse import READ_YOUR_WRITES
 from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
-from runstream_services.writers.client_seqs import SeqRanges
+from runstream_services.writers.client_seqs import SeqRanges, load_stored_seqs
 from runstream_services.writers.key_index import KeyIndex
 from runstream_services.writers.replaced_points import ReplacedPoints
 from runstream_services.writers.run_cache import RunCache
@@ -350,21 +350,7 @@ class StoreWriter:
                     missing.append(client_id)
         if not missing:
             return out
-        by_run: dict[str, dict[str, SeqRanges]] = {c: {} for c in missing}
-        for start in range(0, len(missing), 1000):
-            chunk = missing[start : start + 1000]
-            for client_id, run_id, ranges in self.client.query(
-                f"SELECT client_id, run_id, argMax(ranges, updated_ms) FROM {self.db}.client_seqs "
-                "WHERE client_id IN %(c)s GROUP BY client_id, run_id",
-                parameters={"c": chunk},
-                settings=READ_YOUR_WRITES,
-            ).result_rows:
-                by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))
-            for client_id, run_id, seq in self.client.query(  # stored before migration 0005
-                f"SELECT client_id, run_id, seq FROM {self.db}.ingested_requests WHERE client_id IN %(c)s",
-                parameters={"c": chunk},
-            ).result_rows:
-                by_run[client_id].setdefault(run_id, SeqRanges()).add(seq)
+        by_run = load_stored_seqs(self.client, self.db, missing)
         for client_id, run_id, ranges, _ in self._bookkeeping.pending("client_seqs"):
             if client_id in by_run:
                 by_run[client_id].setdefault(run_id, SeqRanges()).merge(SeqRanges(ranges))

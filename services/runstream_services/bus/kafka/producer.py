@@ -19,7 +19,7 @@ from runstream_services import run_state
 from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.bus.kafka.directory import RunDirectory
 from runstream_services.bus.kafka.headers import record_headers
-from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, record_key, topic_for
+from runstream_services.bus.kafka.topics import ensure_topics, max_record_bytes, ping, record_key, topic_for
 from runstream_services.config import ServerSettings
 from runstream_services.errors import ResourceExhausted, Unavailable
 
@@ -149,10 +149,7 @@ class KafkaBus:
     async def ping(self) -> None:
         """Returns once Kafka answered a metadata request (readiness); raises when it did not."""
         producer = self._producer
-        if producer is None:
-            raise Unavailable("the Kafka bus is not started (or was stopped)")
-        if not await producer.client.fetch_all_metadata():
-            raise Unavailable(f"Kafka at {self.settings.kafka_bootstrap} sent no metadata")
+        await ping(producer.client if producer is not None else None, self.settings.kafka_bootstrap, "bus")
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

@@ -84,6 +84,15 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+async def ping(client, bootstrap: str, what: str) -> None:
+    """Readiness of a producer's or consumer's Kafka connection (`client`: its aiokafka client, None
+    when `what` is not started): returns once Kafka answered a metadata request, raises otherwise."""
+    if client is None:
+        raise Unavailable(f"the Kafka {what} is not started (or was stopped)")
+    if not await client.fetch_all_metadata():
+        raise Unavailable(f"Kafka at {bootstrap} sent no metadata")
+
+
 def max_record_bytes(settings: ServerSettings) -> int:
     """The largest record the bus takes: the largest ingest request plus framing."""
     return settings.max_message_bytes + _RECORD_OVERHEAD_BYTES
