@@ -16,8 +16,8 @@ from runstream.v1 import alerts_pb2, alerts_pb2_grpc
 from runstream_services.alerts import rules
 from runstream_services.alerts.rules import Rule
 from runstream_services.alerts.store import AlertStore
+from runstream_services.auth.keys import authorized
 from runstream_services.errors import InvalidArgument, NotFound
-from runstream_services.query.request_fields import project_name
 from runstream_services.registry.rules import actor_of
 
 
@@ -40,12 +40,8 @@ class AlertServicer(alerts_pb2_grpc.AlertServiceServicer):
         self.evaluator = evaluator
 
     def _allowed(self, context, project: str, need: str):
-        project = project_name(project)
-        principal = None
-        if self.auth is not None:
-            principal = self.auth.authenticate(context.invocation_metadata())
-            self.auth.check(principal, project, need)
-        return project, principal
+        """(project, principal) after checking the caller may `need` the project."""
+        return authorized(self.auth, context, project, need)
 
     async def _changed(self, project: str, actor: str, action: str, rule: Rule) -> None:
         detail = {

@@ -170,6 +170,20 @@ class ApiKeys:
         self.check(self.authenticate(context.invocation_metadata()), project, need)
 
 
+def authorized(auth: ApiKeys | None, context, project: str, need: str) -> tuple[str, Principal | None]:
+    """(the request's project name, validated; the caller's principal, None without auth) once the
+    caller may `need` (read/write/admin) that project; raises InvalidArgument / Unauthenticated /
+    PermissionDenied otherwise. The registry, run-edit and alert services start every call here."""
+    from runstream_services.query.request_fields import project_name
+
+    project = project_name(project)
+    principal = None
+    if auth is not None:
+        principal = auth.authenticate(context.invocation_metadata())
+        auth.check(principal, project, need)
+    return project, principal
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid key when auth is required (Health stays open for probes).
     Project-level checks happen in the handlers, which know the project of each request."""

@@ -33,8 +33,8 @@ import time
 from typing import Any
 
 from runstream.v1 import registry_pb2, registry_pb2_grpc
+from runstream_services.auth.keys import authorized
 from runstream_services.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import Query, checked_db
 from runstream_services.registry import claims, rules, sql
 from runstream_services.registry.inputs import InputCalls
@@ -62,12 +62,7 @@ class RegistryServicer(InputCalls, registry_pb2_grpc.RegistryServiceServicer):
 
     def _allowed(self, context, project: str, need: str):
         """(project, principal) after checking the caller may `need` the project."""
-        project = project_name(project)
-        principal = None
-        if self.auth is not None:
-            principal = self.auth.authenticate(context.invocation_metadata())
-            self.auth.check(principal, project, need)
-        return project, principal
+        return authorized(self.auth, context, project, need)
 
     def _require(self, principal, project: str, need: str) -> None:
         if self.auth is not None:

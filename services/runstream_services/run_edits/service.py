@@ -25,8 +25,8 @@ from typing import Any
 
 from runstream.v1 import run_edits_pb2, run_edits_pb2_grpc
 from runstream_services import run_state
+from runstream_services.auth.keys import authorized
 from runstream_services.errors import NotFound
-from runstream_services.query.request_fields import project_name
 from runstream_services.query.sql import checked_db
 from runstream_services.registry.rules import Revisions, actor_of
 from runstream_services.registry.sql import AUDIT_COLUMNS
@@ -47,12 +47,8 @@ class RunEditServicer(run_edits_pb2_grpc.RunEditServiceServicer):
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def _allowed(self, context, project: str, need: str):
-        project = project_name(project)
-        principal = None
-        if self.auth is not None:
-            principal = self.auth.authenticate(context.invocation_metadata())
-            self.auth.check(principal, project, need)
-        return project, principal
+        """(project, principal) after checking the caller may `need` the project."""
+        return authorized(self.auth, context, project, need)
 
     async def _rows(self, sql: str, params: dict) -> list[tuple]:
         def run() -> list[tuple]:
