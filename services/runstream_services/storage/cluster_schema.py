@@ -49,6 +49,7 @@ GLOBAL_TABLES = frozenset(
         "run_edits",
         "alert_rules",
         "alert_firings",
+        "saved_views",
     }
 )
 """Replicated on every node, not sharded: small, and read right after they are written."""
