@@ -32,6 +32,7 @@ class IngestRequest(_message.Message):
     RUN_FINISH_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
+    CONSOLE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """strictly increasing per stream; acks refer to it"""
     client_id: _builtins.str
@@ -48,6 +49,8 @@ class IngestRequest(_message.Message):
     def metrics(self) -> Global___MetricBatch: ...
     @_builtins.property
     def artifact(self) -> Global___ArtifactEvent: ...
+    @_builtins.property
+    def console(self) -> Global___ConsoleBatch: ...
     def __init__(
         self,
         *,
@@ -58,12 +61,13 @@ class IngestRequest(_message.Message):
         run_finish: Global___RunFinish | None = ...,
         metrics: Global___MetricBatch | None = ...,
         artifact: Global___ArtifactEvent | None = ...,
+        console: Global___ConsoleBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "console", b"console", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "console", b"console", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["run_start", "run_update", "run_finish", "metrics", "artifact"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "console"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -395,6 +399,62 @@ class MetricBatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MetricBatch: _TypeAlias = MetricBatch  # noqa: Y015
+
+@_typing.final
+class ConsoleBatch(_message.Message):
+    """Console output (stdout / stderr) of one rank of a run, columnar: N lines, each repeated field
+    holds N items. The SDK captures it by default (runstream.init(console="off") turns it off).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    LINE_NUMBERS_FIELD_NUMBER: _builtins.int
+    TIMES_MS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    rank: _builtins.int
+    """the rank whose output this is"""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ConsoleStream.ValueType]:
+        """stdout or stderr, per line"""
+
+    @_builtins.property
+    def line_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per line: its number in the capturing process's output (both streams share the count, from 0),
+        so lines of one rank read back in print order; with client_id the identity of a line
+        """
+
+    @_builtins.property
+    def times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """per line: unix ms when the line was completed"""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """per line: the text without its newline (long lines truncated by the SDK)"""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        streams: _abc.Iterable[_types_pb2.ConsoleStream.ValueType] | None = ...,
+        line_numbers: _abc.Iterable[_builtins.int] | None = ...,
+        times_ms: _abc.Iterable[_builtins.int] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_numbers", b"line_numbers", "project", b"project", "rank", b"rank", "run_id", b"run_id", "streams", b"streams", "texts", b"texts", "times_ms", b"times_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleBatch: _TypeAlias = ConsoleBatch  # noqa: Y015
 
 @_typing.final
 class ArtifactEvent(_message.Message):

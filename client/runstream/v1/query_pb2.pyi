@@ -738,3 +738,105 @@ class DownloadArtifactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DownloadArtifactResponse: _TypeAlias = DownloadArtifactResponse  # noqa: Y015
+
+@_typing.final
+class GetConsoleRequest(_message.Message):
+    """Console lines of one run. Lines are ordered by (time_ms, rank, line_number)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    RANKS_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    AFTER_TIME_MS_FIELD_NUMBER: _builtins.int
+    AFTER_RANK_FIELD_NUMBER: _builtins.int
+    AFTER_LINE_FIELD_NUMBER: _builtins.int
+    HAS_AFTER_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    stream: _types_pb2.ConsoleStream.ValueType
+    """UNSPECIFIED: stdout and stderr"""
+    search: _builtins.str
+    """only lines containing this text (case-insensitive); empty: all"""
+    limit: _builtins.int
+    """lines to return; default 1,000, at most 10,000"""
+    tail: _builtins.bool
+    """true: the last `limit` matching lines (a tail); false: the first `limit` lines after the cursor"""
+    after_time_ms: _builtins.int
+    """cursor for paging forward (tail = false): lines after (after_time_ms, after_rank, after_line)"""
+    after_rank: _builtins.int
+    after_line: _builtins.int
+    has_after: _builtins.bool
+    """true: the cursor above is set"""
+    @_builtins.property
+    def ranks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """empty: every rank"""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        ranks: _abc.Iterable[_builtins.int] | None = ...,
+        stream: _types_pb2.ConsoleStream.ValueType = ...,
+        search: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        tail: _builtins.bool = ...,
+        after_time_ms: _builtins.int = ...,
+        after_rank: _builtins.int = ...,
+        after_line: _builtins.int = ...,
+        has_after: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_line", b"after_line", "after_rank", b"after_rank", "after_time_ms", b"after_time_ms", "has_after", b"has_after", "limit", b"limit", "project", b"project", "ranks", b"ranks", "run_id", b"run_id", "search", b"search", "stream", b"stream", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsoleRequest: _TypeAlias = GetConsoleRequest  # noqa: Y015
+
+@_typing.final
+class GetConsoleResponse(_message.Message):
+    """The lines, columnar and in order: N items per repeated field."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANKS_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    LINE_NUMBERS_FIELD_NUMBER: _builtins.int
+    TIMES_MS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """more lines match beyond `limit` (before them for a tail, after them otherwise)"""
+    @_builtins.property
+    def ranks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ConsoleStream.ValueType]: ...
+    @_builtins.property
+    def line_numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def times_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ranks: _abc.Iterable[_builtins.int] | None = ...,
+        streams: _abc.Iterable[_types_pb2.ConsoleStream.ValueType] | None = ...,
+        line_numbers: _abc.Iterable[_builtins.int] | None = ...,
+        times_ms: _abc.Iterable[_builtins.int] | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_numbers", b"line_numbers", "more", b"more", "ranks", b"ranks", "streams", b"streams", "texts", b"texts", "times_ms", b"times_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsoleResponse: _TypeAlias = GetConsoleResponse  # noqa: Y015

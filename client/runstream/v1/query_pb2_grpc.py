@@ -70,6 +70,11 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.FromString,
                 _registered_method=True)
+        self.GetConsole = channel.unary_unary(
+                '/runstream.v1.QueryService/GetConsole',
+                request_serializer=runstream_dot_v1_dot_query__pb2.GetConsoleRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.GetConsoleResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -125,6 +130,13 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConsole(self, request, context):
+        """Captured console lines (stdout / stderr) of one run: filtered by rank, stream and a search text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.DownloadArtifact,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.SerializeToString,
+            ),
+            'GetConsole': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsole,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.GetConsoleRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.GetConsoleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +371,33 @@ class QueryService:
             '/runstream.v1.QueryService/DownloadArtifact',
             runstream_dot_v1_dot_query__pb2.DownloadArtifactRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/GetConsole',
+            runstream_dot_v1_dot_query__pb2.GetConsoleRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.GetConsoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,26 @@ METRIC_KIND_SYSTEM: MetricKind.ValueType  # 2
 """sampled by the SDK (cpu, memory, gpu)"""
 Global___MetricKind: _TypeAlias = MetricKind  # noqa: Y015
 
+class _ConsoleStream:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsoleStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsoleStream.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSOLE_STREAM_UNSPECIFIED: _ConsoleStream.ValueType  # 0
+    """in a query: both streams"""
+    CONSOLE_STREAM_STDOUT: _ConsoleStream.ValueType  # 1
+    CONSOLE_STREAM_STDERR: _ConsoleStream.ValueType  # 2
+
+class ConsoleStream(_ConsoleStream, metaclass=_ConsoleStreamEnumTypeWrapper):
+    """Which output stream a captured console line came from."""
+
+CONSOLE_STREAM_UNSPECIFIED: ConsoleStream.ValueType  # 0
+"""in a query: both streams"""
+CONSOLE_STREAM_STDOUT: ConsoleStream.ValueType  # 1
+CONSOLE_STREAM_STDERR: ConsoleStream.ValueType  # 2
+Global___ConsoleStream: _TypeAlias = ConsoleStream  # noqa: Y015
+
 @_typing.final
 class Value(_message.Message):
     """A config / param value. Numbers stay numbers so filters can compare them."""
