@@ -32,6 +32,7 @@ class IngestRequest(_message.Message):
     RUN_FINISH_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """strictly increasing per stream; acks refer to it"""
@@ -50,6 +51,8 @@ class IngestRequest(_message.Message):
     @_builtins.property
     def artifact(self) -> Global___ArtifactEvent: ...
     @_builtins.property
+    def media(self) -> Global___MediaEvent: ...
+    @_builtins.property
     def console(self) -> Global___ConsoleBatch: ...
     def __init__(
         self,
@@ -61,13 +64,14 @@ class IngestRequest(_message.Message):
         run_finish: Global___RunFinish | None = ...,
         metrics: Global___MetricBatch | None = ...,
         artifact: Global___ArtifactEvent | None = ...,
+        media: Global___MediaEvent | None = ...,
         console: Global___ConsoleBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "console", b"console", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "console", b"console", "media", b"media", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "console", b"console", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "console", b"console", "media", b"media", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "console"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "media", "console"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -509,6 +513,124 @@ class ArtifactEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArtifactEvent: _TypeAlias = ArtifactEvent  # noqa: Y015
+
+@_typing.final
+class MediaEvent(_message.Message):
+    """One media item logged under a key at a step (runstream.Image, Audio, Histogram, Table, Text).
+    Encoded bytes (PNG, WAV, Parquet) are content-addressed in the artifact store like artifact
+    files: inline when small (<= the server's max_inline_artifact_bytes), otherwise uploaded first
+    through UploadArtifact and only the digest sent. Histograms and text carry no bytes: their
+    content is in the event. (project, run_id, key, step, rank, index) names the item: logging it
+    again replaces it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CAPTION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    INLINE_DATA_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    BIN_EDGES_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    key: _builtins.str
+    """media key, e.g. "samples"; same rules as metric keys"""
+    step: _builtins.int
+    index: _builtins.int
+    """position in a list logged under one key at one step (0..)"""
+    kind: _builtins.str
+    """image, audio, histogram, table, text"""
+    caption: _builtins.str
+    sha256: _builtins.str
+    """hex digest of the encoded bytes; empty for histogram and text"""
+    size: _builtins.int
+    """bytes"""
+    inline_data: _builtins.bytes
+    """the bytes when small; empty when already uploaded"""
+    format: _builtins.str
+    """png, wav, parquet"""
+    time_ms: _builtins.int
+    """unix ms when it was logged"""
+    rank: _builtins.int
+    """source rank"""
+    width: _builtins.int
+    """image: pixels"""
+    height: _builtins.int
+    """image: pixels"""
+    channels: _builtins.int
+    """image: 1, 3 or 4; audio: channels"""
+    sample_rate: _builtins.int
+    """audio: Hz"""
+    duration_s: _builtins.float
+    """audio: seconds"""
+    rows: _builtins.int
+    """table: rows"""
+    text: _builtins.str
+    """text sample"""
+    @_builtins.property
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """table: column names"""
+
+    @_builtins.property
+    def bin_edges(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """histogram: len(counts) + 1 ascending edges"""
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """histogram: count per bin"""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        step: _builtins.int = ...,
+        index: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        caption: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+        inline_data: _builtins.bytes = ...,
+        format: _builtins.str = ...,
+        time_ms: _builtins.int = ...,
+        rank: _builtins.int = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        channels: _builtins.int = ...,
+        sample_rate: _builtins.int = ...,
+        duration_s: _builtins.float = ...,
+        rows: _builtins.int = ...,
+        columns: _abc.Iterable[_builtins.str] | None = ...,
+        bin_edges: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.float] | None = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin_edges", b"bin_edges", "caption", b"caption", "channels", b"channels", "columns", b"columns", "counts", b"counts", "duration_s", b"duration_s", "format", b"format", "height", b"height", "index", b"index", "inline_data", b"inline_data", "key", b"key", "kind", b"kind", "project", b"project", "rank", b"rank", "rows", b"rows", "run_id", b"run_id", "sample_rate", b"sample_rate", "sha256", b"sha256", "size", b"size", "step", b"step", "text", b"text", "time_ms", b"time_ms", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaEvent: _TypeAlias = MediaEvent  # noqa: Y015
 
 @_typing.final
 class IngestResponse(_message.Message):

@@ -22,60 +22,69 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from runstream.v1 import ingest_pb2 as runstream_dot_v1_dot_ingest__pb2
 from runstream.v1 import types_pb2 as runstream_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x18runstream/v1/types.proto\"\x15\n\x13ListProjectsRequest\"H\n\x0bProjectInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\x04\x12\x18\n\x10last_activity_ms\x18\x03 \x01(\x03\"C\n\x14ListProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.runstream.v1.ProjectInfo\"\xc0\x01\n\x11SearchRunsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x12\n\nparam_keys\x18\x06 \x03(\t\x12\x13\n\x0bmetric_keys\x18\x07 \x03(\t\x12\x16\n\x0einclude_config\x18\x08 \x01(\x08\x12\x10\n\x08\x63olumnar\x18\t \x01(\x08\"J\n\x0bValueColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x01(\x0c\x12\x0f\n\x07numbers\x18\x03 \x01(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\"\xcf\x02\n\tRunsTable\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x11\n\tjob_types\x18\x05 \x03(\t\x12\x0e\n\x06states\x18\x06 \x01(\x0c\x12\x10\n\x08start_ms\x18\x07 \x01(\x0c\x12\x0e\n\x06\x65nd_ms\x18\x08 \x01(\x0c\x12\x14\n\x0cheartbeat_ms\x18\t \x01(\x0c\x12\r\n\x05users\x18\n \x03(\t\x12\r\n\x05hosts\x18\x0b \x03(\t\x12\x13\n\x0bgit_commits\x18\x0c \x03(\t\x12\x11\n\tgit_dirty\x18\r \x01(\x0c\x12\r\n\x05notes\x18\x0e \x03(\t\x12)\n\x06values\x18\x0f \x03(\x0b\x32\x19.runstream.v1.ValueColumn\x12\x13\n\x0bmetric_keys\x18\x10 \x03(\t\x12\x13\n\x0bmetric_last\x18\x11 \x03(\x0c\"\x85\x01\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12&\n\x05table\x18\x04 \x01(\x0b\x32\x17.runstream.v1.RunsTable\"0\n\rGetRunRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.runstream.v1.Run\"3\n\x0fListKeysRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\"i\n\x10ListKeysResponse\x12\x13\n\x0bmetric_keys\x18\x01 \x03(\t\x12\x12\n\nparam_keys\x18\x02 \x03(\t\x12\x10\n\x08tag_keys\x18\x03 \x03(\t\x12\x1a\n\x12system_metric_keys\x18\x04 \x03(\t\"\xad\x02\n\x16GetMetricSeriesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x12\n\nmax_points\x18\x04 \x01(\r\x12\x30\n\x0c\x64ownsampling\x18\x05 \x01(\x0e\x32\x1a.runstream.v1.Downsampling\x12#\n\x06x_axis\x18\x06 \x01(\x0e\x32\x13.runstream.v1.XAxis\x12&\n\x04kind\x18\x07 \x01(\x0e\x32\x18.runstream.v1.MetricKind\x12\x0c\n\x04rank\x18\x08 \x01(\x05\x12\x11\n\tall_ranks\x18\t \x01(\x08\x12\r\n\x05x_min\x18\n \x01(\x01\x12\r\n\x05x_max\x18\x0b \x01(\x01\x12\x11\n\thas_range\x18\x0c \x01(\x08\"_\n\x06Series\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\t\n\x01x\x18\x04 \x01(\x0c\x12\t\n\x01y\x18\x05 \x01(\x0c\x12\x14\n\x0ctotal_points\x18\x06 \x01(\x04\"?\n\x17GetMetricSeriesResponse\x12$\n\x06series\x18\x01 \x03(\x0b\x32\x14.runstream.v1.Series\"}\n\x11GetHistoryRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.runstream.v1.MetricKind\x12\x11\n\tpage_size\x18\x05 \x01(\r\"u\n\x12GetHistoryResponse\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x11\n\tkey_index\x18\x02 \x01(\x0c\x12\r\n\x05steps\x18\x03 \x01(\x0c\x12\x0e\n\x06values\x18\x04 \x01(\x0c\x12\x10\n\x08times_ms\x18\x05 \x01(\x0c\x12\r\n\x05ranks\x18\x06 \x01(\x0c\"J\n\x17\x44ownloadArtifactRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\")\n\x18\x44ownloadArtifactResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"\xef\x01\n\x11GetConsoleRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05ranks\x18\x03 \x03(\r\x12+\n\x06stream\x18\x04 \x01(\x0e\x32\x1b.runstream.v1.ConsoleStream\x12\x0e\n\x06search\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x0c\n\x04tail\x18\x07 \x01(\x08\x12\x15\n\rafter_time_ms\x18\x08 \x01(\x03\x12\x12\n\nafter_rank\x18\t \x01(\r\x12\x12\n\nafter_line\x18\n \x01(\x04\x12\x11\n\thas_after\x18\x0b \x01(\x08\"\x96\x01\n\x12GetConsoleResponse\x12\r\n\x05ranks\x18\x01 \x03(\r\x12,\n\x07streams\x18\x02 \x03(\x0e\x32\x1b.runstream.v1.ConsoleStream\x12\x14\n\x0cline_numbers\x18\x03 \x03(\x04\x12\x10\n\x08times_ms\x18\x04 \x03(\x03\x12\r\n\x05texts\x18\x05 \x03(\t\x12\x0c\n\x04more\x18\x06 \x01(\x08*s\n\x0c\x44ownsampling\x12\x1c\n\x18\x44OWNSAMPLING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OWNSAMPLING_MINMAX\x10\x01\x12\x15\n\x11\x44OWNSAMPLING_LTTB\x10\x02\x12\x15\n\x11\x44OWNSAMPLING_NONE\x10\x03*[\n\x05XAxis\x12\x16\n\x12X_AXIS_UNSPECIFIED\x10\x00\x12\x0f\n\x0bX_AXIS_STEP\x10\x01\x12\x0f\n\x0bX_AXIS_TIME\x10\x02\x12\x18\n\x14X_AXIS_RELATIVE_TIME\x10\x03\x32\xaf\x05\n\x0cQueryService\x12U\n\x0cListProjects\x12!.runstream.v1.ListProjectsRequest\x1a\".runstream.v1.ListProjectsResponse\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12\x43\n\x06GetRun\x12\x1b.runstream.v1.GetRunRequest\x1a\x1c.runstream.v1.GetRunResponse\x12I\n\x08ListKeys\x12\x1d.runstream.v1.ListKeysRequest\x1a\x1e.runstream.v1.ListKeysResponse\x12^\n\x0fGetMetricSeries\x12$.runstream.v1.GetMetricSeriesRequest\x1a%.runstream.v1.GetMetricSeriesResponse\x12Q\n\nGetHistory\x12\x1f.runstream.v1.GetHistoryRequest\x1a .runstream.v1.GetHistoryResponse0\x01\x12\x63\n\x10\x44ownloadArtifact\x12%.runstream.v1.DownloadArtifactRequest\x1a&.runstream.v1.DownloadArtifactResponse0\x01\x12O\n\nGetConsole\x12\x1f.runstream.v1.GetConsoleRequest\x1a .runstream.v1.GetConsoleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18runstream/v1/query.proto\x12\x0crunstream.v1\x1a\x19runstream/v1/ingest.proto\x1a\x18runstream/v1/types.proto\"\x15\n\x13ListProjectsRequest\"H\n\x0bProjectInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\trun_count\x18\x02 \x01(\x04\x12\x18\n\x10last_activity_ms\x18\x03 \x01(\x03\"C\n\x14ListProjectsResponse\x12+\n\x08projects\x18\x01 \x03(\x0b\x32\x19.runstream.v1.ProjectInfo\"\xc0\x01\n\x11SearchRunsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x12\n\nparam_keys\x18\x06 \x03(\t\x12\x13\n\x0bmetric_keys\x18\x07 \x03(\t\x12\x16\n\x0einclude_config\x18\x08 \x01(\x08\x12\x10\n\x08\x63olumnar\x18\t \x01(\x08\"J\n\x0bValueColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05kinds\x18\x02 \x01(\x0c\x12\x0f\n\x07numbers\x18\x03 \x01(\x0c\x12\r\n\x05texts\x18\x04 \x03(\t\"\xcf\x02\n\tRunsTable\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0e\n\x06groups\x18\x04 \x03(\t\x12\x11\n\tjob_types\x18\x05 \x03(\t\x12\x0e\n\x06states\x18\x06 \x01(\x0c\x12\x10\n\x08start_ms\x18\x07 \x01(\x0c\x12\x0e\n\x06\x65nd_ms\x18\x08 \x01(\x0c\x12\x14\n\x0cheartbeat_ms\x18\t \x01(\x0c\x12\r\n\x05users\x18\n \x03(\t\x12\r\n\x05hosts\x18\x0b \x03(\t\x12\x13\n\x0bgit_commits\x18\x0c \x03(\t\x12\x11\n\tgit_dirty\x18\r \x01(\x0c\x12\r\n\x05notes\x18\x0e \x03(\t\x12)\n\x06values\x18\x0f \x03(\x0b\x32\x19.runstream.v1.ValueColumn\x12\x13\n\x0bmetric_keys\x18\x10 \x03(\t\x12\x13\n\x0bmetric_last\x18\x11 \x03(\x0c\"\x85\x01\n\x12SearchRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.runstream.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12&\n\x05table\x18\x04 \x01(\x0b\x32\x17.runstream.v1.RunsTable\"0\n\rGetRunRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.runstream.v1.Run\"3\n\x0fListKeysRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\"i\n\x10ListKeysResponse\x12\x13\n\x0bmetric_keys\x18\x01 \x03(\t\x12\x12\n\nparam_keys\x18\x02 \x03(\t\x12\x10\n\x08tag_keys\x18\x03 \x03(\t\x12\x1a\n\x12system_metric_keys\x18\x04 \x03(\t\"\xad\x02\n\x16GetMetricSeriesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12\x12\n\nmax_points\x18\x04 \x01(\r\x12\x30\n\x0c\x64ownsampling\x18\x05 \x01(\x0e\x32\x1a.runstream.v1.Downsampling\x12#\n\x06x_axis\x18\x06 \x01(\x0e\x32\x13.runstream.v1.XAxis\x12&\n\x04kind\x18\x07 \x01(\x0e\x32\x18.runstream.v1.MetricKind\x12\x0c\n\x04rank\x18\x08 \x01(\x05\x12\x11\n\tall_ranks\x18\t \x01(\x08\x12\r\n\x05x_min\x18\n \x01(\x01\x12\r\n\x05x_max\x18\x0b \x01(\x01\x12\x11\n\thas_range\x18\x0c \x01(\x08\"_\n\x06Series\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\t\n\x01x\x18\x04 \x01(\x0c\x12\t\n\x01y\x18\x05 \x01(\x0c\x12\x14\n\x0ctotal_points\x18\x06 \x01(\x04\"?\n\x17GetMetricSeriesResponse\x12$\n\x06series\x18\x01 \x03(\x0b\x32\x14.runstream.v1.Series\"}\n\x11GetHistoryRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04keys\x18\x03 \x03(\t\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.runstream.v1.MetricKind\x12\x11\n\tpage_size\x18\x05 \x01(\r\"u\n\x12GetHistoryResponse\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x11\n\tkey_index\x18\x02 \x01(\x0c\x12\r\n\x05steps\x18\x03 \x01(\x0c\x12\x0e\n\x06values\x18\x04 \x01(\x0c\x12\x10\n\x08times_ms\x18\x05 \x01(\x0c\x12\r\n\x05ranks\x18\x06 \x01(\x0c\"J\n\x17\x44ownloadArtifactRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\")\n\x18\x44ownloadArtifactResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"\xef\x01\n\x11GetConsoleRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05ranks\x18\x03 \x03(\r\x12+\n\x06stream\x18\x04 \x01(\x0e\x32\x1b.runstream.v1.ConsoleStream\x12\x0e\n\x06search\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x0c\n\x04tail\x18\x07 \x01(\x08\x12\x15\n\rafter_time_ms\x18\x08 \x01(\x03\x12\x12\n\nafter_rank\x18\t \x01(\r\x12\x12\n\nafter_line\x18\n \x01(\x04\x12\x11\n\thas_after\x18\x0b \x01(\x08\"\x96\x01\n\x12GetConsoleResponse\x12\r\n\x05ranks\x18\x01 \x03(\r\x12,\n\x07streams\x18\x02 \x03(\x0e\x32\x1b.runstream.v1.ConsoleStream\x12\x14\n\x0cline_numbers\x18\x03 \x03(\x04\x12\x10\n\x08times_ms\x18\x04 \x03(\x03\x12\r\n\x05texts\x18\x05 \x03(\t\x12\x0c\n\x04more\x18\x06 \x01(\x08\"\x9f\x01\n\x10ListMediaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x10\n\x08min_step\x18\x04 \x01(\x03\x12\x10\n\x08max_step\x18\x05 \x01(\x03\x12\x16\n\x0ehas_step_range\x18\x06 \x01(\x08\x12\r\n\x05limit\x18\x07 \x01(\r\x12\x11\n\tkeys_only\x18\x08 \x01(\x08\"l\n\x0cMediaKeyInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x10\n\x08min_step\x18\x05 \x01(\x03\x12\x10\n\x08max_step\x18\x06 \x01(\x03\"y\n\x11ListMediaResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.runstream.v1.MediaEvent\x12(\n\x04keys\x18\x02 \x03(\x0b\x32\x1a.runstream.v1.MediaKeyInfo\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"G\n\x14\x44ownloadMediaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t*s\n\x0c\x44ownsampling\x12\x1c\n\x18\x44OWNSAMPLING_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44OWNSAMPLING_MINMAX\x10\x01\x12\x15\n\x11\x44OWNSAMPLING_LTTB\x10\x02\x12\x15\n\x11\x44OWNSAMPLING_NONE\x10\x03*[\n\x05XAxis\x12\x16\n\x12X_AXIS_UNSPECIFIED\x10\x00\x12\x0f\n\x0bX_AXIS_STEP\x10\x01\x12\x0f\n\x0bX_AXIS_TIME\x10\x02\x12\x18\n\x14X_AXIS_RELATIVE_TIME\x10\x03\x32\xdc\x06\n\x0cQueryService\x12U\n\x0cListProjects\x12!.runstream.v1.ListProjectsRequest\x1a\".runstream.v1.ListProjectsResponse\x12O\n\nSearchRuns\x12\x1f.runstream.v1.SearchRunsRequest\x1a .runstream.v1.SearchRunsResponse\x12\x43\n\x06GetRun\x12\x1b.runstream.v1.GetRunRequest\x1a\x1c.runstream.v1.GetRunResponse\x12I\n\x08ListKeys\x12\x1d.runstream.v1.ListKeysRequest\x1a\x1e.runstream.v1.ListKeysResponse\x12^\n\x0fGetMetricSeries\x12$.runstream.v1.GetMetricSeriesRequest\x1a%.runstream.v1.GetMetricSeriesResponse\x12Q\n\nGetHistory\x12\x1f.runstream.v1.GetHistoryRequest\x1a .runstream.v1.GetHistoryResponse0\x01\x12\x63\n\x10\x44ownloadArtifact\x12%.runstream.v1.DownloadArtifactRequest\x1a&.runstream.v1.DownloadArtifactResponse0\x01\x12O\n\nGetConsole\x12\x1f.runstream.v1.GetConsoleRequest\x1a .runstream.v1.GetConsoleResponse\x12L\n\tListMedia\x12\x1e.runstream.v1.ListMediaRequest\x1a\x1f.runstream.v1.ListMediaResponse\x12]\n\rDownloadMedia\x12\".runstream.v1.DownloadMediaRequest\x1a&.runstream.v1.DownloadArtifactResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runstream.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DOWNSAMPLING']._serialized_start=2465
-  _globals['_DOWNSAMPLING']._serialized_end=2580
-  _globals['_XAXIS']._serialized_start=2582
-  _globals['_XAXIS']._serialized_end=2673
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=68
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=89
-  _globals['_PROJECTINFO']._serialized_start=91
-  _globals['_PROJECTINFO']._serialized_end=163
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=165
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=232
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=235
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=427
-  _globals['_VALUECOLUMN']._serialized_start=429
-  _globals['_VALUECOLUMN']._serialized_end=503
-  _globals['_RUNSTABLE']._serialized_start=506
-  _globals['_RUNSTABLE']._serialized_end=841
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=844
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=977
-  _globals['_GETRUNREQUEST']._serialized_start=979
-  _globals['_GETRUNREQUEST']._serialized_end=1027
-  _globals['_GETRUNRESPONSE']._serialized_start=1029
-  _globals['_GETRUNRESPONSE']._serialized_end=1077
-  _globals['_LISTKEYSREQUEST']._serialized_start=1079
-  _globals['_LISTKEYSREQUEST']._serialized_end=1130
-  _globals['_LISTKEYSRESPONSE']._serialized_start=1132
-  _globals['_LISTKEYSRESPONSE']._serialized_end=1237
-  _globals['_GETMETRICSERIESREQUEST']._serialized_start=1240
-  _globals['_GETMETRICSERIESREQUEST']._serialized_end=1541
-  _globals['_SERIES']._serialized_start=1543
-  _globals['_SERIES']._serialized_end=1638
-  _globals['_GETMETRICSERIESRESPONSE']._serialized_start=1640
-  _globals['_GETMETRICSERIESRESPONSE']._serialized_end=1703
-  _globals['_GETHISTORYREQUEST']._serialized_start=1705
-  _globals['_GETHISTORYREQUEST']._serialized_end=1830
-  _globals['_GETHISTORYRESPONSE']._serialized_start=1832
-  _globals['_GETHISTORYRESPONSE']._serialized_end=1949
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1951
-  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=2025
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=2027
-  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=2068
-  _globals['_GETCONSOLEREQUEST']._serialized_start=2071
-  _globals['_GETCONSOLEREQUEST']._serialized_end=2310
-  _globals['_GETCONSOLERESPONSE']._serialized_start=2313
-  _globals['_GETCONSOLERESPONSE']._serialized_end=2463
-  _globals['_QUERYSERVICE']._serialized_start=2676
-  _globals['_QUERYSERVICE']._serialized_end=3363
+  _globals['_DOWNSAMPLING']._serialized_start=2960
+  _globals['_DOWNSAMPLING']._serialized_end=3075
+  _globals['_XAXIS']._serialized_start=3077
+  _globals['_XAXIS']._serialized_end=3168
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=95
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=116
+  _globals['_PROJECTINFO']._serialized_start=118
+  _globals['_PROJECTINFO']._serialized_end=190
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=192
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=259
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=262
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=454
+  _globals['_VALUECOLUMN']._serialized_start=456
+  _globals['_VALUECOLUMN']._serialized_end=530
+  _globals['_RUNSTABLE']._serialized_start=533
+  _globals['_RUNSTABLE']._serialized_end=868
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=871
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1004
+  _globals['_GETRUNREQUEST']._serialized_start=1006
+  _globals['_GETRUNREQUEST']._serialized_end=1054
+  _globals['_GETRUNRESPONSE']._serialized_start=1056
+  _globals['_GETRUNRESPONSE']._serialized_end=1104
+  _globals['_LISTKEYSREQUEST']._serialized_start=1106
+  _globals['_LISTKEYSREQUEST']._serialized_end=1157
+  _globals['_LISTKEYSRESPONSE']._serialized_start=1159
+  _globals['_LISTKEYSRESPONSE']._serialized_end=1264
+  _globals['_GETMETRICSERIESREQUEST']._serialized_start=1267
+  _globals['_GETMETRICSERIESREQUEST']._serialized_end=1568
+  _globals['_SERIES']._serialized_start=1570
+  _globals['_SERIES']._serialized_end=1665
+  _globals['_GETMETRICSERIESRESPONSE']._serialized_start=1667
+  _globals['_GETMETRICSERIESRESPONSE']._serialized_end=1730
+  _globals['_GETHISTORYREQUEST']._serialized_start=1732
+  _globals['_GETHISTORYREQUEST']._serialized_end=1857
+  _globals['_GETHISTORYRESPONSE']._serialized_start=1859
+  _globals['_GETHISTORYRESPONSE']._serialized_end=1976
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_start=1978
+  _globals['_DOWNLOADARTIFACTREQUEST']._serialized_end=2052
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_start=2054
+  _globals['_DOWNLOADARTIFACTRESPONSE']._serialized_end=2095
+  _globals['_GETCONSOLEREQUEST']._serialized_start=2098
+  _globals['_GETCONSOLEREQUEST']._serialized_end=2337
+  _globals['_GETCONSOLERESPONSE']._serialized_start=2340
+  _globals['_GETCONSOLERESPONSE']._serialized_end=2490
+  _globals['_LISTMEDIAREQUEST']._serialized_start=2493
+  _globals['_LISTMEDIAREQUEST']._serialized_end=2652
+  _globals['_MEDIAKEYINFO']._serialized_start=2654
+  _globals['_MEDIAKEYINFO']._serialized_end=2762
+  _globals['_LISTMEDIARESPONSE']._serialized_start=2764
+  _globals['_LISTMEDIARESPONSE']._serialized_end=2885
+  _globals['_DOWNLOADMEDIAREQUEST']._serialized_start=2887
+  _globals['_DOWNLOADMEDIAREQUEST']._serialized_end=2958
+  _globals['_QUERYSERVICE']._serialized_start=3171
+  _globals['_QUERYSERVICE']._serialized_end=4031
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from runstream.v1 import ingest_pb2 as _ingest_pb2
 from runstream.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -840,3 +841,147 @@ class GetConsoleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetConsoleResponse: _TypeAlias = GetConsoleResponse  # noqa: Y015
+
+@_typing.final
+class ListMediaRequest(_message.Message):
+    """Media of some runs of a project, ordered by (run_id, key, step, rank, index)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    MIN_STEP_FIELD_NUMBER: _builtins.int
+    MAX_STEP_FIELD_NUMBER: _builtins.int
+    HAS_STEP_RANGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    KEYS_ONLY_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    key: _builtins.str
+    """one media key; empty: every key"""
+    min_step: _builtins.int
+    """with has_step_range: only steps in [min_step, max_step]"""
+    max_step: _builtins.int
+    has_step_range: _builtins.bool
+    limit: _builtins.int
+    """items to return; default 1,000, at most 10,000"""
+    keys_only: _builtins.bool
+    """true: answer `keys` (one entry per run and key), no items"""
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at least one, at most 100"""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        key: _builtins.str = ...,
+        min_step: _builtins.int = ...,
+        max_step: _builtins.int = ...,
+        has_step_range: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+        keys_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_step_range", b"has_step_range", "key", b"key", "keys_only", b"keys_only", "limit", b"limit", "max_step", b"max_step", "min_step", b"min_step", "project", b"project", "run_ids", b"run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMediaRequest: _TypeAlias = ListMediaRequest  # noqa: Y015
+
+@_typing.final
+class MediaKeyInfo(_message.Message):
+    """One media key of one run: what was logged under it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    MIN_STEP_FIELD_NUMBER: _builtins.int
+    MAX_STEP_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    key: _builtins.str
+    kind: _builtins.str
+    """image, audio, histogram, table, text"""
+    count: _builtins.int
+    """items"""
+    min_step: _builtins.int
+    max_step: _builtins.int
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        count: _builtins.int = ...,
+        min_step: _builtins.int = ...,
+        max_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "key", b"key", "kind", b"kind", "max_step", b"max_step", "min_step", b"min_step", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaKeyInfo: _TypeAlias = MediaKeyInfo  # noqa: Y015
+
+@_typing.final
+class ListMediaResponse(_message.Message):
+    """The items (MediaEvent without inline_data; project as asked), or the keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """more items matched than `limit`"""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_ingest_pb2.MediaEvent]: ...
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___MediaKeyInfo]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_ingest_pb2.MediaEvent] | None = ...,
+        keys: _abc.Iterable[Global___MediaKeyInfo] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "keys", b"keys", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMediaResponse: _TypeAlias = ListMediaResponse  # noqa: Y015
+
+@_typing.final
+class DownloadMediaRequest(_message.Message):
+    """The bytes of one media item, by its digest (the run must have logged it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    run_id: _builtins.str
+    sha256: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "run_id", b"run_id", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadMediaRequest: _TypeAlias = DownloadMediaRequest  # noqa: Y015

@@ -75,6 +75,16 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.GetConsoleRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.GetConsoleResponse.FromString,
                 _registered_method=True)
+        self.ListMedia = channel.unary_unary(
+                '/runstream.v1.QueryService/ListMedia',
+                request_serializer=runstream_dot_v1_dot_query__pb2.ListMediaRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.ListMediaResponse.FromString,
+                _registered_method=True)
+        self.DownloadMedia = channel.unary_stream(
+                '/runstream.v1.QueryService/DownloadMedia',
+                request_serializer=runstream_dot_v1_dot_query__pb2.DownloadMediaRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
@@ -137,6 +147,21 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMedia(self, request, context):
+        """Media items (images, audio, histograms, tables, text) of runs: one key's items over a step
+        range, or (keys_only) which media keys the runs have.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadMedia(self, request, context):
+        """Encoded bytes (PNG, WAV, Parquet) of one media item of a run, streamed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +204,16 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetConsole,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.GetConsoleRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.GetConsoleResponse.SerializeToString,
+            ),
+            'ListMedia': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMedia,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.ListMediaRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.ListMediaResponse.SerializeToString,
+            ),
+            'DownloadMedia': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadMedia,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.DownloadMediaRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +433,60 @@ class QueryService:
             '/runstream.v1.QueryService/GetConsole',
             runstream_dot_v1_dot_query__pb2.GetConsoleRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.GetConsoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/ListMedia',
+            runstream_dot_v1_dot_query__pb2.ListMediaRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.ListMediaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/runstream.v1.QueryService/DownloadMedia',
+            runstream_dot_v1_dot_query__pb2.DownloadMediaRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.DownloadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,
