@@ -1,6 +1,6 @@
-"""Editable runs and alerts as `runstream server` runs them (issue 16, items 3 and 5): the
-RunEditService and AlertService beside the query service, and the alert evaluator beside the
-store writer (it reads the blocks the writer stores; alerts/evaluator.py)."""
+"""Editable runs, alerts and saved views as `runstream server` runs them (issue 16, items 3-5):
+the RunEditService, AlertService and SavedViewService beside the query service, and the alert
+evaluator beside the store writer (it reads the blocks the writer stores; alerts/evaluator.py)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,18 @@ class WorkflowServices:
         alerts = AlertServicer(store, self.auth, self.evaluator, allowed_hosts=s.alert_webhook_hosts)
         alerts_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
         served += ["runstream.v1.RunEditService", "runstream.v1.AlertService"]
+        self._add_saved_views(server, served)
+
+    def _add_saved_views(self, server: grpc.aio.Server, served: list[str]) -> None:
+        from runstream.v1 import saved_views_pb2_grpc
+        from runstream_services.saved_views.service import SavedViewServicer
+        from runstream_services.saved_views.store import SavedViewStore
+
+        store = SavedViewStore(self._readers(), self.settings.clickhouse_database)
+        saved_views_pb2_grpc.add_SavedViewServiceServicer_to_server(
+            SavedViewServicer(store, self.auth), server
+        )
+        served.append("runstream.v1.SavedViewService")
 
     def close(self) -> None:
         if self.evaluator is not None:
