@@ -23,6 +23,7 @@ from typing import Any
 from runstream.errors import RunstreamError
 from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
 from runstream.registry_client import RegistryCalls
+from runstream.saved_views_client import SavedViewCalls
 from runstream.states import state_name
 from runstream.v1 import types_pb2
 from runstream.workflow_client import WorkflowCalls
@@ -38,7 +39,7 @@ def _pandas():
     return pandas
 
 
-class Api(WorkflowCalls, RegistryCalls, QueryClient):
+class Api(SavedViewCalls, WorkflowCalls, RegistryCalls, QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 
