@@ -370,5 +370,10 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
     if body == "metrics":
         points = metric_batch_points(msg, settings.max_batch_points)
         return Accepted("metrics", msg.project, msg.run_id, points)
+    if body == "media":
+        from runstream_services.ingest.media_validation import check_media  # imports this module
+
+        check_media(msg, settings)
+        return Accepted("media", msg.project, msg.run_id)
     check_artifact(msg, settings)
     return Accepted("artifact", msg.project, msg.run_id)
