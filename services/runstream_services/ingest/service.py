@@ -350,6 +350,13 @@ class _IngestStream:
                     "(UploadArtifact), or send them inline when at most "
                     f"{svc.settings.max_inline_artifact_bytes} bytes"
                 )
+        elif accepted.kind == "media" and req.media.sha256 and not req.media.inline_data:
+            store = svc.artifact_store
+            sha = req.media.sha256.lower()
+            if store is not None and not await asyncio.to_thread(store.exists, accepted.project, sha):
+                raise NotFound(
+                    f"media bytes {req.media.sha256} are not in the store: upload them first (UploadArtifact)"
+                )
         return accepted
 
     async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest) -> None:
