@@ -22,6 +22,23 @@ ARTIFACT_COLUMNS = (
 )  # fmt: skip
 
 
+MEDIA_COLUMNS = (
+    "project", "run_id", "key", "step", "rank", "idx", "kind", "caption", "sha256", "size", "format",
+    "time_ms", "width", "height", "channels", "sample_rate", "duration_s", "num_rows", "columns",
+    "bin_edges", "counts", "text", "version",
+)  # fmt: skip
+
+
+def media_row(msg: ingest_pb2.MediaEvent, received_ms: int, seq: int) -> list:
+    """A media table row (migration 0010); version = (receive time, client seq): the newest wins."""
+    return [
+        msg.project, msg.run_id, msg.key, msg.step, msg.rank, msg.index, msg.kind, msg.caption,
+        msg.sha256.lower(), msg.size, msg.format, msg.time_ms or received_ms, msg.width, msg.height,
+        msg.channels, msg.sample_rate, msg.duration_s, msg.rows, list(msg.columns), list(msg.bin_edges),
+        list(msg.counts), msg.text, (received_ms << 64) | (seq & ((1 << 64) - 1)),
+    ]  # fmt: skip
+
+
 def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(
         pa.array(indices, type=pa.int32()), pa.array(values, type=pa.string())

@@ -101,6 +101,7 @@ class _Pending:
     runs: dict[tuple[str, str], RunRow] = field(default_factory=dict)
     params: list[list] = field(default_factory=list)
     artifacts: list[list] = field(default_factory=list)
+    media: list[list] = field(default_factory=list)  # rows.MEDIA_COLUMNS rows
     audit: list[list] = field(default_factory=list)
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]] = field(default_factory=list)
     recounted: set = field(default_factory=set)
@@ -453,6 +454,7 @@ class StoreWriter:
         try:
             self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
             self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
+            self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
             result.points += self._insert_metrics(pending.metrics, token, pending.recounted)
@@ -546,7 +548,7 @@ class StoreWriter:
         in `refused` by idempotency key instead."""
         touched: set[tuple[str, str]] = set()
         with self._meta_lock:
-            missing = {(env.project, env.run_id) for env, _ in decoded if env.kind != "artifact"}
+            missing = {(e.project, e.run_id) for e, _ in decoded if e.kind not in ("artifact", "media")}
             missing = [k for k in missing if k not in self._runs and not self._known_absent(k)]
             if missing:
                 self._load_runs_locked(missing)
@@ -567,6 +569,8 @@ class StoreWriter:
                         touched.add((row.project, row.run_id))
                 elif kind == "artifact":
                     pending.artifacts.append(self._artifact_row(env, req.artifact))
+                elif kind == "media":
+                    pending.media.append(self._media_row(env, req.media))
                 else:
                     try:
                         touched.add(self._merge_run_event(env, req, pending))
@@ -677,6 +681,17 @@ class StoreWriter:
     @staticmethod
     def _audit(pending: _Pending, time_ms: int, actor: str, row: RunRow, note: AuditNote) -> None:
         pending.audit.append([time_ms, row.project, actor, note.action, row.run_id, json.dumps(note.detail)])
+
+    def _media_row(self, env: Envelope, msg: ingest_pb2.MediaEvent) -> list:
+        """Puts inline media bytes into the artifact store (content-addressed: a replay writes
+        nothing new) and returns the item's row."""
+        if msg.inline_data:
+            _, present = self.artifact_store.put(
+                msg.project, msg.sha256.lower(), io.BytesIO(msg.inline_data), msg.size
+            )
+            if not present:
+                self.metrics.inc("runstream_artifact_bytes_total", msg.size)
+        return rows.media_row(msg, env.received_ms, env.seq)
 
     def _artifact_row(self, env: Envelope, msg: ingest_pb2.ArtifactEvent) -> list:
         sha = msg.sha256.lower()
