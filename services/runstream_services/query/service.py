@@ -19,6 +19,7 @@ from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.errors import InvalidArgument, NotFound, ResourceExhausted
 from runstream_services.query import cached_reads, series, sql_runs, sql_series
 from runstream_services.query.filter import parse_filter, parse_order_by
+from runstream_services.query.media_reads import MediaReads
 from runstream_services.query.read_cache import Project, ReadCache
 from runstream_services.query.request_fields import (
     decode_page_token,
@@ -55,7 +56,7 @@ def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
 
 
-class QueryServicer(query_pb2_grpc.QueryServiceServicer):
+class QueryServicer(MediaReads, query_pb2_grpc.QueryServiceServicer):
     """Reads runs, params, metric summaries, metric points and artifacts of one database."""
 
     def __init__(
