@@ -16,6 +16,7 @@ from runstream.tls import Tls
 
 DEFAULT_ENDPOINT = "127.0.0.1:7777"
 MODES = ("online", "offline", "disabled")
+CONSOLE_MODES = ("capture", "off")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Settings:
     capture_context: bool = True  # git, packages, host, GPUs at init
     capture_packages: bool = True
     max_git_diff_bytes: int = 256 * 1024
+    # console capture (_internal/console.py): tee this process's stdout/stderr into the run
+    console: str = "capture"  # capture | off
+    console_max_line_chars: int = 8192  # longer lines are cut, with a marker saying how much
+    console_max_bytes_per_s: int = 256 * 1024  # beyond: lines dropped and counted (never blocks)
+    console_max_total_bytes: int = 64 * 1024 * 1024  # per run and rank; beyond: dropped and counted
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 5.0
     owns_config: bool | None = None  # None: rank 0 sends config/summary, other ranks keep them local
@@ -113,6 +119,11 @@ def validate(s: Settings) -> None:
     for name in ("flush_interval_s", "finish_timeout_s", "reconnect_initial_s", "reconnect_max_s"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name}={getattr(s, name)} must be > 0")
+    if s.console not in CONSOLE_MODES:
+        raise ConfigError(f"console={s.console!r}: use one of {', '.join(CONSOLE_MODES)}")
+    for name in ("console_max_line_chars", "console_max_bytes_per_s", "console_max_total_bytes"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}={getattr(s, name)} must be >= 1")
     if s.system_metrics_interval_s < 0:
         raise ConfigError("system_metrics_interval_s must be >= 0 (0 disables the sampler)")
     if s.max_memory_bytes < 1024 * 1024:

@@ -140,6 +140,7 @@ class Run:
         self.summary = RunDict(self._send_update, "summary")
         self._pipeline = None
         self._sampler = None
+        self._console = None
         if self.mode == "disabled":
             return
         start = ingest_pb2.RunStart(
@@ -174,6 +175,12 @@ class Run:
 
             self._sampler = SystemSampler(
                 self._entries, settings.system_metrics_interval_s, self._system_steps
+            )
+        if settings.console == "capture":  # stdout/stderr of this rank, teed (_internal/console.py)
+            from runstream._internal.console import ConsoleCapture
+
+            self._console = ConsoleCapture.start(
+                self._entries, project=project, run_id=run_id, rank=rank, settings=settings
             )
 
     def _new_pipeline(self, offline: bool):
@@ -479,15 +486,17 @@ class Run:
     @property
     def stats(self) -> dict[str, Any]:
         """Delivery counters: submitted, acked, refused, spilled, dropped, reconnects, last_error,
-        pending, handoff_waits, handoff_wait_s."""
+        pending, handoff_waits, handoff_wait_s; with console capture on, console_lines,
+        console_dropped_lines, console_truncated_lines."""
         if self._pipeline is None:
             return {}
         stream = self._pipeline.stream
         # handoff_*: times run.log waited for the worker to drain a full hand-off, and for how long
-        return stream.stats.as_dict(pending=len(stream.pending)) | {
-            "handoff_waits": self._handoff_waits,
-            "handoff_wait_s": round(self._handoff_wait_s, 3),
-        }
+        return (
+            stream.stats.as_dict(pending=len(stream.pending))
+            | {"handoff_waits": self._handoff_waits, "handoff_wait_s": round(self._handoff_wait_s, 3)}
+            | (self._console.stats() if self._console is not None else {})
+        )
 
     def finish(
         self,
@@ -512,6 +521,8 @@ class Run:
             end_s = _time() if end_time is None else check_timestamp(end_time, "run.finish end_time")
             if self._sampler is not None:
                 self._sampler.stop()
+            if self._console is not None:  # its last lines go out before the finish
+                self._console.stop()
             timeout_s = self.settings.finish_timeout_s if timeout_s is None else timeout_s
             deadline = time.monotonic() + timeout_s
             online = self.mode == "online" and not self._forked_child and self._pipeline is not None
@@ -562,6 +573,7 @@ class Run:
         self._buffer.entries = self._entries = deque()
         self._pipeline = None
         self._sampler = None
+        self._console = None  # the parent's capture: its tees only write through here
         self._forked_child = True
         self._pid = os.getpid()
         self._lock = threading.Lock()
