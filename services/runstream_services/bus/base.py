@@ -18,7 +18,7 @@ from runstream.v1 import ingest_pb2
 from runstream_services.errors import InvalidArgument
 
 #: the body of a runstream.v1.IngestRequest (the name of the `body` oneof field it sets)
-BodyKind = Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "media"]
+BodyKind = Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "media", "console"]
 BODY_KINDS: tuple[BodyKind, ...] = get_args(BodyKind)
 #: the bodies that change a run's row; applied in the order they were sent
 RUN_EVENTS: frozenset[BodyKind] = frozenset({"run_start", "run_update", "run_finish"})

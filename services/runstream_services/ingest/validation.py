@@ -317,7 +317,8 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
     body = req.WhichOneof("body")
     if body is None:
         raise InvalidArgument(
-            f"request {req.seq} has no body: set one of run_start, run_update, run_finish, metrics, artifact"
+            f"request {req.seq} has no body: set one of run_start, run_update, run_finish, metrics, artifact, "
+            "media, console"
         )
     if not req.client_id:
         raise InvalidArgument("request has no client_id: set a uuid per SDK process (the idempotency key)")
@@ -375,5 +376,10 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
 
         check_media(msg, settings)
         return Accepted("media", msg.project, msg.run_id)
+    if body == "console":
+        from runstream_services.ingest.console_validation import check_console  # imports this module
+
+        check_console(msg)
+        return Accepted("console", msg.project, msg.run_id)
     check_artifact(msg, settings)
     return Accepted("artifact", msg.project, msg.run_id)
