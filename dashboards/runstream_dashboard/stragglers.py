@@ -1,0 +1,58 @@
+"""The straggler view of a multi-rank run: for one per-step metric whose larger values mean a
+slower rank (step time, data-loading wait), which rank was slowest at each step and how far it was
+behind the median rank. Pure functions over a long-form series frame (rank, x = step, y)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+STRAGGLER_COLUMNS = ["step", "slowest_rank", "value", "median", "behind", "behind_pct", "ranks"]
+COUNT_COLUMNS = ["rank", "times_slowest", "share", "mean_behind"]
+
+
+def slowest_ranks(series: pd.DataFrame, higher_is_slower: bool = True) -> pd.DataFrame:
+    """One row per step that at least two ranks logged (finite values only): the slowest rank
+    (largest value, or smallest with higher_is_slower=False; ties go to the lowest rank), its value,
+    the median over the ranks, how far behind the median it is (always >= 0) and in percent of the
+    median (NaN when the median is 0), and how many ranks logged the step."""
+    frame = series[["rank", "x", "y"]].copy()
+    frame = frame[np.isfinite(frame["x"].astype(float)) & np.isfinite(frame["y"].astype(float))]
+    frame = frame.groupby(["x", "rank"], as_index=False)["y"].mean()  # one value per (step, rank)
+    if frame.empty:
+        return pd.DataFrame(columns=STRAGGLER_COLUMNS)
+    stats = frame.groupby("x")["y"].agg(["median", "size"])
+    stats = stats[stats["size"] >= 2]
+    frame = frame[frame["x"].isin(stats.index)]
+    if frame.empty:
+        return pd.DataFrame(columns=STRAGGLER_COLUMNS)
+    ordered = frame.sort_values(["x", "y", "rank"], ascending=[True, not higher_is_slower, True])
+    worst = ordered.drop_duplicates("x", keep="first").set_index("x")
+    median = stats.loc[worst.index, "median"]
+    behind = (worst["y"] - median).abs()
+    pct = np.where(median != 0, behind / median.abs() * 100.0, np.nan)
+    out = pd.DataFrame(
+        {
+            "step": worst.index.to_numpy(),
+            "slowest_rank": worst["rank"].to_numpy(np.int64),
+            "value": worst["y"].to_numpy(float),
+            "median": median.to_numpy(float),
+            "behind": behind.to_numpy(float),
+            "behind_pct": pct,
+            "ranks": stats.loc[worst.index, "size"].to_numpy(np.int64),
+        }
+    )
+    return out.sort_values("step", ignore_index=True)
+
+
+def straggler_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per rank that was ever slowest: how often, its share of the steps, and its mean lag behind
+    the median on those steps; most often slowest first."""
+    if table.empty:
+        return pd.DataFrame(columns=COUNT_COLUMNS)
+    counts = table.groupby("slowest_rank").agg(times_slowest=("step", "size"), mean_behind=("behind", "mean"))
+    counts["share"] = counts["times_slowest"] / len(table)
+    counts = counts.reset_index().rename(columns={"slowest_rank": "rank"})
+    return counts[COUNT_COLUMNS].sort_values(
+        ["times_slowest", "rank"], ascending=[False, True], ignore_index=True
+    )
