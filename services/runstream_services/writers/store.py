@@ -64,6 +64,7 @@ from runstream_services.writers import rows
 from runstream_services.writers.arrow_insert import ArrowInserter
 from runstream_services.writers.bookkeeping import BackgroundRows
 from runstream_services.writers.client_seqs import SeqRanges, load_stored_seqs
+from runstream_services.writers.console_rows import CONSOLE_COLUMNS, console_rows
 from runstream_services.writers.key_index import KeyIndex
 from runstream_services.writers.replaced_points import ReplacedPoints
 from runstream_services.writers.run_cache import RunCache
@@ -102,6 +103,7 @@ class _Pending:
     params: list[list] = field(default_factory=list)
     artifacts: list[list] = field(default_factory=list)
     media: list[list] = field(default_factory=list)  # rows.MEDIA_COLUMNS rows
+    console: list[list] = field(default_factory=list)  # console_rows.CONSOLE_COLUMNS rows
     audit: list[list] = field(default_factory=list)
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]] = field(default_factory=list)
     recounted: set = field(default_factory=set)
@@ -455,6 +457,7 @@ class StoreWriter:
             self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
             self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
             self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
+            self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
             result.points += self._insert_metrics(pending.metrics, token, pending.recounted)
@@ -548,7 +551,9 @@ class StoreWriter:
         in `refused` by idempotency key instead."""
         touched: set[tuple[str, str]] = set()
         with self._meta_lock:
-            missing = {(e.project, e.run_id) for e, _ in decoded if e.kind not in ("artifact", "media")}
+            missing = {
+                (e.project, e.run_id) for e, _ in decoded if e.kind not in ("artifact", "media", "console")
+            }
             missing = [k for k in missing if k not in self._runs and not self._known_absent(k)]
             if missing:
                 self._load_runs_locked(missing)
@@ -571,6 +576,8 @@ class StoreWriter:
                     pending.artifacts.append(self._artifact_row(env, req.artifact))
                 elif kind == "media":
                     pending.media.append(self._media_row(env, req.media))
+                elif kind == "console":
+                    pending.console.extend(console_rows(env.client_id, req.console))
                 else:
                     try:
                         touched.add(self._merge_run_event(env, req, pending))
