@@ -18,6 +18,7 @@ from runstream.states import STATE_NUMBERS
 from runstream.v1 import query_pb2, query_pb2_grpc, types_pb2
 from runstream_services.errors import InvalidArgument, NotFound, ResourceExhausted
 from runstream_services.query import cached_reads, series, sql_runs, sql_series
+from runstream_services.query.console_reads import ConsoleReads
 from runstream_services.query.filter import parse_filter, parse_order_by
 from runstream_services.query.media_reads import MediaReads
 from runstream_services.query.read_cache import Project, ReadCache
@@ -56,7 +57,7 @@ def _f64(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a, dtype="<f8").tobytes()
 
 
-class QueryServicer(MediaReads, query_pb2_grpc.QueryServiceServicer):
+class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceServicer):
     """Reads runs, params, metric summaries, metric points and artifacts of one database."""
 
     def __init__(
