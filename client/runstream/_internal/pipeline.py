@@ -42,12 +42,14 @@ EXIT_UNREACHED_WAIT_S = 2.0
 
 
 class Upload:
-    """A large artifact file: its bytes go through UploadArtifact before its ArtifactEvent."""
+    """A large artifact file (or media item): its bytes go through UploadArtifact before its event.
+    `source`: the file, or the bytes themselves (media encoded in memory); `field`: the event's
+    IngestRequest field ("artifact" or "media")."""
 
-    __slots__ = ("event", "source")
+    __slots__ = ("event", "source", "field")
 
-    def __init__(self, event: ingest_pb2.ArtifactEvent, source: Path):
-        self.event, self.source = event, source
+    def __init__(self, event, source: Path | bytes, field: str = "artifact"):
+        self.event, self.source, self.field = event, source, field
 
 
 class Pipeline:
@@ -191,7 +193,10 @@ class Pipeline:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_suffix(".tmp")
             try:
-                shutil.copyfile(up.source, tmp)
+                if isinstance(up.source, bytes):
+                    tmp.write_bytes(up.source)
+                else:
+                    shutil.copyfile(up.source, tmp)
             except FileNotFoundError:
                 self._refuse_upload(up, f"artifact file {up.source} vanished before it was saved")
                 return
@@ -200,7 +205,7 @@ class Pipeline:
                 self._refuse_upload(up, f"artifact file {up.source} changed after log_artifact hashed it")
                 return
             tmp.replace(dest)
-        self.stream.submit("artifact", up.event)
+        self.stream.submit(up.field, up.event)
 
     async def _upload(self, up: Upload) -> None:
         """Uploads with retries; final answers (FINAL_UPLOAD_CODES) are refusals. Cancelled at any
@@ -252,7 +257,7 @@ class Pipeline:
             except Exception as exc:
                 log.debug("runstream: upload of %s failed (%s); retrying", up.source, exc)
             else:
-                self.stream.submit("artifact", up.event)
+                self.stream.submit(up.field, up.event)
                 return
             await asyncio.sleep(delay)  # outside the handler: a cancel here still parks the blob
             delay = min(delay * 2, self.settings.reconnect_max_s)
@@ -260,7 +265,7 @@ class Pipeline:
     def _refuse_upload(self, up: Upload, message: str) -> None:
         """A final refusal of an artifact file: counted, warned, and its event kept in .refused."""
         self.stream.stats.refused += 1
-        req = ingest_pb2.IngestRequest(client_id=self.client_id, artifact=up.event)
+        req = ingest_pb2.IngestRequest(client_id=self.client_id, **{up.field: up.event})
         self._refused(ingest_pb2.IngestResponse(ok=False, message=message), req.SerializeToString())
 
     def _refused(self, resp: ingest_pb2.IngestResponse, data: bytes) -> None:

@@ -66,7 +66,9 @@ async def replay_file(
         return None
     try:
         requests: dict[int, bytes] = {}
-        blobs: dict[int, ingest_pb2.ArtifactEvent] = {}  # seq -> event whose file is in blobs/
+        blobs: dict[
+            int, ingest_pb2.ArtifactEvent | ingest_pb2.MediaEvent
+        ] = {}  # seq -> event, file in blobs/
         client_id = path.stem
         for data in spool_mod.read_records(path):
             req = ingest_pb2.IngestRequest.FromString(data)
@@ -74,8 +76,11 @@ async def replay_file(
             if req.seq not in requests:
                 requests[req.seq] = data
                 result.points += _points(req)
-                if req.WhichOneof("body") == "artifact" and not req.artifact.inline_data:
+                body = req.WhichOneof("body")
+                if body == "artifact" and not req.artifact.inline_data:
                     blobs[req.seq] = req.artifact
+                elif body == "media" and req.media.sha256 and not req.media.inline_data:
+                    blobs[req.seq] = req.media  # a large media item: its bytes are in blobs/ too
         result.requests = len(requests)
         channel = worker.channel(settings.endpoint, settings.tls_config)
 
@@ -130,12 +135,13 @@ async def replay_file(
 
 
 async def _upload_blob(
-    worker: Worker, settings: Settings, run_dir: Path, event: ingest_pb2.ArtifactEvent
+    worker: Worker, settings: Settings, run_dir: Path, event: ingest_pb2.ArtifactEvent | ingest_pb2.MediaEvent
 ) -> None:
     blob = spool_mod.blob_path(run_dir, event.sha256)
     if not blob.exists():
         raise SpoolError(
-            f"artifact file {event.path!r} ({event.sha256[:12]}...) has no copy in {blob.parent}; "
+            f"{'media ' + repr(event.key) if isinstance(event, ingest_pb2.MediaEvent) else 'artifact file ' + repr(event.path)}"
+            f" ({event.sha256[:12]}...) has no copy in {blob.parent}; "
             "the spool folder is incomplete"
         )
     await upload_file(

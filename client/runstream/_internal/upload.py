@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import grpc
@@ -13,14 +14,21 @@ CHUNK_BYTES = 1024 * 1024
 
 
 async def upload_file(
-    channel: grpc.aio.Channel, api_key: str, project: str, run_id: str, path: Path, sha256: str, size: int
+    channel: grpc.aio.Channel,
+    api_key: str,
+    project: str,
+    run_id: str,
+    path: Path | bytes,
+    sha256: str,
+    size: int,
 ) -> ingest_pb2.UploadArtifactResponse:
+    """`path`: the file, or the bytes themselves (media encoded in memory)."""
     method = channel.stream_unary(
         UPLOAD_METHOD,
         request_serializer=ingest_pb2.UploadArtifactRequest.SerializeToString,
         response_deserializer=ingest_pb2.UploadArtifactResponse.FromString,
     )
-    f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+    f = io.BytesIO(path) if isinstance(path, bytes) else open(path, "rb")  # noqa: SIM115 - closed below
 
     async def parts():
         try:
