@@ -38,6 +38,7 @@ from runstream.errors import (
     ServerUnavailableError,
     SpoolError,
 )
+from runstream.media import Audio, Histogram, Image, Table, Text
 from runstream.run import Run
 
 if TYPE_CHECKING:
@@ -138,8 +139,11 @@ summary = _CurrentDict("summary")
 
 __all__ = [
     "Api",
+    "Audio",
     "ConfigError",
     "FlushTimeoutError",
+    "Histogram",
+    "Image",
     "InvalidValueError",
     "NotInitializedError",
     "RefusedWarning",
@@ -150,6 +154,8 @@ __all__ = [
     "ServerUnavailableError",
     "Settings",
     "SpoolError",
+    "Table",
+    "Text",
     "__version__",
     "config",
     "current_run",

@@ -40,6 +40,7 @@ from runstream._internal import lifecycle, spool
 from runstream._internal.arrays import pack_series
 from runstream._internal.artifacts import artifact_entries, collect_artifact, dataset_ref
 from runstream._internal.buffer import SYSTEM, Bulk, Control, MetricBuffer
+from runstream._internal.media_events import is_media, media_entries, split_media
 from runstream._internal.run_dict import RunDict
 from runstream._internal.values import (
     MAX_FLOAT,
@@ -203,7 +204,9 @@ class Run:
     def log(
         self, data: Mapping[str, Any], step: int | None = None, *, timestamp: Timestamp | None = None
     ) -> None:
-        """Logs numbers for one step (auto-incremented when not given). `timestamp`: when the
+        """Logs numbers for one step (auto-incremented when not given), and media next to them
+        (runstream.Image, Audio, Histogram, Table, Text, or a list of them under one key; see
+        runstream/media.py). `timestamp`: when the
         values were measured, as unix seconds or a datetime (naive = local time); default now.
         Costs well under a microsecond per value on this thread; raises InvalidValueError for
         bad keys, values, steps or timestamps."""
@@ -214,11 +217,13 @@ class Run:
                 )
             data = dict(data)
         known = self._known_keys
-        coerced = None
+        coerced = media = None
         for key, value in data.items():
             if key not in known:
                 check_metric_key(key, known)
             if type(value) is not float and (type(value) is not int or not -MAX_FLOAT <= value <= MAX_FLOAT):
+                if any(map(is_media, data.values())):  # runstream.Image, ... (runstream/media.py)
+                    data, media = split_media(data)
                 coerced = coerce_metrics(data, known)  # converts, or names the bad key and value
                 break
         # the default path costs one branch more than before timestamp= existed
@@ -234,6 +239,14 @@ class Run:
             if step >= self._next_step:
                 self._next_step = step + 1
         entries = self._entries
+        if media is not None:
+            entries.extend(
+                media_entries(self.project, self.id, self.rank, step, int(timestamp * 1000), media)
+            )
+            if not coerced:
+                if self._pipeline is not None:
+                    self._wake()
+                return
         entries.append((step, timestamp, coerced if coerced is not None else data.copy()))
         if len(entries) >= self._wake_at:
             self._wake()
