@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from runstream.console_client import ConsoleCalls
 from runstream.errors import RunstreamError
 from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
 from runstream.registry_client import RegistryCalls
@@ -39,7 +40,7 @@ def _pandas():
     return pandas
 
 
-class Api(SavedViewCalls, WorkflowCalls, RegistryCalls, QueryClient):
+class Api(ConsoleCalls, SavedViewCalls, WorkflowCalls, RegistryCalls, QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 
