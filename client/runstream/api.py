@@ -22,6 +22,7 @@ from typing import Any
 
 from runstream.console_client import ConsoleCalls
 from runstream.errors import RunstreamError
+from runstream.media_client import MediaCalls
 from runstream.query_client import QueryClient, SeriesArrays, require_numpy, value_of
 from runstream.registry_client import RegistryCalls
 from runstream.saved_views_client import SavedViewCalls
@@ -40,7 +41,7 @@ def _pandas():
     return pandas
 
 
-class Api(ConsoleCalls, SavedViewCalls, WorkflowCalls, RegistryCalls, QueryClient):
+class Api(MediaCalls, ConsoleCalls, SavedViewCalls, WorkflowCalls, RegistryCalls, QueryClient):
     """A connection to the query service (see QueryClient for the arguments and the calls) that
     also answers in DataFrames. Use as a context manager or call close()."""
 
