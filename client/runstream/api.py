@@ -424,18 +424,19 @@ _MLFLOW_COLUMNS = ("status", "start_time", "end_time")
 def _runs_frame(pd, data: dict[str, Any] | None):
     """The runs table from its columns (the base ones, then the others sorted by name; None: no
     runs), with MLflow's names added for the same values: status, start_time, end_time after the
-    base columns, params.<key> beside config.<key> (copy-on-write: no second copy of the data)."""
+    base columns, params.<key> beside config.<key>. One DataFrame built from the columns in their
+    final order (the aliases are the same column objects), not a frame widened and reordered."""
     if data is None:
         return pd.DataFrame.from_records([], columns=[*_BASE_COLUMNS, *_MLFLOW_COLUMNS])
-    df = pd.DataFrame(data)
-    aliases = pd.DataFrame(
-        {"status": df["state"].str.upper(), "start_time": df["start"], "end_time": df["end"]}
-    )
-    config = [c for c in df.columns if c.startswith("config.")]
-    params = df[config].rename(columns=lambda c: "params." + c[len("config.") :])
-    out = pd.concat([df, aliases, params], axis=1)
-    rest = sorted([c for c in df.columns if c not in _BASE_COLUMNS] + list(params.columns))
-    return out[[*_BASE_COLUMNS, *_MLFLOW_COLUMNS, *rest]]
+    columns: dict[str, Any] = {c: data[c] for c in _BASE_COLUMNS}
+    columns["status"] = [s.upper() for s in data["state"]]
+    columns["start_time"] = data["start"]
+    columns["end_time"] = data["end"]
+    rest = {c: v for c, v in data.items() if c not in columns}
+    rest.update({"params." + c[len("config.") :]: v for c, v in rest.items() if c.startswith("config.")})
+    for c in sorted(rest):
+        columns[c] = rest[c]
+    return pd.DataFrame(columns)
 
 
 _TABLE_TEXT = (
