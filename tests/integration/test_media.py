@@ -17,6 +17,7 @@ import pytest
 import runstream
 from runstream.errors import ServerError
 from runstream.v1 import ingest_pb2 as pb
+from tests import deployments
 from tests.chdb_inspect import stored
 from tests.ingest_client import status_code, stub_for
 from tests.sdk_options import quick_sdk_options
@@ -188,3 +189,46 @@ def test_raw_media_requests_are_checked(server):
         with pytest.raises(ServerError) as empty:
             api.media(PROJECT, [], "img")
         assert empty.value.code == "INVALID_ARGUMENT"
+
+
+@pytest.fixture(params=deployments.BUS_MODES)
+def bus_server(request, tmp_path):
+    """Embedded, and Kafka with artifacts in MinIO (deployments.kafka_single: the bytes an ingest
+    process receives must be where the writer and the query service look)."""
+    if request.param == "embedded":
+        deployment = deployments.embedded(tmp_path)
+    else:
+        deployment = deployments.kafka_single(tmp_path, request.getfixturevalue("services"))
+    yield deployment
+    deployment.close()
+
+
+def test_media_through_each_bus_is_stored_once(bus_server, tmp_path):
+    """Embedded and Kafka (the Kafka writer, artifacts in MinIO): inline and uploaded media reach
+    the store and read back; a request sent twice on one client is one row as stored."""
+    big = np.random.default_rng(3).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    with runstream.init(project="bus-media", **quick_sdk_options(bus_server.endpoint, tmp_path)) as run:
+        for step in (1, 2):
+            run.log(
+                {"img": runstream.Image(image_at(step), caption=f"s{step}"), "acc": 0.5 * step}, step=step
+            )
+        run.log(
+            {"big": runstream.Image(big), "h": runstream.Histogram(bin_edges=[0, 1, 2], counts=[3, 4])},
+            step=3,
+        )
+    assert run.refused_count == 0
+    client = uuid.uuid4().hex
+    item = pb.MediaEvent(project="bus-media", run_id=run.id, key="note", step=3, kind="text", text="twice")
+    request = pb.IngestRequest(seq=1, client_id=client, media=item)
+    for _ in range(2):
+        assert all(a.ok for a in stub_for(bus_server).Ingest(iter([request]), timeout=60))
+    bus_server.wait_stored()
+    with runstream.Api(bus_server.writer.endpoint) as api:
+        keys = {k.key: k.count for k in api.media_keys("bus-media", run.id)}
+        assert keys == {"img": 2, "big": 1, "h": 1, "note": 1}
+        assert [m.caption for m in api.media("bus-media", run.id, "img")] == ["s1", "s2"]
+        assert np.array_equal(api.media("bus-media", run.id, "big")[0].load(), big)
+        assert api.media("bus-media", run.id, "h")[0].counts == (3.0, 4.0)
+    bus_server.stop_after_stored()
+    (rows,) = bus_server.stored(f"SELECT count() FROM DB.media WHERE run_id = '{run.id}' AND key = 'note'")
+    assert rows[0] == 1
