@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import streamlit as st
 
 from runstream.errors import ServerError
-from runstream_dashboard import charts, state
+from runstream_dashboard import charts, curves_section, runs_url, saved_views_panel, state
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md, md_code, md_code_block
 
@@ -33,6 +33,8 @@ except ServerError as exc:
     st.stop()
 
 st.title(f"Runs · {md(project)}")
+runs_url.open_from_url(project)  # a link's or a saved view's filter, sort, columns and curves
+saved_views_panel.show(project)
 
 # ---------------------------------------------------------------- controls
 col_filter, col_sort, col_dir, col_size = st.columns([6, 2, 1, 1], vertical_alignment="bottom")
@@ -57,24 +59,31 @@ def _varying_params(project: str, param_keys: tuple[str, ...]) -> list[str]:
 
 with st.expander("Columns", icon=":material/view_column:"):
     c1, c2 = st.columns(2)
+    default_params = _varying_params(project, keys.param_keys)
+    runs_url.keep_known(f"runs_param_cols:{project}", keys.param_keys)
     param_cols = c1.multiselect(
         "Params",
         keys.param_keys,
-        default=_varying_params(project, keys.param_keys),
+        **runs_url.kwargs(f"runs_param_cols:{project}", default=default_params),
         key=f"runs_param_cols:{project}",
     )
     preferred = sorted(keys.metric_keys, key=lambda k: (not k.startswith(("val", "loss", "train")), k))
+    runs_url.keep_known(f"runs_metric_cols:{project}", keys.metric_keys)
     metric_cols = c2.multiselect(
         "Metrics (last value)",
         keys.metric_keys,
-        default=preferred[:DEFAULT_METRIC_COLUMNS],
+        **runs_url.kwargs(f"runs_metric_cols:{project}", default=preferred[:DEFAULT_METRIC_COLUMNS]),
         key=f"runs_metric_cols:{project}",
     )
 
 sort_options = BASE_SORTS + [f"metrics.{k}" for k in metric_cols] + [f"params.{k}" for k in param_cols]
+if st.session_state.get("runs_sort") and st.session_state["runs_sort"] not in sort_options:
+    sort_options.append(st.session_state["runs_sort"])  # a link's sort on a column not shown
 sort_by = col_sort.selectbox("Sort by", sort_options, key="runs_sort")
-descending = col_dir.toggle("Desc", value=True, key="runs_desc")
-page_size = col_size.selectbox("Rows", [50, 100, 250, 1000], index=1, key="runs_page_size")
+descending = col_dir.toggle("Desc", **runs_url.kwargs("runs_desc", value=True), key="runs_desc")
+page_size = col_size.selectbox(
+    "Rows", [50, 100, 250, 1000], **runs_url.kwargs("runs_page_size", index=1), key="runs_page_size"
+)
 order_by = (f"-{sort_by}" if descending else sort_by,)
 
 # ---------------------------------------------------------------- paging: a stack of tokens
@@ -189,26 +198,63 @@ if compare_col.button(
 
 # ---------------------------------------------------------------- learning curves
 st.subheader("Learning curves")
-if selected.empty:
+runs_url.follow_table(selected["run_id"].tolist())  # a click in the table picks the runs drawn
+known = dict(zip(runs["run_id"], zip(runs["name"], runs["state"], strict=True), strict=True))
+known |= curves_section.run_info(
+    project, tuple(st.session_state.get(runs_url.CURVE_RUNS_KEY, [])), set(known)
+)
+curve_runs = st.multiselect(
+    "Runs drawn",
+    list(dict.fromkeys([*st.session_state.get(runs_url.CURVE_RUNS_KEY, []), *runs["run_id"]])),
+    format_func=lambda r: f"{known[r][0]} · {r[:8]}" if r in known else r,
+    key=runs_url.CURVE_RUNS_KEY,
+    placeholder="Select runs in the table, or pick them here",
+)
+default_metrics = [k for k in preferred if k in keys.metric_keys][:2]
+view_defaults = {
+    "params": tuple(default_params),
+    "metrics": tuple(preferred[:DEFAULT_METRIC_COLUMNS]),
+    "curves": tuple(default_metrics),
+}
+st.session_state[saved_views_panel.DEFAULTS_KEY] = view_defaults
+if not curve_runs:
+    runs_url.write_url(project, view_defaults)
     st.info("Select runs in the table (the checkbox column) to overlay their learning curves.")
     st.stop()
-if len(selected) > MAX_PLOTTED_RUNS:
-    st.warning(f"Plotting the first {MAX_PLOTTED_RUNS} of {len(selected)} selected runs.")
-    selected = selected.iloc[:MAX_PLOTTED_RUNS]
+if len(curve_runs) > MAX_PLOTTED_RUNS:
+    st.warning(f"Plotting the first {MAX_PLOTTED_RUNS} of {len(curve_runs)} selected runs.")
+    curve_runs = curve_runs[:MAX_PLOTTED_RUNS]
 
-c1, c2, c3, c4, c5 = st.columns([3, 2, 2, 1.1, 1.1], vertical_alignment="bottom")
-default_metrics = [k for k in preferred if k in keys.metric_keys][:2]
+c1, c2, c3, c4, c5, c6 = st.columns([3, 2, 2, 2, 1.1, 1.1], vertical_alignment="bottom")
+runs_url.keep_known(f"curve_metrics:{project}", keys.metric_keys)
 chosen_metrics = c1.multiselect(
-    "Metrics", keys.metric_keys, default=default_metrics, key=f"curve_metrics:{project}"
+    "Metrics",
+    keys.metric_keys,
+    **runs_url.kwargs(f"curve_metrics:{project}", default=default_metrics),
+    key=f"curve_metrics:{project}",
 )
-x_axis = c2.segmented_control("X axis", ["step", "time", "relative"], default="step", key="curve_x") or "step"
-smoothing = c3.slider("Smoothing (EMA)", 0.0, 0.99, 0.6, 0.01, key="curve_smoothing")
-log_y = c4.toggle("Log y", key="curve_log")
-any_running = bool((selected["state"] == "running").any())
-live = c5.toggle("Live", value=any_running, key="curve_live", help="Refresh the curves every 5 s")
+x_axis = (
+    c2.segmented_control(
+        "X axis", ["step", "time", "relative"], **runs_url.kwargs("curve_x", default="step"), key="curve_x"
+    )
+    or "step"
+)
+smoothing = c3.slider(
+    "Smoothing (EMA)",
+    0.0,
+    0.99,
+    **runs_url.kwargs("curve_smoothing", value=0.6),
+    step=0.01,
+    key="curve_smoothing",
+)
+group_by = curves_section.group_by_control(c4, keys)
+log_y = c5.toggle("Log y", key="curve_log")
+any_running = any(known.get(r, ("", ""))[1] == "running" for r in curve_runs)
+live = c6.toggle("Live", value=any_running, key="curve_live", help="Refresh the curves every 5 s")
+runs_url.write_url(project, view_defaults)
 
-labels = dict(zip(selected["run_id"], selected["name"], strict=True))
-run_ids = tuple(selected["run_id"])
+labels = {r: known[r][0] if r in known else r for r in curve_runs}
+run_ids = tuple(curve_runs)
 
 
 @st.fragment(run_every=5 if live else None)
@@ -225,8 +271,12 @@ def curves() -> None:
         st.info("The selected runs have no points for these metrics yet.")
         return
     grid = st.columns(2 if len(chosen_metrics) > 1 else 1)
+    groups = curves_section.groups(project, run_ids, group_by) if group_by else None
     for i, key in enumerate(chosen_metrics):
-        fig = charts.learning_curves(series, key, labels, x_axis=x_axis, smoothing=smoothing, log_y=log_y)
+        if groups is not None:
+            fig = curves_section.grouped_figure(series, key, groups, x_axis, smoothing, log_y)
+        else:
+            fig = charts.learning_curves(series, key, labels, x_axis=x_axis, smoothing=smoothing, log_y=log_y)
         grid[i % len(grid)].plotly_chart(fig, width="stretch", key=f"curve:{key}")
     total = int(series.drop_duplicates(["run_id", "key", "rank"])["total_points"].sum())
     st.caption(f"{len(series):,} points drawn of {total:,} logged (min/max downsampled on the server)")
