@@ -91,6 +91,10 @@ class AlertEvaluator:
 
     def close(self) -> None:
         self._stop.set()
+        try:
+            self._blocks.put_nowait(None)  # wakes the thread now, not at the next check (30 s)
+        except queue.Full:
+            pass  # a full queue wakes it anyway
         if self._thread.is_alive():
             self._thread.join(5)
         self.sender.close()
