@@ -12,7 +12,7 @@ import streamlit as st
 
 from runstream import states
 from runstream.errors import ServerError
-from runstream_dashboard import charts, run_edit_section, run_registry_section, state
+from runstream_dashboard import charts, rank_views, run_edit_section, run_registry_section, state
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md, md_code
 
@@ -92,8 +92,8 @@ def _watch_state() -> None:
 
 _watch_state()
 
-tab_overview, tab_metrics, tab_system, tab_artifacts, tab_context = st.tabs(
-    ["Overview", "Metrics", "System", "Artifacts", "Context"]
+tab_overview, tab_metrics, tab_system, tab_ranks, tab_artifacts, tab_context = st.tabs(
+    ["Overview", "Metrics", "System", "Ranks", "Artifacts", "Context"]
 )
 
 
@@ -189,6 +189,9 @@ with tab_system:
         _charts(list(run_keys.system_metric_keys), True, 0.0)
 
     system_charts()
+
+with tab_ranks:  # rank overlay, every rank's system metrics, stragglers (rank_views.py)
+    rank_views.show(project, run_id, run_keys.metric_keys, run_keys.system_metric_keys)
 
 with tab_artifacts:
     if run.artifacts.empty:
