@@ -12,7 +12,14 @@ import streamlit as st
 
 from runstream import states
 from runstream.errors import ServerError
-from runstream_dashboard import charts, rank_views, run_edit_section, run_registry_section, state
+from runstream_dashboard import (
+    charts,
+    console_section,
+    rank_views,
+    run_edit_section,
+    run_registry_section,
+    state,
+)
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md, md_code
 
@@ -92,8 +99,8 @@ def _watch_state() -> None:
 
 _watch_state()
 
-tab_overview, tab_metrics, tab_system, tab_ranks, tab_artifacts, tab_context = st.tabs(
-    ["Overview", "Metrics", "System", "Ranks", "Artifacts", "Context"]
+tab_overview, tab_metrics, tab_system, tab_ranks, tab_console, tab_artifacts, tab_context = st.tabs(
+    ["Overview", "Metrics", "System", "Ranks", "Console", "Artifacts", "Context"]
 )
 
 
@@ -192,6 +199,9 @@ with tab_system:
 
 with tab_ranks:  # rank overlay, every rank's system metrics, stragglers (rank_views.py)
     rank_views.show(project, run_id, run_keys.metric_keys, run_keys.system_metric_keys)
+
+with tab_console:  # captured stdout / stderr per rank, searched on the server (console_section.py)
+    console_section.show(project, run_id, run.context["world_size"] or 1, live)
 
 with tab_artifacts:
     if run.artifacts.empty:
