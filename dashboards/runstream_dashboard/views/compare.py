@@ -1,5 +1,6 @@
 """Compare 2+ runs (/compare?project=<p>&runs=<id>,<id>): the config keys that differ,
-highlighted, their metric summaries side by side, and one metric overlaid."""
+highlighted, their metric summaries side by side, one metric overlaid, and one media key side
+by side at a chosen step."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from runstream.errors import ServerError
-from runstream_dashboard import charts, state
+from runstream_dashboard import charts, media_section, state
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md
 
@@ -90,3 +91,6 @@ else:
         st.error(md(exc.details))
         st.stop()
     st.plotly_chart(charts.learning_curves(series, metric, labels), width="stretch", key="compare_curve")
+
+st.subheader("Media")  # one media key of the runs side by side at one step (media_section.py)
+media_section.show_compare(project, chosen, labels)

@@ -15,6 +15,7 @@ from runstream.errors import ServerError
 from runstream_dashboard import (
     charts,
     console_section,
+    media_section,
     rank_views,
     run_edit_section,
     run_registry_section,
@@ -99,8 +100,8 @@ def _watch_state() -> None:
 
 _watch_state()
 
-tab_overview, tab_metrics, tab_system, tab_ranks, tab_console, tab_artifacts, tab_context = st.tabs(
-    ["Overview", "Metrics", "System", "Ranks", "Console", "Artifacts", "Context"]
+tab_overview, tab_metrics, tab_media, tab_system, tab_ranks, tab_console, tab_artifacts, tab_context = (
+    st.tabs(["Overview", "Metrics", "Media", "System", "Ranks", "Console", "Artifacts", "Context"])
 )
 
 
@@ -188,6 +189,9 @@ with tab_metrics:
         _charts(list(run_keys.metric_keys), False, smoothing)
 
     metric_charts()
+
+with tab_media:  # images, audio, histograms, tables, text per step (media_section.py)
+    media_section.show_run(project, run_id)
 
 with tab_system:
 
