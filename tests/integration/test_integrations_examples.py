@@ -21,6 +21,7 @@ CASES = {  # example -> (extra modules it needs, arguments, runs it leaves, a me
     "lightgbm_train.py": (["lightgbm"], ["--rounds", "15"], 1, "valid/auc"),
     "optuna_study.py": (["optuna", "sklearn"], ["--trials", "4", "--epochs", "3"], 4, "val_accuracy"),
     "keras_train.py": (["jax", "keras", "sklearn"], ["--epochs", "1"], 1, "val_loss"),
+    "media_example.py": (["numpy", "pandas", "pyarrow"], ["--steps", "3"], 1, "loss"),
 }
 
 
