@@ -108,9 +108,11 @@ class Bus(Protocol):
 class Sink(Protocol):
     """Where the bus delivers envelopes: the store writer (writers/store.py)."""
 
-    def write(self, envelopes: list[Envelope], token: str | None = None) -> WriteResult:
+    def write(self, envelopes: list[Envelope], token: str | None = None, replay: bool = False) -> WriteResult:
         """Stores the envelopes not stored before and returns once they are durable. `token`
         names the block for deduplication (the same token must carry the same envelopes).
+        `replay`: the block is re-formed after a crash and may have been stored, wholly or in
+        part, already (the writer then re-derives what the tokens cannot guard, see store.py).
         Thread-safe; raises on a storage failure."""
 
     def flush(self) -> bool:

@@ -301,7 +301,7 @@ class EmbeddedBus:
         assert self._log is not None
         recovered = []
         for path, name, envelopes in self._log.pending():
-            result = self.sink.write(envelopes, token=name)
+            result = self.sink.write(envelopes, token=name, replay=True)
             log.info(
                 "re-formed logged block %s: %d requests, %d stored now, %d stored before",
                 name, len(envelopes), result.stored, result.duplicates,

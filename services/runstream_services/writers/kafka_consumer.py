@@ -448,8 +448,9 @@ class KafkaWriterLoop:
         for attempt in range(1_000_000):
             try:
                 result = await asyncio.to_thread(
-                    self._write_intent_and_block, tp, first, last, block.envelopes, token
-                )
+                    self._write_intent_and_block,
+                    tp, first, last, block.envelopes, token, block.replay_of is not None,
+                )  # fmt: skip
                 break
             except Fenced as exc:
                 self.fenced_blocks += 1
@@ -473,7 +474,13 @@ class KafkaWriterLoop:
         return result
 
     def _write_intent_and_block(
-        self, tp: TopicPartition, first: int, last: int, envelopes: list[Envelope], token: str
+        self,
+        tp: TopicPartition,
+        first: int,
+        last: int,
+        envelopes: list[Envelope],
+        token: str,
+        replay: bool = False,
     ) -> WriteResult:
         """Writes the intent, then the envelopes that pass the shape check (a replay of the token
         screens the same records the same way); the others come back in `refused`."""
@@ -491,7 +498,7 @@ class KafkaWriterLoop:
                 refused[envelope.idempotency_key] = why
             else:
                 writable.append(screened)
-        result = self.sink.write(writable, token=token) if writable else WriteResult()
+        result = self.sink.write(writable, token=token, replay=replay) if writable else WriteResult()
         # The offset commit that follows ends replays of this block: its request keys must be
         # recorded first (the writer otherwise records them in the background).
         self.sink.flush()

@@ -30,6 +30,7 @@ from runstream.v1 import ingest_pb2, types_pb2
 from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
+RECOUNT_KEYS_PER_QUERY = 500  # keys of one run and kind recounted by one delete + insert
 MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
 #: a series' summary from its points, as migration 0004's view computes it per block
 SUMMARY_AGGREGATES = (
@@ -45,6 +46,11 @@ Series = tuple[str, str, str, str]
 
 def kind_name(batch: ingest_pb2.MetricBatch) -> str:
     return "system" if batch.kind == types_pb2.METRIC_KIND_SYSTEM else "user"
+
+
+def series_of(batches: list[ingest_pb2.MetricBatch]) -> set[Series]:
+    """Every series the batches hold points of."""
+    return {(b.project, b.run_id, kind_name(b), key) for b in batches for key in b.keys if len(b.steps)}
 
 
 def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]]:
@@ -147,23 +153,31 @@ class ReplacedPoints:
 
     def recount(self, series: set[Series]) -> None:
         """Replaces the summary rows of each series by its exact summary. Call after the insert,
-        holding no shared gate."""
+        holding no shared gate. One delete and one insert per run and kind (a replayed block
+        may touch thousands of series)."""
         if not series:
             return
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for project, run_id, kind, key in series:
+            groups.setdefault((project, run_id, kind), []).append(key)
         with self.gate.exclusive():
-            for project, run_id, kind, key in sorted(series):
-                params = {"p": project, "r": run_id, "k": kind, "key": key}
-                where = "project = %(p)s AND run_id = %(r)s AND kind = %(k)s AND key = %(key)s"
-                self.client.command(
-                    f"DELETE FROM {self.db}.metric_summaries WHERE {where}", parameters=params
-                )
-                # insert_deduplicate = 0: the same summary inserted before must not be dropped as a replay
-                self.client.command(
-                    f"INSERT INTO {self.db}.metric_summaries SELECT project, run_id, kind, key, {SUMMARY_AGGREGATES} "
-                    f"FROM {self.db}.metrics FINAL WHERE {where} GROUP BY project, run_id, kind, key",
-                    parameters=params,
-                    settings={"insert_deduplicate": 0},
-                )
+            for (project, run_id, kind), keys in sorted(groups.items()):
+                for start in range(0, len(keys), RECOUNT_KEYS_PER_QUERY):
+                    params = {
+                        "p": project, "r": run_id, "k": kind,
+                        "keys": tuple(sorted(keys)[start : start + RECOUNT_KEYS_PER_QUERY]),
+                    }  # fmt: skip
+                    where = "project = %(p)s AND run_id = %(r)s AND kind = %(k)s AND key IN %(keys)s"
+                    self.client.command(
+                        f"DELETE FROM {self.db}.metric_summaries WHERE {where}", parameters=params
+                    )
+                    # insert_deduplicate = 0: the same summary inserted before must not be dropped as a replay
+                    self.client.command(
+                        f"INSERT INTO {self.db}.metric_summaries SELECT project, run_id, kind, key, {SUMMARY_AGGREGATES} "
+                        f"FROM {self.db}.metrics FINAL WHERE {where} GROUP BY project, run_id, kind, key",
+                        parameters=params,
+                        settings={"insert_deduplicate": 0},
+                    )
 
     def new_run(self, project: str, run_id: str) -> None:
         """Notes a run the writer just created (its row was absent): it has no stored points, so

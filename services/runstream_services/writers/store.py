@@ -66,7 +66,7 @@ from runstream_services.writers.bookkeeping import BackgroundRows
 from runstream_services.writers.client_seqs import SeqRanges, load_stored_seqs
 from runstream_services.writers.console_rows import CONSOLE_COLUMNS, console_rows
 from runstream_services.writers.key_index import KeyIndex
-from runstream_services.writers.replaced_points import ReplacedPoints
+from runstream_services.writers.replaced_points import ReplacedPoints, series_of
 from runstream_services.writers.run_cache import RunCache
 
 log = logging.getLogger("runstream.writer")
@@ -185,9 +185,14 @@ class StoreWriter:
 
     # ---- public -------------------------------------------------------------------------------
 
-    def write(self, envelopes: list[Envelope], token: str | None = None) -> WriteResult:
+    def write(self, envelopes: list[Envelope], token: str | None = None, replay: bool = False) -> WriteResult:
         """Stores the envelopes (those not stored before) and returns once every insert is done.
-        Raises on a storage failure; nothing of this call is then recorded as ingested."""
+        Raises on a storage failure; nothing of this call is then recorded as ingested.
+        `replay`: a block re-formed after a crash (bus/base.py Sink.write): its inserts are
+        dropped by their tokens when they landed before, but the summaries of every series it
+        touches are recomputed from history afterwards, as for a replacing write: a crash inside
+        an insert can leave a materialized view's target holding the block while a token
+        re-insert feeds it again, and a summary must never count a point twice."""
         result = WriteResult()
         pending = list(envelopes)
         round_no = 0
@@ -197,7 +202,7 @@ class StoreWriter:
             if mine:
                 round_token = token if token is None or round_no == 0 else f"{token}#r{round_no}"
                 try:
-                    self._store(mine, round_token, result)
+                    self._store(mine, round_token, result, replay)
                 finally:
                     self._release(mine)
             for event in {id(e): e for _, e in waits}.values():
@@ -431,7 +436,9 @@ class StoreWriter:
 
     # ---- storing ------------------------------------------------------------------------------
 
-    def _store(self, envelopes: list[Envelope], token: str | None, result: WriteResult) -> None:
+    def _store(
+        self, envelopes: list[Envelope], token: str | None, result: WriteResult, replay: bool = False
+    ) -> None:
         decoded: list[tuple[Envelope, ingest_pb2.IngestRequest]] = []
         for env in envelopes:
             request = env.request  # parsed by ingest in this process (embedded bus)
@@ -460,7 +467,7 @@ class StoreWriter:
             self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
             run_rows = [r.values() for r in pending.runs.values()]
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
-            result.points += self._insert_metrics(pending.metrics, token, pending.recounted)
+            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
             self._bookkeeping.add("audit_log", pending.audit)
             self._record_stored(decoded)
         except BaseException:
@@ -512,6 +519,7 @@ class StoreWriter:
         items: list[tuple[Envelope, ingest_pb2.MetricBatch]],
         token: str | None,
         recounted: set | None = None,
+        replay: bool = False,
     ) -> int:
         if not items:
             return 0
@@ -528,6 +536,8 @@ class StoreWriter:
             if group:
                 groups.append((group, f"{token}:metrics:{len(groups)}" if groups else f"{token}:metrics"))
         suspects = self._replaced.suspects([batch for _, batch in items])
+        if replay:
+            suspects |= series_of([batch for _, batch in items])
         points = 0
         for group, group_token in groups:
             table = rows.metrics_table([(batch, env.received_ms, env.seq) for env, batch in group])
