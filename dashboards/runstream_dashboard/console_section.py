@@ -25,7 +25,7 @@ def show(project: str, run_id: str, world_size: int, live: bool) -> None:
     )
     stream = c_stream.selectbox("Stream", list(STREAMS), key="console_stream")
     search = c_search.text_input(
-        "Search", key="console_search", placeholder="text in a line (case-insensitive)"
+        "Search lines", key="console_search", placeholder="text in a line (case-insensitive)"
     ).strip()
     limit = c_lines.selectbox("Last lines", LINE_CHOICES, index=2, key="console_limit")
 
@@ -44,12 +44,13 @@ def show(project: str, run_id: str, world_size: int, live: bool) -> None:
                 st.caption('No console output captured (runstream.init(console="off") turns capture off).')
             return
         shown = len(tail.lines)
-        what = f"Last {shown:,} lines" if tail.more else f"{shown:,} lines"
+        noun = "line" if shown == 1 else "lines"
+        what = f"Last {shown:,} {noun}" if tail.more else f"{shown:,} {noun}"
         if search:
             what += f" containing {md(repr(search))}"
         st.caption(what + (f" · refreshed every {REFRESH_S} s" if live else ""))
-        st.code(
-            cq.console_text(tail.lines, show_rank=tail.lines["rank"].nunique() > 1), language=None, height=520
-        )
+        transcript = cq.console_text(tail.lines, show_rank=tail.lines["rank"].nunique() > 1)
+        with st.container(key="console_lines"):  # the browser tests find the transcript by this key
+            st.code(transcript, language=None, height=520)
 
     lines()
