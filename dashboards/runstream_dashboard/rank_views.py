@@ -75,15 +75,17 @@ def _straggler(project: str, run_id: str, metric_keys: tuple[str, ...]) -> None:
     counts = stragglers.straggler_counts(table)
     top = counts.iloc[0]
     st.markdown(
-        f"Rank **{int(top['rank'])}** was the slowest on **{int(top['times_slowest']):,}** of "
-        f"{len(table):,} steps ({top['share']:.0%}), on average {top['mean_behind']:.4g} behind the median rank."
+        f"Rank **{int(top['rank'])}** held the others back most: the slowest on "
+        f"**{int(top['times_slowest']):,}** of {len(table):,} steps ({top['share']:.0%}), "
+        f"{top['total_behind']:.4g} behind the median rank in all ({top['mean_behind']:.4g} per step)."
     )
     st.plotly_chart(view_charts.straggler_chart(table, key), width="stretch", key="straggler_chart")
-    left, right = st.columns([1, 2])
+    left, right = st.columns([2, 3])
     left.dataframe(
         counts, hide_index=True, width="stretch", key="straggler_counts",
         column_config={"share": st.column_config.NumberColumn("share", format="percent"),
-                       "mean_behind": st.column_config.NumberColumn("mean behind", format="%.4g")},
+                       "mean_behind": st.column_config.NumberColumn("mean behind", format="%.4g"),
+                       "total_behind": st.column_config.NumberColumn("total behind", format="%.4g")},
     )  # fmt: skip
     right.dataframe(
         table.sort_values("behind", ascending=False),

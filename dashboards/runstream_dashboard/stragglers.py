@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 STRAGGLER_COLUMNS = ["step", "slowest_rank", "value", "median", "behind", "behind_pct", "ranks"]
-COUNT_COLUMNS = ["rank", "times_slowest", "share", "mean_behind"]
+COUNT_COLUMNS = ["rank", "times_slowest", "share", "mean_behind", "total_behind"]
 
 
 def slowest_ranks(series: pd.DataFrame, higher_is_slower: bool = True) -> pd.DataFrame:
@@ -46,13 +46,16 @@ def slowest_ranks(series: pd.DataFrame, higher_is_slower: bool = True) -> pd.Dat
 
 
 def straggler_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Per rank that was ever slowest: how often, its share of the steps, and its mean lag behind
-    the median on those steps; most often slowest first."""
+    """Per rank that was ever slowest: how often, its share of the steps, and its lag behind the
+    median on those steps (mean and total); the rank that held the others back most (largest
+    total lag) first: a rank 1 ms slower on every step matters less than one 100 ms slower on some."""
     if table.empty:
         return pd.DataFrame(columns=COUNT_COLUMNS)
-    counts = table.groupby("slowest_rank").agg(times_slowest=("step", "size"), mean_behind=("behind", "mean"))
+    counts = table.groupby("slowest_rank").agg(
+        times_slowest=("step", "size"), mean_behind=("behind", "mean"), total_behind=("behind", "sum")
+    )
     counts["share"] = counts["times_slowest"] / len(table)
     counts = counts.reset_index().rename(columns={"slowest_rank": "rank"})
     return counts[COUNT_COLUMNS].sort_values(
-        ["times_slowest", "rank"], ascending=[False, True], ignore_index=True
+        ["total_behind", "rank"], ascending=[False, True], ignore_index=True
     )

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 import runstream
 from runstream.errors import ServerError
-from runstream.v1 import ingest_pb2 as pb
-from runstream.v1 import types_pb2
 from runstream_dashboard import stragglers
-from tests.ingest_client import ingest, metric_batch, run_start, stub_for
 from tests.integration.test_run_edits import audit_rows
+from tests.rank_data import RANKS, SLOW_RANK, STEPS, log_multi_rank_run
 from tests.server_process import ServerProcess
 
 PROJECT = "team-a"
@@ -101,37 +98,9 @@ def test_save_list_overwrite_delete_and_access(keyed_server):
     assert actions == ["view.saved", "view.saved", "view.deleted", "view.saved"]
 
 
-RANKS = 4
-STEPS = 50
-SLOW_RANK = 2
-
-
-def rank_batches(run_id: str, project: str) -> list[pb.MetricBatch]:
-    """step_time_s per rank (rank 2 twice as slow on every 5th step) and a system cpu_percent."""
-    out = []
-    steps = np.arange(STEPS)
-    for rank in range(RANKS):
-        t = 0.1 + 0.001 * rank + np.where((steps % 5 == 0) & (rank == SLOW_RANK), 0.1, 0.0)
-        out.append(
-            metric_batch(run_id, 0, STEPS, keys=("step_time_s",), project=project, rank=rank,
-                         values=t.astype("<f8").tobytes())
-        )  # fmt: skip
-        out.append(
-            metric_batch(run_id, 0, 10, keys=("cpu_percent",), project=project, rank=rank,
-                         kind=types_pb2.METRIC_KIND_SYSTEM, values=np.full(10, 10.0 * rank, "<f8").tobytes())
-        )  # fmt: skip
-    return out
-
-
 def test_per_rank_series_and_the_straggler_table(embedded_server):
-    project, run_id, cid = "ranks", "run-" + uuid.uuid4().hex[:8], uuid.uuid4().hex
-    requests = [run_start(1, cid, run_id, project=project)]
-    requests += [
-        pb.IngestRequest(seq=2 + i, client_id=cid, metrics=b)
-        for i, b in enumerate(rank_batches(run_id, project))
-    ]
-    answers = ingest(stub_for(embedded_server), requests)
-    assert all(a.ok for a in answers.values()), [a.message for a in answers.values()]
+    project = "ranks"
+    run_id = log_multi_rank_run(embedded_server, project)
 
     with runstream.Api(endpoint=embedded_server.endpoint) as api:
         per_rank = api.series(project, [run_id], ["step_time_s"], downsampling="none", all_ranks=True)
@@ -153,3 +122,4 @@ def test_per_rank_series_and_the_straggler_table(embedded_server):
     assert (others["slowest_rank"] == RANKS - 1).all()  # otherwise the last rank, 1 ms slower
     counts = stragglers.straggler_counts(table)
     assert counts.set_index("rank")["times_slowest"].to_dict() == {RANKS - 1: 40, SLOW_RANK: 10}
+    assert counts["rank"].iloc[0] == SLOW_RANK  # far behind on 10 steps outweighs 1 ms on 40

@@ -126,6 +126,12 @@ def test_slowest_rank_per_step_and_its_lag_behind_the_median():
     assert table.set_index("step").loc[5, "ranks"] == 4
     counts = stragglers.straggler_counts(table)
     assert counts.iloc[0][["rank", "times_slowest", "share"]].tolist() == [3, 6, 1.0]
+    assert counts.iloc[0]["total_behind"] == pytest.approx(table["behind"].sum())
+    # a rank slightly slower on many steps comes after one far behind on a few
+    mixed = pd.DataFrame(
+        {"step": [0, 1, 2, 3], "slowest_rank": [1, 1, 1, 2], "behind": [0.01, 0.01, 0.01, 1.0]}
+    )
+    assert stragglers.straggler_counts(mixed)["rank"].tolist() == [2, 1]
 
 
 def test_lower_is_slower_ties_and_empty():
