@@ -48,5 +48,11 @@ fi
 # helm for tests/unit/test_helm_chart.py: built once from the Go module proxy into the cache.
 bash scripts/helm.sh install
 
+# The Lightning / Transformers integration tests need a PyTorch venv (CUDA wheels from PyPI:
+# ~4.5 min and 5.7 GB from nothing); made only on request, else those tests skip with the reason.
+if [ "${RUNSTREAM_TORCH_TESTS:-0}" = 1 ]; then
+  bash scripts/torch_venv.sh >/dev/null
+fi
+
 echo "[test] setup took $(( $(date +%s) - started )) s" >&2
 python -m pytest "$@"
