@@ -18,6 +18,7 @@ from runstream_dashboard import media_queries as mq
 from runstream_dashboard.safe_text import md
 
 IMAGE_WIDTH = 220
+KIND_ORDER = {"image": 0, "histogram": 1, "table": 2, "audio": 3, "text": 4}  # the run page's order
 KIND_ICONS = {
     "image": ":material/image:",
     "audio": ":material/graphic_eq:",
@@ -28,7 +29,8 @@ KIND_ICONS = {
 
 
 def show_run(project: str, run_id: str) -> None:
-    """Every media key of the run, each with a step slider over the steps it was logged at."""
+    """Every media key of the run (images first, then histograms, tables, audio, text; by key
+    within a kind), each with a step slider over the steps it was logged at."""
     try:
         keys = mq.media_keys(project, (run_id,))
     except ServerError as exc:
@@ -40,6 +42,9 @@ def show_run(project: str, run_id: str) -> None:
             '`run.log({"samples": runstream.Image(array, caption="...")}, step=step)`.'
         )
         return
+    keys = keys.assign(order=keys["kind"].map(KIND_ORDER).fillna(len(KIND_ORDER))).sort_values(
+        ["order", "key"]
+    )
     for row in keys.itertuples():
         with st.container(border=True):
             st.markdown(
