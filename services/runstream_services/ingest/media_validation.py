@@ -17,7 +17,7 @@ BYTE_FORMATS = {"image": "png", "audio": "wav", "table": "parquet"}
 #: kinds whose content travels in the event itself
 INLINE_KINDS = frozenset({"histogram", "text"})
 MEDIA_KINDS = frozenset(BYTE_FORMATS) | INLINE_KINDS
-MAX_STEP = (1 << 62) - 1
+MAX_STEP = (1 << 63) - 1  # steps are int64, as the SDK checks them
 MAX_INDEX = 1_000  # items under one key at one step
 MAX_CAPTION_CHARS = 4_096
 MAX_MEDIA_TEXT_CHARS = 64 * 1024

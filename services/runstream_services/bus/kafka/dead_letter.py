@@ -60,6 +60,14 @@ def screen(envelope: Envelope) -> tuple[Envelope, str]:
         why = _metric_columns_problem(request.metrics)
         if why:
             return envelope, why
+    elif body == "media" and request.media.inline_data:
+        event = request.media
+        digest = hashlib.sha256(event.inline_data).hexdigest()
+        if len(event.inline_data) != event.size or digest != event.sha256.lower():
+            return envelope, (
+                f"inline media bytes ({len(event.inline_data)} bytes, sha256 {digest}) are not the "
+                f"declared ones ({event.size} bytes, sha256 {event.sha256})"
+            )
     elif body == "artifact":
         event = request.artifact
         if event.inline_data or event.size == 0:
