@@ -232,3 +232,49 @@ def test_media_through_each_bus_is_stored_once(bus_server, tmp_path):
     bus_server.stop_after_stored()
     (rows,) = bus_server.stored(f"SELECT count() FROM DB.media WHERE run_id = '{run.id}' AND key = 'note'")
     assert rows[0] == 1
+
+
+def test_offline_media_then_sync_twice_stores_once(tmp_path):
+    """An offline run keeps media in its spool (an item over the inline limit as a blob);
+    `runstream sync` uploads it, a second full replay adds nothing."""
+    import subprocess
+    import sys
+
+    server = ServerProcess(tmp_path / "server").start()
+    try:
+        big = np.random.default_rng(9).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+        opts = quick_sdk_options(server.endpoint, tmp_path, mode="offline")
+        run = runstream.init(project="offline-media", **opts)
+        for step in (1, 2):
+            run.log(
+                {"img": runstream.Image(image_at(step), caption=f"s{step}"), "t": runstream.Text(str(step))},
+                step,
+            )
+        run.log({"big": runstream.Image(big)}, step=3)
+        assert run.finish()
+        run_dir = tmp_path / "spool" / run.id
+        assert len(list((run_dir / "blobs").iterdir())) == 1  # the large image's bytes
+
+        def sync():
+            out = subprocess.run(
+                [sys.executable, "-m", "runstream_services.cli", "sync", str(run_dir), "--endpoint", server.endpoint, "--no-progress"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stdout + out.stderr
+
+        sync()
+        (run_dir / f"{run.client_id}.synced").unlink()  # a full replay: the same (client_id, seq)
+        sync()
+        with runstream.Api(server.endpoint) as api:
+            assert {k.key: k.count for k in api.media_keys("offline-media", run.id)} == {
+                "img": 2,
+                "t": 2,
+                "big": 1,
+            }
+            assert np.array_equal(api.media("offline-media", run.id, "big")[0].load(), big)
+            assert [m.caption for m in api.media("offline-media", run.id, "img")] == ["s1", "s2"]
+        server.stop()
+        (rows,) = stored(server, f"SELECT count() FROM DB.media WHERE run_id = '{run.id}'")
+        assert rows[0] == 5  # as stored, without FINAL: the replay added no row
+    finally:
+        server.stop()
