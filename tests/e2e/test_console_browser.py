@@ -73,7 +73,7 @@ def start_training(
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console-server")
     srv = ServerProcess(tmp / "data").start()
-    procs = start_training(srv.endpoint, tmp, JOB, ranks=2, steps=80, pause=0.0)
+    procs = start_training(srv.endpoint, tmp, JOB, ranks=2, steps=80, pause=0.05)  # ranks interleave
     assert [p.wait(240) for p in procs] == [0, 0]
     yield srv, tmp
     srv.stop()
@@ -144,7 +144,7 @@ def test_console_tab_shows_both_ranks_and_searches_on_the_server(dashboard, page
     box.press("Enter")
     text = wait_console(page, lambda t: t.count("\n") == 0 and "overflow" in t, "the search did not narrow")
     assert text.strip() == "! rank 1: loss scale overflow, skipping step 57 (NaN in gradients)"
-    page.get_by_text("1 line containing 'nan in GRADIENTS'").wait_for()
+    page.get_by_text("1 line containing 'nan in GRADIENTS'", exact=True).wait_for()
 
     box.fill("warning")
     box.press("Enter")
@@ -155,18 +155,19 @@ def test_console_tab_shows_both_ranks_and_searches_on_the_server(dashboard, page
     ]
     pick(page, "Stream", "stdout")
     wait_console(page, lambda t: t == "", "stdout has no warnings")
-    page.get_by_text("No console line contains 'warning'").wait_for()
+    page.get_by_text("No console line contains 'warning'.", exact=True).wait_for()
 
     shots = os.environ.get("RUNSTREAM_DOCS_SHOTS")
-    if shots:  # the documentation screenshot: both ranks, searched for step 7x lines
+    if shots:  # the documentation screenshot: the last 100 lines of both ranks, stderr marked
         from tests.e2e.screenshots import _save
 
         pick(page, "Stream", "stdout + stderr")
         pick(page, "Rank", "all")
-        box.fill("step   7")
+        pick(page, "Last lines", "100")
+        box.fill("")
         box.press("Enter")
-        wait_console(page, lambda t: "[1]" in t and "[0]" in t and "lr" in t, "screenshot view")
-        _save(page, Path(shots) / "console.png", 820)
+        wait_console(page, lambda t: "[1] !" in t and "[0]" in t and t.count("\n") == 99, "screenshot view")
+        _save(page, Path(shots) / "console.png", 900)
 
 
 def test_a_running_runs_console_updates_without_a_reload(server, dashboard, page):
