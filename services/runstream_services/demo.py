@@ -43,7 +43,8 @@ class Clock:
 
 
 def _init(endpoint: str, **kwargs) -> runstream.Run:
-    return runstream.init(endpoint=endpoint, system_metrics_interval_s=0, **kwargs)
+    # console="off": these runs live inside `runstream up`, whose own output is not theirs
+    return runstream.init(endpoint=endpoint, system_metrics_interval_s=0, console="off", **kwargs)
 
 
 def log_trial(spec: TrialSpec, endpoint: str, clock: Clock, workdir: Path, project: str = PROJECT) -> str:
