@@ -276,6 +276,7 @@ class RunWriter:
             system_metrics_interval_s=0,  # the importing machine's CPU is not the source run's
             capture_context=False,  # nor its git commit, packages or host
             capture_packages=False,
+            console="off",  # nor its terminal (the importer's own progress output)
             finish_timeout_s=timeout_s,
         )
         self.timeout_s = timeout_s
