@@ -223,3 +223,32 @@ def test_only_keys_of_the_project_read_its_console(tmp_path):
             assert info.value.code() == code
     finally:
         server.stop()
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys, runstream
+    run = runstream.init(project="console-it", id="crashed", endpoint=sys.argv[1], spool_dir=sys.argv[2],
+                         flush_interval_s=0.05, system_metrics_interval_s=0, capture_packages=False)
+    print("about to divide")
+    1 / 0
+    """
+)
+
+
+def test_the_traceback_of_a_crash_is_in_the_console(server, tmp_path):
+    child = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, server.endpoint, str(tmp_path / "spool")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 1 and "ZeroDivisionError" in child.stderr  # the terminal still has it
+    with runstream.Api(endpoint=server.endpoint) as api:
+        assert api.run(PROJECT, "crashed")["state"] == "failed"
+        lines = api.console(PROJECT, "crashed")
+    assert lines[0].text == "about to divide"
+    stderr = [line.text for line in lines if line.stream == "stderr"]
+    assert stderr[0] == "Traceback (most recent call last):"
+    assert stderr[-1] == "ZeroDivisionError: division by zero"
