@@ -213,12 +213,27 @@ def artifacts() -> st.SearchStrategy[ipb.ArtifactEvent]:
     )  # fmt: skip
 
 
+def media() -> st.SearchStrategy[ipb.MediaEvent]:
+    sha = st.one_of(st.just(_SHA_EMPTY), st.just("0" * 64), st.just(""), hostile_text())
+    kinds = st.one_of(st.sampled_from(("image", "audio", "histogram", "table", "text")), hostile_text())
+    return st.builds(
+        ipb.MediaEvent,
+        project=projects(), run_id=run_ids(), key=hostile_text(), step=int64s(), index=uint32s(),
+        kind=kinds, caption=hostile_text(), sha256=sha, size=uint64s(), inline_data=st.binary(max_size=64),
+        format=st.one_of(st.sampled_from(("png", "wav", "parquet")), hostile_text()), time_ms=int64s(),
+        rank=uint32s(), width=uint32s(), sample_rate=uint32s(), duration_s=floats(),
+        columns=st.lists(hostile_text(), max_size=3), bin_edges=st.lists(floats(), max_size=5),
+        counts=st.lists(floats(), max_size=4), text=hostile_text(),
+    )  # fmt: skip
+
+
 BODIES = {
     "run_start": run_starts(),
     "run_update": run_updates(),
     "run_finish": run_finishes(),
     "metrics": metric_batches(),
     "artifact": artifacts(),
+    "media": media(),
 }
 
 
