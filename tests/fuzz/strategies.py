@@ -383,4 +383,19 @@ QUERY_METHODS = {
         ),
         qpb.DownloadArtifactResponse, True,
     ),
+    "ListMedia": (
+        st.builds(
+            qpb.ListMediaRequest, project=projects(), run_ids=_run_list(), key=hostile_text(),
+            min_step=int64s(), max_step=int64s(), has_step_range=st.booleans(), limit=uint32s(),
+            keys_only=st.booleans(),
+        ),
+        qpb.ListMediaResponse, False,
+    ),
+    "DownloadMedia": (
+        st.builds(
+            qpb.DownloadMediaRequest, project=projects(), run_id=run_ids(),
+            sha256=st.one_of(st.just(_SHA_EMPTY), hostile_text()),
+        ),
+        qpb.DownloadArtifactResponse, True,
+    ),
 }  # fmt: skip
