@@ -189,6 +189,18 @@ def test_raw_media_requests_are_checked(server):
         with pytest.raises(ServerError) as empty:
             api.media(PROJECT, [], "img")
         assert empty.value.code == "INVALID_ARGUMENT"
+    with (
+        runstream.Api(server.endpoint, api_key="other") as other,
+        runstream.Api(server.endpoint, api_key="") as anon,
+    ):
+        for api, code in ((other, "PERMISSION_DENIED"), (anon, "UNAUTHENTICATED")):
+            for call in (
+                lambda api=api: api.media_keys(PROJECT, run_id),
+                lambda api=api: api.media_bytes(PROJECT, run_id, item.sha256),
+            ):
+                with pytest.raises(ServerError) as denied:
+                    call()
+                assert denied.value.code == code
 
 
 @pytest.fixture(params=deployments.BUS_MODES)
