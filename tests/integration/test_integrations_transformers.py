@@ -63,7 +63,10 @@ def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_serve
 
     summary = record["summary"]
     assert summary["global_step"] == STEPS and summary["train_runtime"] > 0
-    assert summary["train_loss"] == pytest.approx(trainer_state["log_history"][-1]["train_loss"], rel=1e-6)
+    mean_loss = (
+        sum(e["loss"] for e in train_logs) / STEPS
+    )  # the Trainer's train_loss: loss per step, averaged
+    assert summary["train_loss"] == pytest.approx(mean_loss, abs=1e-3)
     assert summary["eval/accuracy"] == pytest.approx(points["eval/accuracy"][STEPS])
     assert summary["best_metric"] == pytest.approx(max(points["eval/accuracy"].values()))
     best = max(points["eval/accuracy"], key=points["eval/accuracy"].get)
