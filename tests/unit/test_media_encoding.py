@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 import runstream
 from runstream import media
+from runstream._internal.buffer import entry_bytes
 from runstream._internal.media_events import media_entries, split_media
 from runstream.errors import InvalidValueError
 from runstream.v1 import ingest_pb2
@@ -218,6 +219,7 @@ def test_run_log_splits_media_from_numbers_and_builds_events():
     (upload,) = media_entries("p", "r", 0, 1, 1, {"t": [big]})
     assert upload.field == "upload" and upload.body.field == "media" and upload.body.source == big.data
     assert not upload.body.event.inline_data and upload.body.event.size == len(big.data)
+    assert entry_bytes(upload) > len(big.data)  # the bytes held count against max_memory_bytes
     with pytest.raises(InvalidValueError, match="at most 1000"):
         split_media({"many": [runstream.Text("x")] * 1001})
 

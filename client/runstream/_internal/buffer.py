@@ -65,7 +65,9 @@ def entry_bytes(entry: Any) -> int:
     if type(entry) is Bulk:
         return ENTRY_BYTES + len(entry.values) + len(entry.steps) + (len(entry.times) if entry.times else 0)
     body = getattr(entry, "body", None)
-    return ENTRY_BYTES + (body.ByteSize() if hasattr(body, "ByteSize") else 0)
+    if hasattr(body, "ByteSize"):
+        return ENTRY_BYTES + body.ByteSize()
+    return ENTRY_BYTES + getattr(body, "held_bytes", 0)  # an upload of media bytes held in memory
 
 
 def _le(a: array) -> bytes:

@@ -51,6 +51,11 @@ class Upload:
     def __init__(self, event, source: Path | bytes, field: str = "artifact"):
         self.event, self.source, self.field = event, source, field
 
+    @property
+    def held_bytes(self) -> int:
+        """Memory this upload holds until it is sent (media bytes; a file's are on disk)."""
+        return len(self.source) if isinstance(self.source, bytes) else 0
+
 
 class Pipeline:
     def __init__(
