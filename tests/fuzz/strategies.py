@@ -227,6 +227,23 @@ def media() -> st.SearchStrategy[ipb.MediaEvent]:
     )  # fmt: skip
 
 
+@st.composite
+def console_batches(draw) -> ipb.ConsoleBatch:
+    """Console lines: columns mostly one item per text (sometimes not), any stream value, hostile
+    texts, times and ranks."""
+    n = draw(st.integers(0, 5))
+
+    def column(items: st.SearchStrategy) -> list:
+        matching = draw(st.integers(0, 4)) > 0
+        return draw(st.lists(items, min_size=n, max_size=n) if matching else st.lists(items, max_size=6))
+
+    return ipb.ConsoleBatch(
+        project=draw(projects()), run_id=draw(run_ids()), rank=draw(uint32s()),
+        texts=draw(st.lists(hostile_text(), min_size=n, max_size=n)), streams=column(enums()),
+        line_numbers=column(uint64s()), times_ms=column(int64s()),
+    )  # fmt: skip
+
+
 BODIES = {
     "run_start": run_starts(),
     "run_update": run_updates(),
@@ -234,6 +251,7 @@ BODIES = {
     "metrics": metric_batches(),
     "artifact": artifacts(),
     "media": media(),
+    "console": console_batches(),
 }
 
 
