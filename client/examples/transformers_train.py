@@ -15,6 +15,7 @@ Needs: pip install "runstream[transformers]".
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
@@ -90,8 +91,9 @@ def main() -> None:
         model=model, args=training, train_dataset=Sequences(512, seed=1), eval_dataset=Sequences(128, seed=2),
         compute_metrics=accuracy, callbacks=callbacks,
     )  # fmt: skip
-    trainer.train()
-    print(f"best accuracy {trainer.state.best_metric:.3f} at {trainer.state.best_model_checkpoint}")
+    trainer.train()  # finishes the callback's run; the evaluate below resumes it (finished at exit)
+    final = trainer.evaluate()  # the best checkpoint, loaded at the end (load_best_model_at_end)
+    print(json.dumps({"best_checkpoint": trainer.state.best_model_checkpoint, "final_eval": final}))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 import runstream
 from tests import ROOT
 from tests.framework_reads import curves, read_run
-from tests.torch_venv import python_or_skip, run_script
+from tests.torch_venv import last_json, python_or_skip, run_script
 
 pytestmark = pytest.mark.timeout(600)
 EXAMPLE = ROOT / "client" / "examples" / "transformers_train.py"
@@ -32,7 +32,7 @@ def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_serve
     args = ["--project", "hf", "--steps", str(STEPS), "--eval-every", str(EVERY), "--output-dir", "out"]
     done = run_script(EXAMPLE, args, endpoint, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
-    table = _runs(endpoint, "hf")
+    table = _runs(endpoint, "hf")  # one run: the evaluate() after train() resumed it
     assert len(table) == 1 and table.state[0] == "finished" and table.name[0] == "tiny-bert"
     run_id = table.run_id[0]
 
@@ -42,14 +42,16 @@ def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_serve
     eval_logs = [e for e in trainer_state["log_history"] if "eval_loss" in e]
     assert [e["step"] for e in train_logs] == list(range(1, STEPS + 1))
 
+    # the example's trainer.evaluate() after train(), at step STEPS too (the later point wins)
+    final = last_json(done)["final_eval"]
+
     points = curves(endpoint, "hf", run_id)  # also asserts one point per step and rank 0 only
     for ours, theirs in (("train/loss", "loss"), ("train/learning_rate", "learning_rate")):
         assert points[ours] == pytest.approx({e["step"]: e[theirs] for e in train_logs}, rel=1e-6)
     assert sorted(points["train/grad_norm"]) == sorted(points["train/epoch"]) == list(range(1, STEPS + 1))
     for key in ("loss", "accuracy"):
-        assert points[f"eval/{key}"] == pytest.approx(
-            {e["step"]: e[f"eval_{key}"] for e in eval_logs}, rel=1e-6
-        )
+        during = {e["step"]: e[f"eval_{key}"] for e in eval_logs}
+        assert points[f"eval/{key}"] == pytest.approx({**during, STEPS: final[f"eval_{key}"]}, rel=1e-6)
     assert sorted(points["eval/loss"]) == [EVERY, STEPS]
     assert not {"train/train_runtime", "train/train_loss", "train/total_flos"} & set(points)  # summary
 
@@ -67,10 +69,12 @@ def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_serve
         sum(e["loss"] for e in train_logs) / STEPS
     )  # the Trainer's train_loss: loss per step, averaged
     assert summary["train_loss"] == pytest.approx(mean_loss, abs=1e-3)
-    assert summary["eval/accuracy"] == pytest.approx(points["eval/accuracy"][STEPS])
-    assert summary["best_metric"] == pytest.approx(max(points["eval/accuracy"].values()))
-    best = max(points["eval/accuracy"], key=points["eval/accuracy"].get)
+    assert summary["eval/accuracy"] == pytest.approx(final["eval_accuracy"])  # the latest evaluation
+    during = {e["step"]: e["eval_accuracy"] for e in eval_logs}
+    assert summary["best_metric"] == pytest.approx(max(during.values()))
+    best = max(during, key=during.get)
     assert summary["best_model_checkpoint"].endswith(f"checkpoint-{best}")
+    assert final["eval_accuracy"] == pytest.approx(during[best], rel=1e-6)  # the best model, reloaded
 
     # every checkpoint as it was saved (versions of "checkpoint"), and the final model
     checkpoints = [a for a in record["artifacts"] if a["name"] == "checkpoint"]
