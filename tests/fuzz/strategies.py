@@ -416,4 +416,13 @@ QUERY_METHODS = {
         ),
         qpb.DownloadArtifactResponse, True,
     ),
+    "GetConsole": (
+        st.builds(
+            qpb.GetConsoleRequest, project=projects(), run_id=run_ids(), ranks=st.lists(uint32s(), max_size=4),
+            stream=enums(), search=st.one_of(hostile_text(), st.just("%_\\"), st.just("x" * 2_000)),
+            limit=uint32s(), tail=st.booleans(), after_time_ms=int64s(), after_rank=uint32s(),
+            after_line=uint64s(), has_after=st.booleans(),
+        ),
+        qpb.GetConsoleResponse, False,
+    ),
 }  # fmt: skip

@@ -35,7 +35,7 @@ def console_filter(request: query_pb2.GetConsoleRequest, project: str) -> sql_co
         raise InvalidArgument(
             f"{len(request.ranks)} ranks asked; at most {MAX_RANKS}: leave ranks empty for all"
         )
-    if any(rank > 65_535 for rank in request.ranks):
+    if any(rank > 65_535 for rank in request.ranks) or request.after_rank > 65_535:
         raise InvalidArgument("ranks go from 0 to 65535")
     if request.has_after and request.tail:
         raise InvalidArgument("a tail reads the newest lines: give tail or an after cursor, not both")
