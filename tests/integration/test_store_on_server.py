@@ -24,6 +24,7 @@ from runstream_services.storage.clickhouse import connect
 from runstream_services.storage.migrations import migrate
 from tests.clickhouse_standin import StandinProcess, server_deployment
 from tests.integration import test_exactly_once as exactly_once
+from tests.integration import test_media as media_suite
 from tests.integration import test_query_service as query_suite
 from tests.integration.test_query_service import Seeded, query_server, seed, stub  # noqa: F401 - fixtures
 
@@ -66,6 +67,7 @@ test_exactly_once_resends_and_restart = (
 test_exactly_once_kill_9_under_many_writers = (
     exactly_once.test_kill_9_under_a_many_writer_load_stores_every_point_once
 )
+test_media_stored_once = media_suite.test_media_through_each_bus_is_stored_once  # media rows over HTTP
 
 
 def test_exactly_once_stored_once_by_the_kafka_writer(kafka_bus_server):
