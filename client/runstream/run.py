@@ -222,9 +222,13 @@ class Run:
             if key not in known:
                 check_metric_key(key, known)
             if type(value) is not float and (type(value) is not int or not -MAX_FLOAT <= value <= MAX_FLOAT):
-                if any(map(is_media, data.values())):  # runstream.Image, ... (runstream/media.py)
-                    data, media = split_media(data)
-                coerced = coerce_metrics(data, known)  # converts, or names the bad key and value
+                try:
+                    coerced = coerce_metrics(data, known)  # converts, or names the bad key and value
+                except InvalidValueError:  # media (runstream.Image, ...: runstream/media.py), or bad
+                    if not any(map(is_media, data.values())):
+                        raise
+                    data, media = split_media(data)  # numpy scalars etc. never pay for this check
+                    coerced = coerce_metrics(data, known)
                 break
         # the default path costs one branch more than before timestamp= existed
         timestamp = _time() if timestamp is None else check_timestamp(timestamp, "run.log timestamp")

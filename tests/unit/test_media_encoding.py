@@ -267,3 +267,14 @@ def test_the_server_checks_media_events():
     for item, message in bad:
         with pytest.raises(InvalidArgument, match=message):
             check_media(item, settings)
+
+
+def test_run_log_takes_media_next_to_numbers_and_still_names_bad_values(tmp_path):
+    run = runstream.init(project="p", mode="disabled", spool_dir=str(tmp_path))
+    run.log({"loss": np.float32(0.5), "img": runstream.Image(np.zeros((2, 2), np.uint8))}, step=3)
+    run.log({"only": [runstream.Text("a")]})  # media alone
+    with pytest.raises(InvalidValueError, match="'bad' = 'x' is a str"):
+        run.log({"img": runstream.Image(np.zeros((2, 2), np.uint8)), "bad": "x"})
+    with pytest.raises(InvalidValueError, match="is a list"):
+        run.log({"mixed": [runstream.Text("a"), 1]})
+    run.finish()
