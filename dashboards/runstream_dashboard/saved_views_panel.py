@@ -75,7 +75,7 @@ def show(project: str) -> None:
                 return
             if st.session_state.get("view_pick") not in views:
                 st.session_state.pop("view_pick", None)
-            c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+            c1, c2, c3 = st.columns([2.2, 1, 1.15], vertical_alignment="bottom")
             picked = c1.selectbox("Saved views", list(views), key="view_pick")
             c2.button(
                 "Open",

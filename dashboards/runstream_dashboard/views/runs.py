@@ -225,7 +225,7 @@ if len(curve_runs) > MAX_PLOTTED_RUNS:
     st.warning(f"Plotting the first {MAX_PLOTTED_RUNS} of {len(curve_runs)} selected runs.")
     curve_runs = curve_runs[:MAX_PLOTTED_RUNS]
 
-c1, c2, c3, c4, c5, c6 = st.columns([2.5, 1.9, 1.7, 2.1, 1.0, 1.0], vertical_alignment="bottom")
+c1, c2, c3, c4, c5, c6 = st.columns([2.3, 1.9, 1.6, 2.0, 1.0, 1.2], vertical_alignment="bottom")
 runs_url.keep_known(f"curve_metrics:{project}", keys.metric_keys)
 chosen_metrics = c1.multiselect(
     "Metrics",
