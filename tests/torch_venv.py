@@ -24,16 +24,27 @@ def venv_dir() -> Path:
     return cache / "torch-venv"
 
 
-def python_or_skip() -> Path:
-    """The venv's python; skips the test (naming the script that makes it) when there is none."""
+def missing_reason() -> str | None:
+    """Why the tests cannot run (naming the script that makes the venv), or None when it is there."""
     venv = venv_dir()
-    python = venv / "bin" / "python"
-    if not (python.exists() and (venv / STAMP).exists()):
-        pytest.skip(
-            f"no PyTorch venv at {venv}: make it with `bash scripts/torch_venv.sh` (~4.5 min, 5.7 GB; "
-            "scripts/test.sh makes it when RUNSTREAM_TORCH_TESTS=1)"
-        )
-    return python
+    if (venv / "bin" / "python").exists() and (venv / STAMP).exists():
+        return None
+    return (
+        f"no PyTorch venv at {venv}: make it with `bash scripts/torch_venv.sh` (~4.5 min, 5.7 GB; "
+        "scripts/test.sh makes it when RUNSTREAM_TORCH_TESTS=1)"
+    )
+
+
+#: for a test module's pytestmark: skips before any fixture starts a server
+needs_torch_venv = pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")
+
+
+def python_or_skip() -> Path:
+    """The venv's python; skips the test when there is none."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return venv_dir() / "bin" / "python"
 
 
 def run_script(

@@ -14,9 +14,9 @@ import pytest
 import runstream
 from tests import ROOT
 from tests.framework_reads import artifact_bytes, curves, read_run
-from tests.torch_venv import last_json, python_or_skip, run_script
+from tests.torch_venv import last_json, needs_torch_venv, run_script
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), needs_torch_venv]
 EXAMPLE = ROOT / "client" / "examples" / "lightning_train.py"
 CASES = Path(__file__).with_name("lightning_cases.py")
 BATCHES = 6  # 192 training rows / 32 per batch
@@ -33,7 +33,6 @@ def _history(endpoint: str, project: str, run_id: str):
 
 
 def test_example_logs_steps_hyperparams_summary_and_best_checkpoint(embedded_server, tmp_path):
-    python_or_skip()
     endpoint = embedded_server.endpoint
     done = run_script(EXAMPLE, ["--project", "pl", "--epochs", "3", "--root-dir", "ckpt"], endpoint, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -68,7 +67,6 @@ def test_example_logs_steps_hyperparams_summary_and_best_checkpoint(embedded_ser
 
 
 def test_ddp_on_two_cpu_processes_logs_rank0_or_every_rank_into_one_run(embedded_server, tmp_path):
-    python_or_skip()
     endpoint = embedded_server.endpoint
     done = run_script(CASES, ["ddp", "ddp", "ckpt"], endpoint, tmp_path, timeout=400)
     ids = last_json(done)  # one fit, two loggers: rank 0 only, and all_ranks=True
@@ -95,7 +93,6 @@ def test_ddp_on_two_cpu_processes_logs_rank0_or_every_rank_into_one_run(embedded
 
 
 def test_failed_fit_resumed_test_and_a_run_of_yours(embedded_server, tmp_path):
-    python_or_skip()
     endpoint = embedded_server.endpoint
     out = last_json(run_script(CASES, ["cases", "cases", "ckpt"], endpoint, tmp_path))
     table = _runs(endpoint, "cases").set_index("run_id")

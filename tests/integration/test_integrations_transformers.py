@@ -14,9 +14,9 @@ import pytest
 import runstream
 from tests import ROOT
 from tests.framework_reads import curves, read_run
-from tests.torch_venv import last_json, python_or_skip, run_script
+from tests.torch_venv import last_json, needs_torch_venv, run_script
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), needs_torch_venv]
 EXAMPLE = ROOT / "client" / "examples" / "transformers_train.py"
 STEPS, EVERY = 20, 10
 
@@ -27,7 +27,6 @@ def _runs(endpoint: str, project: str):
 
 
 def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_server, tmp_path):
-    python_or_skip()
     endpoint = embedded_server.endpoint
     args = ["--project", "hf", "--steps", str(STEPS), "--eval-every", str(EVERY), "--output-dir", "out"]
     done = run_script(EXAMPLE, args, endpoint, tmp_path)
@@ -97,7 +96,6 @@ def test_callback_logs_steps_config_summary_checkpoints_and_model(embedded_serve
 
 
 def test_report_to_runstream_and_no_project_is_an_error(embedded_server, tmp_path):
-    python_or_skip()
     endpoint = embedded_server.endpoint
     args = ["--report-to", "--steps", "4", "--eval-every", "2", "--output-dir", "out"]
     done = run_script(EXAMPLE, args, endpoint, tmp_path, RUNSTREAM_PROJECT="hf-report")
