@@ -8,8 +8,10 @@ real server is in tests/integration/test_console.py."""
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sys
+import threading
 
 import pytest
 
@@ -179,6 +181,48 @@ def test_a_tee_wrapped_by_someone_else_only_writes_through_after_stop(monkeypatc
     tee.write("after stop\n")
     assert out.getvalue().endswith("after stop\n")
     assert lines_of(batches) == []
+
+
+def test_logging_handlers_made_before_the_capture_are_captured_and_given_back(monkeypatch):
+    _, err = terminal(monkeypatch)
+    logger = logging.getLogger("test_sdk_console.train")
+    handler = logging.StreamHandler(sys.stderr)  # as logging.basicConfig does, before runstream.init
+    logger.addHandler(handler)
+    file_like = logging.FileHandler(os.devnull)  # a StreamHandler subclass: left alone
+    logger.addHandler(file_like)
+    try:
+        cap, batches, _ = capture()
+        logger.warning("loss diverged at step %d", 12)
+        cap.stop()
+        assert handler.stream is err and file_like.stream is not sys.stderr
+        logger.warning("after stop")
+    finally:
+        logger.removeHandler(handler)
+        logger.removeHandler(file_like)
+        file_like.close()
+    assert lines_of(batches) == [(STDERR, 0, "loss diverged at step 12")]
+    assert err.getvalue() == "loss diverged at step 12\nafter stop\n"
+
+
+def test_a_print_from_inside_the_capture_passes_through_without_deadlock(monkeypatch):
+    """As a signal handler that prints while the main thread is inside the tee's write."""
+    out, _ = terminal(monkeypatch)
+    cap, batches, _ = capture()
+    inner = cap._extend_partial
+
+    def interrupted(stream, text):
+        if text == "outer":
+            sys.stdout.write("from the handler\n")
+        inner(stream, text)
+
+    monkeypatch.setattr(cap, "_extend_partial", interrupted)
+    worker = threading.Thread(target=lambda: sys.stdout.write("outer"))
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the nested write deadlocked"
+    cap.stop()
+    assert out.getvalue() == "outerfrom the handler\n"
+    assert [t for _, _, t in lines_of(batches)] == ["outer"]
 
 
 def _init(fake, tmp_path, **kw):

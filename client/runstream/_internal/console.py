@@ -14,7 +14,9 @@ seconds' worth) or past `console_max_total_bytes` per run are dropped and counte
 line "[runstream: N console lines dropped ...]" takes their place once lines are kept again (or at
 the next flush). Nothing here ever raises into the caller's `print`.
 
-Not captured: bytes written to `sys.stdout.buffer` or to file descriptor 1/2 directly (C
+`logging.StreamHandler`s made before the capture started (logging.basicConfig at the top of a
+script) write to the original stream object: they are pointed at its tee while capturing, and
+back at stop. Not captured: bytes written to `sys.stdout.buffer` or to file descriptor 1/2 directly (C
 extensions, child processes). In a forked child the tees only write through (the parent's run
 owns the capture). `stop()` flushes what is left and puts the original streams back; when
 something else has wrapped a tee meanwhile, the tee stays but only writes through.
@@ -96,7 +98,10 @@ class ConsoleCapture:
         self.flush_interval_s = flush_interval_s
         self._clock = clock
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # reentrant: a signal handler that prints while this thread is inside feed() must not
+        # deadlock (_feeding then makes that inner write pass through uncaptured)
+        self._lock = threading.RLock()
+        self._feeding = False
         self._partial: dict[int, str] = {STDOUT: "", STDERR: ""}
         self._cut: dict[int, int] = {STDOUT: 0, STDERR: 0}  # characters beyond the partial line's limit
         self._lines: list[tuple[int, int, int, str]] = []  # (stream, number, time ms, text)
@@ -110,6 +115,7 @@ class ConsoleCapture:
         self.truncated_lines = 0
         self.errors = 0
         self._tees: list[tuple[str, _Tee]] = []
+        self._handlers: list[tuple[Any, _Tee]] = []  # logging handlers pointed at a tee
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -143,6 +149,7 @@ class ConsoleCapture:
             tee = _Tee(original, stream, self)
             setattr(sys, name, tee)
             self._tees.append((name, tee))
+        self._repoint_logging()
         self._thread = threading.Thread(target=self._main, name="runstream-console", daemon=True)
         self._thread.start()
 
@@ -152,6 +159,9 @@ class ConsoleCapture:
         if self._stop.is_set():
             return
         self._stop.set()
+        for handler, tee in self._handlers:
+            if handler.stream is tee:
+                handler.setStream(tee._original)
         for name, tee in self._tees:
             if getattr(sys, name) is tee:
                 setattr(sys, name, tee._original)
@@ -164,6 +174,23 @@ class ConsoleCapture:
                     self._complete(stream, self._partial[stream])
             self._marker_if_dropped()
         self.flush()
+
+    def _repoint_logging(self) -> None:
+        """logging.StreamHandlers made before init (logging.basicConfig at the top of a script)
+        hold the original stream, not sys.stderr: they are pointed at its tee until stop()."""
+        logging = sys.modules.get("logging")
+        if logging is None:
+            return
+        tees = {id(tee._original): tee for _, tee in self._tees}
+        loggers = [logging.getLogger()] + [
+            lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
+        ]
+        for logger in loggers:
+            for handler in list(logger.handlers):
+                tee = tees.get(id(getattr(handler, "stream", None)))
+                if tee is not None and type(handler) is logging.StreamHandler:
+                    handler.setStream(tee)
+                    self._handlers.append((handler, tee))
 
     @property
     def active(self) -> bool:
@@ -183,17 +210,21 @@ class ConsoleCapture:
         if self._pid != os.getpid():
             return  # a forked child: the parent's run owns the capture
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._feeding:
                 return
-            parts = text.split("\n")
-            if len(parts) == 1:
-                self._extend_partial(stream, text)
-                return
-            self._complete(stream, self._partial[stream] + parts[0])
-            for middle in parts[1:-1]:
-                self._complete(stream, middle)
-            self._partial[stream], self._cut[stream] = "", 0
-            self._extend_partial(stream, parts[-1])
+            self._feeding = True
+            try:
+                parts = text.split("\n")
+                if len(parts) == 1:
+                    self._extend_partial(stream, text)
+                    return
+                self._complete(stream, self._partial[stream] + parts[0])
+                for middle in parts[1:-1]:
+                    self._complete(stream, middle)
+                self._partial[stream], self._cut[stream] = "", 0
+                self._extend_partial(stream, parts[-1])
+            finally:
+                self._feeding = False
 
     def _extend_partial(self, stream: int, text: str) -> None:
         partial = self._partial[stream] + text
