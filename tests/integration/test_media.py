@@ -91,6 +91,13 @@ def test_every_kind_round_trips_and_replays_store_once(server, tmp_path):
     assert np.array_equal(samples[2].load(), image_at(5))
     assert np.array_equal(samples[3].load(), image_at(105))  # floats in [0, 1] scaled back exactly
 
+    first4, truncated = api.media_page(PROJECT, run_id, "samples", limit=4)
+    assert [(m.step, m.index) for m in first4] == [(0, 0), (0, 1), (5, 0), (5, 1)] and truncated
+    assert api.media_page(PROJECT, run_id, "samples", limit=6)[1] is False
+    for bad in ({"limit": 10_001}, {"steps": (5, 1)}):
+        with pytest.raises(ServerError) as refused:
+            api.media_page(PROJECT, run_id, "samples", **bad)
+        assert refused.value.code == "INVALID_ARGUMENT"
     (big_item,) = api.media(PROJECT, run_id, "big")
     assert big_item.size > 1024 * 1024  # over the inline limit: uploaded first
     assert np.array_equal(big_item.load(), big)
