@@ -17,7 +17,7 @@ MAX_MEDIA_RUNS = 100
 
 
 class MediaReads:
-    """The media RPCs; expects the servicer's _may_read, _rows, db and artifacts."""
+    """The media RPCs; expects the servicer's _may_read, _rows, db, artifacts, _max_message_bytes."""
 
     async def ListMedia(self, request, context) -> query_pb2.ListMediaResponse:
         project = self._may_read(context, request.project)
@@ -48,8 +48,16 @@ class MediaReads:
         rows = await self._rows(
             sql_media.media_items(self.db, project, run_ids, request.key, steps, limit + 1)
         )
-        items = [_item(project, row) for row in rows[:limit]]
-        return query_pb2.ListMediaResponse(items=items, truncated=len(rows) > limit)
+        # an answer stays within half the message limit (histograms and text are inline): the
+        # items that fit, truncated, and the caller asks again from the next step
+        budget, used, items = self._max_message_bytes // 2, 0, []
+        for row in rows[:limit]:
+            item = _item(project, row)
+            used += item.ByteSize() + 8
+            if used > budget and items:
+                break
+            items.append(item)
+        return query_pb2.ListMediaResponse(items=items, truncated=len(rows) > len(items))
 
     async def DownloadMedia(self, request, context) -> AsyncIterator[query_pb2.DownloadArtifactResponse]:
         project = self._may_read(context, request.project)
