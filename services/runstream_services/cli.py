@@ -126,6 +126,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "runstream.importers.cli_args",  # import
     "runstream.cli_runs",  # runs ls|export
     "runstream.cli_alerts",  # alerts ls|add|rm|firings
+    "runstream.cli_views",  # views ls|show|rm
 )
 
 

@@ -20,6 +20,7 @@ import pytest
 import runstream
 from runstream.errors import ServerError
 from runstream_dashboard import stragglers
+from runstream_services.cli import main as cli_main
 from tests.integration.test_run_edits import audit_rows
 from tests.rank_data import RANKS, SLOW_RANK, STEPS, log_multi_rank_run
 from tests.server_process import ServerProcess
@@ -49,7 +50,7 @@ def refused(api, call, *args) -> str:
     return info.value.code
 
 
-def test_save_list_overwrite_delete_and_access(keyed_server):
+def test_save_list_overwrite_delete_and_access(keyed_server, capsys):
     endpoint = keyed_server.endpoint
     first = {"filter": "params.lr > 0.01", "curves": ["val_loss"], "runs": ["r1", "r2"], "group": "group"}
     with runstream.Api(endpoint=endpoint, api_key="write-a") as api:
@@ -92,6 +93,20 @@ def test_save_list_overwrite_delete_and_access(keyed_server):
         assert api.saved_views("team-b") == []
     with runstream.Api(endpoint=endpoint) as api:
         assert refused(api, "saved_views", PROJECT) == "UNAUTHENTICATED"
+
+    # the CLI over the same calls
+    cli = ["--endpoint", endpoint, "--api-key"]
+    assert cli_main(["views", "ls", PROJECT, *cli, "read-a"]) == 0
+    out = capsys.readouterr().out
+    assert "'baseline'  saved by key:" in out and "'lr sweep'" in out
+    assert cli_main(["views", "show", PROJECT, "lr sweep", *cli, "read-a"]) == 0
+    out = capsys.readouterr().out
+    assert '"group": "group"' in out and "&runs=r1&runs=r2" in out
+    assert cli_main(["views", "rm", PROJECT, "baseline", *cli, "read-a"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")  # a read key may not remove
+    assert cli_main(["views", "rm", PROJECT, "baseline", *cli, "write-a"]) == 0
+    assert cli_main(["views", "rm", PROJECT, "baseline", *cli, "write-a"]) == 2
+    assert "no saved view 'baseline'" in capsys.readouterr().err
 
     keyed_server.stop()
     actions = [r["action"] for r in audit_rows(keyed_server.data_dir, "lr sweep")]
