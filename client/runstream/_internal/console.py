@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -97,7 +98,6 @@ class ConsoleCapture:
         self.max_total_bytes = max_total_bytes
         self.flush_interval_s = flush_interval_s
         self._clock = clock
-        self._pid = os.getpid()
         # reentrant: a signal handler that prints while this thread is inside feed() must not
         # deadlock (_feeding then makes that inner write pass through uncaptured)
         self._lock = threading.RLock()
@@ -152,6 +152,7 @@ class ConsoleCapture:
         self._repoint_logging()
         self._thread = threading.Thread(target=self._main, name="runstream-console", daemon=True)
         self._thread.start()
+        _live.add(self)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Completes partial lines, sends every kept line and puts the original streams back.
@@ -207,10 +208,12 @@ class ConsoleCapture:
 
     def feed(self, stream: int, text: str) -> None:
         """Text written to `stream`: completes and keeps (or drops) lines, keeps the partial one."""
-        if self._pid != os.getpid():
-            return  # a forked child: the parent's run owns the capture
         with self._lock:
-            if self._stop.is_set() or self._feeding:
+            if self._feeding or self._stop.is_set():
+                return
+            partial = self._partial[stream]
+            if "\n" not in text and "\r" not in text and len(partial) + len(text) <= self.max_line_chars:
+                self._partial[stream] = partial + text  # the common fragment of a print: no line yet
                 return
             self._feeding = True
             try:
@@ -330,3 +333,18 @@ class ConsoleCapture:
                 )
             )
             start = end
+
+
+_live: weakref.WeakSet[ConsoleCapture] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child's tees only write through: the parent's run owns the capture (and its
+    flushing thread does not exist here)."""
+    for capture in list(_live):
+        for _, tee in capture._tees:
+            tee.detach_capture()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
