@@ -24,6 +24,8 @@ from typing import Any
 from runstream.errors import InvalidValueError, ServerError
 from runstream.v1 import query_pb2
 
+MAX_STEP = (1 << 63) - 1
+
 
 @dataclass(frozen=True)
 class MediaKey:
@@ -166,9 +168,32 @@ class MediaCalls:
         timeout_s: float | None = None,
     ) -> list[MediaItem]:
         """Media items of one run (a run id) or several, of one key (None: every key), within
-        `steps` (inclusive (first, last)); at most `limit` (10,000: the server's page limit)."""
-        items, _ = self.media_page(project, run_ids, key, steps=steps, limit=limit, timeout_s=timeout_s)
-        return items
+        `steps` (inclusive (first, last)); at most `limit`. One run and one key are read page by
+        page (the server bounds each answer's size); otherwise one answer of at most 10,000
+        items (see media_page's `truncated`)."""
+        runs = _run_ids(run_ids)
+        if len(runs) != 1 or not key:
+            items, _ = self.media_page(
+                project, runs, key, steps=steps, limit=min(limit, 10_000), timeout_s=timeout_s
+            )
+            return items
+        lo, hi = steps if steps is not None else (0, MAX_STEP)
+        items: list[MediaItem] = []
+        while len(items) < limit:
+            page, truncated = self.media_page(
+                project, runs, key, steps=(lo, hi), limit=min(limit - len(items), 10_000), timeout_s=timeout_s
+            )
+            if not truncated or not page:
+                return items + page
+            last = page[-1].step
+            done = [m for m in page if m.step < last]
+            if not done:  # one step alone fills an answer: take what came, go on after it
+                done, last = page, last + 1
+            items += done
+            if last > hi:
+                break
+            lo = last
+        return items[:limit]
 
     def media_bytes(
         self: Any,

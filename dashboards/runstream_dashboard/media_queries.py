@@ -14,7 +14,7 @@ from runstream_dashboard import login
 from runstream_dashboard.queries import api
 
 KEY_COLUMNS = ["run_id", "key", "kind", "count", "min_step", "max_step"]
-MAX_ITEMS = 10_000  # items of one key loaded for a page (the server's page limit)
+MAX_ITEMS = 10_000  # items of one key and run loaded for a page
 
 
 @login.per_viewer(ttl=5, show_spinner=False, max_entries=200)
@@ -28,9 +28,10 @@ def media_keys(project: str, run_ids: tuple[str, ...]) -> pd.DataFrame:
 
 @login.per_viewer(ttl=5, show_spinner=False, max_entries=200)
 def media_items(project: str, run_ids: tuple[str, ...], key: str) -> list[MediaItem]:
-    """Every item of `key` in the runs (without bytes), ordered by run, step, rank, index."""
-    items, _ = api().media_page(project, list(run_ids), key, limit=MAX_ITEMS)
-    return [_detached(m) for m in items]
+    """The items of `key` in the runs (without bytes), ordered by run, step, rank, index: at most
+    MAX_ITEMS per run, each run read page by page (Api.media)."""
+    client = api()
+    return [_detached(m) for run_id in run_ids for m in client.media(project, run_id, key, limit=MAX_ITEMS)]
 
 
 @login.per_viewer(ttl=3600, show_spinner=False, max_entries=500)

@@ -297,3 +297,22 @@ def test_offline_media_then_sync_twice_stores_once(tmp_path):
         assert rows[0] == 5  # as stored, without FINAL: the replay added no row
     finally:
         server.stop()
+
+
+def test_answers_stay_within_the_message_limit_and_api_media_pages(tmp_path):
+    """With a 1 MiB message limit, 60 text samples of 40,000 characters (2.4 MB) need several
+    ListMedia answers: each is truncated within the limit, and Api.media reads them all, in order."""
+    server = ServerProcess(tmp_path / "server", env={"RUNSTREAM_MAX_MESSAGE_BYTES": str(1 << 20)}).start()
+    try:
+        with runstream.init(project="paged", **quick_sdk_options(server.endpoint, tmp_path)) as run:
+            for step in range(30):
+                run.log({"t": [runstream.Text(f"{step}-{i}" + "x" * 40_000) for i in range(2)]}, step=step)
+        assert run.refused_count == 0
+        with runstream.Api(server.endpoint) as api:
+            page, truncated = api.media_page("paged", run.id, "t")
+            assert truncated and 0 < len(page) < 60
+            items = api.media("paged", run.id, "t")
+            assert [m.text.split("x")[0] for m in items] == [f"{s}-{i}" for s in range(30) for i in range(2)]
+            assert len(api.media("paged", run.id, "t", steps=(10, 29), limit=7)) == 7
+    finally:
+        server.stop()
