@@ -3,11 +3,13 @@ transformers_train.py trains a tiny randomly initialized BERT (2 layers, hidden 
 real Trainer on CPU, in the PyTorch venv of scripts/torch_venv.sh (skipped, naming the script,
 when it is absent); what landed is read back through runstream.Api and compared with the
 Trainer's own record of the training (trainer_state.json in its last checkpoint): metrics per
-global step, arguments and model config, summary, checkpoints and model, and report_to."""
+global step, arguments and model config, summary, checkpoints and model, and report_to; and
+(tests/integration/transformers_cases.py) a run per train() call and a current run left open."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from tests.torch_venv import last_json, needs_torch_venv, run_script
 
 pytestmark = [pytest.mark.timeout(600), needs_torch_venv]
 EXAMPLE = ROOT / "client" / "examples" / "transformers_train.py"
+CASES = Path(__file__).with_name("transformers_cases.py")
 STEPS, EVERY = 20, 10
 
 
@@ -112,3 +115,22 @@ def test_report_to_runstream_and_no_project_is_an_error(embedded_server, tmp_pat
     refused = run_script(EXAMPLE, args, endpoint, tmp_path, RUNSTREAM_PROJECT="")  # no run, no project
     assert refused.returncode != 0
     assert "NotInitializedError" in refused.stderr and "RUNSTREAM_PROJECT" in refused.stderr
+
+
+def test_a_run_per_train_call_and_a_current_run_left_open(embedded_server, tmp_path):
+    endpoint = embedded_server.endpoint
+    out = last_json(run_script(CASES, ["cases"], endpoint, tmp_path))
+    table = _runs(endpoint, "cases").set_index("name")
+    assert sorted(table.index) == ["trial-0", "trial-1", "yours"] and set(table.state) == {"finished"}
+    for name, steps in (("trial-0", 2), ("trial-1", 3)):  # one callback, two train() calls: two runs
+        points = curves(endpoint, "cases", table.run_id[name])
+        assert sorted(points["train/loss"]) == list(range(1, steps + 1))
+        record = read_run(endpoint, "cases", table.run_id[name])
+        assert record["config"]["max_steps"] == steps and record["summary"]["global_step"] == steps
+
+    # RunstreamCallback() with a current run: logs into it, keeps its name and config, leaves it open
+    assert table.run_id["yours"] == out["yours"] and out["yours_open_after_train"] is True
+    record = read_run(endpoint, "cases", out["yours"])
+    assert record["config"]["mine"] == 1 and record["config"]["run_name"] == "ignored"
+    points = curves(endpoint, "cases", out["yours"])
+    assert sorted(points["train/loss"]) == [1, 2] and points["after_train"] == {100: 1.0}

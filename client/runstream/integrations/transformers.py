@@ -17,7 +17,7 @@ Trainer's table of integrations; the project comes from the current run or RUNST
 Which run: `run` when given; else a run of its own in `project` (named after args.run_name,
 finished when training ends); else the current run (runstream.init before trainer.train); else a
 run of its own in $RUNSTREAM_PROJECT. A run of its own that training finished is resumed by a
-later trainer.evaluate() and finished at exit. A training that raises leaves its own run to the
+later trainer.evaluate() and finished at exit; a later train() starts a new one. A training that raises leaves its own run to the
 SDK's exit hook, which marks it failed.
 
 Metrics: the Trainer's logs at step = state.global_step, keys renamed as W&B's callback does:
@@ -149,6 +149,8 @@ class RunstreamCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         self._last = {}
+        if self._owns and self._target is not None and self._target._finished:
+            self._target = None  # a second train() (a hyperparameter search trial): a new run
         run = self._open(args)
         if self.log_config:
             run.config.update(self._config(args, model))
