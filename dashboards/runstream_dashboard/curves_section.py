@@ -41,22 +41,22 @@ def _group_label(option: str) -> str:
     return option
 
 
-def group_by_control(column, keys: q.Keys) -> str:
-    """The "Group by" selectbox (key curve_group): nothing, the run group, a config key or a tag."""
+def group_by_control(column, keys: q.Keys, key: str = "curve_group") -> str:
+    """The "Group by" selectbox: nothing, the run group, a config key or a tag."""
     options = [
         NO_GROUPING,
         vq.GROUP_BY_RUN_GROUP,
         *[f"params.{k}" for k in keys.param_keys],
         *[f"tags.{k}" for k in keys.tag_keys],
     ]
-    if st.session_state.get("curve_group") not in options:
-        st.session_state.pop("curve_group", None)  # a link's key this project lacks
+    if st.session_state.get(key) not in options:
+        st.session_state.pop(key, None)  # a link's key this project lacks
     return (
         column.selectbox(
             "Group by",
             options,
             format_func=_group_label,
-            key="curve_group",
+            key=key,
             help="Draw each group's mean per step with its min..max band, instead of a line per run",
         )
         or NO_GROUPING

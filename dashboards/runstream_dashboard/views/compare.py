@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from runstream.errors import ServerError
-from runstream_dashboard import charts, media_section, state
+from runstream_dashboard import charts, curves_section, media_section, state
 from runstream_dashboard import queries as q
 from runstream_dashboard.safe_text import md
 
@@ -84,13 +84,20 @@ if summary.empty:
 else:
     summary.index.name = "metric"
     st.dataframe(summary.style.format("{:.5g}", na_rep="—"), width="stretch", key="compare_metrics")
-    metric = st.selectbox("Overlay", list(summary.index), key=f"compare_metric:{project}")
+    pick_metric, pick_group = st.columns([3, 2], vertical_alignment="bottom")
+    metric = pick_metric.selectbox("Overlay", list(summary.index), key=f"compare_metric:{project}")
     try:
+        group_by = curves_section.group_by_control(pick_group, q.list_keys(project), key="compare_group")
         series = q.metric_series(project, tuple(chosen), (metric,), "step", 1000)
     except ServerError as exc:
         st.error(md(exc.details))
         st.stop()
-    st.plotly_chart(charts.learning_curves(series, metric, labels), width="stretch", key="compare_curve")
+    groups = curves_section.groups(project, tuple(chosen), group_by) if group_by else None
+    if groups is not None:  # a mean line with a min/max band per group
+        fig = curves_section.grouped_figure(series, metric, groups, "step", 0.0, False)
+    else:
+        fig = charts.learning_curves(series, metric, labels)
+    st.plotly_chart(fig, width="stretch", key="compare_curve")
 
 st.subheader("Media")  # one media key of the runs side by side at one step (media_section.py)
 media_section.show_compare(project, chosen, labels)
