@@ -252,3 +252,42 @@ def test_the_traceback_of_a_crash_is_in_the_console(server, tmp_path):
     stderr = [line.text for line in lines if line.stream == "stderr"]
     assert stderr[0] == "Traceback (most recent call last):"
     assert stderr[-1] == "ZeroDivisionError: division by zero"
+
+
+OFFLINE_SCRIPT = textwrap.dedent(
+    """
+    import sys, runstream
+    run = runstream.init(project="console-it", id="offline-1", mode="offline", spool_dir=sys.argv[1],
+                         flush_interval_s=0.05, system_metrics_interval_s=0, capture_packages=False)
+    for i in range(50):
+        print(f"offline line {i}")
+    assert run.finish()
+    print("CLIENT", run.client_id, flush=True)
+    """
+)
+
+
+def test_an_offline_runs_console_is_synced_once(server, tmp_path):
+    spool = tmp_path / "spool"
+    child = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT, str(spool)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    client_id = child.stdout.split("CLIENT ")[1].split()[0]
+
+    def sync() -> None:
+        subprocess.run(
+            [sys.executable, "-m", "runstream_services.cli", "sync", str(spool / "offline-1"), "--endpoint",
+             server.endpoint, "--no-progress"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+
+    sync()
+    (spool / "offline-1" / f"{client_id}.synced").unlink()  # a full replay: same (client_id, seq)
+    sync()
+    with runstream.Api(endpoint=server.endpoint) as api:
+        assert [line.text for line in api.console(PROJECT, "offline-1")] == [
+            f"offline line {i}" for i in range(50)
+        ]
+    server.stop()
+    assert stored(server, "SELECT count() FROM DB.console_lines WHERE run_id = 'offline-1'") == [[50]]
