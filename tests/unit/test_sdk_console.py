@@ -137,6 +137,21 @@ def test_over_the_rate_lines_are_dropped_counted_and_marked_without_blocking(mon
     assert cap.stats() == {"console_lines": 7, "console_dropped_lines": 45, "console_truncated_lines": 0}
 
 
+def test_the_rate_counts_utf8_bytes_and_lone_surrogates_become_valid_text(monkeypatch):
+    terminal(monkeypatch)
+    cap, batches, _ = capture(max_bytes_per_s=100)  # 200 bytes; a line of 40 "é" costs 80 + 16
+    print("bad \udcff byte")  # e.g. a file name decoded with surrogateescape
+    for _ in range(3):
+        print("é" * 40)
+    cap.stop()
+    texts = [t for _, _, t in lines_of(batches)]
+    assert texts[:2] == ["bad ? byte", "é" * 40]  # 31 + 96 bytes spent; the next 96 do not fit
+    assert cap.dropped_lines == 2
+    assert texts[2] == "[runstream: 2 console lines dropped (over console_max_bytes_per_s=100)]"
+    for b in batches:
+        b.SerializeToString()  # valid UTF-8 throughout
+
+
 def test_the_total_cap_stops_keeping_lines_and_says_so_at_stop(monkeypatch):
     terminal(monkeypatch)
     cap, batches, clock = capture(max_total_bytes=100)

@@ -253,7 +253,11 @@ class ConsoleCapture:
             extra = len(line) + cut - self.max_line_chars
             line = f"{line[: self.max_line_chars]} … [runstream: {extra} more characters cut]"
             self.truncated_lines += 1
-        cost = len(line) + LINE_OVERHEAD_BYTES
+        try:
+            cost = len(line.encode("utf-8")) + LINE_OVERHEAD_BYTES  # UTF-8 bytes, as sent
+        except UnicodeEncodeError:  # lone surrogates: protobuf strings must be UTF-8
+            line = line.encode("utf-8", "replace").decode("utf-8")
+            cost = len(line.encode("utf-8")) + LINE_OVERHEAD_BYTES
         if not self._take(cost):
             self.dropped_lines += 1
             self._pending_drops += 1
@@ -286,10 +290,6 @@ class ConsoleCapture:
         self._keep(STDERR, text, 0)  # markers spend no budget: a cut must always be visible
 
     def _keep(self, stream: int, text: str, cost: int) -> None:
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: protobuf strings must be UTF-8
-            text = text.encode("utf-8", "replace").decode("utf-8")
         self._lines.append((stream, self._next_line, int(time.time() * 1000), text))
         self._next_line += 1
         self.kept_lines += 1
