@@ -49,7 +49,7 @@ def shoot(base_url: str, endpoint: str, rank_run: str, out: Path) -> None:
         wait_idle(page)
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length === 2")
         _save(page, out / "saved_views.png", 620)
-        _save(page, out / "grouped_curves.png", 560, from_heading="Learning curves")
+        _save(page, out / "grouped_curves.png", 680, from_heading="Learning curves")
 
         page.goto(f"{base_url}/run?project={RANK_PROJECT}&run={rank_run}")
         wait_idle(page)
