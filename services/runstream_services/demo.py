@@ -67,6 +67,9 @@ def log_trial(spec: TrialSpec, endpoint: str, clock: Clock, workdir: Path, proje
         start_time=clock.now,
     )
     rng = np.random.default_rng(spec.index)
+    media_rng = np.random.default_rng(
+        1000 + spec.index
+    )  # apart from rng: the other logged values stay as they were
     last = STEPS if not spec.killed else int(STEPS * 0.4)
     val_at = {int(s): i for i, s in enumerate(curves.val_steps)}
     state = "finished"
@@ -84,11 +87,16 @@ def log_trial(spec: TrialSpec, endpoint: str, clock: Clock, workdir: Path, proje
         if step in val_at:
             i = val_at[step]
             clock.now += 6.0  # a validation pass
+            spread = 1.0 / (1.0 + 0.4 * i)  # the last layer's weights narrow as training goes on
             run.log(
                 {
                     "val_loss": float(curves.val_loss[i]),
                     "val_acc": float(curves.val_acc[i]),
                     "val_f1": float(curves.val_f1[i]),
+                    # media: the run page's Media tab draws it over steps (docs/media.md)
+                    "weights/fc": runstream.Histogram(
+                        media_rng.normal(0.1 * i * spread, spread, 2000), bins=40
+                    ),
                 },
                 step=step,
                 timestamp=clock.now,
