@@ -6,7 +6,8 @@ and a 4-rank run sent through the raw ingest client.
   changing a widget changes the URL;
 - a view saved from the page is listed and reopened from a fresh page;
 - grouped curves draw a mean line and a min/max band per group;
-- the run page's Ranks tab names the straggler rank."""
+- the run page's Ranks tab names the straggler rank;
+- the Compare page's overlay groups as well."""
 
 from __future__ import annotations
 
@@ -204,3 +205,21 @@ def test_ranks_tab_draws_every_rank_and_names_the_straggler(server, dashboard, p
     assert sorted({t["name"] for t in straggler["traces"]}) == ["rank 2", "rank 3"]
     system = by_title["cpu_percent"]
     assert [t["name"] for t in system["traces"]] == [f"rank {r}" for r in range(4)]
+
+
+def test_the_compare_overlay_groups_too(server, dashboard, page):
+    every = runs(server.endpoint)
+    chosen = ",".join(r.run_id for r in every[:3])  # the sgd run and two adam runs
+    page.goto(f"{dashboard.url}/compare?project={PROJECT}&runs={chosen}")
+    wait_idle(page)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 1")
+    box = page.locator(".st-key-compare_group input")
+    box.click()
+    box.fill("params.optimizer.name")
+    box.press("Enter")
+    wait_idle(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].some(p => (p.data || []).some(t => t.fill === 'tonexty'))"
+    )
+    overlay = next(f for f in figures(page) if any(t["fill"] == "tonexty" for t in f["traces"]))
+    assert [t["name"] for t in overlay["traces"] if t["name"]] == ["adam (2 runs)", "sgd (1 run)"]
