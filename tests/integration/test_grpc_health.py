@@ -21,18 +21,18 @@ def _check(endpoint: str, service: str) -> bytes:
         return call(request, timeout=5)
 
 
-def test_health_serving_for_server_and_services(embedded_server):
-    assert _check(embedded_server.endpoint, "") == b"\x08\x01"
-    assert _check(embedded_server.endpoint, "runstream.v1.IngestService") == b"\x08\x01"
-    assert _check(embedded_server.endpoint, "runstream.v1.QueryService") == b"\x08\x01"
+def test_health_serving_for_server_and_services(module_embedded_server):
+    assert _check(module_embedded_server.endpoint, "") == b"\x08\x01"
+    assert _check(module_embedded_server.endpoint, "runstream.v1.IngestService") == b"\x08\x01"
+    assert _check(module_embedded_server.endpoint, "runstream.v1.QueryService") == b"\x08\x01"
     with pytest.raises(grpc.RpcError) as err:
-        _check(embedded_server.endpoint, "no.such.Service")
+        _check(module_embedded_server.endpoint, "no.such.Service")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_liveness_and_readiness_names(embedded_server):
-    assert _check(embedded_server.endpoint, "liveness") == b"\x08\x01"
-    assert _check(embedded_server.endpoint, "readiness") == b"\x08\x01"
+def test_liveness_and_readiness_names(module_embedded_server):
+    assert _check(module_embedded_server.endpoint, "liveness") == b"\x08\x01"
+    assert _check(module_embedded_server.endpoint, "readiness") == b"\x08\x01"
 
 
 def _http(port: int, path: str) -> tuple[int, str]:
@@ -43,11 +43,11 @@ def _http(port: int, path: str) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def test_http_probes_on_the_metrics_port(embedded_server):
+def test_http_probes_on_the_metrics_port(module_embedded_server):
     """/readyz and /livez: what the kubelet uses when gRPC speaks TLS, and on writers."""
-    assert _http(embedded_server.metrics_port, "/livez") == (200, "alive\n")
-    assert _http(embedded_server.metrics_port, "/readyz") == (200, "ready\n")
-    assert _http(embedded_server.metrics_port, "/nope")[0] == 404
+    assert _http(module_embedded_server.metrics_port, "/livez") == (200, "alive\n")
+    assert _http(module_embedded_server.metrics_port, "/readyz") == (200, "ready\n")
+    assert _http(module_embedded_server.metrics_port, "/nope")[0] == 404
 
 
 def test_draining_server_is_not_ready_but_alive(tmp_path):

@@ -106,12 +106,12 @@ def write_export(root, step_unit: Decimal = Decimal(1)) -> dict:
     return truth
 
 
-def test_neptune_export_imports_once(embedded_server, tmp_path):
+def test_neptune_export_imports_once(module_embedded_server, tmp_path):
     truth = write_export(tmp_path)
     data = str(tmp_path / "data")
-    first = run_import(embedded_server.endpoint, tmp_path, "neptune", data)
+    first = run_import(module_embedded_server.endpoint, tmp_path, "neptune", data)
     assert (first["imported"], first["failed"]) == (2, 0), first["out"]  # VIS-3 is not complete yet
-    with runstream.Api(embedded_server.endpoint) as api:
+    with runstream.Api(module_embedded_server.endpoint) as api:
         runs = api.runs("acme-vision")
         assert sorted(runs["name"]) == ["VIS-1", "VIS-2"]
         for _, r in runs.iterrows():
@@ -141,25 +141,32 @@ def test_neptune_export_imports_once(embedded_server, tmp_path):
                 for k in (0, 100, 200)
             )  # a string series: one JSON line per point, its artifact named after the path ('/' -> '.')
             assert files["logs.stdout/stdout.jsonl"] == hashlib.sha256(lines.encode()).hexdigest()
-        again = run_import(embedded_server.endpoint, tmp_path, "neptune", data)
+        again = run_import(module_embedded_server.endpoint, tmp_path, "neptune", data)
         assert (again["imported"], again["skipped"], again["points"]) == (0, 2, 0), again["out"]
         assert len(api.runs("acme-vision")) == 2
 
 
-def test_decimal_steps_need_a_multiplier_that_makes_them_whole(embedded_server, tmp_path):
+def test_decimal_steps_need_a_multiplier_that_makes_them_whole(module_embedded_server, tmp_path):
     truth = write_export(tmp_path, step_unit=Decimal("0.5"))
     data = str(tmp_path / "data")
     done = subprocess.run(
-        import_command(embedded_server.endpoint, "neptune", data, "--project", "halves"),
+        import_command(module_embedded_server.endpoint, "neptune", data, "--project", "halves"),
         capture_output=True, text=True, timeout=300, env=import_env(tmp_path),
     )  # fmt: skip
     assert done.returncode == 1 and "2 failed" in done.stdout, done.stdout + done.stderr
     assert "step 0.5 times --step-multiplier 1 is 0.5, not a whole number" in done.stderr
     ok = run_import(
-        embedded_server.endpoint, tmp_path, "neptune", data, "--project", "halves", "--step-multiplier", "2"
+        module_embedded_server.endpoint,
+        tmp_path,
+        "neptune",
+        data,
+        "--project",
+        "halves",
+        "--step-multiplier",
+        "2",
     )
     assert (ok["imported"], ok["failed"]) == (2, 0), ok["out"]
-    with runstream.Api(embedded_server.endpoint) as api:
+    with runstream.Api(module_embedded_server.endpoint) as api:
         for _, r in api.runs("halves").iterrows():
             got = history_points(api, "halves", r["run_id"])["metrics/loss"]
             assert [s for s, _, _ in got] == [k for k, _, _ in truth[r["name"]]["points"]["metrics/loss"]]

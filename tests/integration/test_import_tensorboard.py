@@ -51,14 +51,14 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def test_tensorboard_scalars_import_once_with_steps_and_wall_times(embedded_server, tmp_path):
+def test_tensorboard_scalars_import_once_with_steps_and_wall_times(module_embedded_server, tmp_path):
     logdir = tmp_path / "tb"
     truth = write_events(logdir)
     args = ("--project", "tb-proj")
-    first = run_import(embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), *args)
+    first = run_import(module_embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), *args)
     assert (first["imported"], first["failed"]) == (2, 0), first["out"]
     assert first["points"] == sum(len(p) for run in truth.values() for p in run.values())
-    with runstream.Api(embedded_server.endpoint) as api:
+    with runstream.Api(module_embedded_server.endpoint) as api:
         runs = api.runs("tb-proj")
         assert sorted(runs["name"]) == ["baseline", "sweep/lr_0.1"]
         for _, row in runs.iterrows():
@@ -68,12 +68,12 @@ def test_tensorboard_scalars_import_once_with_steps_and_wall_times(embedded_serv
             assert run["group"] == "tb" and run["state"] == "finished"
             times = [t for series in truth[row["name"]].values() for _, t, _ in series]
             assert (run["start_ms"], run["end_ms"]) == (min(times), max(times))  # first and last scalar
-        again = run_import(embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), *args)
+        again = run_import(module_embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), *args)
         assert (again["skipped"], again["points"]) == (2, 0), again["out"]
         assert len(api.runs("tb-proj")) == 2
 
 
-def test_a_run_left_half_imported_is_continued_after_its_last_stored_point(embedded_server, tmp_path):
+def test_a_run_left_half_imported_is_continued_after_its_last_stored_point(module_embedded_server, tmp_path):
     """What an interrupted import leaves: the run's first 150 points of "acc" stored, no
     fingerprint. The next import sends only the rest of that series (and the other series)."""
     from runstream.importers.core import run_id_for
@@ -82,23 +82,23 @@ def test_a_run_left_half_imported_is_continued_after_its_last_stored_point(embed
     truth = write_events(logdir)
     acc = truth["baseline"]["acc"][:150]
     run = runstream.init(
-        project="tb-resume", id=run_id_for("tensorboard", "baseline"), endpoint=embedded_server.endpoint,
+        project="tb-resume", id=run_id_for("tensorboard", "baseline"), endpoint=module_embedded_server.endpoint,
         spool_dir=str(tmp_path / "spool"), system_metrics_interval_s=0, capture_packages=False,
     )  # fmt: skip
     run.log_arrays("acc", [s for s, _, _ in acc], [v for _, _, v in acc], times=[t / 1000 for _, t, _ in acc])
     assert run.finish(timeout_s=60)
     done = run_import(
-        embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), "--project", "tb-resume"
+        module_embedded_server.endpoint, tmp_path, "tensorboard", str(logdir), "--project", "tb-resume"
     )
     assert (done["resumed"], done["imported"], done["failed"]) == (1, 1, 0), done["out"]
     every = sum(len(p) for r in truth.values() for p in r.values())
     assert done["points"] == every - 150, done["out"]  # the 150 stored points were not sent again
-    with runstream.Api(embedded_server.endpoint) as api:
+    with runstream.Api(module_embedded_server.endpoint) as api:
         got = history_points(api, "tb-resume", run_id_for("tensorboard", "baseline"))
         assert got == truth["baseline"]
 
 
-def test_a_corrupt_event_record_is_refused_with_file_and_offset(embedded_server, tmp_path):
+def test_a_corrupt_event_record_is_refused_with_file_and_offset(module_embedded_server, tmp_path):
     logdir = tmp_path / "tb"
     write_events(logdir)
     (events,) = (logdir / "baseline").glob("*tfevents*")
@@ -110,7 +110,7 @@ def test_a_corrupt_event_record_is_refused_with_file_and_offset(embedded_server,
     from tests.integration.import_helpers import import_command, import_env
 
     done = subprocess.run(
-        import_command(embedded_server.endpoint, "tensorboard", str(logdir), "--project", "tb-bad"),
+        import_command(module_embedded_server.endpoint, "tensorboard", str(logdir), "--project", "tb-bad"),
         capture_output=True, text=True, timeout=300, env=import_env(tmp_path),
     )  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr

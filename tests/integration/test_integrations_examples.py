@@ -26,7 +26,7 @@ CASES = {  # example -> (extra modules it needs, arguments, runs it leaves, a me
 
 
 @pytest.mark.parametrize("example", sorted(CASES))
-def test_example_runs_and_its_runs_arrive(example, embedded_server, tmp_path):
+def test_example_runs_and_its_runs_arrive(example, module_embedded_server, tmp_path):
     modules, args, runs, metric = CASES[example]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]  # found, not imported (keras
     if missing:  # would pick its backend in this process)
@@ -34,7 +34,7 @@ def test_example_runs_and_its_runs_arrive(example, embedded_server, tmp_path):
     project = example.removesuffix(".py").replace("_", "-")
     env = {
         **os.environ,
-        "RUNSTREAM_ENDPOINT": embedded_server.endpoint,
+        "RUNSTREAM_ENDPOINT": module_embedded_server.endpoint,
         "RUNSTREAM_SPOOL_DIR": str(tmp_path / "spool"),
         "RUNSTREAM_SYSTEM_METRICS_INTERVAL_S": "0",
         "RUNSTREAM_CAPTURE_PACKAGES": "false",
@@ -44,7 +44,7 @@ def test_example_runs_and_its_runs_arrive(example, embedded_server, tmp_path):
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    with runstream.Api(endpoint=embedded_server.endpoint) as api:
+    with runstream.Api(endpoint=module_embedded_server.endpoint) as api:
         table = api.runs(project)
     assert len(table) == runs and set(table.state) == {"finished"}, table[["name", "state"]]
     metric_columns = [c for c in table.columns if c.startswith("metrics.")]

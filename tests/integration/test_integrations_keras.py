@@ -31,12 +31,12 @@ def _model():
     return model
 
 
-def test_fit_logs_batches_epochs_config_summary_and_model(embedded_server, tmp_path):
+def test_fit_logs_batches_epochs_config_summary_and_model(module_embedded_server, tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(256, 4)).astype("float32")
     y = X @ np.array([1.0, -2.0, 0.5, 0.0], dtype="float32")
     model = _model()
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     with runstream.init("keras", **quick_sdk_options(endpoint, tmp_path)) as run:
         history = model.fit(
             X, y, epochs=3, batch_size=32, validation_split=0.25, verbose=0,
@@ -76,12 +76,12 @@ def test_fit_logs_batches_epochs_config_summary_and_model(embedded_server, tmp_p
     np.testing.assert_allclose(restored.predict(X[:8], verbose=0), model.predict(X[:8], verbose=0), rtol=1e-6)
 
 
-def test_epochs_only_into_an_explicit_run_and_no_run_is_an_error(embedded_server, tmp_path):
+def test_epochs_only_into_an_explicit_run_and_no_run_is_an_error(module_embedded_server, tmp_path):
     X = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
     model = _model()
     with pytest.raises(runstream.NotInitializedError, match="runstream.init"):
         model.fit(X, X[:, 0], epochs=1, verbose=0, callbacks=[RunstreamCallback()])
-    run = runstream.init("keras", **quick_sdk_options(embedded_server.endpoint, tmp_path))
+    run = runstream.init("keras", **quick_sdk_options(module_embedded_server.endpoint, tmp_path))
     model.fit(
         X,
         X[:, 0],
@@ -91,6 +91,6 @@ def test_epochs_only_into_an_explicit_run_and_no_run_is_an_error(embedded_server
         callbacks=[RunstreamCallback(run, log_every_n_batches=0)],
     )
     assert run.finish(timeout_s=30)
-    points = curves(embedded_server.endpoint, "keras", run.id)
+    points = curves(module_embedded_server.endpoint, "keras", run.id)
     assert set(points) == {"loss", "mae", "epoch", "learning_rate"}  # no train/ batch keys
     assert sorted(points["loss"]) == [3, 7]

@@ -26,12 +26,12 @@ PARAMS = {"objective": "binary", "metric": ["binary_logloss", "auc"], "learning_
           "verbose": -1, "seed": 3}  # fmt: skip
 
 
-def test_train_with_early_stopping_then_log_booster(embedded_server, tmp_path):
+def test_train_with_early_stopping_then_log_booster(module_embedded_server, tmp_path):
     X, y = _data()
     train = lgb.Dataset(X[:400], label=y[:400], feature_name=["a", "b", "c", "d"])
     valid = lgb.Dataset(X[400:], label=y[400:], reference=train)
     recorded: dict = {}
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     with runstream.init("lgb", **quick_sdk_options(endpoint, tmp_path)) as run:
         booster = lgb.train(
             PARAMS, train, 200, valid_sets=[valid], valid_names=["valid"],
@@ -62,9 +62,9 @@ def test_train_with_early_stopping_then_log_booster(embedded_server, tmp_path):
 @pytest.mark.filterwarnings(
     "ignore:The argument 'eval_set' is deprecated"
 )  # eval_X/eval_y: lightgbm 4.7+ only
-def test_cv_means_and_stds_and_the_sklearn_api(embedded_server, tmp_path):
+def test_cv_means_and_stds_and_the_sklearn_api(module_embedded_server, tmp_path):
     X, y = _data(seed=1)
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     run = runstream.init("lgb", **quick_sdk_options(endpoint, tmp_path))
     results = lgb.cv(
         {**PARAMS, "metric": "binary_logloss"}, lgb.Dataset(X, label=y), num_boost_round=6, nfold=3,

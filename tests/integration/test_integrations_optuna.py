@@ -40,8 +40,8 @@ def objective(trial):
     return float(np.mean(scores))
 
 
-def test_one_run_per_trial_in_the_study_group_with_states_params_and_values(embedded_server, tmp_path):
-    endpoint = embedded_server.endpoint
+def test_one_run_per_trial_in_the_study_group_with_states_params_and_values(module_embedded_server, tmp_path):
+    endpoint = module_embedded_server.endpoint
     study = optuna.create_study(study_name="ridge-sweep", direction="maximize")
     for params in ({"alpha": 0.1, "solver": "auto"}, {"alpha": 80.0, "solver": "auto"},
                    {"alpha": 0.005, "solver": "svd"}, {"alpha": 3.0, "solver": "svd"}):  # fmt: skip
@@ -89,8 +89,8 @@ def test_one_run_per_trial_in_the_study_group_with_states_params_and_values(embe
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
-def test_multi_objective_names_from_the_study_and_threads(embedded_server, tmp_path):
-    endpoint = embedded_server.endpoint
+def test_multi_objective_names_from_the_study_and_threads(module_embedded_server, tmp_path):
+    endpoint = module_embedded_server.endpoint
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
     )
@@ -119,9 +119,9 @@ def test_multi_objective_names_from_the_study_and_threads(embedded_server, tmp_p
 
 
 def test_a_tracked_objective_logs_live_into_its_trial_run_which_the_callback_completes(
-    embedded_server, tmp_path
+    module_embedded_server, tmp_path
 ):
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     callback = RunstreamCallback("opt3", **quick_sdk_options(endpoint, tmp_path))
 
     @callback.track

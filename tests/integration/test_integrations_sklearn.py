@@ -24,11 +24,11 @@ from tests.framework_reads import artifact_bytes, curves, read_run  # noqa: E402
 from tests.sdk_options import quick_sdk_options  # noqa: E402
 
 
-def test_fitted_classifier_params_metrics_summary_and_model(embedded_server, tmp_path):
+def test_fitted_classifier_params_metrics_summary_and_model(module_embedded_server, tmp_path):
     X, y = load_iris(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=200)).fit(X_train, y_train)
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     with runstream.init("sk", name="logreg", **quick_sdk_options(endpoint, tmp_path)) as run:
         logged = rs_sklearn.log_estimator(model, X_test, y_test)
     accuracy = accuracy_score(y_test, model.predict(X_test))
@@ -53,9 +53,9 @@ def test_fitted_classifier_params_metrics_summary_and_model(embedded_server, tmp
     np.testing.assert_array_equal(restored.predict(X_test), model.predict(X_test))
 
 
-def test_regressor_metrics_at_a_given_step_into_an_explicit_run(embedded_server, tmp_path):
+def test_regressor_metrics_at_a_given_step_into_an_explicit_run(module_embedded_server, tmp_path):
     X, y = load_diabetes(return_X_y=True)
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     run = runstream.init("sk", **quick_sdk_options(endpoint, tmp_path))
     for step, alpha in enumerate([0.01, 1.0]):
         model = Ridge(alpha=alpha).fit(X[:300], y[:300])
@@ -71,13 +71,13 @@ def test_regressor_metrics_at_a_given_step_into_an_explicit_run(embedded_server,
     assert record["summary"]["val/r2"] == points["val/r2"][10]  # the summary holds the latest
 
 
-def test_grid_search_logs_one_run_per_candidate_in_one_group(embedded_server, tmp_path):
+def test_grid_search_logs_one_run_per_candidate_in_one_group(module_embedded_server, tmp_path):
     X, y = load_iris(return_X_y=True)
     search = GridSearchCV(
         LogisticRegression(max_iter=300), {"C": [0.01, 1.0], "fit_intercept": [True, False]},
         cv=3, scoring=["accuracy", "f1_macro"], refit="accuracy", return_train_score=True,
     ).fit(X, y)  # fmt: skip
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     with runstream.init("sk", name="outer", **quick_sdk_options(endpoint, tmp_path)) as outer:
         run_ids = rs_sklearn.log_search(
             search, "sk", group="grid-1", progress=False, tags={"sweep": "iris"},
@@ -116,13 +116,13 @@ def test_grid_search_logs_one_run_per_candidate_in_one_group(embedded_server, tm
         assert points["cv/mean_test_accuracy"] == pytest.approx({3: results["mean_test_accuracy"][i]})
 
 
-def test_randomized_search_with_a_single_score_and_a_generated_group(embedded_server, tmp_path):
+def test_randomized_search_with_a_single_score_and_a_generated_group(module_embedded_server, tmp_path):
     X, y = load_diabetes(return_X_y=True)
     search = RandomizedSearchCV(Ridge(), {"alpha": [0.001, 0.1, 10.0, 100.0]}, n_iter=3, cv=2, random_state=0)
     with pytest.raises(ValueError, match="call fit first"):
         rs_sklearn.log_search(search, "sk-rand")
     search.fit(X, y)
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     run_ids = rs_sklearn.log_search(
         search, "sk-rand", progress=False, **quick_sdk_options(endpoint, tmp_path)
     )

@@ -22,7 +22,7 @@ def _data(n=400, seed=0):
     return X, y
 
 
-def test_train_logs_every_round_config_summary_and_model(embedded_server, tmp_path):
+def test_train_logs_every_round_config_summary_and_model(module_embedded_server, tmp_path):
     X, y = _data()
     dtrain, dvalid = xgb.DMatrix(X[:300], label=y[:300]), xgb.DMatrix(X[300:], label=y[300:])
     params = {
@@ -33,7 +33,7 @@ def test_train_logs_every_round_config_summary_and_model(embedded_server, tmp_pa
         "seed": 7,
     }
     recorded: dict = {}
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     with runstream.init("xgb", **quick_sdk_options(endpoint, tmp_path)) as run:
         booster = xgb.train(
             params, dtrain, 30, evals=[(dtrain, "train"), (dvalid, "valid")], evals_result=recorded,
@@ -66,11 +66,11 @@ def test_train_logs_every_round_config_summary_and_model(embedded_server, tmp_pa
     np.testing.assert_allclose(restored.predict(dvalid), booster.predict(dvalid))
 
 
-def test_cv_means_and_stds_and_the_sklearn_api_through_clone(embedded_server, tmp_path):
+def test_cv_means_and_stds_and_the_sklearn_api_through_clone(module_embedded_server, tmp_path):
     from sklearn.base import clone
 
     X, y = _data(seed=1)
-    endpoint = embedded_server.endpoint
+    endpoint = module_embedded_server.endpoint
     run = runstream.init("xgb", **quick_sdk_options(endpoint, tmp_path))
     frame = xgb.cv(
         {"max_depth": 2, "objective": "reg:squarederror"}, xgb.DMatrix(X, label=y), num_boost_round=5, nfold=3,
@@ -95,11 +95,13 @@ def test_cv_means_and_stds_and_the_sklearn_api_through_clone(embedded_server, tm
     assert "model" not in {a["name"] for a in record["artifacts"]}  # log_model defaults to off
 
 
-def test_two_ranks_of_one_job_log_their_rounds_into_one_run_each_with_its_rank(embedded_server, tmp_path):
+def test_two_ranks_of_one_job_log_their_rounds_into_one_run_each_with_its_rank(
+    module_embedded_server, tmp_path
+):
     """As a distributed job does (the launcher gives both ranks one run id): each rank trains on
     its shard with its own callback; every point carries its rank, rank 0 owns config and summary."""
     X, y = _data(seed=2)
-    options = quick_sdk_options(embedded_server.endpoint, tmp_path)
+    options = quick_sdk_options(module_embedded_server.endpoint, tmp_path)
     ranks = [runstream.init("xgb", id="job-7", rank=r, world_size=2, **options) for r in (0, 1)]
     recorded = [{}, {}]
     for r, run in enumerate(ranks):
@@ -109,11 +111,11 @@ def test_two_ranks_of_one_job_log_their_rounds_into_one_run_each_with_its_rank(e
             evals_result=recorded[r], callbacks=[RunstreamCallback(run)], verbose_eval=False,
         )  # fmt: skip
     assert all(run.finish(timeout_s=30) for run in ranks)
-    with runstream.Api(endpoint=embedded_server.endpoint) as api:
+    with runstream.Api(endpoint=module_embedded_server.endpoint) as api:
         history = api.history("job-7", keys=["train/rmse"], project="xgb")
     for r in (0, 1):
         mine = history[history["rank"] == r].sort_values("step")
         assert list(mine.step) == [0, 1, 2, 3]
         assert list(mine.value) == pytest.approx(recorded[r]["train"]["rmse"])
-    record = read_run(embedded_server.endpoint, "xgb", "job-7")
+    record = read_run(module_embedded_server.endpoint, "xgb", "job-7")
     assert record["config"]["xgboost.max_depth"] == 2  # rank 0's; rank 1 keeps its config local
