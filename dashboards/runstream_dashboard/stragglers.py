@@ -59,3 +59,14 @@ def straggler_counts(table: pd.DataFrame) -> pd.DataFrame:
     return counts[COUNT_COLUMNS].sort_values(
         ["total_behind", "rank"], ascending=[False, True], ignore_index=True
     )
+
+
+def step_window(
+    first_step: float, last_step: float, ranks: int, budget_points: int, max_steps: int = 100_000
+) -> tuple[float, float]:
+    """The newest steps whose points (one per step and rank) fit in `budget_points`, and at most
+    `max_steps` of them (the server's points per series): the straggler view reads every point of
+    the window, as downsampled series of different ranks would not share their steps. The whole
+    run when it fits."""
+    steps = max(1, min(max_steps, budget_points // max(1, ranks)))
+    return (max(first_step, last_step - steps + 1), last_step)

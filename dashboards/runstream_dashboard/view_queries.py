@@ -72,13 +72,15 @@ def rank_series(
     x_axis: str = "step",
     max_points: int = 1000,
     downsampling: str = "minmax",
+    x_range: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """One series per (key, rank) of one run: RANK_SERIES_COLUMNS, one row per point."""
+    """One series per (key, rank) of one run: RANK_SERIES_COLUMNS, one row per point; `x_range`
+    limits it to a window of the x axis."""
     if not keys:
         return pd.DataFrame(columns=RANK_SERIES_COLUMNS)
     series = q.api().series_arrays(
         project, (run_id,), keys, max_points, downsampling=downsampling, x_axis=q.X_AXES[x_axis],
-        kind="system" if system else "user", all_ranks=True, timeout_s=q.SERIES_TIMEOUT_S,
+        kind="system" if system else "user", all_ranks=True, x_range=x_range, timeout_s=q.SERIES_TIMEOUT_S,
     )  # fmt: skip
     if not series:
         return pd.DataFrame(columns=RANK_SERIES_COLUMNS)

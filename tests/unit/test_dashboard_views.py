@@ -141,3 +141,10 @@ def test_lower_is_slower_ties_and_empty():
     assert table["behind"].tolist() == [0.0, 0.0]
     assert stragglers.slowest_ranks(series.iloc[0:0]).empty
     assert stragglers.straggler_counts(stragglers.slowest_ranks(series.iloc[0:0])).empty
+
+
+def test_the_straggler_window_is_the_newest_steps_that_fit():
+    assert stragglers.step_window(0, 49, 4, 500_000) == (0, 49)  # the whole run fits
+    assert stragglers.step_window(0, 999_999, 1000, 500_000) == (999_500, 999_999)  # 500 steps x 1000 ranks
+    assert stragglers.step_window(0, 999_999, 2, 500_000, max_steps=100_000) == (900_000, 999_999)
+    assert stragglers.step_window(10, 10, 8, 1) == (10, 10)  # always at least one step
