@@ -46,3 +46,33 @@ def log_multi_rank_run(server: HasEndpoint, project: str, name: str = "ddp-4-ran
     answers = ingest(stub_for(server), requests)
     assert all(a.ok for a in answers.values()), [a.message for a in answers.values()]
     return run_id
+
+
+LONG_RANKS = 3
+LONG_STEPS = 200_000  # 600,000 points: more than the straggler view reads at once
+LONG_SLOW_EVERY = 1_000  # rank 1 is 2 s slower on every 1,000th step
+
+
+def log_long_run(server: HasEndpoint, project: str, name: str = "ddp-long") -> str:
+    """A run too long for the straggler view to read whole: LONG_RANKS ranks, LONG_STEPS steps of
+    step_time_s each (rank 1 slow on every LONG_SLOW_EVERY-th step, rank 0 otherwise 1 ms slower)."""
+    run_id, cid = "run-" + uuid.uuid4().hex[:8], uuid.uuid4().hex
+    requests = [run_start(1, cid, run_id, project=project, name=name)]
+    steps = np.arange(LONG_STEPS, dtype="<i8")
+    per_batch = 50_000
+    for rank in range(LONG_RANKS):
+        t = (
+            0.1
+            + np.where(rank == 0, 0.001, 0.0)
+            + np.where((steps % LONG_SLOW_EVERY == 0) & (rank == 1), 2.0, 0.0)
+        )
+        for start in range(0, LONG_STEPS, per_batch):
+            part = slice(start, start + per_batch)
+            batch = metric_batch(
+                run_id, 0, per_batch, keys=("step_time_s",), project=project, rank=rank,
+                steps=steps[part].tobytes(), values=t[part].astype("<f8").tobytes(),
+            )  # fmt: skip
+            requests.append(pb.IngestRequest(seq=len(requests) + 1, client_id=cid, metrics=batch))
+    answers = ingest(stub_for(server), requests)
+    assert all(a.ok for a in answers.values()), [a.message for a in answers.values()]
+    return run_id

@@ -15,6 +15,7 @@ from runstream_dashboard.safe_text import md, md_code
 MAX_RANK_CHARTS = 8
 STRAGGLER_POINTS = 500_000  # points read over all ranks: a window of the newest steps when a run has more
 MAX_SERIES_POINTS = 100_000  # the server's most points per series
+MAX_DRAWN_STEPS = 2_000  # steps the straggler chart draws (the furthest behind of each stretch)
 CHART_POINTS = 200_000  # points of one per-rank chart over all its ranks
 SLOW_HINTS = ("step_time", "time", "latency", "wait", "duration")
 
@@ -106,7 +107,12 @@ def _straggler(project: str, run_id: str, metric_keys: tuple[str, ...], ranks: i
         f"**{int(top['times_slowest']):,}** of {len(table):,} steps ({top['share']:.0%}), "
         f"{top['total_behind']:.4g} behind the median rank in all ({top['mean_behind']:.4g} per step)."
     )
-    st.plotly_chart(view_charts.straggler_chart(table, key), width="stretch", key="straggler_chart")
+    shown = stragglers.thin(table, MAX_DRAWN_STEPS)
+    st.plotly_chart(view_charts.straggler_chart(shown, key), width="stretch", key="straggler_chart")
+    if len(shown) < len(table):
+        st.caption(
+            f"The chart draws the step furthest behind of every {len(table) // len(shown):,} steps; the table has them all."
+        )
     left, right = st.columns([2, 3])
     left.dataframe(
         counts, hide_index=True, width="stretch", key="straggler_counts",

@@ -70,3 +70,14 @@ def step_window(
     run when it fits."""
     steps = max(1, min(max_steps, budget_points // max(1, ranks)))
     return (max(first_step, last_step - steps + 1), last_step)
+
+
+def thin(table: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """At most about `max_rows` rows of a slowest_ranks table for drawing: the steps cut into
+    `max_rows` equal buckets, the step furthest behind kept from each (a spike is never dropped)."""
+    if len(table) <= max_rows:
+        return table
+    bucket = (
+        (table["step"] - table["step"].min()) * max_rows // (table["step"].max() - table["step"].min() + 1)
+    )
+    return table.loc[table.groupby(bucket)["behind"].idxmax()].sort_values("step", ignore_index=True)

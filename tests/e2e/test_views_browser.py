@@ -7,7 +7,8 @@ and a 4-rank run sent through the raw ingest client.
 - a view saved from the page is listed and reopened from a fresh page;
 - grouped curves draw a mean line and a min/max band per group;
 - the run page's Ranks tab names the straggler rank;
-- the Compare page's overlay groups as well."""
+- the Compare page's overlay groups as well;
+- a run too long to read whole (3 ranks x 200,000 steps) shows a window of its newest steps."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 
 import runstream
 from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, launch_chromium, wait_idle
-from tests.rank_data import SLOW_RANK, log_multi_rank_run
+from tests.rank_data import LONG_SLOW_EVERY, SLOW_RANK, log_long_run, log_multi_rank_run
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.skipif(
@@ -45,6 +46,11 @@ def seed(endpoint: str, server) -> str:
             clock.now += 600
             demo.log_trial(specs[i], endpoint, clock, Path(tmp), project=PROJECT)
     return log_multi_rank_run(server, RANK_PROJECT)
+
+
+@pytest.fixture(scope="module")
+def long_run(server) -> str:
+    return log_long_run(server, RANK_PROJECT)
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +229,27 @@ def test_the_compare_overlay_groups_too(server, dashboard, page):
     )
     overlay = next(f for f in figures(page) if any(t["fill"] == "tonexty" for t in f["traces"]))
     assert [t["name"] for t in overlay["traces"] if t["name"]] == ["adam (2 runs)", "sgd (1 run)"]
+
+
+def test_a_long_run_shows_a_window_of_its_newest_steps(server, dashboard, page, long_run):
+    page.goto(f"{dashboard.url}/run?project={RANK_PROJECT}&run={long_run}")
+    wait_idle(page)
+    page.get_by_role("tab", name="Ranks").click()
+    summary = page.get_by_text("held the others back most").first
+    summary.wait_for(timeout=120_000)
+    # 3 ranks x 200,000 steps is more than 500,000 points: the newest 100,000 steps (the most per series)
+    window = 100_000
+    slow = window // LONG_SLOW_EVERY
+    assert summary.inner_text().startswith(
+        f"Rank 1 held the others back most: the slowest on {slow} of {window:,}"
+    ), summary.inner_text()
+    assert page.locator(".st-key-straggler_steps").count() == 1  # the Steps slider
+    assert (
+        "furthest behind" in page.get_by_text("The chart draws the step furthest behind").first.inner_text()
+    )
+    points = page.evaluate(
+        """() => [...document.querySelectorAll('.js-plotly-plot')]
+            .filter(p => String(p.layout.title.text || '').includes('slowest rank per step'))
+            .map(p => p.data.reduce((n, t) => n + (t.x && t.x.length !== undefined ? t.x.length : 0), 0))"""
+    )
+    assert points and points[0] <= 2 * 2_000 + 10, points  # markers + bars of about 2,000 steps

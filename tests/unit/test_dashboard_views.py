@@ -148,3 +148,14 @@ def test_the_straggler_window_is_the_newest_steps_that_fit():
     assert stragglers.step_window(0, 999_999, 1000, 500_000) == (999_500, 999_999)  # 500 steps x 1000 ranks
     assert stragglers.step_window(0, 999_999, 2, 500_000, max_steps=100_000) == (900_000, 999_999)
     assert stragglers.step_window(10, 10, 8, 1) == (10, 10)  # always at least one step
+
+
+def test_a_long_straggler_table_is_thinned_for_drawing_keeping_the_spikes():
+    steps = np.arange(10_000)
+    behind = np.full(10_000, 0.001)
+    behind[[17, 5_003, 9_999]] = [1.0, 2.0, 3.0]
+    table = pd.DataFrame({"step": steps, "slowest_rank": steps % 4, "behind": behind})
+    shown = stragglers.thin(table, 100)
+    assert len(shown) == 100 and shown["step"].is_monotonic_increasing
+    assert {17, 5_003, 9_999} <= set(shown["step"])
+    assert stragglers.thin(table.iloc[:50], 100).equals(table.iloc[:50])
