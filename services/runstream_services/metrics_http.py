@@ -43,9 +43,21 @@ class Metrics:
         self._collectors: list[Callable[[], Iterable[tuple[str, dict[str, str], float]]]] = []
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        key = (name, tuple(sorted(labels.items())) if labels else ())
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + value
+
+    @staticmethod
+    def key(name: str, **labels: str) -> tuple[str, Labels]:
+        """A metric's key for inc_many, computed once by a caller on a hot path."""
+        return (name, tuple(sorted(labels.items())))
+
+    def inc_many(self, updates: Iterable[tuple[tuple[str, Labels], float]]) -> None:
+        """Adds to several counters (keys from Metrics.key) under one lock acquisition."""
+        values = self._values
+        with self._lock:
+            for key, value in updates:
+                values[key] = values.get(key, 0.0) + value
 
     def set(self, name: str, value: float, **labels: str) -> None:
         with self._lock:

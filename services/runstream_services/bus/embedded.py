@@ -79,6 +79,7 @@ class EmbeddedBus:
         self.max_block_points = max_block_points
         self.max_block_requests = max_block_requests
         self.metrics = metrics or Metrics()
+        self.metrics.add_collector(self._queue_gauge)
         self._log = BlockLog(log_dir) if log_dir is not None else None
         self._name = uuid.uuid4().hex[:12]  # block names stay unique across restarts
         self._blocks_written = 0
@@ -108,21 +109,28 @@ class EmbeddedBus:
             self._recorder = asyncio.create_task(self._record_loop())
 
     async def publish(self, envelopes: list[Envelope]) -> WriteResult:
+        return await self.submit(envelopes)
+
+    def submit(self, envelopes: list[Envelope]) -> asyncio.Future[WriteResult]:
+        """publish() without a coroutine: the future of the envelopes' WriteResult. Ingest calls
+        this once per request, so a request costs a future and a callback, not a task."""
         if self._pool is None or self._committer is None:
             raise Unavailable(
                 "the embedded bus is stopped (server shutting down); retry against a running server"
             )
-        item = _Publish(
-            envelopes,
-            asyncio.get_running_loop().create_future(),
-            sum(len(e.payload) for e in envelopes),
-            sum(e.points for e in envelopes),
-        )
+        if len(envelopes) == 1:
+            nbytes, points = len(envelopes[0].payload), envelopes[0].points
+        else:
+            nbytes, points = sum(len(e.payload) for e in envelopes), sum(e.points for e in envelopes)
+        item = _Publish(envelopes, asyncio.get_running_loop().create_future(), nbytes, points)
         self._waiting.append(item)
         self._idle.clear()
         self._wake.set()
-        self.metrics.set("runstream_writer_queue", len(self._waiting) + self._in_flight)
-        return await item.future
+        return item.future
+
+    def _queue_gauge(self):
+        """runstream_writer_queue at scrape time (not set per request: it is on the hot path)."""
+        yield "runstream_writer_queue", {}, float(len(self._waiting) + self._in_flight)
 
     async def ping(self) -> None:
         """In-process: nothing to reach (the store has its own readiness probe)."""
@@ -163,17 +171,31 @@ class EmbeddedBus:
         block, left = _Block(), []
         held: set[str] = set()  # clients with a request left waiting: their later ones wait too
         full = False
+        barriers, busy = self._barriers, self._busy
         for item in self._waiting:
-            clients = {env.client_id for env in item.envelopes}
-            barrier = any(env.kind in RUN_EVENTS for env in item.envelopes)
-            if (
-                full
-                or not clients.isdisjoint(held)
-                or any(self._barriers.get(c) or (barrier and self._busy.get(c)) for c in clients)
-            ):
-                held |= clients
-                left.append(item)
-                continue
+            envelopes = item.envelopes
+            if len(envelopes) == 1:  # ingest's case: one request per publish
+                client = envelopes[0].client_id
+                if (
+                    full
+                    or client in held
+                    or barriers.get(client)
+                    or (envelopes[0].kind in RUN_EVENTS and busy.get(client))
+                ):
+                    held.add(client)
+                    left.append(item)
+                    continue
+            else:
+                clients = {env.client_id for env in envelopes}
+                barrier = any(env.kind in RUN_EVENTS for env in envelopes)
+                if (
+                    full
+                    or not clients.isdisjoint(held)
+                    or any(barriers.get(c) or (barrier and busy.get(c)) for c in clients)
+                ):
+                    held |= clients
+                    left.append(item)
+                    continue
             if block.items and (
                 len(block.items) + len(item.envelopes) > self.max_block_requests
                 or block.points + item.points > self.max_block_points
@@ -256,7 +278,6 @@ class EmbeddedBus:
         finally:
             self._mark(block, -1)
             self._in_flight -= 1
-            self.metrics.set("runstream_writer_queue", len(self._waiting) + self._in_flight)
             if not self._waiting and not self._in_flight:
                 self._idle.set()
             self._wake.set()

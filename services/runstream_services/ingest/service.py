@@ -42,6 +42,9 @@ from runstream_services.run_state import RunRegistry
 log = logging.getLogger("runstream.ingest")
 
 SERVICE_NAME = "runstream.v1.IngestService"
+_OK = Metrics.key("runstream_ingest_requests_total", status="OK")
+_POINTS = Metrics.key("runstream_ingest_points_total")
+_BATCHES = Metrics.key("runstream_ingest_batches_total")
 
 
 def _now_ms() -> int:
@@ -77,6 +80,11 @@ class IngestServicer:
         self.metrics = metrics
         self._streams: set[_IngestStream] = set()
         self._draining = False
+        metrics.add_collector(self._inflight_gauge)
+
+    def _inflight_gauge(self):
+        """runstream_ingest_inflight at scrape time (not counted per request: a hot path)."""
+        yield "runstream_ingest_inflight", {}, float(sum(len(s.inflight) for s in list(self._streams)))
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handlers = {
@@ -298,7 +306,7 @@ class _IngestStream:
         self.svc = service
         self.principal = principal
         self.responses: asyncio.Queue[ingest_pb2.IngestResponse | None] = asyncio.Queue()
-        self.inflight: set[asyncio.Task] = set()
+        self.inflight: set[asyncio.Future] = set()
         self.budget = _InflightBudget(
             service.settings.ingest_inflight_requests, service.settings.ingest_inflight_bytes
         )
@@ -392,30 +400,42 @@ class _IngestStream:
         if env.kind in RUN_EVENTS:  # its expected state (RunRegistry.expect) did not happen
             self.svc.runs.withdraw(env.project, env.run_id)
 
-    def _spawn(self, env: Envelope, release: int | None = None) -> asyncio.Task:
-        task = asyncio.create_task(self.publish(env))
-        self.inflight.add(task)
-        self.svc.metrics.inc("runstream_ingest_inflight", 1)
+    def _spawn(self, env: Envelope, release: int | None = None) -> asyncio.Future:
+        """Publishes one request; it is answered from the publish's done callback. A bus with
+        `submit` (embedded) hands back a future: no task and no coroutine per request."""
+        submit = getattr(self.svc.bus, "submit", None)
+        if submit is None:
+            future: asyncio.Future = asyncio.create_task(self.svc.bus.publish([env]))
+        else:
+            try:
+                future = submit([env])
+            except Exception as exc:  # the bus is stopped: answered like a failed publish
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+        self.inflight.add(future)
 
-        def done(t: asyncio.Task) -> None:
-            self.inflight.discard(t)
-            self.svc.metrics.inc("runstream_ingest_inflight", -1)
+        def done(f: asyncio.Future) -> None:
+            self.inflight.discard(f)
             if release is not None:
                 self.budget.release(release)
+            self._answer(env, f)
 
-        task.add_done_callback(done)
-        return task
+        future.add_done_callback(done)
+        return future
 
-    async def publish(self, env: Envelope) -> None:
+    def _answer(self, env: Envelope, published: asyncio.Future) -> None:
         svc = self.svc
-        try:
-            result = await svc.bus.publish([env])
-        except RunstreamServiceError as exc:
+        exc = (
+            Unavailable(f"request {env.seq} was not stored (cancelled): resend it")
+            if (published.cancelled())
+            else published.exception()
+        )
+        if isinstance(exc, RunstreamServiceError):
             self._not_stored(env)
             self.refuse(env.seq, exc)
             return
-        except Exception as exc:
-            log.exception("publishing request %s failed", env.idempotency_key)
+        if exc is not None:
+            log.error("publishing request %s failed", env.idempotency_key, exc_info=exc)
             svc.metrics.inc("runstream_errors_total", component="ingest")
             self._not_stored(env)
             self.refuse(
@@ -423,7 +443,8 @@ class _IngestStream:
                 Unavailable(f"could not store request {env.seq} ({exc}); it was not acked: resend it"),
             )
             return
-        refused = result.refused.get(env.idempotency_key)
+        result = published.result()
+        refused = result.refused.get(env.idempotency_key) if result.refused else None
         if refused is not None:
             self._not_stored(env)
             self.refuse(env.seq, InvalidArgument(refused))
@@ -431,8 +452,9 @@ class _IngestStream:
         if env.kind in RUN_EVENTS:
             assert env.request is not None  # set in handle()
             svc.runs.published(env.kind, env.request, env.project, env.run_id)
+            svc.metrics.inc_many(((_OK, 1),))
         elif env.kind == "metrics":
-            svc.metrics.inc("runstream_ingest_points_total", env.points)
-            svc.metrics.inc("runstream_ingest_batches_total")
-        svc.metrics.inc("runstream_ingest_requests_total", status="OK")
+            svc.metrics.inc_many(((_POINTS, env.points), (_BATCHES, 1), (_OK, 1)))
+        else:
+            svc.metrics.inc_many(((_OK, 1),))
         self.responses.put_nowait(ingest_pb2.IngestResponse(seq=env.seq, ok=True, points_accepted=env.points))

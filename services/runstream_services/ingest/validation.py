@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,6 +194,11 @@ def check_rank(rank: int) -> None:
         raise InvalidArgument(f"rank {rank} is out of range: ranks go from 0 to {MAX_RANK}")
 
 
+_METRIC_KINDS = frozenset(types_pb2.MetricKind.values())
+MAX_CHECKED_KEY_LISTS = 4096  # key lists known to pass check_key (the set starts over when full)
+_CHECKED_KEY_LISTS: set[tuple[str, ...]] = set()
+
+
 def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
     """Validates a columnar batch and returns its number of points. An empty key_index is allowed
     when the batch has exactly one key (every point uses it); empty times_ms means 'now'."""
@@ -201,8 +207,13 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
         raise InvalidArgument("metric batch has no keys: list the metric names in `keys`")
     if len(keys) > 65_536:
         raise InvalidArgument(f"metric batch has {len(keys)} keys; key_index is uint16, so at most 65536")
-    for key in keys:
-        check_key("metric", key)
+    names = tuple(keys)
+    if names not in _CHECKED_KEY_LISTS:  # a rank sends the same keys in every batch
+        for key in keys:
+            check_key("metric", key)
+        if len(_CHECKED_KEY_LISTS) >= MAX_CHECKED_KEY_LISTS:
+            _CHECKED_KEY_LISTS.clear()
+        _CHECKED_KEY_LISTS.add(names)
     for field, item in (("steps", 8), ("values", 8), ("times_ms", 8), ("key_index", 2)):
         length = len(getattr(batch, field))
         if length % item:
@@ -226,7 +237,11 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
             raise InvalidArgument(
                 f"metric batch has {n} steps but {len(batch.key_index) // 2} key indexes: send one per step"
             )
-        top = int(np.frombuffer(batch.key_index, "<u2").max())
+        top = (
+            max(struct.unpack(f"<{n}H", batch.key_index))
+            if n <= 64  # numpy's fixed cost is larger than a small batch
+            else int(np.frombuffer(batch.key_index, "<u2").max())
+        )
         if top >= len(keys):
             raise InvalidArgument(
                 f"metric batch key_index refers to key {top} but only {len(keys)} keys are listed"
@@ -237,7 +252,7 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
         raise InvalidArgument(
             f"metric batch has {n} points; the server takes at most {max_points} per batch: split it"
         )
-    if batch.kind not in types_pb2.MetricKind.values():
+    if batch.kind not in _METRIC_KINDS:
         raise InvalidArgument(f"metric batch kind {batch.kind} is unknown: use USER or SYSTEM")
     check_rank(batch.rank)
     return n

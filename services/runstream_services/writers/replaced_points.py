@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
 RECOUNT_KEYS_PER_QUERY = 500  # keys of one run and kind recounted by one delete + insert
+SMALL_BATCH_POINTS = 64  # key_ranges loops in Python up to this many points (numpy above)
 MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
 #: a series' summary from its points, as migration 0004's view computes it per block
 SUMMARY_AGGREGATES = (
@@ -55,10 +57,15 @@ def series_of(batches: list[ingest_pb2.MetricBatch]) -> set[Series]:
 
 def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]]:
     """(key, lowest step, highest step, steps strictly rise) per key of a batch, vectorized: a
-    stable sort of the uint16 key indexes (a radix sort) and a few passes over the steps."""
-    steps = np.frombuffer(batch.steps, "<i8")
-    if len(steps) == 0:
+    stable sort of the uint16 key indexes (a radix sort) and a few passes over the steps. A small
+    batch (the common one: a rank's step of a few metrics) takes a plain loop: numpy's fixed
+    cost per call is larger than the work there."""
+    n = len(batch.steps) // 8
+    if n == 0:
         return []
+    if n <= SMALL_BATCH_POINTS:
+        return _key_ranges_small(batch, n)
+    steps = np.frombuffer(batch.steps, "<i8")
     if not batch.key_index:
         rising = bool(np.all(steps[1:] > steps[:-1]))
         return [(batch.keys[0], int(steps.min()), int(steps.max()), rising)]
@@ -80,6 +87,39 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
             out[key] = (min(lo, lows[g]), max(hi, highs[g]), False)
         else:
             out[key] = (lows[g], highs[g], rising)
+    return [(key, lo, hi, rising) for key, (lo, hi, rising) in out.items()]
+
+
+def _key_ranges_small(batch: ingest_pb2.MetricBatch, n: int) -> list[tuple[str, int, int, bool]]:
+    """key_ranges of a batch of n points, n small, in plain Python (same answer)."""
+    steps = struct.unpack(f"<{n}q", batch.steps)
+    keys = batch.keys
+    if not batch.key_index:
+        rising = all(b > a for a, b in zip(steps, steps[1:], strict=False))
+        return [(keys[0], min(steps), max(steps), rising)]
+    index = struct.unpack(f"<{n}H", batch.key_index)
+    groups: dict[int, list] = {}  # key index -> [lo, hi, rising, last step]
+    for ki, step in zip(index, steps, strict=True):
+        g = groups.get(ki)
+        if g is None:
+            groups[ki] = [step, step, True, step]
+            continue
+        if step <= g[3]:
+            g[2] = False
+        g[3] = step
+        if step < g[0]:
+            g[0] = step
+        elif step > g[1]:
+            g[1] = step
+    out: dict[str, tuple[int, int, bool]] = {}
+    for ki in sorted(groups):
+        lo, hi, rising, _ = groups[ki]
+        key = keys[ki]
+        if key in out:  # a key listed twice may repeat steps
+            lo0, hi0, _ = out[key]
+            out[key] = (min(lo0, lo), max(hi0, hi), False)
+        else:
+            out[key] = (lo, hi, rising)
     return [(key, lo, hi, rising) for key, (lo, hi, rising) in out.items()]
 
 
@@ -145,7 +185,15 @@ class ReplacedPoints:
                 stored = self._run_locked(batch.project, batch.run_id)
                 kind = kind_name(batch)
                 for key, lo, hi, rising in key_ranges(batch):
-                    ranges = stored.setdefault((kind, key, batch.rank), [])
+                    ranges = stored.get((kind, key, batch.rank))
+                    if ranges is None:
+                        ranges = stored[(kind, key, batch.rank)] = []
+                    elif rising and ranges and lo > ranges[-1][1]:  # the common case: after all it stored
+                        if lo == ranges[-1][1] + 1:
+                            ranges[-1][1] = hi
+                        else:
+                            _add_range(ranges, lo, hi)
+                        continue
                     if not rising or _overlaps(ranges, lo, hi):
                         found.add((batch.project, batch.run_id, kind, key))
                     _add_range(ranges, lo, hi)

@@ -1,0 +1,38 @@
+"""key_ranges' plain-Python path for small batches gives the numpy path's answer (replaced_points.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2
+from runstream_services.writers import replaced_points
+from runstream_services.writers.replaced_points import key_ranges
+
+
+def _batch(rng: np.random.Generator, n: int, keys: list[str], with_index: bool) -> ingest_pb2.MetricBatch:
+    steps = rng.integers(-3, 6, n) if rng.random() < 0.5 else np.arange(n) // max(1, len(keys)) + 10
+    batch = ingest_pb2.MetricBatch(project="p", run_id="r", keys=keys, steps=steps.astype("<i8").tobytes())
+    if with_index:
+        batch.key_index = rng.integers(0, len(keys), n).astype("<u2").tobytes()
+    return batch
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_small_path_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        with_index = rng.random() < 0.8
+        names = ["a", "b", "c", "d"] if rng.random() < 0.7 else ["a", "b", "a"]  # a key listed twice
+        keys = names[: int(rng.integers(1, len(names) + 1))] if with_index else names[:1]
+        batch = _batch(rng, n, keys, with_index)
+        small = sorted(key_ranges(batch))
+        monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
+        vectorized = sorted(key_ranges(batch))
+        monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 64)
+        assert small == vectorized, (n, keys)
+
+
+def test_empty_batch() -> None:
+    assert key_ranges(ingest_pb2.MetricBatch(project="p", run_id="r", keys=["a"])) == []
