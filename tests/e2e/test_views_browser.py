@@ -182,7 +182,10 @@ def test_save_a_view_then_reopen_it_from_a_fresh_page(server, dashboard, page):
     page.locator(".st-key-view_open button").click()
     wait_idle(page)
     page.wait_for_function("() => new URLSearchParams(location.search).get('rows') === '50'")
-    assert filter_box(page).input_value() == 'params.optimizer.name = "sgd"'
+    page.wait_for_function(  # the widget is drawn a moment after the URL changes
+        """() => [...document.querySelectorAll('input[aria-label="Filter"]')]
+            .some(i => i.value === 'params.optimizer.name = "sgd"')"""
+    )
     assert url_params(page)["filter"] == ['params.optimizer.name = "sgd"']
 
     page.locator(".st-key-view_delete button").click()
