@@ -17,6 +17,7 @@ Three jobs, one concept (the names themselves come from runstream.states, shared
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -93,6 +94,13 @@ class RunRow:
     context: str = "{}"
     datasets: str = "[]"
     version: int = 0
+
+    def copy(self) -> RunRow:
+        """A copy that shares nothing mutable (tags is the one mutable field): deepcopy's cost
+        without its generality, for the copies the writer hands to listeners."""
+        row = copy.copy(self)
+        row.tags = dict(self.tags)
+        return row
 
     def values(self) -> list:
         """The row in RUN_COLUMNS order, for an insert."""
@@ -287,10 +295,15 @@ class RunRegistry:
         directory: RunStateSource | None = None,
         store: RunStateSource | None = None,
         replays: Callable[[str, int], bool] | None = None,
+        replays_now: Callable[[str, int], bool | None] | None = None,
     ):
         self.directory = directory
         self.store = store
         self._replays = replays
+        # answers from memory, in the event loop (None: unknown without I/O); spares ingest a
+        # worker-thread hop per run event (StoreWriter.is_stored_now, run_state_now)
+        self._replays_now = replays_now
+        self._state_now = getattr(store, "run_state_now", None)
         self._states: dict[tuple[str, str], str] = {}
         # run events admitted as replays of stored requests: the writer skips them, so their
         # publish must not change what this registry believes either. Counted: one stream may
@@ -305,7 +318,9 @@ class RunRegistry:
         if state is None and self.directory is not None:
             state = self.directory.run_state(project, run_id)
         if state is None and self.store is not None:
-            state = await asyncio.to_thread(self.store.run_state, project, run_id)
+            known, state = self._state_now(project, run_id) if self._state_now else (False, None)
+            if not known:
+                state = await asyncio.to_thread(self.store.run_state, project, run_id)
         if state is not None:
             self._states[key] = state
         return state
@@ -344,7 +359,11 @@ class RunRegistry:
 
     async def is_replay(self, client_id: str, seq: int) -> bool:
         """True when this process can tell the request was stored already (its ack was lost)."""
-        return self._replays is not None and await asyncio.to_thread(self._replays, client_id, seq)
+        if self._replays is None:
+            return False
+        if self._replays_now is not None and (now := self._replays_now(client_id, seq)) is not None:
+            return now
+        return await asyncio.to_thread(self._replays, client_id, seq)
 
     async def admit(self, kind: str, project: str, run_id: str, request: ingest_pb2.IngestRequest) -> None:
         """Raises unless the run's state admits this request: a run_start may not restart an ended

@@ -258,14 +258,16 @@ class RunstreamServer:
         store: RunStateSource | None = self.store_writer
         if store is None and self.client is not None:
             store = RunsTable(self.client, self.settings.clickhouse_database)
-        replays = None
+        replays = replays_now = None
         if self.store_writer is not None:
-            replays = self.store_writer.is_stored
+            replays, replays_now = self.store_writer.is_stored, self.store_writer.is_stored_now
         elif self.client is not None:
             from runstream_services.writers.client_seqs import StoredSeqsQuery
 
             replays = StoredSeqsQuery(self.client, self.settings.clickhouse_database)
-        return RunRegistry(directory=self.run_directory, store=store, replays=replays)
+        return RunRegistry(
+            directory=self.run_directory, store=store, replays=replays, replays_now=replays_now
+        )
 
     # ---- 6. gRPC and metrics endpoints --------------------------------------------------------
 

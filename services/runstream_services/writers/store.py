@@ -36,7 +36,6 @@ points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (boo
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
@@ -273,7 +272,7 @@ class StoreWriter:
             self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, None)
             self._bookkeeping.add("audit_log", pending.audit)
             if self._listeners:
-                self._notify(StoredBlock([copy.deepcopy(r) for r in pending.runs.values()], [], [], []))
+                self._notify(StoredBlock([r.copy() for r in pending.runs.values()], [], [], []))
         return marked
 
     def edit_run(
@@ -290,10 +289,10 @@ class StoreWriter:
                 return None
             pins = change(row)
             if not pins:
-                return copy.deepcopy(row)
+                return row.copy()
             self._pins.setdefault(key, {}).update(pins)
             self._stage_run(row, pending)
-            stored = copy.deepcopy(row)
+            stored = row.copy()
         try:
             self._insert_rows("runs", run_state.RUN_COLUMNS, [stored.values()], None)
         except BaseException:
@@ -301,7 +300,7 @@ class StoreWriter:
                 self._runs.pop(key, None)  # the cache is ahead of the table: reload on next use
             raise
         if self._listeners:
-            self._notify(StoredBlock([copy.deepcopy(stored)], [], [], [], edited=True))
+            self._notify(StoredBlock([stored.copy()], [], [], [], edited=True))
         return stored
 
     def forget(
@@ -335,6 +334,37 @@ class StoreWriter:
     def is_stored(self, client_id: str, seq: int) -> bool:
         """True when the request (client_id, seq) was stored before: a replay."""
         return seq in self._seen_seqs(client_id)
+
+    def is_stored_now(self, client_id: str, seq: int) -> bool | None:
+        """is_stored from memory alone, without waiting for a lock or asking the tables: None when
+        that needs either (ingest then asks is_stored in a worker thread)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            seqs = self._done.get(client_id)
+            if seqs is not None:
+                return seq in seqs
+            if self._client_index is not None and not self._client_index.may_contain(client_id):
+                return False  # never seen: nothing stored
+            return None
+        finally:
+            self._lock.release()
+
+    def run_state_now(self, project: str, run_id: str) -> tuple[bool, str | None]:
+        """run_state from memory alone: (True, state or None when no such run) when the cache
+        answers it, (False, None) when that needs a lock held elsewhere or a query."""
+        if not self._meta_lock.acquire(blocking=False):
+            return False, None
+        try:
+            key = (project, run_id)
+            row = self._runs.get(key)
+            if row is not None:
+                return True, row.state
+            if self._known_absent(key):
+                return True, None
+            return False, None
+        finally:
+            self._meta_lock.release()
 
     # ---- idempotency --------------------------------------------------------------------------
 
@@ -412,6 +442,7 @@ class StoreWriter:
         mine: list[Envelope] = []
         waits: list[tuple[Envelope, threading.Event]] = []
         duplicates = 0
+        done = threading.Event()  # one for the whole claim: _release sets them all at once
         with self._lock:
             for env in envelopes:
                 key = env.idempotency_key
@@ -423,16 +454,19 @@ class StoreWriter:
                     else:
                         waits.append((env, self._claimed[key]))
                 else:
-                    self._claimed[key] = threading.Event()
+                    self._claimed[key] = done
                     mine.append(env)
         return mine, waits, duplicates
 
     def _release(self, envelopes: list[Envelope]) -> None:
+        events = {}
         with self._lock:
             for env in envelopes:
                 event = self._claimed.pop(env.idempotency_key, None)
                 if event is not None:
-                    event.set()
+                    events[id(event)] = event
+        for event in events.values():
+            event.set()
 
     # ---- storing ------------------------------------------------------------------------------
 
@@ -484,7 +518,7 @@ class StoreWriter:
         if self._listeners:
             self._notify(
                 StoredBlock(
-                    runs=[copy.deepcopy(r) for r in pending.runs.values()],
+                    runs=[r.copy() for r in pending.runs.values()],
                     params=pending.params,
                     metrics=pending.metrics,
                     artifacts=pending.artifacts,
@@ -605,7 +639,7 @@ class StoreWriter:
         row, its config/summary params and its audit rows. Returns the run's key."""
         known = self._get_run_locked(env.project, env.run_id)
         pins = self._pins.get((env.project, env.run_id))
-        before = copy.deepcopy(known) if pins and known is not None else None
+        before = known.copy() if pins and known is not None else None
         if env.kind == "run_start":
             row, notes = run_state.merge_run_start(known, req.run_start, env.received_ms)
             self._stage_params(row, "config", req.run_start.config, pending)
@@ -692,8 +726,12 @@ class StoreWriter:
         pending.runs[(row.project, row.run_id)] = row
 
     def _stage_params(self, row: RunRow, scope: str, values, pending: _Pending) -> None:
+        if not values:
+            return
+        version = self._version()  # one per event: its keys are distinct, a later event wins
+        project, run_id, out = row.project, row.run_id, pending.params
         for key, value in values.items():
-            pending.params.append(rows.param_row(row.project, row.run_id, scope, key, value, self._version()))
+            out.append(rows.param_row(project, run_id, scope, key, value, version))
 
     @staticmethod
     def _audit(pending: _Pending, time_ms: int, actor: str, row: RunRow, note: AuditNote) -> None:
