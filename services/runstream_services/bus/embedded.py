@@ -58,8 +58,13 @@ class _Block:
 
 class EmbeddedBus:
     """Group-commits envelopes into the sink from a small thread pool (chDB releases the GIL
-    while inserting, so `max_blocks` blocks overlap). `log_dir`: where blocks are logged before
-    they are inserted (None: no log, for tools and tests that need no crash safety)."""
+    while inserting, so `max_blocks` blocks may overlap). `log_dir`: where blocks are logged before
+    they are inserted (None: no log, for tools and tests that need no crash safety).
+
+    One block in flight by default: on 2 cores, two overlapping chDB inserts each took about twice
+    as long as one alone (issue 11, bench/many_writers.py ranks at 600 requests/s: 0.13 s per
+    block instead of 0.23 s, about the same requests per block and CPU per request), so a second
+    block added no throughput and a request's wait to its ack grew."""
 
     kind = "embedded"
     keeps_client_order = True
@@ -69,7 +74,7 @@ class EmbeddedBus:
         sink: Sink,
         *,
         log_dir: Path | None = None,
-        max_blocks: int = 2,
+        max_blocks: int = 1,
         max_block_points: int = 2_000_000,
         max_block_requests: int = MAX_BLOCK_REQUESTS,
         metrics: Metrics | None = None,
