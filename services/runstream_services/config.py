@@ -75,6 +75,9 @@ class ServerSettings:
     crash_after_s: float = 300.0  # a running run unheard of this long is marked crashed; 0: never
     writer_flush_interval_s: float = 0.2
     writer_max_block_points: int = 2_000_000
+    # embedded bus: group-commit blocks inserted at once; a second one only for large blocks
+    # (bus/embedded.py OVERLAP_MIN_POINTS says why)
+    writer_blocks_in_flight: int = 2
     # requests one Ingest stream may have read and not yet answered (many ranks multiplexed on a
     # few streams need a deep pipeline to fill group-commit blocks), and their bytes
     ingest_inflight_requests: int = 1024
@@ -145,7 +148,12 @@ class ServerSettings:
             raise ConfigError(f"components must be a non-empty subset of {COMPONENTS}, got {self.components}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range")
-        for name in ("max_config_bytes", "max_ingest_streams", "grpc_max_concurrent_streams"):
+        for name in (
+            "max_config_bytes",
+            "max_ingest_streams",
+            "grpc_max_concurrent_streams",
+            "writer_blocks_in_flight",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

@@ -232,6 +232,7 @@ class RunstreamServer:
                 self.store_writer,
                 log_dir=s.data_path / "blocks",
                 max_block_points=s.writer_max_block_points,
+                max_blocks=s.writer_blocks_in_flight,
                 metrics=self.metrics,
             )
         await self.bus.start()
