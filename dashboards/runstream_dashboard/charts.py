@@ -103,9 +103,14 @@ def learning_curves(
                 hovertemplate=f"{name}<br>%{{x}}: %{{y:.5g}}<extra></extra>",
             )
         )
-    fig = go.Figure(data=traces)  # one pass over the traces (add_trace per trace validated twice)
+    # one pass over the traces (add_trace per trace validated twice)
+    return curve_layout(go.Figure(data=traces), key, x_axis, height, log_y)
+
+
+def curve_layout(fig: go.Figure, title: str, x_axis: str, height: int, log_y: bool = False) -> go.Figure:
+    """The look every curve chart shares: title, margins, legend, x-axis title, log y."""
     fig.update_layout(
-        title={"text": plotly_text(key), "x": 0.01, "font": {"size": 15}},
+        title={"text": plotly_text(title), "x": 0.01, "font": {"size": 15}},
         height=height,
         margin={"l": 50, "r": 10, "t": 40, "b": 40},
         legend={"font": {"size": 11}},

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from runstream_dashboard.charts import PALETTE, X_TITLES, _x_values, ema
+from runstream_dashboard.charts import PALETTE, _x_values, curve_layout, ema
 from runstream_dashboard.safe_text import plotly_text
 
 
@@ -17,21 +17,6 @@ def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r}, {g}, {b}, {alpha})"
-
-
-def _layout(fig: go.Figure, title: str, x_axis: str, height: int, log_y: bool = False) -> go.Figure:
-    fig.update_layout(
-        title={"text": plotly_text(title), "x": 0.01, "font": {"size": 15}},
-        height=height,
-        margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        legend={"font": {"size": 11}},
-        hovermode="closest",
-        template="plotly_white",
-    )
-    fig.update_xaxes(title_text=X_TITLES.get(x_axis, x_axis))
-    if log_y:
-        fig.update_yaxes(type="log")
-    return fig
 
 
 def grouped_curves(
@@ -80,7 +65,7 @@ def grouped_curves(
                 ),
             )
         )
-    return _layout(go.Figure(data=traces), key, x_axis, height, log_y)
+    return curve_layout(go.Figure(data=traces), key, x_axis, height, log_y)
 
 
 def rank_lines(
@@ -102,7 +87,7 @@ def rank_lines(
                 hovertemplate=f"rank {rank}<br>%{{x}}: %{{y:.5g}}<extra></extra>",
             )
         )
-    return _layout(go.Figure(data=traces), key, x_axis, height)
+    return curve_layout(go.Figure(data=traces), key, x_axis, height)
 
 
 def straggler_chart(table: pd.DataFrame, key: str, *, height: int = 420) -> go.Figure:
@@ -133,6 +118,6 @@ def straggler_chart(table: pd.DataFrame, key: str, *, height: int = 420) -> go.F
     fig.update_yaxes(title_text="slowest rank", dtick=1, row=1, col=1)
     fig.update_yaxes(title_text="behind the median", row=2, col=1)
     fig.update_layout(bargap=0.1)
-    _layout(fig, f"slowest rank per step · {key}", "step", height)
+    curve_layout(fig, f"slowest rank per step · {key}", "step", height)
     fig.update_xaxes(title_text=None, row=1, col=1)
     return fig

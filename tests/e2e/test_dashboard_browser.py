@@ -18,7 +18,6 @@ from tests.e2e.dashboard_process import (
     CHROMIUM,
     DashboardProcess,
     grid_row_checkbox,
-    launch_chromium,
     plotly_trace_counts,
     wait_idle,
 )
@@ -70,16 +69,6 @@ def dashboard(server, tmp_path_factory):
     dash = DashboardProcess(server.endpoint, tmp_path_factory.mktemp("dash") / "streamlit.log").start()
     yield dash
     dash.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

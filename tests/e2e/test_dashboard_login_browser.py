@@ -16,7 +16,7 @@ import pytest
 import runstream
 from runstream.tls import Tls
 from runstream_services.auth import keyfile
-from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, launch_chromium, wait_idle
+from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, wait_idle
 from tests.sdk_options import quick_sdk_options
 from tests.server_process import ServerProcess
 from tests.tls_certs import TlsServerProcess, make_tls_files
@@ -63,16 +63,6 @@ def deployment(tmp_path_factory):
         dash.stop()
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 def _new_page(browser):

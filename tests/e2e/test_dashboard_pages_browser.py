@@ -21,7 +21,6 @@ from tests.e2e.dashboard_process import (
     CHROMIUM,
     DashboardProcess,
     grid_row_checkbox,
-    launch_chromium,
     wait_idle,
 )
 from tests.sdk_options import quick_sdk_options
@@ -110,16 +109,6 @@ def dashboard(seeded, tmp_path_factory):
     dash = DashboardProcess(srv.endpoint, tmp_path_factory.mktemp("pages-dash") / "streamlit.log").start()
     yield dash
     dash.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

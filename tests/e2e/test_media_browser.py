@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import runstream
-from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, launch_chromium, wait_idle
+from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, wait_idle
 from tests.sdk_options import quick_sdk_options
 from tests.server_process import ServerProcess
 
@@ -80,16 +80,6 @@ def dashboard(seeded, tmp_path_factory):
     dash = DashboardProcess(srv.endpoint, tmp_path_factory.mktemp("media-dash") / "streamlit.log").start()
     yield dash
     dash.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

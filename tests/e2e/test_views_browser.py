@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 
 import runstream
-from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, launch_chromium, wait_idle
+from tests.e2e.dashboard_process import CHROMIUM, DashboardProcess, wait_idle
 from tests.rank_data import LONG_SLOW_EVERY, SLOW_RANK, log_long_run, log_multi_rank_run
 from tests.server_process import ServerProcess
 
@@ -68,16 +68,6 @@ def dashboard(server, tmp_path_factory):
     dash = DashboardProcess(server.endpoint, tmp_path_factory.mktemp("dash") / "streamlit.log").start()
     yield dash
     dash.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -4,11 +4,10 @@ MediaEvent protos (without their bytes; DownloadMedia streams those from the art
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from runstream.v1 import ingest_pb2, query_pb2
-from runstream_services.errors import InvalidArgument, NotFound
+from runstream_services.errors import InvalidArgument
 from runstream_services.query import sql_media
 
 DEFAULT_MEDIA_LIMIT = 1_000
@@ -60,23 +59,8 @@ class MediaReads:
         return query_pb2.ListMediaResponse(items=items, truncated=len(rows) > len(items))
 
     async def DownloadMedia(self, request, context) -> AsyncIterator[query_pb2.DownloadArtifactResponse]:
-        project = self._may_read(context, request.project)
-        sha = request.sha256.lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise InvalidArgument("sha256 must be 64 hex digits")
-        if not request.run_id:
-            raise InvalidArgument("run_id is required")
-        rows = await self._rows(sql_media.media_digest_count(self.db, project, request.run_id, sha))
-        if not rows or rows[0][0] == 0:
-            raise NotFound(f"no media with sha256 {sha} in run {request.run_id!r} of project {project!r}")
-        if self.artifacts is None:
-            raise NotFound("this server has no artifact store")
-        chunks = await asyncio.to_thread(lambda: iter(self.artifacts.open(project, sha)))
-        while True:
-            chunk = await asyncio.to_thread(next, chunks, None)
-            if chunk is None:
-                return
-            yield query_pb2.DownloadArtifactResponse(chunk=chunk)
+        async for answer in self._download(request, context, "media", sql_media.media_digest_count):
+            yield answer
 
 
 def _item(project: str, row: tuple) -> ingest_pb2.MediaEvent:

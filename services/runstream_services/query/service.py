@@ -439,20 +439,33 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
         return [p for p in projects if principal is not None and principal.may(p, "read")]
 
     async def DownloadArtifact(self, request, context):
+        # the project's manifest names the digest: bytes stored before keys were per project may
+        # be read from their old key
+        async for answer in self._download(
+            request, context, "artifact", sql_runs.artifact_count, legacy=True
+        ):
+            yield answer
+
+    async def _download(self, request, context, what: str, count_sql, legacy: bool = False):
+        """The bytes of a digest that `count_sql(db, project, run_id, sha)` finds in the run, in
+        chunks (artifacts and media items)."""
         project = self._may_read(context, request.project)
         sha = request.sha256.lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise InvalidArgument("sha256 must be 64 hex digits")
         if not request.run_id:
             raise InvalidArgument("run_id is required")
-        rows = await self._rows(sql_runs.artifact_count(self.db, project, request.run_id, sha))
+        rows = await self._rows(count_sql(self.db, project, request.run_id, sha))
         if not rows or rows[0][0] == 0:
-            raise NotFound(f"no artifact with sha256 {sha} in run {request.run_id!r} of project {project!r}")
+            raise NotFound(f"no {what} with sha256 {sha} in run {request.run_id!r} of project {project!r}")
         if self.artifacts is None:
             raise NotFound("this server has no artifact store")
-        # the project's manifest names the digest (checked above): bytes stored before keys were
-        # per project may be read from their old key
-        chunks = await asyncio.to_thread(lambda: iter(self.artifacts.open(project, sha, legacy=True)))
+        opened = (
+            (lambda: self.artifacts.open(project, sha, legacy=True))
+            if legacy
+            else (lambda: self.artifacts.open(project, sha))
+        )
+        chunks = await asyncio.to_thread(lambda: iter(opened()))
         while True:
             chunk = await asyncio.to_thread(next, chunks, None)
             if chunk is None:
