@@ -43,7 +43,7 @@ class Metrics:
         self._collectors: list[Callable[[], Iterable[tuple[str, dict[str, str], float]]]] = []
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())) if labels else ())
+        key = self.key(name, **labels) if labels else (name, ())
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + value
 

@@ -350,22 +350,26 @@ class _IngestStream:
         svc.auth.check(self.principal, accepted.project, "write")
         await svc.runs.admit(accepted.kind, accepted.project, accepted.run_id, req)
         if accepted.kind == "artifact" and not req.artifact.inline_data and req.artifact.size > 0:
-            store = svc.artifact_store
-            sha = req.artifact.sha256.lower()
-            if store is not None and not await asyncio.to_thread(store.exists, accepted.project, sha):
-                raise NotFound(
-                    f"artifact bytes {req.artifact.sha256} are not in the store: upload them first "
-                    "(UploadArtifact), or send them inline when at most "
-                    f"{svc.settings.max_inline_artifact_bytes} bytes"
-                )
+            await self._require_uploaded(
+                accepted.project,
+                req.artifact.sha256,
+                f"artifact bytes {req.artifact.sha256} are not in the store: upload them first "
+                "(UploadArtifact), or send them inline when at most "
+                f"{svc.settings.max_inline_artifact_bytes} bytes",
+            )
         elif accepted.kind == "media" and req.media.sha256 and not req.media.inline_data:
-            store = svc.artifact_store
-            sha = req.media.sha256.lower()
-            if store is not None and not await asyncio.to_thread(store.exists, accepted.project, sha):
-                raise NotFound(
-                    f"media bytes {req.media.sha256} are not in the store: upload them first (UploadArtifact)"
-                )
+            await self._require_uploaded(
+                accepted.project,
+                req.media.sha256,
+                f"media bytes {req.media.sha256} are not in the store: upload them first (UploadArtifact)",
+            )
         return accepted
+
+    async def _require_uploaded(self, project: str, sha256: str, missing: str) -> None:
+        """An event naming bytes by digest: they must be in the artifact store already."""
+        store = self.svc.artifact_store
+        if store is not None and not await asyncio.to_thread(store.exists, project, sha256.lower()):
+            raise NotFound(missing)
 
     async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest) -> None:
         try:
