@@ -99,6 +99,40 @@ def test_context_capture_in_a_git_repo(tmp_path, monkeypatch):
     assert ctx.seeds["seed"] == 7
 
 
+def test_git_context_is_cached_briefly_and_a_commit_or_add_is_seen_at_once(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    (repo / "f.txt").write_text("one\n")
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    context._GIT_CACHE.clear()
+    calls = []
+    real_run = context._run
+    monkeypatch.setattr(context, "_run", lambda cmd, *a, **k: calls.append(cmd) or real_run(cmd, *a, **k))
+
+    first = context.git_info()
+    forks = len(calls)
+    assert forks >= 2 and not first["git_dirty"]
+    assert context.git_info() == first and len(calls) == forks  # a second run: no git process
+
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "d"], cwd=repo, check=True)
+    after_commit = context.git_info()
+    assert after_commit["git_commit"] != first["git_commit"] and len(calls) > forks
+
+    (repo / "f.txt").write_text("two\n")
+    subprocess.run([*git, "add", "f.txt"], cwd=repo, check=True)  # the index changes
+    staged = context.git_info()
+    assert staged["git_dirty"] and "+two" in staged["git_diff"]
+
+    (repo / "f.txt").write_text("three\n")  # not staged: seen once the cache entry is old
+    assert "+three" not in context.git_info().get("git_diff", "")
+    monkeypatch.setattr(context, "GIT_CACHE_S", 0.0)
+    assert "+three" in context.git_info()["git_diff"]
+
+
 def test_set_seed_seeds_and_records(tmp_path):
     import random
 
