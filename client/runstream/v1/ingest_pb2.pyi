@@ -634,7 +634,7 @@ Global___MediaEvent: _TypeAlias = MediaEvent  # noqa: Y015
 
 @_typing.final
 class IngestResponse(_message.Message):
-    """Answer to one IngestRequest."""
+    """Answer to one IngestRequest, or with batched acks (see Ingest) to several stored OK."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -643,6 +643,7 @@ class IngestResponse(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     POINTS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    ALSO_OK_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """the request this answers"""
     ok: _builtins.bool
@@ -652,7 +653,13 @@ class IngestResponse(_message.Message):
     message: _builtins.str
     """what was wrong and how to fix it"""
     points_accepted: _builtins.int
-    """for metric batches"""
+    """for metric batches; with also_ok, the sum over every request acked"""
+    @_builtins.property
+    def also_ok(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Batched acks only (ok is true): further requests this message acks as durable, like seq.
+        Each seq is acked once on a stream, in one message.
+        """
+
     def __init__(
         self,
         *,
@@ -661,10 +668,11 @@ class IngestResponse(_message.Message):
         code: _builtins.int = ...,
         message: _builtins.str = ...,
         points_accepted: _builtins.int = ...,
+        also_ok: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "ok", b"ok", "points_accepted", b"points_accepted", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_ok", b"also_ok", "code", b"code", "message", b"message", "ok", b"ok", "points_accepted", b"points_accepted", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

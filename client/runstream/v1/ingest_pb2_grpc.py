@@ -63,6 +63,13 @@ class IngestServiceServicer:
         service answers each with an IngestResponse for that number once the data is durable
         (Kafka acks=all, or inserted in the store when embedded), or with an error for that
         request alone. A bad request never ends the stream.
+
+        Batched acks (opt-in): a client that sends the call metadata `x-runstream-acks: batched`
+        may get one IngestResponse for several requests stored OK at once (the acks that are ready
+        together, e.g. one group-commit block: the server never waits for more): `seq` is one of
+        them and `also_ok` lists the others. Refusals are still one message each, with code and
+        message. Without that metadata (or with any other value) every request gets its own
+        IngestResponse and `also_ok` is always empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
