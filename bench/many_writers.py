@@ -3,13 +3,15 @@
     .venv/bin/python bench/many_writers.py                 # all rows, prints JSON
     .venv/bin/python bench/many_writers.py --quick         # small sizes (smoke)
     .venv/bin/python bench/many_writers.py --only ranks    # ranks | runs | fresh
+    .venv/bin/python bench/many_writers.py --acks single   # one ack message per request (A/B)
 
 Rows:
 - ranks: 1,000 ranks of one run (each its own client_id with its own contiguous seqs, rank r, 10
   metrics per step, one step per request), multiplexed over a few gRPC streams so the 2 cores host
   the load; the offered rate rises step by step until the server falls behind. A step is held when
   the generator sent what it offered and every request was acked within 2 s after the last send
-  (what `finish()` would wait). Reports the highest held requests/s and points/s.
+  (what `finish()` would wait). Reports the highest held requests/s and points/s, and per step
+  the ack latency (send -> ack received) p50/p99.
 - runs: 10,000 runs created by 16 concurrent clients (run_start with 20 params, 10 metrics x 10
   steps, run_finish), pipelined as the SDK does; total seconds until all are acked and all 10,000
   are visible as finished to SearchRuns.
@@ -17,7 +19,8 @@ Rows:
   50 % of the held ranks load.
 
 The generator speaks the raw gRPC contract (no SDK), with pre-serialized requests, so its own CPU
-stays small; the SDK's per-call cost is measured by W1/W3 in bench/run.py.
+stays small; the SDK's per-call cost is measured by W1/W3 in bench/run.py. Its streams ask for
+batched acks (metadata `x-runstream-acks: batched`, as the SDK does) unless `--acks single`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 import grpc
@@ -45,6 +49,7 @@ OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_messag
 PROJECT = "many"
 KEYS = [f"m{i}" for i in range(10)]
 DRAIN_LIMIT_S = 2.0
+BATCHED_ACKS = ("x-runstream-acks", "batched")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -52,9 +57,12 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Stream:
-    """One Ingest stream fed from a queue of pre-serialized requests; counts acks."""
+    """One Ingest stream fed from a queue of pre-serialized requests; counts acks (one message
+    may ack many requests with batched acks). Requests sent with their seq also time their ack:
+    send times are kept per seq, oldest first, since the ranks multiplexed here share seq numbers
+    (a rank's seq k goes out, and is acked, close to the other ranks' seq k)."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, batched: bool = True):
         self.channel = grpc.insecure_channel(endpoint, options=OPTIONS)
         call = self.channel.stream_stream(
             "/runstream.v1.IngestService/Ingest",
@@ -64,9 +72,12 @@ class Stream:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sent = 0
         self.acked = 0
+        self.messages = 0  # response messages received
         self.errors: list[str] = []
         self.changed = threading.Condition()
-        self._responses = call(self._requests())
+        self.sent_at: dict[int, deque] = {}
+        self.ack_ms: list[float] = []
+        self._responses = call(self._requests(), metadata=(BATCHED_ACKS,) if batched else None)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -77,16 +88,26 @@ class Stream:
     def _read(self) -> None:
         try:
             for response in self._responses:
+                now = time.perf_counter()
                 with self.changed:
+                    self.messages += 1
                     if response.ok:
-                        self.acked += 1
+                        self.acked += 1 + len(response.also_ok)
+                        if self.sent_at:
+                            for seq in (response.seq, *response.also_ok):
+                                times = self.sent_at.get(seq)
+                                if times:
+                                    self.ack_ms.append((now - times.popleft()) * 1000)
                     elif len(self.errors) < 20:
                         self.errors.append(f"seq {response.seq}: {response.message}")
                     self.changed.notify_all()
         except grpc.RpcError as exc:
             self.errors.append(f"stream ended: {exc.code()} {exc.details()}")
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, seq: int | None = None) -> None:
+        if seq is not None:
+            with self.changed:
+                self.sent_at.setdefault(seq, deque()).append(time.perf_counter())
         self.sent += 1
         self.outbox.put(payload)
 
@@ -148,6 +169,9 @@ def ranks_step(
     """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks."""
     per_stream = len(ranks) // len(streams) or 1
     sent_before = sum(s.sent for s in streams)
+    messages_before = sum(s.messages for s in streams)
+    for s in streams:
+        s.ack_ms = []
     t0 = time.monotonic()
     sent = 0
     i = 0
@@ -158,7 +182,7 @@ def ranks_step(
         due = int(rate * (now - t0)) - sent
         for _ in range(due):
             rank = ranks[i % len(ranks)]
-            streams[min(i % len(ranks) // per_stream, len(streams) - 1)].send(rank.next())
+            streams[min(i % len(ranks) // per_stream, len(streams) - 1)].send(rank.next(), rank.seq)
             i += 1
         sent += max(0, due)
         time.sleep(0.002)
@@ -168,18 +192,26 @@ def ranks_step(
     drain_s = time.monotonic() - t_last
     errors = [e for s in streams for e in s.errors]
     total_sent = sum(s.sent for s in streams) - sent_before
+    ack_ms = [ms for s in streams for ms in s.ack_ms]
     return {
         "offered_rps": rate,
         "sent_rps": round(total_sent / sending_s),
         "drain_s": round(drain_s, 3),
+        "ack_p50_ms": round(_pct(ack_ms, 50), 2),
+        "ack_p99_ms": round(_pct(ack_ms, 99), 2),
+        "requests_per_ack_message": round(
+            total_sent / max(1, sum(s.messages for s in streams) - messages_before), 1
+        ),
         "held": drained and not errors and drain_s <= DRAIN_LIMIT_S and total_sent >= 0.95 * rate * seconds,
         "errors": errors[:3],
     }
 
 
-def bench_ranks(endpoint: str, n_ranks: int, n_streams: int, rates: list[float], seconds: float) -> dict:
+def bench_ranks(
+    endpoint: str, n_ranks: int, n_streams: int, rates: list[float], seconds: float, batched: bool = True
+) -> dict:
     run_id = f"ranks-{uuid.uuid4().hex[:8]}"
-    streams = [Stream(endpoint) for _ in range(n_streams)]
+    streams = [Stream(endpoint, batched) for _ in range(n_streams)]
     ranks = [RankRequests(run_id, r) for r in range(n_ranks)]
     streams[0].send(_run_start(ranks[0].client_id, 0, run_id))  # seq 0 is free: metrics start at 1
     streams[0].wait_acked(30)
@@ -197,17 +229,18 @@ def bench_ranks(endpoint: str, n_ranks: int, n_streams: int, rates: list[float],
     return {
         "ranks": n_ranks,
         "streams": n_streams,
+        "acks": "batched" if batched else "single",
         "held_requests_per_s": held,
         "held_points_per_s": held * len(KEYS),
         "steps": steps,
     }
 
 
-def bench_runs(endpoint: str, n_runs: int, clients: int, query) -> dict:
+def bench_runs(endpoint: str, n_runs: int, clients: int, query, batched: bool = True) -> dict:
     """n_runs created by `clients` concurrent streams: run_start (20 params), one metrics request
     of 10 metrics x 10 steps, run_finish; then until SearchRuns sees all of them finished."""
     prefix = uuid.uuid4().hex[:6]
-    streams = [Stream(endpoint) for _ in range(clients)]
+    streams = [Stream(endpoint, batched) for _ in range(clients)]
 
     def build(c: int) -> list[bytes]:
         """One client's requests, serialized before the clock starts (the generator shares the
@@ -275,7 +308,7 @@ def bench_runs(endpoint: str, n_runs: int, clients: int, query) -> dict:
     }
 
 
-def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True) -> dict:
+def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched: bool = True) -> dict:
     """log one point, then read until it is visible: ms per probe. With `wait_ack` the probe
     first waits for the point's ack (which costs the server nothing), then reads; without it, it
     reads from the moment it sent, every 0.5 ms: those reads load the server it measures (on 2
@@ -283,7 +316,7 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True) -> dict:
     first read that sees the point, so waiting for the ack can only make it longer, never shorter."""
     run_id = f"fresh-{uuid.uuid4().hex[:8]}"
     client_id = uuid.uuid4().hex
-    stream = Stream(endpoint)
+    stream = Stream(endpoint, batched)
     stream.send(_run_start(client_id, 1, run_id))
     stream.wait_acked(30)
     times = []
@@ -330,6 +363,16 @@ def main() -> int:
         default="ack",
         help="fresh: wait for the point's ack before reading (ack), or read every 0.5 ms from the send (poll)",
     )
+    parser.add_argument(
+        "--acks",
+        choices=["batched", "single"],
+        default="batched",
+        help="ask for batched acks (one message may ack many requests; as the SDK does) or get one "
+        "ack message per request (the protocol without the opt-in), to compare",
+    )
+    parser.add_argument(
+        "--server-pid-file", type=Path, help="write the server's pid here once it is up (for py-spy)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -342,24 +385,29 @@ def main() -> int:
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="rs-many-") as tmp:
         server = ServerProcess(Path(tmp) / "server").start()
+        if args.server_pid_file:
+            args.server_pid_file.write_text(str(server.proc.pid))
         api = Api(endpoint=server.endpoint)
+        batched = args.acks == "batched"
         try:
             if "ranks" in only:
                 rates = [float(r) for r in args.rates.split(",")]
-                out["ranks"] = bench_ranks(server.endpoint, args.ranks, args.streams, rates, args.seconds)
+                out["ranks"] = bench_ranks(
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched
+                )
             if "runs" in only:
 
                 def count(flt: str) -> int:
                     return len(api.runs(project=PROJECT, filter=flt, limit=args.runs + 1))
 
-                out["runs"] = bench_runs(server.endpoint, args.runs, args.clients, count)
+                out["runs"] = bench_runs(server.endpoint, args.runs, args.clients, count, batched)
             if "fresh" in only:
                 wait_ack = args.fresh_probe == "ack"
-                out["fresh_idle"] = bench_fresh(server.endpoint, args.probes, api, wait_ack)
+                out["fresh_idle"] = bench_fresh(server.endpoint, args.probes, api, wait_ack, batched)
                 held = out.get("ranks", {}).get("held_requests_per_s", 0)
                 if held:
                     run_id = f"load-{uuid.uuid4().hex[:8]}"
-                    streams = [Stream(server.endpoint) for _ in range(args.streams)]
+                    streams = [Stream(server.endpoint, batched) for _ in range(args.streams)]
                     ranks = [RankRequests(run_id, r) for r in range(args.ranks)]
                     streams[0].send(_run_start(ranks[0].client_id, 0, run_id))
                     streams[0].wait_acked(30)
@@ -376,7 +424,7 @@ def main() -> int:
                     load.start()
                     time.sleep(1.0)
                     out["fresh_half_load"] = {
-                        **bench_fresh(server.endpoint, args.probes, api, wait_ack),
+                        **bench_fresh(server.endpoint, args.probes, api, wait_ack, batched),
                         "load_rps": held / 2,
                     }
                     # the load thread keeps running until the server stops; its streams close with it

@@ -6,6 +6,10 @@ exponential backoff and +-20% jitter); the server stores each (client_id, seq) o
 bounded: past `max_memory_bytes` of pending requests, new ones are appended to the disk spool and
 kept there by offset. Offline streams only write the spool. Runs on the worker's event loop.
 
+The stream asks for batched acks (call metadata `x-runstream-acks: batched`): one IngestResponse may
+ack several seqs (seq + also_ok), which saves the server a message per request under load; a server
+that does not know it answers one message per request, and both are handled alike.
+
 When the spool cannot be written (full disk, a file where its folder should be), requests stay in
 memory up to a hard cap (MEMORY_HARD_CAP_FACTOR x max_memory_bytes) with one clear warning naming
 the spool and the points at risk; past the cap they are dropped, counted (stats.dropped) and warned
@@ -34,6 +38,8 @@ log = logging.getLogger("runstream")
 INGEST_METHOD = "/runstream.v1.IngestService/Ingest"
 #: with the spool unwritable, requests are kept in memory up to this many times max_memory_bytes
 MEMORY_HARD_CAP_FACTOR = 4
+#: call metadata asking the server for batched acks (proto: IngestService.Ingest)
+BATCHED_ACKS = ("x-runstream-acks", "batched")
 
 
 class StreamStats:
@@ -80,7 +86,7 @@ class IngestStream:
         self.connected = False
         self.ever_connected = False  # an answer came back on some stream
         self.spool_error = ""  # the last failure to write the spool, "" while it works
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self._metadata = ((("authorization", f"Bearer {api_key}"),) if api_key else ()) + (BATCHED_ACKS,)
         self._changed = asyncio.Event()
         self._acked = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
         self._to_send: deque[int] = deque()
@@ -168,9 +174,20 @@ class IngestStream:
     # ---- acks ---------------------------------------------------------------------------
 
     def _ack(self, resp: ingest_pb2.IngestResponse) -> None:
-        entry = self.pending.get(resp.seq)
+        """One answer: a refusal, or an ack of `seq` and (batched acks) every seq in also_ok."""
+        answered = self._answered(resp.seq, resp)
+        if resp.also_ok:
+            for seq in resp.also_ok:
+                answered = self._answered(seq, resp) or answered
+        if answered:
+            self._changed.set()
+            self._acked.set()
+
+    def _answered(self, seq: int, resp: ingest_pb2.IngestResponse) -> bool:
+        """Drops `seq` from pending (False when it is not there: a duplicate ack after a resend)."""
+        entry = self.pending.pop(seq, None)
         if entry is None:
-            return  # a duplicate ack after a resend
+            return False
         if not resp.ok:
             self.stats.refused += 1
             if self.on_refused is not None:
@@ -178,7 +195,6 @@ class IngestStream:
                     self.on_refused(resp, self._data(entry))
                 except Exception:  # reporting must never break the stream
                     log.exception("runstream: reporting a refused request failed")
-        del self.pending[resp.seq]
         self.stats.acked += 1
         if type(entry) is bytes:
             self.mem_bytes -= len(entry)
@@ -186,8 +202,7 @@ class IngestStream:
             self.spooled_pending -= 1
             if self.spooled_pending == 0 and self.spool is not None:
                 self.spool.close(delete=True)  # everything spilled is acked: reclaim the disk
-        self._changed.set()
-        self._acked.set()
+        return True
 
     def acked_upto(self, seq: int) -> bool:
         """True when no request numbered <= seq is pending."""

@@ -4,7 +4,10 @@
 a refusal is answered for that request alone and the stream goes on. Valid metric and artifact
 requests are published concurrently (up to `ingest_inflight_requests` / `_bytes` per stream; the
 embedded bus group-commits them with other streams' requests) and acked as each becomes durable,
-so acks may come out of order (the SDK matches them by seq). Run events are ordered, so a run's
+so acks may come out of order (the SDK matches them by seq). A stream opened with the metadata
+`x-runstream-acks: batched` gets the acks that are ready together (one group-commit block finishes
+many requests in one event-loop turn) in one IngestResponse (seq + also_ok): what is queued when the
+sender wakes goes out at once, nothing waits for more. Run events are ordered, so a run's
 lifecycle is applied in the order it was sent: on a bus that keeps each client's order (embedded)
 they are published at once, and the requests behind them are admitted against the state they will
 set (RunRegistry.expect); on the Kafka bus a run event waits for everything before it on the stream
@@ -45,6 +48,10 @@ SERVICE_NAME = "runstream.v1.IngestService"
 _OK = Metrics.key("runstream_ingest_requests_total", status="OK")
 _POINTS = Metrics.key("runstream_ingest_points_total")
 _BATCHES = Metrics.key("runstream_ingest_batches_total")
+#: call metadata by which a client opts in to batched acks (proto: IngestService.Ingest)
+ACKS_METADATA_KEY, ACKS_BATCHED = "x-runstream-acks", "batched"
+#: at most this many seqs in one batched ack (bounds one message at ~160 KB)
+MAX_ACKS_PER_MESSAGE = 16384
 
 
 def _now_ms() -> int:
@@ -117,13 +124,31 @@ class IngestServicer:
                 f"this server has {len(self._streams)} open Ingest streams, its limit "
                 f"(max_ingest_streams = {self.settings.max_ingest_streams}): retry later or on another replica"
             )
-        stream = _IngestStream(self, self.auth.authenticate(context.invocation_metadata()))
+        metadata = context.invocation_metadata()
+        stream = _IngestStream(self, self.auth.authenticate(metadata))
+        batched = any(k == ACKS_METADATA_KEY and v == ACKS_BATCHED for k, v in metadata or ())
         self._streams.add(stream)
         self.metrics.set("runstream_ingest_streams", len(self._streams))
         stream.reader = asyncio.create_task(stream.read(request_iterator))
+        responses = stream.responses
+        Response = ingest_pb2.IngestResponse
         try:
-            while (response := await stream.responses.get()) is not None:
-                yield response
+            if not batched:  # one message per request
+                while (item := await responses.get()) is not None:
+                    yield (
+                        item
+                        if type(item) is Response
+                        else Response(seq=item[0], ok=True, points_accepted=item[1])
+                    )
+                return
+            while True:
+                items = [await responses.get()]
+                while not responses.empty():  # what became ready with it (e.g. the same block)
+                    items.append(responses.get_nowait())
+                for message in _coalesce(items):
+                    yield message
+                if items[-1] is None:
+                    return
         finally:
             if not stream.reader.done():
                 stream.reader.cancel()
@@ -211,6 +236,28 @@ class IngestServicer:
             store="chdb" if dsn.startswith("chdb://") else "clickhouse",
             artifacts=self.settings.artifact_store,
         )
+
+
+def _coalesce(items: list) -> list[ingest_pb2.IngestResponse]:
+    """Batched acks: each run of acks between refusals becomes one message (seq + also_ok);
+    refusals stay one message each, in their place; the end marker (None) is dropped."""
+    out, seqs, points = [], [], 0
+    for item in items:
+        if type(item) is tuple:
+            seqs.append(item[0])
+            points += item[1]
+            if len(seqs) < MAX_ACKS_PER_MESSAGE:
+                continue
+        if seqs:
+            out.append(
+                ingest_pb2.IngestResponse(seq=seqs[0], ok=True, points_accepted=points, also_ok=seqs[1:])
+            )
+            seqs, points = [], 0
+        if item is not None and type(item) is not tuple:
+            out.append(item)
+    if seqs:
+        out.append(ingest_pb2.IngestResponse(seq=seqs[0], ok=True, points_accepted=points, also_ok=seqs[1:]))
+    return out
 
 
 class _Received(NamedTuple):
@@ -305,7 +352,8 @@ class _IngestStream:
     def __init__(self, service: IngestServicer, principal: Principal | None):
         self.svc = service
         self.principal = principal
-        self.responses: asyncio.Queue[ingest_pb2.IngestResponse | None] = asyncio.Queue()
+        # refusals as messages; acks as (seq, points), turned into messages by Ingest; None ends
+        self.responses: asyncio.Queue[ingest_pb2.IngestResponse | tuple[int, int] | None] = asyncio.Queue()
         self.inflight: set[asyncio.Future] = set()
         self.budget = _InflightBudget(
             service.settings.ingest_inflight_requests, service.settings.ingest_inflight_bytes
@@ -461,4 +509,4 @@ class _IngestStream:
             svc.metrics.inc_many(((_POINTS, env.points), (_BATCHES, 1), (_OK, 1)))
         else:
             svc.metrics.inc_many(((_OK, 1),))
-        self.responses.put_nowait(ingest_pb2.IngestResponse(seq=env.seq, ok=True, points_accepted=env.points))
+        self.responses.put_nowait((env.seq, env.points))
