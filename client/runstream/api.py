@@ -205,7 +205,7 @@ class Api(MediaCalls, ConsoleCalls, SavedViewCalls, WorkflowCalls, RegistryCalls
             value = cat([np.frombuffer(p.values, "<f8") for p in pages] or [np.empty(0, "<f8")])
             rank = cat([np.frombuffer(p.ranks, "<u2") for p in pages] or [np.empty(0, "<u2")])
             time_ms = cat([np.frombuffer(p.times_ms, "<i8") for p in pages] or [np.empty(0, "<i8")])
-        time = pd.to_datetime(time_ms, unit="ms", utc=True)  # an Index: a column as is, no alignment
+        time = _utc_index(pd, time_ms)  # an Index: a column as is, no alignment
         return pd.DataFrame({"step": step, "key": key, "value": value, "rank": rank, "time": time})
 
     def series(
@@ -246,6 +246,24 @@ class Api(MediaCalls, ConsoleCalls, SavedViewCalls, WorkflowCalls, RegistryCalls
                 "y": np.concatenate([s.y for s in arrays]),
             }
         )
+
+
+_TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1, "us": 1_000, "ns": 1_000_000}
+_time_unit: str | None = None
+
+
+def _utc_index(pd, time_ms):
+    """pd.to_datetime(time_ms, unit="ms", utc=True), same dtype, at a quarter of the cost: a view of
+    the int64 array as datetime64 plus a UTC label (to_datetime's unit parsing and checks cost
+    ~100 us per call, a twentieth of a whole Api.history call, the W5 loop's unit of work)."""
+    global _time_unit
+    if _time_unit is None:  # the resolution this pandas gives unit="ms" input (us on 3.x, ns on 2.x)
+        _time_unit = pd.to_datetime([0], unit="ms", utc=True).dtype.unit
+        if _time_unit not in _TIME_UNITS or _time_unit == "s":
+            _time_unit = "ms"
+    factor = _TIME_UNITS[_time_unit]
+    ticks = time_ms * factor if factor != 1 else time_ms
+    return pd.DatetimeIndex(ticks.view(f"M8[{_time_unit}]")).tz_localize("UTC")
 
 
 _BASE_COLUMNS = (

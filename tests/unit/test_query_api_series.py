@@ -34,3 +34,19 @@ def test_series_frame_equals_the_concatenated_frames(monkeypatch, sizes):
         expected = pd.DataFrame({"run_id": [], "key": [], "rank": [], "x": [], "y": []})
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
     api.close()
+
+
+def test_history_times_are_what_pandas_to_datetime_gives():
+    """Api.history builds its time column by viewing the int64 ms as datetime64 (_utc_index):
+    the same values and dtype as pd.to_datetime(unit="ms", utc=True), negatives and extremes too."""
+    from runstream.api import _utc_index
+
+    rng = np.random.default_rng(7)
+    samples = [
+        np.array([], "<i8"),
+        np.array([0, -1, 1_700_000_000_123, 253_402_300_799_999, -62_135_596_800_000], "<i8"),
+        rng.integers(-(10**12), 10**13, 1_000).astype("<i8"),
+    ]
+    for time_ms in samples:
+        expected = pd.to_datetime(time_ms, unit="ms", utc=True)
+        pd.testing.assert_index_equal(_utc_index(pd, time_ms), expected)
