@@ -417,3 +417,116 @@ def test_crash_detection_judges_only_the_runs_of_owned_partitions(setup):
     assert {r for _, r in marked} == half and half
     states = dict(client.query(f"SELECT run_id, state FROM {db}.runs FINAL").result_rows)
     assert {r for r, s in states.items() if s == "crashed"} == half
+
+
+def test_a_block_spanning_partitions_is_re_formed_whole_by_each_new_owner(setup):
+    """A block of records of every partition, half-written by a writer that died (metric rows in,
+    no request records, nothing committed), and its partitions then owned by DIFFERENT writers:
+    writer A holds some (another member of the group holds the rest), then writer B gets the
+    rest. Each re-forms the whole block under its token and commits only its own partitions;
+    every point is stored once (raw rows, FINAL, summaries) and every record committed."""
+    from dataclasses import replace
+
+    from runstream_services.writers.kafka_consumer import ranges_text, ranges_token
+
+    settings, client, store = setup
+    settings = replace(settings, writer_max_block_points=100_000)
+    db = settings.clickhouse_database
+    topic = runs_topic(settings.kafka_topic_prefix)
+    runs = [f"run-{i}" for i in range(12)]
+    envelopes = [envelope(run_start(1, run, f"client-{run}"), run) for run in runs]
+    envelopes += [
+        envelope(metrics(2 + b, run, f"client-{run}", b * 100, 100), run) for b in range(3) for run in runs
+    ]
+    expected = 3 * 100 * len(runs)
+
+    async def scenario():
+        await publish(settings, envelopes)
+        records = await read_all(settings, topic, len(envelopes))
+        # the dead writer's block: every partition's records up to its first metric batch
+        by_part: dict[TopicPartition, list] = {}
+        for r in sorted(records, key=lambda r: r.offset):
+            by_part.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
+        kinds = {tp: [envelope_from_record(r).kind for r in rs] for tp, rs in by_part.items()}
+        block = {tp: rs[: kinds[tp].index("metrics") + 1] for tp, rs in by_part.items()}
+        ranges = {tp: (rs[0].offset, rs[-1].offset) for tp, rs in block.items()}
+        assert len(ranges) >= 4, "the runs spread over the partitions"
+        now = int(time.time() * 1000)
+        client.insert(
+            f"{db}.writer_intents",
+            [[tp.topic, tp.partition, f, la, now, ranges_text(ranges)] for tp, (f, la) in ranges.items()],
+            column_names=["topic", "partition", "first_offset", "last_offset", "time_ms", "ranges"],
+        )
+        ordered = sorted((r for rs in block.values() for r in rs), key=lambda r: (r.partition, r.offset))
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _CrashBeforeIngestedRecord(client, db, store, settings).write(
+                [envelope_from_record(r) for r in ordered], token=ranges_token(ranges)
+            )
+        assert count(client, db, "SELECT count() FROM {db}.metrics") == 100 * len(ranges)
+
+        other = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.kafka_group_id,
+                                 enable_auto_commit=False)  # fmt: skip
+        other.subscribe([topic, f"{settings.kafka_topic_prefix}.artifacts"])
+        await other.start()  # a member that holds partitions and never writes (a writer gone quiet)
+        loop_a = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
+        try:
+            for _ in range(200):
+                if other.assignment():
+                    break
+                await asyncio.sleep(0.1)
+            await loop_a.start()
+            for _ in range(600):  # bounded: ~60 s
+                await other.getmany(timeout_ms=50)  # stays a live member
+                mine = {tp for tp in ranges if tp in loop_a._parts}
+                if mine and loop_a.replayed_blocks and loop_a.total_lag() == 0:
+                    break
+                await asyncio.sleep(0.05)
+            owned_by_a = {tp for tp in ranges if tp in loop_a._parts}
+        finally:
+            await loop_a.stop()
+            await other.stop()
+        assert owned_by_a and owned_by_a != set(ranges), "the block's partitions were split between members"
+        assert loop_a.replayed_blocks == 1
+
+        loop_b = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
+        await loop_b.start()
+        try:
+            await drain(loop_b, client, db, expected)
+            for _ in range(100):
+                if loop_b.total_lag() == 0 and len(loop_b._parts) == 2 * loop_b.partitions:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await loop_b.stop()
+        return loop_a, loop_b
+
+    loop_a, loop_b = asyncio.run(scenario())
+    loop_b.sink.flush()
+    assert loop_b.replayed_blocks == 1  # the partitions A did not own still named the block
+    assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
+    assert count(client, db, "SELECT count() FROM {db}.metrics FINAL") == expected
+    assert count(client, db, "SELECT sum(count) FROM {db}.metric_summaries FINAL") == expected
+    assert count(client, db, "SELECT count() FROM {db}.runs FINAL") == len(runs)
+    assert count(client, db, "SELECT " + STORED_SEQS + " FROM {db}.client_seqs FINAL") == len(envelopes)
+    committed, ends = asyncio.run(committed_and_end_offsets(settings, topic, loop_b.partitions))
+    assert committed == {p: end for p, end in ends.items() if end}, (committed, ends)
+
+
+async def read_all(settings: ServerSettings, topic: str, expected: int) -> list:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list = []
+    try:
+        for _ in range(100):  # bounded
+            for part in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(part)
+            if len(records) >= expected:
+                break
+    finally:
+        await consumer.stop()
+    return records

@@ -1,31 +1,62 @@
 """The Kafka writer: a consumer-group member that turns bus records into ClickHouse inserts.
 
-Exactly-once visible, even after kill -9:
-- records are grouped per partition into blocks of consecutive offsets [first, last];
-- before a block is inserted, an intent row (topic, partition, first, last) goes to
-  `writer_intents`; the block is written with the token `topic:partition:first:last`
-  (the Sink, StoreWriter, passes it on as insert_deduplication_token);
-- the offset last+1 is committed only after the insert succeeded, and a partition's next block is
-  formed only after that commit;
-- when a partition is assigned (start-up, rebalance), an intent whose first offset is at or past
-  the committed offset names a block that may be half-written: the writer re-forms exactly that
-  block first, so the same token reaches ClickHouse and the duplicate insert is dropped.
+Group commit (issue 11): a block gathers the ready records of ALL the partitions this writer owns
+(consecutive offsets per partition) for a short bounded window, and is written as one store write
+(one insert per table, one dedup token); then the offsets of every partition in it are committed at
+once. While a block is being written the next one gathers, so the window adapts to load: an idle
+writer writes within GATHER_WINDOW_S, a busy one writes whatever arrived during the last insert.
+A partition is in at most one block in flight; its next block is formed only after that commit.
+
+Exactly-once visible, even after kill -9 and a rebalance that hands the block's partitions to
+DIFFERENT writers:
+- before a block is inserted, one intent row per partition goes to `writer_intents`, each naming
+  the whole block: `ranges` = every (topic, partition, first, last) (migration 0013). Its token is
+  a digest of those ranges (`topic:partition:first:last` for a block of one partition, as before);
+- the block's envelopes are ordered by (topic, partition, offset), so the same ranges always give
+  the same envelopes in the same order, and StoreWriter the same per-table inserts and tokens;
+- offsets are committed only after the insert and the record of its requests (Sink.flush), so an
+  intent whose range of a partition is not committed names a block that may be half-written;
+- on assignment, for each such partition the new owner re-forms the WHOLE block: it reads the
+  block's ranges of every partition straight from Kafka (a group-less reader; the records of
+  partitions other writers own now are read, never committed), writes them under the same token
+  with replay=True, dead-letters and commits only the partitions it owns. Each new owner of a
+  partition of the block does the same, so two writers may re-form one block: the same token
+  makes ClickHouse keep one copy (inside its dedup window), and StoreWriter skips every request
+  the first one recorded (client_seqs) - recorded only after all of a write's inserts, in one row
+  set (a block holds at most MAX_BLOCK_RECORDS requests, within StoreWriter's client cache), so a
+  replay finds either all of a block's requests recorded or none of those it stored. replay=True
+  recounts the summaries of every series the block touches from `metrics FINAL`.
+- Re-forming a part of a block under its token would be wrong (ClickHouse would drop the rest when
+  the other owner comes), and under a new token would double what landed, hence the whole block.
+- A zombie (a writer frozen past its session) checks, after its intent, that no newer generation
+  claimed any partition it owns in the block (writer_claims, 0009), else it drops the block.
+- A committed offset below an intent's first offset (not produced by this code) leaves a gap: it
+  is written first as its own block, token `topic:partition:committed:first-1`, with no intent of
+  its own (committed + the intent define it again after a crash).
+Exactness rests on: the dedup tokens within ClickHouse's window (100,000 metric blocks, 10,000
+for other tables), the client_seqs record for a re-form that runs late, and Kafka still holding
+the block's records (retention): records deleted before a re-form cannot be re-formed.
+
 StoreWriter additionally skips requests whose (client_id, seq) is already stored, which removes
 duplicates the SDK or ingest created by resending (different offsets, same request).
 
 A record no writer can ever store (bus/kafka/dead_letter.py says which) goes to the dead-letter
-topic before the offset past it is committed, so its partition keeps flowing: records that fail
-the shape check, records the store writer refuses, and - when a whole block fails with a
-deterministic error - the one record found guilty by writing the block again record by record.
-Transient failures (store or Kafka unreachable) are retried with backoff, as before.
+topic before the offsets past it are committed, so its partition keeps flowing: records whose
+headers cannot be read, records that fail the shape check, records the store writer refuses, and
+- when a whole block fails with a deterministic error - the one record found guilty by writing
+the block again record by record (each under `topic:partition:offset:offset`, no intent: the
+block's intent re-forms and splits the same way). Transient failures (store or Kafka unreachable)
+are retried with backoff.
 
-(Over 400 lines on purpose: the block / intent / commit state machine and its dead-letter branch
-must be read together; the dead-letter policy itself lives in bus/kafka/dead_letter.py.)
+(Over 400 lines on purpose: the block / intent / commit state machine, its re-form and its
+dead-letter branch must be read together; the dead-letter policy lives in bus/kafka/dead_letter.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -58,48 +89,108 @@ log = logging.getLogger("runstream.kafka_writer")
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_BLOCK_BYTES_FACTOR = 4  # a block holds at most this many max-size messages' worth of bytes
+#: requests per block: StoreWriter records a write's seqs in one row set while its clients fit its
+#: cache (store.MAX_CACHED_CLIENTS, 4096), which keeps "all recorded or none" for a re-form
+MAX_BLOCK_RECORDS = 4096
+GATHER_WINDOW_S = 0.02  # an idle writer waits this long for more records before it writes
+#: a second block goes in while one is being written only when this many points wait (as on the
+#: embedded bus: small blocks are Python work, two at once only take twice as long each)
+OVERLAP_MIN_POINTS = 100_000
+REPLAY_READ_TIMEOUT_S = 30.0
+
+Ranges = dict[TopicPartition, tuple[int, int]]
 
 
 def block_token(topic: str, partition: int, first: int, last: int) -> str:
     return f"{topic}:{partition}:{first}:{last}"
 
 
+def ranges_text(ranges: Ranges) -> str:
+    return ",".join(f"{tp.topic}:{tp.partition}:{f}:{la}" for tp, (f, la) in sorted(ranges.items()))
+
+
+def parse_ranges(text: str) -> Ranges:
+    out: Ranges = {}
+    for item in text.split(","):
+        topic, partition, first, last = item.rsplit(":", 3)
+        out[TopicPartition(topic, int(partition))] = (int(first), int(last))
+    return out
+
+
+def ranges_token(ranges: Ranges) -> str:
+    """The block's dedup token: `topic:partition:first:last` for one partition (as before blocks
+    spanned partitions), else a digest of all its ranges."""
+    if len(ranges) == 1:
+        ((tp, (first, last)),) = ranges.items()
+        return block_token(tp.topic, tp.partition, first, last)
+    return "blk:" + hashlib.sha256(ranges_text(ranges).encode()).hexdigest()[:40]
+
+
+_Item = tuple  # (ConsumerRecord, Envelope or None, why it cannot be read)
+
+
+def decode(record) -> _Item:
+    """The record with its envelope (headers only: the payload is parsed later), or why no writer
+    can read it."""
+    try:
+        return record, envelope_from_record(record), ""
+    except Exception as exc:  # headers missing or garbled
+        return record, None, f"record headers are missing or unreadable ({type(exc).__name__}: {exc})"
+
+
 @dataclass
 class _Block:
-    """Consecutive records of one partition, written and committed together."""
+    """Records of one or more partitions (consecutive offsets each), written and committed together."""
 
-    first: int
-    last: int = -1
+    ranges: Ranges
     envelopes: list[Envelope] = field(default_factory=list)
-    records: list = field(default_factory=list)  # the ConsumerRecords, for the dead-letter topic
+    records: list = field(default_factory=list)  # the ConsumerRecords of `envelopes`, same order
+    unreadable: list = field(default_factory=list)  # (record, why): headers missing or garbled
     points: int = 0
-    nbytes: int = 0
-    opened: float = field(default_factory=time.monotonic)
-    replay_of: tuple[int, int] | None = None  # (first, last) of the intent this block re-forms
-    refusal: str = ""  # set on a one-record block whose record cannot even be read: dead-letter it
+    replay: bool = False  # re-formed from an intent after a crash or a rebalance
+    intent: bool = True  # False: its boundaries are implied (singles of a split block, a gap)
+    owned: frozenset = frozenset()  # the partitions this writer commits (a re-form reads others)
+    token: str = ""
 
-    def add(self, record, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-        self.records.append(record)
-        self.last = record.offset
-        self.points += max(1, envelope.points)  # run events count toward a block too
-        self.nbytes += len(envelope.payload)
+    def __post_init__(self):
+        self.token = self.token or ranges_token(self.ranges)
+        self.owned = self.owned or frozenset(self.ranges)
+
+    @classmethod
+    def of(cls, ranges: Ranges, items: Iterable[_Item], **kw) -> _Block:
+        """The block of `items` (sorted by partition, then offset: a re-form gets the same order)."""
+        block = cls(ranges=ranges, **kw)
+        for record, envelope, why in sorted(items, key=lambda i: (i[0].topic, i[0].partition, i[0].offset)):
+            if envelope is None:  # no writer can read this record
+                block.unreadable.append((record, why))
+                continue
+            block.envelopes.append(envelope)
+            block.records.append(record)
+            block.points += max(1, envelope.points)  # run events count toward a block too
+        return block
 
     def singles(self) -> list[_Block]:
         """This block as one block per record (to find the record a deterministic error is about)."""
-        return [
-            _Block(first=r.offset, last=r.offset, envelopes=[e], records=[r], points=max(1, e.points))
-            for r, e in zip(self.records, self.envelopes, strict=True)
-        ]
+        out = []
+        for record in self.records:
+            tp = TopicPartition(record.topic, record.partition)
+            single = _Block.of({tp: (record.offset, record.offset)}, [decode(record)], replay=self.replay,
+                               intent=False, owned=self.owned)  # fmt: skip
+            out.append(single)
+        return out
 
 
 @dataclass
 class _PartitionState:
-    open: _Block | None = None
-    ready: list[_Block] = field(default_factory=list)
-    replay: tuple[int, int] | None = None  # intent (first, last) still to re-form
     committed: int | None = None
+    next: int = 0  # the offset the next fetched record must have at least
     generation: int = -1  # the group generation this writer claimed the partition with
+    pending: list = field(default_factory=list)  # fetched records (decoded), in no block yet
+    pending_points: int = 0
+    since: float = 0.0  # when the oldest pending record arrived
+    busy: bool = False  # in a block being written
+    stalled: bool = False  # a block of it was given up (stopping, fenced): wait for a re-assignment
+    replay: Ranges | None = None  # the intent to re-form before anything else
 
 
 class Fenced(Exception):
@@ -144,11 +235,14 @@ class KafkaWriterLoop:
         self.topics = topics(settings.kafka_topic_prefix)
         self.max_block_points = settings.writer_max_block_points
         self.max_block_bytes = MAX_BLOCK_BYTES_FACTOR * max_record_bytes(settings)
+        self.max_blocks = max(1, settings.writer_blocks_in_flight)
         self.flush_interval_s = settings.writer_flush_interval_s
+        self.gather_s = min(GATHER_WINDOW_S, self.flush_interval_s)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # forming blocks vs. (re)assignment
+        self._inflight: set[asyncio.Task] = set()
         self._parts: dict[TopicPartition, _PartitionState] = {}
         # counters, also exported through `collect()`
         self.blocks_written = 0
@@ -163,16 +257,21 @@ class KafkaWriterLoop:
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
+    def _consumer_options(self) -> dict:
+        return dict(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=max(8 << 20, max_record_bytes(self.settings)),
+            fetch_max_bytes=max(64 << 20, max_record_bytes(self.settings)),
+        )
+
     async def start(self) -> None:
         await ensure_topics(self.settings, self.partitions)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self._consumer_options(),
             group_id=self.settings.kafka_group_id,
             client_id="runstream-writer",
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max(8 << 20, max_record_bytes(self.settings)),
-            fetch_max_bytes=max(64 << 20, max_record_bytes(self.settings)),
             fetch_max_wait_ms=max(10, int(self.flush_interval_s * 1000)),
             max_poll_interval_ms=600_000,  # a slow insert must not cost the partition
             # static membership: a restart under the same id keeps its partitions, no rebalance
@@ -236,6 +335,7 @@ class KafkaWriterLoop:
         yield "runstream_kafka_writer_partitions", {"state": "assigned"}, len(self._parts)
         yield "runstream_kafka_writer_partitions", {"state": "lag_known"}, len(self.lag())
         yield "runstream_kafka_writer_blocks_total", {}, self.blocks_written
+        yield "runstream_kafka_writer_records_total", {}, self.records_written
         yield "runstream_kafka_writer_replayed_blocks_total", {}, self.replayed_blocks
         yield "runstream_kafka_writer_fenced_blocks_total", {}, self.fenced_blocks
         yield "runstream_kafka_writer_points_total", {}, self.points_written
@@ -262,16 +362,16 @@ class KafkaWriterLoop:
         return tp in self._parts
 
     async def _on_revoked(self, revoked) -> None:
-        # The group coordinator calls this from its own task: wait for the blocks being written
-        # (and committed) to finish; blocks not yet written are read again by the next owner.
-        async with self._flush_lock:
+        # The group coordinator calls this from its own task: the blocks being written finish (and
+        # commit) first; records in no block yet are read again by the next owner.
+        async with self._lock:
+            if self._inflight:
+                await asyncio.wait(set(self._inflight))
             for tp in revoked:
                 self._parts.pop(tp, None)
 
     async def _on_assigned(self, assigned) -> None:
-        # Under the flush lock, like _on_revoked: a block of a partition being written must not
-        # have its state reset underneath it.
-        async with self._flush_lock:
+        async with self._lock:
             await self._assign(assigned)
 
     async def _assign(self, assigned) -> None:
@@ -286,23 +386,28 @@ class KafkaWriterLoop:
         await asyncio.to_thread(self.sink.forget)
         beginnings = None
         for tp in assigned:
-            state = self._parts.setdefault(tp, _PartitionState())
             committed = await consumer.committed(tp)
             if committed is None:
                 if beginnings is None:
                     beginnings = await consumer.beginning_offsets(assigned)
                 committed = beginnings.get(tp, 0)
-            state.committed = committed
-            state.generation = generation
-            state.open, state.ready, state.replay = None, [], None
+            state = self._parts[tp] = _PartitionState(
+                committed=committed, next=committed, generation=generation
+            )
             intent = intents.get((tp.topic, tp.partition))
-            if intent is not None and intent[0] >= committed and intent[1] >= intent[0]:
-                state.replay = intent
-                log.info("partition %s:%d: re-forming block %d..%d (written before a crash?)",
-                         tp.topic, tp.partition, intent[0], intent[1])  # fmt: skip
-            consumer.seek(tp, committed)
+            if intent is not None:
+                first, last, text = intent
+                if last >= committed and last >= first:
+                    state.replay = parse_ranges(text) if text else {tp: (first, last)}
+                    state.replay[tp] = (first, last)
+                    state.next = last + 1  # the re-form reads its records itself
+                    log.info("partition %s:%d: re-forming block %s (written before a crash?)",
+                             tp.topic, tp.partition, ranges_text(state.replay))  # fmt: skip
+            consumer.seek(tp, state.next)
 
-    def _claim_and_read_intents(self, assigned, generation: int) -> dict[tuple[str, int], tuple[int, int]]:
+    def _claim_and_read_intents(
+        self, assigned, generation: int
+    ) -> dict[tuple[str, int], tuple[int, int, str]]:
         now = int(time.time() * 1000)
         member = self.settings.kafka_group_instance_id or f"pid-{os.getpid()}"
         self.client.insert(
@@ -310,30 +415,33 @@ class KafkaWriterLoop:
             [[tp.topic, tp.partition, generation, member, now] for tp in assigned],
             column_names=["topic", "partition", "generation", "member", "time_ms"],
         )
-        return self._read_intents(assigned)
-
-    def _fenced(self, tp: TopicPartition) -> bool:
-        """True when a newer group generation claimed `tp` than the one this writer holds it with:
-        it lost the partition while frozen or cut off (a zombie) and must not insert."""
-        state = self._parts.get(tp)
-        if state is None:
-            return True
-        newest = self.client.query(
-            f"SELECT max(generation) FROM {self.db}.writer_claims WHERE topic = %(t)s AND partition = %(p)s",
-            parameters={"t": tp.topic, "p": tp.partition},
-            settings=READ_YOUR_WRITES,
-        ).result_rows
-        return bool(newest) and newest[0][0] is not None and int(newest[0][0]) > state.generation
-
-    def _read_intents(self, assigned) -> dict[tuple[str, int], tuple[int, int]]:
         topic_names = sorted({tp.topic for tp in assigned})
         rows = self.client.query(
-            f"SELECT topic, partition, argMax(first_offset, (last_offset, time_ms)), max(last_offset) "
+            f"SELECT topic, partition, argMax((first_offset, last_offset, ranges), (last_offset, time_ms)) "
             f"FROM {self.db}.writer_intents WHERE topic IN %(t)s GROUP BY topic, partition",
             parameters={"t": topic_names},
             settings=READ_YOUR_WRITES,
         ).result_rows
-        return {(t, int(p)): (int(first), int(last)) for t, p, first, last in rows}
+        return {(t, int(p)): (int(i[0]), int(i[1]), str(i[2])) for t, p, i in rows}
+
+    def _fenced(self, owned: Iterable[TopicPartition]) -> bool:
+        """True when a newer group generation claimed one of `owned` than the one this writer holds
+        it with: it lost the partition while frozen or cut off (a zombie) and must not insert."""
+        owned = list(owned)
+        states = {tp: self._parts.get(tp) for tp in owned}
+        if any(s is None for s in states.values()):
+            return True
+        rows = self.client.query(
+            f"SELECT topic, partition, max(generation) FROM {self.db}.writer_claims "
+            f"WHERE (topic, partition) IN %(tps)s GROUP BY topic, partition",
+            parameters={"tps": [(tp.topic, tp.partition) for tp in owned]},
+            settings=READ_YOUR_WRITES,
+        ).result_rows
+        for topic, partition, newest in rows:
+            state = states.get(TopicPartition(topic, int(partition)))
+            if state is not None and newest is not None and int(newest) > state.generation:
+                return True
+        return False
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -341,164 +449,306 @@ class KafkaWriterLoop:
         consumer = self._consumer
         assert consumer is not None
         poll_ms = max(10, int(self.flush_interval_s * 1000))
-        while not self._stopping.is_set():
-            try:
-                batch = await consumer.getmany(timeout_ms=poll_ms)
-            except KafkaError as exc:
-                self.errors += 1
-                log.warning("Kafka poll failed (%s); retrying", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for tp, records in batch.items():
-                state = self._parts.get(tp)
-                if state is None:  # revoked between fetch and now
-                    continue
-                for record in records:
-                    self._append(state, record)
-            await self._flush(force=False)
-        await self._flush(force=True)
-
-    def _append(self, state: _PartitionState, record) -> None:
-        if state.committed is not None and record.offset < state.committed:
-            return  # already stored (a fetch that raced a seek)
+        fetch: asyncio.Task | None = None
         try:
-            envelope = envelope_from_record(record)  # headers only: the payload is parsed later
-        except Exception as exc:  # headers missing or garbled: no writer can read this record
-            if state.replay is not None and record.offset >= state.replay[1]:
-                state.replay = None
-            self._close(state)
-            state.ready.append(
-                _Block(first=record.offset, last=record.offset, records=[record],
-                       refusal=f"record headers are missing or unreadable ({type(exc).__name__}: {exc})")
-            )  # fmt: skip
-            return
-        replay = state.replay
-        if replay is not None and record.offset > replay[1]:  # the intent's block ended in a gap
-            state.replay = None
-            self._close(state)
-        elif replay is not None:
-            first, last = replay
-            if record.offset >= first and (state.open is None or state.open.replay_of is None):
-                self._close(state)  # records before the intent's block form their own block
-                state.open = _Block(first=first, replay_of=replay)
-            if state.open is None:
-                state.open = _Block(first=record.offset)
-            state.open.add(record, envelope)
-            if record.offset == last:
-                state.replay = None
-                self._close(state)
-            return
-        if state.open is None:
-            state.open = _Block(first=record.offset)
-        state.open.add(record, envelope)
-        if state.open.points >= self.max_block_points or state.open.nbytes >= self.max_block_bytes:
-            self._close(state)
+            while not self._stopping.is_set():
+                if fetch is None:
+                    fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=poll_ms))
+                timeout = self._gather_wait()
+                done, _ = await asyncio.wait({fetch, *self._inflight}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                if fetch in done:
+                    batch, fetch = fetch, None
+                    try:
+                        self._take(batch.result())
+                    except KafkaError as exc:
+                        self.errors += 1
+                        log.warning("Kafka poll failed (%s); retrying", exc)
+                        await asyncio.sleep(1.0)
+                await self._launch(force=False)
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
+        while True:  # stopping: write and commit what was read
+            await self._launch(force=True)
+            if not self._inflight:
+                break
+            await asyncio.wait(set(self._inflight))
 
-    @staticmethod
-    def _close(state: _PartitionState) -> None:
-        if state.open is not None and state.open.envelopes:
-            state.ready.append(state.open)
-        state.open = None
-
-    async def _flush(self, force: bool) -> None:
-        async with self._flush_lock:
-            await self._flush_locked(force)
-
-    async def _flush_locked(self, force: bool) -> None:
+    def _take(self, batch: dict) -> None:
         now = time.monotonic()
-        work = []
-        for tp, state in list(self._parts.items()):
-            block = state.open
-            due = block is not None and (force or now - block.opened >= self.flush_interval_s)
-            if due and block.replay_of is None:  # a re-formed block closes only at its last offset
-                self._close(state)
-            if state.ready:
-                work.append(self._write_partition(tp, state))
-        if work:
-            await asyncio.gather(*work)
+        for tp, records in batch.items():
+            state = self._parts.get(tp)
+            if state is None or state.stalled:  # revoked between fetch and now, or given up
+                continue
+            for record in records:
+                if record.offset < state.next:
+                    continue  # already stored or being re-formed (a fetch that raced a seek)
+                if not state.pending:
+                    state.since = now
+                item = decode(record)
+                state.pending.append(item)
+                state.pending_points += max(1, item[1].points) if item[1] is not None else 1
+                state.next = record.offset + 1
 
-    async def _write_partition(self, tp: TopicPartition, state: _PartitionState) -> None:
-        while state.ready:
-            block = state.ready[0]
-            if block.refusal:
-                dead = [(record, block.refusal) for record in block.records]
-            else:
-                outcome = await self._write_block(tp, block)
-                if outcome is None:
-                    return  # gave up (stopping, or the partition was revoked): it will be replayed
-                if isinstance(outcome, str) and len(block.records) > 1:
-                    log.warning("block %s:%d@%d..%d failed deterministically (%s): writing it record by record",
-                                tp.topic, tp.partition, block.first, block.last, outcome)  # fmt: skip
-                    state.ready[0:1] = block.singles()
-                    continue
-                dead = self._refused_records(block, outcome)
-            if dead and not await self._dead_letter(tp, dead):
-                return  # stopping or revoked: the next owner reads these records again
-            state.ready.pop(0)
-            if not await self._commit(tp, block.last + 1):
-                state.ready.clear()  # lost the partition: the next owner replays from the intent
+    def _gather_wait(self) -> float:
+        """How long the loop may wait for records before a pending block is due (a block in
+        flight wakes it when it ends)."""
+        oldest = [s.since for s in self._parts.values() if s.pending and not s.busy and not s.stalled]
+        if not oldest or self._inflight:
+            return max(0.01, self.flush_interval_s)
+        return max(0.0, min(oldest) + self.gather_s - time.monotonic())
+
+    async def _launch(self, force: bool) -> None:
+        """Starts the re-forms due, then as many new blocks as may be in flight."""
+        async with self._lock:
+            if self._consumer is None:
                 return
-            state.committed = block.last + 1
+            replays: dict[str, tuple[Ranges, set]] = {}
+            for tp, state in sorted(self._parts.items()):
+                if state.replay is not None and not state.busy and not state.stalled:
+                    ranges = state.replay
+                    replays.setdefault(ranges_token(ranges), (ranges, set()))[1].add(tp)
+            for ranges, owned in replays.values():
+                for tp in owned:
+                    self._parts[tp].busy = True
+                self._spawn(self._replay(ranges, frozenset(owned)))
+            while len(self._inflight) < self.max_blocks:
+                ready = [(tp, s) for tp, s in sorted(self._parts.items())
+                         if s.pending and not s.busy and not s.stalled and s.replay is None]  # fmt: skip
+                if not ready:
+                    return
+                if (
+                    self._inflight
+                    and not force
+                    and sum(s.pending_points for _, s in ready) < OVERLAP_MIN_POINTS
+                ):
+                    return
+                if not force and time.monotonic() - min(s.since for _, s in ready) < self.gather_s:
+                    return
+                self._spawn(self._write(self._form(ready)))
 
-    async def _write_block(self, tp: TopicPartition, block: _Block) -> WriteResult | str | None:
+    def _form(self, ready: list[tuple[TopicPartition, _PartitionState]]) -> _Block:
+        """A block of the pending records of `ready`, up to the block limits."""
+        taken: list = []
+        ranges: Ranges = {}
+        nbytes = points = 0
+        now = time.monotonic()
+        for tp, state in ready:
+            cut = 0
+            for record, envelope, _ in state.pending:
+                if (
+                    len(taken) + cut >= MAX_BLOCK_RECORDS
+                    or nbytes >= self.max_block_bytes
+                    or points >= self.max_block_points
+                ):
+                    break
+                cut += 1
+                nbytes += record.serialized_value_size
+                points += max(1, envelope.points) if envelope is not None else 1
+            if not cut:
+                break
+            part, state.pending = state.pending[:cut], state.pending[cut:]
+            state.pending_points = sum(max(1, e.points) if e is not None else 1 for _, e, _ in state.pending)
+            state.since = now if state.pending else 0.0
+            state.busy = True
+            taken.extend(part)
+            ranges[tp] = (part[0][0].offset, part[-1][0].offset)
+        return _Block.of(ranges, taken)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a Kafka writer block failed", exc_info=task.exception())
+
+    # ---- one block: write, dead-letter, commit ------------------------------------------------
+
+    async def _write(self, block: _Block) -> bool:
+        """Writes, dead-letters and commits `block`; True when its offsets are committed. Frees its
+        partitions either way (stalls them when it gave up: their next owner re-forms it)."""
+        ok = False
+        try:
+            ok = await self._write_and_commit(block)
+        finally:
+            for tp in block.owned:
+                state = self._parts.get(tp)
+                if state is not None:
+                    state.busy = False
+                    if not ok:
+                        state.stalled, state.pending = True, []
+        return ok
+
+    async def _write_and_commit(self, block: _Block) -> bool:
+        outcome = await self._store(block)
+        if outcome is None:
+            return False  # gave up (stopping, revoked or fenced): it will be replayed
+        if isinstance(outcome, str) and len(block.records) > 1:
+            log.warning("block %s failed deterministically (%s): writing it record by record",
+                        ranges_text(block.ranges), outcome)  # fmt: skip
+            dead = []
+            for single in block.singles():
+                result = await self._store(single)
+                if result is None:
+                    return False
+                dead += self._refused_records(single, result)
+        else:
+            dead = self._refused_records(block, outcome)
+        dead = [
+            (r, why)
+            for r, why in block.unreadable + dead
+            if TopicPartition(r.topic, r.partition) in block.owned
+        ]
+        if dead and not await self._dead_letter(dead):
+            return False  # stopping or revoked: the next owner reads these records again
+        offsets = {tp: block.ranges[tp][1] + 1 for tp in block.owned}
+        if not await self._commit(offsets):
+            return False  # lost the partitions: the next owner replays from the intent
+        for tp, offset in offsets.items():
+            state = self._parts.get(tp)
+            if state is not None:
+                state.committed = offset
+        return True
+
+    async def _replay(self, ranges: Ranges, owned: frozenset) -> None:
+        """Re-forms the block of `ranges` whole (every partition's records, read from Kafka) and
+        commits the partitions of it this writer owns; a gap before an owned range goes first."""
+        ok = False
+        try:
+            gaps = {}
+            for tp in owned:
+                state = self._parts.get(tp)
+                committed = state.committed if state is not None else None
+                if committed is not None and committed < ranges[tp][0]:
+                    gaps[tp] = (committed, ranges[tp][0] - 1)
+            read = {**ranges, **{tp: (gaps[tp][0], ranges[tp][1]) for tp in gaps}}
+            records = await self._read_ranges(read, owned)
+            if records is None:
+                return
+            for tp, (first, last) in gaps.items():
+                log.warning("partition %s:%d: offsets %d..%d were committed past no intent: writing them first",
+                            tp.topic, tp.partition, first, last)  # fmt: skip
+                gap = _Block.of({tp: (first, last)}, [decode(r) for r in records[tp] if r.offset <= last],
+                                replay=True, intent=False)  # fmt: skip
+                if not await self._write_and_commit(gap):
+                    return
+            within = [decode(r) for tp, rs in records.items() for r in rs if r.offset >= ranges[tp][0]]
+            block = _Block.of(ranges, within, replay=True, owned=owned)
+            ok = await self._write_and_commit(block)
+            if ok:
+                self.replayed_blocks += 1
+        finally:
+            for tp in owned:
+                state = self._parts.get(tp)
+                if state is not None:
+                    state.busy, state.replay = False, None
+                    if not ok:
+                        state.stalled, state.pending = True, []
+
+    async def _read_ranges(self, ranges: Ranges, owned: frozenset) -> dict | None:
+        """The records of `ranges`, read by a reader outside the group (it commits nothing); None
+        when it gave up (stopping or revoked). Retries while Kafka is unreachable."""
+        for attempt in range(1_000_000):
+            if self._stopping.is_set() or any(tp not in self._parts for tp in owned):
+                return None
+            reader = AIOKafkaConsumer(**self._consumer_options(), group_id=None,
+                                      client_id="runstream-writer-replay", auto_offset_reset="earliest")  # fmt: skip
+            try:
+                await reader.start()
+                reader.assign(list(ranges))
+                for tp, (first, _) in ranges.items():
+                    reader.seek(tp, first)
+                out: dict = {tp: [] for tp in ranges}
+                todo = set(ranges)
+                deadline = time.monotonic() + REPLAY_READ_TIMEOUT_S
+                while todo:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"records of {ranges_text(ranges)} not read within {REPLAY_READ_TIMEOUT_S} s"
+                        )
+                    batch = await reader.getmany(*todo, timeout_ms=500)
+                    for tp, records in batch.items():
+                        first, last = ranges[tp]
+                        out[tp] += [r for r in records if first <= r.offset <= last]
+                    for tp in list(todo):
+                        if await reader.position(tp) > ranges[tp][1]:
+                            todo.discard(tp)
+                            reader.pause(tp)
+                got = sum(len(v) for v in out.values())
+                want = sum(last - first + 1 for first, last in ranges.values())
+                if got < want:  # offsets are consecutive on these topics; fewer: deleted (retention)
+                    log.error("re-forming %s: %d of its %d records are gone from Kafka (retention?)",
+                              ranges_text(ranges), want - got, want)  # fmt: skip
+                return out
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self.errors += 1
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.warning(
+                    "reading %s to re-form it failed (%s); retry in %.1f s", ranges_text(ranges), exc, delay
+                )
+                await asyncio.sleep(delay)
+            finally:
+                await reader.stop()
+        return None
+
+    async def _store(self, block: _Block) -> WriteResult | str | None:
         """The sink's result once the block is written; a str when it failed deterministically
-        (why); None when it gave up (stopping or revoked)."""
-        first, last = block.replay_of or (block.first, block.last)
-        token = block_token(tp.topic, tp.partition, first, last)
+        (why); None when it gave up (stopping, revoked or fenced)."""
         for attempt in range(1_000_000):
             try:
-                result = await asyncio.to_thread(
-                    self._write_intent_and_block,
-                    tp, first, last, block.envelopes, token, block.replay_of is not None,
-                )  # fmt: skip
+                result = await asyncio.to_thread(self._write_intent_and_block, block)
                 break
             except Fenced as exc:
                 self.fenced_blocks += 1
-                log.warning("block %s dropped: %s (the new owner stores it)", token, exc)
+                log.warning("block %s dropped: %s (the new owner stores it)", block.token, exc)
                 return None
             except Exception as exc:
                 self.errors += 1
                 if is_deterministic(exc):
                     return f"{type(exc).__name__}: {exc}"
-                if self._stopping.is_set() or tp not in self._parts:
-                    log.warning("block %s not written (%s); it will be replayed", token, exc)
+                if self._stopping.is_set() or any(tp not in self._parts for tp in block.owned):
+                    log.warning("block %s not written (%s); it will be replayed", block.token, exc)
                     return None
                 delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                log.warning("writing block %s failed (%s); retry in %.1f s", token, exc, delay)
+                log.warning("writing block %s failed (%s); retry in %.1f s", block.token, exc, delay)
                 await asyncio.sleep(delay)
         self.blocks_written += 1
         self.records_written += len(block.envelopes)
         self.points_written += block.points
-        if block.replay_of is not None:
-            self.replayed_blocks += 1
         return result
 
-    def _write_intent_and_block(
-        self,
-        tp: TopicPartition,
-        first: int,
-        last: int,
-        envelopes: list[Envelope],
-        token: str,
-        replay: bool = False,
-    ) -> WriteResult:
-        """Writes the intent, then the envelopes that pass the shape check (a replay of the token
-        screens the same records the same way); the others come back in `refused`."""
-        self.client.insert(
-            f"{self.db}.writer_intents",
-            [[tp.topic, tp.partition, first, last, int(time.time() * 1000)]],
-            column_names=["topic", "partition", "first_offset", "last_offset", "time_ms"],
-        )
-        if self._fenced(tp):  # after the intent: see 0009_writer_claims.sql
-            raise Fenced(f"{tp.topic}:{tp.partition} was claimed by a newer generation of the group")
+    def _write_intent_and_block(self, block: _Block) -> WriteResult:
+        """Writes the intent (one row per partition, each naming the whole block), then the
+        envelopes that pass the shape check (a replay of the token screens the same records the
+        same way); the others come back in `refused`."""
+        if block.intent and not block.replay:
+            now, text = int(time.time() * 1000), ranges_text(block.ranges) if len(block.ranges) > 1 else ""
+            self.client.insert(
+                f"{self.db}.writer_intents",
+                [
+                    [tp.topic, tp.partition, first, last, now, text]
+                    for tp, (first, last) in block.ranges.items()
+                ],
+                column_names=["topic", "partition", "first_offset", "last_offset", "time_ms", "ranges"],
+            )
+        if self._fenced(block.owned):  # after the intent: see 0009_writer_claims.sql
+            raise Fenced(f"{ranges_text(block.ranges)} was claimed by a newer generation of the group")
         writable, refused = [], {}
-        for envelope in envelopes:
+        for envelope in block.envelopes:
             screened, why = screen(envelope)
             if why:
                 refused[envelope.idempotency_key] = why
             else:
                 writable.append(screened)
-        result = self.sink.write(writable, token=token, replay=replay) if writable else WriteResult()
+        result = (
+            self.sink.write(writable, token=block.token, replay=block.replay) if writable else WriteResult()
+        )
         # The offset commit that follows ends replays of this block: its request keys must be
         # recorded first (the writer otherwise records them in the background).
         self.sink.flush()
@@ -517,10 +767,11 @@ class KafkaWriterLoop:
             if env.idempotency_key in refused
         ]
 
-    async def _dead_letter(self, tp: TopicPartition, dead: list[tuple[object, str]]) -> bool:
+    async def _dead_letter(self, dead: list[tuple[object, str]]) -> bool:
         """Writes the records to the dead-letter topic, retrying while Kafka is unreachable;
         False when it gave up (stopping or revoked)."""
         for record, refusal in dead:
+            tp = TopicPartition(record.topic, record.partition)
             for attempt in range(1_000_000):
                 try:
                     await self.dead_letters.send(tp.topic, tp.partition, record, refusal)
@@ -535,23 +786,28 @@ class KafkaWriterLoop:
                     await asyncio.sleep(delay)
         return True
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> bool:
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        for attempt in range(len(RETRY_BACKOFF_S)):
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
+        """Commits every partition of a block at once; retries while Kafka is unreachable and the
+        partitions are still this writer's (a later block must not be formed past an uncommitted
+        one); False when they were reassigned or the writer is stopping."""
+        for attempt in range(1_000_000):
+            consumer = self._consumer
+            if consumer is None or any(tp not in self._parts for tp in offsets):
+                return False
             try:
-                await consumer.commit({tp: offset})
+                await consumer.commit(offsets)
                 return True
             except (CommitFailedError, IllegalStateError) as exc:
-                log.warning("commit of %s:%d at %d refused (%s): partition reassigned", tp.topic,
-                            tp.partition, offset, exc)  # fmt: skip
+                log.warning("commit of %s refused (%s): partitions reassigned",
+                            ", ".join(f"{tp.topic}:{tp.partition}@{o}" for tp, o in offsets.items()), exc)  # fmt: skip
                 return False
             except KafkaError as exc:
                 self.errors += 1
-                log.warning("commit of %s:%d failed (%s); retrying", tp.topic, tp.partition, exc)
-                await asyncio.sleep(RETRY_BACKOFF_S[attempt])
+                if self._stopping.is_set() and attempt >= len(RETRY_BACKOFF_S):
+                    return False
+                log.warning("commit of %d partitions failed (%s); retrying", len(offsets), exc)
+                await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
         return False
 
 
-__all__ = ["KafkaWriterLoop", "block_token"]
+__all__ = ["KafkaWriterLoop", "block_token", "parse_ranges", "ranges_text", "ranges_token"]
