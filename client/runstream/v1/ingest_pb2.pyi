@@ -34,6 +34,7 @@ class IngestRequest(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     MEDIA_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """strictly increasing per stream; acks refer to it"""
     client_id: _builtins.str
@@ -54,6 +55,12 @@ class IngestRequest(_message.Message):
     def media(self) -> Global___MediaEvent: ...
     @_builtins.property
     def console(self) -> Global___ConsoleBatch: ...
+    @_builtins.property
+    def packed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Packed requests (see Ingest): serialized IngestRequests, none itself packed. A packed
+        message has no body; its seq numbers it on the stream and its client_id is not used.
+        """
+
     def __init__(
         self,
         *,
@@ -66,10 +73,11 @@ class IngestRequest(_message.Message):
         artifact: Global___ArtifactEvent | None = ...,
         media: Global___MediaEvent | None = ...,
         console: Global___ConsoleBatch | None = ...,
+        packed: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "console", b"console", "media", b"media", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "console", b"console", "media", b"media", "metrics", b"metrics", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "client_id", b"client_id", "console", b"console", "media", b"media", "metrics", b"metrics", "packed", b"packed", "run_finish", b"run_finish", "run_start", b"run_start", "run_update", b"run_update", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["run_start", "run_update", "run_finish", "metrics", "artifact", "media", "console"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
@@ -644,6 +652,7 @@ class IngestResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     POINTS_ACCEPTED_FIELD_NUMBER: _builtins.int
     ALSO_OK_FIELD_NUMBER: _builtins.int
+    PACKED_REFUSED_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """the request this answers"""
     ok: _builtins.bool
@@ -660,6 +669,10 @@ class IngestResponse(_message.Message):
         Each seq is acked once on a stream, in one message.
         """
 
+    @_builtins.property
+    def packed_refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___PackedRefusal]:
+        """Packed requests only: the ones refused (the others are durable), by position in `packed`."""
+
     def __init__(
         self,
         *,
@@ -669,14 +682,45 @@ class IngestResponse(_message.Message):
         message: _builtins.str = ...,
         points_accepted: _builtins.int = ...,
         also_ok: _abc.Iterable[_builtins.int] | None = ...,
+        packed_refused: _abc.Iterable[Global___PackedRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_ok", b"also_ok", "code", b"code", "message", b"message", "ok", b"ok", "points_accepted", b"points_accepted", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_ok", b"also_ok", "code", b"code", "message", b"message", "ok", b"ok", "packed_refused", b"packed_refused", "points_accepted", b"points_accepted", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IngestResponse: _TypeAlias = IngestResponse  # noqa: Y015
+
+@_typing.final
+class PackedRefusal(_message.Message):
+    """Why one request of a packed message was refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """position in IngestRequest.packed"""
+    code: _builtins.int
+    """a grpc.StatusCode value"""
+    message: _builtins.str
+    """what was wrong and how to fix it"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "index", b"index", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedRefusal: _TypeAlias = PackedRefusal  # noqa: Y015
 
 @_typing.final
 class UploadArtifactRequest(_message.Message):

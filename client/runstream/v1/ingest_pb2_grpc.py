@@ -70,6 +70,12 @@ class IngestServiceServicer:
         them and `also_ok` lists the others. Refusals are still one message each, with code and
         message. Without that metadata (or with any other value) every request gets its own
         IngestResponse and `also_ok` is always empty.
+
+        Packed requests: one IngestRequest may carry many serialized requests in `packed` (a relay
+        or a bulk sender multiplexing many clients over one stream: per-message cost is paid once).
+        Each is handled as if it had come alone (its own client_id and seq make its idempotency
+        key) and the packed message is answered once, by its own `seq`, when all of them are
+        durable or refused: ok when none was refused, else `packed_refused` says which and why.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,7 +7,9 @@ embedded bus group-commits them with other streams' requests) and acked as each 
 so acks may come out of order (the SDK matches them by seq). A stream opened with the metadata
 `x-runstream-acks: batched` gets the acks that are ready together (one group-commit block finishes
 many requests in one event-loop turn) in one IngestResponse (seq + also_ok): what is queued when the
-sender wakes goes out at once, nothing waits for more. Run events are ordered, so a run's
+sender wakes goes out at once, nothing waits for more. A packed message (IngestRequest.packed:
+many requests, e.g. a relay's ranks, in one gRPC message) is unpacked here and each request handled
+as if it had come alone; the message is answered once, when all of them are. Run events are ordered, so a run's
 lifecycle is applied in the order it was sent: on a bus that keeps each client's order (embedded)
 they are published at once, and the requests behind them are admitted against the state they will
 set (RunRegistry.expect); on the Kafka bus a run event waits for everything before it on the stream
@@ -346,6 +348,23 @@ class _InflightBudget:
         self._freed.set()
 
 
+class _Packed:
+    """The answers gathered for one packed message. `left` starts at 1, for the hand-over itself,
+    so the message cannot be answered before all its requests were handed over."""
+
+    __slots__ = ("seq", "left", "points", "refused", "size")
+
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.left = 1
+        self.points = 0
+        self.refused: list[ingest_pb2.PackedRefusal] = []
+        self.size = 0
+
+
+_Slot = tuple[_Packed, int]  # a packed request: its message and its position in it
+
+
 class _IngestStream:
     """State of one Ingest call: the response queue and the publishes in flight."""
 
@@ -367,6 +386,9 @@ class _IngestStream:
                     self.refuse(received.seq, InvalidArgument(received.why))
                     continue
                 try:
+                    if received.request.packed:
+                        await self.handle_packed(received.request)
+                        continue
                     await self.handle(received.raw, received.request)
                 except Exception:  # a bug, or input nothing checks for: this request alone fails
                     log.exception("ingest request %s failed unexpectedly", received.seq)
@@ -419,11 +441,45 @@ class _IngestStream:
         if store is not None and not await asyncio.to_thread(store.exists, project, sha256.lower()):
             raise NotFound(missing)
 
-    async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest) -> None:
+    async def handle_packed(self, req: ingest_pb2.IngestRequest) -> None:
+        """A packed message: each request in it is handled as if it had come alone; the message
+        is answered once, by its own seq, when every one of them is durable or refused."""
+        if req.WhichOneof("body") is not None:
+            self.refuse(
+                req.seq,
+                InvalidArgument(
+                    f"request {req.seq} has both a body and packed requests: send the body as one "
+                    "of the packed requests (a packed message carries nothing of its own)"
+                ),
+            )
+            return
+        packed = _Packed(req.seq)
+        packed.size = len(req.packed)
+        for index, raw in enumerate(req.packed):
+            packed.left += 1
+            slot = (packed, index)
+            inner = _decode_request(raw)
+            if inner.request is None:
+                self._refused(inner.seq, InvalidArgument(inner.why), slot)
+            elif inner.request.packed:
+                why = f"packed request {index} is itself packed: packed messages cannot be nested"
+                self._refused(inner.seq, InvalidArgument(why), slot)
+            else:
+                try:
+                    await self.handle(raw, inner.request, slot)
+                except Exception:  # as in read(): this request alone fails
+                    log.exception("packed request %s of %s failed unexpectedly", index, req.seq)
+                    self.svc.metrics.inc("runstream_errors_total", component="ingest")
+                    why = f"internal error on packed request {index}; see the server log (it was not stored)"
+                    self._refused(inner.seq, RunstreamServiceError(why), slot)
+        self._settle(packed)  # the hand-over is done: the message is answered with its last request
+
+    async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest, slot: _Slot | None = None) -> None:
+        """One request; `slot`: its place in a packed message, which is answered instead of it."""
         try:
             accepted = await self.accept(req)
         except RunstreamServiceError as exc:
-            self.refuse(req.seq, exc)
+            self._refused(req.seq, exc, slot)
             return
         env = Envelope(
             client_id=req.client_id,
@@ -439,20 +495,20 @@ class _IngestStream:
         if env.kind in RUN_EVENTS and not self.svc.bus.keeps_client_order:
             if self.inflight:  # a run event follows everything before it...
                 await asyncio.wait(set(self.inflight))
-            task = self._spawn(env)
+            task = self._spawn(env, slot=slot)
             await asyncio.wait({task})  # ...and precedes everything after it
         else:
             if env.kind in RUN_EVENTS:  # the bus applies this client's requests in order
                 self.svc.runs.expect(env.kind, req, env.project, env.run_id)
             size = len(raw)
             await self.budget.acquire(size)
-            self._spawn(env, release=size)
+            self._spawn(env, release=size, slot=slot)
 
     def _not_stored(self, env: Envelope) -> None:
         if env.kind in RUN_EVENTS:  # its expected state (RunRegistry.expect) did not happen
             self.svc.runs.withdraw(env.project, env.run_id)
 
-    def _spawn(self, env: Envelope, release: int | None = None) -> asyncio.Future:
+    def _spawn(self, env: Envelope, release: int | None = None, slot: _Slot | None = None) -> asyncio.Future:
         """Publishes one request; it is answered from the publish's done callback. A bus with
         `submit` (embedded) hands back a future: no task and no coroutine per request."""
         submit = getattr(self.svc.bus, "submit", None)
@@ -470,12 +526,12 @@ class _IngestStream:
             self.inflight.discard(f)
             if release is not None:
                 self.budget.release(release)
-            self._answer(env, f)
+            self._answer(env, f, slot)
 
         future.add_done_callback(done)
         return future
 
-    def _answer(self, env: Envelope, published: asyncio.Future) -> None:
+    def _answer(self, env: Envelope, published: asyncio.Future, slot: _Slot | None = None) -> None:
         svc = self.svc
         exc = (
             Unavailable(f"request {env.seq} was not stored (cancelled): resend it")
@@ -484,22 +540,20 @@ class _IngestStream:
         )
         if isinstance(exc, RunstreamServiceError):
             self._not_stored(env)
-            self.refuse(env.seq, exc)
+            self._refused(env.seq, exc, slot)
             return
         if exc is not None:
             log.error("publishing request %s failed", env.idempotency_key, exc_info=exc)
             svc.metrics.inc("runstream_errors_total", component="ingest")
             self._not_stored(env)
-            self.refuse(
-                env.seq,
-                Unavailable(f"could not store request {env.seq} ({exc}); it was not acked: resend it"),
-            )
+            why = f"could not store request {env.seq} ({exc}); it was not acked: resend it"
+            self._refused(env.seq, Unavailable(why), slot)
             return
         result = published.result()
         refused = result.refused.get(env.idempotency_key) if result.refused else None
         if refused is not None:
             self._not_stored(env)
-            self.refuse(env.seq, InvalidArgument(refused))
+            self._refused(env.seq, InvalidArgument(refused), slot)
             return
         if env.kind in RUN_EVENTS:
             assert env.request is not None  # set in handle()
@@ -509,4 +563,42 @@ class _IngestStream:
             svc.metrics.inc_many(((_POINTS, env.points), (_BATCHES, 1), (_OK, 1)))
         else:
             svc.metrics.inc_many(((_OK, 1),))
-        self.responses.put_nowait((env.seq, env.points))
+        if slot is None:
+            self.responses.put_nowait((env.seq, env.points))
+        else:
+            slot[0].points += env.points
+            self._settle(slot[0])
+
+    def _refused(self, seq: int, exc: RunstreamServiceError, slot: _Slot | None) -> None:
+        """A refusal, answered alone or, for a packed request, in its packed message's answer."""
+        if slot is None:
+            self.refuse(seq, exc)
+            return
+        packed, index = slot
+        self.svc.metrics.inc("runstream_ingest_requests_total", status=exc.grpc_code.name)
+        packed.refused.append(
+            ingest_pb2.PackedRefusal(index=index, code=exc.grpc_code.value[0], message=exc.message)
+        )
+        self._settle(packed)
+
+    def _settle(self, packed: _Packed) -> None:
+        """One request of a packed message answered; the last one answers the message: an ack
+        like any other when none was refused (batched with others when the stream batches)."""
+        packed.left -= 1
+        if packed.left:
+            return
+        if not packed.refused:
+            self.responses.put_nowait((packed.seq, packed.points))
+            return
+        refused = sorted(packed.refused, key=lambda r: r.index)
+        self.responses.put_nowait(
+            ingest_pb2.IngestResponse(
+                seq=packed.seq,
+                ok=False,
+                code=refused[0].code,
+                message=f"{len(refused)} of the {packed.size} packed requests were refused (packed_refused "
+                f"says which and why); the others are durable. First: {refused[0].message}",
+                points_accepted=packed.points,
+                packed_refused=refused,
+            )
+        )
