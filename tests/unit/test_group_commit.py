@@ -273,3 +273,35 @@ def test_block_files_round_trip_and_a_cut_write_is_dropped(tmp_path):
     assert all(e.request is None for e in back)  # parsed by the writer, as from Kafka
     assert not list(tmp_path.glob("*.tmp"))
     assert BlockLog(tmp_path).write("blk:x:2", envs).name > path.name  # numbers rise across restarts
+
+
+def _envelopes_of_both_kinds() -> list[Envelope]:
+    return [
+        Envelope("c1", 1, "run_start", "p", "r1", b"\x00payload-one\n", 1_700_000_000_000, 0),
+        Envelope("c2", 7, "metrics", "p", "r1", b"", 1_700_000_000_001, 20),
+        Envelope("c\u00e9", 2**63, "metrics", "p", "r\n2", bytes(range(256)) * 3, 5, 3),
+    ]
+
+
+def test_block_log_reads_back_what_it_wrote_and_the_first_format_too(tmp_path):
+    import json
+    import struct
+
+    log = BlockLog(tmp_path / "blocks")
+    envs = _envelopes_of_both_kinds()
+    log.write("blk:new:1", envs)
+    # a file of the first format, as an older server wrote it: a JSON header before each payload
+    parts = [b"blk:old:2\n"]
+    for e in envs:
+        header = json.dumps(
+            [e.client_id, e.seq, e.kind, e.project, e.run_id, e.received_ms, e.points]
+        ).encode()
+        parts += [struct.pack("<I", len(header)), header, struct.pack("<I", len(e.payload)), e.payload]
+    (tmp_path / "blocks" / "000000000099.blk").write_bytes(b"".join(parts))
+    # a v2 file cut short: kept as .bad, never half-replayed
+    whole = next((tmp_path / "blocks").glob("*.blk")).read_bytes()
+    (tmp_path / "blocks" / "000000000100.blk").write_bytes(whole[:-5])
+
+    pending = [(name, got) for _, name, got in BlockLog(tmp_path / "blocks").pending()]
+    assert pending == [("blk:new:1", envs), ("blk:old:2", envs)]
+    assert [p.name for p in (tmp_path / "blocks").glob("*.bad")] == ["000000000100.bad"]

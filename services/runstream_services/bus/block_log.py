@@ -10,9 +10,12 @@ the stored (client_id, seq) record then makes the SDKs' resends duplicates.
 
 A block's file is deleted once the store writer's record of its requests is durable
 (StoreWriter.flush). Files are written without fsync, like chDB's own inserts: they survive the
-process, not the machine. Format: per envelope a 4-byte little-endian header length, the header
-(JSON: client id, seq, kind, project, run, received ms, points), a 4-byte payload length and the
-serialized request; the first line of the file is the block's name.
+process, not the machine. Format (v2): the first line is "v2 " and the block's name; then a 4-byte
+little-endian length and one JSON list of every envelope's header (client id, seq, kind, project,
+run, received ms, points); then per envelope a 4-byte payload length and the serialized request.
+One JSON document per block, not per envelope: it was 5 % of the writer's time at 4,000 small
+requests/s (issue 11). Files of the first format (no "v2 ", a header before each payload) written
+by an older server are still read at start-up.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from runstream_services.bus.base import Envelope
 log = logging.getLogger("runstream.bus")
 
 _LEN = struct.Struct("<I")
+_V2 = b"v2 "  # block names start "blk:", so no file of the first format begins like this
 
 
 class BlockLog:
@@ -46,12 +50,13 @@ class BlockLog:
         """Logs one block; returns its file (pass it to `remove` once the block is recorded)."""
         with self._lock:
             number, self._next = self._next, self._next + 1
-        parts = [name.encode() + b"\n"]
+        headers = json.dumps(
+            [[e.client_id, e.seq, e.kind, e.project, e.run_id, e.received_ms, e.points] for e in envelopes]
+        ).encode()
+        parts = [_V2 + name.encode() + b"\n", _LEN.pack(len(headers)), headers]
+        pack = _LEN.pack
         for env in envelopes:
-            header = json.dumps(
-                [env.client_id, env.seq, env.kind, env.project, env.run_id, env.received_ms, env.points]
-            ).encode()
-            parts += [_LEN.pack(len(header)), header, _LEN.pack(len(env.payload)), env.payload]
+            parts += [pack(len(env.payload)), env.payload]
         path = self.folder / f"{number:012d}.blk"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -83,6 +88,28 @@ class BlockLog:
 
 def _read(data: bytes) -> tuple[str, list[Envelope]]:
     end = data.index(b"\n")
+    if not data.startswith(_V2):
+        return _read_v1(data, end)
+    name = data[len(_V2) : end].decode()
+    pos = end + 1
+    (n,) = _LEN.unpack_from(data, pos)
+    headers = json.loads(data[pos + 4 : pos + 4 + n])
+    pos += 4 + n
+    envelopes = []
+    for client_id, seq, kind, project, run_id, received_ms, points in headers:
+        (m,) = _LEN.unpack_from(data, pos)
+        payload = data[pos + 4 : pos + 4 + m]
+        if len(payload) != m:
+            raise ValueError("truncated payload")
+        pos += 4 + m
+        envelopes.append(Envelope(client_id, seq, kind, project, run_id, payload, received_ms, points))
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes after the last payload")
+    return name, envelopes
+
+
+def _read_v1(data: bytes, end: int) -> tuple[str, list[Envelope]]:
+    """A block file of the first format: a header before each payload."""
     name = data[:end].decode()
     pos, envelopes = end + 1, []
     while pos < len(data):

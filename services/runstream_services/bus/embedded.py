@@ -233,14 +233,21 @@ class EmbeddedBus:
         return block
 
     def _mark(self, block: _Block, sign: int) -> None:
-        for env in block.envelopes:
-            self._busy[env.client_id] = self._busy.get(env.client_id, 0) + sign
-            if not self._busy[env.client_id]:
-                del self._busy[env.client_id]
-            if env.kind in RUN_EVENTS:
-                self._barriers[env.client_id] = self._barriers.get(env.client_id, 0) + sign
-                if not self._barriers[env.client_id]:
-                    del self._barriers[env.client_id]
+        busy, barriers = self._busy, self._barriers
+        for item in block.items:
+            for env in item.envelopes:
+                client = env.client_id
+                count = busy.get(client, 0) + sign
+                if count:
+                    busy[client] = count
+                else:
+                    del busy[client]
+                if env.kind in RUN_EVENTS:
+                    count = barriers.get(client, 0) + sign
+                    if count:
+                        barriers[client] = count
+                    else:
+                        del barriers[client]
 
     def _refuse_behind(self, block: _Block, results: list) -> None:
         """Refuses the waiting requests of a client and run whose run_start this block refused."""
@@ -376,6 +383,8 @@ class EmbeddedBus:
 
 def _share(result: WriteResult, item: _Publish) -> WriteResult:
     """One publish's part of a block's result: its refusals, its stored count and points."""
+    if not result.refused:  # the usual block: every request stored
+        return WriteResult(stored=len(item.envelopes), points=item.points)
     keys = {env.idempotency_key for env in item.envelopes}
     refused = {k: why for k, why in result.refused.items() if k in keys}
     return WriteResult(
