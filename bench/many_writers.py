@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sys
 import tempfile
@@ -50,6 +51,15 @@ PROJECT = "many"
 KEYS = [f"m{i}" for i in range(10)]
 DRAIN_LIMIT_S = 2.0
 BATCHED_ACKS = ("x-runstream-acks", "batched")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -164,9 +174,18 @@ class RankRequests:
 
 
 def ranks_step(
-    endpoint: str, run_id: str, ranks: list[RankRequests], streams: list[Stream], rate: float, seconds: float
+    endpoint: str,
+    run_id: str,
+    ranks: list[RankRequests],
+    streams: list[Stream],
+    rate: float,
+    seconds: float,
+    server_pid: int | None = None,
 ) -> dict:
-    """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks."""
+    """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks.
+    With `server_pid`, also the server's CPU ms per request (from the step's start to its drain):
+    on shared cores a steadier figure than the held rate."""
+    cpu_before = process_cpu_s(server_pid) if server_pid else float("nan")
     per_stream = len(ranks) // len(streams) or 1
     sent_before = sum(s.sent for s in streams)
     messages_before = sum(s.messages for s in streams)
@@ -193,12 +212,14 @@ def ranks_step(
     errors = [e for s in streams for e in s.errors]
     total_sent = sum(s.sent for s in streams) - sent_before
     ack_ms = [ms for s in streams for ms in s.ack_ms]
+    cpu_s = process_cpu_s(server_pid) - cpu_before if server_pid else float("nan")
     return {
         "offered_rps": rate,
         "sent_rps": round(total_sent / sending_s),
         "drain_s": round(drain_s, 3),
         "ack_p50_ms": round(_pct(ack_ms, 50), 2),
         "ack_p99_ms": round(_pct(ack_ms, 99), 2),
+        "server_cpu_ms_per_request": round(cpu_s * 1000 / max(1, total_sent), 3),
         "requests_per_ack_message": round(
             total_sent / max(1, sum(s.messages for s in streams) - messages_before), 1
         ),
@@ -208,7 +229,13 @@ def ranks_step(
 
 
 def bench_ranks(
-    endpoint: str, n_ranks: int, n_streams: int, rates: list[float], seconds: float, batched: bool = True
+    endpoint: str,
+    n_ranks: int,
+    n_streams: int,
+    rates: list[float],
+    seconds: float,
+    batched: bool = True,
+    server_pid: int | None = None,
 ) -> dict:
     run_id = f"ranks-{uuid.uuid4().hex[:8]}"
     streams = [Stream(endpoint, batched) for _ in range(n_streams)]
@@ -217,7 +244,7 @@ def bench_ranks(
     streams[0].wait_acked(30)
     steps, best = [], None
     for rate in rates:
-        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds)
+        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds, server_pid)
         steps.append(step)
         print(json.dumps({"ranks_step": step}), file=sys.stderr, flush=True)
         if not step["held"]:
@@ -393,7 +420,7 @@ def main() -> int:
             if "ranks" in only:
                 rates = [float(r) for r in args.rates.split(",")]
                 out["ranks"] = bench_ranks(
-                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server.proc.pid
                 )
             if "runs" in only:
 
