@@ -59,14 +59,31 @@ class Accepted:
     points: int = 0  # metric points, for metric batches
 
 
+#: names and config/summary key sets known to pass (every request names its project and run, and
+#: a team's runs repeat their config keys); each set starts over when full
+MAX_CHECKED_NAMES = 65_536  # ~100 bytes each
+MAX_CHECKED_VALUE_KEYS = 4096
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_VALUE_KEYS: set[frozenset[str]] = set()
+
+
+def _remember(checked: set, item, limit: int) -> None:
+    if len(checked) >= limit:
+        checked.clear()
+    checked.add(item)
+
+
 def check_name(what: str, value: str) -> None:
     """Project and run names: letters, digits, '.', '_', '-'; 1 to 64 characters; not only dots."""
+    if value in _CHECKED_NAMES:
+        return
     if not value:
         raise InvalidArgument(f"{what} is empty: give a {what} matching {NAME_PATTERN}")
     if not _NAME.match(value) or set(value) == {"."}:
         raise InvalidArgument(
             f"{what} {value[:80]!r} is not allowed: use 1 to 64 of A-Z a-z 0-9 . _ - (not only dots)"
         )
+    _remember(_CHECKED_NAMES, value, MAX_CHECKED_NAMES)
 
 
 def check_key(what: str, key: str) -> None:
@@ -110,8 +127,14 @@ def check_value(what: str, key: str, value: types_pb2.Value) -> None:
 def check_values(what: str, values) -> None:
     if len(values) > MAX_MAP_ENTRIES:
         raise InvalidArgument(f"{what} has {len(values)} entries; the limit is {MAX_MAP_ENTRIES} per request")
+    if not values:
+        return
+    keys = frozenset(values)
+    if keys not in _CHECKED_VALUE_KEYS:
+        for key in keys:
+            check_key(what, key)
+        _remember(_CHECKED_VALUE_KEYS, keys, MAX_CHECKED_VALUE_KEYS)
     for key, value in values.items():
-        check_key(what, key)
         check_value(what, key, value)
 
 

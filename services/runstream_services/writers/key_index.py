@@ -20,6 +20,7 @@ import numpy as np
 class KeyIndex:
     def __init__(self, keys: Iterable[Hashable] = ()):
         self._loaded = np.unique(np.fromiter((hash(k) for k in keys), dtype=np.int64))
+        self._lo, self._hi = (int(self._loaded[0]), int(self._loaded[-1])) if len(self._loaded) else (0, -1)
         self._added: set[int] = set()
         self._lock = threading.Lock()
 
@@ -27,12 +28,17 @@ class KeyIndex:
         return len(self._loaded) + len(self._added)
 
     def may_contain(self, key: Hashable) -> bool:
-        """False only when the key was never loaded or added."""
+        """False only when the key was never loaded or added. Asked once per request by ingest
+        and per run by the writer: a new run's key is usually neither, and numpy's fixed cost
+        per call is spared when nothing was loaded or the hash is outside the loaded range."""
         h = hash(key)
         if h in self._added:
             return True
-        i = int(np.searchsorted(self._loaded, h))
-        return i < len(self._loaded) and int(self._loaded[i]) == h
+        loaded = self._loaded
+        if not len(loaded) or h < self._lo or h > self._hi:
+            return False
+        i = int(loaded.searchsorted(h))
+        return i < len(loaded) and int(loaded[i]) == h
 
     def add(self, key: Hashable) -> None:
         with self._lock:

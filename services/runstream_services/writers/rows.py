@@ -100,7 +100,7 @@ def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int, int]]) -> pa.
 
 
 def _format_number(x: float) -> str:
-    if math.isfinite(x) and x == int(x) and abs(x) < 1e16:
+    if x.is_integer() and abs(x) < 1e16:  # False for NaN and inf
         return str(int(x))
     return repr(x)
 

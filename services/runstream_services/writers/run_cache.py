@@ -21,7 +21,8 @@ class RunCache(OrderedDict):
 
     @staticmethod
     def _size(row: RunRow) -> int:
-        return 512 + len(row.context) + len(row.datasets) + len(row.notes) + sum(map(len, row.tags.items()))
+        tags = sum(len(k) + len(v) for k, v in row.tags.items())  # not len() of each (k, v) pair, which is 2
+        return 512 + len(row.context) + len(row.datasets) + len(row.notes) + tags
 
     def __setitem__(self, key, row: RunRow) -> None:
         super().__setitem__(key, row)

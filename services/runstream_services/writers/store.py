@@ -43,6 +43,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
@@ -156,6 +157,7 @@ class StoreWriter:
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
+        self._rows_pool = ThreadPoolExecutor(2, thread_name_prefix="runstream-rows")
         self._listeners: list = []
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
@@ -233,6 +235,7 @@ class StoreWriter:
         """Writes the pending bookkeeping rows and releases the writer's own connection handles
         (the shared client stays open)."""
         self._bookkeeping.close()
+        self._rows_pool.shutdown(wait=True)
         self._arrow.close()
 
     def run_state(self, project: str, run_id: str) -> str | None:
@@ -495,13 +498,20 @@ class StoreWriter:
             if not decoded:
                 return
         try:
-            self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
-            self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
-            self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
-            self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
-            run_rows = [r.values() for r in pending.runs.values()]
-            self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
-            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+            # the row tables go in on another thread while this one inserts the metric points:
+            # chDB releases the GIL while inserting, so one block's inserts overlap (and its
+            # Python work, e.g. the replaced-point check, runs during the row inserts)
+            if pending.metrics and (pending.params or pending.runs or pending.artifacts):
+                rows_done = self._rows_pool.submit(self._insert_row_tables, pending, base)
+                try:
+                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+                finally:
+                    rows_error = rows_done.exception()  # waited for even when the points failed
+                if rows_error is not None:
+                    raise rows_error
+            else:
+                self._insert_row_tables(pending, base)
+                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
             self._bookkeeping.add("audit_log", pending.audit)
             self._record_stored(decoded)
         except BaseException:
@@ -529,6 +539,15 @@ class StoreWriter:
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
         )
+
+    def _insert_row_tables(self, pending: _Pending, base: str) -> None:
+        """Inserts a block's rows of every table but the metric points, each with its token."""
+        self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
+        self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
+        self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
+        self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
+        run_rows = [r.values() for r in pending.runs.values()]
+        self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
 
     def _insert_rows(self, table: str, columns, data: list[list], token: str | None) -> None:
         if not data:
