@@ -62,6 +62,16 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _blocks(server: ServerProcess | None) -> float:
+    """Group-commit blocks the embedded server has written so far (its /metrics)."""
+    if server is None:
+        return float("nan")
+    try:
+        return server.metrics().get("runstream_writer_blocks_total", float("nan"))
+    except OSError:
+        return float("nan")
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -180,12 +190,14 @@ def ranks_step(
     streams: list[Stream],
     rate: float,
     seconds: float,
-    server_pid: int | None = None,
+    server: ServerProcess | None = None,
 ) -> dict:
     """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks.
-    With `server_pid`, also the server's CPU ms per request (from the step's start to its drain):
-    on shared cores a steadier figure than the held rate."""
-    cpu_before = process_cpu_s(server_pid) if server_pid else float("nan")
+    With `server`, also its CPU ms per request (from the step's start to its drain: on shared cores
+    a steadier figure than the held rate) and requests per group-commit block (fewer, larger
+    blocks cost less CPU per request, so the two are read together)."""
+    cpu_before = process_cpu_s(server.proc.pid) if server else float("nan")
+    blocks_before = _blocks(server)
     per_stream = len(ranks) // len(streams) or 1
     sent_before = sum(s.sent for s in streams)
     messages_before = sum(s.messages for s in streams)
@@ -212,7 +224,8 @@ def ranks_step(
     errors = [e for s in streams for e in s.errors]
     total_sent = sum(s.sent for s in streams) - sent_before
     ack_ms = [ms for s in streams for ms in s.ack_ms]
-    cpu_s = process_cpu_s(server_pid) - cpu_before if server_pid else float("nan")
+    cpu_s = process_cpu_s(server.proc.pid) - cpu_before if server else float("nan")
+    blocks = _blocks(server) - blocks_before
     return {
         "offered_rps": rate,
         "sent_rps": round(total_sent / sending_s),
@@ -220,6 +233,7 @@ def ranks_step(
         "ack_p50_ms": round(_pct(ack_ms, 50), 2),
         "ack_p99_ms": round(_pct(ack_ms, 99), 2),
         "server_cpu_ms_per_request": round(cpu_s * 1000 / max(1, total_sent), 3),
+        "requests_per_block": round(total_sent / blocks, 1) if blocks > 0 else None,
         "requests_per_ack_message": round(
             total_sent / max(1, sum(s.messages for s in streams) - messages_before), 1
         ),
@@ -235,7 +249,7 @@ def bench_ranks(
     rates: list[float],
     seconds: float,
     batched: bool = True,
-    server_pid: int | None = None,
+    server: ServerProcess | None = None,
 ) -> dict:
     run_id = f"ranks-{uuid.uuid4().hex[:8]}"
     streams = [Stream(endpoint, batched) for _ in range(n_streams)]
@@ -244,7 +258,7 @@ def bench_ranks(
     streams[0].wait_acked(30)
     steps, best = [], None
     for rate in rates:
-        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds, server_pid)
+        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds, server)
         steps.append(step)
         print(json.dumps({"ranks_step": step}), file=sys.stderr, flush=True)
         if not step["held"]:
@@ -420,7 +434,7 @@ def main() -> int:
             if "ranks" in only:
                 rates = [float(r) for r in args.rates.split(",")]
                 out["ranks"] = bench_ranks(
-                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server.proc.pid
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server
                 )
             if "runs" in only:
 
