@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/many_writers.py                 # all rows, prints JSON
     .venv/bin/python bench/many_writers.py --quick         # small sizes (smoke)
-    .venv/bin/python bench/many_writers.py --only ranks    # ranks | runs | fresh
+    .venv/bin/python bench/many_writers.py --only ranks    # ranks | packed | runs | fresh
     .venv/bin/python bench/many_writers.py --acks single   # one ack message per request (A/B)
 
 Rows:
@@ -12,6 +12,9 @@ Rows:
   the generator sent what it offered and every request was acked within 2 s after the last send
   (what `finish()` would wait). Reports the highest held requests/s and points/s, and per step
   the ack latency (send -> ack received) p50/p99.
+- packed: the ranks row with what falls due on a stream in one 2 ms tick packed into one message,
+  up to 64 requests (IngestRequest.packed), as a relay multiplexing a node's ranks would send it:
+  the per-message cost of gRPC is paid per message, not per request.
 - runs: 10,000 runs created by 16 concurrent clients (run_start with 20 params, 10 metrics x 10
   steps, run_finish), pipelined as the SDK does; total seconds until all are acked and all 10,000
   are visible as finished to SearchRuns.
@@ -50,6 +53,7 @@ OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_messag
 PROJECT = "many"
 KEYS = [f"m{i}" for i in range(10)]
 DRAIN_LIMIT_S = 2.0
+PACKED = 64  # the `packed` row: up to this many requests per message (IngestRequest.packed)
 BATCHED_ACKS = ("x-runstream-acks", "batched")
 
 
@@ -96,6 +100,8 @@ class Stream:
         self.errors: list[str] = []
         self.changed = threading.Condition()
         self.sent_at: dict[int, deque] = {}
+        self.packed_sizes: dict[int, int] = {}  # seq of a packed message -> requests in it
+        self._packed_seq = 1 << 40  # packed messages' own seqs: apart from the ranks' seqs
         self.ack_ms: list[float] = []
         self._responses = call(self._requests(), metadata=(BATCHED_ACKS,) if batched else None)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -111,7 +117,18 @@ class Stream:
                 now = time.perf_counter()
                 with self.changed:
                     self.messages += 1
-                    if response.ok:
+                    if self.packed_sizes:
+                        sizes = self.packed_sizes
+                        seqs = (response.seq, *response.also_ok)
+                        self.acked += sum(sizes.pop(q, 1) for q in seqs) - len(response.packed_refused)
+                        if not response.ok and len(self.errors) < 20:
+                            self.errors.append(f"packed {response.seq}: {response.message}")
+                        if self.sent_at:
+                            for seq in seqs:
+                                times = self.sent_at.get(seq)
+                                if times:
+                                    self.ack_ms.append((now - times.popleft()) * 1000)
+                    elif response.ok:
                         self.acked += 1 + len(response.also_ok)
                         if self.sent_at:
                             for seq in (response.seq, *response.also_ok):
@@ -130,6 +147,17 @@ class Stream:
                 self.sent_at.setdefault(seq, deque()).append(time.perf_counter())
         self.sent += 1
         self.outbox.put(payload)
+
+    def send_packed(self, payloads: list[bytes], timed: bool = True) -> None:
+        """Many requests in one message (IngestRequest.packed), answered once by its own seq."""
+        self._packed_seq += 1
+        seq = self._packed_seq
+        with self.changed:
+            self.packed_sizes[seq] = len(payloads)
+            if timed:
+                self.sent_at.setdefault(seq, deque()).append(time.perf_counter())
+        self.sent += len(payloads)
+        self.outbox.put(pb.IngestRequest(seq=seq, packed=payloads).SerializeToString())
 
     def wait_acked(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -191,11 +219,14 @@ def ranks_step(
     rate: float,
     seconds: float,
     server: ServerProcess | None = None,
+    pack: int = 0,
 ) -> dict:
     """Offers `rate` requests/s round-robin over the ranks for `seconds`; then waits for the acks.
     With `server`, also its CPU ms per request (from the step's start to its drain: on shared cores
     a steadier figure than the held rate) and requests per group-commit block (fewer, larger
-    blocks cost less CPU per request, so the two are read together)."""
+    blocks cost less CPU per request, so the two are read together). `pack` > 0: what falls due
+    on a stream in one tick (2 ms) goes out packed, up to `pack` requests per message, as a relay
+    multiplexing its ranks would send it."""
     cpu_before = process_cpu_s(server.proc.pid) if server else float("nan")
     blocks_before = _blocks(server)
     per_stream = len(ranks) // len(streams) or 1
@@ -211,10 +242,20 @@ def ranks_step(
         if now - t0 >= seconds:
             break
         due = int(rate * (now - t0)) - sent
-        for _ in range(due):
-            rank = ranks[i % len(ranks)]
-            streams[min(i % len(ranks) // per_stream, len(streams) - 1)].send(rank.next(), rank.seq)
-            i += 1
+        if pack:
+            ticks: dict[int, list[bytes]] = {}
+            for _ in range(due):
+                rank = ranks[i % len(ranks)]
+                ticks.setdefault(min(i % len(ranks) // per_stream, len(streams) - 1), []).append(rank.next())
+                i += 1
+            for k, payloads in ticks.items():
+                for start in range(0, len(payloads), pack):
+                    streams[k].send_packed(payloads[start : start + pack])
+        else:
+            for _ in range(due):
+                rank = ranks[i % len(ranks)]
+                streams[min(i % len(ranks) // per_stream, len(streams) - 1)].send(rank.next(), rank.seq)
+                i += 1
         sent += max(0, due)
         time.sleep(0.002)
     sending_s = time.monotonic() - t0
@@ -250,6 +291,7 @@ def bench_ranks(
     seconds: float,
     batched: bool = True,
     server: ServerProcess | None = None,
+    pack: int = 0,
 ) -> dict:
     run_id = f"ranks-{uuid.uuid4().hex[:8]}"
     streams = [Stream(endpoint, batched) for _ in range(n_streams)]
@@ -258,7 +300,7 @@ def bench_ranks(
     streams[0].wait_acked(30)
     steps, best = [], None
     for rate in rates:
-        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds, server)
+        step = ranks_step(endpoint, run_id, ranks, streams, rate, seconds, server, pack)
         steps.append(step)
         print(json.dumps({"ranks_step": step}), file=sys.stderr, flush=True)
         if not step["held"]:
@@ -271,6 +313,7 @@ def bench_ranks(
         "ranks": n_ranks,
         "streams": n_streams,
         "acks": "batched" if batched else "single",
+        "packed": pack,
         "held_requests_per_s": held,
         "held_points_per_s": held * len(KEYS),
         "steps": steps,
@@ -388,7 +431,11 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--only", default="ranks,runs,fresh", help="comma list of ranks, runs, fresh")
+    parser.add_argument(
+        "--only",
+        default="ranks,packed,runs,fresh",
+        help=f"comma list of ranks, packed (ranks with up to {PACKED} requests per message), runs, fresh",
+    )
     parser.add_argument("--ranks", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
@@ -410,6 +457,13 @@ def main() -> int:
         default="batched",
         help="ask for batched acks (one message may ack many requests; as the SDK does) or get one "
         "ack message per request (the protocol without the opt-in), to compare",
+    )
+    parser.add_argument(
+        "--pack",
+        type=int,
+        default=0,
+        help="ranks: send what falls due on a stream in one 2 ms tick packed, up to this many requests "
+        "per message (IngestRequest.packed, as a relay multiplexing ranks would); 0: one message each",
     )
     parser.add_argument(
         "--server-pid-file", type=Path, help="write the server's pid here once it is up (for py-spy)"
@@ -434,7 +488,12 @@ def main() -> int:
             if "ranks" in only:
                 rates = [float(r) for r in args.rates.split(",")]
                 out["ranks"] = bench_ranks(
-                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server, args.pack
+                )
+            if "packed" in only:  # the same ranks, their requests packed as a relay would send them
+                rates = [float(r) for r in args.rates.split(",")]
+                out["ranks_packed"] = bench_ranks(
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server, PACKED
                 )
             if "runs" in only:
 
@@ -456,7 +515,9 @@ def main() -> int:
                     seconds = 3600.0
                     load = threading.Thread(
                         target=lambda: (
-                            ranks_step(server.endpoint, run_id, ranks, streams, held / 2, seconds)
+                            ranks_step(
+                                server.endpoint, run_id, ranks, streams, held / 2, seconds, pack=args.pack
+                            )
                             if not stop.is_set()
                             else None
                         ),
