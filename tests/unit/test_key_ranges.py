@@ -36,3 +36,25 @@ def test_small_path_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) ->
 
 def test_empty_batch() -> None:
     assert key_ranges(ingest_pb2.MetricBatch(project="p", run_id="r", keys=["a"])) == []
+
+
+@pytest.mark.parametrize(
+    "keys, steps",
+    [
+        (["a", "b", "c"], [7, 7, 7]),  # one step of three metrics: the shortcut
+        (["a", "b", "a"], [7, 7, 7]),  # a key listed twice: not rising
+        (["a", "b", "c"], [7, 8, 7]),  # steps differ: the general loop
+        ([f"k{i}" for i in range(64)], [3] * 64),
+    ],
+)
+def test_one_step_of_each_key_matches_numpy(keys, steps, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = ingest_pb2.MetricBatch(
+        project="p",
+        run_id="r",
+        keys=keys,
+        steps=np.array(steps, "<i8").tobytes(),
+        key_index=np.arange(len(keys), dtype="<u2").tobytes(),
+    )
+    small = sorted(key_ranges(batch))
+    monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
+    assert small == sorted(key_ranges(batch))
