@@ -1,6 +1,6 @@
-"""The writer's run-event path under many small runs (issue 11): a block's row tables go in on a
-second thread beside its metric points, the in-memory key index answers without a query, and the
-bookkeeping timer does not flush again right after another flush."""
+"""The writer's run-event path under many small runs (issue 11): a block of whole runs is stored
+once, a failed row insert records nothing, the in-memory key index answers without a query, the
+bookkeeping timer does not flush again right after another flush, the run cache weighs tags."""
 
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def test_a_block_of_runs_is_stored_once_with_rows_and_points_together(writer):
 
 
 def test_a_failed_row_insert_fails_the_block_and_nothing_is_recorded(writer, monkeypatch):
-    """The row tables go in on another thread: its failure must fail write() (after the points'
-    insert ended), leave the requests unrecorded, and a resend must then store each run once."""
+    """A row table's failed insert fails write(), leaves the requests unrecorded, and a resend
+    then stores each run and point once (the summaries count each point once)."""
     original = writer._insert_rows
     failed = threading.Event()
 

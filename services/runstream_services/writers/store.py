@@ -43,7 +43,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from clickhouse_connect.driver.client import Client
@@ -157,7 +156,6 @@ class StoreWriter:
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
-        self._rows_pool = ThreadPoolExecutor(2, thread_name_prefix="runstream-rows")
         self._listeners: list = []
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
@@ -235,7 +233,6 @@ class StoreWriter:
         """Writes the pending bookkeeping rows and releases the writer's own connection handles
         (the shared client stays open)."""
         self._bookkeeping.close()
-        self._rows_pool.shutdown(wait=True)
         self._arrow.close()
 
     def run_state(self, project: str, run_id: str) -> str | None:
@@ -498,20 +495,11 @@ class StoreWriter:
             if not decoded:
                 return
         try:
-            # the row tables go in on another thread while this one inserts the metric points:
-            # chDB releases the GIL while inserting, so one block's inserts overlap (and its
-            # Python work, e.g. the replaced-point check, runs during the row inserts)
-            if pending.metrics and (pending.params or pending.runs or pending.artifacts):
-                rows_done = self._rows_pool.submit(self._insert_row_tables, pending, base)
-                try:
-                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
-                finally:
-                    rows_error = rows_done.exception()  # waited for even when the points failed
-                if rows_error is not None:
-                    raise rows_error
-            else:
-                self._insert_row_tables(pending, base)
-                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+            # one table after the other: on 2 cores the row inserts on a second thread beside
+            # the points' insert made both slower (10,000 runs of bench/many_writers.py: metric
+            # insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as two chDB inserts at once do
+            self._insert_row_tables(pending, base)
+            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
             self._bookkeeping.add("audit_log", pending.audit)
             self._record_stored(decoded)
         except BaseException:
