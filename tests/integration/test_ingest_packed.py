@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
+from runstream.v1 import types_pb2
 from tests.ingest_client import PROJECT, ingest, metric_batch, run_start, status_code, stub_for
 
 N_CLIENTS, PER_CLIENT, POINTS = 10, 5, 20
@@ -113,3 +114,30 @@ def test_packed_messages_on_a_batched_acks_stream_are_acked_by_their_own_seqs(se
     assert sorted(acked) == [10, 11, 12, 13, 14]
     expected = N_CLIENTS * PER_CLIENT * POINTS
     assert _stored(api, run_id) == (expected, expected)
+
+
+def test_whole_runs_in_one_packed_message_are_applied_in_each_clients_order(server, api):
+    """run_start, metrics and run_finish of several clients interleaved in one message: each
+    client's requests apply in its order (the metrics are admitted behind their run_start)."""
+    prefix = f"whole-{uuid.uuid4().hex[:6]}"
+    per_client = []
+    for c in range(8):
+        client_id, run_id = uuid.uuid4().hex, f"{prefix}-{c}"
+        finish = pb.RunFinish(project=PROJECT, run_id=run_id, state=types_pb2.RUN_STATE_FINISHED)
+        per_client.append(
+            [
+                run_start(1, client_id, run_id).SerializeToString(),
+                pb.IngestRequest(
+                    seq=2, client_id=client_id, metrics=metric_batch(run_id, 0, POINTS)
+                ).SerializeToString(),
+                pb.IngestRequest(seq=3, client_id=client_id, run_finish=finish).SerializeToString(),
+            ]
+        )
+    interleaved = [reqs[i] for i in range(3) for reqs in per_client]
+    answer = ingest(stub_for(server), [pb.IngestRequest(seq=1, packed=interleaved)])[1]
+    assert answer.ok, answer.message
+    runs = api.runs(project=PROJECT)
+    mine = runs[runs["run_id"].str.startswith(prefix)]
+    assert len(mine) == 8 and set(mine["state"]) == {"finished"}
+    for c in range(8):
+        assert _stored(api, f"{prefix}-{c}") == (POINTS, POINTS)
