@@ -18,8 +18,9 @@ class SeqRanges:
 
     def __init__(self, ranges: Iterable[tuple[int, int]] = ()):
         self._ranges: list[list[int]] = []
-        for lo, hi in sorted(ranges):
-            self._add(int(lo), int(hi))
+        if ranges:
+            for lo, hi in sorted(ranges):
+                self._add(int(lo), int(hi))
 
     def __contains__(self, seq: int) -> bool:
         i = bisect.bisect_right(self._ranges, [seq, float("inf")]) - 1

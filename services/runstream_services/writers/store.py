@@ -423,7 +423,10 @@ class StoreWriter:
                 if union is None or runs is None:  # evicted meanwhile: reload, then record
                     continue
                 union.add(env.seq)
-                runs.setdefault(env.run_id, SeqRanges()).add(env.seq)
+                seqs = runs.get(env.run_id)
+                if seqs is None:  # (setdefault would build a SeqRanges per request)
+                    seqs = runs[env.run_id] = SeqRanges()
+                seqs.add(env.seq)
                 rows_[(env.client_id, env.run_id)] = [env.client_id, env.run_id, None, now_ms]
             for (client_id, run_id), row in rows_.items():
                 row[2] = self._done_by_run[client_id][run_id].ranges()
