@@ -422,9 +422,10 @@ def test_crash_detection_judges_only_the_runs_of_owned_partitions(setup):
 def test_a_block_spanning_partitions_is_re_formed_whole_by_each_new_owner(setup):
     """A block of records of every partition, half-written by a writer that died (metric rows in,
     no request records, nothing committed), and its partitions then owned by DIFFERENT writers:
-    writer A holds some (another member of the group holds the rest), then writer B gets the
-    rest. Each re-forms the whole block under its token and commits only its own partitions;
-    every point is stored once (raw rows, FINAL, summaries) and every record committed."""
+    a quiet member of the group holds some while writer A starts, then writer B joins and the
+    quiet member leaves. The owner of the block's lowest partition re-forms it whole under its
+    token, the others commit their partitions of it once it is stored; every point is stored once
+    (raw rows, FINAL, summaries), every request recorded and every record committed."""
     from dataclasses import replace
 
     from runstream_services.writers.kafka_consumer import ranges_text, ranges_token
@@ -464,51 +465,60 @@ def test_a_block_spanning_partitions_is_re_formed_whole_by_each_new_owner(setup)
             )
         assert count(client, db, "SELECT count() FROM {db}.metrics") == 100 * len(ranges)
 
-        other = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.kafka_group_id,
-                                 enable_auto_commit=False)  # fmt: skip
+        other = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.kafka_group_id,
+            enable_auto_commit=False,
+        )
         other.subscribe([topic, f"{settings.kafka_topic_prefix}.artifacts"])
         await other.start()  # a member that holds partitions and never writes (a writer gone quiet)
-        loop_a = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
+        loops = [
+            KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
+            for _ in range(2)
+        ]
         try:
-            for _ in range(200):
-                if other.assignment():
+            await loops[0].start()
+            for _ in range(600):  # bounded: ~60 s; the quiet member stays live meanwhile
+                await other.getmany(timeout_ms=50)
+                if loops[0]._parts and other.assignment():
                     break
-                await asyncio.sleep(0.1)
-            await loop_a.start()
-            for _ in range(600):  # bounded: ~60 s
-                await other.getmany(timeout_ms=50)  # stays a live member
-                mine = {tp for tp in ranges if tp in loop_a._parts}
-                if mine and loop_a.replayed_blocks and loop_a.total_lag() == 0:
-                    break
-                await asyncio.sleep(0.05)
-            owned_by_a = {tp for tp in ranges if tp in loop_a._parts}
-        finally:
-            await loop_a.stop()
-            await other.stop()
-        assert owned_by_a and owned_by_a != set(ranges), "the block's partitions were split between members"
-        assert loop_a.replayed_blocks == 1
-
-        loop_b = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
-        await loop_b.start()
-        try:
-            await drain(loop_b, client, db, expected)
+            owned_first = {tp for tp in ranges if tp in loops[0]._parts}
+            await loops[1].start()
             for _ in range(100):
-                if loop_b.total_lag() == 0 and len(loop_b._parts) == 2 * loop_b.partitions:
+                await other.getmany(timeout_ms=50)
+                if loops[1]._parts:
+                    break
+            await other.stop()  # its partitions go to the two writers
+            for _ in range(600):
+                split = [{tp for tp in ranges if tp in loop._parts} for loop in loops]
+                if (
+                    all(split)
+                    and sum(map(len, split)) == len(ranges)
+                    and count(client, db, "SELECT count() FROM {db}.metrics") >= expected
+                    and all(loop.total_lag() == 0 for loop in loops)
+                ):
                     break
                 await asyncio.sleep(0.1)
         finally:
-            await loop_b.stop()
-        return loop_a, loop_b
+            for loop in loops:
+                await loop.stop()
+            await other.stop()
+        assert owned_first and owned_first != set(ranges), "the block's partitions were split between members"
+        assert all(split) and sum(map(len, split)) == len(ranges), "two writers share the block's partitions"
+        return loops
 
-    loop_a, loop_b = asyncio.run(scenario())
-    loop_b.sink.flush()
-    assert loop_b.replayed_blocks == 1  # the partitions A did not own still named the block
+    loops = asyncio.run(scenario())
+    for loop in loops:
+        loop.sink.flush()
+    # one writer re-formed the block whole (the owner of its lowest partition, maybe twice when
+    # a rebalance came between); the others committed their partitions of it once it was stored
+    assert 1 <= sum(loop.replayed_blocks for loop in loops) <= 2
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
     assert count(client, db, "SELECT count() FROM {db}.metrics FINAL") == expected
     assert count(client, db, "SELECT sum(count) FROM {db}.metric_summaries FINAL") == expected
     assert count(client, db, "SELECT count() FROM {db}.runs FINAL") == len(runs)
     assert count(client, db, "SELECT " + STORED_SEQS + " FROM {db}.client_seqs FINAL") == len(envelopes)
-    committed, ends = asyncio.run(committed_and_end_offsets(settings, topic, loop_b.partitions))
+    committed, ends = asyncio.run(committed_and_end_offsets(settings, topic, loops[0].partitions))
     assert committed == {p: end for p, end in ends.items() if end}, (committed, ends)
 
 

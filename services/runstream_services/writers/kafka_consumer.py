@@ -4,8 +4,10 @@ Group commit (issue 11): a block gathers the ready records of ALL the partitions
 (consecutive offsets per partition) for a short bounded window, and is written as one store write
 (one insert per table, one dedup token); then the offsets of every partition in it are committed at
 once. While a block is being written the next one gathers, so the window adapts to load: an idle
-writer writes within GATHER_WINDOW_S, a busy one writes whatever arrived during the last insert.
-A partition is in at most one block in flight; its next block is formed only after that commit.
+writer writes within GATHER_WINDOW_S, a busy one writes whatever arrived during the last insert
+(a second block overlaps only in a backlog; fetching pauses while BACKLOG_BLOCKS blocks' worth
+wait). A partition is in at most one block in flight; its next block is formed only after that
+commit, so at most one intent per partition is uncommitted, and it is that partition's newest.
 
 Exactly-once visible, even after kill -9 and a rebalance that hands the block's partitions to
 DIFFERENT writers:
@@ -16,18 +18,23 @@ DIFFERENT writers:
   the same envelopes in the same order, and StoreWriter the same per-table inserts and tokens;
 - offsets are committed only after the insert and the record of its requests (Sink.flush), so an
   intent whose range of a partition is not committed names a block that may be half-written;
-- on assignment, for each such partition the new owner re-forms the WHOLE block: it reads the
-  block's ranges of every partition straight from Kafka (a group-less reader; the records of
-  partitions other writers own now are read, never committed), writes them under the same token
-  with replay=True, dead-letters and commits only the partitions it owns. Each new owner of a
-  partition of the block does the same, so two writers may re-form one block: the same token
-  makes ClickHouse keep one copy (inside its dedup window), and StoreWriter skips every request
-  the first one recorded (client_seqs) - recorded only after all of a write's inserts, in one row
-  set (a block holds at most MAX_BLOCK_RECORDS requests, within StoreWriter's client cache), so a
-  replay finds either all of a block's requests recorded or none of those it stored. replay=True
-  recounts the summaries of every series the block touches from `metrics FINAL`.
-- Re-forming a part of a block under its token would be wrong (ClickHouse would drop the rest when
-  the other owner comes), and under a new token would double what landed, hence the whole block.
+- on assignment, such a block is settled by ONE writer: the owner of its leader (lowest)
+  partition re-forms the WHOLE block - it reads the block's ranges of every partition straight
+  from Kafka (a group-less reader), writes them under the same token with replay=True (which
+  recounts the summaries of every series the block touches from `metrics FINAL`), dead-letters
+  the refused records of every partition, and commits the partitions it owns. The owners of the
+  block's other partitions write nothing of it: they wait until some partition of the block is
+  committed past it (done only after the whole block was stored), then commit theirs. Those
+  partitions stay blocked meanwhile, so no one writes the runs whose summaries the leader
+  recounts (a recount racing another writer's insert could count points twice). If the leader
+  dies too, the next owner of the leader partition re-forms the block.
+- Two writers re-forming one block cannot happen except with a zombie (below); then the same
+  token makes ClickHouse keep one copy (inside its dedup window), and StoreWriter skips every
+  request already recorded (client_seqs) - recorded only after all of a write's inserts, in one
+  row set (a block holds at most MAX_BLOCK_CLIENTS clients, within StoreWriter's client cache),
+  so a replay finds either all of a block's requests recorded or none of those it stored.
+- Re-forming a part of a block under its token would be wrong (ClickHouse would drop the rest
+  when the other part comes), and under a new token would double what landed, hence the whole.
 - A zombie (a writer frozen past its session) checks, after its intent, that no newer generation
   claimed any partition it owns in the block (writer_claims, 0009), else it drops the block.
 - A committed offset below an intent's first offset (not produced by this code) leaves a gap: it
@@ -89,14 +96,18 @@ log = logging.getLogger("runstream.kafka_writer")
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_BLOCK_BYTES_FACTOR = 4  # a block holds at most this many max-size messages' worth of bytes
-#: requests per block: StoreWriter records a write's seqs in one row set while its clients fit its
+#: clients per block: StoreWriter records a write's seqs in one row set while its clients fit its
 #: cache (store.MAX_CACHED_CLIENTS, 4096), which keeps "all recorded or none" for a re-form
-MAX_BLOCK_RECORDS = 4096
+MAX_BLOCK_CLIENTS = 4096
+MAX_BLOCK_RECORDS = 16_384  # requests per block (bounds one write's Python work and memory)
 GATHER_WINDOW_S = 0.02  # an idle writer waits this long for more records before it writes
-#: a second block goes in while one is being written only when this many points wait (as on the
-#: embedded bus: small blocks are Python work, two at once only take twice as long each)
+#: a second block goes in while one is being written only when this many points (or a full block of
+#: requests) wait: as on the embedded bus, small blocks are Python work, two at once only take twice
+#: as long each; in a backlog two overlap (one's chDB insert, the GIL released, with the other's
+#: Python work)
 OVERLAP_MIN_POINTS = 100_000
 REPLAY_READ_TIMEOUT_S = 30.0
+BACKLOG_BLOCKS = 4  # fetching pauses while this many full blocks' worth of records wait
 
 Ranges = dict[TopicPartition, tuple[int, int]]
 
@@ -243,6 +254,7 @@ class KafkaWriterLoop:
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()  # forming blocks vs. (re)assignment
         self._inflight: set[asyncio.Task] = set()
+        self._revoking = False
         self._parts: dict[TopicPartition, _PartitionState] = {}
         # counters, also exported through `collect()`
         self.blocks_written = 0
@@ -365,8 +377,12 @@ class KafkaWriterLoop:
         # The group coordinator calls this from its own task: the blocks being written finish (and
         # commit) first; records in no block yet are read again by the next owner.
         async with self._lock:
-            if self._inflight:
-                await asyncio.wait(set(self._inflight))
+            self._revoking = True  # a wait for another writer's re-form gives up (it may need this rebalance)
+            try:
+                if self._inflight:
+                    await asyncio.wait(set(self._inflight))
+            finally:
+                self._revoking = False
             for tp in revoked:
                 self._parts.pop(tp, None)
 
@@ -452,11 +468,16 @@ class KafkaWriterLoop:
         fetch: asyncio.Task | None = None
         try:
             while not self._stopping.is_set():
-                if fetch is None:
+                if fetch is None and not self._backlogged():
                     fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=poll_ms))
-                timeout = self._gather_wait()
-                done, _ = await asyncio.wait({fetch, *self._inflight}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                waits = {fetch, *self._inflight} - {None}
+                done: set = set()
+                if waits:
+                    done, _ = await asyncio.wait(
+                        waits, timeout=self._gather_wait(), return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:  # backlogged, nothing in flight: the next block is due within the window
+                    await asyncio.sleep(self._gather_wait())
                 if fetch in done:
                     batch, fetch = fetch, None
                     try:
@@ -493,6 +514,10 @@ class KafkaWriterLoop:
                 state.pending_points += max(1, item[1].points) if item[1] is not None else 1
                 state.next = record.offset + 1
 
+    def _backlogged(self) -> bool:
+        """True when enough records wait for blocks: fetching more would only hold them in memory."""
+        return sum(len(s.pending) for s in self._parts.values()) >= BACKLOG_BLOCKS * MAX_BLOCK_RECORDS
+
     def _gather_wait(self) -> float:
         """How long the loop may wait for records before a pending block is due (a block in
         flight wakes it when it ends)."""
@@ -520,20 +545,25 @@ class KafkaWriterLoop:
                          if s.pending and not s.busy and not s.stalled and s.replay is None]  # fmt: skip
                 if not ready:
                     return
-                if (
-                    self._inflight
-                    and not force
-                    and sum(s.pending_points for _, s in ready) < OVERLAP_MIN_POINTS
-                ):
+                if self._inflight and not force and not self._full_block_waits(ready):
                     return
                 if not force and time.monotonic() - min(s.since for _, s in ready) < self.gather_s:
                     return
                 self._spawn(self._write(self._form(ready)))
 
+    def _full_block_waits(self, ready: list[tuple[TopicPartition, _PartitionState]]) -> bool:
+        """A second block goes in only when a full one waits (a backlog): many points, or as
+        many requests as a block of distinct clients takes."""
+        return (
+            sum(s.pending_points for _, s in ready) >= OVERLAP_MIN_POINTS
+            or sum(len(s.pending) for _, s in ready) >= MAX_BLOCK_CLIENTS
+        )
+
     def _form(self, ready: list[tuple[TopicPartition, _PartitionState]]) -> _Block:
         """A block of the pending records of `ready`, up to the block limits."""
         taken: list = []
         ranges: Ranges = {}
+        clients: set[str] = set()
         nbytes = points = 0
         now = time.monotonic()
         for tp, state in ready:
@@ -543,8 +573,15 @@ class KafkaWriterLoop:
                     len(taken) + cut >= MAX_BLOCK_RECORDS
                     or nbytes >= self.max_block_bytes
                     or points >= self.max_block_points
+                    or (
+                        envelope is not None
+                        and envelope.client_id not in clients
+                        and len(clients) >= MAX_BLOCK_CLIENTS
+                    )
                 ):
                     break
+                if envelope is not None:
+                    clients.add(envelope.client_id)
                 cut += 1
                 nbytes += record.serialized_value_size
                 points += max(1, envelope.points) if envelope is not None else 1
@@ -600,12 +637,8 @@ class KafkaWriterLoop:
                 dead += self._refused_records(single, result)
         else:
             dead = self._refused_records(block, outcome)
-        dead = [
-            (r, why)
-            for r, why in block.unreadable + dead
-            if TopicPartition(r.topic, r.partition) in block.owned
-        ]
-        if dead and not await self._dead_letter(dead):
+        dead = block.unreadable + dead  # a re-form's leader dead-letters those of every partition
+        if dead and not await self._dead_letter(dead, block.owned):
             return False  # stopping or revoked: the next owner reads these records again
         offsets = {tp: block.ranges[tp][1] + 1 for tp in block.owned}
         if not await self._commit(offsets):
@@ -617,32 +650,32 @@ class KafkaWriterLoop:
         return True
 
     async def _replay(self, ranges: Ranges, owned: frozenset) -> None:
-        """Re-forms the block of `ranges` whole (every partition's records, read from Kafka) and
-        commits the partitions of it this writer owns; a gap before an owned range goes first."""
+        """Settles the possibly half-written block of `ranges` for the partitions of it this
+        writer owns. The owner of its leader (lowest) partition re-forms it whole (every
+        partition's records, read from Kafka) and commits its own partitions; the owners of its
+        other partitions wait until the leader is committed past the block, then commit theirs
+        without writing. So one writer re-forms a block, while no other writes the runs of its
+        partitions, and the summaries it recounts (replay=True) race with no one. A gap before an
+        owned range is written first."""
         ok = False
         try:
-            gaps = {}
-            for tp in owned:
-                state = self._parts.get(tp)
-                committed = state.committed if state is not None else None
-                if committed is not None and committed < ranges[tp][0]:
-                    gaps[tp] = (committed, ranges[tp][0] - 1)
-            read = {**ranges, **{tp: (gaps[tp][0], ranges[tp][1]) for tp in gaps}}
-            records = await self._read_ranges(read, owned)
-            if records is None:
+            if not await self._write_gaps(ranges, owned):
                 return
-            for tp, (first, last) in gaps.items():
-                log.warning("partition %s:%d: offsets %d..%d were committed past no intent: writing them first",
-                            tp.topic, tp.partition, first, last)  # fmt: skip
-                gap = _Block.of({tp: (first, last)}, [decode(r) for r in records[tp] if r.offset <= last],
-                                replay=True, intent=False)  # fmt: skip
-                if not await self._write_and_commit(gap):
+            if min(ranges) in owned:
+                records = await self._read_ranges(ranges, owned)
+                if records is None:
                     return
-            within = [decode(r) for tp, rs in records.items() for r in rs if r.offset >= ranges[tp][0]]
-            block = _Block.of(ranges, within, replay=True, owned=owned)
-            ok = await self._write_and_commit(block)
-            if ok:
-                self.replayed_blocks += 1
+                block = _Block.of(
+                    ranges, [decode(r) for rs in records.values() for r in rs], replay=True, owned=owned
+                )
+                ok = await self._write_and_commit(block)
+                if ok:
+                    self.replayed_blocks += 1
+            elif await self._block_done(ranges, owned):
+                ok = await self._commit({tp: ranges[tp][1] + 1 for tp in owned})
+                if ok:
+                    for tp in owned:
+                        self._parts[tp].committed = ranges[tp][1] + 1
         finally:
             for tp in owned:
                 state = self._parts.get(tp)
@@ -650,6 +683,45 @@ class KafkaWriterLoop:
                     state.busy, state.replay = False, None
                     if not ok:
                         state.stalled, state.pending = True, []
+
+    async def _block_done(self, ranges: Ranges, owned: frozenset) -> bool:
+        """Waits until a partition of the block is committed past it (only after the whole block
+        was stored); False when it gave up (stopping, or a rebalance began: the leader partition
+        may be waiting for it to be assigned)."""
+        others = [tp for tp in sorted(ranges) if tp not in owned]
+        while not self._stopping.is_set() and not self._revoking and all(tp in self._parts for tp in owned):
+            consumer = self._consumer
+            try:
+                for tp in others:
+                    committed = await consumer.committed(tp) if consumer is not None else None
+                    if committed is not None and committed > ranges[tp][1]:
+                        return True
+            except KafkaError as exc:
+                self.errors += 1
+                log.warning("reading the group's offsets failed (%s); retrying", exc)
+            await asyncio.sleep(0.2)
+        return False
+
+    async def _write_gaps(self, ranges: Ranges, owned: frozenset) -> bool:
+        """Writes the records between an owned partition's committed offset and its range of the
+        block (not produced by this writer; an older one's commit failure could leave one)."""
+        gaps = {}
+        for tp in owned:
+            state = self._parts.get(tp)
+            if state is not None and state.committed is not None and state.committed < ranges[tp][0]:
+                gaps[tp] = (state.committed, ranges[tp][0] - 1)
+        if not gaps:
+            return True
+        records = await self._read_ranges(gaps, owned)
+        if records is None:
+            return False
+        for tp, (first, last) in gaps.items():
+            log.warning("partition %s:%d: offsets %d..%d were committed past no intent: writing them first",
+                        tp.topic, tp.partition, first, last)  # fmt: skip
+            gap = _Block.of({tp: (first, last)}, [decode(r) for r in records[tp]], replay=True, intent=False)
+            if not await self._write_and_commit(gap):
+                return False
+        return True
 
     async def _read_ranges(self, ranges: Ranges, owned: frozenset) -> dict | None:
         """The records of `ranges`, read by a reader outside the group (it commits nothing); None
@@ -767,7 +839,7 @@ class KafkaWriterLoop:
             if env.idempotency_key in refused
         ]
 
-    async def _dead_letter(self, dead: list[tuple[object, str]]) -> bool:
+    async def _dead_letter(self, dead: list[tuple[object, str]], owned: Iterable[TopicPartition]) -> bool:
         """Writes the records to the dead-letter topic, retrying while Kafka is unreachable;
         False when it gave up (stopping or revoked)."""
         for record, refusal in dead:
@@ -778,7 +850,7 @@ class KafkaWriterLoop:
                     break
                 except Exception as exc:
                     self.errors += 1
-                    if self._stopping.is_set() or tp not in self._parts:
+                    if self._stopping.is_set() or any(t not in self._parts for t in owned):
                         return False
                     delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                     log.warning("dead-lettering %s:%d@%d failed (%s); retry in %.1f s",
