@@ -419,7 +419,7 @@ def test_crash_detection_judges_only_the_runs_of_owned_partitions(setup):
     assert {r for r, s in states.items() if s == "crashed"} == half
 
 
-def test_a_block_spanning_partitions_is_re_formed_whole_by_each_new_owner(setup):
+def test_a_block_spanning_partitions_is_re_formed_whole_by_the_owner_of_its_lowest_partition(setup):
     """A block of records of every partition, half-written by a writer that died (metric rows in,
     no request records, nothing committed), and its partitions then owned by DIFFERENT writers:
     a quiet member of the group holds some while writer A starts, then writer B joins and the
