@@ -45,56 +45,64 @@ def _dictionary(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
     )
 
 
+_SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
+
+
 def send_order(seq: int, n: int) -> np.ndarray:
     """The `send_order` of a batch's n points: the client's seq, then the position in the batch."""
-    return np.arange(n, dtype=np.uint64) + np.uint64(
-        (seq & ((1 << (64 - POSITION_BITS)) - 1)) << POSITION_BITS
-    )
+    return np.arange(n, dtype=np.uint64) + np.uint64((seq & _SEQ_MASK) << POSITION_BITS)
 
 
 def metrics_table(batches: list[tuple[ingest_pb2.MetricBatch, int, int]]) -> pa.Table:
     """One Arrow table for (batch, received_ms, seq) triples. Batches are assumed validated.
-    Each point carries its version parts (received_ms, send_order): writers/store.py says why."""
+    Each point carries its version parts (received_ms, send_order): writers/store.py says why.
+    One Python pass over the batches gathers what differs per batch (dictionary ids, the wire
+    bytes); the per-point columns are then built for the whole block at once (np.repeat of the
+    per-batch values): 23 -> 4.3 us per 10-point request in a block of 1,000 (issue 11)."""
     # Arrow dictionaries must hold unique values: one per project, one per run id, one per key.
     key_ids: dict[str, int] = {}
     project_ids: dict[str, int] = {}
     run_ids: dict[str, int] = {}
-    key_parts, project_parts, run_parts, kinds, ranks, steps, times, values = [], [], [], [], [], [], [], []
-    received, orders = [], []
-    for batch, received_ms, seq in batches:
-        n = len(batch.steps) // 8
-        remap = np.array([key_ids.setdefault(k, len(key_ids)) for k in batch.keys], dtype=np.int32)
-        if batch.key_index:
-            key_parts.append(remap[np.frombuffer(batch.key_index, "<u2")])
-        else:
-            key_parts.append(np.full(n, remap[0], np.int32))
-        project_parts.append(np.full(n, project_ids.setdefault(batch.project, len(project_ids)), np.int32))
-        run_parts.append(np.full(n, run_ids.setdefault(batch.run_id, len(run_ids)), np.int32))
-        kinds.append(np.full(n, 1 if batch.kind == types_pb2.METRIC_KIND_SYSTEM else 0, np.int32))
-        ranks.append(np.full(n, batch.rank, np.uint16))
-        steps.append(np.frombuffer(batch.steps, "<i8"))
-        values.append(np.frombuffer(batch.values, "<f8"))
-        times.append(
-            np.frombuffer(batch.times_ms, "<i8") if batch.times_ms else np.full(n, received_ms, np.int64)
-        )
-        received.append(np.full(n, received_ms, np.int64))
-        orders.append(send_order(seq, n))
-
-    def cat(parts):
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
+    count = len(batches)
+    counts = np.empty(count, np.int64)
+    projects, runs, kinds = np.empty(count, np.int32), np.empty(count, np.int32), np.empty(count, np.int32)
+    ranks, received = np.empty(count, np.uint16), np.empty(count, np.int64)
+    seq_parts = np.empty(count, np.uint64)
+    key_offsets = np.empty(count, np.int64)  # where each batch's keys start in `batch_keys`
+    batch_keys: list[int] = []  # every batch's keys as dictionary ids, batch after batch
+    steps, values, times, key_index = [], [], [], []
+    system = types_pb2.METRIC_KIND_SYSTEM
+    for i, (batch, received_ms, seq) in enumerate(batches):
+        n = len(batch.steps) >> 3
+        counts[i] = n
+        projects[i] = project_ids.setdefault(batch.project, len(project_ids))
+        runs[i] = run_ids.setdefault(batch.run_id, len(run_ids))
+        kinds[i] = 1 if batch.kind == system else 0
+        ranks[i] = batch.rank
+        received[i] = received_ms
+        seq_parts[i] = (seq & _SEQ_MASK) << POSITION_BITS
+        key_offsets[i] = len(batch_keys)
+        batch_keys.extend([key_ids.setdefault(k, len(key_ids)) for k in batch.keys])
+        key_index.append(batch.key_index or bytes(2 * n))  # no index: every point has key 0
+        steps.append(batch.steps)
+        values.append(batch.values)
+        times.append(batch.times_ms or np.full(n, received_ms, "<i8").tobytes())
+    total = int(counts.sum())
+    index = np.frombuffer(b"".join(key_index), "<u2").astype(np.int64) + np.repeat(key_offsets, counts)
+    starts = np.repeat((np.cumsum(counts) - counts).astype(np.uint64), counts)
+    positions = np.arange(total, dtype=np.uint64) - starts  # each point's place in its batch
     return pa.table(
         {
-            "project": _dictionary(cat(project_parts), list(project_ids)),
-            "run_id": _dictionary(cat(run_parts), list(run_ids)),
-            "kind": _dictionary(cat(kinds), ["user", "system"]),
-            "key": _dictionary(cat(key_parts), list(key_ids)),
-            "rank": pa.array(cat(ranks)),
-            "step": pa.array(cat(steps)),
-            "time_ms": pa.array(cat(times)),
-            "value": pa.array(cat(values)),
-            "received_ms": pa.array(cat(received)),
-            "send_order": pa.array(cat(orders)),
+            "project": _dictionary(np.repeat(projects, counts), list(project_ids)),
+            "run_id": _dictionary(np.repeat(runs, counts), list(run_ids)),
+            "kind": _dictionary(np.repeat(kinds, counts), ["user", "system"]),
+            "key": _dictionary(np.array(batch_keys, np.int32)[index], list(key_ids)),
+            "rank": pa.array(np.repeat(ranks, counts)),
+            "step": pa.array(np.frombuffer(b"".join(steps), "<i8")),
+            "time_ms": pa.array(np.frombuffer(b"".join(times), "<i8")),
+            "value": pa.array(np.frombuffer(b"".join(values), "<f8")),
+            "received_ms": pa.array(np.repeat(received, counts)),
+            "send_order": pa.array(positions + np.repeat(seq_parts, counts)),
         }
     )
 
