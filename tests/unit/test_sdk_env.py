@@ -76,14 +76,22 @@ def test_settings_precedence_and_errors(monkeypatch):
         resolve()
 
 
-def test_context_capture_in_a_git_repo(tmp_path, monkeypatch):
+GIT = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
+
+
+def _git_repo(tmp_path):
+    """A repository with one commit of f.txt ("one")."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    subprocess.run([*GIT, "init", "-q", "-b", "main"], cwd=repo, check=True)
     (repo / "f.txt").write_text("one\n")
-    subprocess.run([*git, "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], cwd=repo, check=True)
+    subprocess.run([*GIT, "add", "."], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "c"], cwd=repo, check=True)
+    return repo
+
+
+def test_context_capture_in_a_git_repo(tmp_path, monkeypatch):
+    repo = _git_repo(tmp_path)
     subprocess.run(
         ["git", "remote", "add", "origin", "https://user:s3cret@example.com/r.git"], cwd=repo, check=True
     )
@@ -100,13 +108,7 @@ def test_context_capture_in_a_git_repo(tmp_path, monkeypatch):
 
 
 def test_git_context_is_cached_briefly_and_a_commit_or_add_is_seen_at_once(tmp_path, monkeypatch):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
-    (repo / "f.txt").write_text("one\n")
-    subprocess.run([*git, "add", "."], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "c"], cwd=repo, check=True)
+    repo = _git_repo(tmp_path)
     monkeypatch.chdir(repo)
     context._GIT_CACHE.clear()
     calls = []
@@ -118,12 +120,12 @@ def test_git_context_is_cached_briefly_and_a_commit_or_add_is_seen_at_once(tmp_p
     assert forks >= 2 and not first["git_dirty"]
     assert context.git_info() == first and len(calls) == forks  # a second run: no git process
 
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "d"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-q", "--allow-empty", "-m", "d"], cwd=repo, check=True)
     after_commit = context.git_info()
     assert after_commit["git_commit"] != first["git_commit"] and len(calls) > forks
 
     (repo / "f.txt").write_text("two\n")
-    subprocess.run([*git, "add", "f.txt"], cwd=repo, check=True)  # the index changes
+    subprocess.run([*GIT, "add", "f.txt"], cwd=repo, check=True)  # the index changes
     staged = context.git_info()
     assert staged["git_dirty"] and "+two" in staged["git_diff"]
 

@@ -92,17 +92,12 @@ def _read(data: bytes) -> tuple[str, list[Envelope]]:
         return _read_v1(data, end)
     name = data[len(_V2) : end].decode()
     pos = end + 1
-    (n,) = _LEN.unpack_from(data, pos)
-    headers = json.loads(data[pos + 4 : pos + 4 + n])
-    pos += 4 + n
+    raw, pos = _payload(data, pos)
+    headers = json.loads(raw)
     envelopes = []
-    for client_id, seq, kind, project, run_id, received_ms, points in headers:
-        (m,) = _LEN.unpack_from(data, pos)
-        payload = data[pos + 4 : pos + 4 + m]
-        if len(payload) != m:
-            raise ValueError("truncated payload")
-        pos += 4 + m
-        envelopes.append(Envelope(client_id, seq, kind, project, run_id, payload, received_ms, points))
+    for header in headers:
+        payload, pos = _payload(data, pos)
+        envelopes.append(_envelope(header, payload))
     if pos != len(data):
         raise ValueError(f"{len(data) - pos} bytes after the last payload")
     return name, envelopes
@@ -113,13 +108,22 @@ def _read_v1(data: bytes, end: int) -> tuple[str, list[Envelope]]:
     name = data[:end].decode()
     pos, envelopes = end + 1, []
     while pos < len(data):
-        (n,) = _LEN.unpack_from(data, pos)
-        client_id, seq, kind, project, run_id, received_ms, points = json.loads(data[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-        (m,) = _LEN.unpack_from(data, pos)
-        payload = data[pos + 4 : pos + 4 + m]
-        if len(payload) != m:
-            raise ValueError("truncated payload")
-        pos += 4 + m
-        envelopes.append(Envelope(client_id, seq, kind, project, run_id, payload, received_ms, points))
+        raw, pos = _payload(data, pos)
+        header = json.loads(raw)
+        payload, pos = _payload(data, pos)
+        envelopes.append(_envelope(header, payload))
     return name, envelopes
+
+
+def _payload(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The length-prefixed bytes at `pos`, and the position after them."""
+    (m,) = _LEN.unpack_from(data, pos)
+    payload = data[pos + 4 : pos + 4 + m]
+    if len(payload) != m:
+        raise ValueError("truncated block file")
+    return payload, pos + 4 + m
+
+
+def _envelope(header: list, payload: bytes) -> Envelope:
+    client_id, seq, kind, project, run_id, received_ms, points = header
+    return Envelope(client_id, seq, kind, project, run_id, payload, received_ms, points)
