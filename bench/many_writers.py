@@ -18,8 +18,9 @@ Rows:
 - runs: 10,000 runs created by 16 concurrent clients (run_start with 20 params, 10 metrics x 10
   steps, run_finish), pipelined as the SDK does; total seconds until all are acked and all 10,000
   are visible as finished to SearchRuns.
-- fresh: log -> visible, one point then GetMetricSeries until it is there: p50/p99 at idle and at
-  50 % of the held ranks load.
+- fresh: log -> visible, one point then Api.history until it is there: p50/p99 at idle and at
+  50 % of the held ranks load (offered by a child process, so the load's Python does not hold the
+  probe's GIL).
 
 The generator speaks the raw gRPC contract (no SDK), with pre-serialized requests, so its own CPU
 stays small; the SDK's per-call cost is measured by W1/W3 in bench/run.py. Its streams ask for
@@ -428,6 +429,38 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
     }
 
 
+def half_load(endpoint: str, rate: float, n_ranks: int, n_streams: int, batched: bool, pack: int) -> None:
+    """The load of `--load-child`: ranks at `rate` requests/s until killed."""
+    run_id = f"load-{uuid.uuid4().hex[:8]}"
+    streams = [Stream(endpoint, batched) for _ in range(n_streams)]
+    ranks = [RankRequests(run_id, r) for r in range(n_ranks)]
+    streams[0].send(_run_start(ranks[0].client_id, 0, run_id))
+    streams[0].wait_acked(30)
+    print("loaded", flush=True)
+    ranks_step(endpoint, run_id, ranks, streams, rate, 3600.0, pack=pack)
+
+
+def fresh_under_load(endpoint: str, rate: float, args, api, wait_ack: bool, batched: bool) -> dict:
+    """The fresh probe while a child process offers `rate` ranks requests/s. A child, not a
+    thread: in this process the load's Python (serializing, reading acks) held the GIL the probe
+    needs to see its ack and read, and its waits were counted as the server's."""
+    import subprocess
+
+    cmd = [
+        sys.executable, __file__, "--load-child", endpoint, "--rates", str(rate), "--ranks", str(args.ranks),
+        "--streams", str(args.streams), "--acks", args.acks, "--pack", str(args.pack),
+    ]  # fmt: skip
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout is None or child.stdout.readline().strip() != "loaded":
+            raise RuntimeError("the load child did not start")
+        time.sleep(1.0)
+        return {**bench_fresh(endpoint, args.probes, api, wait_ack, batched), "load_rps": rate}
+    finally:
+        child.kill()
+        child.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -469,7 +502,13 @@ def main() -> int:
         "--server-pid-file", type=Path, help="write the server's pid here once it is up (for py-spy)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--load-child", metavar="ENDPOINT", help=argparse.SUPPRESS)  # fresh's load process
     args = parser.parse_args()
+    if args.load_child:
+        half_load(
+            args.load_child, float(args.rates), args.ranks, args.streams, args.acks == "batched", args.pack
+        )
+        return 0
     only = set(args.only.split(","))
     if args.quick:
         args.ranks, args.seconds, args.runs, args.probes = 100, 2.0, 500, 30
@@ -514,30 +553,9 @@ def main() -> int:
                 out["fresh_idle"] = bench_fresh(server.endpoint, args.probes, api, wait_ack, batched)
                 held = out.get("ranks", {}).get("held_requests_per_s", 0)
                 if held:
-                    run_id = f"load-{uuid.uuid4().hex[:8]}"
-                    streams = [Stream(server.endpoint, batched) for _ in range(args.streams)]
-                    ranks = [RankRequests(run_id, r) for r in range(args.ranks)]
-                    streams[0].send(_run_start(ranks[0].client_id, 0, run_id))
-                    streams[0].wait_acked(30)
-                    stop = threading.Event()
-                    seconds = 3600.0
-                    load = threading.Thread(
-                        target=lambda: (
-                            ranks_step(
-                                server.endpoint, run_id, ranks, streams, held / 2, seconds, pack=args.pack
-                            )
-                            if not stop.is_set()
-                            else None
-                        ),
-                        daemon=True,
+                    out["fresh_half_load"] = fresh_under_load(
+                        server.endpoint, held / 2, args, api, wait_ack, batched
                     )
-                    load.start()
-                    time.sleep(1.0)
-                    out["fresh_half_load"] = {
-                        **bench_fresh(server.endpoint, args.probes, api, wait_ack, batched),
-                        "load_rps": held / 2,
-                    }
-                    # the load thread keeps running until the server stops; its streams close with it
         finally:
             api.close()
             server.kill()
