@@ -22,7 +22,7 @@ def _batch(rng: np.random.Generator, n: int, keys: list[str], with_index: bool) 
 def test_small_path_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(seed)
     for _ in range(50):
-        n = int(rng.integers(1, 40))
+        n = int(rng.integers(1, 130))
         with_index = rng.random() < 0.8
         names = ["a", "b", "c", "d"] if rng.random() < 0.7 else ["a", "b", "a"]  # a key listed twice
         keys = names[: int(rng.integers(1, len(names) + 1))] if with_index else names[:1]
@@ -30,7 +30,7 @@ def test_small_path_matches_numpy(seed: int, monkeypatch: pytest.MonkeyPatch) ->
         small = sorted(key_ranges(batch))
         monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
         vectorized = sorted(key_ranges(batch))
-        monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 64)
+        monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 128)
         assert small == vectorized, (n, keys)
 
 

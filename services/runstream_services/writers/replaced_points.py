@@ -32,7 +32,8 @@ from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
 RECOUNT_KEYS_PER_QUERY = 500  # keys of one run and kind recounted by one delete + insert
-SMALL_BATCH_POINTS = 64  # key_ranges loops in Python up to this many points (numpy above)
+SMALL_BATCH_POINTS = 128  # key_ranges loops in Python up to this many points (numpy above: at 100
+# points, one SDK flush of 10 metrics x 10 steps, 14.5 us in Python vs 24.7 with numpy; even at ~160)
 MAX_RANGES = 32  # per series; more are merged into one (a coarser view only causes false alarms)
 #: a series' summary from its points, as migration 0004's view computes it per block
 SUMMARY_AGGREGATES = (
@@ -98,7 +99,12 @@ def _key_ranges_small(batch: ingest_pb2.MetricBatch, n: int) -> list[tuple[str, 
     """key_ranges of a batch of n points, n small, in plain Python (same answer)."""
     keys = batch.keys
     raw = batch.steps
-    if batch.key_index == _EACH_KEY_ONCE[n] and len(keys) == n and raw == raw[:8] * n and len(set(keys)) == n:
+    if (
+        len(keys) == n < len(_EACH_KEY_ONCE)
+        and batch.key_index == _EACH_KEY_ONCE[n]
+        and raw == raw[:8] * n
+        and len(set(keys)) == n
+    ):
         # the shape of a rank logging one step of n metrics (bytes compares, no per-point loop)
         (step,) = struct.unpack_from("<q", raw)
         return [(key, step, step, True) for key in keys]
