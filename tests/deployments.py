@@ -12,6 +12,9 @@ topics are deleted when it is closed."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +130,21 @@ def kafka_single(tmp_path: Path, services: Services) -> BusServer:
 
 def new_prefix() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+def migrated_database(clickhouse_dsn: str) -> dict[str, str]:
+    """A fresh database migrated on the ClickHouse at `clickhouse_dsn` (`runstream migrate`, as an
+    operator would before starting writers): the environment that points processes at it."""
+    env = {
+        "RUNSTREAM_CLICKHOUSE_DATABASE": f"rs_{uuid.uuid4().hex[:10]}",
+        "RUNSTREAM_MIGRATE_ON_START": "false",
+    }
+    migrated = subprocess.run(
+        [sys.executable, "-m", "runstream_services.cli", "migrate", "--clickhouse-dsn", clickhouse_dsn],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env},
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
+    return env
 
 
 def kafka_env(prefix: str, **extra: str) -> dict[str, str]:

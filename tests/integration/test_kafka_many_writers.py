@@ -12,12 +12,8 @@ that all writers share), as in test_three_writers.py; Kafka is the real shared b
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -25,7 +21,7 @@ import pytest
 from runstream.v1 import ingest_pb2 as pb
 from tests.chdb_inspect import STORED_SEQS
 from tests.clickhouse_standin import StandinProcess
-from tests.deployments import drop_topics, kafka_env, new_prefix
+from tests.deployments import drop_topics, kafka_env, migrated_database, new_prefix
 from tests.ingest_client import PROJECT, ingest, run_start, stub_for
 from tests.integration.test_three_writers import group_caught_up
 from tests.server_process import ServerProcess, WriterProcess
@@ -65,13 +61,8 @@ def test_kill_9_of_a_writer_under_a_many_writer_load_over_partitions_stores_ever
     tmp_path, standin, services
 ):
     prefix = new_prefix()
-    database = f"rs_{uuid.uuid4().hex[:10]}"
-    store_env = {"RUNSTREAM_CLICKHOUSE_DATABASE": database, "RUNSTREAM_MIGRATE_ON_START": "false"}
-    migrated = subprocess.run(
-        [sys.executable, "-m", "runstream_services.cli", "migrate", "--clickhouse-dsn", standin.dsn],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **store_env},
-    )  # fmt: skip
-    assert migrated.returncode == 0, migrated.stderr
+    store_env = migrated_database(standin.dsn)
+    database = store_env["RUNSTREAM_CLICKHOUSE_DATABASE"]
     bus = ["--bus", "kafka", "--kafka-bootstrap", services.kafka_bootstrap]
 
     def writer(i: int) -> WriterProcess:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -24,7 +22,7 @@ import pytest
 from runstream.v1 import ingest_pb2 as pb
 from runstream.v1 import types_pb2
 from tests.clickhouse_standin import StandinProcess
-from tests.deployments import drop_topics, kafka_env, new_prefix
+from tests.deployments import drop_topics, kafka_env, migrated_database, new_prefix
 from tests.ingest_client import PROJECT, ingest, metric_batch, run_start, stub_for
 from tests.server_process import ServerProcess, WriterProcess
 
@@ -83,13 +81,8 @@ def group_caught_up(writers: list[WriterProcess], partitions: int) -> bool:
 
 def test_three_writers_with_kill_and_freeze_store_everything_once(tmp_path, standin, services):
     prefix = new_prefix()
-    database = f"rs_{uuid.uuid4().hex[:10]}"
-    store_env = {"RUNSTREAM_CLICKHOUSE_DATABASE": database, "RUNSTREAM_MIGRATE_ON_START": "false"}
-    migrated = subprocess.run(
-        [sys.executable, "-m", "runstream_services.cli", "migrate", "--clickhouse-dsn", standin.dsn],
-        capture_output=True, text=True, timeout=120, env={**os.environ, **store_env},
-    )  # fmt: skip
-    assert migrated.returncode == 0, migrated.stderr
+    store_env = migrated_database(standin.dsn)
+    database = store_env["RUNSTREAM_CLICKHOUSE_DATABASE"]
     bus = ["--bus", "kafka", "--kafka-bootstrap", services.kafka_bootstrap]
 
     def writer(i: int) -> WriterProcess:
