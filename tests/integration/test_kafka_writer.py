@@ -199,22 +199,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
 
     async def scenario():
         await publish(settings, envelopes)
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        records = []
-        try:
-            for _ in range(100):  # bounded
-                for part in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(part)
-                if len(records) >= len(envelopes):
-                    break
-        finally:
-            await consumer.stop()
+        records = await read_all(settings, topic, len(envelopes))
         records.sort(key=lambda r: r.offset)
         # What a writer killed mid-block leaves behind: its intent, the metric rows, no request
         # keys, no committed offset. The block is RunStart + 3 metric batches.
