@@ -354,12 +354,12 @@ class _Packed:
 
     __slots__ = ("seq", "left", "points", "refused", "size")
 
-    def __init__(self, seq: int):
+    def __init__(self, seq: int, size: int):
         self.seq = seq
+        self.size = size  # requests in the message
         self.left = 1
         self.points = 0
         self.refused: list[ingest_pb2.PackedRefusal] = []
-        self.size = 0
 
 
 _Slot = tuple[_Packed, int]  # a packed request: its message and its position in it
@@ -453,8 +453,7 @@ class _IngestStream:
                 ),
             )
             return
-        packed = _Packed(req.seq)
-        packed.size = len(req.packed)
+        packed = _Packed(req.seq, len(req.packed))
         for index, raw in enumerate(req.packed):
             packed.left += 1
             slot = (packed, index)
