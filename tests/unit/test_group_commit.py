@@ -158,6 +158,27 @@ def test_one_clients_run_events_never_overlap_its_other_requests_in_flight():
                     assert o_began >= ended or o_began == began, (client, other, seq)
 
 
+def test_a_publish_of_many_requests_counts_each_of_them_against_the_block_limit():
+    """Ingest publishes a packed message's metrics as one list: a block's request limit counts
+    its envelopes, not its publishes."""
+    sink = RecordingSink(delay_s=0.05)
+
+    async def main():
+        bus = EmbeddedBus(sink, max_block_requests=10)
+        await bus.start()
+        first = asyncio.ensure_future(bus.publish([points("warm", 1, "r", 1)]))
+        await asyncio.sleep(0.01)  # that block is in flight: the lists below wait together
+        lists = [[points(f"c{k}-{i}", 1, "r", 1) for i in range(4)] for k in range(3)]
+        results = await asyncio.gather(first, *(bus.publish(envs) for envs in lists))
+        await bus.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert [r.stored for r in results] == [1, 4, 4, 4]
+    sizes = [len(envs) for _, _, envs in sink.blocks]
+    assert sum(sizes) == 13 and max(sizes) <= 10, sizes
+
+
 def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
     sink = RecordingSink(delay_s=0.05, refuse={"c1:1": "too many tags"})
 
@@ -267,15 +288,14 @@ def test_block_files_round_trip_and_a_cut_write_is_dropped(tmp_path):
     (tmp_path / "000000000099.tmp").write_bytes(b"half a block")
     [(found, name, back)] = list(log.pending())
     assert (found, name) == (path, "blk:x:1")
-    assert [(e.client_id, e.seq, e.kind, e.run_id, e.payload) for e in back] == [
-        (e.client_id, e.seq, e.kind, e.run_id, e.payload) for e in envs
-    ]
-    assert all(e.request is None for e in back)  # parsed by the writer, as from Kafka
+    assert back == envs  # every field, the receive times included (a re-formed block is the same block)
+    assert [e.request for e in back] == [e.request for e in envs]  # parsed back from the payloads
     assert not list(tmp_path.glob("*.tmp"))
     assert BlockLog(tmp_path).write("blk:x:2", envs).name > path.name  # numbers rise across restarts
 
 
 def _envelopes_of_both_kinds() -> list[Envelope]:
+    """Headers the older formats wrote out (their payloads were never parsed back)."""
     return [
         Envelope("c1", 1, "run_start", "p", "r1", b"\x00payload-one\n", 1_700_000_000_000, 0),
         Envelope("c2", 7, "metrics", "p", "r1", b"", 1_700_000_000_001, 20),
@@ -283,25 +303,36 @@ def _envelopes_of_both_kinds() -> list[Envelope]:
     ]
 
 
-def test_block_log_reads_back_what_it_wrote_and_the_first_format_too(tmp_path):
+def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     import json
     import struct
 
-    log = BlockLog(tmp_path / "blocks")
-    envs = _envelopes_of_both_kinds()
-    log.write("blk:new:1", envs)
+    from runstream_services.bus.block_log import _write_v2
+
+    folder = tmp_path / "blocks"
+    log = BlockLog(folder)
+    now = [
+        start("c\u00e9", 1, "r1", name="caf\u00e9"),
+        points("c2", 2**63, "r1", 5, rank=3),
+        finish("c1", 9, "r1"),
+    ]
+    now = [Envelope.from_request(e.request, e.payload, 1_700_000_000_000 + i) for i, e in enumerate(now)]
+    log.write("blk:new:1", now)
+    old = _envelopes_of_both_kinds()
     # a file of the first format, as an older server wrote it: a JSON header before each payload
     parts = [b"blk:old:2\n"]
-    for e in envs:
+    for e in old:
         header = json.dumps(
             [e.client_id, e.seq, e.kind, e.project, e.run_id, e.received_ms, e.points]
         ).encode()
         parts += [struct.pack("<I", len(header)), header, struct.pack("<I", len(e.payload)), e.payload]
-    (tmp_path / "blocks" / "000000000099.blk").write_bytes(b"".join(parts))
-    # a v2 file cut short: kept as .bad, never half-replayed
-    whole = next((tmp_path / "blocks").glob("*.blk")).read_bytes()
-    (tmp_path / "blocks" / "000000000100.blk").write_bytes(whole[:-5])
+    (folder / "000000000099.blk").write_bytes(b"".join(parts))
+    (folder / "000000000100.blk").write_bytes(_write_v2("blk:v2:3", old))
+    # a file cut short, and one whose request does not parse: kept as .bad, never half-replayed
+    whole = (folder / "000000000001.blk").read_bytes()
+    (folder / "000000000101.blk").write_bytes(whole[:-5])
+    (folder / "000000000102.blk").write_bytes(whole[:-3] + b"\xff\xff\xff")
 
-    pending = [(name, got) for _, name, got in BlockLog(tmp_path / "blocks").pending()]
-    assert pending == [("blk:new:1", envs), ("blk:old:2", envs)]
-    assert [p.name for p in (tmp_path / "blocks").glob("*.bad")] == ["000000000100.bad"]
+    pending = [(name, got) for _, name, got in BlockLog(folder).pending()]
+    assert pending == [("blk:new:1", now), ("blk:old:2", old), ("blk:v2:3", old)]
+    assert sorted(p.name for p in folder.glob("*.bad")) == ["000000000101.bad", "000000000102.bad"]

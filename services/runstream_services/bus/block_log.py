@@ -10,12 +10,13 @@ the stored (client_id, seq) record then makes the SDKs' resends duplicates.
 
 A block's file is deleted once the store writer's record of its requests is durable
 (StoreWriter.flush). Files are written without fsync, like chDB's own inserts: they survive the
-process, not the machine. Format (v2): the first line is "v2 " and the block's name; then a 4-byte
-little-endian length and one JSON list of every envelope's header (client id, seq, kind, project,
-run, received ms, points); then per envelope a 4-byte payload length and the serialized request.
-One JSON document per block, not per envelope: it was 5 % of the writer's time at 4,000 small
-requests/s (issue 11). Files of the first format (no "v2 ", a header before each payload) written
-by an older server are still read at start-up.
+process, not the machine. Format (v3): the first line is "v3 " and the block's name; then a 4-byte
+little-endian count n, n int64 receive times (ms), n uint32 payload lengths, and the n serialized
+requests one after the other. Everything else an envelope holds (client id, seq, kind, project,
+run, points) is read back from its request, which ingest validated before it was logged: writing
+it out (v2: one JSON list per block) was 5 % of the writer's time at 10,000 small requests/s, and
+v3 writes a block of 1,000 envelopes ~8x faster (issue 11). Files of the older formats (v2; the
+first one, a JSON header before each payload) written by an older server are still read at start-up.
 """
 
 from __future__ import annotations
@@ -28,12 +29,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from runstream.v1 import ingest_pb2
 from runstream_services.bus.base import Envelope
 
 log = logging.getLogger("runstream.bus")
 
 _LEN = struct.Struct("<I")
 _V2 = b"v2 "  # block names start "blk:", so no file of the first format begins like this
+_V3 = b"v3 "
 
 
 class BlockLog:
@@ -50,13 +56,15 @@ class BlockLog:
         """Logs one block; returns its file (pass it to `remove` once the block is recorded)."""
         with self._lock:
             number, self._next = self._next, self._next + 1
-        headers = json.dumps(
-            [[e.client_id, e.seq, e.kind, e.project, e.run_id, e.received_ms, e.points] for e in envelopes]
-        ).encode()
-        parts = [_V2 + name.encode() + b"\n", _LEN.pack(len(headers)), headers]
-        pack = _LEN.pack
-        for env in envelopes:
-            parts += [pack(len(env.payload)), env.payload]
+        n = len(envelopes)
+        payloads = [env.payload for env in envelopes]
+        parts = [
+            _V3 + name.encode() + b"\n",
+            _LEN.pack(n),
+            np.fromiter([env.received_ms for env in envelopes], "<i8", n).tobytes(),
+            np.fromiter(map(len, payloads), "<u4", n).tobytes(),
+            *payloads,
+        ]
         path = self.folder / f"{number:012d}.blk"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -70,7 +78,7 @@ class BlockLog:
         for path in sorted(self.folder.glob("*.blk")):
             try:
                 yield path, *_read(path.read_bytes())
-            except (ValueError, UnicodeDecodeError, struct.error, IndexError) as exc:
+            except (ValueError, UnicodeDecodeError, struct.error, IndexError, DecodeError) as exc:
                 log.error(
                     "block file %s cannot be read (%s); kept as .bad, its requests were never acked",
                     path,
@@ -88,6 +96,8 @@ class BlockLog:
 
 def _read(data: bytes) -> tuple[str, list[Envelope]]:
     end = data.index(b"\n")
+    if data.startswith(_V3):
+        return _read_v3(data, end)
     if not data.startswith(_V2):
         return _read_v1(data, end)
     name = data[len(_V2) : end].decode()
@@ -101,6 +111,38 @@ def _read(data: bytes) -> tuple[str, list[Envelope]]:
     if pos != len(data):
         raise ValueError(f"{len(data) - pos} bytes after the last payload")
     return name, envelopes
+
+
+def _read_v3(data: bytes, end: int) -> tuple[str, list[Envelope]]:
+    name = data[len(_V3) : end].decode()
+    pos = end + 1
+    (n,) = _LEN.unpack_from(data, pos)
+    pos += 4
+    if len(data) < pos + 12 * n:
+        raise ValueError("truncated block file")
+    received = np.frombuffer(data, "<i8", n, pos).tolist()
+    lengths = np.frombuffer(data, "<u4", n, pos + 8 * n).tolist()
+    pos += 12 * n
+    if pos + sum(lengths) != len(data):
+        raise ValueError(f"payloads of {sum(lengths)} bytes announced, {len(data) - pos} there")
+    envelopes = []
+    for received_ms, length in zip(received, lengths, strict=True):
+        payload = data[pos : pos + length]
+        pos += length
+        request = ingest_pb2.IngestRequest.FromString(payload)
+        envelopes.append(Envelope.from_request(request, payload, received_ms))
+    return name, envelopes
+
+
+def _write_v2(name: str, envelopes: list[Envelope]) -> bytes:
+    """A block file as a server of the second format wrote it (for the tests of the reader)."""
+    headers = json.dumps(
+        [[e.client_id, e.seq, e.kind, e.project, e.run_id, e.received_ms, e.points] for e in envelopes]
+    ).encode()
+    parts = [_V2 + name.encode() + b"\n", _LEN.pack(len(headers)), headers]
+    for env in envelopes:
+        parts += [_LEN.pack(len(env.payload)), env.payload]
+    return b"".join(parts)
 
 
 def _read_v1(data: bytes, end: int) -> tuple[str, list[Envelope]]:

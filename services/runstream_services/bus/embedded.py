@@ -58,6 +58,7 @@ class _Block:
     items: list[_Publish] = field(default_factory=list)
     nbytes: int = 0
     points: int = 0
+    requests: int = 0  # envelopes of all items (a packed message's metrics come as one item)
 
     @property
     def envelopes(self) -> list[Envelope]:
@@ -217,7 +218,7 @@ class EmbeddedBus:
                     left.append(item)
                     continue
             if block.items and (
-                len(block.items) + len(item.envelopes) > self.max_block_requests
+                block.requests + len(item.envelopes) > self.max_block_requests
                 or block.points + item.points > self.max_block_points
                 or block.nbytes + item.nbytes > MAX_BLOCK_BYTES
             ):
@@ -225,6 +226,7 @@ class EmbeddedBus:
                 left.append(item)
                 continue
             block.items.append(item)
+            block.requests += len(item.envelopes)
             block.nbytes += item.nbytes
             block.points += item.points
         self._waiting = left
@@ -302,7 +304,7 @@ class EmbeddedBus:
                 else:
                     item.future.set_result(result)
             self.metrics.inc("runstream_writer_blocks_total")
-            self.metrics.inc("runstream_writer_block_requests_total", len(block.items))
+            self.metrics.inc("runstream_writer_block_requests_total", block.requests)
             self.metrics.inc("runstream_writer_block_seconds_total", time.perf_counter() - started)
         finally:
             self._mark(block, -1)
