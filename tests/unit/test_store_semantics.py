@@ -175,6 +175,54 @@ def test_batches_arriving_out_of_order_are_no_false_alarm_but_overlaps_are():
     assert points.suspects([two_keys]) == set()  # the same step under two keys
 
 
+def test_suspects_never_miss_a_stored_point_whatever_the_batch_shapes():
+    """Random rank-shaped batches (one step of several keys, the fast path), longer batches and
+    batches naming a key twice, against every point remembered: a batch holding a point stored
+    before, or one point twice, must be a suspect of its series; below MAX_RANGES per series
+    nothing else may be (no false alarm)."""
+    import random
+
+    from runstream_services.writers.replaced_points import ReplacedPoints
+
+    class NoStore:
+        def query(self, *args, **kwargs):
+            return type("R", (), {"result_rows": []})()
+
+    rng = random.Random(11)
+    points = ReplacedPoints(NoStore(), "db")
+    seen: set[tuple[str, int, int]] = set()  # (key, rank, step) stored
+    for _ in range(600):
+        rank = rng.randrange(3)
+        base = rng.choice([0, 1, 2, 3, 5, 8])
+        shape = rng.random()
+        if shape < 0.6:  # one step of several keys (maybe one of them twice)
+            keys = rng.sample(["a", "b", "c", "d"], rng.randint(1, 4))
+            if rng.random() < 0.1:
+                keys.append(keys[0])
+            step = base + rng.randrange(0, 30)
+            pairs = [(k, step) for k in keys]
+        else:  # a run of steps of one or two keys
+            keys = rng.sample(["a", "b", "c", "d"], rng.randint(1, 2))
+            start = base + rng.randrange(0, 30)
+            pairs = [(k, s) for s in range(start, start + rng.randint(1, 4)) for k in keys]
+        names = sorted(set(keys))
+        msg = pb.MetricBatch(
+            project="proj", run_id="run-1", rank=rank, keys=keys if shape < 0.6 else names,
+            key_index=(np.arange(len(keys)) if shape < 0.6 else np.array([names.index(k) for k, _ in pairs]))
+            .astype("<u2").tobytes(),
+            steps=np.array([st for _, st in pairs], "<i8").tobytes(), values=np.zeros(len(pairs)).tobytes(),
+        )  # fmt: skip
+        want = {
+            ("proj", "run-1", "user", k)
+            for i, (k, st) in enumerate(pairs)
+            if (k, rank, st) in seen or (k, st) in pairs[:i]
+        }
+        found = points.suspects([msg])
+        assert want <= found, (pairs, rank)
+        assert found == want, (pairs, rank)  # few ranges per series here: exact
+        seen |= {(k, rank, st) for k, st in pairs}
+
+
 def test_bookkeeping_rows_being_inserted_still_count_as_pending():
     """A writer reloading a client's stored seqs (after forget(), or an evicted client) reads the
     table plus pending(): a row taken by a flush but not yet in the table must be in pending()."""

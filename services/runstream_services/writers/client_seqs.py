@@ -31,6 +31,10 @@ class SeqRanges:
         return sum(hi - lo + 1 for lo, hi in self._ranges)
 
     def add(self, seq: int) -> None:
+        ranges = self._ranges
+        if ranges and ranges[-1][1] == seq - 1:  # the next seq of a client: nothing after it to merge
+            ranges[-1][1] = seq
+            return
         self._add(seq, seq)
 
     def update(self, seqs: Iterable[int]) -> None:

@@ -42,6 +42,7 @@ SUMMARY_AGGREGATES = (
 )
 
 _MAX_STEP = 2**63 - 1
+_SYSTEM = types_pb2.METRIC_KIND_SYSTEM
 
 #: (project, run_id, kind, key): one series of a run's summaries (kind is "user" or "system")
 Series = tuple[str, str, str, str]
@@ -95,19 +96,29 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
 _EACH_KEY_ONCE = [np.arange(n, dtype="<u2").tobytes() for n in range(SMALL_BATCH_POINTS + 1)]
 
 
-def _key_ranges_small(batch: ingest_pb2.MetricBatch, n: int) -> list[tuple[str, int, int, bool]]:
-    """key_ranges of a batch of n points, n small, in plain Python (same answer)."""
+def _one_step(batch: ingest_pb2.MetricBatch, n: int, distinct: bool = True) -> int | None:
+    """The step of a batch holding one step of each of its n keys (a rank logging one step of its
+    metrics: the common small batch), else None. Bytes compares, no per-point loop. `distinct`:
+    also require its keys to differ (False: the caller notices a key listed twice itself)."""
     keys = batch.keys
     raw = batch.steps
     if (
         len(keys) == n < len(_EACH_KEY_ONCE)
         and batch.key_index == _EACH_KEY_ONCE[n]
         and raw == raw[:8] * n
-        and len(set(keys)) == n
+        and (not distinct or len(set(keys)) == n)
     ):
-        # the shape of a rank logging one step of n metrics (bytes compares, no per-point loop)
-        (step,) = struct.unpack_from("<q", raw)
+        return struct.unpack_from("<q", raw)[0]
+    return None
+
+
+def _key_ranges_small(batch: ingest_pb2.MetricBatch, n: int) -> list[tuple[str, int, int, bool]]:
+    """key_ranges of a batch of n points, n small, in plain Python (same answer)."""
+    keys = batch.keys
+    step = _one_step(batch, n)
+    if step is not None:
         return [(key, step, step, True) for key in keys]
+    raw = batch.steps
     steps = struct.unpack(f"<{n}q", raw)
     if not batch.key_index:
         rising = all(b > a for a, b in zip(steps, steps[1:], strict=False))
@@ -195,11 +206,30 @@ class ReplacedPoints:
         """The series of which these batches may replace stored points (or hold a point twice);
         notes their step ranges as stored. Call before inserting them."""
         found: set[Series] = set()
+        run, stored = None, {}
         with self._lock:
             for batch in batches:
-                stored = self._run_locked(batch.project, batch.run_id)
-                kind = kind_name(batch)
-                for key, lo, hi, rising in key_ranges(batch):
+                if (batch.project, batch.run_id) != run:  # a block's batches mostly share their run
+                    run = (batch.project, batch.run_id)
+                    stored = self._run_locked(*run)
+                kind = "system" if batch.kind == _SYSTEM else "user"
+                n = len(batch.steps) // 8
+                step = _one_step(batch, n, distinct=False) if 0 < n <= SMALL_BATCH_POINTS else None
+                if step is not None:  # each key's series goes on right after what it stored
+                    # (a key listed twice finds its range at `step` already: left for the full check)
+                    rank, left = batch.rank, []
+                    for key in batch.keys:
+                        ranges = stored.get((kind, key, rank))
+                        if ranges and ranges[-1][1] == step - 1:
+                            ranges[-1][1] = step
+                        else:
+                            left.append((key, step, step, True))
+                    if not left:
+                        continue
+                    ranges_of_batch = left
+                else:
+                    ranges_of_batch = key_ranges(batch)
+                for key, lo, hi, rising in ranges_of_batch:
                     ranges = stored.get((kind, key, batch.rank))
                     if ranges is None:
                         ranges = stored[(kind, key, batch.rank)] = []
