@@ -65,6 +65,7 @@ def test_single_key_batch_may_omit_key_index_and_times():
         ({"steps": b"\x00" * 7}, ["steps", "multiple of 8"]),
         ({"values": np.zeros(3, "<f8").tobytes()}, ["4 steps but 3 values"]),
         ({"key_index": np.array([0, 1, 2, 0], "<u2").tobytes()}, ["key 2", "only 2 keys"]),
+        ({"key_index": np.arange(4, dtype="<u2").tobytes()}, ["key 3", "only 2 keys"]),  # each index once
         ({"key_index": np.zeros(3, "<u2").tobytes()}, ["3 key indexes"]),
         ({"times_ms": np.zeros(2, "<i8").tobytes()}, ["2 times"]),
         ({"keys": []}, ["no keys"]),
@@ -83,6 +84,16 @@ def test_single_key_batch_may_omit_key_index_and_times():
 )
 def test_bad_batches_are_refused_with_the_fix(over, words):
     refused(request(metrics=batch(**over)), *words)
+
+
+def test_a_bad_client_id_is_refused_every_time_and_a_good_one_passes():
+    """validate_request remembers client ids that passed: a bad one must never be remembered."""
+    good = pb.IngestRequest(seq=1, client_id="c-good", metrics=batch())
+    bad = pb.IngestRequest(seq=1, client_id="c\nbad", metrics=batch())
+    for _ in range(2):
+        assert validate_request(good, SETTINGS).points == 4
+        refused(bad, "client_id", "printable")
+    refused(pb.IngestRequest(seq=1, client_id="c" * 129, metrics=batch()), "at most 128")
 
 
 def test_batch_over_the_point_limit_says_split_it():
