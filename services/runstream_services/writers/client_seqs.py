@@ -23,6 +23,8 @@ class SeqRanges:
                 self._add(int(lo), int(hi))
 
     def __contains__(self, seq: int) -> bool:
+        if not self._ranges or seq > self._ranges[-1][1]:  # a new request: after all stored
+            return False
         i = bisect.bisect_right(self._ranges, [seq, float("inf")]) - 1
         return i >= 0 and self._ranges[i][1] >= seq
 
