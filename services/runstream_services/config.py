@@ -78,6 +78,8 @@ class ServerSettings:
     # embedded bus: group-commit blocks inserted at once; a second one only for large blocks
     # (bus/embedded.py OVERLAP_MIN_POINTS says why)
     writer_blocks_in_flight: int = 2
+    # an idle embedded bus waits this long for more requests before it writes a block (0: never)
+    writer_gather_ms: float = 1.0
     # requests one Ingest stream may have read and not yet answered (many ranks multiplexed on a
     # few streams need a deep pipeline to fill group-commit blocks), and their bytes
     ingest_inflight_requests: int = 1024
@@ -156,6 +158,8 @@ class ServerSettings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 <= self.writer_gather_ms <= 1000:
+            raise ConfigError(f"writer_gather_ms must be between 0 and 1000 ms, not {self.writer_gather_ms}")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError(
                 "TLS needs both tls_cert_file and tls_key_file (RUNSTREAM_TLS_CERT_FILE / "

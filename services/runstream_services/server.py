@@ -233,6 +233,7 @@ class RunstreamServer:
                 log_dir=s.data_path / "blocks",
                 max_block_points=s.writer_max_block_points,
                 max_blocks=s.writer_blocks_in_flight,
+                gather_s=s.writer_gather_ms / 1000,
                 metrics=self.metrics,
             )
         await self.bus.start()

@@ -29,6 +29,7 @@ def test_precedence_flag_env_file(tmp_path):
         ({"port": "http"}, "not a valid int"),
         ({"artifact_store": "s3"}, "s3_endpoint"),
         ({"colour": "blue"}, "unknown setting"),
+        ({"writer_gather_ms": -1}, "writer_gather_ms must be between 0 and 1000"),
     ],
 )
 def test_bad_settings_refused(overrides, message):

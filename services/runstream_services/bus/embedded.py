@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -46,8 +45,8 @@ OVERLAP_MIN_REQUEST_POINTS = 1_000  # ... and the waiting requests are large on 
 RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and their files removed
 #: an idle bus waits this long before it takes a block, so that what a client sends together
 #: (an SDK's last metrics and its run_finish, read off the stream as two messages) shares one
-#: block instead of taking two insert rounds one after the other
-GATHER_S = float(os.environ.get("RUNSTREAM_GATHER_S", "0.001"))
+#: block instead of taking two insert rounds one after the other (ServerSettings.writer_gather_ms)
+GATHER_S = 0.001
 
 
 @dataclass
@@ -91,9 +90,11 @@ class EmbeddedBus:
         max_blocks: int = 2,
         max_block_points: int = 2_000_000,
         max_block_requests: int = MAX_BLOCK_REQUESTS,
+        gather_s: float = GATHER_S,
         metrics: Metrics | None = None,
     ):
         self.sink = sink
+        self.gather_s = gather_s
         self.max_blocks = max_blocks
         self.max_block_points = max_block_points
         self.max_block_requests = max_block_requests
@@ -177,8 +178,8 @@ class EmbeddedBus:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._in_flight and GATHER_S > 0 and self._waiting_points < OVERLAP_MIN_POINTS:
-                await asyncio.sleep(GATHER_S)  # idle: what arrives with this request joins its block
+            if not self._in_flight and self.gather_s > 0 and self._waiting_points < OVERLAP_MIN_POINTS:
+                await asyncio.sleep(self.gather_s)  # idle: what arrives with this request joins its block
                 self._wake.clear()
             while self._waiting and self._in_flight < self.max_blocks:
                 if self._in_flight and (
