@@ -404,7 +404,7 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
     stream = Stream(endpoint, batched)
     stream.send(_run_start(client_id, 1, run_id))
     stream.wait_acked(30)
-    times = []
+    times, acks = [], []
     for i in range(probes):
         batch = pb.MetricBatch(
             project=PROJECT, run_id=run_id, keys=["probe"], steps=np.array([i], "<i8").tobytes(),
@@ -414,6 +414,7 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
         stream.send(pb.IngestRequest(seq=i + 2, client_id=client_id, metrics=batch).SerializeToString())
         if wait_ack:
             stream.wait_acked(30)
+            acks.append((time.perf_counter() - t0) * 1000)
         while True:
             hist = api.history(run_id, keys=["probe"], project=PROJECT)
             if len(hist) and float(hist["value"].iloc[-1]) == float(i) and int(hist["step"].iloc[-1]) == i:
@@ -426,6 +427,9 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
         "probe": "ack, then read" if wait_ack else "read every 0.5 ms",
         "p50_ms": round(_pct(times, 50), 2),
         "p99_ms": round(_pct(times, 99), 2),
+        # the part of it until the ack (the rest is the reads): which side limits the row
+        "ack_p50_ms": round(_pct(acks, 50), 2) if acks else None,
+        "ack_p99_ms": round(_pct(acks, 99), 2) if acks else None,
     }
 
 
