@@ -205,6 +205,29 @@ def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
     assert "c1:2" not in written and "c2:1" in written
 
 
+def test_a_refused_run_start_takes_only_its_own_requests_out_of_a_list_published_together():
+    """A packed message's metrics are published as one list; a run_start refused ahead of them
+    refuses that client's requests in the list, and the other clients' are stored."""
+    sink = RecordingSink(delay_s=0.05, refuse={"c1:1": "too many tags"})
+
+    async def main():
+        bus = EmbeddedBus(sink)
+        await bus.start()
+        first = asyncio.ensure_future(bus.publish([start("c1", 1, "bad")]))
+        await asyncio.sleep(0.01)  # the run_start's block is in flight
+        together = [points("c1", 2, "bad", 2), points("c2", 1, "fine", 1), points("c3", 1, "fine", 1)]
+        results = await asyncio.gather(first, bus.publish(together))
+        await bus.stop()
+        return results
+
+    refused_start, shared = asyncio.run(main())
+    assert refused_start.refused == {"c1:1": "too many tags"}
+    assert shared.refused == {"c1:2": "request 2 was not stored: its run_start 1 was refused: too many tags"}
+    assert shared.stored == 2 and shared.points == 4
+    written = {e.idempotency_key for _, _, envs in sink.blocks for e in envs}
+    assert "c1:2" not in written and {"c2:1", "c3:1"} <= written
+
+
 def test_a_run_start_the_writer_refuses_takes_its_block_mates_of_that_run_along(writer):
     tags = {f"t{i}": "x" for i in range(MAX_TAGS_PER_RUN + 1)}
     result = writer.write(

@@ -55,6 +55,9 @@ class _Publish:
     future: asyncio.Future
     nbytes: int = 0
     points: int = 0
+    # envelopes taken out of a list while it waited (their run_start was refused), by key:
+    # answered with the rest of the list
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,20 +279,20 @@ class EmbeddedBus:
             return
         keep = []
         for item in self._waiting:
-            whys = [
-                w for env in item.envelopes if (w := failed.get((env.client_id, env.project, env.run_id)))
-            ]
-            reasons = (
-                {
-                    env.idempotency_key: f"request {env.seq} was not stored: {whys[0]}"
-                    for env in item.envelopes
-                }
-                if whys
-                else {}
-            )
-            if reasons and not item.future.done():
-                item.future.set_result(WriteResult(refused=reasons))
-            else:
+            left = []
+            for env in item.envelopes:
+                why = failed.get((env.client_id, env.project, env.run_id))
+                if why is None:
+                    left.append(env)
+                else:
+                    item.refused[env.idempotency_key] = f"request {env.seq} was not stored: {why}"
+            if len(left) < len(item.envelopes):  # a list keeps its other clients' requests
+                item.envelopes = left
+                item.nbytes = sum(len(e.payload) for e in left)
+                item.points = sum(e.points for e in left)
+            if not left and not item.future.done():
+                item.future.set_result(WriteResult(refused=item.refused))
+            elif left:
                 keep.append(item)
         self._waiting = keep
         self._waiting_points = sum(item.points for item in keep)
@@ -310,6 +313,15 @@ class EmbeddedBus:
                     continue
                 if isinstance(result, BaseException):
                     item.future.set_exception(result)
+                elif item.refused:
+                    item.future.set_result(
+                        WriteResult(
+                            stored=result.stored,
+                            duplicates=result.duplicates,
+                            points=result.points,
+                            refused={**result.refused, **item.refused},
+                        )
+                    )
                 else:
                     item.future.set_result(result)
             self.metrics.inc("runstream_writer_blocks_total")
