@@ -113,12 +113,30 @@ def _format_number(x: float) -> str:
     return repr(x)
 
 
-def param_row(project: str, run_id: str, scope: str, key: str, value: types_pb2.Value, version: int) -> list:
+#: display text of numbers seen lately: the runs of a sweep repeat most of their config values
+_NUMBER_TEXT: dict[float, str] = {}
+_NUMBER_TEXT_MAX = 4096
+
+
+def _number_text(x: float) -> str:
+    """_format_number(x), remembered. Equal floats share one text (0.0 and -0.0 are both "0");
+    a NaN never matches its entry, so it is formatted each time."""
+    text = _NUMBER_TEXT.get(x)
+    if text is None:
+        text = _format_number(x)
+        if len(_NUMBER_TEXT) >= _NUMBER_TEXT_MAX:
+            _NUMBER_TEXT.clear()
+        _NUMBER_TEXT[x] = text
+    return text
+
+
+def param_row(project: str, run_id: str, scope: str, key: str, value: types_pb2.Value, version: int) -> tuple:
+    """A params table row (PARAM_COLUMNS) of one config or summary value."""
     kind = value.WhichOneof("kind")
     if kind == "number":
-        return [project, run_id, scope, key, "number", value.number, _format_number(value.number), version]
+        return (project, run_id, scope, key, "number", value.number, _format_number(value.number), version)
     if kind == "flag":
-        return [
+        return (
             project,
             run_id,
             scope,
@@ -127,7 +145,31 @@ def param_row(project: str, run_id: str, scope: str, key: str, value: types_pb2.
             float(value.flag),
             "true" if value.flag else "false",
             version,
-        ]
+        )
     if kind == "text":
-        return [project, run_id, scope, key, "text", math.nan, value.text, version]
-    return [project, run_id, scope, key, "json", math.nan, value.json, version]
+        return (project, run_id, scope, key, "text", math.nan, value.text, version)
+    return (project, run_id, scope, key, "json", math.nan, value.json, version)
+
+
+def param_rows(project: str, run_id: str, scope: str, values, version: int) -> list[tuple]:
+    """param_row of every value of a config or summary map (key -> types_pb2.Value), in the map's
+    order, in one loop: the writer stages 20 per run_start (issue 11). Rows are tuples: tuples of
+    strings and numbers leave the garbage collector's tracking, and the writer keeps a block's
+    rows through several collections."""
+    out = []
+    append, nan, known_text, text_of = out.append, math.nan, _NUMBER_TEXT.get, _number_text
+    for key in values:  # (the map's items() is a pure-Python view, twice as slow to iterate)
+        value = values[key]
+        kind = value.WhichOneof("kind")
+        if kind == "number":
+            num = value.number
+            text = known_text(num)
+            append((project, run_id, scope, key, "number", num, text or text_of(num), version))
+        elif kind == "flag":
+            flag = value.flag
+            append((project, run_id, scope, key, "flag", float(flag), "true" if flag else "false", version))
+        elif kind == "text":
+            append((project, run_id, scope, key, "text", nan, value.text, version))
+        else:
+            append((project, run_id, scope, key, "json", nan, value.json, version))
+    return out
