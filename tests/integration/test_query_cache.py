@@ -241,6 +241,43 @@ def test_cache_answered_without_sql(stubs):
     assert len(r01.series[("user", "loss")]) <= read_cache.MAX_SERIES_POINTS
 
 
+def test_a_large_project_loads_in_a_thread_and_reads_meanwhile_answer_from_sql(stubs, seeded):  # noqa: F811
+    """Past background_load_runs runs, a read does not wait for the project's load: it answers from
+    SQL (the same answer) while the load runs, and from the held copy once it is done."""
+    import threading
+
+    sql_stub = stubs[0]
+    cache = ReadCache(_OneClient(seeded.client), seeded.database, background_load_runs=5)
+    release = threading.Event()
+    read = cache._read
+
+    def slow_read(client, name):  # the load's snapshot query, held until the test lets it go
+        release.wait(60)
+        return read(client, name)
+
+    cache._read = slow_read
+    servicer = InProcessServer(
+        QueryServicer(seeded.client, seeded.database, seeded.artifact_store, None, cache=cache)
+    ).start()
+    request = query_pb2.SearchRunsRequest(project="vision", filter="metrics.loss < 2", order_by=["run_id"])
+    expected = json_format.MessageToDict(sql_stub.SearchRuns(request))
+    try:
+        with grpc.insecure_channel(servicer.endpoint) as channel:
+            stub = query_pb2_grpc.QueryServiceStub(channel)
+            for _ in range(2):  # answered while the load waits: from SQL
+                assert json_format.MessageToDict(stub.SearchRuns(request)) == expected
+            assert cache.ready("vision") is None and cache.loads == 0
+            release.set()
+            cache.wait_loaded("vision", 60)
+            assert cache.ready("vision") is not None and cache.loads == 1
+            assert json_format.MessageToDict(stub.SearchRuns(request)) == expected
+            assert cache.loads == 1  # the held copy answered
+    finally:
+        release.set()
+        servicer.stop()
+    assert len(expected["runs"]) > 0
+
+
 @pytest.mark.parametrize(
     "order", [["name"], ["-name"], ["tags.t"], ["-tags.t", "name"], ["params.x"], ["-params.x"]]
 )

@@ -50,6 +50,9 @@ MAX_PROJECT_RUNS = 100_000  # a project with more runs is never held
 MAX_PROJECTS = 1_000  # projects held at once (an unknown name read is held too, empty)
 MAX_INDEXED_RUNS = 2_000_000  # the run id -> projects index is kept up to this many runs
 RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after this long
+#: a project with more runs than this is loaded in a thread, and the reads that come meanwhile are
+#: answered from SQL: its load takes seconds (10,000 runs of 100 points: ~2 s), a read should not
+BACKGROUND_LOAD_RUNS = 2_000
 _SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
 
 
@@ -185,12 +188,14 @@ class ReadCache:
     """The held projects; thread-safe (one lock). Readers call `project(name)` (None: read SQL)
     and read the returned Project under `lock`; the writer calls `on_stored`."""
 
-    def __init__(self, readers: Any, database: str):
+    def __init__(self, readers: Any, database: str, background_load_runs: int = BACKGROUND_LOAD_RUNS):
         self.readers = readers  # storage.clickhouse.ClientPool (or anything with .client())
         self.db = database
+        self.background_load_runs = background_load_runs
         self.lock = threading.RLock()
         self._projects: OrderedDict[str, Project] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
+        self._background: dict[str, threading.Thread] = {}  # projects being loaded in a thread
         self._uncacheable: dict[str, float] = {}  # project -> monotonic time it was found too big
         self._points = 0
         self.loads = 0  # projects read from SQL (tests and benchmarks look)
@@ -214,13 +219,15 @@ class ReadCache:
 
     def project(self, project: str) -> Project | None:
         """The held project, loaded from SQL first when needed (blocking: call from a thread);
-        None when it is too big to hold (read SQL)."""
+        None when it is too big to hold, or being loaded in a thread (read SQL)."""
         p = self.ready(project)
         if p is not None:
             return p
         with self.lock:
             since = self._uncacheable.get(project)
             if since is not None and time.monotonic() - since < RETRY_UNCACHEABLE_S:
+                return None
+            if project in self._background:
                 return None
             gate = self._loading.setdefault(project, threading.Lock())
         with gate:  # one load per project at a time; the others wait for it
@@ -383,15 +390,46 @@ class ReadCache:
                 "read cache: dropped project %s (%d points) to stay under %d", name, p.points, MAX_POINTS
             )
 
+    def wait_loaded(self, project: str, timeout_s: float | None = None) -> None:
+        """Waits for a background load of `project`, if one runs (tests, benchmarks)."""
+        with self.lock:
+            thread = self._background.get(project)
+        if thread is not None:
+            thread.join(timeout_s)
+
     def _load(self, name: str) -> Project | None:
         with self.readers.client() as client:
             runs_n = client.query(
                 f"SELECT count() FROM {self.db}.runs WHERE project = {{p:String}}", parameters={"p": name}
             ).result_rows[0][0]
-            if runs_n > MAX_PROJECT_RUNS:
-                with self.lock:
-                    self._uncacheable[name] = time.monotonic()
-                return None
+        if runs_n > MAX_PROJECT_RUNS:
+            with self.lock:
+                self._uncacheable[name] = time.monotonic()
+            return None
+        if runs_n <= self.background_load_runs:
+            return self._load_snapshot(name)
+        with self.lock:
+            if name not in self._background:
+                # not a daemon: exiting mid-query in chDB crashes the process; a load takes seconds
+                thread = threading.Thread(
+                    target=self._load_in_background, args=(name,), name="runstream-cache-load"
+                )
+                self._background[name] = thread
+                thread.start()
+        return None
+
+    def _load_in_background(self, name: str) -> None:
+        try:
+            self._load_snapshot(name)
+        except Exception:
+            log.exception("read cache: loading project %s failed; its reads stay on SQL", name)
+        finally:
+            with self.lock:
+                self._background.pop(name, None)
+
+    def _load_snapshot(self, name: str) -> Project | None:
+        """Registers the project, reads its snapshot and applies it (see the module docstring)."""
+        with self.readers.client() as client:
             p = Project(name)
             with self.lock:  # registered first: every block stored from now on reaches it
                 old = self._projects.pop(name, None)
