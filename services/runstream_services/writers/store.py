@@ -411,27 +411,39 @@ class StoreWriter:
 
     def _record_stored(self, decoded: list, attempt: int = 0) -> None:
         """Adds the stored requests' seqs to their clients' sets and queues each touched (client,
-        run) row with its whole set (written by the bookkeeping thread, replacing the last)."""
-        clients = {env.client_id for env, _ in decoded}
-        self._seen_seqs_of(clients)  # loaded again if evicted: a row must hold the whole set
+        run) row with its whole set (written by the bookkeeping thread, replacing the last). One
+        pass, one lookup of each (client, run) per block: this runs for every stored request."""
+        done, by_run = self._done, self._done_by_run
+        # _claim loaded these clients a moment ago; one evicted since is loaded again (a row must
+        # hold the whole set). Read outside the lock: a client evicted after this check is retried.
+        evicted = {env.client_id for env, _ in decoded if env.client_id not in done}
+        if evicted:
+            self._seen_seqs_of(evicted)
         now_ms = int(time.time() * 1000)
-        rows_: dict[tuple[str, str], list] = {}
+        touched: dict[tuple[str, str], SeqRanges] = {}
+        missed = []
         with self._lock:
-            for env, _ in decoded:
-                union = self._done.get(env.client_id)
-                runs = self._done_by_run.get(env.client_id)
+            for item in decoded:
+                env = item[0]
+                client_id = env.client_id
+                union = done.get(client_id)
+                runs = by_run.get(client_id)
                 if union is None or runs is None:  # evicted meanwhile: reload, then record
+                    missed.append(item)
                     continue
                 union.add(env.seq)
-                seqs = runs.get(env.run_id)
-                if seqs is None:  # (setdefault would build a SeqRanges per request)
-                    seqs = runs[env.run_id] = SeqRanges()
+                key = (client_id, env.run_id)
+                seqs = touched.get(key)
+                if seqs is None:
+                    seqs = runs.get(env.run_id)
+                    if seqs is None:  # (setdefault would build a SeqRanges per request)
+                        seqs = runs[env.run_id] = SeqRanges()
+                    touched[key] = seqs
                 seqs.add(env.seq)
-                rows_[(env.client_id, env.run_id)] = [env.client_id, env.run_id, None, now_ms]
-            for (client_id, run_id), row in rows_.items():
-                row[2] = self._done_by_run[client_id][run_id].ranges()
-        missed = [(e, r) for e, r in decoded if (e.client_id, e.run_id) not in rows_]
-        self._bookkeeping.add("client_seqs", list(rows_.values()))
+            rows_ = [
+                [client_id, run_id, seqs.ranges(), now_ms] for (client_id, run_id), seqs in touched.items()
+            ]
+        self._bookkeeping.add("client_seqs", rows_)
         if missed and attempt < 3:  # only when more than MAX_CACHED_CLIENTS clients write at once
             self._record_stored(missed, attempt + 1)
         elif missed:
@@ -615,6 +627,7 @@ class StoreWriter:
             if missing:
                 self._load_runs_locked(missing)
             refused_starts: dict[tuple[str, str, str], int] = {}  # (client, project, run) -> seq
+            last_run, row = None, None
             for env, req in decoded:
                 kind = env.kind
                 start = refused_starts.get((env.client_id, env.project, env.run_id))
@@ -625,11 +638,15 @@ class StoreWriter:
                     continue
                 if kind == "metrics":
                     pending.metrics.append((env, req.metrics))
-                    row = self._get_run_locked(env.project, env.run_id)
+                    if (env.project, env.run_id) != last_run:  # a block's batches mostly share a run
+                        last_run = (env.project, env.run_id)
+                        row = self._get_run_locked(env.project, env.run_id)
                     if row is not None and run_state.heartbeat_from_metrics(row, env.received_ms):
                         self._stage_run(row, pending)
                         touched.add((row.project, row.run_id))
-                elif kind == "artifact":
+                    continue
+                last_run = None  # a run event may replace its run's row
+                if kind == "artifact":
                     pending.artifacts.append(self._artifact_row(env, req.artifact))
                 elif kind == "media":
                     pending.media.append(self._media_row(env, req.media))
