@@ -44,6 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from clickhouse_connect.driver.client import Client
 from google.protobuf.message import DecodeError
@@ -549,7 +550,6 @@ class StoreWriter:
         self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
         self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
         self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
-        from operator import attrgetter
 
         # RunRow.values() in C: one attrgetter call per row instead of a getattr per column
         run_rows = list(map(attrgetter(*run_state.RUN_COLUMNS), pending.runs.values()))
