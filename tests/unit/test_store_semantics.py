@@ -223,6 +223,34 @@ def test_suspects_never_miss_a_stored_point_whatever_the_batch_shapes():
         seen |= {(k, rank, st) for k, st in pairs}
 
 
+def test_a_small_blocks_row_tables_beside_its_points_both_land_or_the_block_fails(writer):
+    """A small block inserts its row tables on a second thread beside its points: both are
+    stored before write() returns, and a failure of either fails the whole block (not acked)."""
+    from runstream.v1 import types_pb2
+
+    finish = pb.RunFinish(project="proj", run_id="run-1", state=types_pb2.RUN_STATE_FINISHED)
+    result = writer.write(
+        [envelope(2, metrics=batch([0, 1], [1.0, 2.0])), envelope(3, run_finish=finish)], token="blk:par:1"
+    )
+    assert result.stored == 2 and history(writer) == [(0, 0, 1.0), (0, 1, 2.0)]
+    state = writer.client.query(f"SELECT argMax(state, version) FROM {writer.db}.runs WHERE run_id = 'run-1'")
+    assert str(state.result_rows[0][0]).lower() == "finished"
+
+    calls = []
+
+    def failing(table, *args, **kwargs):
+        calls.append(table)
+        raise RuntimeError("row insert failed")
+
+    writer._insert_rows = failing
+    update = pb.RunUpdate(project="proj", run_id="run-1", summary={"best": types_pb2.Value(number=1.0)})
+    with pytest.raises(RuntimeError, match="row insert failed"):
+        writer.write(
+            [envelope(4, metrics=batch([2], [3.0])), envelope(5, run_update=update)], token="blk:par:2"
+        )
+    assert calls and not writer.is_stored("client-a", 4) and not writer.is_stored("client-a", 5)
+
+
 def test_bookkeeping_rows_being_inserted_still_count_as_pending():
     """A writer reloading a client's stored seqs (after forget(), or an evicted client) reads the
     table plus pending(): a row taken by a flush but not yet in the table must be in pending()."""

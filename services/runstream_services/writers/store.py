@@ -36,6 +36,7 @@ points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (boo
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import logging
@@ -78,6 +79,11 @@ ABSENT_TTL_S = 2.0  # how long "no such run" is believed without asking the tabl
 MAX_ABSENT_RUNS = 100_000
 CLIENT_SEQS_COLUMNS = ("client_id", "run_id", "ranges", "updated_ms")
 AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
+#: a block of at most this many requests inserts its row tables (runs, params, ...) on a second
+#: thread beside its points: a small block is waited for by its clients (an SDK's finish: 20 runs
+#: through the SDK at a time, 4 workers: 23-25 -> 18-20 ms per run; one at a time: 47 -> 35-39);
+#: for large blocks two chDB inserts at once each took twice as long (see _store)
+PARALLEL_ROW_INSERTS_MAX_REQUESTS = 64
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,9 @@ class StoreWriter:
         self._replaced = ReplacedPoints(client, database)  # summaries count distinct points
         self._last_version = 0
         self._arrow = ArrowInserter(client, handles=insert_handles)
+        self._row_inserts = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="runstream-row-insert"
+        )
         self._listeners: list = []
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
@@ -234,6 +243,7 @@ class StoreWriter:
         """Writes the pending bookkeeping rows and releases the writer's own connection handles
         (the shared client stays open)."""
         self._bookkeeping.close()
+        self._row_inserts.shutdown(wait=True)
         self._arrow.close()
 
     def run_state(self, project: str, run_id: str) -> str | None:
@@ -511,11 +521,19 @@ class StoreWriter:
             if not decoded:
                 return
         try:
-            # one table after the other: on 2 cores the row inserts on a second thread beside
-            # the points' insert made both slower (10,000 runs of bench/many_writers.py: metric
-            # insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as two chDB inserts at once do
-            self._insert_row_tables(pending, base)
-            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+            # a large block: one table after the other: on 2 cores the row inserts on a second
+            # thread beside the points' insert made both slower (10,000 runs of
+            # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
+            # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
+            if pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
+                rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
+                try:
+                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+                finally:
+                    rows_done.result()  # both stored before the block is answered (or its error raised)
+            else:
+                self._insert_row_tables(pending, base)
+                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
             self._bookkeeping.add("audit_log", pending.audit)
             self._record_stored(decoded)
         except BaseException:
