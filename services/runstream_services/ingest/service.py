@@ -262,6 +262,21 @@ def _coalesce(items: list) -> list[ingest_pb2.IngestResponse]:
     return out
 
 
+def _envelope(raw: bytes, req: ingest_pb2.IngestRequest, accepted: Accepted, received_ms: int) -> Envelope:
+    """The envelope of an accepted request; `req` is parsed once, here: the embedded writer reuses it."""
+    return Envelope(
+        client_id=req.client_id,
+        seq=req.seq,
+        kind=accepted.kind,
+        project=accepted.project,
+        run_id=accepted.run_id,
+        payload=raw,
+        received_ms=received_ms,
+        points=accepted.points,
+        request=req,
+    )
+
+
 class _Received(NamedTuple):
     """One Ingest message as read off the wire: the request, or why it could not be decoded."""
 
@@ -516,19 +531,7 @@ class _IngestStream:
         except RunstreamServiceError as exc:
             self._refused(req.seq, exc, slot)
             return
-        bulk.envelopes.append(
-            Envelope(
-                client_id=req.client_id,
-                seq=req.seq,
-                kind=accepted.kind,
-                project=accepted.project,
-                run_id=accepted.run_id,
-                payload=raw,
-                received_ms=bulk.received_ms,
-                points=accepted.points,
-                request=req,
-            )
-        )
+        bulk.envelopes.append(_envelope(raw, req, accepted, bulk.received_ms))
         bulk.slots.append(slot)
         bulk.nbytes += len(raw)
 
@@ -558,17 +561,7 @@ class _IngestStream:
         except RunstreamServiceError as exc:
             self._refused(req.seq, exc, slot)
             return
-        env = Envelope(
-            client_id=req.client_id,
-            seq=req.seq,
-            kind=accepted.kind,
-            project=accepted.project,
-            run_id=accepted.run_id,
-            payload=raw,
-            received_ms=_now_ms(),
-            points=accepted.points,
-            request=req,  # parsed once, here: the embedded writer reuses it
-        )
+        env = _envelope(raw, req, accepted, _now_ms())
         if env.kind in RUN_EVENTS and not self.svc.bus.keeps_client_order:
             if self.inflight:  # a run event follows everything before it...
                 await asyncio.wait(set(self.inflight))
