@@ -6,7 +6,8 @@ writer calls `on_stored` with every block it stored before write() returns, so b
 acks it, and a read after the ack sees it (read-your-writes). Everywhere else there is no cache
 and every read is SQL.
 
-What is held, per project (loaded whole from SQL on its first read, then kept current):
+What is held, per project (loaded whole from SQL on its first read, then kept current; a project
+of more than BACKGROUND_LOAD_RUNS runs is loaded in a thread while SQL answers its reads):
 - run rows (the `runs` row with the highest version), params (per run, scope and key, the row
   with the highest version), artifacts (per run, name, version tag and path, the last row);
 - every metric point of each series (run, kind, key) of at most MAX_SERIES_POINTS points, with
