@@ -525,7 +525,10 @@ class StoreWriter:
             # thread beside the points' insert made both slower (10,000 runs of
             # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
             # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
-            if pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
+            row_tables = (
+                pending.params or pending.runs or pending.artifacts or pending.media or pending.console
+            )
+            if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
                 rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
                 try:
                     result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
