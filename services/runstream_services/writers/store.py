@@ -92,7 +92,7 @@ class StoredBlock:
     ingest acks it): an in-process reader kept current from it sees every acked write."""
 
     runs: list[RunRow]  # the run rows as stored (copies: listeners may keep them)
-    params: list[list]  # rows.PARAM_COLUMNS rows
+    params: list[tuple]  # rows.PARAM_COLUMNS rows (rows.param_rows)
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]]
     artifacts: list[list]  # rows.ARTIFACT_COLUMNS rows
     # series whose summary the writer replaced by its exact summary in this write (a write that
@@ -106,11 +106,11 @@ class _Pending:
     """Rows collected from the envelopes of one write call, inserted together."""
 
     runs: dict[tuple[str, str], RunRow] = field(default_factory=dict)
-    params: list[list] = field(default_factory=list)
+    params: list[tuple] = field(default_factory=list)  # rows.param_rows
     artifacts: list[list] = field(default_factory=list)
     media: list[list] = field(default_factory=list)  # rows.MEDIA_COLUMNS rows
     console: list[list] = field(default_factory=list)  # console_rows.CONSOLE_COLUMNS rows
-    audit: list[list] = field(default_factory=list)
+    audit: list[tuple] = field(default_factory=list)
     metrics: list[tuple[Envelope, ingest_pb2.MetricBatch]] = field(default_factory=list)
     recounted: set = field(default_factory=set)
 
