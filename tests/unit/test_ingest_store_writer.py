@@ -276,10 +276,17 @@ def test_bookkeeping_rows_follow_in_the_background_and_count_before_they_land(wr
     assert fresh.write([env]).duplicates == 1  # known from rows not yet written
     deadline = time.monotonic() + 10
     final = "SELECT client_id, run_id, ranges FROM DB.client_seqs FINAL"
-    while q(writer, final) != [("client-a", "run-1", [(1, 2)])] and time.monotonic() < deadline:
+    audit = "SELECT action FROM DB.audit_log"
+
+    def landed() -> bool:  # one flush inserts client_seqs, then audit_log: wait for both
+        return q(writer, final) == [("client-a", "run-1", [(1, 2)])] and q(writer, audit) == [
+            ("run.created",)
+        ]
+
+    while not landed() and time.monotonic() < deadline:
         time.sleep(0.05)  # the background thread writes them within its interval
     assert q(writer, final) == [("client-a", "run-1", [(1, 2)])]
-    assert q(writer, "SELECT action FROM DB.audit_log") == [("run.created",)]
+    assert q(writer, audit) == [("run.created",)]
 
 
 def test_stored_seqs_are_ranges_per_client_and_run_and_never_expire(writer):
