@@ -30,8 +30,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -41,10 +39,10 @@ from runstream_services.bus.base import Envelope  # noqa: E402
 from runstream_services.bus.kafka import KafkaBus, delete_topics  # noqa: E402
 from runstream_services.config import ServerSettings  # noqa: E402
 from tests.chdb_inspect import query_folder  # noqa: E402
+from tests.ingest_client import rank_step_batch  # noqa: E402
 from tests.server_process import WriterProcess  # noqa: E402
 
 PROJECT = "kmw"
-KEYS = [f"m{k}" for k in range(10)]
 
 
 def requests(runs: int, ranks: int, steps: int) -> list[pb.IngestRequest]:
@@ -57,12 +55,7 @@ def requests(runs: int, ranks: int, steps: int) -> list[pb.IngestRequest]:
         for r in range(runs):
             for k in range(ranks):
                 c = r * ranks + k
-                batch = pb.MetricBatch(
-                    project=PROJECT, run_id=f"run-{r}", rank=k, keys=KEYS,
-                    key_index=np.arange(10, dtype="<u2").tobytes(), steps=np.full(10, step, "<i8").tobytes(),
-                    values=np.full(10, c + step / 1000, "<f8").tobytes(),
-                    times_ms=np.full(10, 1_700_000_000_000 + step, "<i8").tobytes(),
-                )  # fmt: skip
+                batch = rank_step_batch(PROJECT, f"run-{r}", k, c, step)
                 out.append(pb.IngestRequest(seq=1 + step, client_id=f"rank-{c}", metrics=batch))
     return out
 

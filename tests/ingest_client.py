@@ -47,6 +47,22 @@ def metric_batch(
     return pb.MetricBatch(**{**fields, **over})
 
 
+#: the metric names of a rank's step (rank_step_batch)
+RANK_KEYS = [f"m{k}" for k in range(10)]
+
+
+def rank_step_batch(project: str, run_id: str, rank: int, client: int, step: int) -> pb.MetricBatch:
+    """One step of a rank's 10 metrics (RANK_KEYS), as a rank of a distributed run logs it; the
+    values name the client and the step (client + step / 1000), so each point is recognisable."""
+    n = len(RANK_KEYS)
+    return pb.MetricBatch(
+        project=project, run_id=run_id, rank=rank, keys=RANK_KEYS,
+        key_index=np.arange(n, dtype="<u2").tobytes(), steps=np.full(n, step, "<i8").tobytes(),
+        values=np.full(n, client + step / 1000, "<f8").tobytes(),
+        times_ms=np.full(n, 1_700_000_000_000 + step, "<i8").tobytes(),
+    )  # fmt: skip
+
+
 def run_start(seq: int, client_id: str, run_id: str, project: str = PROJECT, **fields) -> pb.IngestRequest:
     return pb.IngestRequest(
         seq=seq, client_id=client_id, run_start=pb.RunStart(project=project, run_id=run_id, **fields)

@@ -15,21 +15,19 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
 from tests.chdb_inspect import STORED_SEQS
 from tests.clickhouse_standin import StandinProcess
 from tests.deployments import drop_topics, kafka_env, migrated_database, new_prefix
-from tests.ingest_client import PROJECT, ingest, run_start, stub_for
+from tests.ingest_client import PROJECT, RANK_KEYS, ingest, rank_step_batch, run_start, stub_for
 from tests.integration.test_three_writers import group_caught_up
 from tests.server_process import ServerProcess, WriterProcess
 
 pytest.importorskip("chdb")
 
 RUNS, RANKS_PER_RUN, STEPS, STREAMS, WRITERS = 24, 4, 30, 4, 3
-KEYS = [f"m{k}" for k in range(10)]
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +45,7 @@ def rank_requests() -> list[pb.IngestRequest]:
         for run in range(RUNS):
             for rank in range(RANKS_PER_RUN):
                 c = run * RANKS_PER_RUN + rank
-                batch = pb.MetricBatch(
-                    project=PROJECT, run_id=f"run-{run}", rank=rank, keys=KEYS,
-                    key_index=np.arange(10, dtype="<u2").tobytes(), steps=np.full(10, step, "<i8").tobytes(),
-                    values=np.full(10, c + step / 1000, "<f8").tobytes(),
-                    times_ms=np.full(10, 1_700_000_000_000 + step, "<i8").tobytes(),
-                )  # fmt: skip
+                batch = rank_step_batch(PROJECT, f"run-{run}", rank, c, step)
                 out.append(pb.IngestRequest(seq=c * 1000 + 1 + step, client_id=f"rank-{c}", metrics=batch))
     return out
 
@@ -125,7 +118,7 @@ def test_kill_9_of_a_writer_under_a_many_writer_load_over_partitions_stores_ever
         def one(sql: str):
             return client.query(sql.replace("DB.", f"{database}.")).result_rows[0][0]
 
-        total = len(requests) * len(KEYS)
+        total = len(requests) * len(RANK_KEYS)
         assert one("SELECT count() FROM DB.metrics") == total  # no raw row twice
         assert one("SELECT count() FROM DB.metrics FINAL") == total
         assert one("SELECT count() FROM (SELECT DISTINCT run_id, key, rank, step FROM DB.metrics)") == total
