@@ -179,7 +179,10 @@ def test_a_publish_of_many_requests_counts_each_of_them_against_the_block_limit(
     assert sum(sizes) == 13 and max(sizes) <= 10, sizes
 
 
-def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
+def _behind_a_refused_start(publish_behind) -> tuple[RecordingSink, list[WriteResult]]:
+    """Publishes client c1's run_start (the stand-in sink refuses it), then, while its block is in
+    flight, whatever `publish_behind(bus)` publishes (a list of awaitables). Returns the sink and
+    the results: the run_start's first, then those in order."""
     sink = RecordingSink(delay_s=0.05, refuse={"c1:1": "too many tags"})
 
     async def main():
@@ -187,13 +190,20 @@ def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
         await bus.start()
         first = asyncio.ensure_future(bus.publish([start("c1", 1, "bad")]))
         await asyncio.sleep(0.01)  # the run_start's block is in flight
-        behind = [asyncio.ensure_future(bus.publish([points("c1", s, "bad", s)])) for s in (2, 3)]
-        other = asyncio.ensure_future(bus.publish([points("c2", 1, "fine", 1)]))
-        results = await asyncio.gather(first, *behind, other)
+        results = await asyncio.gather(first, *publish_behind(bus))
         await bus.stop()
         return results
 
-    refused_start, *behind, other = asyncio.run(main())
+    return sink, asyncio.run(main())
+
+
+def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
+    sink, (refused_start, *behind, other) = _behind_a_refused_start(
+        lambda bus: [
+            *(asyncio.ensure_future(bus.publish([points("c1", s, "bad", s)])) for s in (2, 3)),
+            asyncio.ensure_future(bus.publish([points("c2", 1, "fine", 1)])),
+        ]
+    )
     assert refused_start.refused == {"c1:1": "too many tags"}
     for result, seq in zip(behind, (2, 3), strict=True):
         assert (
@@ -208,19 +218,8 @@ def test_requests_queued_behind_a_refused_run_start_are_refused_with_it():
 def test_a_refused_run_start_takes_only_its_own_requests_out_of_a_list_published_together():
     """A packed message's metrics are published as one list; a run_start refused ahead of them
     refuses that client's requests in the list, and the other clients' are stored."""
-    sink = RecordingSink(delay_s=0.05, refuse={"c1:1": "too many tags"})
-
-    async def main():
-        bus = EmbeddedBus(sink)
-        await bus.start()
-        first = asyncio.ensure_future(bus.publish([start("c1", 1, "bad")]))
-        await asyncio.sleep(0.01)  # the run_start's block is in flight
-        together = [points("c1", 2, "bad", 2), points("c2", 1, "fine", 1), points("c3", 1, "fine", 1)]
-        results = await asyncio.gather(first, bus.publish(together))
-        await bus.stop()
-        return results
-
-    refused_start, shared = asyncio.run(main())
+    together = [points("c1", 2, "bad", 2), points("c2", 1, "fine", 1), points("c3", 1, "fine", 1)]
+    sink, (refused_start, shared) = _behind_a_refused_start(lambda bus: [bus.publish(together)])
     assert refused_start.refused == {"c1:1": "too many tags"}
     assert shared.refused == {"c1:2": "request 2 was not stored: its run_start 1 was refused: too many tags"}
     assert shared.stored == 2 and shared.points == 4
