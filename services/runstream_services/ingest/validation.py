@@ -267,7 +267,7 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
             raise InvalidArgument(
                 f"metric batch has {n} steps but {len(key_index) // 2} key indexes: send one per step"
             )
-        if n < len(_EACH_INDEX_ONCE) and key_index == _EACH_INDEX_ONCE[n]:
+        if names_each_key_once(key_index, n):
             top = n - 1  # each key once, in order: one step of n metrics (a rank's usual batch)
         elif n <= 64:  # numpy's fixed cost is larger than a small batch
             top = max(struct.unpack(f"<{n}H", key_index))
@@ -289,8 +289,15 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
     return n
 
 
-#: key_index of n points naming keys 0..n-1 once each, in order
-_EACH_INDEX_ONCE = [np.arange(n, dtype="<u2").tobytes() for n in range(129)]
+#: key_index of n points naming keys 0..n-1 once each, in order, for n up to 128
+_EACH_KEY_ONCE = [np.arange(n, dtype="<u2").tobytes() for n in range(129)]
+
+
+def names_each_key_once(key_index: bytes, n: int) -> bool:
+    """True when a batch's n points name keys 0..n-1 once each, in order: one step of n metrics,
+    a rank's usual batch (ingest's key check and the writer's replaced-points check both skip
+    their per-point work for it). A bytes compare; False past 128 points."""
+    return n < len(_EACH_KEY_ONCE) and key_index == _EACH_KEY_ONCE[n]
 
 
 def check_artifact_path(path: str) -> None:

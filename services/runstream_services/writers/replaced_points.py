@@ -28,6 +28,7 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from runstream.v1 import ingest_pb2, types_pb2
+from runstream_services.ingest.validation import names_each_key_once
 from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
@@ -42,7 +43,6 @@ SUMMARY_AGGREGATES = (
 )
 
 _MAX_STEP = 2**63 - 1
-_SYSTEM = types_pb2.METRIC_KIND_SYSTEM
 
 #: (project, run_id, kind, key): one series of a run's summaries (kind is "user" or "system")
 Series = tuple[str, str, str, str]
@@ -92,10 +92,6 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
     return [(key, lo, hi, rising) for key, (lo, hi, rising) in out.items()]
 
 
-#: key_index of a batch holding each of its n keys once, in order: one step of n metrics
-_EACH_KEY_ONCE = [np.arange(n, dtype="<u2").tobytes() for n in range(SMALL_BATCH_POINTS + 1)]
-
-
 def _one_step(batch: ingest_pb2.MetricBatch, n: int, distinct: bool = True) -> int | None:
     """The step of a batch holding one step of each of its n keys (a rank logging one step of its
     metrics: the common small batch), else None. Bytes compares, no per-point loop. `distinct`:
@@ -103,8 +99,8 @@ def _one_step(batch: ingest_pb2.MetricBatch, n: int, distinct: bool = True) -> i
     keys = batch.keys
     raw = batch.steps
     if (
-        len(keys) == n < len(_EACH_KEY_ONCE)
-        and batch.key_index == _EACH_KEY_ONCE[n]
+        len(keys) == n
+        and names_each_key_once(batch.key_index, n)
         and raw == raw[:8] * n
         and (not distinct or len(set(keys)) == n)
     ):
@@ -212,7 +208,7 @@ class ReplacedPoints:
                 if (batch.project, batch.run_id) != run:  # a block's batches mostly share their run
                     run = (batch.project, batch.run_id)
                     stored = self._run_locked(*run)
-                kind = "system" if batch.kind == _SYSTEM else "user"
+                kind = kind_name(batch)
                 n = len(batch.steps) // 8
                 step = _one_step(batch, n, distinct=False) if 0 < n <= SMALL_BATCH_POINTS else None
                 if step is not None:  # each key's series goes on right after what it stored
