@@ -102,9 +102,12 @@ def page():
 
 
 def console_text(page) -> str:
-    """The text of the console's code block ('' when none is shown)."""
+    """The text of the console's code block ('' when none is shown).
+
+    One read in the page: counting the blocks and then reading the first raced a rerun that
+    removed the block in between (inner_text then waited its full timeout for it)."""
     block = page.locator('.st-key-console_lines [data-testid="stCode"]')
-    return block.first.inner_text() if block.count() else ""
+    return block.evaluate_all("els => els.length ? els[0].innerText : ''")
 
 
 def wait_console(page, condition, what: str, timeout_s: float = 30) -> str:
