@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
+from runstream.v1 import types_pb2
 from runstream_services.bus.base import Envelope
 from runstream_services.query import read_cache
 from runstream_services.query.read_cache import Project, ReadCache
@@ -80,6 +81,102 @@ def test_merged_series_equal_final_of_every_point(cache):
         )
         at_top = {repr(v) for _, st, v in want if st == top}
         assert repr(summary.last) in at_top  # two ranks may share the top step: either is SQL's argMax
+
+
+def test_interleaved_ranks_with_rising_steps_equal_final(cache):
+    """The many-ranks shape (each batch one rank's rising steps, ranks interleaved, re-logged
+    steps, older versions arriving late) is placed by binary search, not sorted: the same FINAL
+    rule must hold, ties going to the later write."""
+    rng = np.random.default_rng(11)
+    reference: dict[tuple[int, int], tuple[tuple[int, int], float]] = {}  # (rank, step) -> (version, value)
+    for seq in range(1, 400):
+        rank = int(rng.integers(0, 8))
+        steps = np.unique(rng.integers(0, 60, int(rng.integers(1, 6))))  # rising, may repeat held steps
+        values = rng.normal(size=len(steps))
+        received = 5_000 + int(rng.integers(-3, 4))  # late and early arrivals, and ties on the ms
+        cache.on_stored(block(seq, received, ["a"], None, steps, values, rank=rank))
+        for pos, step in enumerate(steps.tolist()):
+            version = (received, (seq << read_cache.POSITION_BITS) + pos)
+            if (rank, step) not in reference or version >= reference[(rank, step)][0]:
+                reference[(rank, step)] = (version, float(values[pos]))
+    s = cache.ready(PROJECT).runs["r"].series[("user", "a")]
+    got = list(zip(s.rank.tolist(), s.step.tolist(), s.value.tolist(), strict=True))
+    assert got == sorted((r, st, v) for (r, st), (_, v) in reference.items())
+    assert s.summary().count == len(reference)
+
+
+def test_blocks_of_many_batches_merge_as_one_batch_at_a_time(cache, monkeypatch):
+    """A block's batches are merged at once (one decode and sort for the block): blocks of many
+    batches over two runs, both kinds, several keys and ranks, steps repeated inside a block,
+    batches without times, a project not held, and a series crossing the size limit inside a
+    block must leave the cache as the FINAL rule says, with its point count right."""
+    monkeypatch.setattr(read_cache, "MAX_SERIES_POINTS", 80)
+    rng = np.random.default_rng(5)
+    keys = ["a", "b", "c", "d"]
+    reference: dict[tuple, tuple[tuple[int, int], float, int]] = {}  # (run, kind, key, rank, step) -> ...
+    seq = 0
+    for _ in range(40):
+        metrics = []
+        for _ in range(int(rng.integers(1, 30))):
+            seq += 1
+            n = int(rng.integers(1, 8))
+            key_index = rng.integers(0, len(keys), n)
+            steps = rng.integers(0, 80, n)
+            values = rng.normal(size=n)
+            rank, run_id = int(rng.integers(0, 3)), "s" if rng.random() < 0.2 else "r"  # "r" goes big
+            kind = [types_pb2.METRIC_KIND_USER, types_pb2.METRIC_KIND_SYSTEM][int(rng.integers(0, 2))]
+            project = PROJECT if rng.random() < 0.9 else "not-held"
+            received = 2_000 + seq // 4 + int(rng.integers(-5, 6))  # late and early arrivals
+            with_times = rng.random() < 0.7
+            batch = pb.MetricBatch(
+                project=project, run_id=run_id, rank=rank, keys=keys, kind=kind,
+                key_index=np.asarray(key_index, "<u2").tobytes(), steps=np.asarray(steps, "<i8").tobytes(),
+                values=np.asarray(values, "<f8").tobytes(),
+                times_ms=np.asarray(steps + 7, "<i8").tobytes() if with_times else b"",
+            )  # fmt: skip
+            env = Envelope.from_request(
+                pb.IngestRequest(seq=seq, client_id="c", metrics=batch), received_ms=received
+            )
+            metrics.append((env, batch))
+            if project != PROJECT:
+                continue
+            kind_name = "system" if kind == types_pb2.METRIC_KIND_SYSTEM else "user"
+            for pos in range(n):
+                ident = (run_id, kind_name, keys[key_index[pos]], rank, int(steps[pos]))
+                version = (received, (seq << read_cache.POSITION_BITS) + pos)
+                if ident not in reference or version >= reference[ident][0]:
+                    when = int(steps[pos]) + 7 if with_times else received
+                    reference[ident] = (version, float(values[pos]), when)
+        cache.on_stored(StoredBlock(runs=[], params=[], metrics=metrics, artifacts=[]))
+    held = cache.ready(PROJECT)
+    assert set(held.runs) == {"r", "s"} and cache.ready("not-held") is None
+    counted = 0
+    for run_id, run in held.runs.items():
+        for kind in ("user", "system"):
+            for key in keys:
+                want = sorted(
+                    (r, st, v, t, *version)
+                    for (ru, k, ke, r, st), (version, v, t) in reference.items()
+                    if (ru, k, ke) == (run_id, kind, key)
+                )
+                if len(want) > 80:  # over the limit: listed by key only, read from SQL
+                    assert (kind, key) in run.big and (kind, key) not in run.series
+                    continue
+                s = run.series[(kind, key)]
+                got = list(
+                    zip(
+                        s.rank.tolist(),
+                        s.step.tolist(),
+                        s.value.tolist(),
+                        s.time.tolist(),
+                        s.vhi.tolist(),
+                        s.vlo.tolist(),
+                        strict=True,
+                    )
+                )
+                assert got == want, (run_id, kind, key)
+                counted += len(s)
+    assert held.points == counted and any(run.big for run in held.runs.values())
 
 
 def test_a_series_over_the_limit_is_held_by_key_only(cache, monkeypatch):
