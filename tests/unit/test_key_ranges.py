@@ -58,3 +58,27 @@ def test_one_step_of_each_key_matches_numpy(keys, steps, monkeypatch: pytest.Mon
     small = sorted(key_ranges(batch))
     monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
     assert small == sorted(key_ranges(batch))
+
+
+@pytest.mark.parametrize(
+    "keys, rows",
+    [
+        (["a", "b", "c"], [[1, 1, 1], [2, 2, 2], [5, 5, 5]]),  # an SDK flush of 3 steps: the grid shortcut
+        (["a", "b", "c"], [[1, 1, 1], [2, 3, 2], [5, 5, 5]]),  # a row of different steps: the general loop
+        (["a", "b", "c"], [[4, 4, 4], [2, 2, 2]]),  # rows falling
+        (["a", "b", "c"], [[4, 4, 4], [4, 4, 4]]),  # a step logged twice
+        (["a", "b", "a"], [[1, 1, 1], [2, 2, 2]]),  # a key listed twice
+        ([f"m{i}" for i in range(10)], [[s] * 10 for s in range(10)]),  # 10 metrics x 10 steps
+    ],
+)
+def test_grid_of_steps_and_keys_matches_numpy(keys, rows, monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = ingest_pb2.MetricBatch(
+        project="p",
+        run_id="r",
+        keys=keys,
+        steps=np.array(rows, "<i8").ravel().tobytes(),
+        key_index=np.tile(np.arange(len(keys), dtype="<u2"), len(rows)).tobytes(),
+    )
+    small = sorted(key_ranges(batch))
+    monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
+    assert small == sorted(key_ranges(batch))

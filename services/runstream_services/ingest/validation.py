@@ -300,6 +300,15 @@ def names_each_key_once(key_index: bytes, n: int) -> bool:
     return n < len(_EACH_KEY_ONCE) and key_index == _EACH_KEY_ONCE[n]
 
 
+def grid_rows(key_index: bytes, n: int, keys: int) -> int:
+    """How many rows of keys 0..keys-1 in order a batch's n key indexes are (an SDK flush of
+    several steps of the same metrics), 0 when they are not such a grid. A bytes compare."""
+    if not 0 < keys < len(_EACH_KEY_ONCE) or n % keys:
+        return 0
+    rows = n // keys
+    return rows if key_index == _EACH_KEY_ONCE[keys] * rows else 0
+
+
 def check_artifact_path(path: str) -> None:
     """A relative path inside an artifact. Refuses what could escape or confuse a folder layout."""
     if not path:

@@ -28,7 +28,7 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from runstream.v1 import ingest_pb2, types_pb2
-from runstream_services.ingest.validation import names_each_key_once
+from runstream_services.ingest.validation import grid_rows, names_each_key_once
 from runstream_services.writers.client_seqs import add_range
 
 MAX_CACHED_RUNS = 4096  # runs whose stored step ranges are kept in memory (reloaded when they come back)
@@ -116,6 +116,14 @@ def _key_ranges_small(batch: ingest_pb2.MetricBatch, n: int) -> list[tuple[str, 
         return [(key, step, step, True) for key in keys]
     raw = batch.steps
     steps = struct.unpack(f"<{n}q", raw)
+    k = len(keys)
+    if grid_rows(batch.key_index, n, k) > 1 and len(set(keys)) == k:  # an SDK flush: steps x keys
+        firsts = steps[::k]  # each row one step of every key, the rows' steps rising: one range per key
+        width = 8 * k
+        if all(b > a for a, b in zip(firsts, firsts[1:], strict=False)) and raw == b"".join(
+            raw[i : i + 8] * k for i in range(0, 8 * n, width)
+        ):
+            return [(key, firsts[0], firsts[-1], True) for key in keys]
     if not batch.key_index:
         rising = all(b > a for a, b in zip(steps, steps[1:], strict=False))
         return [(keys[0], min(steps), max(steps), rising)]
