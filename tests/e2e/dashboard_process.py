@@ -130,8 +130,22 @@ def wait_idle(page, timeout_ms: int = 60_000) -> None:
 
 def grid_row_checkbox(page, table, row: int) -> tuple[float, float]:
     """Where to click to select `row` in an st.dataframe (a glide-data-grid canvas: the first
-    column holds the row-selection markers)."""
-    box = table.bounding_box()
+    column holds the row-selection markers). Scrolls the table into view first; a Streamlit rerun
+    can swap the element out between finding and measuring it, so a detached element is retried."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    box = None
+    for attempt in range(40):
+        try:
+            table.scroll_into_view_if_needed(timeout=10_000)
+            box = table.bounding_box(timeout=10_000)
+        except PlaywrightError as e:
+            if "not attached" not in str(e) or attempt == 39:
+                raise
+        if box is not None:
+            break
+        page.wait_for_timeout(250)
+    assert box is not None, "the table never stayed attached long enough to be measured"
     row_height = 35
     return box["x"] + 18, box["y"] + row_height * (row + 1) + row_height / 2
 

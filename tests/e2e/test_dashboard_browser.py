@@ -108,7 +108,6 @@ def test_filter_select_runs_and_see_their_curves_then_open_a_run(server, dashboa
 
     # select the first two rows: their loss curves are overlaid, one trace per run
     table = _table(page)
-    table.scroll_into_view_if_needed()
     for row in (0, 1):
         page.mouse.click(*grid_row_checkbox(page, table, row))
         wait_idle(page)

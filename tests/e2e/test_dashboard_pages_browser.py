@@ -189,7 +189,6 @@ def _select_single_run(page, dashboard, name: str) -> None:
     page.get_by_text("1 runs match").wait_for()
     wait_idle(page)
     table = page.locator('[data-testid="stDataFrame"]').first
-    table.scroll_into_view_if_needed()
     page.mouse.click(*grid_row_checkbox(page, table, 0))
     page.wait_for_selector(".js-plotly-plot")
     wait_idle(page)
