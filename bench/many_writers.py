@@ -1,4 +1,5 @@
-"""Many small writers against the embedded server: what a team's day looks like (issue 11).
+"""Many small writers against one server (embedded by default; `--bus kafka`): what a team's day
+looks like (issue 11).
 
     .venv/bin/python bench/many_writers.py                 # all rows, prints JSON
     .venv/bin/python bench/many_writers.py --quick         # small sizes (smoke)
@@ -21,6 +22,12 @@ Rows:
 - fresh: log -> visible, one point then Api.history until it is there: p50/p99 at idle and at
   50 % of the held ranks load (offered by a child process, so the load's Python does not hold the
   probe's GIL).
+
+`--bus kafka` runs the rows on a one-process server with the Kafka bus (the broker of
+scripts/services.sh, topics of their own, dropped afterwards): there an ack means published to Kafka
+and the point is visible once the server's writer has stored it, so the fresh row measures the
+whole path. `--fresh-load-rps` sets the fresh row's load when no ranks row ran in the same call
+(bench/run.py passes the embedded row's half, so both buses are read at the same load).
 
 The generator speaks the raw gRPC contract (no SDK), with pre-serialized requests, so its own CPU
 stays small; the SDK's per-call cost is measured by W1/W3 in bench/run.py. Its streams ask for
@@ -408,6 +415,7 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
     stream = Stream(endpoint, batched)
     stream.send(_run_start(client_id, 1, run_id))
     stream.wait_acked(30)
+    _wait_run_stored(api, run_id)
     times, acks = [], []
     for i in range(probes):
         batch = pb.MetricBatch(
@@ -435,6 +443,54 @@ def bench_fresh(endpoint: str, probes: int, api, wait_ack: bool = True, batched:
         "ack_p50_ms": round(_pct(acks, 50), 2) if acks else None,
         "ack_p99_ms": round(_pct(acks, 99), 2) if acks else None,
     }
+
+
+class KafkaSide:
+    """One row's Kafka bus: the server's arguments, topics and consumer group of its own."""
+
+    def __init__(self):
+        from bench.ingest_kafka import kafka_bootstrap
+
+        self.bootstrap = kafka_bootstrap()
+        self.prefix = f"many{uuid.uuid4().hex[:8]}"
+        self.args = ["--bus", "kafka", "--kafka-bootstrap", self.bootstrap]
+        self.env = {
+            "RUNSTREAM_KAFKA_TOPIC_PREFIX": self.prefix,
+            "RUNSTREAM_KAFKA_GROUP_ID": f"{self.prefix}-writers",
+            "RUNSTREAM_KAFKA_ALLOW_UNDER_REPLICATED": "1",  # the local single-node broker
+        }
+
+    def wait_writer(self, server: ServerProcess, timeout_s: float = 60) -> None:
+        """Until the server's writer holds its partitions and knows their lag: before that a
+        probe would time the consumer group's first rebalance, not the path."""
+        from bench.ingest_kafka import caught_up
+
+        deadline = time.monotonic() + timeout_s
+        while not caught_up(server.metrics()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Kafka writer held no partitions within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def drop(self) -> None:
+        from bench.ingest_kafka import drop_topics
+
+        drop_topics(self.bootstrap, self.prefix)
+
+
+def _wait_run_stored(api, run_id: str, timeout_s: float = 60) -> None:
+    """Until reads know the probe's run (before the probes' clock: on the Kafka bus the run_start's
+    ack means published, and a read before the writer stored it answers NOT_FOUND)."""
+    from runstream.errors import ServerError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            api.history(run_id, keys=["probe"], project=PROJECT)
+            return
+        except ServerError as exc:
+            if exc.code != "NOT_FOUND" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 def half_load(endpoint: str, rate: float, n_ranks: int, n_streams: int, batched: bool, pack: int) -> None:
@@ -487,6 +543,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument(
+        "--bus",
+        choices=["embedded", "kafka"],
+        default="embedded",
+        help="the server's bus: embedded (default) or kafka (the broker of scripts/services.sh)",
+    )
+    parser.add_argument(
+        "--fresh-load-rps",
+        type=float,
+        default=0.0,
+        help="fresh: the load (ranks requests/s) of its second half; default half the ranks row's held rate",
+    )
+    parser.add_argument(
         "--fresh-probe",
         choices=["ack", "poll"],
         default="ack",
@@ -533,15 +601,24 @@ def main() -> int:
             """Each row on a server of its own, as `--only ROW` measures it: on one shared server
             a row paid for the data and background part merges the rows before it left (the
             runs row: 11.8 s after ranks and packed, 10.9 s alone, in one session)."""
-            server = ServerProcess(Path(tmp) / row).start()
-            if args.server_pid_file:
-                args.server_pid_file.write_text(str(server.proc.pid))
-            api = Api(endpoint=server.endpoint)
+            kafka = KafkaSide() if args.bus == "kafka" else None
+            server = ServerProcess(
+                Path(tmp) / row, extra_args=kafka.args if kafka else None, env=kafka.env if kafka else None
+            ).start()
+            api = None
             try:
+                if kafka:
+                    kafka.wait_writer(server)
+                if args.server_pid_file:
+                    args.server_pid_file.write_text(str(server.proc.pid))
+                api = Api(endpoint=server.endpoint)
                 yield server, api
             finally:
-                api.close()
+                if api is not None:
+                    api.close()
                 server.kill()
+                if kafka:
+                    kafka.drop()
 
         rates = [float(r) for r in args.rates.split(",")]
         if "ranks" in only:
@@ -573,12 +650,13 @@ def main() -> int:
             wait_ack = args.fresh_probe == "ack"
             with fresh_server("fresh") as (server, api):
                 out["fresh_idle"] = bench_fresh(server.endpoint, args.probes, api, wait_ack, batched)
-            held = out.get("ranks", {}).get("held_requests_per_s", 0)
-            if held:
+            load = args.fresh_load_rps or out.get("ranks", {}).get("held_requests_per_s", 0) / 2
+            if load:
                 with fresh_server("fresh-load") as (server, api):
                     out["fresh_half_load"] = fresh_under_load(
-                        server.endpoint, held / 2, args, api, wait_ack, batched
+                        server.endpoint, load, args, api, wait_ack, batched
                     )
+    out["bus"] = args.bus
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -91,6 +91,10 @@ def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
             (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
         Row("M-load-p99", "M log → visible at 50 % of the held ranks rate: p99", "ms", False,
             (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
+        Row("M-kafka-fresh-p99", "M log → visible on the Kafka bus (ack: in Kafka; visible: stored by the writer), idle: p99",
+            "ms", False, (Target("p99 < 500 ms", at_most=500),), mlflow_na=M_NA),
+        Row("M-kafka-load-p99", "M log → visible on the Kafka bus at the load of the 50 % row: p99", "ms", False,
+            (Target("p99 < 500 ms", at_most=500),), mlflow_na=M_NA),
     ]  # fmt: skip
     return [r for r in rows if group_of(r.id) in groups]
 
@@ -99,10 +103,38 @@ M_NA = "n/a (raw-protocol load; MLflow's W3 setup row is the comparable one)"
 
 
 def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
-    """bench/many_writers.py in a child process (it starts its own server)."""
+    """bench/many_writers.py in a child process (it starts its own server): every row on the
+    embedded bus, then the fresh row on the Kafka bus at the same load as the embedded one."""
+    embedded = _many_writers(rows, sizes, workdir, "embedded", [])
+    if embedded is None:
+        return
+    _put(rows, embedded, {
+        "M-ranks": embedded.get("ranks", {}).get("held_requests_per_s"),
+        "M-packed": embedded.get("ranks_packed", {}).get("held_requests_per_s"),
+        "M-runs": embedded.get("runs", {}).get("visible_s"),
+        "M-fresh-p99": embedded.get("fresh_idle", {}).get("p99_ms"),
+        "M-load-p99": embedded.get("fresh_half_load", {}).get("p99_ms"),
+    })  # fmt: skip
+    if not {"M-kafka-fresh-p99", "M-kafka-load-p99"} & set(rows):
+        return
+    load = embedded.get("fresh_half_load", {}).get("load_rps", 0)
+    kafka = _many_writers(
+        rows, sizes, workdir, "kafka", ["--bus", "kafka", "--only", "fresh", "--fresh-load-rps", str(load)]
+    )
+    if kafka is not None:
+        _put(rows, kafka, {
+            "M-kafka-fresh-p99": kafka.get("fresh_idle", {}).get("p99_ms"),
+            "M-kafka-load-p99": kafka.get("fresh_half_load", {}).get("p99_ms"),
+        })  # fmt: skip
+
+
+def _many_writers(
+    rows: dict[str, Row], sizes: Sizes, workdir: Path, bus: str, extra: list[str]
+) -> dict | None:
+    """One many_writers.py call: its JSON, or None after its rows were marked with the error."""
     import subprocess
 
-    out = workdir / "many_writers.json"
+    out = workdir / f"many_writers-{bus}.json"
     args = [
         sys.executable,
         str(ROOT / "bench" / "many_writers.py"),
@@ -113,22 +145,19 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
     ]
     if sizes.m_runs < 10_000:
         args.append("--quick")
-    log("Runstream (embedded): many writers")
+    log(f"Runstream ({bus}): many writers")
     try:
-        subprocess.run(args, check=True, timeout=1800, stdout=subprocess.DEVNULL)
-        result = json.loads(out.read_text())
+        subprocess.run([*args, *extra], check=True, timeout=1800, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
     except Exception as exc:
-        for row_id in ("M-ranks", "M-packed", "M-runs", "M-fresh-p99", "M-load-p99"):
-            if row_id in rows:
-                rows[row_id].errors["runstream"] = f"many_writers: {type(exc).__name__}: {exc}"[:300]
-        return
-    values = {
-        "M-ranks": result.get("ranks", {}).get("held_requests_per_s"),
-        "M-packed": result.get("ranks_packed", {}).get("held_requests_per_s"),
-        "M-runs": result.get("runs", {}).get("visible_s"),
-        "M-fresh-p99": result.get("fresh_idle", {}).get("p99_ms"),
-        "M-load-p99": result.get("fresh_half_load", {}).get("p99_ms"),
-    }
+        prefix = "M-kafka-" if bus == "kafka" else "M-"
+        for row_id, row in rows.items():
+            if row_id.startswith(prefix):  # embedded failed: the Kafka call does not run either
+                row.errors["runstream"] = f"many_writers ({bus}): {type(exc).__name__}: {exc}"[:300]
+        return None
+
+
+def _put(rows: dict[str, Row], result: dict, values: dict[str, float | None]) -> None:
     for row_id, value in values.items():
         if row_id in rows and value is not None:
             rows[row_id].runstream = Measure(samples=[float(value)], detail=result)
