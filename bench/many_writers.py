@@ -409,7 +409,7 @@ def bench_fresh(
 ) -> dict:
     """log one point, then read until it is visible: ms per probe. With `wait_ack` the probe
     first waits for the point's ack (which costs the server nothing), then reads; without it, it
-    reads from the moment it sent, every 0.5 ms: those reads load the server it measures (on 2
+    reads from the moment it sent (every 0.5 ms embedded): those reads load the server it measures (on 2
     shared cores, that raised the p99 at load). Either way the time runs from the send to the
     first read that sees the point, so waiting for the ack can only make it longer, never shorter.
     Reads after the ack repeat every `read_every_s`: on the embedded bus the first one nearly
@@ -572,7 +572,8 @@ def main() -> int:
         "--fresh-probe",
         choices=["ack", "poll"],
         default="ack",
-        help="fresh: wait for the point's ack before reading (ack), or read every 0.5 ms from the send (poll)",
+        help="fresh: wait for the point's ack before reading (ack), or read from the send on (poll); "
+        "either way every --read-every-ms",
     )
     parser.add_argument(
         "--acks",
@@ -620,9 +621,10 @@ def main() -> int:
             kafka = KafkaSide() if args.bus == "kafka" else None
             server = ServerProcess(
                 Path(tmp) / row, extra_args=kafka.args if kafka else None, env=kafka.env if kafka else None
-            ).start()
+            )
             api = None
             try:
+                server.start()  # inside: a server that never came up still has its topics dropped
                 if kafka:
                     kafka.wait_writer(server)
                 if args.server_pid_file:
