@@ -10,6 +10,7 @@ proves the lineage test fails when the drawing or the direction control breaks."
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -90,11 +91,23 @@ def _grids(page) -> str:
     return "\n".join(" | ".join(row) for row in page.evaluate(GRID_ROWS))
 
 
+def _grids_with(page, *needles: str, timeout_s: float = 30) -> str:
+    """`_grids` once it holds every needle, else what it held at the deadline (for the assertion
+    to show). A page's grids arrive one after the other: the first cell attached may be another
+    grid's, and a rerun redraws them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = _grids(page)
+        if all(n in text for n in needles) or time.monotonic() > deadline:
+            return text
+        page.wait_for_timeout(200)
+
+
 def test_models_page_lists_models_versions_and_who_moved_the_aliases(seeded, dashboard, page):
     page.goto(f"{dashboard.url}/models?project={PROJECT}")
     wait_idle(page)
     page.get_by_role("heading", name="Models").wait_for()
-    text = _grids(page)
+    text = _grids_with(page, "clf", "staging→v2")
     assert "clf" in text and "staging→v2" in text, text
     page.get_by_role("tab", name="Audit log").click()
     page.wait_for_function(
@@ -113,7 +126,7 @@ def test_models_page_lists_models_versions_and_who_moved_the_aliases(seeded, das
     page.goto(f"{dashboard.url}/models?project={PROJECT}&model=clf")
     wait_idle(page)
     page.get_by_role("heading", name="Model clf").wait_for()
-    versions = _grids(page)
+    versions = _grids_with(page, "version=2", "version=1")
     # raw cells: open link | version | aliases | created | creator | run link | ...
     assert re.search(r"version=2 \| 2 \| staging \|", versions), versions
     assert re.search(r"version=1 \| 1 \| {2}\|", versions), versions
@@ -161,8 +174,11 @@ def test_version_page_draws_the_lineage_and_links_to_its_run_and_back(seeded, da
     page.get_by_role("heading", name="train").wait_for()
     back = page.get_by_role("link", name=re.compile(r"Registered as clf v1"))
     back.wait_for()
-    assert page.get_by_role("link", name=re.compile(r"Registered as clf v2 \(staging\)")).count() == 1
-    inputs = _grids(page)
+    # the section draws one link per version, one after the other: wait for the second, then count
+    newer = page.get_by_role("link", name=re.compile(r"Registered as clf v2 \(staging\)"))
+    newer.first.wait_for()
+    assert newer.count() == 1
+    inputs = _grids_with(page, "features", "artifact")
     assert "features" in inputs and "artifact" in inputs, inputs
     back.click()
     wait_idle(page)
