@@ -104,7 +104,7 @@ class RecordingSink:
         self.blocks: list[tuple[float, float, list[Envelope]]] = []
         self._lock = threading.Lock()
 
-    def write(self, envelopes, token=None, replay=False):
+    def write(self, envelopes, token=None, replay=False, logged=False):
         began = time.monotonic()
         time.sleep(self.delay_s)
         with self._lock:

@@ -108,12 +108,20 @@ class Bus(Protocol):
 class Sink(Protocol):
     """Where the bus delivers envelopes: the store writer (writers/store.py)."""
 
-    def write(self, envelopes: list[Envelope], token: str | None = None, replay: bool = False) -> WriteResult:
+    def write(
+        self,
+        envelopes: list[Envelope],
+        token: str | None = None,
+        replay: bool = False,
+        logged: bool = False,
+    ) -> WriteResult:
         """Stores the envelopes not stored before and returns once they are durable. `token`
         names the block for deduplication (the same token must carry the same envelopes).
         `replay`: the block is re-formed after a crash and may have been stored, wholly or in
         part, already (the writer then re-derives what the tokens cannot guard, see store.py).
-        Thread-safe; raises on a storage failure."""
+        `logged` (the embedded bus): the caller logged the block where a crash re-forms it, so
+        the writer may show its rows before they are inserted. Thread-safe; raises on a storage
+        failure."""
 
     def flush(self) -> bool:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import itertools
 import json
 import logging
 import threading
@@ -99,6 +100,10 @@ class StoredBlock:
     # re-logged stored steps): a cached summary of these must be reread, not added to
     recounted: frozenset = frozenset()  # of (project, run_id, kind, key)
     edited: bool = False  # the runs changed by a person's edit (edit_run), not by run events
+    # nonzero: the same rows went to the staged listeners (subscribe_staged) under this number
+    # before the inserts; a listener that applied them then needs them again only for what it
+    # began to hold since
+    staged: int = 0
 
 
 @dataclass
@@ -167,6 +172,8 @@ class StoreWriter:
             1, thread_name_prefix="runstream-row-insert"
         )
         self._listeners: list = []
+        self._staged_listeners: list[tuple[Callable, Callable]] = []
+        self._staged_numbers = itertools.count(1)
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
         self._run_index: KeyIndex | None = None
@@ -194,14 +201,23 @@ class StoreWriter:
 
     # ---- public -------------------------------------------------------------------------------
 
-    def write(self, envelopes: list[Envelope], token: str | None = None, replay: bool = False) -> WriteResult:
+    def write(
+        self,
+        envelopes: list[Envelope],
+        token: str | None = None,
+        replay: bool = False,
+        logged: bool = False,
+    ) -> WriteResult:
         """Stores the envelopes (those not stored before) and returns once every insert is done.
         Raises on a storage failure; nothing of this call is then recorded as ingested.
         `replay`: a block re-formed after a crash (bus/base.py Sink.write): its inserts are
         dropped by their tokens when they landed before, but the summaries of every series it
         touches are recomputed from history afterwards, as for a replacing write: a crash inside
         an insert can leave a materialized view's target holding the block while a token
-        re-insert feeds it again, and a summary must never count a point twice."""
+        re-insert feeds it again, and a summary must never count a point twice.
+        `logged`: the caller logged these envelopes where a crash re-forms them (the embedded
+        bus's block log), so their rows may be shown before they are inserted: the staged
+        listeners (subscribe_staged) get them once they are collected."""
         result = WriteResult()
         pending = list(envelopes)
         round_no = 0
@@ -211,7 +227,7 @@ class StoreWriter:
             if mine:
                 round_token = token if token is None or round_no == 0 else f"{token}#r{round_no}"
                 try:
-                    self._store(mine, round_token, result, replay)
+                    self._store(mine, round_token, result, replay, logged)
                 finally:
                     self._release(mine)
             for event in {id(e): e for _, e in waits}.values():
@@ -228,8 +244,18 @@ class StoreWriter:
         write."""
         self._listeners.append(listener)
 
-    def _notify(self, block: StoredBlock) -> None:
-        for listener in self._listeners:
+    def subscribe_staged(self, on_staged, on_failed) -> None:
+        """Calls `on_staged(StoredBlock)` with the rows of a write made with `logged=True` as soon as
+        they are collected, before they are inserted, and `on_failed(that block)` when those
+        inserts then fail (what was shown is not stored: the SDKs resend it). The same rows reach
+        the listeners of `subscribe` after the inserts, with `StoredBlock.staged` set to the
+        number the staged block carried. In the writing thread: keep it short."""
+        self._staged_listeners.append((on_staged, on_failed))
+
+    def _notify(self, block: StoredBlock, which: int = 0) -> None:
+        """which: 0 the stored listeners, 1 the staged ones' on_staged, 2 their on_failed."""
+        listeners = self._listeners if which == 0 else [pair[which - 1] for pair in self._staged_listeners]
+        for listener in listeners:
             try:
                 listener(block)
             except Exception:
@@ -497,7 +523,12 @@ class StoreWriter:
     # ---- storing ------------------------------------------------------------------------------
 
     def _store(
-        self, envelopes: list[Envelope], token: str | None, result: WriteResult, replay: bool = False
+        self,
+        envelopes: list[Envelope],
+        token: str | None,
+        result: WriteResult,
+        replay: bool = False,
+        logged: bool = False,
     ) -> None:
         decoded: list[tuple[Envelope, ingest_pb2.IngestRequest]] = []
         for env in envelopes:
@@ -520,31 +551,26 @@ class StoreWriter:
             decoded = [(e, r) for e, r in decoded if e.idempotency_key not in refused]
             if not decoded:
                 return
-        try:
-            # a large block: one table after the other: on 2 cores the row inserts on a second
-            # thread beside the points' insert made both slower (10,000 runs of
-            # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
-            # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
-            row_tables = (
-                pending.params or pending.runs or pending.artifacts or pending.media or pending.console
+        shown = None  # the rows as the staged listeners got them
+        if logged and self._staged_listeners:
+            shown = StoredBlock(
+                runs=[r.copy() for r in pending.runs.values()],
+                params=pending.params,
+                metrics=pending.metrics,
+                artifacts=pending.artifacts,
+                staged=next(self._staged_numbers),
             )
-            if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
-                rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
-                try:
-                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
-                finally:
-                    rows_done.result()  # both stored before the block is answered (or its error raised)
-            else:
-                self._insert_row_tables(pending, base)
-                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
-            self._bookkeeping.add("audit_log", pending.audit)
-            self._record_stored(decoded)
+            self._notify(shown, 1)
+        try:
+            self._insert_block(pending, decoded, base, token, result, replay)
         except BaseException:
             with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
                 for key in touched:
                     self._runs.pop(key, None)
                 for project, name in {(a[0], a[2]) for a in pending.artifacts}:
                     self._artifact_versions.pop((project, name), None)
+            if shown is not None:
+                self._notify(shown, 2)
             raise
         if self._client_index is not None:
             for client_id in {env.client_id for env, _ in decoded}:
@@ -553,17 +579,45 @@ class StoreWriter:
         if self._listeners:
             self._notify(
                 StoredBlock(
-                    runs=[r.copy() for r in pending.runs.values()],
+                    runs=shown.runs if shown is not None else [r.copy() for r in pending.runs.values()],
                     params=pending.params,
                     metrics=pending.metrics,
                     artifacts=pending.artifacts,
                     recounted=frozenset(pending.recounted),
+                    staged=shown.staged if shown is not None else 0,
                 )
             )
         now_ms = time.time() * 1000
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
         )
+
+    def _insert_block(
+        self,
+        pending: _Pending,
+        decoded: list,
+        base: str,
+        token: str | None,
+        result: WriteResult,
+        replay: bool,
+    ) -> None:
+        """Inserts the staged rows of every table, then records the requests as stored."""
+        # a large block: one table after the other: on 2 cores the row inserts on a second
+        # thread beside the points' insert made both slower (10,000 runs of
+        # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
+        # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
+        row_tables = pending.params or pending.runs or pending.artifacts or pending.media or pending.console
+        if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
+            rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
+            try:
+                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+            finally:
+                rows_done.result()  # both stored before the block is answered (or its error raised)
+        else:
+            self._insert_row_tables(pending, base)
+            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+        self._bookkeeping.add("audit_log", pending.audit)
+        self._record_stored(decoded)
 
     def _insert_row_tables(self, pending: _Pending, base: str) -> None:
         """Inserts a block's rows of every table but the metric points, each with its token."""
