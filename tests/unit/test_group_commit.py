@@ -18,29 +18,20 @@ import pytest
 
 from runstream.v1 import ingest_pb2 as pb
 from runstream.v1 import types_pb2
-from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope, WriteResult
 from runstream_services.bus.block_log import BlockLog
 from runstream_services.bus.embedded import EmbeddedBus
 from runstream_services.config import ServerSettings
 from runstream_services.metrics_http import Metrics
 from runstream_services.run_state import MAX_TAGS_PER_RUN
-from runstream_services.storage.clickhouse import connect
-from runstream_services.storage.migrations import migrate
 from runstream_services.writers.store import StoreWriter
 
 PROJECT = "proj"
 
 
 @pytest.fixture
-def writer(chdb_dsn, database, tmp_path):
-    client = connect(chdb_dsn)
-    migrate(client, database)
-    writer = StoreWriter(
-        client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings(), sole_writer=True
-    )
-    yield writer
-    writer.close()
+def writer(sole_writer):
+    return sole_writer
 
 
 def q(writer: StoreWriter, sql: str):

@@ -19,30 +19,21 @@ import numpy as np
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
-from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope
 from runstream_services.bus.embedded import EmbeddedBus
-from runstream_services.config import ServerSettings
 from runstream_services.query.read_cache import ReadCache
-from runstream_services.storage.clickhouse import ClientPool, connect
-from runstream_services.storage.migrations import migrate
+from runstream_services.storage.clickhouse import ClientPool
 from runstream_services.writers.store import StoreWriter
 
 PROJECT = "proj"
 
 
 @pytest.fixture
-def store(chdb_dsn, database, tmp_path):
-    client = connect(chdb_dsn)
-    migrate(client, database)
-    writer = StoreWriter(
-        client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings(), sole_writer=True
-    )
+def store(sole_writer, chdb_dsn, database):
     cache = ReadCache(ClientPool(chdb_dsn, size=1), database)
-    writer.subscribe(cache.on_stored)
-    writer.subscribe_staged(cache.on_staged, cache.on_failed)
-    yield writer, cache
-    writer.close()
+    sole_writer.subscribe(cache.on_stored)
+    sole_writer.subscribe_staged(cache.on_staged, cache.on_failed)
+    return sole_writer, cache
 
 
 def start(seq: int, run_id: str = "run-1") -> Envelope:

@@ -11,25 +11,15 @@ import pytest
 
 from runstream.v1 import ingest_pb2 as pb
 from runstream.v1 import types_pb2
-from runstream_services.artifacts.local import LocalArtifactStore
 from runstream_services.bus.base import Envelope
-from runstream_services.config import ServerSettings
-from runstream_services.storage.clickhouse import connect
-from runstream_services.storage.migrations import migrate
 from runstream_services.writers.bookkeeping import BackgroundRows
 from runstream_services.writers.key_index import KeyIndex
 from runstream_services.writers.store import StoreWriter
 
 
 @pytest.fixture
-def writer(chdb_dsn, database, tmp_path):
-    client = connect(chdb_dsn)
-    migrate(client, database)
-    w = StoreWriter(
-        client, database, LocalArtifactStore(tmp_path / "artifacts"), ServerSettings(), sole_writer=True
-    )
-    yield w
-    w.close()
+def writer(sole_writer):
+    return sole_writer
 
 
 def run_envelopes(client_id: str, run_id: str, first_seq: int = 1) -> list[Envelope]:
