@@ -122,23 +122,22 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
         "M-load-p99": embedded.get("fresh_half_load", {}).get("p99_ms"),
     })  # fmt: skip
     load = str(embedded.get("fresh_half_load", {}).get("load_rps", 0))
-    if {"M-poll-p99", "M-load-poll-p99"} & set(rows):
-        poll = [
-            "--only", "fresh", "--fresh-probe", "poll", "--read-every-ms", "2", "--fresh-load-rps", load
-        ]  # fmt: skip
-        polled = _many_writers(rows, sizes, workdir, "embedded-poll", poll, ("M-poll-p99", "M-load-poll-p99"))
-        if polled is not None:
-            _put(rows, polled, {
-                "M-poll-p99": polled.get("fresh_idle", {}).get("p99_ms"),
-                "M-load-poll-p99": polled.get("fresh_half_load", {}).get("p99_ms"),
-            })  # fmt: skip
-    if {"M-kafka-fresh-p99", "M-kafka-load-p99"} & set(rows):
-        extra = ["--bus", "kafka", "--only", "fresh", "--fresh-load-rps", load]
-        kafka = _many_writers(rows, sizes, workdir, "kafka", extra, ("M-kafka-fresh-p99", "M-kafka-load-p99"))
-        if kafka is not None:
-            _put(rows, kafka, {
-                "M-kafka-fresh-p99": kafka.get("fresh_idle", {}).get("p99_ms"),
-                "M-kafka-load-p99": kafka.get("fresh_half_load", {}).get("p99_ms"),
+    for name, extra, (idle_row, load_row) in (
+        (
+            "embedded-poll",
+            ["--fresh-probe", "poll", "--read-every-ms", "2"],
+            ("M-poll-p99", "M-load-poll-p99"),
+        ),
+        ("kafka", ["--bus", "kafka"], ("M-kafka-fresh-p99", "M-kafka-load-p99")),
+    ):
+        if not {idle_row, load_row} & set(rows):
+            continue
+        args = [*extra, "--only", "fresh", "--fresh-load-rps", load]
+        result = _many_writers(rows, sizes, workdir, name, args, (idle_row, load_row))
+        if result is not None:
+            _put(rows, result, {
+                idle_row: result.get("fresh_idle", {}).get("p99_ms"),
+                load_row: result.get("fresh_half_load", {}).get("p99_ms"),
             })  # fmt: skip
 
 
