@@ -37,6 +37,7 @@ points (replaced_points.py), the run cache (run_cache.py), bookkeeping rows (boo
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import io
 import itertools
 import json
@@ -172,7 +173,8 @@ class StoreWriter:
             1, thread_name_prefix="runstream-row-insert"
         )
         self._listeners: list = []
-        self._staged_listeners: list[tuple[Callable, Callable]] = []
+        self._staged_listeners: list = []  # subscribe_staged's on_staged, and its on_failed below
+        self._failed_listeners: list = []
         self._staged_numbers = itertools.count(1)
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
@@ -250,12 +252,12 @@ class StoreWriter:
         inserts then fail (what was shown is not stored: the SDKs resend it). The same rows reach
         the listeners of `subscribe` after the inserts, with `StoredBlock.staged` set to the
         number the staged block carried. In the writing thread: keep it short."""
-        self._staged_listeners.append((on_staged, on_failed))
+        self._staged_listeners.append(on_staged)
+        self._failed_listeners.append(on_failed)
 
-    def _notify(self, block: StoredBlock, which: int = 0) -> None:
-        """which: 0 the stored listeners, 1 the staged ones' on_staged, 2 their on_failed."""
-        listeners = self._listeners if which == 0 else [pair[which - 1] for pair in self._staged_listeners]
-        for listener in listeners:
+    def _notify(self, block: StoredBlock, listeners: list | None = None) -> None:
+        """Calls `listeners` (default: those of `subscribe`) with the block."""
+        for listener in self._listeners if listeners is None else listeners:
             try:
                 listener(block)
             except Exception:
@@ -551,73 +553,56 @@ class StoreWriter:
             decoded = [(e, r) for e, r in decoded if e.idempotency_key not in refused]
             if not decoded:
                 return
-        shown = None  # the rows as the staged listeners got them
-        if logged and self._staged_listeners:
-            shown = StoredBlock(
+        staged = logged and bool(self._staged_listeners)  # shown before the inserts
+        block = None  # the rows as the listeners get them (run rows copied: listeners may keep them)
+        if staged or self._listeners:
+            block = StoredBlock(
                 runs=[r.copy() for r in pending.runs.values()],
                 params=pending.params,
                 metrics=pending.metrics,
                 artifacts=pending.artifacts,
-                staged=next(self._staged_numbers),
+                staged=next(self._staged_numbers) if staged else 0,
             )
-            self._notify(shown, 1)
+        if staged:
+            self._notify(block, self._staged_listeners)
         try:
-            self._insert_block(pending, decoded, base, token, result, replay)
+            # a large block: one table after the other: on 2 cores the row inserts on a second
+            # thread beside the points' insert made both slower (10,000 runs of
+            # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
+            # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
+            row_tables = (
+                pending.params or pending.runs or pending.artifacts or pending.media or pending.console
+            )
+            if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
+                rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
+                try:
+                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+                finally:
+                    rows_done.result()  # both stored before the block is answered (or its error raised)
+            else:
+                self._insert_row_tables(pending, base)
+                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+            self._bookkeeping.add("audit_log", pending.audit)
+            self._record_stored(decoded)
         except BaseException:
             with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
                 for key in touched:
                     self._runs.pop(key, None)
                 for project, name in {(a[0], a[2]) for a in pending.artifacts}:
                     self._artifact_versions.pop((project, name), None)
-            if shown is not None:
-                self._notify(shown, 2)
+            if staged:
+                self._notify(block, self._failed_listeners)
             raise
         if self._client_index is not None:
             for client_id in {env.client_id for env, _ in decoded}:
                 self._client_index.add(client_id)
         result.stored += len(decoded)
         if self._listeners:
-            self._notify(
-                StoredBlock(
-                    runs=shown.runs if shown is not None else [r.copy() for r in pending.runs.values()],
-                    params=pending.params,
-                    metrics=pending.metrics,
-                    artifacts=pending.artifacts,
-                    recounted=frozenset(pending.recounted),
-                    staged=shown.staged if shown is not None else 0,
-                )
-            )
+            self._notify(dataclasses.replace(block, recounted=frozenset(pending.recounted)))
         now_ms = time.time() * 1000
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
         )
-
-    def _insert_block(
-        self,
-        pending: _Pending,
-        decoded: list,
-        base: str,
-        token: str | None,
-        result: WriteResult,
-        replay: bool,
-    ) -> None:
-        """Inserts the staged rows of every table, then records the requests as stored."""
-        # a large block: one table after the other: on 2 cores the row inserts on a second
-        # thread beside the points' insert made both slower (10,000 runs of
-        # bench/many_writers.py: metric insert seconds 3.7 -> 6.4, blocks 16.2 -> 17.3 s), as
-        # two chDB inserts at once do; a small one is waited for (PARALLEL_ROW_INSERTS_MAX_REQUESTS)
-        row_tables = pending.params or pending.runs or pending.artifacts or pending.media or pending.console
-        if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
-            rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
-            try:
-                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
-            finally:
-                rows_done.result()  # both stored before the block is answered (or its error raised)
-        else:
-            self._insert_row_tables(pending, base)
-            result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
-        self._bookkeeping.add("audit_log", pending.audit)
-        self._record_stored(decoded)
 
     def _insert_row_tables(self, pending: _Pending, base: str) -> None:
         """Inserts a block's rows of every table but the metric points, each with its token."""
