@@ -42,6 +42,19 @@ class PeakSampler(threading.Thread):
             time.sleep(0.001)
 
 
+def _settled_stats(run, timeout_s: float = 30) -> dict:
+    """run.stats once two readings 50 ms apart agree (the worker is done with what it took)."""
+    deadline = time.monotonic() + timeout_s
+    last = run.stats
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = run.stats
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_memory_stays_bounded_while_the_server_is_frozen_and_everything_arrives_once(
     embedded_server, tmp_path
 ):
@@ -62,7 +75,9 @@ def test_memory_stays_bounded_while_the_server_is_frozen_and_everything_arrives_
             run.log({"x": float(step), "y": -float(step)}, step=step)
         # the worker packs everything logged into requests, which the frozen server never acks
         poll_until(lambda: not run._entries, "empty hand-off while the server is frozen", timeout_s=120)
-        frozen = run.stats
+        # the hand-off empties when the worker takes the last entries, a moment before it has queued
+        # them (submitted counts a request before its spool append returns): read settled counters
+        frozen = _settled_stats(run)
         stream = run._pipeline.stream
         unacked_in_memory = stream.mem_bytes
         spool_bytes = stream.spool.path.stat().st_size if stream.spool.path.exists() else 0
