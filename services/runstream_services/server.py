@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -148,7 +149,9 @@ class RunstreamServer:
         await self._open_store()
         self._build_store_writer()
         if self._needs_store():
-            self.workflow = WorkflowServices(self.settings, self.auth, self.store_writer)
+            self.workflow = WorkflowServices(
+                self.settings, self.auth, self.store_writer, before_read=self._read_barrier()
+            )
             self.workflow.start()
         await self._start_bus()
         await self._start_kafka_writer()
@@ -341,7 +344,7 @@ class RunstreamServer:
         from runstream_services.query.service import QueryServicer
 
         s = self.settings
-        readers = ClientPool(s.resolved_clickhouse_dsn)
+        readers = ClientPool(s.resolved_clickhouse_dsn, before_read=self._read_barrier())
         cache = None
         # An in-process copy of read projects is exact only where this process's writer is the
         # only writer of the database (embedded bus); with Kafka, other writers exist: SQL only.
@@ -357,6 +360,19 @@ class RunstreamServer:
         )  # fmt: skip
         query_pb2_grpc.add_QueryServiceServicer_to_server(self.query, server)
 
+    def _read_barrier(self) -> Callable[[], None] | None:
+        """What a read waits for first: on the embedded bus, the inserts of the requests acked
+        before it (they are acked from the block log); None elsewhere."""
+        if self.settings.bus != "embedded" or "ingest" not in self.settings.components:
+            return None
+
+        def wait_applied() -> None:
+            wait = getattr(self.bus, "wait_applied", None)  # the bus starts after the workflow pools
+            if wait is not None:
+                wait()
+
+        return wait_applied
+
     def _add_registry_service(self, server: grpc.aio.Server, served: list[str]) -> None:
         """The model registry (registry/service.py), served wherever the query service is: it
         writes its rare changes straight to the store from this process, on its own clients."""
@@ -364,7 +380,7 @@ class RunstreamServer:
         from runstream_services.registry.service import RegistryServicer
 
         s = self.settings
-        readers = ClientPool(s.resolved_clickhouse_dsn, size=2)
+        readers = ClientPool(s.resolved_clickhouse_dsn, size=2, before_read=self._read_barrier())
         registry = RegistryServicer(readers, s.clickhouse_database, self.auth)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(registry, server)
         served.append("runstream.v1.RegistryService")

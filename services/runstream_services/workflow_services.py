@@ -16,8 +16,11 @@ log = logging.getLogger("runstream.server")
 
 
 class WorkflowServices:
-    def __init__(self, settings: ServerSettings, auth: Any, store_writer: Any = None):
+    def __init__(
+        self, settings: ServerSettings, auth: Any, store_writer: Any = None, before_read: Any = None
+    ):
         self.settings = settings
+        self.before_read = before_read  # ClientPool's (server.py _read_barrier)
         self.auth = auth
         self.store_writer = store_writer
         self.evaluator: Any = None
@@ -25,7 +28,9 @@ class WorkflowServices:
 
     def _readers(self) -> ClientPool:
         if self._pool is None:
-            self._pool = ClientPool(self.settings.resolved_clickhouse_dsn, size=2)
+            self._pool = ClientPool(
+                self.settings.resolved_clickhouse_dsn, size=2, before_read=self.before_read
+            )
         return self._pool
 
     def start(self) -> None:

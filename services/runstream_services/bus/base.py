@@ -10,7 +10,7 @@ In-process it also carries the parsed request: the embedded path parses each req
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
@@ -95,7 +95,7 @@ class Bus(Protocol):
 
     async def publish(self, envelopes: list[Envelope]) -> WriteResult:
         """Returns once every envelope not in `refused` is durable (Kafka: acks=all; embedded:
-        stored). Raises a RunstreamServiceError subclass when the whole batch failed
+        in the block log with its outcome decided, or stored where there is no log). Raises a RunstreamServiceError subclass when the whole batch failed
         (Unavailable: retry)."""
 
     async def ping(self) -> None:
@@ -114,14 +114,16 @@ class Sink(Protocol):
         token: str | None = None,
         replay: bool = False,
         logged: bool = False,
+        on_staged: Callable[[WriteResult], None] | None = None,
     ) -> WriteResult:
         """Stores the envelopes not stored before and returns once they are durable. `token`
         names the block for deduplication (the same token must carry the same envelopes).
         `replay`: the block is re-formed after a crash and may have been stored, wholly or in
         part, already (the writer then re-derives what the tokens cannot guard, see store.py).
         `logged` (the embedded bus): the caller logged the block where a crash re-forms it, so
-        the writer may show its rows before they are inserted. Thread-safe; raises on a storage
-        failure."""
+        the writer may show its rows before they are inserted, and calls `on_staged` (when
+        given) with the result as soon as it is decided, before the inserts, so the bus can ack
+        from its log. Thread-safe; raises on a storage failure."""
 
     def flush(self) -> bool:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it

@@ -1,20 +1,30 @@
 """The embedded bus: publish() hands envelopes to the in-process sink (the StoreWriter) and returns
-once they are inserted. The insert is the durability point in embedded mode.
+once they are durable: in the block log with their outcome decided (acked from the log), or, for
+a bus without a log (tools, tests), inserted.
 
 Group commit: the requests of all streams that arrive while earlier blocks are being written are
 gathered into one block (one insert per table, one dedup token, one record of what was stored),
 so the fixed cost of an insert (~10 ms on chDB, a new part) is paid per block, not per request.
 The window adapts to load by itself: an idle server writes a request at once; a busy one writes
-whatever arrived while its `max_blocks` blocks in flight were being inserted. Each block is logged
-first (bus/block_log.py), so a crash mid-block re-forms the same block at the next start; the
-writer may therefore show a logged block's rows to readers (the read cache) before it inserts
-them (StoreWriter.write's `logged`). The ack still waits for the insert.
+whatever arrived while its `max_blocks` blocks in flight were being inserted.
 
-Why a block is not staged while the one before it is inserted (tried, issue 11, two rounds
-against the server without staging): at 3,000 small requests/s a point then showed twice as soon
-(p50 225-244 -> 115-116 ms), but the next block was taken as soon as the one before it began to
-insert, so small and large blocks alternated, and the staging took the GIL from the insert:
-acks took twice as long (p50 151-165 -> 296-311 ms) and 10,000 runs took 19.8 s (12.4-14.2 s).
+Acks from the log: each block is logged first (bus/block_log.py), so a crash mid-block re-forms
+the same block at the next start. The writer then collects its rows (run state decided, refusals
+known), shows them to the read cache, and calls back (StoreWriter.write's `on_staged`): the block's
+publishes are answered there, before the inserts. The log is as durable as chDB's own parts
+(neither is fsynced: both survive the process, not the machine). What that changes:
+- a client waiting on an ack waits for the insert in flight (if any) and its own block's
+  collect, no longer for its own block's insert too;
+- an answered block's inserts must land: a failure is retried (AnsweredWriteFailed.retry: the
+  same rows under the same tokens) until they do; a bus stopped meanwhile leaves the block's file,
+  and the next start re-forms it;
+- a read must still see every acked request: readers call `wait_applied` first (the server's
+  ClientPools' `before_read`), which waits for the inserts of the blocks answered before it.
+The next small block still waits for the insert in flight. Taking it as soon as the block in
+flight was answered (tried twice, issue 11) put two chDB inserts side by side, each slower: first
+with acks after the insert (acks 2x slower), then with acks from the log (one interleaved round:
+ranks held 6.0k -> 4.0k requests/s, ack-then-read p99 at 3,000 requests/s 126 -> 212 ms, 10,000
+runs 9.8 -> 11.1 s, against answering from the log with one block in flight).
 
 One client's requests are applied in the order they were published (`keeps_client_order`), so
 ingest publishes a run event without waiting for the requests before it to be durable: a block
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,6 +85,7 @@ class _Block:
     nbytes: int = 0
     points: int = 0
     requests: int = 0  # envelopes of all items (a packed message's metrics come as one item)
+    answered: bool = False  # acked from the log; its inserts may still be running
 
     @property
     def envelopes(self) -> list[Envelope]:
@@ -127,10 +139,15 @@ class EmbeddedBus:
         self._busy: dict[str, int] = {}  # client_id -> its envelopes in blocks in flight
         self._barriers: dict[str, int] = {}  # client_id -> its run events in blocks in flight
         self._tasks: set[asyncio.Task] = set()  # blocks being committed (the loop holds no other reference)
+        # numbers of blocks answered before their inserts landed (wait_applied), in pool threads
+        self._applied = threading.Condition()
+        self._unapplied: set[int] = set()
+        self._stopping = threading.Event()  # ends the retries of an answered block (stop)
 
     async def start(self) -> None:
         if self._pool is not None:
             return
+        self._stopping.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.max_blocks + 1, thread_name_prefix="runstream-writer"
         )
@@ -172,6 +189,7 @@ class EmbeddedBus:
         """Writes what was published, records it, then shuts the pool down. Idempotent."""
         if self._pool is None:
             return
+        self._stopping.set()  # an acked block whose inserts fail now stays in the log for the next start
         while self._waiting or self._in_flight:
             self._idle.clear()
             await self._idle.wait()
@@ -310,65 +328,155 @@ class EmbeddedBus:
         started = time.perf_counter()
         try:
             self._blocks_written += 1  # named here, in the loop thread: two pool threads must
-            name = f"blk:{self._name}:{self._blocks_written}"  # never share a name (= a dedup token)
+            number = self._blocks_written  # never share a name (= a dedup token)
+            name = f"blk:{self._name}:{number}"
             try:
-                results = await loop.run_in_executor(self._pool, self._write_block, block, name)
+                results = await loop.run_in_executor(self._pool, self._write_block, block, name, number, loop)
             except Exception as exc:
                 results = [exc] * len(block.items)
-            self._refuse_behind(block, results)
-            for item, result in zip(block.items, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                elif item.refused:
-                    item.future.set_result(
-                        WriteResult(
-                            stored=result.stored,
-                            duplicates=result.duplicates,
-                            points=result.points,
-                            refused={**result.refused, **item.refused},
-                        )
-                    )
-                else:
-                    item.future.set_result(result)
+            self._answer(block, results)
             self.metrics.inc("runstream_writer_blocks_total")
             self.metrics.inc("runstream_writer_block_requests_total", block.requests)
             self.metrics.inc("runstream_writer_block_seconds_total", time.perf_counter() - started)
         finally:
-            self._mark(block, -1)
+            if not block.answered:  # (an answered block released its clients already)
+                self._mark(block, -1)
             self._in_flight -= 1
             if not self._waiting and not self._in_flight:
                 self._idle.set()
             self._wake.set()
 
-    def _write_block(self, block: _Block, name: str) -> list[WriteResult | BaseException]:
+    def _answer(self, block: _Block, results: list) -> None:
+        """In the loop thread: answers the block's publishes not answered yet, and refuses the
+        waiting requests behind a refused run_start (once: an answered block's refusals were
+        known when it was answered)."""
+        if not block.answered:
+            self._refuse_behind(block, results)
+        for item, result in zip(block.items, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            elif item.refused:
+                item.future.set_result(
+                    WriteResult(
+                        stored=result.stored,
+                        duplicates=result.duplicates,
+                        points=result.points,
+                        refused={**result.refused, **item.refused},
+                    )
+                )
+            else:
+                item.future.set_result(result)
+
+    def _answer_early(self, block: _Block, shares: list[WriteResult]) -> None:
+        """In the loop thread: a block is decided and logged: answers it, and lets its clients'
+        next requests go into the next block (its collect comes after this one's)."""
+        self._answer(block, shares)
+        block.answered = True
+        self._mark(block, -1)
+
+    def _write_block(
+        self, block: _Block, name: str, number: int = 0, loop: asyncio.AbstractEventLoop | None = None
+    ) -> list[WriteResult | BaseException]:
         """In a pool thread: logs the block, writes it under its name and splits the result per
-        publish. When the block fails as a whole, each publish is written on its own, so one
-        request the store cannot take fails alone."""
+        publish. A logged block is answered as soon as the writer has decided it (before its
+        inserts: the log is where a crash re-forms it); its inserts are then retried until they
+        land (_store_answered). A block that fails as a whole before it was answered is written
+        publish by publish, so one request the store cannot take fails alone."""
         envelopes = block.envelopes
         path = self._log.write(name, envelopes) if self._log is not None else None
+        answered = False
+
+        def answer_now(result: WriteResult) -> None:
+            nonlocal answered
+            answered = True
+            with self._applied:
+                self._unapplied.add(number)
+            shares = [_share(result, item) for item in block.items]
+            loop.call_soon_threadsafe(self._answer_early, block, shares)
+
+        # logged: a crash re-forms the block, so its rows may be shown (and it may be answered)
+        # before they are inserted
+        early = {"on_staged": answer_now} if path is not None and loop is not None else {}
         try:
-            # logged: a crash re-forms the block, so its rows may be shown before they are inserted
-            result = self.sink.write(envelopes, token=name, logged=path is not None)
+            result = self.sink.write(envelopes, token=name, logged=path is not None, **early)
         except Exception as exc:
-            if len(block.items) == 1:
-                self._forget_log(path)
-                raise
-            log.warning(
-                "block %s of %d requests failed (%s); writing them one by one", name, len(envelopes), exc
-            )
-            singles: list[WriteResult | BaseException] = []
-            for item in block.items:
-                try:
-                    singles.append(self.sink.write(item.envelopes))
-                except Exception as single_exc:
-                    singles.append(single_exc)
-            self._forget_log(path)
-            return singles
+            if not answered:
+                return self._write_singles(block, name, path, exc)
+            result = self._store_answered(name, len(envelopes), exc)
+            if result is None:  # stopping: the block file stays, the next start re-forms it
+                self._done_applying(number)
+                return [Unavailable("the server stopped before the block was stored")] * len(block.items)
         if path is not None:
             self._logged.append(path)
+        if answered:
+            self._done_applying(number)
         return [_share(result, item) for item in block.items]
+
+    def _store_answered(self, name: str, requests: int, failure: Exception) -> WriteResult | None:
+        """A block whose requests were acked failed in its inserts: stores it again through the
+        writer's retry (writers/store.py AnsweredWriteFailed: the same rows under the same tokens)
+        until it lands. Nothing else is taken meanwhile but what may overlap a block in flight.
+        None when the bus stops first: the block's file is kept, so the next start re-forms it."""
+        retry = getattr(failure, "retry", None)
+        delay, exc = 0.1, failure
+        while retry is not None:
+            log.error(
+                "acked block %s of %d requests not stored yet (%s); retrying in %.1fs",
+                name,
+                requests,
+                exc,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                break
+            try:
+                return retry()
+            except Exception as again:
+                exc, delay = again, min(5.0, delay * 2)
+        log.error("acked block %s stays in the block log; it is stored at the next start", name)
+        return None
+
+    def _done_applying(self, number: int) -> None:
+        with self._applied:
+            self._unapplied.discard(number)
+            self._applied.notify_all()
+
+    def wait_applied(self, timeout_s: float = 30.0) -> None:
+        """Returns once every block answered before this call is in the store's tables (reads
+        call it first: a request acked from the log is then visible to any later read). Raises
+        Unavailable after `timeout_s` (a block whose inserts keep failing)."""
+        if not self._unapplied:
+            return
+        deadline = time.monotonic() + timeout_s
+        with self._applied:
+            if not self._unapplied:
+                return
+            last = max(self._unapplied)
+            while self._unapplied and min(self._unapplied) <= last:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(
+                        f"the store has not taken acked requests for {timeout_s:.0f}s (see the server "
+                        "log); retry the read later"
+                    )
+                self._applied.wait(left)
+
+    def _write_singles(self, block: _Block, name: str, path: Path | None, exc: Exception) -> list:
+        """A block failed before it was answered: writes each publish on its own (its own
+        tokens), so one request the store cannot take fails alone; a block of one re-raises."""
+        self._forget_log(path)
+        if len(block.items) == 1:
+            raise exc
+        log.warning("block %s of %d requests failed (%s); writing them one by one", name, block.requests, exc)
+        singles: list[WriteResult | BaseException] = []
+        for item in block.items:
+            try:
+                singles.append(self.sink.write(item.envelopes))
+            except Exception as single_exc:
+                singles.append(single_exc)
+        return singles
 
     def _forget_log(self, path: Path | None) -> None:
         """A block answered without being stored as one: its requests are resent or were written

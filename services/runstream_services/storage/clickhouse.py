@@ -7,6 +7,7 @@ import contextlib
 import queue
 import re
 import threading
+from collections.abc import Callable
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -91,9 +92,14 @@ class ClientPool:
     """Clients for concurrent reads. One clickhouse-connect client runs one call at a time; on chDB
     every client is its own connection to the process's engine, so `size` clients let reads run in
     parallel with each other and with the writers' inserts (measured: two concurrent summary
-    queries 33 ms vs 62 ms on one client). HTTP clients already run calls concurrently: one is shared."""
+    queries 33 ms vs 62 ms on one client). HTTP clients already run calls concurrently: one is shared.
 
-    def __init__(self, dsn: str, size: int = 3):
+    `before_read`: called before a client is handed out; the embedded server passes its bus's
+    wait_applied, so a read sees every request acked before it (acks come from the block log,
+    a moment before the inserts land)."""
+
+    def __init__(self, dsn: str, size: int = 3, before_read: Callable[[], None] | None = None):
+        self.before_read = before_read
         if dsn.startswith("chdb://"):
             connect(dsn)  # opens the engine (or raises the actionable error) before the extra clients
             clients = [clickhouse_connect.get_client(dsn=dsn) for _ in range(max(1, size))]
@@ -106,6 +112,8 @@ class ClientPool:
 
     @contextlib.contextmanager
     def client(self):
+        if self.before_read is not None:
+            self.before_read()
         if self._shared is not None:
             yield self._shared
             return

@@ -133,6 +133,32 @@ def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
     return request, ""
 
 
+@dataclass(frozen=True)
+class _StagedWrite:
+    """One write's requests and rows, collected and (when logged) shown, waiting for their inserts."""
+
+    decoded: list
+    pending: _Pending
+    run_rows: list  # the run rows' column values, taken when collected
+    base: str  # the tokens of its row tables start with this
+    token: str | None  # its metric inserts' token
+    replay: bool
+    touched: set
+    block: StoredBlock | None
+    staged: bool  # shown to the staged listeners
+
+
+class AnsweredWriteFailed(Exception):
+    """The inserts of a write failed after on_staged answered it: its requests are acked, so the
+    caller must store it, by calling `retry()` (the same rows under the same tokens) until that
+    returns; the writer's cached run rows keep what was answered meanwhile."""
+
+    def __init__(self, cause: Exception, retry: Callable[[], WriteResult]):
+        super().__init__(f"the inserts of an answered block failed: {cause}")
+        self.cause = cause
+        self.retry = retry
+
+
 class StoreWriter:
     """The Sink of both buses (bus/base.py). Thread-safe: several threads may call write() at once
     (metric inserts run in parallel; run rows are read-modify-written under a lock)."""
@@ -209,6 +235,7 @@ class StoreWriter:
         token: str | None = None,
         replay: bool = False,
         logged: bool = False,
+        on_staged: Callable[[WriteResult], None] | None = None,
     ) -> WriteResult:
         """Stores the envelopes (those not stored before) and returns once every insert is done.
         Raises on a storage failure; nothing of this call is then recorded as ingested.
@@ -219,7 +246,11 @@ class StoreWriter:
         re-insert feeds it again, and a summary must never count a point twice.
         `logged`: the caller logged these envelopes where a crash re-forms them (the embedded
         bus's block log), so their rows may be shown before they are inserted: the staged
-        listeners (subscribe_staged) get them once they are collected."""
+        listeners (subscribe_staged) get them once they are collected. `on_staged` (with `logged`):
+        called once with the call's result as soon as it is decided (rows collected, refusals
+        known), before the inserts, so the caller may answer from its log; only when no envelope
+        waits for another write of the same request (otherwise the result comes at the end). A
+        storage failure after it raises as usual: the caller must then store the block again."""
         result = WriteResult()
         pending = list(envelopes)
         round_no = 0
@@ -228,8 +259,9 @@ class StoreWriter:
             result.duplicates += duplicates
             if mine:
                 round_token = token if token is None or round_no == 0 else f"{token}#r{round_no}"
+                early = on_staged if logged and round_no == 0 and not waits else None
                 try:
-                    self._store(mine, round_token, result, replay, logged)
+                    self._store(mine, round_token, result, replay, logged, early)
                 finally:
                     self._release(mine)
             for event in {id(e): e for _, e in waits}.values():
@@ -531,6 +563,7 @@ class StoreWriter:
         result: WriteResult,
         replay: bool = False,
         logged: bool = False,
+        on_staged: Callable[[WriteResult], None] | None = None,
     ) -> None:
         decoded: list[tuple[Envelope, ingest_pb2.IngestRequest]] = []
         for env in envelopes:
@@ -554,17 +587,54 @@ class StoreWriter:
             if not decoded:
                 return
         staged = logged and bool(self._staged_listeners)  # shown before the inserts
-        block = None  # the rows as the listeners get them (run rows copied: listeners may keep them)
-        if staged or self._listeners:
-            block = StoredBlock(
-                runs=[r.copy() for r in pending.runs.values()],
-                params=pending.params,
-                metrics=pending.metrics,
-                artifacts=pending.artifacts,
-                staged=next(self._staged_numbers) if staged else 0,
-            )
+        # The run rows as they are now, for the listeners (copies: they may keep them) and the
+        # insert (column values): the cached rows may change before the insert, once the
+        # embedded bus answered this write and collects the next one. Under the lock another
+        # write's collect changes them with.
+        with self._meta_lock:
+            block = None
+            if staged or self._listeners:
+                block = StoredBlock(
+                    runs=[r.copy() for r in pending.runs.values()],
+                    params=pending.params,
+                    metrics=pending.metrics,
+                    artifacts=pending.artifacts,
+                    staged=next(self._staged_numbers) if staged else 0,
+                )
+            # RunRow.values() in C: one attrgetter call per row instead of a getattr per column
+            run_rows = list(map(attrgetter(*run_state.RUN_COLUMNS), pending.runs.values()))
+        write = _StagedWrite(decoded, pending, run_rows, base, token, replay, touched, block, staged)
         if staged:
             self._notify(block, self._staged_listeners)
+        if on_staged is None:
+            self._insert_staged(write, result)
+            return
+        on_staged(
+            WriteResult(
+                stored=result.stored + len(decoded),
+                duplicates=result.duplicates,
+                points=sum(env.points for env, _ in decoded),
+                refused=dict(result.refused),
+            )
+        )
+        try:
+            self._insert_staged(write, result, answered=True)
+        except Exception as exc:
+            raise AnsweredWriteFailed(exc, lambda: self._retry_answered(write)) from exc
+
+    def _retry_answered(self, write: _StagedWrite) -> WriteResult:
+        """Inserts an answered write again (AnsweredWriteFailed.retry): the same rows under the same
+        tokens, so what landed the first time is dropped, and as a replay, so the summaries of its
+        series are recomputed (an insert that failed midway may have fed a materialized view)."""
+        result = WriteResult()
+        self._insert_staged(dataclasses.replace(write, replay=True), result, answered=True)
+        return result
+
+    def _insert_staged(self, write: _StagedWrite, result: WriteResult, answered: bool = False) -> None:
+        """Inserts a collected write and records it as stored. On a failure of a write not yet
+        answered, the cached run rows it changed are dropped (reloaded from the tables) and the
+        staged listeners hear of it; an answered one keeps both: it is retried until it lands."""
+        pending, decoded, base, token = write.pending, write.decoded, write.base, write.token
         try:
             # a large block: one table after the other: on 2 cores the row inserts on a second
             # thread beside the points' insert made both slower (10,000 runs of
@@ -573,46 +643,46 @@ class StoreWriter:
             row_tables = (
                 pending.params or pending.runs or pending.artifacts or pending.media or pending.console
             )
-            if row_tables and pending.metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
-                rows_done = self._row_inserts.submit(self._insert_row_tables, pending, base)
+            metrics = pending.metrics
+            if row_tables and metrics and len(decoded) <= PARALLEL_ROW_INSERTS_MAX_REQUESTS:
+                rows_done = self._row_inserts.submit(self._insert_row_tables, pending, write.run_rows, base)
                 try:
-                    result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+                    points = self._insert_metrics(metrics, token, pending.recounted, write.replay)
                 finally:
                     rows_done.result()  # both stored before the block is answered (or its error raised)
             else:
-                self._insert_row_tables(pending, base)
-                result.points += self._insert_metrics(pending.metrics, token, pending.recounted, replay)
+                self._insert_row_tables(pending, write.run_rows, base)
+                points = self._insert_metrics(metrics, token, pending.recounted, write.replay)
             self._bookkeeping.add("audit_log", pending.audit)
             self._record_stored(decoded)
         except BaseException:
-            with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
-                for key in touched:
-                    self._runs.pop(key, None)
-                for project, name in {(a[0], a[2]) for a in pending.artifacts}:
-                    self._artifact_versions.pop((project, name), None)
-            if staged:
-                self._notify(block, self._failed_listeners)
+            if not answered:
+                with self._meta_lock:  # the cache may now be ahead of the table: reload on next use
+                    for key in write.touched:
+                        self._runs.pop(key, None)
+                    for project, name in {(a[0], a[2]) for a in pending.artifacts}:
+                        self._artifact_versions.pop((project, name), None)
+                if write.staged:
+                    self._notify(write.block, self._failed_listeners)
             raise
         if self._client_index is not None:
             for client_id in {env.client_id for env, _ in decoded}:
                 self._client_index.add(client_id)
+        result.points += points
         result.stored += len(decoded)
         if self._listeners:
-            self._notify(dataclasses.replace(block, recounted=frozenset(pending.recounted)))
+            self._notify(dataclasses.replace(write.block, recounted=frozenset(pending.recounted)))
         now_ms = time.time() * 1000
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
         )
 
-    def _insert_row_tables(self, pending: _Pending, base: str) -> None:
+    def _insert_row_tables(self, pending: _Pending, run_rows: list, base: str) -> None:
         """Inserts a block's rows of every table but the metric points, each with its token."""
         self._insert_rows("params", rows.PARAM_COLUMNS, pending.params, f"{base}:params")
         self._insert_rows("artifacts", rows.ARTIFACT_COLUMNS, pending.artifacts, f"{base}:artifacts")
         self._insert_rows("media", rows.MEDIA_COLUMNS, pending.media, f"{base}:media")
         self._insert_rows("console_lines", CONSOLE_COLUMNS, pending.console, f"{base}:console")
-
-        # RunRow.values() in C: one attrgetter call per row instead of a getattr per column
-        run_rows = list(map(attrgetter(*run_state.RUN_COLUMNS), pending.runs.values()))
         self._insert_rows("runs", run_state.RUN_COLUMNS, run_rows, f"{base}:runs")
 
     def _insert_rows(self, table: str, columns, data: list[list], token: str | None) -> None:

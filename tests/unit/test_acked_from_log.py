@@ -1,0 +1,264 @@
+"""Acks from the block log (issue 11): the embedded bus answers a logged block as soon as the store
+writer has decided it (rows collected, refusals known), before its inserts, and inserts it after.
+What must hold:
+- a logged block is acked while its insert has not run; a read through a pool with the bus's
+  `wait_applied` barrier waits for that insert and then sees the points (read-your-writes);
+- a small block waits for the insert in flight, then is acked before its own insert;
+- an answered block whose insert fails (even after it landed) is inserted again and holds its
+  points exactly once, summaries included;
+- a bus stopped while an answered block keeps failing keeps its file: the next start stores it;
+  meanwhile a read's barrier gives up with Unavailable instead of hanging;
+- without a block log nothing is acked before it is stored.
+
+Everything runs the real StoreWriter and EmbeddedBus on the in-process chDB engine; insert delays
+and failures are injected around the writer's real metric insert."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+
+from runstream.v1 import ingest_pb2 as pb
+from runstream_services.bus.base import Envelope
+from runstream_services.bus.embedded import EmbeddedBus
+from runstream_services.config import ServerSettings
+from runstream_services.errors import Unavailable
+from runstream_services.server import RunstreamServer
+from runstream_services.storage.clickhouse import ClientPool
+from runstream_services.writers.store import StoreWriter
+
+PROJECT = "proj"
+
+
+def start(client: str, run_id: str) -> Envelope:
+    body = pb.RunStart(project=PROJECT, run_id=run_id)
+    return Envelope.from_request(pb.IngestRequest(seq=1, client_id=client, run_start=body))
+
+
+def points(client: str, seq: int, run_id: str, steps) -> Envelope:
+    steps = np.asarray(steps, "<i8")
+    batch = pb.MetricBatch(
+        project=PROJECT, run_id=run_id, keys=["loss"], steps=steps.tobytes(),
+        values=(steps * 0.5).astype("<f8").tobytes(), times_ms=np.full(len(steps), 1_700_000_000_000, "<i8").tobytes(),
+    )  # fmt: skip
+    return Envelope.from_request(pb.IngestRequest(seq=seq, client_id=client, metrics=batch))
+
+
+def count(writer: StoreWriter, sql: str) -> int:
+    return writer.client.query(sql.replace("DB", writer.db)).result_rows[0][0]
+
+
+def stored_points(writer: StoreWriter, run_id: str = "run-1") -> int:
+    return count(writer, f"SELECT count() FROM DB.metrics WHERE run_id = '{run_id}'")  # no FINAL: exact
+
+
+def summary_count(writer: StoreWriter, run_id: str = "run-1") -> int:
+    return count(writer, f"SELECT sum(count) FROM DB.metric_summaries FINAL WHERE run_id = '{run_id}'")
+
+
+class InsertGate:
+    """Holds each of the writer's real metric inserts until `allow` lets it through (all of them
+    once `open()` is called, or from the start with opened=True); the first `failures` fail after
+    (`land=True`) or instead of the real insert."""
+
+    def __init__(
+        self, writer: StoreWriter, monkeypatch, *, opened: bool = False, failures: int = 0, land=False
+    ):
+        self.permits = threading.Semaphore(0)
+        self.opened = threading.Event()
+        if opened:
+            self.opened.set()
+        self.entered = threading.Event()
+        self.failures = failures
+        real = writer._arrow.insert
+
+        def gated(*args, **kwargs):
+            self.entered.set()
+            for _ in range(200):  # 20 s at most
+                if self.opened.is_set() or self.permits.acquire(timeout=0.1):
+                    break
+            else:
+                raise AssertionError("the test never let this insert through")
+            if self.failures:
+                self.failures -= 1
+                if land:
+                    real(*args, **kwargs)
+                raise RuntimeError("simulated insert failure")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(writer._arrow, "insert", gated)
+
+    def allow(self, inserts: int = 1) -> None:
+        for _ in range(inserts):
+            self.permits.release()
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+@contextlib.asynccontextmanager
+async def running_bus(writer: StoreWriter, log_dir, gates: list[InsertGate]):
+    """A started EmbeddedBus on `log_dir` (None: no log) that has stored run-1's start. On the
+    way out every gate in `gates` opens and the bus stops, also when an assertion failed."""
+    bus = EmbeddedBus(writer, log_dir=log_dir)
+    await bus.start()
+    try:
+        await bus.publish([start("c", "run-1")])  # no metric insert: not gated
+        yield bus
+    finally:
+        for gate in gates:
+            gate.open()
+        await asyncio.wait_for(bus.stop(), 30)
+
+
+def in_thread(fn) -> tuple[threading.Thread, list]:
+    """Runs fn in a thread; the list gets its result or exception."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_logged_block_is_acked_before_its_insert_and_a_read_waits_for_the_insert(
+    sole_writer, tmp_path, monkeypatch, chdb_dsn
+):
+    writer = sole_writer
+
+    async def main():
+        gates: list[InsertGate] = []
+        async with running_bus(writer, tmp_path / "blocks", gates) as bus:
+            gate = InsertGate(writer, monkeypatch)
+            gates.append(gate)
+            result = await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0, 1])]), 10)
+            assert result.stored == 1 and result.points == 2
+            assert await asyncio.to_thread(gate.entered.wait, 10)
+            assert stored_points(writer) == 0, "acked while its insert waits"
+            readers = ClientPool(chdb_dsn, size=1, before_read=bus.wait_applied)
+
+            def read():
+                with readers.client() as client:
+                    return client.query(f"SELECT count() FROM {writer.db}.metrics").result_rows[0][0]
+
+            thread, out = in_thread(read)
+            thread.join(0.3)
+            assert thread.is_alive(), "the read waits for the acked block's insert"
+            gate.open()
+            thread.join(10)
+            assert out == [2], "and then sees its points"
+
+    asyncio.run(main())
+    assert stored_points(writer) == 2 and summary_count(writer) == 2
+
+
+def test_the_next_small_block_waits_for_the_insert_in_flight_then_is_acked_before_its_own(
+    sole_writer, tmp_path, monkeypatch
+):
+    writer = sole_writer
+
+    async def main():
+        gates: list[InsertGate] = []
+        async with running_bus(writer, tmp_path / "blocks", gates) as bus:
+            await bus.publish([start("d", "run-2")])
+            gate = InsertGate(writer, monkeypatch)
+            gates.append(gate)
+            await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)
+            second = asyncio.ensure_future(bus.publish([points("d", 2, "run-2", [0])]))
+            await asyncio.sleep(0.3)
+            assert not second.done(), "one small block at a time: two chDB inserts side by side are slower"
+            gate.allow(1)  # the first block's insert: the second block is taken after it
+            assert (await asyncio.wait_for(second, 10)).stored == 1
+            assert stored_points(writer, "run-1") == 1
+            assert stored_points(writer, "run-2") == 0, "acked while its own insert waits"
+            gate.allow(1)
+            await asyncio.to_thread(bus.wait_applied, 10)
+            assert stored_points(writer, "run-2") == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("land", [False, True], ids=["failed", "landed-then-failed"])
+def test_an_answered_block_whose_insert_fails_is_stored_again_exactly_once(
+    sole_writer, tmp_path, monkeypatch, land
+):
+    writer = sole_writer
+
+    async def main():
+        gates: list[InsertGate] = []
+        async with running_bus(writer, tmp_path / "blocks", gates) as bus:
+            gate = InsertGate(writer, monkeypatch, opened=True, failures=1, land=land)
+            result = await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0, 1, 2])]), 10)
+            assert result.stored == 1
+            await asyncio.to_thread(bus.wait_applied, 20)  # the retry landed
+            assert gate.failures == 0
+
+    asyncio.run(main())
+    assert stored_points(writer) == 3, "the retry's token dropped what the first attempt inserted"
+    assert summary_count(writer) == 3, "the summary counts each point once (recounted as a replay)"
+    assert writer.run_state(PROJECT, "run-1") == "running"
+
+
+def test_a_bus_stopped_while_an_answered_block_fails_keeps_it_for_the_next_start(
+    sole_writer, tmp_path, monkeypatch
+):
+    writer = sole_writer
+
+    async def first_life():
+        async with running_bus(writer, tmp_path / "blocks", []) as bus:
+            InsertGate(writer, monkeypatch, opened=True, failures=10**6)
+            assert (await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [4, 5])]), 10)).stored == 1
+            with pytest.raises(Unavailable, match="not taken acked requests"):
+                await asyncio.to_thread(bus.wait_applied, 0.3)
+        # (the bus stopped on the way out, giving up the retries)
+
+    asyncio.run(first_life())
+    assert stored_points(writer) == 0 and list((tmp_path / "blocks").glob("*.blk")), "the block file stays"
+    monkeypatch.undo()
+
+    async def second_life():
+        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks")
+        await bus.start()  # re-forms the logged block
+        await bus.stop()
+
+    asyncio.run(second_life())
+    assert stored_points(writer) == 2 and summary_count(writer) == 2
+
+
+def test_without_a_block_log_nothing_is_acked_before_it_is_stored(sole_writer, monkeypatch):
+    writer = sole_writer
+
+    async def main():
+        gates: list[InsertGate] = []
+        async with running_bus(writer, None, gates) as bus:
+            gate = InsertGate(writer, monkeypatch)
+            gates.append(gate)
+            publish = asyncio.ensure_future(bus.publish([points("c", 2, "run-1", [0])]))
+            await asyncio.sleep(0.3)
+            assert gate.entered.is_set() and not publish.done(), "no ack while the insert waits"
+            gate.open()
+            assert (await asyncio.wait_for(publish, 10)).stored == 1
+
+    asyncio.run(main())
+    assert stored_points(writer) == 1
+
+
+def test_the_embedded_server_reads_behind_its_bus_barrier(tmp_path):
+    server = RunstreamServer(ServerSettings(data_dir=str(tmp_path)), port=0, metrics_port=0)
+    barrier = server._read_barrier()
+    assert barrier is not None
+    calls = []
+    server.bus = type("Bus", (), {"wait_applied": lambda self: calls.append(1)})()
+    barrier()
+    assert calls == [1]
+    kafka = RunstreamServer(ServerSettings(data_dir=str(tmp_path), bus="kafka"), port=0, metrics_port=0)
+    assert kafka._read_barrier() is None, "the Kafka bus acks from Kafka: no barrier"
