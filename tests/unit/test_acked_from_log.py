@@ -3,7 +3,12 @@ writer has decided it (rows collected, refusals known), before its inserts, and 
 What must hold:
 - a logged block is acked while its insert has not run; a read through a pool with the bus's
   `wait_applied` barrier waits for that insert and then sees the points (read-your-writes);
-- a small block waits for the insert in flight, then is acked before its own insert;
+- blocks that arrive while one inserts are acked from the log too, wait in a queue, and go in
+  together as one insert, noted in the log first (a group file); a crash in the middle of that
+  insert re-forms the group as one write under its token, so everything lands exactly once;
+- while the queue holds a block's worth of requests, acks wait (backpressure); while an insert
+  runs, a busy bus lets what arrives soon after a staging wait (a bounded while) to share the
+  next block, and a quiet one stages at once;
 - an answered block whose insert fails (even after it landed) is inserted again and holds its
   points exactly once, summaries included;
 - a bus stopped while an answered block keeps failing keeps its file: the next start stores it;
@@ -16,6 +21,7 @@ and failures are injected around the writer's real metric insert."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 
@@ -23,10 +29,13 @@ import numpy as np
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
+from runstream_services.bus import embedded
 from runstream_services.bus.base import Envelope
+from runstream_services.bus.block_log import BlockLog
 from runstream_services.bus.embedded import EmbeddedBus
 from runstream_services.config import ServerSettings
 from runstream_services.errors import Unavailable
+from runstream_services.metrics_http import Metrics
 from runstream_services.server import RunstreamServer
 from runstream_services.storage.clickhouse import ClientPool
 from runstream_services.writers.store import StoreWriter
@@ -73,10 +82,12 @@ class InsertGate:
         if opened:
             self.opened.set()
         self.entered = threading.Event()
+        self.calls = 0
         self.failures = failures
         real = writer._arrow.insert
 
         def gated(*args, **kwargs):
+            self.calls += 1
             self.entered.set()
             for _ in range(200):  # 20 s at most
                 if self.opened.is_set() or self.permits.acquire(timeout=0.1):
@@ -161,30 +172,178 @@ def test_a_logged_block_is_acked_before_its_insert_and_a_read_waits_for_the_inse
     assert stored_points(writer) == 2 and summary_count(writer) == 2
 
 
-def test_the_next_small_block_waits_for_the_insert_in_flight_then_is_acked_before_its_own(
+def test_blocks_acked_while_one_inserts_wait_in_a_queue_and_go_in_as_one_insert(
     sole_writer, tmp_path, monkeypatch
 ):
     writer = sole_writer
 
+    monkeypatch.setattr(embedded, "RECORD_EVERY_S", 600)  # the group file stays to be looked at
+
     async def main():
         gates: list[InsertGate] = []
         async with running_bus(writer, tmp_path / "blocks", gates) as bus:
-            await bus.publish([start("d", "run-2")])
+            for client, run in (("d", "run-2"), ("e", "run-3")):
+                await bus.publish([start(client, run)])
+            await asyncio.to_thread(bus.wait_applied, 10)  # inserted: the queue is empty
             gate = InsertGate(writer, monkeypatch)
             gates.append(gate)
             await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)
-            second = asyncio.ensure_future(bus.publish([points("d", 2, "run-2", [0])]))
-            await asyncio.sleep(0.3)
-            assert not second.done(), "one small block at a time: two chDB inserts side by side are slower"
-            gate.allow(1)  # the first block's insert: the second block is taken after it
-            assert (await asyncio.wait_for(second, 10)).stored == 1
-            assert stored_points(writer, "run-1") == 1
-            assert stored_points(writer, "run-2") == 0, "acked while its own insert waits"
-            gate.allow(1)
+            assert await asyncio.to_thread(gate.entered.wait, 10)
+            # acked one after the other while the first insert waits: each its own block
+            for client, run in (("d", "run-2"), ("e", "run-3")):
+                assert (await asyncio.wait_for(bus.publish([points(client, 2, run, [0])]), 10)).stored == 1
+            assert len(bus._queue) == 2 and stored_points(writer, "run-2") == 0
+            gate.open()
             await asyncio.to_thread(bus.wait_applied, 10)
-            assert stored_points(writer, "run-2") == 1
+            assert [stored_points(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
+            assert gate.calls == 2, "the two queued blocks went in as one metric insert"
+            token, members = BlockLog(tmp_path / "blocks").groups()[-1][1:]
+            assert token.startswith("grp:") and len(members) == 2, "noted in the log before that insert"
 
     asyncio.run(main())
+    assert [summary_count(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
+
+
+def test_acks_wait_while_the_insert_queue_is_full(sole_writer, tmp_path, monkeypatch):
+    writer = sole_writer
+
+    async def main():
+        gates: list[InsertGate] = []
+        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks", max_block_requests=2)
+        await bus.start()
+        try:
+            for i in range(4):
+                await bus.publish([start(f"c{i}", f"run-{i}")])
+            await asyncio.to_thread(bus.wait_applied, 10)  # inserted: the queue is empty
+            gate = InsertGate(writer, monkeypatch)
+            gates.append(gate)
+            await asyncio.wait_for(bus.publish([points("c0", 2, "run-0", [0])]), 10)  # inserting
+            await asyncio.wait_for(bus.publish([points("c1", 2, "run-1", [0])]), 10)  # queued
+            await asyncio.wait_for(bus.publish([points("c2", 2, "run-2", [0])]), 10)  # queued: full
+            fourth = asyncio.ensure_future(bus.publish([points("c3", 2, "run-3", [0])]))
+            await asyncio.sleep(0.3)
+            assert not fourth.done(), "not staged while the queue holds max_block_requests"
+            gate.open()
+            assert (await asyncio.wait_for(fourth, 10)).stored == 1
+            await asyncio.to_thread(bus.wait_applied, 10)
+            assert [stored_points(writer, f"run-{i}") for i in range(4)] == [1, 1, 1, 1]
+        finally:
+            for gate in gates:
+                gate.open()
+            await asyncio.wait_for(bus.stop(), 30)
+
+    asyncio.run(main())
+
+
+def test_a_group_cut_short_by_a_crash_is_re_formed_as_one_write_under_its_token(
+    sole_writer, chdb_dsn, database, tmp_path, monkeypatch
+):
+    """Two staged blocks insert as a group; the crash comes after the group's metric insert
+    landed and before its run rows did. A new writer (the next process) re-forms the group from
+    the log: the token drops the metrics that landed, the rest lands, all exactly once."""
+    writer = sole_writer
+    log = BlockLog(tmp_path / "blocks")
+    blocks = [
+        ("blk:x:1", [start("c", "run-1"), points("c", 2, "run-1", [0, 1])]),
+        ("blk:x:2", [start("d", "run-2"), points("d", 2, "run-2", [5])]),
+    ]
+    paths, writes = [], []
+    for name, envelopes in blocks:
+        paths.append(log.write(name, envelopes))
+        result, write = writer.stage(envelopes, name)
+        assert result.stored == 2 and write is not None
+        writes.append(write)
+    log.write_group("grp:x:1-2", paths)
+    real_insert_rows = writer._insert_rows
+
+    def crash_before_the_run_rows(table, *args, **kwargs):
+        if table == "runs":
+            raise RuntimeError("simulated crash")
+        return real_insert_rows(table, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "_insert_rows", crash_before_the_run_rows)
+    monkeypatch.setattr(writer, "_row_inserts", _Inline())  # the run rows go last, after the metrics
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        writer.insert_staged(writes, "grp:x:1-2")
+    assert stored_points(writer, "run-1") == 2 and count(writer, "SELECT count() FROM DB.runs") == 0
+    monkeypatch.undo()
+
+    fresh = StoreWriter(writer.client, writer.db, writer.artifact_store, ServerSettings(), sole_writer=True)
+
+    async def next_start():
+        bus = EmbeddedBus(fresh, log_dir=tmp_path / "blocks")
+        await bus.start()  # re-forms the group under its token
+        await bus.stop()
+
+    asyncio.run(next_start())
+    fresh.close()
+    assert [stored_points(writer, r) for r in ("run-1", "run-2")] == [2, 1], "the token dropped the metrics"
+    assert [summary_count(writer, r) for r in ("run-1", "run-2")] == [2, 1]
+    assert count(writer, "SELECT count() FROM DB.runs FINAL") == 2
+    assert not list((tmp_path / "blocks").iterdir()), "recorded, then removed"
+
+
+class _Inline:
+    """An executor that runs what it is given at once, in the caller's thread."""
+
+    def submit(self, fn, *args):
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["busy", "quiet"])
+def test_while_an_insert_runs_a_busy_bus_gathers_the_next_block_and_a_quiet_one_stages_at_once(
+    sole_writer, tmp_path, monkeypatch, busy
+):
+    """While an insert runs, a bus whose stagings keep it busy stages no sooner than a share of
+    the recent inserts' time after the last staging (capped: here 0.4 s), so the requests that
+    arrive meanwhile share a block, acked while the insert is still held; a quiet bus stages
+    each at once."""
+    writer = sole_writer
+    monkeypatch.setattr(embedded, "STAGE_WAIT_MAX_S", 0.4)
+    metrics = Metrics()
+
+    async def main():
+        gates: list[InsertGate] = []
+        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks", metrics=metrics)
+        await bus.start()
+        try:
+            for client, run in (("c", "run-1"), ("d", "run-2"), ("e", "run-3")):
+                await bus.publish([start(client, run)])
+            await asyncio.to_thread(bus.wait_applied, 10)
+            gate = InsertGate(writer, monkeypatch)
+            gates.append(gate)
+            bus._insert_s = 10.0  # inserts have been slow: the share is capped at 0.4 s
+            # stagings took all (busy) or almost none (quiet) of the time between them
+            bus._stage_s, bus._stage_every_s = (5.0, 1.0) if busy else (0.001, 5.0)
+            await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)  # no insert ran
+            assert await asyncio.to_thread(gate.entered.wait, 10)
+            blocks = metrics.get("runstream_writer_blocks_total")
+            later = [
+                asyncio.ensure_future(bus.publish([points(c, 2, r, [0])]))
+                for c, r in (("d", "run-2"), ("e", "run-3"))
+            ]
+            await asyncio.sleep(0.15)
+            if busy:
+                assert not any(f.done() for f in later), "staged no sooner than 0.4 s after the last staging"
+            else:
+                assert all(f.done() for f in later), "a quiet bus stages at once, insert or not"
+            for f in later:
+                assert (await asyncio.wait_for(f, 5)).stored == 1
+            assert not gate.opened.is_set(), "acked while the insert is still held"
+            if busy:
+                assert metrics.get("runstream_writer_blocks_total") == blocks + 1, "both in one staged block"
+        finally:
+            for gate in gates:
+                gate.open()
+            await asyncio.wait_for(bus.stop(), 30)
+
+    asyncio.run(main())
+    assert [stored_points(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("land", [False, True], ids=["failed", "landed-then-failed"])

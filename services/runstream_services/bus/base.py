@@ -10,9 +10,9 @@ In-process it also carries the parsed request: the embedded path parses each req
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from runstream.v1 import ingest_pb2
 from runstream_services.errors import InvalidArgument
@@ -114,16 +114,26 @@ class Sink(Protocol):
         token: str | None = None,
         replay: bool = False,
         logged: bool = False,
-        on_staged: Callable[[WriteResult], None] | None = None,
     ) -> WriteResult:
         """Stores the envelopes not stored before and returns once they are durable. `token`
         names the block for deduplication (the same token must carry the same envelopes).
         `replay`: the block is re-formed after a crash and may have been stored, wholly or in
         part, already (the writer then re-derives what the tokens cannot guard, see store.py).
         `logged` (the embedded bus): the caller logged the block where a crash re-forms it, so
-        the writer may show its rows before they are inserted, and calls `on_staged` (when
-        given) with the result as soon as it is decided, before the inserts, so the bus can ack
-        from its log. Thread-safe; raises on a storage failure."""
+        the writer may show its rows before they are inserted. Thread-safe; raises on a storage
+        failure."""
+
+    def stage(self, envelopes: list[Envelope], token: str) -> tuple[WriteResult, Any]:
+        """The first half of write() for a logged block: the result decided (rows collected, shown
+        to readers), the inserts left to insert_staged; the second item is what to pass there
+        (None: nothing left to insert). The embedded bus acks from its log in between."""
+
+    def insert_staged(self, writes: list, token: str, replay: bool = False) -> None:
+        """Inserts staged writes as one under `token`; raises on a storage failure (call again
+        with replay=True)."""
+
+    def abandon_staged(self, writes: list) -> None:
+        """Forgets staged writes this process will not insert (their log re-forms them)."""
 
     def flush(self) -> bool:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it

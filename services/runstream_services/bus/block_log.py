@@ -8,8 +8,12 @@ inserted. At start-up the bus therefore writes every logged block again, with it
 before it accepts requests: inserts that landed are dropped by their tokens, the rest land, and
 the stored (client_id, seq) record then makes the SDKs' resends duplicates.
 
+The embedded bus acks a block once it is logged and staged, and inserts the blocks that wait
+as one write: a group file (`write_group`, written before that insert) names its blocks and
+its token, so a crash re-forms the same write under the same token.
+
 A block's file is deleted once the store writer's record of its requests is durable
-(StoreWriter.flush). Files are written without fsync, like chDB's own inserts: they survive the
+(StoreWriter.flush); a group's file before its blocks' files. Files are written without fsync, like chDB's own inserts: they survive the
 process, not the machine. Format (v3): the first line is "v3 " and the block's name; then a 4-byte
 little-endian count n, n int64 receive times (ms), n uint32 payload lengths, and the n serialized
 requests one after the other. Everything else an envelope holds (client id, seq, kind, project,
@@ -40,6 +44,7 @@ log = logging.getLogger("runstream.bus")
 _LEN = struct.Struct("<I")
 _V2 = b"v2 "  # block names start "blk:", so no file of the first format begins like this
 _V3 = b"v3 "
+_GROUP = "g1 "  # a group file's first line: this, then the group's token
 
 
 class BlockLog:
@@ -87,6 +92,30 @@ class BlockLog:
                 path.rename(path.with_suffix(".bad"))
         for tmp in self.folder.glob("*.tmp"):  # a write cut short: that block was never inserted
             tmp.unlink(missing_ok=True)
+
+    def write_group(self, token: str, paths: list[Path]) -> Path:
+        """Notes, before their insert, that the blocks in `paths` (oldest first) go into the store
+        as one write under `token`; returns the group's file (remove it before its blocks). A
+        crash then re-forms them as that one write, so the token drops what of it landed."""
+        path = paths[0].with_suffix(".grp")
+        tmp = path.with_suffix(".gtmp")
+        tmp.write_text(_GROUP + token + "\n" + "".join(p.name + "\n" for p in paths))
+        os.replace(tmp, path)
+        return path
+
+    def groups(self) -> list[tuple[Path, str, list[Path]]]:
+        """The group files left (see write_group), oldest first: (file, token, block files)."""
+        out = []
+        for path in sorted(self.folder.glob("*.grp")):
+            lines = path.read_text(errors="replace").splitlines()
+            if len(lines) < 2 or not lines[0].startswith(_GROUP):
+                log.error("group file %s cannot be read; kept as .bad, its blocks are re-formed alone", path)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            out.append((path, lines[0][len(_GROUP) :], [self.folder / name for name in lines[1:]]))
+        for tmp in self.folder.glob("*.gtmp"):  # cut short: its insert never began
+            tmp.unlink(missing_ok=True)
+        return out
 
     @staticmethod
     def remove(paths: list[Path]) -> None:

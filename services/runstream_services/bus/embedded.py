@@ -2,29 +2,38 @@
 once they are durable: in the block log with their outcome decided (acked from the log), or, for
 a bus without a log (tools, tests), inserted.
 
-Group commit: the requests of all streams that arrive while earlier blocks are being written are
-gathered into one block (one insert per table, one dedup token, one record of what was stored),
-so the fixed cost of an insert (~10 ms on chDB, a new part) is paid per block, not per request.
-The window adapts to load by itself: an idle server writes a request at once; a busy one writes
-whatever arrived while its `max_blocks` blocks in flight were being inserted.
+Group commit: the requests of all streams that arrive while an earlier block is being staged
+are gathered into one block, and the blocks that arrive while an insert runs go in as one
+insert (one insert per table, one dedup token, one record of what was stored), so the fixed
+cost of an insert (~10 ms on chDB, a new part) is paid per insert, not per request. The window
+adapts to load by itself: an idle server writes a request at once; a busy one gathers whatever
+arrived meanwhile.
 
-Acks from the log: each block is logged first (bus/block_log.py), so a crash mid-block re-forms
-the same block at the next start. The writer then collects its rows (run state decided, refusals
-known), shows them to the read cache, and calls back (StoreWriter.write's `on_staged`): the block's
-publishes are answered there, before the inserts. The log is as durable as chDB's own parts
-(neither is fsynced: both survive the process, not the machine). What that changes:
-- a client waiting on an ack waits for the insert in flight (if any) and its own block's
-  collect, no longer for its own block's insert too;
-- an answered block's inserts must land: a failure is retried (AnsweredWriteFailed.retry: the
-  same rows under the same tokens) until they do; a bus stopped meanwhile leaves the block's file,
-  and the next start re-forms it;
+Acks from the log: each block is logged first (bus/block_log.py), so a crash re-forms it at the
+next start. The writer then stages it (StoreWriter.stage: rows collected, run state decided,
+refusals known, rows shown to the read cache) and the block's publishes are answered there,
+before any insert. The log is as durable as chDB's own parts (neither is fsynced: both survive
+the process, not the machine). The staged blocks wait in a queue; an insert takes all of them at
+once (StoreWriter.insert_staged: one write, one insert per table) while the next blocks are
+staged and answered. So:
+- a client waiting on an ack waits for its block's staging (and the one before it), never for an
+  insert: a closed loop of few clients (a sequential sweep, an SDK's finish) is no longer paced
+  by the inserts, and more of them share one insert;
+- several blocks that go in as one are noted in the log first (a group file under the insert's
+  token), so a crash re-forms them as that one write and its tokens drop what landed;
+- a failed insert of answered blocks is retried (the same rows under the same token, as a
+  replay) until it lands; a bus stopped meanwhile leaves their files for the next start;
+- while the queue holds a block's worth (max_block_requests / max_block_points), no block is
+  staged: acks wait, and the SDKs' windows slow the senders (backpressure);
+- while an insert runs and stagings keep the bus busy, the next staging waits a share of an
+  insert's time (STAGE_INSERT_SHARE, at most STAGE_WAIT_MAX_S) after the last one, so blocks
+  stay large under load (staging each request alone held 1,000 ranks to 4.0k requests/s instead
+  of 6.0k); a quiet bus stages at once;
 - a read must still see every acked request: readers call `wait_applied` first (the server's
   ClientPools' `before_read`), which waits for the inserts of the blocks answered before it.
-The next small block still waits for the insert in flight. Taking it as soon as the block in
-flight was answered (tried twice, issue 11) put two chDB inserts side by side, each slower: first
-with acks after the insert (acks 2x slower), then with acks from the log (one interleaved round:
-ranks held 6.0k -> 4.0k requests/s, ack-then-read p99 at 3,000 requests/s 126 -> 212 ms, 10,000
-runs 9.8 -> 11.1 s, against answering from the log with one block in flight).
+Tried before this (issue 11): taking the next block while the one before inserted, each block
+inserted on its own: two chDB inserts side by side, each slower (with acks after the insert:
+acks 2x slower; with acks from the log: ranks held 6.0k -> 4.0k requests/s in one round).
 
 One client's requests are applied in the order they were published (`keeps_client_order`), so
 ingest publishes a run event without waiting for the requests before it to be durable: a block
@@ -48,6 +57,7 @@ from runstream_services.bus.base import RUN_EVENTS, Envelope, Sink, WriteResult
 from runstream_services.bus.block_log import BlockLog
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
+from runstream_services.writers.store import StagedWrite
 
 log = logging.getLogger("runstream.bus")
 
@@ -66,6 +76,16 @@ RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and their
 #: (an SDK's last metrics and its run_finish, read off the stream as two messages) shares one
 #: block instead of taking two insert rounds one after the other (ServerSettings.writer_gather_ms)
 GATHER_S = 0.001
+#: while an insert runs, a block is staged no sooner than this share of the recent inserts'
+#: duration after the staging before it: a request that finds no staging in that span is staged
+#: at once (a quiet bus, a few clients in a closed loop), while a busy bus stages (and acks) in
+#: larger blocks, so the per-block cost (block file, collect, an ack message per stream) stays
+#: small per request; an ack then waits a fraction of an insert, never the insert itself
+STAGE_INSERT_SHARE = 0.5
+STAGE_WAIT_MAX_S = 0.05  # ... and never longer than this (an insert that stalls stalls no ack)
+#: ... and only while stagings keep the bus busy: the recent stagings took this share of the
+#: time between them (below it, a staging costs little and goes at once)
+STAGE_BUSY_SHARE = 0.3
 
 
 @dataclass
@@ -85,11 +105,22 @@ class _Block:
     nbytes: int = 0
     points: int = 0
     requests: int = 0  # envelopes of all items (a packed message's metrics come as one item)
-    answered: bool = False  # acked from the log; its inserts may still be running
 
     @property
     def envelopes(self) -> list[Envelope]:
         return [env for item in self.items for env in item.envelopes]
+
+
+@dataclass
+class _Staged:
+    """A logged block, answered, whose rows wait in the insert queue."""
+
+    number: int
+    name: str
+    path: Path
+    write: StagedWrite
+    requests: int
+    points: int
 
 
 class EmbeddedBus:
@@ -97,10 +128,11 @@ class EmbeddedBus:
     while inserting, so `max_blocks` blocks may overlap). `log_dir`: where blocks are logged before
     they are inserted (None: no log, for tools and tests that need no crash safety).
 
-    One block in flight by default: on 2 cores, two overlapping chDB inserts each took about twice
+    With a log, one block is staged at a time and one insert runs at a time (a second only for
+    large requests): on 2 cores, two overlapping chDB inserts of small blocks each took about twice
     as long as one alone (issue 11, bench/many_writers.py ranks at 600 requests/s: 0.13 s per
-    block instead of 0.23 s, about the same requests per block and CPU per request), so a second
-    block added no throughput and a request's wait to its ack grew."""
+    block instead of 0.23 s), so a second one added no throughput. Without a log (tools, tests)
+    a block is written whole (inserted, then answered), one at a time for small requests."""
 
     kind = "embedded"
     keeps_client_order = True
@@ -129,7 +161,17 @@ class EmbeddedBus:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting: list[_Publish] = []
         self._waiting_points = 0  # points of the waiting publishes
-        self._in_flight = 0
+        self._in_flight = 0  # blocks being written (no log) or staged (with a log)
+        # with a log: answered blocks whose inserts wait, oldest first, and the inserts running
+        self._queue: list[_Staged] = []
+        self._queued_requests = 0
+        self._queued_points = 0
+        self._inserting = 0
+        self._insert_s = 0.0  # recent inserts' duration (moving average)
+        self._staged_at = 0.0  # time.monotonic() when the last staging began
+        self._stage_s = 0.0  # recent stagings' duration and the time between their starts (moving averages)
+        self._stage_every_s = 1.0
+        self._stage_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,13 +185,15 @@ class EmbeddedBus:
         self._applied = threading.Condition()
         self._unapplied: set[int] = set()
         self._stopping = threading.Event()  # ends the retries of an answered block (stop)
+        self._loop_thread = 0  # the event loop's thread (start)
 
     async def start(self) -> None:
         if self._pool is not None:
             return
         self._stopping.clear()
+        self._loop_thread = threading.get_ident()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            self.max_blocks + 1, thread_name_prefix="runstream-writer"
+            self.max_blocks + 2, thread_name_prefix="runstream-writer"
         )
         if self._log is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._recover)
@@ -180,7 +224,7 @@ class EmbeddedBus:
 
     def _queue_gauge(self):
         """runstream_writer_queue at scrape time (not set per request: it is on the hot path)."""
-        yield "runstream_writer_queue", {}, float(len(self._waiting) + self._in_flight)
+        yield "runstream_writer_queue", {}, float(len(self._waiting) + self._in_flight + len(self._queue))
 
     async def ping(self) -> None:
         """In-process: nothing to reach (the store has its own readiness probe)."""
@@ -190,7 +234,7 @@ class EmbeddedBus:
         if self._pool is None:
             return
         self._stopping.set()  # an acked block whose inserts fail now stays in the log for the next start
-        while self._waiting or self._in_flight:
+        while not self._is_idle():
             self._idle.clear()
             await self._idle.wait()
         for task in (self._committer, self._recorder):
@@ -207,22 +251,96 @@ class EmbeddedBus:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._in_flight and self.gather_s > 0 and self._waiting_points < OVERLAP_MIN_POINTS:
+            if (
+                not self._in_flight
+                and not self._inserting
+                and self.gather_s > 0
+                and self._waiting_points < OVERLAP_MIN_POINTS
+            ):
                 await asyncio.sleep(self.gather_s)  # idle: what arrives with this request joins its block
                 self._wake.clear()
-            while self._waiting and self._in_flight < self.max_blocks:
-                if self._in_flight and (
-                    self._waiting_points < OVERLAP_MIN_POINTS
-                    or self._waiting_points < OVERLAP_MIN_REQUEST_POINTS * len(self._waiting)
+            if self._log is None:
+                self._take_writes()
+            else:
+                self._take_inserts()  # first: that may make room in the queue for a staging
+                self._take_stagings()
+                self._take_inserts()
+
+    def _is_idle(self) -> bool:
+        return not (self._waiting or self._in_flight or self._queue or self._inserting)
+
+    def _large_waiting(self, points: int, requests: int) -> bool:
+        """Enough points in large requests that a second insert beside one in flight pays."""
+        return points >= OVERLAP_MIN_POINTS and points >= OVERLAP_MIN_REQUEST_POINTS * requests
+
+    def _take_writes(self) -> None:
+        """No log: each block is written whole (inserted, then answered)."""
+        while self._waiting and self._in_flight < self.max_blocks:
+            if self._in_flight and not self._large_waiting(self._waiting_points, len(self._waiting)):
+                break  # small requests: the next block gathers more while this one is written
+            block = self._take_block()
+            if not block.items:
+                break  # every waiting request waits for a block in flight
+            self._in_flight += 1
+            self._start(self._commit(block))
+
+    def _take_stagings(self) -> None:
+        """With a log: one block is staged (logged, collected, answered) at a time, while the
+        insert queue has room; what waits meanwhile forms the next block."""
+        if not self._waiting or self._in_flight:
+            return
+        if self._queued_requests >= self.max_block_requests or self._queued_points >= self.max_block_points:
+            return  # the inserts are behind: acks wait (backpressure) until the queue drains
+        if (
+            self._inserting
+            and len(self._waiting) < self.max_block_requests
+            and self._stage_s > STAGE_BUSY_SHARE * self._stage_every_s
+        ):
+            due = self._staged_at + min(STAGE_WAIT_MAX_S, STAGE_INSERT_SHARE * self._insert_s)
+            if time.monotonic() < due:
+                if self._stage_timer is None:
+                    self._stage_timer = asyncio.get_running_loop().call_at(
+                        asyncio.get_running_loop().time() + (due - time.monotonic()), self._stage_due
+                    )
+                return
+        block = self._take_block()
+        if block.items:
+            now = time.monotonic()
+            self._stage_every_s += 0.3 * (now - self._staged_at - self._stage_every_s)
+            self._staged_at = now
+            self._in_flight += 1
+            self._start(self._stage(block))
+
+    def _stage_due(self) -> None:
+        self._stage_timer = None
+        self._wake.set()
+
+    def _take_inserts(self) -> None:
+        """The queued blocks go in as one insert (up to the block limits); a second insert beside
+        one in flight only for large requests (see OVERLAP_MIN_POINTS)."""
+        while self._queue and self._inserting < self.max_blocks:
+            if self._inserting and not self._large_waiting(self._queued_points, self._queued_requests):
+                return
+            group, requests, points = [], 0, 0
+            for staged in self._queue:
+                if group and (
+                    requests + staged.requests > self.max_block_requests
+                    or points + staged.points > self.max_block_points
                 ):
-                    break  # small requests: the next block gathers more while this one is written
-                block = self._take_block()
-                if not block.items:
-                    break  # every waiting request waits for a block in flight
-                self._in_flight += 1
-                task = asyncio.create_task(self._commit(block))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                    break
+                group.append(staged)
+                requests += staged.requests
+                points += staged.points
+            del self._queue[: len(group)]
+            self._queued_requests -= requests
+            self._queued_points -= points
+            self._inserting += 1
+            self._start(self._insert(group))
+
+    def _start(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _take_block(self) -> _Block:
         """The oldest waiting publishes that may go now (see the module docstring), up to the
@@ -323,35 +441,81 @@ class EmbeddedBus:
         self._waiting = keep
         self._waiting_points = sum(item.points for item in keep)
 
+    def _next_name(self) -> tuple[int, str]:
+        """Named in the loop thread: two pool threads must never share a name (= a dedup token)."""
+        self._blocks_written += 1
+        return self._blocks_written, f"blk:{self._name}:{self._blocks_written}"
+
+    def _finished(self, block: _Block | None = None) -> None:
+        """In the loop thread, when a write, staging or insert ends."""
+        if block is not None:
+            self._mark(block, -1)
+            self._in_flight -= 1
+        if self._is_idle():
+            self._idle.set()
+        self._wake.set()
+
+    def _count_block(self, block: _Block, started: float) -> None:
+        self.metrics.inc("runstream_writer_blocks_total")
+        self.metrics.inc("runstream_writer_block_requests_total", block.requests)
+        self.metrics.inc("runstream_writer_block_seconds_total", time.perf_counter() - started)
+
     async def _commit(self, block: _Block) -> None:
+        """No log: writes the block whole, then answers it."""
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            self._blocks_written += 1  # named here, in the loop thread: two pool threads must
-            number = self._blocks_written  # never share a name (= a dedup token)
-            name = f"blk:{self._name}:{number}"
+            _, name = self._next_name()
             try:
-                results = await loop.run_in_executor(self._pool, self._write_block, block, name, number, loop)
+                results = await loop.run_in_executor(self._pool, self._write_block, block, name)
             except Exception as exc:
                 results = [exc] * len(block.items)
             self._answer(block, results)
-            self.metrics.inc("runstream_writer_blocks_total")
-            self.metrics.inc("runstream_writer_block_requests_total", block.requests)
-            self.metrics.inc("runstream_writer_block_seconds_total", time.perf_counter() - started)
+            self._count_block(block, started)
         finally:
-            if not block.answered:  # (an answered block released its clients already)
-                self._mark(block, -1)
-            self._in_flight -= 1
-            if not self._waiting and not self._in_flight:
-                self._idle.set()
-            self._wake.set()
+            self._finished(block)
+
+    async def _stage(self, block: _Block) -> None:
+        """With a log: logs and stages the block (StoreWriter.stage), answers it, and queues its
+        rows for the inserts."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            number, name = self._next_name()
+            try:
+                results, staged = await loop.run_in_executor(
+                    self._pool, self._stage_block, block, name, number
+                )
+            except Exception as exc:
+                results, staged = [exc] * len(block.items), None
+            if staged is not None:
+                with self._applied:  # before the acks go out: a read after an ack waits for it
+                    self._unapplied.add(number)
+                self._queue.append(staged)
+                self._queued_requests += staged.requests
+                self._queued_points += staged.points
+            self._answer(block, results)
+            self._count_block(block, started)
+            self._stage_s += 0.3 * (time.perf_counter() - started - self._stage_s)
+        finally:
+            self._finished(block)
+
+    async def _insert(self, group: list[_Staged]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            await loop.run_in_executor(self._pool, self._insert_group, group)
+            self._insert_s += 0.3 * (time.monotonic() - started - self._insert_s)
+        except Exception:  # (_insert_group retries; only a bug lands here)
+            log.exception("inserting blocks %s failed", [s.name for s in group])
+        finally:
+            self._inserting -= 1
+            self._finished()
 
     def _answer(self, block: _Block, results: list) -> None:
-        """In the loop thread: answers the block's publishes not answered yet, and refuses the
-        waiting requests behind a refused run_start (once: an answered block's refusals were
-        known when it was answered)."""
-        if not block.answered:
-            self._refuse_behind(block, results)
+        """In the loop thread: answers the block's publishes, and refuses the waiting requests
+        behind a refused run_start."""
+        self._refuse_behind(block, results)
         for item, result in zip(block.items, results, strict=True):
             if item.future.done():
                 continue
@@ -369,78 +533,67 @@ class EmbeddedBus:
             else:
                 item.future.set_result(result)
 
-    def _answer_early(self, block: _Block, shares: list[WriteResult]) -> None:
-        """In the loop thread: a block is decided and logged: answers it, and lets its clients'
-        next requests go into the next block (its collect comes after this one's)."""
-        self._answer(block, shares)
-        block.answered = True
-        self._mark(block, -1)
-
-    def _write_block(
-        self, block: _Block, name: str, number: int = 0, loop: asyncio.AbstractEventLoop | None = None
-    ) -> list[WriteResult | BaseException]:
-        """In a pool thread: logs the block, writes it under its name and splits the result per
-        publish. A logged block is answered as soon as the writer has decided it (before its
-        inserts: the log is where a crash re-forms it); its inserts are then retried until they
-        land (_store_answered). A block that fails as a whole before it was answered is written
-        publish by publish, so one request the store cannot take fails alone."""
-        envelopes = block.envelopes
-        path = self._log.write(name, envelopes) if self._log is not None else None
-        answered = False
-
-        def answer_now(result: WriteResult) -> None:
-            nonlocal answered
-            answered = True
-            with self._applied:
-                self._unapplied.add(number)
-            shares = [_share(result, item) for item in block.items]
-            loop.call_soon_threadsafe(self._answer_early, block, shares)
-
-        # logged: a crash re-forms the block, so its rows may be shown (and it may be answered)
-        # before they are inserted
-        early = {"on_staged": answer_now} if path is not None and loop is not None else {}
+    def _write_block(self, block: _Block, name: str) -> list[WriteResult | BaseException]:
+        """In a pool thread (no log): writes the block under its name and splits the result per
+        publish. When the block fails as a whole, each publish is written on its own, so one
+        request the store cannot take fails alone."""
         try:
-            result = self.sink.write(envelopes, token=name, logged=path is not None, **early)
+            result = self.sink.write(block.envelopes, token=name)
         except Exception as exc:
-            if not answered:
-                return self._write_singles(block, name, path, exc)
-            result = self._store_answered(name, len(envelopes), exc)
-            if result is None:  # stopping: the block file stays, the next start re-forms it
-                self._done_applying(number)
-                return [Unavailable("the server stopped before the block was stored")] * len(block.items)
-        if path is not None:
-            self._logged.append(path)
-        if answered:
-            self._done_applying(number)
+            return self._write_singles(block, name, None, exc)
         return [_share(result, item) for item in block.items]
 
-    def _store_answered(self, name: str, requests: int, failure: Exception) -> WriteResult | None:
-        """A block whose requests were acked failed in its inserts: stores it again through the
-        writer's retry (writers/store.py AnsweredWriteFailed: the same rows under the same tokens)
-        until it lands. Nothing else is taken meanwhile but what may overlap a block in flight.
-        None when the bus stops first: the block's file is kept, so the next start re-forms it."""
-        retry = getattr(failure, "retry", None)
-        delay, exc = 0.1, failure
-        while retry is not None:
-            log.error(
-                "acked block %s of %d requests not stored yet (%s); retrying in %.1fs",
-                name,
-                requests,
-                exc,
-                delay,
-            )
-            if self._stopping.wait(delay):
-                break
-            try:
-                return retry()
-            except Exception as again:
-                exc, delay = again, min(5.0, delay * 2)
-        log.error("acked block %s stays in the block log; it is stored at the next start", name)
-        return None
+    def _stage_block(
+        self, block: _Block, name: str, number: int
+    ) -> tuple[list[WriteResult | BaseException], _Staged | None]:
+        """In a pool thread: logs the block and stages it; the results per publish, and what
+        waits for the inserts (None: nothing to insert, or stored already)."""
+        envelopes = block.envelopes
+        path = self._log.write(name, envelopes)
+        try:
+            result, write = self.sink.stage(envelopes, name)
+        except Exception as exc:
+            return self._write_singles(block, name, path, exc), None
+        shares = [_share(result, item) for item in block.items]
+        if write is None:
+            self._logged.append(path)  # nothing left to insert: recorded (and removed) with the rest
+            return shares, None
+        return shares, _Staged(number, name, path, write, write.requests, write.points)
 
-    def _done_applying(self, number: int) -> None:
+    def _insert_group(self, group: list[_Staged]) -> None:
+        """In a pool thread: inserts queued blocks as one (StoreWriter.insert_staged). Several
+        blocks go under a group token, noted in the log first (BlockLog.write_group), so a crash
+        re-forms them as one write under the same token. A failure is retried (replay: the
+        tokens drop what landed) until the inserts land: the requests are acked. A bus stopping
+        meanwhile gives up; the block files stay, and the next start re-forms them."""
+        writes = [staged.write for staged in group]
+        paths = [staged.path for staged in group]
+        if len(group) == 1:
+            token, files = group[0].name, paths
+        else:
+            token = f"grp:{self._name}:{group[0].number}-{group[-1].number}"
+            files = [self._log.write_group(token, paths), *paths]  # the group's file goes first
+        delay, replay = 0.1, False
+        while True:
+            try:
+                self.sink.insert_staged(writes, token, replay=replay)
+                break
+            except Exception as exc:
+                log.error(
+                    "acked blocks %s (%d requests) not stored yet (%s); retrying in %.1fs",
+                    token, sum(s.requests for s in group), exc, delay,
+                )  # fmt: skip
+                if self._stopping.wait(delay):
+                    log.error(
+                        "acked blocks %s stay in the block log; they are stored at the next start", token
+                    )
+                    self.sink.abandon_staged(writes)
+                    files = []
+                    break
+                delay, replay = min(5.0, delay * 2), True
+        self._logged.extend(files)
         with self._applied:
-            self._unapplied.discard(number)
+            self._unapplied.difference_update(staged.number for staged in group)
             self._applied.notify_all()
 
     def wait_applied(self, timeout_s: float = 30.0) -> None:
@@ -448,6 +601,11 @@ class EmbeddedBus:
         call it first: a request acked from the log is then visible to any later read). Raises
         Unavailable after `timeout_s` (a block whose inserts keep failing)."""
         if not self._unapplied:
+            return
+        if threading.get_ident() == self._loop_thread:
+            # the inserts are started from the loop: waiting here would stall them. Every reader
+            # of the server reads in a worker thread; a caller on the loop reads without the wait
+            log.warning("wait_applied called on the bus's event loop: not waiting (read in a thread)")
             return
         deadline = time.monotonic() + timeout_s
         with self._applied:
@@ -487,16 +645,35 @@ class EmbeddedBus:
     # ---- the block log ------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """At start: writes every logged block again under its own name (see block_log.py)."""
+        """At start: writes every logged block again under its own name, and the blocks of a
+        group file as one write under the group's token (see block_log.py)."""
         assert self._log is not None
+        blocks = list(self._log.pending())
+        envelopes_of = {path: envelopes for path, _, envelopes in blocks}
+        groups: dict[Path, tuple[Path, str, list[Path]]] = {}  # first block -> its group
+        grouped: set[Path] = set()
+        for group_path, token, members in self._log.groups():
+            if all(m in envelopes_of for m in members):
+                groups[members[0]] = (group_path, token, members)
+                grouped.update(members)
+            else:  # its removal was cut short, after the record was made durable: alone they are found stored
+                self._log.remove([group_path])
         recovered = []
-        for path, name, envelopes in self._log.pending():
+        for path, name, envelopes in blocks:
+            if path in groups:
+                group_path, name, members = groups[path]
+                envelopes = [env for member in members for env in envelopes_of[member]]
+                files = [group_path, *members]
+            elif path in grouped:
+                continue  # re-formed with the first block of its group
+            else:
+                files = [path]
             result = self.sink.write(envelopes, token=name, replay=True)
             log.info(
                 "re-formed logged block %s: %d requests, %d stored now, %d stored before",
                 name, len(envelopes), result.stored, result.duplicates,
             )  # fmt: skip
-            recovered.append(path)
+            recovered += files
         if recovered:
             self._record_paths(recovered)
 

@@ -133,9 +133,10 @@ def _parse(env: Envelope) -> tuple[ingest_pb2.IngestRequest | None, str]:
     return request, ""
 
 
-@dataclass(frozen=True)
-class _StagedWrite:
-    """One write's requests and rows, collected and (when logged) shown, waiting for their inserts."""
+@dataclass
+class StagedWrite:
+    """One write's requests and rows, collected and shown (StoreWriter.stage), waiting for their
+    inserts (StoreWriter.insert_staged). Its requests stay claimed until then."""
 
     decoded: list
     pending: _Pending
@@ -146,17 +147,38 @@ class _StagedWrite:
     touched: set
     block: StoredBlock | None
     staged: bool  # shown to the staged listeners
+    claimed: list[Envelope] = field(default_factory=list)  # released once inserted (or abandoned)
+    requests: int = 0
+    points: int = 0
 
 
-class AnsweredWriteFailed(Exception):
-    """The inserts of a write failed after on_staged answered it: its requests are acked, so the
-    caller must store it, by calling `retry()` (the same rows under the same tokens) until that
-    returns; the writer's cached run rows keep what was answered meanwhile."""
-
-    def __init__(self, cause: Exception, retry: Callable[[], WriteResult]):
-        super().__init__(f"the inserts of an answered block failed: {cause}")
-        self.cause = cause
-        self.retry = retry
+def _merge(writes: list[StagedWrite], token: str) -> StagedWrite:
+    """Several staged writes as one, inserted under `token`: their rows in order (a run's rows of
+    several writes all go in: the highest version wins)."""
+    pending = _Pending()
+    for w in writes:
+        p = w.pending
+        pending.runs.update(p.runs)
+        pending.params += p.params
+        pending.artifacts += p.artifacts
+        pending.media += p.media
+        pending.console += p.console
+        pending.audit += p.audit
+        pending.metrics += p.metrics
+        pending.recounted |= p.recounted
+    return StagedWrite(
+        decoded=[d for w in writes for d in w.decoded],
+        pending=pending,
+        run_rows=[r for w in writes for r in w.run_rows],
+        base=token,
+        token=token,
+        replay=any(w.replay for w in writes),
+        touched=set().union(*(w.touched for w in writes)),
+        block=None,
+        staged=False,
+        requests=sum(w.requests for w in writes),
+        points=sum(w.points for w in writes),
+    )
 
 
 class StoreWriter:
@@ -235,7 +257,6 @@ class StoreWriter:
         token: str | None = None,
         replay: bool = False,
         logged: bool = False,
-        on_staged: Callable[[WriteResult], None] | None = None,
     ) -> WriteResult:
         """Stores the envelopes (those not stored before) and returns once every insert is done.
         Raises on a storage failure; nothing of this call is then recorded as ingested.
@@ -246,11 +267,7 @@ class StoreWriter:
         re-insert feeds it again, and a summary must never count a point twice.
         `logged`: the caller logged these envelopes where a crash re-forms them (the embedded
         bus's block log), so their rows may be shown before they are inserted: the staged
-        listeners (subscribe_staged) get them once they are collected. `on_staged` (with `logged`):
-        called once with the call's result as soon as it is decided (rows collected, refusals
-        known), before the inserts, so the caller may answer from its log; only when no envelope
-        waits for another write of the same request (otherwise the result comes at the end). A
-        storage failure after it raises as usual: the caller must then store the block again."""
+        listeners (subscribe_staged) get them once they are collected."""
         result = WriteResult()
         pending = list(envelopes)
         round_no = 0
@@ -259,9 +276,8 @@ class StoreWriter:
             result.duplicates += duplicates
             if mine:
                 round_token = token if token is None or round_no == 0 else f"{token}#r{round_no}"
-                early = on_staged if logged and round_no == 0 and not waits else None
                 try:
-                    self._store(mine, round_token, result, replay, logged, early)
+                    self._store(mine, round_token, result, replay, logged)
                 finally:
                     self._release(mine)
             for event in {id(e): e for _, e in waits}.values():
@@ -271,6 +287,48 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_envelopes_total", result.stored, outcome="stored")
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result
+
+    def stage(self, envelopes: list[Envelope], token: str) -> tuple[WriteResult, StagedWrite | None]:
+        """The first half of write() for a logged block (the embedded bus acks from its log): claims
+        the requests, collects their rows (run state decided, refusals known) and shows them to the
+        staged listeners, without inserting. Returns the decided result and the StagedWrite to pass
+        to insert_staged (None when nothing is left to insert). When another call is writing one of
+        these requests (a resend whose first copy is not inserted yet), the block is written whole
+        here, as write() does, and None comes back."""
+        mine, waits, duplicates = self._claim(envelopes)
+        if waits:
+            self._release(mine)
+            return self.write(envelopes, token=token, logged=True), None
+        result = WriteResult(duplicates=duplicates)
+        staged = None
+        try:
+            if mine:
+                staged = self._store(mine, token, result, logged=True, defer=True)
+        finally:
+            if staged is None:
+                self._release(mine)
+        if staged is not None:
+            staged.claimed = mine
+        return result, staged
+
+    def insert_staged(self, writes: list[StagedWrite], token: str, replay: bool = False) -> None:
+        """Inserts staged writes as one write under `token` (one: its own token, which must then
+        be the one it was staged with), records them stored, hands their blocks to the listeners
+        and releases their claims. Raises on a storage failure, with everything kept for a call
+        again with the same writes and token and `replay=True` (the tokens drop what landed; the
+        summaries of its series are recomputed, as a failed insert may have fed a view)."""
+        write = writes[0] if len(writes) == 1 else _merge(writes, token)
+        if replay:
+            write = dataclasses.replace(write, replay=True)
+        self._insert_staged(write, WriteResult(), answered=True, blocks=[w.block for w in writes])
+        self.abandon_staged(writes)
+
+    def abandon_staged(self, writes: list[StagedWrite]) -> None:
+        """Releases the claims of staged writes that will not be inserted by this process (the bus
+        stops: their block log re-forms them at the next start)."""
+        for w in writes:
+            claimed, w.claimed = w.claimed, []
+            self._release(claimed)
 
     def subscribe(self, listener) -> None:
         """Calls `listener(StoredBlock)` after every successful write, before write() returns (in
@@ -563,8 +621,9 @@ class StoreWriter:
         result: WriteResult,
         replay: bool = False,
         logged: bool = False,
-        on_staged: Callable[[WriteResult], None] | None = None,
-    ) -> None:
+        defer: bool = False,
+    ) -> StagedWrite | None:
+        """Collects and stores (or with `defer`, only collects and shows: see stage) the envelopes."""
         decoded: list[tuple[Envelope, ingest_pb2.IngestRequest]] = []
         for env in envelopes:
             request = env.request  # parsed by ingest in this process (embedded bus)
@@ -603,37 +662,25 @@ class StoreWriter:
                 )
             # RunRow.values() in C: one attrgetter call per row instead of a getattr per column
             run_rows = list(map(attrgetter(*run_state.RUN_COLUMNS), pending.runs.values()))
-        write = _StagedWrite(decoded, pending, run_rows, base, token, replay, touched, block, staged)
+        write = StagedWrite(decoded, pending, run_rows, base, token, replay, touched, block, staged)
         if staged:
             self._notify(block, self._staged_listeners)
-        if on_staged is None:
+        if not defer:
             self._insert_staged(write, result)
-            return
-        on_staged(
-            WriteResult(
-                stored=result.stored + len(decoded),
-                duplicates=result.duplicates,
-                points=sum(env.points for env, _ in decoded),
-                refused=dict(result.refused),
-            )
-        )
-        try:
-            self._insert_staged(write, result, answered=True)
-        except Exception as exc:
-            raise AnsweredWriteFailed(exc, lambda: self._retry_answered(write)) from exc
+            return None
+        write.requests = len(decoded)
+        write.points = sum(env.points for env, _ in decoded)
+        result.stored += write.requests  # decided: insert_staged stores them (or a replay does)
+        result.points += write.points
+        return write
 
-    def _retry_answered(self, write: _StagedWrite) -> WriteResult:
-        """Inserts an answered write again (AnsweredWriteFailed.retry): the same rows under the same
-        tokens, so what landed the first time is dropped, and as a replay, so the summaries of its
-        series are recomputed (an insert that failed midway may have fed a materialized view)."""
-        result = WriteResult()
-        self._insert_staged(dataclasses.replace(write, replay=True), result, answered=True)
-        return result
-
-    def _insert_staged(self, write: _StagedWrite, result: WriteResult, answered: bool = False) -> None:
-        """Inserts a collected write and records it as stored. On a failure of a write not yet
-        answered, the cached run rows it changed are dropped (reloaded from the tables) and the
-        staged listeners hear of it; an answered one keeps both: it is retried until it lands."""
+    def _insert_staged(
+        self, write: StagedWrite, result: WriteResult, answered: bool = False, blocks: list | None = None
+    ) -> None:
+        """Inserts a collected write and records it as stored; `blocks`: what the listeners get
+        (default: the write's own block). On a failure of a write not yet answered, the cached
+        run rows it changed are dropped (reloaded from the tables) and the staged listeners hear
+        of it; an answered one keeps both: it is inserted again until it lands."""
         pending, decoded, base, token = write.pending, write.decoded, write.base, write.token
         try:
             # a large block: one table after the other: on 2 cores the row inserts on a second
@@ -671,7 +718,9 @@ class StoreWriter:
         result.points += points
         result.stored += len(decoded)
         if self._listeners:
-            self._notify(dataclasses.replace(write.block, recounted=frozenset(pending.recounted)))
+            recounted = frozenset(pending.recounted)
+            for block in [write.block] if blocks is None else blocks:
+                self._notify(dataclasses.replace(block, recounted=recounted))
         now_ms = time.time() * 1000
         self.metrics.set(
             "runstream_writer_lag_seconds", max(0.0, (now_ms - decoded[-1][0].received_ms) / 1000)
