@@ -197,6 +197,7 @@ def test_blocks_acked_while_one_inserts_wait_in_a_queue_and_go_in_as_one_insert(
             await asyncio.to_thread(bus.wait_applied, 10)
             assert [stored_points(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
             assert gate.calls == 2, "the two queued blocks went in as one metric insert"
+            assert writer.metrics.get("runstream_writer_envelopes_total", outcome="stored") == 6
             token, members = BlockLog(tmp_path / "blocks").groups()[-1][1:]
             assert token.startswith("grp:") and len(members) == 2, "noted in the log before that insert"
 

@@ -309,6 +309,7 @@ class StoreWriter:
                 self._release(mine)
         if staged is not None:
             staged.claimed = mine
+        self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result, staged
 
     def insert_staged(self, writes: list[StagedWrite], token: str, replay: bool = False) -> None:
@@ -322,6 +323,7 @@ class StoreWriter:
             write = dataclasses.replace(write, replay=True)
         self._insert_staged(write, WriteResult(), answered=True, blocks=[w.block for w in writes])
         self.abandon_staged(writes)
+        self.metrics.inc("runstream_writer_envelopes_total", write.requests, outcome="stored")
 
     def abandon_staged(self, writes: list[StagedWrite]) -> None:
         """Releases the claims of staged writes that will not be inserted by this process (the bus
