@@ -75,7 +75,14 @@ class InsertGate:
     (`land=True`) or instead of the real insert."""
 
     def __init__(
-        self, writer: StoreWriter, monkeypatch, *, opened: bool = False, failures: int = 0, land=False
+        self,
+        writer: StoreWriter,
+        monkeypatch,
+        gates: list | None = None,
+        *,
+        opened=False,
+        failures=0,
+        land=False,
     ):
         self.permits = threading.Semaphore(0)
         self.opened = threading.Event()
@@ -102,6 +109,8 @@ class InsertGate:
             return real(*args, **kwargs)
 
         monkeypatch.setattr(writer._arrow, "insert", gated)
+        if gates is not None:
+            gates.append(self)  # running_bus opens it on the way out
 
     def allow(self, inserts: int = 1) -> None:
         for _ in range(inserts):
@@ -112,13 +121,19 @@ class InsertGate:
 
 
 @contextlib.asynccontextmanager
-async def running_bus(writer: StoreWriter, log_dir, gates: list[InsertGate]):
-    """A started EmbeddedBus on `log_dir` (None: no log) that has stored run-1's start. On the
-    way out every gate in `gates` opens and the bus stops, also when an assertion failed."""
-    bus = EmbeddedBus(writer, log_dir=log_dir)
+async def running_bus(
+    writer: StoreWriter, log_dir, gates: list[InsertGate], starts=(("c", "run-1"),), **options
+):
+    """A started EmbeddedBus on `log_dir` (None: no log; `options`: EmbeddedBus's) that has stored
+    the run_starts of `starts` ((client, run) pairs; no metric insert: not gated), its insert
+    queue empty. On the way out every gate in `gates` opens and the bus stops, also when an
+    assertion failed."""
+    bus = EmbeddedBus(writer, log_dir=log_dir, **options)
     await bus.start()
     try:
-        await bus.publish([start("c", "run-1")])  # no metric insert: not gated
+        for client, run in starts:
+            await bus.publish([start(client, run)])
+        await asyncio.to_thread(bus.wait_applied, 10)
         yield bus
     finally:
         for gate in gates:
@@ -149,8 +164,7 @@ def test_a_logged_block_is_acked_before_its_insert_and_a_read_waits_for_the_inse
     async def main():
         gates: list[InsertGate] = []
         async with running_bus(writer, tmp_path / "blocks", gates) as bus:
-            gate = InsertGate(writer, monkeypatch)
-            gates.append(gate)
+            gate = InsertGate(writer, monkeypatch, gates)
             result = await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0, 1])]), 10)
             assert result.stored == 1 and result.points == 2
             assert await asyncio.to_thread(gate.entered.wait, 10)
@@ -181,12 +195,9 @@ def test_blocks_acked_while_one_inserts_wait_in_a_queue_and_go_in_as_one_insert(
 
     async def main():
         gates: list[InsertGate] = []
-        async with running_bus(writer, tmp_path / "blocks", gates) as bus:
-            for client, run in (("d", "run-2"), ("e", "run-3")):
-                await bus.publish([start(client, run)])
-            await asyncio.to_thread(bus.wait_applied, 10)  # inserted: the queue is empty
-            gate = InsertGate(writer, monkeypatch)
-            gates.append(gate)
+        starts = (("c", "run-1"), ("d", "run-2"), ("e", "run-3"))
+        async with running_bus(writer, tmp_path / "blocks", gates, starts) as bus:
+            gate = InsertGate(writer, monkeypatch, gates)
             await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)
             assert await asyncio.to_thread(gate.entered.wait, 10)
             # acked one after the other while the first insert waits: each its own block
@@ -210,14 +221,9 @@ def test_acks_wait_while_the_insert_queue_is_full(sole_writer, tmp_path, monkeyp
 
     async def main():
         gates: list[InsertGate] = []
-        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks", max_block_requests=2)
-        await bus.start()
-        try:
-            for i in range(4):
-                await bus.publish([start(f"c{i}", f"run-{i}")])
-            await asyncio.to_thread(bus.wait_applied, 10)  # inserted: the queue is empty
-            gate = InsertGate(writer, monkeypatch)
-            gates.append(gate)
+        starts = [(f"c{i}", f"run-{i}") for i in range(4)]
+        async with running_bus(writer, tmp_path / "blocks", gates, starts, max_block_requests=2) as bus:
+            gate = InsertGate(writer, monkeypatch, gates)
             await asyncio.wait_for(bus.publish([points("c0", 2, "run-0", [0])]), 10)  # inserting
             await asyncio.wait_for(bus.publish([points("c1", 2, "run-1", [0])]), 10)  # queued
             await asyncio.wait_for(bus.publish([points("c2", 2, "run-2", [0])]), 10)  # queued: full
@@ -228,10 +234,6 @@ def test_acks_wait_while_the_insert_queue_is_full(sole_writer, tmp_path, monkeyp
             assert (await asyncio.wait_for(fourth, 10)).stored == 1
             await asyncio.to_thread(bus.wait_applied, 10)
             assert [stored_points(writer, f"run-{i}") for i in range(4)] == [1, 1, 1, 1]
-        finally:
-            for gate in gates:
-                gate.open()
-            await asyncio.wait_for(bus.stop(), 30)
 
     asyncio.run(main())
 
@@ -310,14 +312,9 @@ def test_while_an_insert_runs_a_busy_bus_gathers_the_next_block_and_a_quiet_one_
 
     async def main():
         gates: list[InsertGate] = []
-        bus = EmbeddedBus(writer, log_dir=tmp_path / "blocks", metrics=metrics)
-        await bus.start()
-        try:
-            for client, run in (("c", "run-1"), ("d", "run-2"), ("e", "run-3")):
-                await bus.publish([start(client, run)])
-            await asyncio.to_thread(bus.wait_applied, 10)
-            gate = InsertGate(writer, monkeypatch)
-            gates.append(gate)
+        starts = (("c", "run-1"), ("d", "run-2"), ("e", "run-3"))
+        async with running_bus(writer, tmp_path / "blocks", gates, starts, metrics=metrics) as bus:
+            gate = InsertGate(writer, monkeypatch, gates)
             bus._insert_s = 10.0  # inserts have been slow: the share is capped at 0.4 s
             # stagings took all (busy) or almost none (quiet) of the time between them
             bus._stage_s, bus._stage_every_s = (5.0, 1.0) if busy else (0.001, 5.0)
@@ -338,10 +335,6 @@ def test_while_an_insert_runs_a_busy_bus_gathers_the_next_block_and_a_quiet_one_
             assert not gate.opened.is_set(), "acked while the insert is still held"
             if busy:
                 assert metrics.get("runstream_writer_blocks_total") == blocks + 1, "both in one staged block"
-        finally:
-            for gate in gates:
-                gate.open()
-            await asyncio.wait_for(bus.stop(), 30)
 
     asyncio.run(main())
     assert [stored_points(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
@@ -400,8 +393,7 @@ def test_without_a_block_log_nothing_is_acked_before_it_is_stored(sole_writer, m
     async def main():
         gates: list[InsertGate] = []
         async with running_bus(writer, None, gates) as bus:
-            gate = InsertGate(writer, monkeypatch)
-            gates.append(gate)
+            gate = InsertGate(writer, monkeypatch, gates)
             publish = asyncio.ensure_future(bus.publish([points("c", 2, "run-1", [0])]))
             await asyncio.sleep(0.3)
             assert gate.entered.is_set() and not publish.done(), "no ack while the insert waits"

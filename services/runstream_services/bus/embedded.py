@@ -119,8 +119,6 @@ class _Staged:
     name: str
     path: Path
     write: StagedWrite
-    requests: int
-    points: int
 
 
 class EmbeddedBus:
@@ -296,12 +294,14 @@ class EmbeddedBus:
             and len(self._waiting) < self.max_block_requests
             and self._stage_s > STAGE_BUSY_SHARE * self._stage_every_s
         ):
-            due = self._staged_at + min(STAGE_WAIT_MAX_S, STAGE_INSERT_SHARE * self._insert_s)
-            if time.monotonic() < due:
+            wait = (
+                self._staged_at
+                + min(STAGE_WAIT_MAX_S, STAGE_INSERT_SHARE * self._insert_s)
+                - time.monotonic()
+            )
+            if wait > 0:
                 if self._stage_timer is None:
-                    self._stage_timer = asyncio.get_running_loop().call_at(
-                        asyncio.get_running_loop().time() + (due - time.monotonic()), self._stage_due
-                    )
+                    self._stage_timer = asyncio.get_running_loop().call_later(wait, self._stage_due)
                 return
         block = self._take_block()
         if block.items:
@@ -324,13 +324,13 @@ class EmbeddedBus:
             group, requests, points = [], 0, 0
             for staged in self._queue:
                 if group and (
-                    requests + staged.requests > self.max_block_requests
-                    or points + staged.points > self.max_block_points
+                    requests + staged.write.requests > self.max_block_requests
+                    or points + staged.write.points > self.max_block_points
                 ):
                     break
                 group.append(staged)
-                requests += staged.requests
-                points += staged.points
+                requests += staged.write.requests
+                points += staged.write.points
             del self._queue[: len(group)]
             self._queued_requests -= requests
             self._queued_points -= points
@@ -492,8 +492,8 @@ class EmbeddedBus:
                 with self._applied:  # before the acks go out: a read after an ack waits for it
                     self._unapplied.add(number)
                 self._queue.append(staged)
-                self._queued_requests += staged.requests
-                self._queued_points += staged.points
+                self._queued_requests += staged.write.requests
+                self._queued_points += staged.write.points
             self._answer(block, results)
             self._count_block(block, started)
             self._stage_s += 0.3 * (time.perf_counter() - started - self._stage_s)
@@ -558,7 +558,7 @@ class EmbeddedBus:
         if write is None:
             self._logged.append(path)  # nothing left to insert: recorded (and removed) with the rest
             return shares, None
-        return shares, _Staged(number, name, path, write, write.requests, write.points)
+        return shares, _Staged(number, name, path, write)
 
     def _insert_group(self, group: list[_Staged]) -> None:
         """In a pool thread: inserts queued blocks as one (StoreWriter.insert_staged). Several
@@ -581,7 +581,7 @@ class EmbeddedBus:
             except Exception as exc:
                 log.error(
                     "acked blocks %s (%d requests) not stored yet (%s); retrying in %.1fs",
-                    token, sum(s.requests for s in group), exc, delay,
+                    token, sum(s.write.requests for s in group), exc, delay,
                 )  # fmt: skip
                 if self._stopping.wait(delay):
                     log.error(

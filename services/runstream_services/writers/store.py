@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import itertools
 import json
@@ -148,8 +149,14 @@ class StagedWrite:
     block: StoredBlock | None
     staged: bool  # shown to the staged listeners
     claimed: list[Envelope] = field(default_factory=list)  # released once inserted (or abandoned)
-    requests: int = 0
-    points: int = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.decoded)
+
+    @functools.cached_property
+    def points(self) -> int:
+        return sum(env.points for env, _ in self.decoded)
 
 
 def _merge(writes: list[StagedWrite], token: str) -> StagedWrite:
@@ -176,8 +183,6 @@ def _merge(writes: list[StagedWrite], token: str) -> StagedWrite:
         touched=set().union(*(w.touched for w in writes)),
         block=None,
         staged=False,
-        requests=sum(w.requests for w in writes),
-        points=sum(w.points for w in writes),
     )
 
 
@@ -670,8 +675,6 @@ class StoreWriter:
         if not defer:
             self._insert_staged(write, result)
             return None
-        write.requests = len(decoded)
-        write.points = sum(env.points for env, _ in decoded)
         result.stored += write.requests  # decided: insert_staged stores them (or a replay does)
         result.points += write.points
         return write
