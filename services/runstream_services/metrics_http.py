@@ -20,6 +20,7 @@ DECLARED = {
     "runstream_writer_envelopes_total": ("counter", "Envelopes handled by the store writer, by outcome"),
     "runstream_writer_points_total": ("counter", "Metric points inserted by the store writer"),
     "runstream_writer_insert_seconds_total": ("counter", "Time spent in store inserts, by table"),
+    "runstream_writer_inserts_total": ("counter", "Store inserts, by table"),
     "runstream_writer_queue": ("gauge", "Write calls waiting for or running in the writer pool"),
     "runstream_writer_lag_seconds": ("gauge", "Age of the last stored envelope when it was stored"),
     "runstream_errors_total": ("counter", "Unexpected errors, by component"),

@@ -24,6 +24,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -315,7 +316,9 @@ def test_while_an_insert_runs_a_busy_bus_gathers_the_next_block_and_a_quiet_one_
         starts = (("c", "run-1"), ("d", "run-2"), ("e", "run-3"))
         async with running_bus(writer, tmp_path / "blocks", gates, starts, metrics=metrics) as bus:
             gate = InsertGate(writer, monkeypatch, gates)
-            bus._insert_s = 10.0  # inserts have been slow: the share is capped at 0.4 s
+            # inserts have been slow (the share is capped at 0.4 s), the last one long ago (the
+            # next goes in at once: INSERT_GAP_SHARE)
+            bus._insert_s, bus._inserted_at = 10.0, 0.0
             # stagings took all (busy) or almost none (quiet) of the time between them
             bus._stage_s, bus._stage_every_s = (5.0, 1.0) if busy else (0.001, 5.0)
             await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)  # no insert ran
@@ -414,3 +417,49 @@ def test_the_embedded_server_reads_behind_its_bus_barrier(tmp_path):
     assert calls == [1]
     kafka = RunstreamServer(ServerSettings(data_dir=str(tmp_path), bus="kafka"), port=0, metrics_port=0)
     assert kafka._read_barrier() is None, "the Kafka bus acks from Kafka: no barrier"
+
+
+@pytest.mark.parametrize("start_by", ["read", "stop"])
+def test_under_load_queued_blocks_wait_for_the_insert_gap_unless_a_read_or_stop_needs_them(
+    sole_writer, tmp_path, monkeypatch, start_by
+):
+    """An insert has just ended and inserts have been slow: the next acked block waits in the
+    queue for the gap (INSERT_GAP_SHARE of the recent inserts' time, capped: here 60 s), so what
+    arrives meanwhile would share its insert. A read waiting in wait_applied, or the bus
+    stopping, starts that insert at once."""
+    writer = sole_writer
+    monkeypatch.setattr(embedded, "INSERT_GAP_MAX_S", 60.0)
+
+    async def main():
+        async with running_bus(writer, tmp_path / "blocks", []) as bus:
+            bus._insert_s, bus._inserted_at = 100.0, time.monotonic()
+            assert (await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0, 1])]), 10)).stored == 1
+            await asyncio.sleep(0.3)
+            assert stored_points(writer) == 0 and len(bus._queue) == 1, "acked, its insert waits for the gap"
+            if start_by == "read":
+                await asyncio.to_thread(bus.wait_applied, 10)  # well before the 60 s gap
+                assert stored_points(writer) == 2, "the read started the insert and sees the points"
+        # start_by == "stop": running_bus stops the bus (within 30 s: not after the 60 s gap)
+
+    asyncio.run(main())
+    assert stored_points(writer) == 2 and summary_count(writer) == 2
+    assert not list((tmp_path / "blocks").glob("*.blk")), "stored and recorded"
+
+
+def test_a_quiet_bus_inserts_an_acked_block_at_once(sole_writer, tmp_path, monkeypatch):
+    """The last insert ended long ago (more than the gap): the next block goes in without
+    waiting for a read."""
+    writer = sole_writer
+    monkeypatch.setattr(embedded, "INSERT_GAP_MAX_S", 60.0)
+
+    async def main():
+        async with running_bus(writer, tmp_path / "blocks", []) as bus:
+            bus._insert_s, bus._inserted_at = 100.0, time.monotonic() - 61.0
+            await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0, 1])]), 10)
+            for _ in range(100):  # no wait_applied here: nothing asks for the insert
+                if stored_points(writer) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert stored_points(writer) == 2
+
+    asyncio.run(main())

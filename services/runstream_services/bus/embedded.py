@@ -29,8 +29,13 @@ staged and answered. So:
   insert's time (STAGE_INSERT_SHARE, at most STAGE_WAIT_MAX_S) after the last one, so blocks
   stay large under load (staging each request alone held 1,000 ranks to 4.0k requests/s instead
   of 6.0k); a quiet bus stages at once;
+- under load the inserts are spaced: the next starts no sooner than a few of the recent inserts'
+  durations after the last one ended (INSERT_GAP_SHARE, at most INSERT_GAP_MAX_S), so more
+  blocks share each insert and its fixed CPU (a chDB insert into the metrics table and its two
+  views costs ~15-25 ms of CPU however small); a quiet bus inserts at once;
 - a read must still see every acked request: readers call `wait_applied` first (the server's
-  ClientPools' `before_read`), which waits for the inserts of the blocks answered before it.
+  ClientPools' `before_read`), which starts the queued insert at once and waits for the
+  inserts of the blocks answered before it.
 Tried before this (issue 11): taking the next block while the one before inserted, each block
 inserted on its own: two chDB inserts side by side, each slower (with acks after the insert:
 acks 2x slower; with acks from the log: ranks held 6.0k -> 4.0k requests/s in one round).
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -86,6 +92,13 @@ STAGE_WAIT_MAX_S = 0.05  # ... and never longer than this (an insert that stalls
 #: ... and only while stagings keep the bus busy: the recent stagings took this share of the
 #: time between them (below it, a staging costs little and goes at once)
 STAGE_BUSY_SHARE = 0.3
+#: the next insert of acked blocks starts no sooner than this many of the recent inserts' durations
+#: after the last one ended (at most INSERT_GAP_MAX_S): each chDB insert costs ~10-30 ms of CPU
+#: however small (parts of the table and its views), so under load fewer, larger inserts leave
+#: the cores to the requests. A read waiting for them (wait_applied), a full queue, or a bus
+#: stopping starts it at once; a quiet bus inserts at once (its last insert ended long ago)
+INSERT_GAP_SHARE = 3.0
+INSERT_GAP_MAX_S = 0.25
 
 
 @dataclass
@@ -166,6 +179,10 @@ class EmbeddedBus:
         self._queued_points = 0
         self._inserting = 0
         self._insert_s = 0.0  # recent inserts' duration (moving average)
+        self._inserted_at = 0.0  # time.monotonic() when the last insert ended
+        self._insert_timer: asyncio.TimerHandle | None = None
+        self._readers = 0  # reads waiting in wait_applied (their inserts start at once)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._staged_at = 0.0  # time.monotonic() when the last staging began
         self._stage_s = 0.0  # recent stagings' duration and the time between their starts (moving averages)
         self._stage_every_s = 1.0
@@ -190,6 +207,7 @@ class EmbeddedBus:
             return
         self._stopping.clear()
         self._loop_thread = threading.get_ident()
+        self._loop = asyncio.get_running_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.max_blocks + 2, thread_name_prefix="runstream-writer"
         )
@@ -232,12 +250,16 @@ class EmbeddedBus:
         if self._pool is None:
             return
         self._stopping.set()  # an acked block whose inserts fail now stays in the log for the next start
+        self._wake.set()  # queued inserts go in now (_insert_due)
         while not self._is_idle():
             self._idle.clear()
             await self._idle.wait()
         for task in (self._committer, self._recorder):
             if task is not None:
                 task.cancel()
+        if self._insert_timer is not None:
+            self._insert_timer.cancel()
+            self._insert_timer = None
         pool, self._pool = self._pool, None
         await asyncio.get_running_loop().run_in_executor(pool, self._record)
         pool.shutdown(wait=True)
@@ -321,6 +343,8 @@ class EmbeddedBus:
         while self._queue and self._inserting < self.max_blocks:
             if self._inserting and not self._large_waiting(self._queued_points, self._queued_requests):
                 return
+            if not self._insert_due():
+                return
             group, requests, points = [], 0, 0
             for staged in self._queue:
                 if group and (
@@ -336,6 +360,27 @@ class EmbeddedBus:
             self._queued_points -= points
             self._inserting += 1
             self._start(self._insert(group))
+
+    def _insert_due(self) -> bool:
+        """Whether the queued blocks go in now (see INSERT_GAP_SHARE); if not, a timer wakes the
+        loop when they are due."""
+        if (
+            self._readers
+            or self._stopping.is_set()
+            or self._queued_requests * 2 >= self.max_block_requests
+            or self._queued_points * 2 >= self.max_block_points
+        ):
+            return True
+        wait = self._inserted_at + min(INSERT_GAP_MAX_S, INSERT_GAP_SHARE * self._insert_s) - time.monotonic()
+        if wait <= 0:
+            return True
+        if self._insert_timer is None:
+            self._insert_timer = asyncio.get_running_loop().call_later(wait, self._insert_due_now)
+        return False
+
+    def _insert_due_now(self) -> None:
+        self._insert_timer = None
+        self._wake.set()
 
     def _start(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -505,7 +550,8 @@ class EmbeddedBus:
         started = time.monotonic()
         try:
             await loop.run_in_executor(self._pool, self._insert_group, group)
-            self._insert_s += 0.3 * (time.monotonic() - started - self._insert_s)
+            self._inserted_at = time.monotonic()
+            self._insert_s += 0.3 * (self._inserted_at - started - self._insert_s)
         except Exception:  # (_insert_group retries; only a bug lands here)
             log.exception("inserting blocks %s failed", [s.name for s in group])
         finally:
@@ -612,14 +658,22 @@ class EmbeddedBus:
             if not self._unapplied:
                 return
             last = max(self._unapplied)
-            while self._unapplied and min(self._unapplied) <= last:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(
-                        f"the store has not taken acked requests for {timeout_s:.0f}s (see the server "
-                        "log); retry the read later"
-                    )
-                self._applied.wait(left)
+            self._readers += 1
+        try:
+            with contextlib.suppress(RuntimeError):  # (a loop closed meanwhile: nothing to start)
+                self._loop.call_soon_threadsafe(self._wake.set)  # a waiting read starts the insert now
+            with self._applied:
+                while self._unapplied and min(self._unapplied) <= last:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise Unavailable(
+                            f"the store has not taken acked requests for {timeout_s:.0f}s (see the server "
+                            "log); retry the read later"
+                        )
+                    self._applied.wait(left)
+        finally:
+            with self._applied:
+                self._readers -= 1
 
     def _write_singles(self, block: _Block, name: str, path: Path | None, exc: Exception) -> list:
         """A block failed before it was answered: writes each publish on its own (its own

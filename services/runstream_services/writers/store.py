@@ -756,6 +756,7 @@ class StoreWriter:
             settings={"insert_deduplication_token": token} if token else None,
         )
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
+        self.metrics.inc("runstream_writer_inserts_total", 1, table=table)
 
     def _insert_metrics(
         self,
@@ -789,6 +790,7 @@ class StoreWriter:
                 self._arrow.insert(f"{self.db}.metrics", table, group_token)
             elapsed = time.perf_counter() - started
             self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
+            self.metrics.inc("runstream_writer_inserts_total", 1, table="metrics")
             points += table.num_rows
         self._replaced.recount(suspects)
         if recounted is not None:
