@@ -31,6 +31,9 @@ class Settings:
     max_batch_points: int = 65_536  # points per MetricBatch (key_index is uint16)
     max_memory_bytes: int = 64 * 1024 * 1024  # unacked requests kept in memory; beyond: disk spool
     max_inflight_requests: int = 64  # sent but unacked requests on the stream
+    # the runs of this process share one ingest stream (packed messages; _internal/shared_stream.py);
+    # False: a stream of its own per run
+    shared_stream: bool = True
     finish_timeout_s: float = 60.0  # how long finish() waits for acks before spooling the rest
     system_metrics_interval_s: float = 15.0  # 0 disables the system metrics sampler
     heartbeat_interval_s: float = 30.0

@@ -71,8 +71,9 @@ def test_the_sdk_with_batched_acks_stores_everything_once(embedded_server, tmp_p
 
     monkeypatch.setattr(IngestStream, "_ack", recording_ack)
     steps = 5000
-    run = runstream.init(
-        "sdk-batched", **quick_sdk_options(embedded_server.endpoint, tmp_path, max_batch_points=10)
+    run = runstream.init(  # a stream of its own (the shared one: test_sdk_shared_stream.py)
+        "sdk-batched",
+        **quick_sdk_options(embedded_server.endpoint, tmp_path, max_batch_points=10, shared_stream=False),
     )
     assert BATCHED_ACKS in run._pipeline.stream._metadata
     for step in range(steps):

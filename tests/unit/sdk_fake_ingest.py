@@ -21,6 +21,9 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], ingest_pb2.IngestRequest] = {}
         self.received = 0  # including replays
+        self.calls = 0  # Ingest calls opened
+        self.open_calls = 0  # ... and not ended yet
+        self.packed_clients: list[set[str]] = []  # per packed message: the client_ids in it
         self.blobs: dict[str, bytes] = {}
         self.port = free_port()
         self.server = None
@@ -42,17 +45,51 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
 
     # ---- service ----
     def Ingest(self, request_iterator, context):
-        for req in request_iterator:
+        with self.lock:
+            self.calls += 1
+            self.open_calls += 1
+        try:
+            yield from self._answers(request_iterator)
+        finally:
             with self.lock:
-                self.received += 1
-                message = self.refuse(req) if self.refuse else None
+                self.open_calls -= 1
+
+    def _answers(self, request_iterator):
+        for req in request_iterator:
+            if not req.packed:
+                message = self._take(req)
                 if message:
                     yield ingest_pb2.IngestResponse(seq=req.seq, ok=False, code=3, message=message)
                     continue
-                self.requests.setdefault((req.client_id, req.seq), req)
+                yield ingest_pb2.IngestResponse(
+                    seq=req.seq, ok=True, points_accepted=len(req.metrics.values) // 8
+                )
+                continue
+            # a packed message (the SDK's shared stream): each request as if alone, one answer
+            refused, points, clients = [], 0, set()
+            for index, raw in enumerate(req.packed):
+                inner = ingest_pb2.IngestRequest.FromString(raw)
+                clients.add(inner.client_id)
+                message = self._take(inner)
+                if message:
+                    refused.append(ingest_pb2.PackedRefusal(index=index, code=3, message=message))
+                else:
+                    points += len(inner.metrics.values) // 8
+            with self.lock:
+                self.packed_clients.append(clients)
             yield ingest_pb2.IngestResponse(
-                seq=req.seq, ok=True, points_accepted=len(req.metrics.values) // 8
-            )
+                seq=req.seq, ok=not refused, code=3 if refused else 0, points_accepted=points,
+                message=refused[0].message if refused else "", packed_refused=refused,
+            )  # fmt: skip
+
+    def _take(self, req: ingest_pb2.IngestRequest) -> str | None:
+        """Stores one request once; the refusal message when `refuse` refuses it."""
+        with self.lock:
+            self.received += 1
+            message = self.refuse(req) if self.refuse else None
+            if not message:
+                self.requests.setdefault((req.client_id, req.seq), req)
+            return message
 
     def UploadArtifact(self, request_iterator, context):
         header, chunks = None, []

@@ -131,6 +131,9 @@ class Pipeline:
             reconnect_initial_s=self.settings.reconnect_initial_s,
             reconnect_max_s=self.settings.reconnect_max_s,
             on_refused=self._refused,
+            shared=self.worker.shared_ingest(self.settings)
+            if channel is not None and self.settings.shared_stream
+            else None,
         )
         self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
 
@@ -344,7 +347,7 @@ class Pipeline:
         stream = self.stream
         seqs = sorted(stream.pending)
         try:
-            records = [stream._data(stream.pending[seq]) for seq in seqs]
+            records = [stream.entry_bytes(stream.pending[seq]) for seq in seqs]
             if self.offline:
                 for data in records:
                     self.spool.append(data)

@@ -31,6 +31,7 @@ import grpc
 from runstream.errors import SpoolError
 from runstream.v1 import ingest_pb2
 
+from .shared_stream import SharedIngest
 from .spool import SpoolFile
 
 log = logging.getLogger("runstream")
@@ -40,6 +41,11 @@ INGEST_METHOD = "/runstream.v1.IngestService/Ingest"
 MEMORY_HARD_CAP_FACTOR = 4
 #: call metadata asking the server for batched acks (proto: IngestService.Ingest)
 BATCHED_ACKS = ("x-runstream-acks", "batched")
+
+
+def call_metadata(api_key: str) -> tuple:
+    """The Ingest call's metadata: the API key, and batched acks."""
+    return ((("authorization", f"Bearer {api_key}"),) if api_key else ()) + (BATCHED_ACKS,)
 
 
 class StreamStats:
@@ -68,6 +74,7 @@ class IngestStream:
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 5.0,
         on_refused: Callable[[ingest_pb2.IngestResponse, bytes], None] | None = None,
+        shared: SharedIngest | None = None,
     ):
         self.client_id = client_id
         self.offline = offline
@@ -86,12 +93,17 @@ class IngestStream:
         self.connected = False
         self.ever_connected = False  # an answer came back on some stream
         self.spool_error = ""  # the last failure to write the spool, "" while it works
-        self._metadata = ((("authorization", f"Bearer {api_key}"),) if api_key else ()) + (BATCHED_ACKS,)
-        self._changed = asyncio.Event()
-        self._acked = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
-        self._to_send: deque[int] = deque()
+        self._metadata = call_metadata(api_key)
+        self.acked_event = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
+        self.to_send: deque[int] = deque()
+        self.sent_here: set[int] = set()  # sent on the current call and not known acked
+        self.detached = False
         self._task: asyncio.Task | None = None
-        if not offline and channel is not None:
+        self._shared = None if offline else shared
+        self._changed = self._shared.changed if self._shared is not None else asyncio.Event()
+        if self._shared is not None:  # the process's shared stream sends for it (shared_stream.py)
+            self._shared.attach(self)
+        elif not offline and channel is not None:
             self._method = channel.stream_stream(
                 INGEST_METHOD,
                 request_serializer=None,  # requests are already serialized bytes
@@ -125,7 +137,7 @@ class IngestStream:
                 self.pending[seq] = where
                 self.spooled_pending += 1
                 self.stats.spilled += 1
-                self._to_send.append(seq)
+                self.to_send.append(seq)
                 self._changed.set()
                 return
         if self.mem_bytes + len(data) > self.max_memory_bytes * MEMORY_HARD_CAP_FACTOR:
@@ -143,7 +155,7 @@ class IngestStream:
         self.pending[seq] = data
         self.mem_bytes += len(data)
         if not self.offline:
-            self._to_send.append(seq)
+            self.to_send.append(seq)
             self._changed.set()
 
     def _spool_failed(self, exc: SpoolError) -> None:
@@ -168,22 +180,22 @@ class IngestStream:
                 total += len(req.metrics.values) // 8 if req.WhichOneof("body") == "metrics" else 0
         return total
 
-    def _data(self, entry: bytes | tuple[int, int]) -> bytes:
+    def entry_bytes(self, entry: bytes | tuple[int, int]) -> bytes:
         return entry if type(entry) is bytes else self.spool.read(*entry)
 
     # ---- acks ---------------------------------------------------------------------------
 
     def _ack(self, resp: ingest_pb2.IngestResponse) -> None:
         """One answer: a refusal, or an ack of `seq` and (batched acks) every seq in also_ok."""
-        answered = self._answered(resp.seq, resp)
+        answered = self.answered(resp.seq, resp)
         if resp.also_ok:
             for seq in resp.also_ok:
-                answered = self._answered(seq, resp) or answered
+                answered = self.answered(seq, resp) or answered
         if answered:
             self._changed.set()
-            self._acked.set()
+            self.acked_event.set()
 
-    def _answered(self, seq: int, resp: ingest_pb2.IngestResponse) -> bool:
+    def answered(self, seq: int, resp: ingest_pb2.IngestResponse) -> bool:
         """Drops `seq` from pending (False when it is not there: a duplicate ack after a resend)."""
         entry = self.pending.pop(seq, None)
         if entry is None:
@@ -192,7 +204,7 @@ class IngestStream:
             self.stats.refused += 1
             if self.on_refused is not None:
                 try:
-                    self.on_refused(resp, self._data(entry))
+                    self.on_refused(resp, self.entry_bytes(entry))
                 except Exception:  # reporting must never break the stream
                     log.exception("runstream: reporting a refused request failed")
         self.stats.acked += 1
@@ -216,11 +228,11 @@ class IngestStream:
             remaining = deadline - time.monotonic()
             if self.offline or remaining <= 0:
                 return self.offline
-            self._acked.clear()
+            self.acked_event.clear()
             if self.acked_upto(seq):
                 break
             try:
-                await asyncio.wait_for(self._acked.wait(), remaining)
+                await asyncio.wait_for(self.acked_event.wait(), remaining)
             except TimeoutError:
                 pass
         return True
@@ -248,7 +260,7 @@ class IngestStream:
 
     async def _session(self) -> None:
         call = self._method(metadata=self._metadata)
-        self._to_send = deque(sorted(self.pending))  # resend everything unacked, in order
+        self.to_send = deque(sorted(self.pending))  # resend everything unacked, in order
         sent_here: set[int] = set()
         reader = asyncio.ensure_future(self._read(call))
         try:
@@ -260,8 +272,8 @@ class IngestStream:
                     sent_here.intersection_update(self.pending.keys())
                 seq = None
                 if len(sent_here) < self.max_inflight:
-                    while self._to_send:
-                        candidate = self._to_send.popleft()
+                    while self.to_send:
+                        candidate = self.to_send.popleft()
                         if candidate in self.pending:
                             seq = candidate
                             break
@@ -273,7 +285,7 @@ class IngestStream:
                     finally:
                         waiter.cancel()
                     continue
-                await call.write(self._data(self.pending[seq]))
+                await call.write(self.entry_bytes(self.pending[seq]))
                 sent_here.add(seq)
         finally:
             reader.cancel()
@@ -285,6 +297,9 @@ class IngestStream:
             self._ack(resp)
 
     async def close(self) -> None:
+        if self._shared is not None:
+            self._shared.detach(self)
+            self._shared = None
         if self._task is not None:
             self._task.cancel()
             try:

@@ -14,6 +14,9 @@ import grpc
 
 from runstream.tls import PLAINTEXT, Tls, aio_channel
 
+from .shared_stream import SharedIngest
+from .stream import call_metadata
+
 CHANNEL_OPTIONS = [
     # reconnect quickly once the server is back (gRPC's default backoff grows to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -37,6 +40,7 @@ class Worker:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
         self._channels: dict[tuple[str, Tls], grpc.aio.Channel] = {}
+        self._shared: dict[tuple[str, Tls, str], SharedIngest] = {}
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._main, name="runstream-worker", daemon=True)
         self.thread.start()
@@ -79,3 +83,18 @@ class Worker:
         if ch is None:
             ch = self._channels[(endpoint, tls)] = aio_channel(endpoint, tls, CHANNEL_OPTIONS)
         return ch
+
+    def shared_ingest(self, settings) -> SharedIngest:
+        """The Ingest stream the runs of this process share for `settings`' server and key
+        (shared_stream.py); call from the loop thread only."""
+        tls = settings.tls_config
+        key = (settings.endpoint, tls, settings.api_key)
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = SharedIngest(
+                self.channel(settings.endpoint, tls),
+                call_metadata(settings.api_key),
+                settings.reconnect_initial_s,
+                settings.reconnect_max_s,
+            )
+        return shared
