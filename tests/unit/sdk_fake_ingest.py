@@ -16,8 +16,9 @@ from tests.server_process import free_port
 
 
 class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, refuse=None):
+    def __init__(self, refuse=None, max_message_bytes: int | None = None):
         self.refuse = refuse  # callable(IngestRequest) -> message or None
+        self.max_message_bytes = max_message_bytes  # gRPC's receive limit (None: its default)
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], ingest_pb2.IngestRequest] = {}
         self.received = 0  # including replays
@@ -34,7 +35,10 @@ class FakeIngest(ingest_pb2_grpc.IngestServiceServicer):
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> FakeIngest:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        options = (
+            [("grpc.max_receive_message_length", self.max_message_bytes)] if self.max_message_bytes else []
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self, self.server)
         self.server.add_insecure_port(self.endpoint)
         self.server.start()

@@ -130,6 +130,22 @@ def test_the_call_ends_when_no_run_is_attached_and_the_next_run_opens_one(fake, 
     assert fake.calls == 2 and _steps(fake, second.id) == [0]
 
 
+def test_a_server_with_a_smaller_message_limit_gets_one_request_per_message(tmp_path):
+    """The server takes 64 KiB messages; the run's requests are ~40 KB each and a packed message
+    of several is refused (RESOURCE_EXHAUSTED, larger than max): the shared stream then sends each
+    request alone, and everything arrives once."""
+    fake = FakeIngest(max_message_bytes=64 << 10)
+    try:
+        run = _init(fake, tmp_path, max_batch_points=2_000, flush_interval_s=5.0)
+        for step in range(20_000):  # drained at finish: ten requests of 2,000 points at once
+            run.log({"x": float(step)}, step=step)
+        assert run.finish(timeout_s=60) is True
+        assert _steps(fake, run.id) == list(range(20_000))
+        assert run.stats["reconnects"] >= 1, "the packed message was refused first"
+    finally:
+        fake.stop()
+
+
 # ---- the packing and routing on their own ----------------------------------------------------
 
 

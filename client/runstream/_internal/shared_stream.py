@@ -19,6 +19,7 @@ and the next run to attach opens a new one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import deque
 
@@ -26,11 +27,15 @@ import grpc
 
 from runstream.v1 import ingest_pb2
 
-#: a packed message holds at most this many requests and bytes (a larger request goes alone)
+#: a packed message holds at most this many requests and bytes (a larger request goes alone).
+#: Well under the server's message limit (max_message_bytes, 64 MiB by default; deployments may set
+#: less): packing is for the many small requests; one request the limit takes alone still fits.
 MAX_PACK_REQUESTS = 512
-MAX_PACK_BYTES = 4 << 20
+MAX_PACK_BYTES = 256 << 10
 #: with no run attached for this long, the call is closed (the next attach opens one)
 IDLE_CLOSE_S = 10.0
+
+log = logging.getLogger("runstream")
 
 _OK = ingest_pb2.IngestResponse(ok=True)
 _PACKED_TAG = b"\xa2\x01"  # IngestRequest.packed: field 20, length-delimited
@@ -51,6 +56,12 @@ def pack(seq: int, requests: list[bytes]) -> bytes:
     for data in requests:
         parts += (_PACKED_TAG, _varint(len(data)), data)
     return b"".join(parts)
+
+
+def _too_large(exc: grpc.aio.AioRpcError) -> bool:
+    """The server's gRPC refused a message over its limit (gRPC core's wording; RESOURCE_EXHAUSTED
+    alone also means, e.g., too many open streams)."""
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (exc.details() or "")
 
 
 class SharedIngest:
@@ -77,6 +88,7 @@ class SharedIngest:
         self._seq = 0
         self._next = 0  # the attached stream the next message starts with (round robin)
         self._task: asyncio.Task | None = None
+        self.max_pack_bytes = MAX_PACK_BYTES  # 0: one request per message (see _run)
 
     # ---- runs attach and detach (worker loop) ---------------------------------------------
 
@@ -94,15 +106,6 @@ class SharedIngest:
         stream.detached = True
         self.changed.set()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
-
     # ---- the call -------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -116,6 +119,14 @@ class SharedIngest:
                 raise
             except grpc.aio.AioRpcError as exc:
                 self._failed(f"{exc.code().name}: {exc.details()}")
+                if _too_large(exc) and self.max_pack_bytes:
+                    # a server with a smaller message limit refused a packed message: from now on
+                    # each request goes alone (as on a stream of its own, it fits or never did)
+                    log.warning(
+                        "runstream: the server refused a packed message (%s); sending one request per message",
+                        exc.details(),
+                    )
+                    self.max_pack_bytes = 0
             except Exception as exc:
                 self._failed(f"{type(exc).__name__}: {exc}")
             if sum(s.stats.acked for s in self.streams) > acked_before:
@@ -194,7 +205,7 @@ class SharedIngest:
                     to_send.popleft()
                     continue
                 body = stream.entry_bytes(entry)
-                if members and (len(members) >= MAX_PACK_REQUESTS or size + len(body) > MAX_PACK_BYTES):
+                if members and (len(members) >= MAX_PACK_REQUESTS or size + len(body) > self.max_pack_bytes):
                     self._next = (start + i) % count
                     return members, data
                 to_send.popleft()

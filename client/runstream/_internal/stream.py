@@ -1,4 +1,6 @@
-"""Numbered requests of one client id over the bidirectional Ingest stream.
+"""Numbered requests of one client id over the bidirectional Ingest stream: a call of its own,
+or (the SDK's default) the call the runs of this process share (shared_stream.py), which sends
+what every attached stream has ready and routes the answers back here.
 
 Every request gets (client_id, seq) and stays in `pending` until the server acks that seq. After a
 broken stream, every pending request is resent in seq order on a new stream (reconnect with
