@@ -346,8 +346,11 @@ class Run:
         self._handoff_waits += 1
         self._handoff_wait_s += time.monotonic() - t0
 
-    def _reset_wake(self) -> None:
-        self._wake_at = min(self._wake_step, self._handoff_step)
+    def _reset_wake(self, idle: bool = False) -> None:
+        """The worker drained the hand-off. `idle`: it found nothing, so the next entry wakes it
+        (a quiet run's next point is sent at once, not at the next flush_interval_s tick);
+        otherwise the next wake is _wake_step / _handoff_step entries away."""
+        self._wake_at = 1 if idle else min(self._wake_step, self._handoff_step)
         self._drained.set()
 
     # ---- run fields -----------------------------------------------------------------------

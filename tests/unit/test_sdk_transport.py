@@ -79,6 +79,24 @@ def test_time_trigger_sends_without_flush(fake, tmp_path):
     run.finish()
 
 
+def test_a_quiet_run_sends_its_next_point_at_once_and_a_busy_one_keeps_batching(fake, tmp_path):
+    """The timer is 60 s away throughout. Once a drain found nothing (the second flush), the next
+    log call wakes the worker: its point arrives without a flush or a tick. The 99 calls right
+    after it do not each send: they wait for the size trigger, the tick or finish."""
+    run = _init(fake, tmp_path, flush_interval_s=60.0)
+    run.log({"x": 0.0}, step=0)
+    assert run.flush(10) and run.flush(10)  # the second one finds nothing to send: the run is quiet
+    requests = len(fake.bodies("metrics"))
+    run.log({"x": 1.0}, step=1)
+    assert _wait(lambda: len(fake.points(run.id)) == 2, timeout_s=10), "sent at once, not at the 60 s tick"
+    for step in range(2, 101):
+        run.log({"x": float(step)}, step=step)
+    time.sleep(0.3)
+    assert len(fake.bodies("metrics")) == requests + 1 and len(fake.points(run.id)) == 2, "batched"
+    assert run.finish() is True
+    assert sorted(s for _, s, _, _ in fake.points(run.id)) == list(range(101))
+
+
 def test_server_down_then_up_nothing_lost_nothing_doubled(fake, tmp_path):
     run = _init(fake, tmp_path)
     for i in range(500):

@@ -162,7 +162,13 @@ class Pipeline:
                 log.exception("runstream: the batcher failed; retrying on the next tick")
 
     def _drain(self) -> None:
+        """Sends what the caller handed over. `on_drained(idle)`: idle when there was nothing, so
+        the caller wakes the worker with its next entry: a point logged after a quiet tick goes
+        at once instead of at the next one (a run that logs every tick keeps batching by time and
+        size, and sends at most one request more per tick)."""
+        sent = 0
         for field, body in self.buffer.drain():
+            sent += 1
             try:
                 if field == "upload":
                     self._start_upload(body)
@@ -171,7 +177,7 @@ class Pipeline:
             except (OverflowError, ValueError, TypeError) as exc:  # this entry alone is refused
                 self._refused_points(1, f"{field} could not be packed: {type(exc).__name__}: {exc}")
         if self.on_drained is not None:
-            self.on_drained()
+            self.on_drained(sent == 0)
 
     def _refused_points(self, count: int, why: str) -> None:
         """Entries the SDK itself could not pack (its caller-thread checks should have caught them)."""
