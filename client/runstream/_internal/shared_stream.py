@@ -82,9 +82,8 @@ class SharedIngest:
         self.reconnect_max_s = reconnect_max_s
         self.streams: list = []  # attached IngestStreams, in attach order
         self.changed = asyncio.Event()  # a request to send, an ack, an attach or a detach
-        self._inflight: dict[
-            int, list[tuple[object, int]]
-        ] = {}  # message seq -> (stream, seq) of each request
+        # message seq -> (stream, seq) of each request in it, until the message is answered
+        self._inflight: dict[int, list[tuple[object, int]]] = {}
         self._seq = 0
         self._next = 0  # the attached stream the next message starts with (round robin)
         self._task: asyncio.Task | None = None
