@@ -19,31 +19,13 @@ import runstream
 from runstream._internal import shared_stream
 from runstream._internal.shared_stream import SharedIngest, pack
 from runstream.v1 import ingest_pb2
+from tests.sdk_options import quick_sdk_options, wait_for
 from tests.unit.sdk_fake_ingest import FakeIngest
 
 
 def _init(fake, tmp_path, **kw):
-    opts = dict(
-        endpoint=fake.endpoint,
-        spool_dir=str(tmp_path / "spool"),
-        flush_interval_s=0.05,
-        system_metrics_interval_s=0,
-        capture_packages=False,
-        console="off",
-        reconnect_initial_s=0.05,
-        reconnect_max_s=0.3,
-    )
-    opts.update(kw)
-    return runstream.init("unit", **opts)
-
-
-def _wait(cond, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+    options = quick_sdk_options(fake.endpoint, tmp_path, console="off", reconnect_max_s=0.3)
+    return runstream.init("unit", **{**options, **kw})
 
 
 def _steps(fake: FakeIngest, run_id: str, key: str = "x") -> list[int]:
@@ -80,7 +62,7 @@ def test_after_a_broken_shared_stream_every_run_resends_and_nothing_is_doubled(f
     for run in runs:
         for step in range(100):
             run.log({"x": float(step)}, step=step)
-    assert _wait(lambda: all(len(_steps(fake, r.id)) == 100 for r in runs))
+    assert wait_for(lambda: all(len(_steps(fake, r.id)) == 100 for r in runs))
     fake.stop()
     for run in runs:
         for step in range(100, 200):
@@ -123,7 +105,7 @@ def test_the_call_ends_when_no_run_is_attached_and_the_next_run_opens_one(fake, 
     first = _init(fake, tmp_path)
     first.log({"x": 1.0}, step=0)
     assert first.finish() is True
-    assert _wait(lambda: fake.open_calls == 0), "closed once idle"
+    assert wait_for(lambda: fake.open_calls == 0), "closed once idle"
     second = _init(fake, tmp_path)
     second.log({"x": 2.0}, step=0)
     assert second.finish() is True

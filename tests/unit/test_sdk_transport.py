@@ -14,6 +14,7 @@ import pytest
 
 import runstream
 from runstream.sync import sync_paths
+from tests.sdk_options import wait_for
 from tests.unit.sdk_fake_ingest import FakeIngest
 
 
@@ -29,15 +30,6 @@ def _init(fake, tmp_path, **kw):
     )
     opts.update(kw)
     return runstream.init("unit", **opts)
-
-
-def _wait(cond, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_points_arrive_once_with_columns_intact(fake, tmp_path):
@@ -66,7 +58,7 @@ def test_size_trigger_sends_before_the_timer(fake, tmp_path):
     run._wake_step = run._wake_at = 100  # wake the worker after 100 log() calls
     for i in range(150):
         run.log({"a": i, "b": i}, step=i)
-    assert _wait(lambda: len(fake.points(run.id)) >= 150)  # the 30 s timer has not fired
+    assert wait_for(lambda: len(fake.points(run.id)) >= 150)  # the 30 s timer has not fired
     assert max(len(b.values) // 8 for b in fake.bodies("metrics")) <= 1000
     run.finish()
     assert len(fake.points(run.id)) == 300
@@ -75,7 +67,7 @@ def test_size_trigger_sends_before_the_timer(fake, tmp_path):
 def test_time_trigger_sends_without_flush(fake, tmp_path):
     run = _init(fake, tmp_path, flush_interval_s=0.05)
     run.log({"x": 1.0})
-    assert _wait(lambda: len(fake.points(run.id)) == 1)
+    assert wait_for(lambda: len(fake.points(run.id)) == 1)
     run.finish()
 
 
@@ -88,7 +80,7 @@ def test_a_quiet_run_sends_its_next_point_at_once_and_a_busy_one_keeps_batching(
     assert run.flush(10) and run.flush(10)  # the second one finds nothing to send: the run is quiet
     requests = len(fake.bodies("metrics"))
     run.log({"x": 1.0}, step=1)
-    assert _wait(lambda: len(fake.points(run.id)) == 2, timeout_s=10), "sent at once, not at the 60 s tick"
+    assert wait_for(lambda: len(fake.points(run.id)) == 2, timeout_s=10), "sent at once, not at the 60 s tick"
     for step in range(2, 101):
         run.log({"x": float(step)}, step=step)
     time.sleep(0.3)
@@ -106,7 +98,7 @@ def test_server_down_then_up_nothing_lost_nothing_doubled(fake, tmp_path):
     for i in range(500, 1500):
         run.log({"x": i})
     # synchronised on the SDK's counters, not a sleep: the stream broke and requests are unacked
-    assert _wait(lambda: run.stats["reconnects"] >= 1 and run.stats["pending"] > 0)
+    assert wait_for(lambda: run.stats["reconnects"] >= 1 and run.stats["pending"] > 0)
     assert not run.flush(0.2)
     fake.start()
     assert run.flush(20)
@@ -125,7 +117,7 @@ def test_memory_limit_spills_to_disk_and_recovers(fake, tmp_path):
         run.log({"x": float(i), "y": float(i)})
     spool_file = tmp_path / "spool" / run.id / f"{run.client_id}.spool"
     # the worker drains the hand-off into requests (the server is down): past 1 MiB they are spooled
-    assert _wait(
+    assert wait_for(
         lambda: run.stats["spilled"] > 0 and spool_file.exists() and spool_file.stat().st_size > 1 << 20
     )
     fake.start()
