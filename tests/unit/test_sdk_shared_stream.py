@@ -18,6 +18,7 @@ import pytest
 import runstream
 from runstream._internal import shared_stream
 from runstream._internal.shared_stream import SharedIngest, pack
+from runstream._internal.stream import IngestStream
 from runstream.v1 import ingest_pb2
 from tests.sdk_options import quick_sdk_options, wait_for
 from tests.unit.sdk_fake_ingest import FakeIngest
@@ -133,6 +134,8 @@ def test_a_server_with_a_smaller_message_limit_gets_one_request_per_message(tmp_
 
 class _Stream(SimpleNamespace):
     __hash__ = object.__hash__  # kept in sets, as IngestStreams are
+    next_seq_to_send = IngestStream.next_seq_to_send  # the window, as the real stream keeps it
+    take_seq = IngestStream.take_seq
 
 
 def _stream(name: str, seqs, window: int = 64, size: int = 10):

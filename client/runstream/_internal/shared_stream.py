@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 
 import grpc
 
@@ -92,7 +91,6 @@ class SharedIngest:
     # ---- runs attach and detach (worker loop) ---------------------------------------------
 
     def attach(self, stream) -> None:
-        stream.sent_here = set()
         self.streams.append(stream)
         self.changed.set()
         if self._task is None or self._task.done():
@@ -145,8 +143,7 @@ class SharedIngest:
         call = self._method(metadata=self._metadata)
         self._inflight = {}
         for stream in self.streams:
-            stream.to_send = deque(sorted(stream.pending))
-            stream.sent_here = set()
+            stream.new_call()
         reader = asyncio.ensure_future(self._read(call))
         loop = asyncio.get_running_loop()
         idle_since = None
@@ -192,23 +189,12 @@ class SharedIngest:
         start = self._next % count if count else 0
         for i in range(count):
             stream = streams[(start + i) % count]
-            to_send, pending, sent = stream.to_send, stream.pending, stream.sent_here
-            while to_send:
-                if len(sent) >= stream.max_inflight:
-                    sent.intersection_update(pending.keys())
-                    if len(sent) >= stream.max_inflight:
-                        break
-                seq = to_send[0]
-                entry = pending.get(seq)
-                if entry is None:
-                    to_send.popleft()
-                    continue
-                body = stream.entry_bytes(entry)
+            while (seq := stream.next_seq_to_send()) is not None:
+                body = stream.entry_bytes(stream.pending[seq])
                 if members and (len(members) >= MAX_PACK_REQUESTS or size + len(body) > self.max_pack_bytes):
                     self._next = (start + i) % count
                     return members, data
-                to_send.popleft()
-                sent.add(seq)
+                stream.take_seq(seq)
                 members.append((stream, seq))
                 data.append(body)
                 size += len(body)

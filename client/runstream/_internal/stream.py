@@ -260,25 +260,41 @@ class IngestStream:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.reconnect_max_s)
 
+    def new_call(self) -> None:
+        """A new call: everything unacked goes again, in order; nothing is in flight on it yet."""
+        self.to_send = deque(sorted(self.pending))
+        self.sent_here = set()
+
+    def next_seq_to_send(self) -> int | None:
+        """The next pending request to send on the current call, if the window
+        (max_inflight_requests) has room; not taken yet (take_seq)."""
+        sent = self.sent_here
+        if len(sent) >= self.max_inflight:
+            sent.intersection_update(self.pending.keys())
+            if len(sent) >= self.max_inflight:
+                return None
+        to_send = self.to_send
+        while to_send:
+            if to_send[0] in self.pending:
+                return to_send[0]
+            to_send.popleft()  # acked meanwhile
+        return None
+
+    def take_seq(self, seq: int) -> None:
+        """`seq` (next_seq_to_send's) goes out on the current call."""
+        self.to_send.popleft()
+        self.sent_here.add(seq)
+
     async def _session(self) -> None:
         call = self._method(metadata=self._metadata)
-        self.to_send = deque(sorted(self.pending))  # resend everything unacked, in order
-        sent_here: set[int] = set()
+        self.new_call()
         reader = asyncio.ensure_future(self._read(call))
         try:
             while True:
                 if reader.done():
                     reader.result()
                     raise ConnectionError("the server closed the ingest stream")
-                if len(sent_here) >= self.max_inflight:
-                    sent_here.intersection_update(self.pending.keys())
-                seq = None
-                if len(sent_here) < self.max_inflight:
-                    while self.to_send:
-                        candidate = self.to_send.popleft()
-                        if candidate in self.pending:
-                            seq = candidate
-                            break
+                seq = self.next_seq_to_send()
                 if seq is None:
                     self._changed.clear()
                     waiter = asyncio.ensure_future(self._changed.wait())
@@ -287,8 +303,8 @@ class IngestStream:
                     finally:
                         waiter.cancel()
                     continue
+                self.take_seq(seq)
                 await call.write(self.entry_bytes(self.pending[seq]))
-                sent_here.add(seq)
         finally:
             reader.cancel()
             call.cancel()
