@@ -22,6 +22,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from google.protobuf import json_format
@@ -126,6 +127,14 @@ class AuditNote(NamedTuple):
 
 
 def context_json(context: types_pb2.RunContext) -> str:
+    """The context as the runs table stores it; remembered by its bytes, as a process's runs repeat
+    the same context (~110 us each with a hundred packages)."""
+    return _context_json_of(context.SerializeToString(deterministic=True))
+
+
+@lru_cache(maxsize=64)  # entries hold a context (a git diff may be ~256 KiB)
+def _context_json_of(raw: bytes) -> str:
+    context = types_pb2.RunContext.FromString(raw)
     return json.dumps(json_format.MessageToDict(context, preserving_proto_field_name=True), sort_keys=True)
 
 

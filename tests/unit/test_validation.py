@@ -184,3 +184,15 @@ def test_run_finish_needs_a_final_state():
 def test_request_without_body_or_client_id():
     refused(pb.IngestRequest(seq=1, client_id="c"), "no body")
     refused(pb.IngestRequest(seq=1, metrics=batch()), "client_id")
+
+
+def test_a_remembered_good_context_does_not_let_a_bad_one_through():
+    """check_context remembers contexts that passed (a process's runs repeat theirs); one that
+    differs in a single package line is still checked, and refused every time it comes."""
+    good = types_pb2.RunContext(host="node0", packages={"numpy": "2.1.0", "torch": "2.5.1"})
+    start = pb.RunStart(project="p", run_id="r", context=good)
+    for _ in range(2):
+        assert validate_request(request(run_start=start), SETTINGS).kind == "run_start"
+    bad = types_pb2.RunContext(host="node0", packages={"numpy": "2.1.0", "torch": "2.5.1\nINJECTED"})
+    for _ in range(2):
+        refused(request(run_start=pb.RunStart(project="p", run_id="r", context=bad)), "torch")

@@ -29,6 +29,7 @@ from .files import sha256_file
 from .replay import replay_file, replayable_files
 from .stream import IngestStream
 from .upload import upload_file
+from .wakeup import Wakeup
 from .worker import Worker
 
 log = logging.getLogger("runstream")
@@ -114,7 +115,7 @@ class Pipeline:
     # ---- loop side ----------------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._wake_event = asyncio.Event()
+        self._wake_event = Wakeup()
         self.spool = spool_mod.SpoolFile(self.run_dir, self.client_id)
         channel = (
             None if self.offline else self.worker.channel(self.settings.endpoint, self.settings.tls_config)
@@ -141,10 +142,7 @@ class Pipeline:
         interval = self.settings.flush_interval_s
         next_beat = time.monotonic() + self.settings.heartbeat_interval_s
         while True:
-            try:
-                await asyncio.wait_for(self._wake_event.wait(), interval)
-            except TimeoutError:
-                pass
+            await self._wake_event.wait(interval)
             self._wake_event.clear()
             try:
                 self._drain()

@@ -26,6 +26,8 @@ import grpc
 
 from runstream.v1 import ingest_pb2
 
+from .wakeup import Wakeup
+
 #: a packed message holds at most this many requests and bytes (a larger request goes alone).
 #: Well under the server's message limit (max_message_bytes, 64 MiB by default; deployments may set
 #: less): packing is for the many small requests; one request the limit takes alone still fits.
@@ -80,7 +82,7 @@ class SharedIngest:
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.streams: list = []  # attached IngestStreams, in attach order
-        self.changed = asyncio.Event()  # a request to send, an ack, an attach or a detach
+        self.changed = Wakeup()  # a request to send, an ack, an attach or a detach
         # message seq -> (stream, seq) of each request in it, until the message is answered
         self._inflight: dict[int, list[tuple[object, int]]] = {}
         self._seq = 0
@@ -145,6 +147,7 @@ class SharedIngest:
         for stream in self.streams:
             stream.new_call()
         reader = asyncio.ensure_future(self._read(call))
+        reader.add_done_callback(lambda _: self.changed.set())  # a broken call wakes the loop
         loop = asyncio.get_running_loop()
         idle_since = None
         try:
@@ -165,15 +168,7 @@ class SharedIngest:
                 else:
                     idle_since = None
                 self.changed.clear()
-                waiter = asyncio.ensure_future(self.changed.wait())
-                try:
-                    await asyncio.wait(
-                        {waiter, reader},
-                        timeout=IDLE_CLOSE_S if idle_since is not None else None,
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    waiter.cancel()
+                await self.changed.wait(IDLE_CLOSE_S if idle_since is not None else None)
         finally:
             reader.cancel()
             call.cancel()

@@ -35,6 +35,7 @@ from runstream.v1 import ingest_pb2
 
 from .shared_stream import SharedIngest
 from .spool import SpoolFile
+from .wakeup import Wakeup
 
 log = logging.getLogger("runstream")
 
@@ -96,13 +97,13 @@ class IngestStream:
         self.ever_connected = False  # an answer came back on some stream
         self.spool_error = ""  # the last failure to write the spool, "" while it works
         self._metadata = call_metadata(api_key)
-        self.acked_event = asyncio.Event()  # set on every ack; wait_acked sleeps on it, no polling
+        self.acked_event = Wakeup()  # set on every ack; wait_acked sleeps on it, no polling
         self.to_send: deque[int] = deque()
         self.sent_here: set[int] = set()  # sent on the current call and not known acked
         self.detached = False
         self._task: asyncio.Task | None = None
         self._shared = None if offline else shared
-        self._changed = self._shared.changed if self._shared is not None else asyncio.Event()
+        self._changed = self._shared.changed if self._shared is not None else Wakeup()
         if self._shared is not None:  # the process's shared stream sends for it (shared_stream.py)
             self._shared.attach(self)
         elif not offline and channel is not None:
@@ -233,10 +234,7 @@ class IngestStream:
             self.acked_event.clear()
             if self.acked_upto(seq):
                 break
-            try:
-                await asyncio.wait_for(self.acked_event.wait(), remaining)
-            except TimeoutError:
-                pass
+            await self.acked_event.wait(remaining)
         return True
 
     # ---- connection ---------------------------------------------------------------------
@@ -289,6 +287,7 @@ class IngestStream:
         call = self._method(metadata=self._metadata)
         self.new_call()
         reader = asyncio.ensure_future(self._read(call))
+        reader.add_done_callback(lambda _: self._changed.set())  # a broken call wakes the loop
         try:
             while True:
                 if reader.done():
@@ -297,11 +296,7 @@ class IngestStream:
                 seq = self.next_seq_to_send()
                 if seq is None:
                     self._changed.clear()
-                    waiter = asyncio.ensure_future(self._changed.wait())
-                    try:
-                        await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
+                    await self._changed.wait()
                     continue
                 self.take_seq(seq)
                 await call.write(self.entry_bytes(self.pending[seq]))
