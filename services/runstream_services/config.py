@@ -39,7 +39,7 @@ class ServerSettings:
     kafka_min_insync_replicas: int = 2
     kafka_allow_under_replicated: bool = False
     kafka_retention_hours: float = 168.0  # how long unconsumed records wait for the writers
-    kafka_compression: str = "auto"  # auto (lz4, else zstd) | lz4 | zstd | gzip | none
+    kafka_compression: str = "auto"  # auto (zstd, else lz4) | lz4 | zstd | gzip | none
     # static group membership (KIP-345): a writer that restarts under the same id within the
     # session timeout gets its partitions back without a rebalance of the whole group; the Helm
     # chart's writer StatefulSet sets it to the pod name. "": dynamic membership
