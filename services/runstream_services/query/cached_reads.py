@@ -261,15 +261,17 @@ def series_bounds(
     return rows
 
 
-HELD_SOURCES = ("raw", "minmax")  # the series plan's reads series_points answers (not "rollup")
+ROLLUP_WIDTH = 32  # steps per metric_rollups row (sql_series.ROLLUP_WIDTH, migration 0003)
 
 
 def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
-    """The columns of each read of a series plan (series.SeriesPlan) whose reads are all in
-    HELD_SOURCES, as sql_series returns them: raw (series number from 1, x, y), each series' points
-    ordered by x; minmax (series number, bucket, x and y of the bucket's min, x and y of its max),
-    NaN ranking last as in SQL and an all-NaN bucket left out; both within the zoom range. Of
-    equal values in a bucket the first in step order is picked (SQL may pick another equal one)."""
+    """The columns of each read of a series plan (series.SeriesPlan), as sql_series returns them:
+    raw (series number from 1, x, y), each series' points ordered by x; minmax (series number,
+    bucket, x and y of the bucket's min, x and y of its max), NaN ranking last as in SQL and an
+    all-NaN bucket left out; rollup: minmax over the 32-step rows the metric_rollups view would
+    hold for these points (x: a row's first step or time), so the answer is SQL's; each within the
+    zoom range. Of equal values in a bucket the first in step order is picked (SQL may pick another
+    equal one); a step logged again counts with its last value only (SQL's rollups keep both)."""
     spec = plan.spec
     out = []
     for read in plan.reads:
@@ -284,6 +286,13 @@ def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
                 t = s.time[lo:hi]
                 x = (t - plan.run_t0[b.run_id] if spec.axis == "relative" else t).astype(np.float64)
             y = s.value[lo:hi]
+            if read.source == "rollup":
+                x, y_lo, y_hi = _rollup_rows(s.step[lo:hi], x, y)
+                if spec.x_range is not None:
+                    keep = (x >= spec.x_range[0]) & (x <= spec.x_range[1])
+                    x, y_lo, y_hi = x[keep], y_lo[keep], y_hi[keep]
+                parts.append(_minmax_of(pick.series + 1, x, y_lo, y_hi, pick.x0, pick.width))
+                continue
             if spec.axis != "step":  # steps rise within a rank; times need not
                 order = np.argsort(x, kind="stable")
                 x, y = x[order], y[order]
@@ -303,16 +312,34 @@ def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
     return out
 
 
+def _rollup_rows(step: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The metric_rollups rows of one rank's points (step order): per intDiv(step, 32), the row's
+    x (its smallest x: first step or first time) and its lo / hi (NaN as +inf / -inf)."""
+    if not len(step):
+        return np.empty(0), np.empty(0), np.empty(0)
+    row = np.where(step < 0, -(-step // ROLLUP_WIDTH), step // ROLLUP_WIDTH)  # intDiv truncates
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    nan = np.isnan(y)
+    lo = np.minimum.reduceat(np.where(nan, np.inf, y), starts)
+    hi = np.maximum.reduceat(np.where(nan, -np.inf, y), starts)
+    return np.minimum.reduceat(x, starts), lo, hi
+
+
 def _minmax_buckets(si: int, x: np.ndarray, y: np.ndarray, x0: float, width: float) -> tuple[np.ndarray, ...]:
     """sql_series.minmax_sql over one series' points: per bucket floor((x - x0) / width), the x of
     the smallest value and that value, the x of the largest and that value (NaN counts as +inf for
     the min and -inf for the max); buckets with no number left out."""
+    nan = np.isnan(y)
+    return _minmax_of(si, x, np.where(nan, np.inf, y), np.where(nan, -np.inf, y), x0, width)
+
+
+def _minmax_of(
+    si: int, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, x0: float, width: float
+) -> tuple[np.ndarray, ...]:
+    """_minmax_buckets over rows that carry a low and a high value each (points: both the value)."""
     n = len(x)
     if not n:
         return (np.empty(0, np.uint32), np.empty(0, np.int64), *(np.empty(0) for _ in range(4)))
-    nan = np.isnan(y)
-    lo = np.where(nan, np.inf, y)
-    hi = np.where(nan, -np.inf, y)
     bucket = np.floor((x - x0) / width).astype(np.int64)
     position = np.arange(n)
     by_lo = np.lexsort((position, lo, bucket))  # per bucket: smallest value first, then earliest

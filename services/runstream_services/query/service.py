@@ -314,14 +314,12 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
         kind = metric_kind(request.kind)
         results = None
         p = await self._held(project)
-        if p is not None:  # every requested series held, none reduced from rollups: no query
+        if p is not None:  # every requested series held: no query (and no wait for inserts)
             with self.cache.lock:
                 rows = cached_reads.series_bounds(p, kind, spec.run_ids, spec.keys, spec.rank)
-                plan = None
-                if rows is not None:
+                if rows is not None:  # rollup reads too: their rows are formed from the held points
                     plan = series.plan_series(spec, rows, max_message_bytes=self._max_message_bytes)
-                    if all(read.source in cached_reads.HELD_SOURCES for read in plan.reads):
-                        results = cached_reads.series_points(p, kind, plan)
+                    results = cached_reads.series_points(p, kind, plan)
         if results is None:
             bounds = sql_series.series_bounds(self.db, project, kind, spec.run_ids, spec.keys, spec.rank)
             plan = series.plan_series(
