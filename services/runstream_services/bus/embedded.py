@@ -257,9 +257,10 @@ class EmbeddedBus:
         for task in (self._committer, self._recorder):
             if task is not None:
                 task.cancel()
-        if self._insert_timer is not None:
-            self._insert_timer.cancel()
-            self._insert_timer = None
+        for timer in (self._insert_timer, self._stage_timer):
+            if timer is not None:
+                timer.cancel()
+        self._insert_timer = self._stage_timer = None
         pool, self._pool = self._pool, None
         await asyncio.get_running_loop().run_in_executor(pool, self._record)
         pool.shutdown(wait=True)

@@ -755,6 +755,10 @@ class StoreWriter:
             column_types=types,
             settings={"insert_deduplication_token": token} if token else None,
         )
+        self._count_insert(table, started)
+
+    def _count_insert(self, table: str, started: float) -> None:
+        """One insert into `table` that began at perf_counter() `started`, for /metrics."""
         self.metrics.inc("runstream_writer_insert_seconds_total", time.perf_counter() - started, table=table)
         self.metrics.inc("runstream_writer_inserts_total", 1, table=table)
 
@@ -788,9 +792,7 @@ class StoreWriter:
             started = time.perf_counter()
             with self._replaced.gate.shared():
                 self._arrow.insert(f"{self.db}.metrics", table, group_token)
-            elapsed = time.perf_counter() - started
-            self.metrics.inc("runstream_writer_insert_seconds_total", elapsed, table="metrics")
-            self.metrics.inc("runstream_writer_inserts_total", 1, table="metrics")
+            self._count_insert("metrics", started)
             points += table.num_rows
         self._replaced.recount(suspects)
         if recounted is not None:
