@@ -128,6 +128,7 @@ def packages() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=1)  # read once per process: it was /proc/cpuinfo on every init
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -157,6 +158,7 @@ def env_name() -> str:
     return ""
 
 
+@lru_cache(maxsize=1)
 def user_name() -> str:
     try:
         return getpass.getuser()
