@@ -77,6 +77,35 @@ def test_after_a_broken_shared_stream_every_run_resends_and_nothing_is_doubled(f
     assert fake.calls >= 2
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "own-stream"])
+def test_a_call_broken_with_requests_in_flight_is_resent_with_nothing_new_to_send(tmp_path, shared):
+    """The server goes away while the run's last requests wait for their acks, and the run logs
+    nothing more: the sender learns of the broken call by itself (the reader's end wakes it, see
+    wakeup.py), reconnects and resends, so a flush delivers them; nothing is doubled."""
+    break_next = threading.Event()
+
+    def break_the_call(req):  # the request is not stored: the call ends (UNKNOWN), unanswered
+        if break_next.is_set():
+            break_next.clear()
+            raise ConnectionResetError("the server went away mid-call")
+        return None
+
+    fake = FakeIngest(refuse=break_the_call).start()
+    try:
+        run = _init(fake, tmp_path, name="in-flight", shared_stream=shared)
+        run.log({"x": 0.0}, step=0)
+        assert run.flush(10) is True
+        break_next.set()
+        for step in range(1, 11):
+            run.log({"x": float(step)}, step=step)
+        assert run.flush(10) is True, run.stats
+        assert _steps(fake, run.id) == list(range(11))
+        assert run.stats["reconnects"] >= 1 and fake.calls == 2
+        assert run.finish() is True
+    finally:
+        fake.stop()
+
+
 def test_a_refused_request_in_a_packed_message_is_refused_for_its_run_alone(tmp_path):
     def refuse(req):
         if req.WhichOneof("body") == "metrics" and req.metrics.run_id == "bad-run":
