@@ -21,6 +21,7 @@ from runstream_services.query import run_table
 from runstream_services.query.filter import BoolOp, Field, Node, Not
 from runstream_services.query.read_cache import Project, RunEntry
 from runstream_services.query.run_table import Unsupported
+from runstream_services.query.sql_series import ROLLUP_WIDTH
 
 log = logging.getLogger("runstream.query")
 
@@ -259,9 +260,6 @@ def series_bounds(
                     (run_id, key, r, int(s.step[a]), int(s.step[b - 1]), int(t.min()), int(t.max()), b - a)
                 )
     return rows
-
-
-ROLLUP_WIDTH = 32  # steps per metric_rollups row (sql_series.ROLLUP_WIDTH, migration 0003)
 
 
 def series_points(p: Project, kind: str, plan) -> list[tuple[np.ndarray, ...]]:
