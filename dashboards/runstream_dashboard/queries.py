@@ -17,6 +17,7 @@ its `details`, and its `code` next to a refused filter."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,7 +359,15 @@ def get_run(project: str, run_id: str) -> RunDetail:
 @login.per_viewer(ttl=300, show_spinner=False, max_entries=20)
 def download_artifact(project: str, run_id: str, sha256: str) -> bytes:
     """The bytes of one artifact file (DownloadArtifact, streamed in chunks)."""
-    return api().download_artifact(
+    return artifact_loader(project, run_id, sha256)()
+
+
+def artifact_loader(project: str, run_id: str, sha256: str) -> Callable[[], bytes]:
+    """download_artifact, deferred: a download button's `data`. Streamlit calls it in a worker
+    thread outside the page's script run, where the session (the viewer's key) cannot be read, so
+    the viewer's connection is taken now, in the script run."""
+    client = api()
+    return lambda: client.download_artifact(
         project, run_id, sha256, max_bytes=MAX_ARTIFACT_DOWNLOAD_BYTES, timeout_s=DOWNLOAD_TIMEOUT_S
     )
 

@@ -3,7 +3,8 @@ and hashed keys: a viewer sees the sign-in form (never data) until they enter a 
 accepts; a wrong key is refused; a project-A key sees project A only, while a second viewer signed
 in at the same time with a project-B key sees B only (answers are cached per viewer); a reload in
 the same browser stays signed in (session cookie) while another browser is asked for a key; signing
-out returns to the form and ends the session. The dashboard is started with an admin key in RUNSTREAM_API_KEY to prove it
+out returns to the form and ends the session; a signed-in viewer downloads an artifact with their own
+key (the download runs outside the page's script run). The dashboard is started with an admin key in RUNSTREAM_API_KEY to prove it
 does not use a process-wide key. Last, a dashboard given RUNSTREAM_TLS_CA reads a TLS-only server."""
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 A, B = "alpha-team", "beta-team"
+ARTIFACT = b"weights of the alpha run\n" * 40
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """Server (auth required) with one run in each project; keys {A: ..., B: ..., "admin": ...}."""
+    """Server (auth required) with one run in each project (A's with an artifact); the dashboard,
+    keys {A: ..., B: ..., "admin": ...} and the run ids {A: ..., B: ...}."""
     tmp = tmp_path_factory.mktemp("login")
     keys_file = tmp / "keys.json"
-    made = {}
+    made, run_ids = {}, {}
     with keyfile.editing(keys_file) as entries:
         for who, project, role in ((A, A, "read"), (B, B, "read"), ("admin", "*", "admin")):
             entry, made[who] = keyfile.make_entry(project, role, name=who)
@@ -49,6 +52,10 @@ def deployment(tmp_path_factory):
                 **quick_sdk_options(srv.endpoint, tmp / project),
             )  # fmt: skip
             run.log({"loss": 0.5}, step=0)
+            if project == A:
+                (tmp / "model.bin").write_bytes(ARTIFACT)
+                run.log_artifact(tmp / "model.bin", name="weights")
+            run_ids[project] = run.id
             assert run.finish(timeout_s=30)
         old = os.environ.get("RUNSTREAM_API_KEY")
         os.environ["RUNSTREAM_API_KEY"] = made["admin"]  # the dashboard must not use it
@@ -59,7 +66,7 @@ def deployment(tmp_path_factory):
                 os.environ.pop("RUNSTREAM_API_KEY")
             else:
                 os.environ["RUNSTREAM_API_KEY"] = old
-        yield dash, made
+        yield dash, made, run_ids
         dash.stop()
     finally:
         srv.stop()
@@ -97,7 +104,7 @@ def _projects_listed(page) -> list[str]:
 
 
 def test_wrong_key_is_refused_and_nothing_is_shown_before_sign_in(deployment, browser):
-    dashboard, _ = deployment
+    dashboard, _, _ = deployment
     context, page = _new_page(browser)
     try:
         page.goto(f"{dashboard.url}/projects")
@@ -115,7 +122,7 @@ def test_wrong_key_is_refused_and_nothing_is_shown_before_sign_in(deployment, br
 
 
 def test_each_viewer_sees_only_the_projects_of_their_own_key(deployment, browser):
-    dashboard, keys = deployment
+    dashboard, keys, _ = deployment
     ctx_a, page_a = _new_page(browser)
     ctx_b, page_b = _new_page(browser)
     try:
@@ -158,6 +165,27 @@ def test_each_viewer_sees_only_the_projects_of_their_own_key(deployment, browser
     finally:
         ctx_a.close()
         ctx_b.close()
+
+
+def test_a_signed_in_viewer_downloads_an_artifact_with_their_own_key(deployment, browser):
+    """Streamlit runs a download button's data callable in a worker thread, outside the page's
+    script run, where the session (and so the viewer's key) cannot be read: a callable that looks
+    the key up there asks without one and the server refuses it (no download)."""
+    dashboard, keys, run_ids = deployment
+    context, page = _new_page(browser)
+    try:
+        page.goto(dashboard.url)
+        wait_idle(page)
+        _sign_in(page, keys[A])
+        page.goto(f"{dashboard.url}/run?project={A}&run={run_ids[A]}")  # resumed by the cookie
+        page.get_by_role("heading", name=f"{A}-run").wait_for()
+        wait_idle(page)
+        page.get_by_role("tab", name="Artifacts").click()
+        with page.expect_download(timeout=30_000) as download:
+            page.get_by_role("button", name="Download model.bin").click()
+        assert Path(download.value.path()).read_bytes() == ARTIFACT
+    finally:
+        context.close()
 
 
 def test_the_dashboard_reads_a_tls_server_with_the_ca_from_its_settings(browser, tmp_path):

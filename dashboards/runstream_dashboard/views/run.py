@@ -226,8 +226,9 @@ with tab_artifacts:
                 )
                 st.download_button(
                     f"Download {md(file_name)}",
-                    data=lambda sha=art["sha256"]: q.download_artifact(project, run_id, sha),
+                    data=q.artifact_loader(project, run_id, art["sha256"]),
                     file_name=file_name,
+                    on_click="ignore",  # a download changes nothing on the page: no rerun
                     key=f"download:{i}",
                     icon=":material/download:",
                 )
