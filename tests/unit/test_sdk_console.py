@@ -184,6 +184,58 @@ def test_the_flusher_thread_hands_batches_to_the_run_on_its_own(monkeypatch):
     cap.stop()
 
 
+def _console_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "runstream-console"}
+
+
+def test_one_flusher_thread_serves_the_captures_of_runs_started_one_after_another(monkeypatch):
+    """A sweep that starts runs back to back must not start (and join) a thread per run."""
+    terminal(monkeypatch)
+    seen: list[set[threading.Thread]] = []
+    for i in range(5):
+        batches: list = []
+        cap = ConsoleCapture(
+            batches.append, project="p", run_id="r", rank=3,
+            max_line_chars=100, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=0.01,
+        )  # fmt: skip
+        cap.install()
+        print(f"run {i}")
+        seen.append(_console_threads())
+        cap.stop()
+        assert [t for _, _, t in lines_of(batches)] == [f"run {i}"]
+    assert len(seen[0]) == 1 and all(threads == seen[0] for threads in seen)
+
+
+def test_stop_waits_for_a_flush_under_way_and_nothing_is_handed_over_after_it(monkeypatch):
+    """The flusher thread may be handing lines to the run when stop() begins: stop waits for it,
+    so the lines reach the run in order and all of them before stop returns (the run's finish is
+    queued right after)."""
+    import time
+
+    terminal(monkeypatch)
+    for _ in range(20):
+        batches: list = []
+
+        def slow_emit(batch, batches=batches):
+            if threading.current_thread().name == "runstream-console":
+                time.sleep(0.003)  # widens the window in which stop() could overtake the flusher
+            batches.append(batch)
+
+        cap = ConsoleCapture(
+            slow_emit, project="p", run_id="r", rank=3,
+            max_line_chars=100, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=0.001,
+        )  # fmt: skip
+        cap.install()
+        for i in range(30):
+            print(f"line {i}")
+            time.sleep(0.0002)
+        cap.stop()
+        at_stop = len(batches)
+        time.sleep(0.01)
+        assert len(batches) == at_stop, "a batch was handed to the run after stop() returned"
+        assert [t for _, _, t in lines_of(batches)] == [f"line {i}" for i in range(30)]
+
+
 def test_a_tee_wrapped_by_someone_else_only_writes_through_after_stop(monkeypatch):
     out, _ = terminal(monkeypatch)
     cap, batches, _ = capture()

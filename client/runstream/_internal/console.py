@@ -4,9 +4,11 @@
 first (the terminal, or whatever stood there, still sees everything, unchanged) and then hands the
 text to the capture, which splits it into lines (a `\\r` without `\\n` redraws the line in place, as
 progress bars do; only the last drawing is kept). Complete lines are numbered (stdout and stderr
-share one count, so a rank's lines read back in print order) and kept in a list; a daemon thread
-moves them every `flush_interval_s` into the run's hand-off deque as one `ConsoleBatch` control
-entry, so they travel on the ingest stream with the metrics: same seq, acks, resends and spool.
+share one count, so a rank's lines read back in print order) and kept in a list; every
+`flush_interval_s` they move into the run's hand-off deque as one `ConsoleBatch` control entry, so
+they travel on the ingest stream with the metrics: same seq, acks, resends and spool. One daemon
+thread per process (`_Flusher`) does that for every capture: a thread started and joined per run
+cost a sweep that starts runs back to back ~0.3 ms of CPU and more of wall time per run (issue 11).
 
 Bounded, never blocking: a line longer than `console_max_line_chars` is cut and ends with a marker
 saying how much was cut; lines beyond `console_max_bytes_per_s` (a token bucket holding two
@@ -117,7 +119,9 @@ class ConsoleCapture:
         self._tees: list[tuple[str, _Tee]] = []
         self._handlers: list[tuple[Any, _Tee]] = []  # logging handlers pointed at a tee
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # held while kept lines are taken and handed to the run: after stop() has it, the
+        # flusher thread hands over nothing more (the run's finish follows its last lines)
+        self._flush_lock = threading.Lock()
 
     # ---- starting and stopping ------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class ConsoleCapture:
         return capture
 
     def install(self) -> None:
-        """Puts the tees in place and starts the flushing thread."""
+        """Puts the tees in place and registers with the process's flusher thread."""
         for name, stream in (("stdout", STDOUT), ("stderr", STDERR)):
             original = getattr(sys, name)
             if original is None:  # pythonw: no console
@@ -150,16 +154,16 @@ class ConsoleCapture:
             setattr(sys, name, tee)
             self._tees.append((name, tee))
         self._repoint_logging()
-        self._thread = threading.Thread(target=self._main, name="runstream-console", daemon=True)
-        self._thread.start()
         _live.add(self)
+        _FLUSHER.add(self)
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self) -> None:
         """Completes partial lines, sends every kept line and puts the original streams back.
         Idempotent."""
         if self._stop.is_set():
             return
         self._stop.set()
+        _FLUSHER.remove(self)
         for handler, tee in self._handlers:
             if handler.stream is tee:
                 handler.setStream(tee._original)
@@ -167,14 +171,13 @@ class ConsoleCapture:
             if getattr(sys, name) is tee:
                 setattr(sys, name, tee._original)
             tee.detach_capture()  # wrapped by someone else meanwhile: it only writes through now
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
-        with self._lock:
-            for stream in (STDOUT, STDERR):
-                if self._partial[stream] or self._cut[stream]:
-                    self._complete(stream, self._partial[stream])
-            self._marker_if_dropped()
-        self.flush()
+        with self._flush_lock:  # waits for a flush the flusher thread is in the middle of
+            with self._lock:
+                for stream in (STDOUT, STDERR):
+                    if self._partial[stream] or self._cut[stream]:
+                        self._complete(stream, self._partial[stream])
+                self._marker_if_dropped()
+            self._hand_over()
 
     def _repoint_logging(self) -> None:
         """logging.StreamHandlers made before init (logging.basicConfig at the top of a script)
@@ -295,19 +298,27 @@ class ConsoleCapture:
         self.kept_lines += 1
         self.kept_bytes += cost
 
-    # ---- the flushing thread --------------------------------------------------------------
+    # ---- handing lines to the run ---------------------------------------------------------
 
-    def _main(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+    def tick(self) -> None:
+        """The flusher thread's call every flush_interval_s: markers for drops, then the kept
+        lines go to the run; nothing once stop() has begun (stop sends the rest itself)."""
+        with self._flush_lock:
+            if self._stop.is_set():
+                return
             try:
                 with self._lock:
                     self._marker_if_dropped()
-                self.flush()
+                self._hand_over()
             except Exception:
                 self.errors += 1
 
     def flush(self) -> None:
         """Hands the kept lines to the run as ConsoleBatch entries (split by lines and bytes)."""
+        with self._flush_lock:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
         with self._lock:
             lines, self._lines = self._lines, []
         start = 0
@@ -335,12 +346,57 @@ class ConsoleCapture:
             start = end
 
 
+class _Flusher:
+    """One daemon thread for the process: calls each installed capture's tick() every
+    flush_interval_s. Started with the first capture; idle (waiting, not polling) while none is
+    installed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._due: dict[ConsoleCapture, float] = {}  # capture -> when its next tick is due
+        self._thread: threading.Thread | None = None
+
+    def add(self, capture: ConsoleCapture) -> None:
+        with self._cond:
+            self._due[capture] = time.monotonic() + capture.flush_interval_s
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._main, name="runstream-console", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, capture: ConsoleCapture) -> None:
+        with self._cond:
+            self._due.pop(capture, None)
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [capture for capture, at in self._due.items() if at <= now]
+                for capture in due:
+                    self._due[capture] = now + capture.flush_interval_s
+                if not due:
+                    wait = min(self._due.values(), default=now + 3600.0) - now
+                    self._cond.wait(wait)
+                    continue
+            for capture in due:  # outside the lock: a capture's stop() may wait for its tick
+                capture.tick()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's thread is gone and its lock may have been held."""
+        self._cond = threading.Condition(threading.Lock())
+        self._due = {}
+        self._thread = None
+
+
+_FLUSHER = _Flusher()
 _live: weakref.WeakSet[ConsoleCapture] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child's tees only write through: the parent's run owns the capture (and its
-    flushing thread does not exist here)."""
+    """A forked child's tees only write through: the parent's run owns the capture (and the
+    flusher thread does not exist here)."""
+    _FLUSHER.reset_after_fork()
     for capture in list(_live):
         for _, tee in capture._tees:
             tee.detach_capture()
