@@ -133,6 +133,50 @@ def test_drain_packs_columns_splits_by_size_and_kind_and_keeps_order():
     assert not buf.entries
 
 
+def _points_of(entries) -> list[tuple[str, int, float, int]]:
+    """What the entries hold, point by point, in log order: (key, step, value, time ms)."""
+    return [(k, step, float(v), int(t * 1000)) for step, t, data in entries for k, v in data.items()]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["uniform", "uniform one key", "uniform then other keys", "other order", "mixed from the start"],
+)
+def test_a_batch_packs_every_point_in_log_order_whatever_the_keys_of_its_calls(shape):
+    """Calls with the same keys are packed without per-point lists (steps and times repeated per
+    call, one index pattern); a call with other keys mid-batch turns the batch per point. Either
+    way the batch holds each point once, with its own key, step and time."""
+    keys = [f"m{k}" for k in range(7)]
+    calls = {
+        "uniform": [{k: s + i / 10 for i, k in enumerate(keys)} for s in range(40)],
+        "uniform one key": [{"loss": 1.0 / (s + 1)} for s in range(40)],
+        "uniform then other keys": [{k: s + i / 10 for i, k in enumerate(keys)} for s in range(25)]
+        + [{"m3": -1.0, "lr": 0.5}]
+        + [{k: s * 2.0 for k in keys[:4]} for s in range(26, 40)],
+        "other order": [{"a": 1.0, "b": 2.0}] * 3 + [{"b": 3.0, "a": 4.0}] + [{"a": 5.0, "b": 6.0}] * 2,
+        "mixed from the start": [{"a": float(s)} if s % 2 else {"b": float(s), "a": 0.5} for s in range(30)],
+    }[shape]
+    entries = [(step, 1000.0 + step * 0.25, data) for step, data in enumerate(calls)]
+    buf = MetricBuffer("p", "r", 0, max_batch_points=65_536)
+    buf.entries.extend(entries)
+    out = list(buf.drain())
+    assert [f for f, _ in out] == ["metrics"]
+    assert _decode(out[0][1]) == _points_of(entries)
+
+
+def test_a_point_that_cannot_be_packed_is_refused_alone_in_a_uniform_batch():
+    buf = MetricBuffer("p", "r", 0, max_batch_points=65_536)
+    refused = []
+    buf.on_refused = lambda count, why: refused.append((count, why))
+    entries = [(s, 10.0 + s, {"a": float(s), "b": -float(s)}) for s in range(5)]
+    buf.entries.extend(
+        entries[:2] + [(2**63, 12.0, {"a": 2.0, "b": -2.0})] + entries[3:]
+    )  # step beyond int64
+    ((field, batch),) = buf.drain()
+    assert field == "metrics" and _decode(batch) == _points_of(entries[:2] + entries[3:])
+    assert refused and refused[0][0] == 2 and "step" in refused[0][1]
+
+
 def test_auto_step_follows_explicit_steps(run):
     run.log({"x": 1})
     run.log({"x": 1}, step=10)

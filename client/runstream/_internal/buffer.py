@@ -77,16 +77,41 @@ def _le(a: array) -> bytes:
     return a.tobytes()
 
 
+def _repeat_each(items: list[int], n: int) -> bytes:
+    """int64 little-endian bytes of `items`, each repeated n times in place ([a, b] -> [a, a, b, b]
+    for n=2): n strided copies in C instead of a Python list of every point."""
+    col = array("q", items)
+    if n == 1:
+        return _le(col)
+    out = array("q", bytes(8 * len(col) * n))
+    view = memoryview(out)
+    for j in range(n):
+        view[j::n] = col
+    return _le(out)
+
+
 class _Columns:
-    """Points of one kind collected into the next MetricBatch: plain lists while filling (list
-    extends from dict views run in C), packed into arrays once per batch."""
+    """Points of one kind collected into the next MetricBatch.
+
+    While every log() call of the batch names the same keys in the same order (a training loop's
+    usual shape), a call costs one extend of its values and an append of its step and time; the
+    per-point step, time and key-index columns are made once per batch (_repeat_each, a repeated
+    index array). A call with other keys turns the batch into per-point lists (`_spread`), built
+    with list extends from dict views, which run in C."""
 
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
+        self.values: list[float] = []
+        # uniform calls (all with the keys `_names`, at indexes `_index`): one step and time per call
+        self._names: tuple | None = None
+        self._index: tuple[int, ...] = ()
+        self._call_steps: list[int] = []
+        self._call_times: list[int] = []
+        # mixed calls: one key index, step and time per point
+        self._mixed = False
         self._index_of: dict[tuple, tuple] = {}  # key tuple of a log() call -> key indexes
         self.key_index: list[int] = []
         self.steps: list[int] = []
-        self.values: list[float] = []
         self.times: list[int] = []
 
     def __len__(self) -> int:
@@ -94,6 +119,21 @@ class _Columns:
 
     def add(self, step: int, time_ms: int, data: dict) -> None:
         names = tuple(data)
+        if not self._mixed:
+            if names == self._names:
+                self.values.extend(data.values())
+                self._call_steps.append(step)
+                self._call_times.append(time_ms)
+                return
+            if self._names is None:
+                self.keys = {key: i for i, key in enumerate(names)}
+                self._names, self._index = names, tuple(range(len(names)))
+                self._index_of[names] = self._index
+                self.values.extend(data.values())
+                self._call_steps.append(step)
+                self._call_times.append(time_ms)
+                return
+            self._spread()
         index = self._index_of.get(names)
         if index is None:
             keys = self.keys
@@ -111,8 +151,21 @@ class _Columns:
             self.steps.extend([step] * n)
             self.times.extend([time_ms] * n)
 
+    def _spread(self) -> None:
+        """Uniform calls -> per-point lists (the next call has other keys, or a point is bad)."""
+        if self._mixed:
+            return
+        self._mixed = True
+        index, n = self._index, len(self._index)
+        for step, time_ms in zip(self._call_steps, self._call_times, strict=True):
+            self.key_index.extend(index)
+            self.steps.extend([step] * n)
+            self.times.extend([time_ms] * n)
+        self._call_steps, self._call_times = [], []
+
     def without_bad_points(self) -> tuple[_Columns, int, str]:
         """A copy holding only the points that can be packed: (columns, points left out, why)."""
+        self._spread()
         good = _Columns()
         names = list(self.keys)
         index = self.key_index if self.key_index else [0] * len(self.values)
@@ -128,14 +181,21 @@ class _Columns:
         return good, refused, why
 
     def to_batch(self, project: str, run_id: str, rank: int, kind: int) -> ingest_pb2.MetricBatch:
+        if self._mixed:
+            key_index = _le(array("H", self.key_index)) if len(self.keys) > 1 else b""
+            steps, times = _le(array("q", self.steps)), _le(array("q", self.times))
+        else:
+            n = len(self._index)
+            key_index = _le(array("H", self._index) * len(self._call_steps)) if n > 1 else b""
+            steps, times = _repeat_each(self._call_steps, n), _repeat_each(self._call_times, n)
         return ingest_pb2.MetricBatch(
             project=project,
             run_id=run_id,
             keys=list(self.keys),
-            key_index=_le(array("H", self.key_index)) if len(self.keys) > 1 else b"",
-            steps=_le(array("q", self.steps)),
+            key_index=key_index,
+            steps=steps,
             values=_le(array("d", self.values)),
-            times_ms=_le(array("q", self.times)),
+            times_ms=times,
             rank=rank,
             kind=kind,
         )
