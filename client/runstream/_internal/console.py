@@ -313,12 +313,9 @@ class ConsoleCapture:
             except Exception:
                 self.errors += 1
 
-    def flush(self) -> None:
-        """Hands the kept lines to the run as ConsoleBatch entries (split by lines and bytes)."""
-        with self._flush_lock:
-            self._hand_over()
-
     def _hand_over(self) -> None:
+        """Hands the kept lines to the run as ConsoleBatch entries (split by lines and bytes);
+        called with _flush_lock held."""
         with self._lock:
             lines, self._lines = self._lines, []
         start = 0
