@@ -39,14 +39,15 @@ def terminal(monkeypatch) -> tuple[io.StringIO, io.StringIO]:
     return out, err
 
 
-def capture(**limits) -> tuple[ConsoleCapture, list, Clock]:
+def capture(emit=None, **limits) -> tuple[ConsoleCapture, list, Clock]:
+    """An installed capture handing its batches to a list (or to `emit`)."""
     batches: list = []
     clock = Clock()
     options = dict(
         max_line_chars=8192, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=60.0
     )
     options.update(limits)
-    cap = ConsoleCapture(batches.append, project="p", run_id="r", rank=3, clock=clock, **options)
+    cap = ConsoleCapture(emit or batches.append, project="p", run_id="r", rank=3, clock=clock, **options)
     cap.install()
     return cap, batches, clock
 
@@ -167,12 +168,7 @@ def test_the_total_cap_stops_keeping_lines_and_says_so_at_stop(monkeypatch):
 
 def test_the_flusher_thread_hands_batches_to_the_run_on_its_own(monkeypatch):
     terminal(monkeypatch)
-    batches: list = []
-    cap = ConsoleCapture(
-        batches.append, project="p", run_id="r", rank=3,
-        max_line_chars=100, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=0.02,
-    )  # fmt: skip
-    cap.install()
+    cap, batches, _ = capture(flush_interval_s=0.02)
     print("live")
     deadline = 200
     while not batches and deadline:
@@ -193,12 +189,7 @@ def test_one_flusher_thread_serves_the_captures_of_runs_started_one_after_anothe
     terminal(monkeypatch)
     seen: list[set[threading.Thread]] = []
     for i in range(5):
-        batches: list = []
-        cap = ConsoleCapture(
-            batches.append, project="p", run_id="r", rank=3,
-            max_line_chars=100, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=0.01,
-        )  # fmt: skip
-        cap.install()
+        cap, batches, _ = capture(flush_interval_s=0.01)
         print(f"run {i}")
         seen.append(_console_threads())
         cap.stop()
@@ -221,11 +212,7 @@ def test_stop_waits_for_a_flush_under_way_and_nothing_is_handed_over_after_it(mo
                 time.sleep(0.003)  # widens the window in which stop() could overtake the flusher
             batches.append(batch)
 
-        cap = ConsoleCapture(
-            slow_emit, project="p", run_id="r", rank=3,
-            max_line_chars=100, max_bytes_per_s=1 << 20, max_total_bytes=1 << 30, flush_interval_s=0.001,
-        )  # fmt: skip
-        cap.install()
+        cap, _, _ = capture(slow_emit, flush_interval_s=0.001)
         for i in range(30):
             print(f"line {i}")
             time.sleep(0.0002)
