@@ -120,15 +120,11 @@ class _Columns:
     def add(self, step: int, time_ms: int, data: dict) -> None:
         names = tuple(data)
         if not self._mixed:
-            if names == self._names:
-                self.values.extend(data.values())
-                self._call_steps.append(step)
-                self._call_times.append(time_ms)
-                return
-            if self._names is None:
+            if self._names is None:  # the batch's first call sets its keys
                 self.keys = {key: i for i, key in enumerate(names)}
                 self._names, self._index = names, tuple(range(len(names)))
                 self._index_of[names] = self._index
+            if names == self._names:
                 self.values.extend(data.values())
                 self._call_steps.append(step)
                 self._call_times.append(time_ms)

@@ -30,7 +30,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -154,7 +153,6 @@ class ConsoleCapture:
             setattr(sys, name, tee)
             self._tees.append((name, tee))
         self._repoint_logging()
-        _live.add(self)
         _FLUSHER.add(self)
 
     def stop(self) -> None:
@@ -379,22 +377,23 @@ class _Flusher:
             for capture in due:  # outside the lock: a capture's stop() may wait for its tick
                 capture.tick()
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: the parent's thread is gone and its lock may have been held."""
+    def reset_after_fork(self) -> list[ConsoleCapture]:
+        """In a forked child: the parent's thread is gone and its lock may have been held. Returns
+        the captures that were installed (not stopped) in the parent."""
+        captures = list(self._due)
         self._cond = threading.Condition(threading.Lock())
         self._due = {}
         self._thread = None
+        return captures
 
 
 _FLUSHER = _Flusher()
-_live: weakref.WeakSet[ConsoleCapture] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     """A forked child's tees only write through: the parent's run owns the capture (and the
     flusher thread does not exist here)."""
-    _FLUSHER.reset_after_fork()
-    for capture in list(_live):
+    for capture in _FLUSHER.reset_after_fork():
         for _, tee in capture._tees:
             tee.detach_capture()
 
