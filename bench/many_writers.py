@@ -3,7 +3,7 @@ looks like (issue 11).
 
     .venv/bin/python bench/many_writers.py                 # all rows, prints JSON
     .venv/bin/python bench/many_writers.py --quick         # small sizes (smoke)
-    .venv/bin/python bench/many_writers.py --only ranks    # ranks | packed | runs | fresh
+    .venv/bin/python bench/many_writers.py --only ranks    # ranks | floor | packed | runs | fresh
     .venv/bin/python bench/many_writers.py --acks single   # one ack message per request (A/B)
 
 Rows:
@@ -13,6 +13,9 @@ Rows:
   the generator sent what it offered and every request was acked within 2 s after the last send
   (what `finish()` would wait). Reports the highest held requests/s and points/s, and per step
   the ack latency (send -> ack received) p50/p99.
+- floor: the ranks row against bench/ingest_floor_server.py, a bare grpc.aio server that decodes
+  and acks each request and does nothing else: what gRPC in Python holds on this machine with this
+  generator, the ceiling of the ranks row for one message per request.
 - packed: the ranks row with what falls due on a stream in one 2 ms tick packed into one message,
   up to 64 requests (IngestRequest.packed), as a relay multiplexing a node's ranks would send it:
   the per-message cost of gRPC is paid per message, not per request.
@@ -41,6 +44,7 @@ import contextlib
 import json
 import os
 import queue
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,6 +90,32 @@ def _blocks(server: ServerProcess | None) -> float:
         return server.metrics().get("runstream_writer_blocks_total", float("nan"))
     except OSError:
         return float("nan")
+
+
+class _FloorServer:
+    """bench/ingest_floor_server.py as a child process; ranks_step reads its CPU (it has no blocks)."""
+
+    def __init__(self):
+        script = Path(__file__).resolve().parent / "ingest_floor_server.py"
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # "port N", or "" when it died first
+        if not line.startswith("port "):
+            self.proc.kill()
+            raise RuntimeError(f"the floor server did not start (exit code {self.proc.wait()})")
+        self.endpoint = f"127.0.0.1:{int(line.split()[1])}"
+
+    def metrics(self) -> dict:
+        return {}
+
+
+@contextlib.contextmanager
+def floor_server():
+    server = _FloorServer()
+    try:
+        yield server
+    finally:
+        server.proc.kill()
+        server.proc.wait()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -543,8 +573,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument(
         "--only",
-        default="ranks,packed,runs,fresh",
-        help=f"comma list of ranks, packed (ranks with up to {PACKED} requests per message), runs, fresh",
+        default="ranks,floor,packed,runs,fresh",
+        help=f"comma list of ranks, floor (ranks against a bare gRPC server), packed (ranks with up to "
+        f"{PACKED} requests per message), runs, fresh",
     )
     parser.add_argument("--ranks", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=4)
@@ -647,6 +678,11 @@ def main() -> int:
             with fresh_server("ranks") as (server, _):
                 out["ranks"] = bench_ranks(
                     server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server, args.pack
+                )
+        if "floor" in only:  # the same ranks against a server that only decodes and acks
+            with floor_server() as server:
+                out["ranks_floor"] = bench_ranks(
+                    server.endpoint, args.ranks, args.streams, rates, args.seconds, batched, server
                 )
         if "packed" in only:  # the same ranks, their requests packed as a relay would send them
             with fresh_server("packed") as (server, _):

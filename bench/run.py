@@ -83,6 +83,8 @@ def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
             mlflow_na="n/a (no Kafka mode)"),
         Row("M-ranks", "M 1,000 ranks of one run (10 metrics per request), highest rate held with every ack ≤ 2 s after the last send",
             "requests/s", True, (Target("≥ 20,000 requests/s", at_least=20_000),), mlflow_na=M_NA),
+        Row("M-floor", "M the same 1,000 ranks against a bare grpc.aio server that only decodes and acks (bench/ingest_floor_server.py): highest rate held, the ceiling of the row above on this machine",
+            "requests/s", True, (), mlflow_na=M_NA),
         Row("M-packed", "M the same 1,000 ranks, up to 64 requests packed per message (IngestRequest.packed, as a relay would send them): highest rate held",
             "requests/s", True, (Target("≥ 20,000 requests/s", at_least=20_000),), mlflow_na=M_NA),
         Row("M-runs", f"M {s.m_runs:,} runs (20 params, 10 metrics × 10 steps) created by 16 concurrent clients, until visible",
@@ -116,6 +118,7 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
         return
     _put(rows, embedded, {
         "M-ranks": embedded.get("ranks", {}).get("held_requests_per_s"),
+        "M-floor": embedded.get("ranks_floor", {}).get("held_requests_per_s"),
         "M-packed": embedded.get("ranks_packed", {}).get("held_requests_per_s"),
         "M-runs": embedded.get("runs", {}).get("visible_s"),
         "M-fresh-p99": embedded.get("fresh_idle", {}).get("p99_ms"),
@@ -143,7 +146,7 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
 
 #: the rows of the first many_writers call: when it fails, the later calls (which take its load) do not run
 M_EMBEDDED = (
-    "M-ranks", "M-packed", "M-runs", "M-fresh-p99", "M-load-p99",
+    "M-ranks", "M-floor", "M-packed", "M-runs", "M-fresh-p99", "M-load-p99",
     "M-poll-p99", "M-load-poll-p99", "M-kafka-fresh-p99", "M-kafka-load-p99",
 )  # fmt: skip
 
