@@ -581,7 +581,8 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0, help="per rate step")
     parser.add_argument(
-        "--rates", default="250,500,1000,1500,2000,3000,4000,6000,8000,9000,10000,11000,12000,14000,16000,20000,25000"
+        "--rates",
+        default="250,500,1000,1500,2000,3000,4000,6000,8000,9000,10000,11000,12000,14000,16000,20000,25000",
     )
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=16)
