@@ -353,7 +353,7 @@ class RunstreamServer:
 
             cache = ReadCache(readers, s.clickhouse_database)
             self.store_writer.subscribe(cache.on_stored)
-            self.store_writer.subscribe_staged(cache.on_staged, cache.on_failed)
+            self.store_writer.subscribe_staged(cache.on_staged, cache.on_failed, cache.free_now)
         self.query = QueryServicer(
             self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers,
             cache=cache,

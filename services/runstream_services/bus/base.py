@@ -128,6 +128,11 @@ class Sink(Protocol):
         to readers), the inserts left to insert_staged; the second item is what to pass there
         (None: nothing left to insert). The embedded bus acks from its log in between."""
 
+    def can_stage_now(self, envelopes: list[Envelope]) -> bool:
+        """Whether stage() of these envelopes would decide them from memory alone, without a lock
+        held elsewhere, a query or a byte written: the embedded bus then stages a small block in
+        its event loop instead of a worker thread."""
+
     def insert_staged(self, writes: list, token: str, replay: bool = False) -> None:
         """Inserts staged writes as one under `token`; raises on a storage failure (call again
         with replay=True)."""

@@ -333,6 +333,13 @@ class ReadCache:
 
     # ---- writes ---------------------------------------------------------------------------
 
+    def free_now(self) -> bool:
+        """Whether on_staged would get the lock at once (no other thread holds it right now)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        self.lock.release()
+        return True
+
     def on_staged(self, block) -> None:
         """StoreWriter staged listener: applies a block's rows before they are inserted (the bus
         logged them first: a crash re-forms the block), so a held project shows them one insert

@@ -87,6 +87,8 @@ AUDIT_COLUMNS = ("time_ms", "project", "actor", "action", "target", "detail")
 #: through the SDK at a time, 4 workers: 23-25 -> 18-20 ms per run; one at a time: 47 -> 35-39);
 #: for large blocks two chDB inserts at once each took twice as long (see _store)
 PARALLEL_ROW_INSERTS_MAX_REQUESTS = 64
+#: the kinds whose rows stage() collects from memory (can_stage_now)
+_MEMORY_KINDS = frozenset({"metrics", "run_start", "run_update", "run_finish"})
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ class StoreWriter:
         self._listeners: list = []
         self._staged_listeners: list = []  # subscribe_staged's on_staged, and its on_failed below
         self._failed_listeners: list = []
+        self._staged_ready: list = []  # subscribe_staged's ready_now: can_stage_now asks them
         self._staged_numbers = itertools.count(1)
         # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
@@ -317,6 +320,38 @@ class StoreWriter:
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result, staged
 
+    def can_stage_now(self, envelopes: list[Envelope]) -> bool:
+        """True when stage() of `envelopes` needs nothing but memory: metric and run events only
+        (artifact and media rows may read versions or write bytes), every client's stored seqs and
+        every run's row cached (or known absent), no request claimed by another write, and neither
+        lock, nor a staged listener's (subscribe_staged's ready_now), held elsewhere right now. Checked without waiting; the embedded bus then stages a
+        small block in its event loop, which spares it two thread hand-offs (issue 11)."""
+        if any(env.kind not in _MEMORY_KINDS for env in envelopes):
+            return False
+        if not all(ready() for ready in self._staged_ready):
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            done, claimed, index = self._done, self._claimed, self._client_index
+            for env in envelopes:
+                if env.idempotency_key in claimed:
+                    return False
+                if env.client_id not in done and (index is None or index.may_contain(env.client_id)):
+                    return False
+        finally:
+            self._lock.release()
+        if not self._meta_lock.acquire(blocking=False):
+            return False
+        try:
+            runs = self._runs
+            return all(
+                (env.project, env.run_id) in runs or self._known_absent((env.project, env.run_id))
+                for env in envelopes
+            )
+        finally:
+            self._meta_lock.release()
+
     def insert_staged(self, writes: list[StagedWrite], token: str, replay: bool = False) -> None:
         """Inserts staged writes as one write under `token` (one: its own token, which must then
         be the one it was staged with), records them stored, hands their blocks to the listeners
@@ -343,14 +378,18 @@ class StoreWriter:
         write."""
         self._listeners.append(listener)
 
-    def subscribe_staged(self, on_staged, on_failed) -> None:
+    def subscribe_staged(self, on_staged, on_failed, ready_now=None) -> None:
         """Calls `on_staged(StoredBlock)` with the rows of a write made with `logged=True` as soon as
         they are collected, before they are inserted, and `on_failed(that block)` when those
         inserts then fail (what was shown is not stored: the SDKs resend it). The same rows reach
         the listeners of `subscribe` after the inserts, with `StoredBlock.staged` set to the
-        number the staged block carried. In the writing thread: keep it short."""
+        number the staged block carried. In the writing thread, which may be the embedded bus's
+        event loop: keep it short. `ready_now()`: False while on_staged would wait (a lock held
+        elsewhere); can_stage_now then leaves the block to a worker thread."""
         self._staged_listeners.append(on_staged)
         self._failed_listeners.append(on_failed)
+        if ready_now is not None:
+            self._staged_ready.append(ready_now)
 
     def _notify(self, block: StoredBlock, listeners: list | None = None) -> None:
         """Calls `listeners` (default: those of `subscribe`) with the block."""
