@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import numpy as np
 import pytest
 
 from runstream.v1 import ingest_pb2 as pb
@@ -29,22 +28,7 @@ from runstream_services.metrics_http import Metrics
 from runstream_services.query.read_cache import ReadCache
 from runstream_services.storage.clickhouse import ClientPool
 from runstream_services.writers.store import StoreWriter
-
-PROJECT = "proj"
-
-
-def start(client: str, run_id: str) -> Envelope:
-    body = pb.RunStart(project=PROJECT, run_id=run_id)
-    return Envelope.from_request(pb.IngestRequest(seq=1, client_id=client, run_start=body))
-
-
-def points(client: str, seq: int, run_id: str, steps) -> Envelope:
-    steps = np.asarray(steps, "<i8")
-    batch = pb.MetricBatch(
-        project=PROJECT, run_id=run_id, keys=["loss"], steps=steps.tobytes(),
-        values=(steps * 0.5).astype("<f8").tobytes(), times_ms=np.full(len(steps), 1_700_000_000_000, "<i8").tobytes(),
-    )  # fmt: skip
-    return Envelope.from_request(pb.IngestRequest(seq=seq, client_id=client, metrics=batch))
+from tests.unit.test_acked_from_log import PROJECT, points, start
 
 
 def console(client: str, seq: int, run_id: str) -> Envelope:
