@@ -120,7 +120,7 @@ class _Publish:
 
 
 class _NotStaged(Exception):
-    """A block staged in the event loop failed: its publishes are written one by one in a thread."""
+    """Staging a block failed: its publishes are written one by one, in a thread (write() inserts)."""
 
     def __init__(self, path: Path, cause: Exception):
         super().__init__(str(cause))
@@ -539,24 +539,11 @@ class EmbeddedBus:
     async def _stage(self, block: _Block) -> None:
         """With a log: logs and stages the block (StoreWriter.stage), answers it, and queues its
         rows for the inserts."""
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
             number, name = self._next_name()
             try:
-                if self._stage_now(block):
-                    self.metrics.inc("runstream_writer_inline_stagings_total")
-                    try:
-                        results, staged = self._stage_block(block, name, number, singles=False)
-                    except _NotStaged as failed:  # its requests are written one by one, in a thread
-                        results = await loop.run_in_executor(
-                            self._pool, self._write_singles, block, name, failed.path, failed.cause
-                        )
-                        staged = None
-                else:
-                    results, staged = await loop.run_in_executor(
-                        self._pool, self._stage_block, block, name, number
-                    )
+                results, staged = await self._staged(block, name, number)
             except Exception as exc:
                 results, staged = [exc] * len(block.items), None
             if staged is not None:
@@ -615,6 +602,23 @@ class EmbeddedBus:
             return self._write_singles(block, name, None, exc)
         return [_share(result, item) for item in block.items]
 
+    async def _staged(
+        self, block: _Block, name: str, number: int
+    ) -> tuple[list[WriteResult | BaseException], _Staged | None]:
+        """_stage_block in the loop (a small block, _stage_now) or in a thread; when staging
+        fails, the publishes are written one by one, in a thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self._stage_now(block):
+                self.metrics.inc("runstream_writer_inline_stagings_total")
+                return self._stage_block(block, name, number)
+            return await loop.run_in_executor(self._pool, self._stage_block, block, name, number)
+        except _NotStaged as failed:
+            singles = await loop.run_in_executor(
+                self._pool, self._write_singles, block, name, failed.path, failed.cause
+            )
+            return singles, None
+
     def _stage_now(self, block: _Block) -> bool:
         """Whether this block is staged in the event loop (see INLINE_STAGE_MAX_REQUESTS)."""
         if block.requests > INLINE_STAGE_MAX_REQUESTS or block.points > INLINE_STAGE_MAX_POINTS:
@@ -623,20 +627,18 @@ class EmbeddedBus:
         return can_stage_now is not None and can_stage_now(block.envelopes)
 
     def _stage_block(
-        self, block: _Block, name: str, number: int, singles: bool = True
+        self, block: _Block, name: str, number: int
     ) -> tuple[list[WriteResult | BaseException], _Staged | None]:
         """In a pool thread, or in the loop for a small block (_stage_now): logs the block and
         stages it; the results per publish, and what waits for the inserts (None: nothing to
-        insert, or stored already). When staging fails, the publishes are written one by one
-        (`singles`), or, in the loop, _NotStaged hands that to a thread."""
+        insert, or stored already). Raises _NotStaged when staging fails: _stage then writes the
+        publishes one by one, in a thread."""
         envelopes = block.envelopes
         path = self._log.write(name, envelopes)
         try:
             result, write = self.sink.stage(envelopes, name)
         except Exception as exc:
-            if not singles:
-                raise _NotStaged(path, exc) from exc
-            return self._write_singles(block, name, path, exc), None
+            raise _NotStaged(path, exc) from exc
         shares = [_share(result, item) for item in block.items]
         if write is None:
             self._logged.append(path)  # nothing left to insert: recorded (and removed) with the rest
