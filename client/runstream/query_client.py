@@ -270,13 +270,29 @@ class QueryClient:
         *,
         timeout_s: float | None = None,
     ) -> Iterator[query_pb2.GetHistoryResponse]:
-        """Every point of a run as the server streams it: columnar pages (keys + key_index, steps,
-        values, times_ms, ranks as little-endian arrays). `project` may be left out when the run
-        id is unique on the server."""
-        request = query_pb2.GetHistoryRequest(
+        """Every point of a run, page by page: columnar pages (keys + key_index, steps, values,
+        times_ms, ranks as little-endian arrays), ordered by key, rank, step. `project` may be
+        left out when the run id is unique on the server. Each page is one unary GetHistoryPage
+        call after the last page's cursor (a history of one page is one round trip); a server
+        without that call is read through the GetHistory stream."""
+        query = query_pb2.GetHistoryRequest(
             project=project or "", run_id=run_id, keys=list(keys or []), kind=_kind(kind)
         )
-        return self._stream("GetHistory", request, timeout_s)
+        after = None
+        while True:
+            request = query_pb2.GetHistoryPageRequest(query=query, after=after)
+            try:
+                answer = self._call("GetHistoryPage", request, timeout_s)
+            except ServerError as exc:
+                if after is None and exc.code == "UNIMPLEMENTED":  # a server older than the call
+                    yield from self._stream("GetHistory", query, timeout_s)
+                    return
+                raise
+            if answer.page.steps:
+                yield answer.page
+            if not answer.HasField("next"):
+                return
+            after = answer.next
 
     def keys(
         self, project: str, run_ids: Iterable[str] | None = None, *, timeout_s: float | None = None

@@ -394,6 +394,19 @@ QUERY_METHODS = {
         ),
         qpb.GetHistoryResponse, True,
     ),
+    "GetHistoryPage": (
+        st.builds(
+            qpb.GetHistoryPageRequest,
+            query=st.builds(
+                qpb.GetHistoryRequest, project=projects(), run_id=run_ids(), keys=_keys(), kind=enums(),
+                page_size=uint32s(),
+            ),
+            after=st.one_of(
+                st.none(), st.builds(qpb.HistoryCursor, key=hostile_text(), rank=uint32s(), step=int64s())
+            ),
+        ),
+        qpb.GetHistoryPageResponse, False,
+    ),
     "DownloadArtifact": (
         st.builds(
             qpb.DownloadArtifactRequest, project=projects(), run_id=run_ids(),

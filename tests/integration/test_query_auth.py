@@ -149,6 +149,15 @@ def _history(stub, project, key):
     return projects_in_values(values)
 
 
+def _history_page(stub, project, key):
+    query = query_pb2.GetHistoryRequest(project=project, run_id="shared")
+    answer = stub.GetHistoryPage(
+        query_pb2.GetHistoryPageRequest(query=query), metadata=bearer(key), timeout=30
+    )
+    assert len(values_of(answer.page.values)) == POINTS and not answer.HasField("next")
+    return projects_in_values(values_of(answer.page.values))
+
+
 def _keys(stub, project, key):
     answer = stub.ListKeys(query_pb2.ListKeysRequest(project=project), metadata=bearer(key), timeout=30)
     assert sorted(answer.metric_keys) == ["acc", "loss"]
@@ -168,6 +177,7 @@ READS = [
     Read("GetRun", _get_run),
     Read("GetMetricSeries", _series),
     Read("GetHistory", _history),
+    Read("GetHistoryPage", _history_page),
     Read("ListKeys", _keys),
     Read("DownloadArtifact", _download),
 ]

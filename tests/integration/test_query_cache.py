@@ -228,6 +228,81 @@ def test_get_run_keys_history_match_sql(stubs):
     _same("GetHistory", stubs, query_pb2.GetHistoryRequest(run_id="r01", keys=["loss"]))
 
 
+def _page_walk(stub, query) -> list[dict]:
+    """GetHistoryPage from the first page along each answer's cursor; the pages with points."""
+    pages, after = [], None
+    while True:
+        answer = stub.GetHistoryPage(query_pb2.GetHistoryPageRequest(query=query, after=after))
+        if answer.page.steps:
+            pages.append(json_format.MessageToDict(answer.page))
+        if not answer.HasField("next"):
+            return pages
+        after = answer.next
+        assert len(pages) < 1000, "the cursor does not move"
+
+
+def test_history_page_cursors_match_sql(stubs):
+    """GetHistoryPage, the SDK's unary form: walking its cursors gives exactly GetHistory's pages,
+    the last page says no more (also when the points fill it), and any cursor, mid-series, between
+    ranks or keys, before or after everything, answers as SQL does."""
+    cursors = [
+        ("", 0, 0), ("loss", 0, 3), ("loss", 1, -1), ("loss", 0, 2**63 - 1), ("loss", 2**32 - 1, 0),
+        ("m", 0, 0), ("val_f1", 1, 49), ("zzz", 0, -(2**63)), ("grad_norm", 0, 10),
+    ]  # fmt: skip
+    for run_id in ("r01", "r03"):
+        for keys in ([], ["loss"], ["val_f1", "loss"]):
+            for page in (7, 50, 0):
+                query = query_pb2.GetHistoryRequest(
+                    project="vision", run_id=run_id, keys=keys, page_size=page
+                )
+                streamed = _same("GetHistory", stubs, query)
+                assert _page_walk(stubs[0], query) == _page_walk(stubs[1], query) == streamed
+                for key, rank, step in cursors:
+                    after = query_pb2.HistoryCursor(key=key, rank=rank, step=step)
+                    _same("GetHistoryPage", stubs, query_pb2.GetHistoryPageRequest(query=query, after=after))
+    # 200 points in pages of 50: four pages, the last without a cursor (not a fifth, empty one)
+    query = query_pb2.GetHistoryRequest(project="vision", run_id="r03", keys=["loss"], page_size=50)
+    for stub in stubs[:2]:
+        assert len(_page_walk(stub, query)) == 4
+        after = query_pb2.HistoryCursor(key="loss", rank=0, step=149)
+        last = stub.GetHistoryPage(query_pb2.GetHistoryPageRequest(query=query, after=after))
+        assert np.frombuffer(last.page.steps, "<i8").tolist() == list(range(150, 200))
+        assert not last.HasField("next")
+
+
+class _ServerWithoutHistoryPage(QueryServicer):
+    """A server from before GetHistoryPage: the call is not there (UNIMPLEMENTED, as gRPC answers a
+    method a server does not have), the GetHistory stream is."""
+
+    async def GetHistoryPage(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+
+def test_sdk_history_over_pages_and_from_an_older_server(stubs, seeded):  # noqa: F811
+    """Api.history reads r00's 100,220 points in two unary pages (100,000 a page), and the same
+    frame from a server without GetHistoryPage, through the stream."""
+    _, held_stub, cache = stubs
+    older = InProcessServer(
+        _ServerWithoutHistoryPage(seeded.client, seeded.database, seeded.artifact_store, None, cache=cache)
+    ).start()
+    try:
+        with Api(endpoint=_ENDPOINTS["cached"]) as api, Api(endpoint=older.endpoint) as old_api:
+            pages = list(api.history_pages("r00", project="vision"))
+            assert [len(p.steps) // 8 for p in pages] == [100_000, 220]
+            frame = api.history("r00", project="vision")
+            assert len(frame) == 100_220 and frame["key"].value_counts().to_dict() == {
+                "long": 100_000, "loss": 200, "val_f1": 20,
+            }  # fmt: skip
+            assert frame["key"].is_monotonic_increasing  # ordered by key, then rank and step
+            assert all(g["step"].is_monotonic_increasing for _, g in frame.groupby("key"))
+            pd.testing.assert_frame_equal(old_api.history("r00", project="vision"), frame)
+            with pytest.raises(grpc.RpcError) as err:
+                held_stub.GetHistoryPage(query_pb2.GetHistoryPageRequest())  # the real one answers
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        older.stop()
+
+
 def test_cache_answered_without_sql(stubs):
     """The comparisons above mean something only if the held copy answered: it was loaded, holds
     the runs, and lists the 100,000-point series by key only."""

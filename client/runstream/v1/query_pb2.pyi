@@ -693,6 +693,89 @@ class GetHistoryResponse(_message.Message):
 Global___GetHistoryResponse: _TypeAlias = GetHistoryResponse  # noqa: Y015
 
 @_typing.final
+class HistoryCursor(_message.Message):
+    """Where a history page ends: the (key, rank, step) of its last point. Points are ordered by
+    key, rank, step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    rank: _builtins.int
+    step: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        rank: _builtins.int = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "rank", b"rank", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryCursor: _TypeAlias = HistoryCursor  # noqa: Y015
+
+@_typing.final
+class GetHistoryPageRequest(_message.Message):
+    """A page of GetHistory's points: those after `after` (unset: from the first point)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def query(self) -> Global___GetHistoryRequest:
+        """run, keys, kind, page_size as for GetHistory"""
+
+    @_builtins.property
+    def after(self) -> Global___HistoryCursor: ...
+    def __init__(
+        self,
+        *,
+        query: Global___GetHistoryRequest | None = ...,
+        after: Global___HistoryCursor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "query", b"query"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryPageRequest: _TypeAlias = GetHistoryPageRequest  # noqa: Y015
+
+@_typing.final
+class GetHistoryPageResponse(_message.Message):
+    """The page, and where the next one starts; `next` is unset on the last page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> Global___GetHistoryResponse: ...
+    @_builtins.property
+    def next(self) -> Global___HistoryCursor: ...
+    def __init__(
+        self,
+        *,
+        page: Global___GetHistoryResponse | None = ...,
+        next: Global___HistoryCursor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next", b"next", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryPageResponse: _TypeAlias = GetHistoryPageResponse  # noqa: Y015
+
+@_typing.final
 class DownloadArtifactRequest(_message.Message):
     """Download one artifact file."""
 

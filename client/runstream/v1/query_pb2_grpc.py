@@ -65,6 +65,11 @@ class QueryServiceStub:
                 request_serializer=runstream_dot_v1_dot_query__pb2.GetHistoryRequest.SerializeToString,
                 response_deserializer=runstream_dot_v1_dot_query__pb2.GetHistoryResponse.FromString,
                 _registered_method=True)
+        self.GetHistoryPage = channel.unary_unary(
+                '/runstream.v1.QueryService/GetHistoryPage',
+                request_serializer=runstream_dot_v1_dot_query__pb2.GetHistoryPageRequest.SerializeToString,
+                response_deserializer=runstream_dot_v1_dot_query__pb2.GetHistoryPageResponse.FromString,
+                _registered_method=True)
         self.DownloadArtifact = channel.unary_stream(
                 '/runstream.v1.QueryService/DownloadArtifact',
                 request_serializer=runstream_dot_v1_dot_query__pb2.DownloadArtifactRequest.SerializeToString,
@@ -133,6 +138,14 @@ class QueryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistoryPage(self, request, context):
+        """One page of the same points, after a cursor: the SDK's form. A history that fits one page
+        (most do) costs one unary round trip, cheaper than setting up a stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadArtifact(self, request, context):
         """Bytes of one stored artifact file, streamed.
         """
@@ -194,6 +207,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetHistory,
                     request_deserializer=runstream_dot_v1_dot_query__pb2.GetHistoryRequest.FromString,
                     response_serializer=runstream_dot_v1_dot_query__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'GetHistoryPage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistoryPage,
+                    request_deserializer=runstream_dot_v1_dot_query__pb2.GetHistoryPageRequest.FromString,
+                    response_serializer=runstream_dot_v1_dot_query__pb2.GetHistoryPageResponse.SerializeToString,
             ),
             'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadArtifact,
@@ -379,6 +397,33 @@ class QueryService:
             '/runstream.v1.QueryService/GetHistory',
             runstream_dot_v1_dot_query__pb2.GetHistoryRequest.SerializeToString,
             runstream_dot_v1_dot_query__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistoryPage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runstream.v1.QueryService/GetHistoryPage',
+            runstream_dot_v1_dot_query__pb2.GetHistoryPageRequest.SerializeToString,
+            runstream_dot_v1_dot_query__pb2.GetHistoryPageResponse.FromString,
             options,
             channel_credentials,
             insecure,

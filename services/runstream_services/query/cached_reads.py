@@ -8,6 +8,7 @@ Callers hold the cache's lock while calling these (the writer changes the projec
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -220,18 +221,38 @@ def history_keys(entry: RunEntry, kind: str, wanted: list[str]) -> list[str] | N
     return keys
 
 
-def history_columns(entry: RunEntry, kind: str, keys: list[str]) -> tuple[np.ndarray, ...]:
-    """(key index, rank, step, value, time_ms) of every point of `keys`, ordered by key, rank, step
-    (the order history pages have)."""
-    parts = [entry.series[(kind, k)] for k in keys]
-    ki = np.concatenate([np.full(len(s), i, np.uint16) for i, s in enumerate(parts)])
+def history_slice(
+    entry: RunEntry, kind: str, keys: list[str], after: tuple[str, int, int] | None, page: int
+) -> tuple[tuple[np.ndarray, ...] | None, bool]:
+    """(key index, rank, step, value, time_ms) of up to `page` points of `keys` after the
+    (key, rank, step) `after` (None: from the first), ordered by key, rank, step (the order history
+    pages have), copied (None: no points); and whether more points follow. Only the series the page
+    reaches are read."""
+    parts: list[tuple] = []
+    left = page
+    first = 0 if after is None else bisect.bisect_left(keys, after[0])
+    for i in range(first, len(keys)):
+        s = entry.series[(kind, keys[i])]
+        start = 0
+        if after is not None and keys[i] == after[0]:  # the points of this key after (rank, step)
+            lo, hi = np.searchsorted(s.rank, after[1], "left"), np.searchsorted(s.rank, after[1], "right")
+            start = int(lo + np.searchsorted(s.step[lo:hi], after[2], "right"))
+        end = min(len(s), start + left)
+        if end > start:
+            parts.append((i, s.rank[start:end], s.step[start:end], s.value[start:end], s.time[start:end]))
+            left -= end - start
+        if end < len(s):  # points of this key are left for the next page
+            return _history_columns(parts), True
+    return _history_columns(parts), False
+
+
+def _history_columns(parts: list[tuple]) -> tuple[np.ndarray, ...] | None:
+    if not parts:
+        return None
     cat = np.concatenate
     return (
-        ki,
-        cat([s.rank for s in parts]),
-        cat([s.step for s in parts]),
-        cat([s.value for s in parts]),
-        cat([s.time for s in parts]),
+        cat([np.full(len(p[1]), p[0], np.uint16) for p in parts]),
+        *(cat([p[c] for p in parts]) for c in range(1, 5)),
     )
 
 

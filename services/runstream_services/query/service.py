@@ -344,6 +344,30 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
     # ------------------------------------------------------------ history and artifacts
 
     async def GetHistory(self, request, context) -> AsyncIterator[query_pb2.GetHistoryResponse]:
+        after = None
+        while True:
+            page, after = await self._history_page(context, request, after)
+            if page is not None:
+                yield page
+            if after is None:
+                return
+
+    async def GetHistoryPage(self, request, context) -> query_pb2.GetHistoryPageResponse:
+        cursor = request.after
+        # ranks are uint16: a cursor rank above 65,535 sorts after every rank, as 65,536 does
+        after = (cursor.key, min(cursor.rank, 65_536), cursor.step) if request.HasField("after") else None
+        page, after = await self._history_page(context, request.query, after)
+        return query_pb2.GetHistoryPageResponse(
+            page=page,
+            next=query_pb2.HistoryCursor(key=after[0], rank=after[1], step=after[2]) if after else None,
+        )
+
+    async def _history_page(
+        self, context, request, after: tuple[str, int, int] | None
+    ) -> tuple[query_pb2.GetHistoryResponse | None, tuple[str, int, int] | None]:
+        """A page of the run's points after the (key, rank, step) `after` (None: from the first),
+        None when there are none; with the cursor of the next page (None: this was the last).
+        GetHistory's stream is these pages one after the other, each read when it is sent."""
         page = request.page_size or DEFAULT_HISTORY_PAGE
         if page > MAX_HISTORY_PAGE:
             raise InvalidArgument(f"page_size {page} is over the limit of {MAX_HISTORY_PAGE}")
@@ -362,16 +386,14 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
                 if entry is None or entry.row is None:
                     raise NotFound(f"run {request.run_id!r} not found in project {project!r}")
                 keys = cached_reads.history_keys(entry, kind, wanted)
-                columns = cached_reads.history_columns(entry, kind, keys) if keys else None
-            if keys is not None:
+                if keys is not None and len(keys) <= MAX_HISTORY_KEYS:
+                    columns, more = cached_reads.history_slice(entry, kind, keys, after, page)
+            if keys is not None:  # else a series too long to hold: its points are read below
                 if len(keys) > MAX_HISTORY_KEYS:
                     raise ResourceExhausted("run has more than 65,535 keys; ask for some keys")
                 if columns is None:
-                    return
-                for start in range(0, len(columns[0]), page):
-                    ki, rank, step, value, time_ms = (c[start : start + page] for c in columns)
-                    yield _history_page(keys, ki, rank, step, value, time_ms)
-                return  # else a series too long to hold: its points are read below
+                    return None, None
+                return _history_page(keys, *columns), _cursor(keys, columns) if more else None
         else:
             project = await self._history_project(context, request.project, request.run_id)
         key_rows = await self._rows(sql_series.history_keys(self.db, project, request.run_id, kind, wanted))
@@ -379,18 +401,17 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
         if len(keys) > MAX_HISTORY_KEYS:
             raise ResourceExhausted("run has more than 65,535 keys; ask for some keys")
         if not keys:
-            return
-        after = ("", -1, -(2**63))
-        while True:
-            ki, rank, step, value, time_ms = await self._np(
-                sql_series.history_page(self.db, project, request.run_id, kind, keys, after, page)
+            return None, None
+        columns = await self._np(  # one point more than the page: whether another page follows
+            sql_series.history_page(
+                self.db, project, request.run_id, kind, keys, after or ("", -1, -(2**63)), page + 1
             )
-            if len(ki) == 0:
-                return
-            yield _history_page(keys, ki, rank, step, value, time_ms)
-            if len(ki) < page:
-                return
-            after = (keys[int(ki[-1])], int(rank[-1]), int(step[-1]))
+        )
+        if len(columns[0]) == 0:
+            return None, None
+        more = len(columns[0]) > page
+        columns = [c[:page] for c in columns]
+        return _history_page(keys, *columns), _cursor(keys, columns) if more else None
 
     async def _history_project(self, context, project: str, run_id: str) -> str:
         """The run's project; found from the run id when the request leaves it empty and the id is
@@ -469,6 +490,12 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
             if chunk is None:
                 return
             yield query_pb2.DownloadArtifactResponse(chunk=chunk)
+
+
+def _cursor(keys: list[str], columns) -> tuple[str, int, int]:
+    """The (key, rank, step) of a page's last point: where the next page starts."""
+    ki, rank, step = columns[0], columns[1], columns[2]
+    return keys[int(ki[-1])], int(rank[-1]), int(step[-1])
 
 
 def _history_page(keys, ki, rank, step, value, time_ms) -> query_pb2.GetHistoryResponse:
