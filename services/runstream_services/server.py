@@ -72,6 +72,24 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+class GenericHandlersOnly:
+    """The gRPC server as the generated add_*Servicer_to_server functions see it: they add each
+    service twice, as a generic handler and as registered methods; this keeps the generic one.
+    grpcio's aio server waits for the next call of every registered method with a future of its
+    own, and runs asyncio.wait over all of them (~40 here) for each call it takes: measured ~40 µs
+    of a small query's ~0.7 ms of server CPU. A generic handler per service, looked up by the
+    service name, costs less and answers the same."""
+
+    def __init__(self, server: grpc.aio.Server):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers) -> None:
+        """Left out on purpose (see the class)."""
+
+
 def _grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
     """Transport limits. A message over max_message_bytes ends its own stream with
     RESOURCE_EXHAUSTED (gRPC refuses it before any handler sees it); other streams go on."""
@@ -284,20 +302,21 @@ class RunstreamServer:
         creds = server_credentials(s)  # None: plaintext
         _warn_if_exposed(s, tls=creds is not None)
         served = []
+        services = GenericHandlersOnly(self._grpc)
         if "ingest" in s.components:
             assert self.bus is not None and self.runs is not None
             self.ingest = IngestServicer(
                 self.bus, s, artifact_store=self.artifact_store, runs=self.runs, auth=self.auth,
                 metrics=self.metrics,
             )  # fmt: skip
-            self.ingest.add_to_server(self._grpc)
+            self.ingest.add_to_server(services)
             served.append("runstream.v1.IngestService")
         if "query" in s.components:
-            self._add_query_service(self._grpc)
+            self._add_query_service(services)
             served.append("runstream.v1.QueryService")
-            self._add_registry_service(self._grpc, served)
+            self._add_registry_service(services, served)
             if self.workflow is not None:
-                self.workflow.add_to_server(self._grpc, served)
+                self.workflow.add_to_server(services, served)
         self._grpc.add_generic_rpc_handlers((health_handler(tuple(served), self._readiness()),))
         try:
             address = _listen_address(s.host, self.port)

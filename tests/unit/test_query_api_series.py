@@ -50,3 +50,51 @@ def test_history_times_are_what_pandas_to_datetime_gives():
     for time_ms in samples:
         expected = pd.to_datetime(time_ms, unit="ms", utc=True)
         pd.testing.assert_index_equal(_utc_index(pd, time_ms), expected)
+
+
+def _page(keys, key_index, steps, values, times_ms, ranks):
+    from runstream.v1 import query_pb2
+
+    return query_pb2.GetHistoryResponse(
+        keys=keys,
+        key_index=np.asarray(key_index, "<u2").tobytes(),
+        steps=np.asarray(steps, "<i8").tobytes(),
+        values=np.asarray(values, "<f8").tobytes(),
+        times_ms=np.asarray(times_ms, "<i8").tobytes(),
+        ranks=np.asarray(ranks, "<u2").tobytes(),
+    )
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["from_arrays", "pandas-without-it"])
+@pytest.mark.parametrize("pages", [0, 1, 3])
+def test_history_frame_is_the_public_constructors(monkeypatch, pages, public):
+    """Api.history builds its frame through DataFrame._from_arrays (_frame): the same frame as
+    pd.DataFrame(dict) (values, dtypes, a key column inferred as pandas infers it), one or several
+    pages or none, writable; and with a pandas that lacks the private call, the public one."""
+    if public:
+        monkeypatch.delattr(pd.DataFrame, "_from_arrays")
+    parts = [
+        _page(["loss", "lr"], [0, 0, 1], [p * 3, p * 3 + 1, 0], [0.5, np.nan, -1e300], [0, -1, 1_700_000_000_123],
+              [0, 65_535, 2])
+        for p in range(pages)
+    ]  # fmt: skip
+    api = Api(endpoint="127.0.0.1:9")  # never called: history_pages is replaced
+    monkeypatch.setattr(api, "history_pages", lambda *a, **k: iter(parts))
+    got = api.history("r", project="p")
+    n = 3 * pages
+    time_ms = np.array([0, -1, 1_700_000_000_123] * pages, "<i8")
+    expected = pd.DataFrame(
+        {
+            "step": np.array([v for p in range(pages) for v in (p * 3, p * 3 + 1, 0)], "<i8"),
+            "key": np.array(["loss", "loss", "lr"] * pages, dtype=object),
+            "value": np.array([0.5, np.nan, -1e300] * pages),
+            "rank": np.array([0, 65_535, 2] * pages, "<u2"),
+            "time": pd.to_datetime(time_ms, unit="ms", utc=True),
+        }
+    )
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert list(got.columns) == ["step", "key", "value", "rank", "time"] and len(got) == n
+    if n:
+        got.loc[0, "value"] = 7.0  # a frame of its own, not a view of the read-only page bytes
+        assert got["value"].iloc[0] == 7.0
+    api.close()
