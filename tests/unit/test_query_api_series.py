@@ -1,6 +1,7 @@
 """Api.series builds its long-form frame from concatenated columns: the same frame (values,
-dtypes, order) as one frame per series joined by pd.concat, which it replaced. No server: the
-series come from a stand-in for series_arrays."""
+dtypes, order) as one frame per series joined by pd.concat, which it replaced; Api.history builds
+its frame through DataFrame._from_arrays: the same frame as pd.DataFrame(dict). No server: the
+series and pages come from stand-ins for series_arrays and history_pages."""
 
 from __future__ import annotations
 
