@@ -268,6 +268,7 @@ _LABELS: dict[tuple[str, ...], object] = {}
 
 
 _TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1, "us": 1_000, "ns": 1_000_000}
+_INT64_MAX = 2**63 - 1
 _time_unit: str | None = None
 
 
@@ -281,8 +282,12 @@ def _utc_index(pd, time_ms):
         if _time_unit not in _TIME_UNITS or _time_unit == "s":
             _time_unit = "ms"
     factor = _TIME_UNITS[_time_unit]
-    ticks = time_ms * factor if factor != 1 else time_ms
-    return pd.DatetimeIndex(ticks.view(f"M8[{_time_unit}]")).tz_localize("UTC")
+    if factor != 1 and len(time_ms):
+        bound = _INT64_MAX // factor
+        if time_ms.max() > bound or time_ms.min() < -bound:  # would wrap around in this unit:
+            return pd.to_datetime(time_ms, unit="ms", utc=True)  # pandas' own answer (OutOfBounds)
+        time_ms = time_ms * factor
+    return pd.DatetimeIndex(time_ms.view(f"M8[{_time_unit}]")).tz_localize("UTC")
 
 
 _BASE_COLUMNS = (

@@ -39,7 +39,8 @@ def test_series_frame_equals_the_concatenated_frames(monkeypatch, sizes):
 
 def test_history_times_are_what_pandas_to_datetime_gives():
     """Api.history builds its time column by viewing the int64 ms as datetime64 (_utc_index):
-    the same values and dtype as pd.to_datetime(unit="ms", utc=True), negatives and extremes too."""
+    the same values and dtype as pd.to_datetime(unit="ms", utc=True), negatives and extremes too,
+    and the same refusal where the times do not fit pandas' unit."""
     from runstream.api import _utc_index
 
     rng = np.random.default_rng(7)
@@ -48,8 +49,16 @@ def test_history_times_are_what_pandas_to_datetime_gives():
         np.array([0, -1, 1_700_000_000_123, 253_402_300_799_999, -62_135_596_800_000], "<i8"),
         rng.integers(-(10**12), 10**13, 1_000).astype("<i8"),
     ]
+    # past what int64 holds in pandas' unit (us on pandas 3, ns on 2): to_datetime refuses these,
+    # and a plain multiplication would wrap around to a wrong date instead
+    samples += [np.array([0, 9_300_000_000_000_000], "<i8"), np.array([-9_300_000_000_000_000], "<i8")]
     for time_ms in samples:
-        expected = pd.to_datetime(time_ms, unit="ms", utc=True)
+        try:
+            expected = pd.to_datetime(time_ms, unit="ms", utc=True)
+        except pd.errors.OutOfBoundsDatetime:
+            with pytest.raises(pd.errors.OutOfBoundsDatetime):
+                _utc_index(pd, time_ms)
+            continue
         pd.testing.assert_index_equal(_utc_index(pd, time_ms), expected)
 
 
