@@ -324,8 +324,9 @@ class StoreWriter:
         """True when stage() of `envelopes` needs nothing but memory: metric and run events only
         (artifact and media rows may read versions or write bytes), every client's stored seqs and
         every run's row cached (or known absent), no request claimed by another write, and neither
-        lock, nor a staged listener's (subscribe_staged's ready_now), held elsewhere right now. Checked without waiting; the embedded bus then stages a
-        small block in its event loop, which spares it two thread hand-offs (issue 11)."""
+        lock, nor a staged listener's (subscribe_staged's ready_now), held elsewhere right now.
+        Checked without waiting; the embedded bus then stages a small block in its event loop,
+        which spares it two thread hand-offs (issue 11)."""
         if any(env.kind not in _MEMORY_KINDS for env in envelopes):
             return False
         if not all(ready() for ready in self._staged_ready):
