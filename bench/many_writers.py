@@ -28,8 +28,9 @@ Rows:
 
 `--bus kafka` runs the rows on a one-process server with the Kafka bus (the broker of
 scripts/services.sh, topics of their own, dropped afterwards): there an ack means published to Kafka
-and the point is visible once the server's writer has stored it, so the fresh row measures the
-whole path. `--fresh-load-rps` sets the fresh row's load when no ranks row ran in the same call
+and the point is visible once the server's writer has taken it in from Kafka (on chDB, once its
+block's intent is written: the server's read cache shows it before the insert), so the fresh row
+measures the whole path. `--fresh-load-rps` sets the fresh row's load when no ranks row ran in the same call
 (bench/run.py passes the embedded row's half, so both buses are read at the same load).
 
 The generator speaks the raw gRPC contract (no SDK), with pre-serialized requests, so its own CPU
@@ -445,8 +446,9 @@ def bench_fresh(
     never waits for the insert of the one before. Either way the time runs from the send to the
     first read that sees the point, so waiting for the ack can only make it longer, never shorter.
     Reads after the ack repeat every `read_every_s`: on the embedded bus the first one nearly
-    always sees the point; on the Kafka bus the writer stores it a while after the ack, and reads
-    every 0.5 ms (each a ClickHouse query there) were a load of their own on the server measured."""
+    always sees the point; on the Kafka bus the writer takes it in a while after the ack, and reads
+    every 0.5 ms (each a ClickHouse query there before the read cache served that bus) were a load
+    of their own on the server measured."""
     run_id = f"fresh-{uuid.uuid4().hex[:8]}"
     client_id = uuid.uuid4().hex
     stream = Stream(endpoint, batched)

@@ -97,7 +97,7 @@ def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
             (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
         Row("M-load-poll-p99", "M log → visible at the load of the 50 % row, read from the send on (every 2 ms): p99",
             "ms", False, (Target("p99 < 100 ms", at_most=100),), mlflow_na=M_NA),
-        Row("M-kafka-fresh-p99", "M log → visible on the Kafka bus (ack: in Kafka; visible: stored by the writer), idle: p99",
+        Row("M-kafka-fresh-p99", "M log → visible on the Kafka bus (ack: in Kafka; visible: taken in by the writer), idle: p99",
             "ms", False, (Target("p99 < 500 ms", at_most=500),), mlflow_na=M_NA),
         Row("M-kafka-load-p99", "M log → visible on the Kafka bus at the load of the 50 % row: p99", "ms", False,
             (Target("p99 < 500 ms", at_most=500),), mlflow_na=M_NA),

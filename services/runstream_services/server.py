@@ -228,7 +228,7 @@ class RunstreamServer:
             self.artifact_store,
             s,
             metrics=self.metrics,
-            sole_writer=s.bus == "embedded",  # one process owns an embedded store
+            sole_writer=sole_writer(s),
         )
         if s.crash_after_s > 0:
             self._crash_watch = asyncio.create_task(self._watch_crashes(self.store_writer, s.crash_after_s))
@@ -365,9 +365,7 @@ class RunstreamServer:
         s = self.settings
         readers = ClientPool(s.resolved_clickhouse_dsn, before_read=self._read_barrier())
         cache = None
-        # An in-process copy of read projects is exact only where this process's writer is the
-        # only writer of the database (embedded bus); with Kafka, other writers exist: SQL only.
-        if self.store_writer is not None and s.bus == "embedded":
+        if self.store_writer is not None and sole_writer(s):
             from runstream_services.query.read_cache import ReadCache
 
             cache = ReadCache(readers, s.clickhouse_database)
@@ -494,6 +492,15 @@ async def serve(settings: ServerSettings) -> int:
     finally:
         await server.stop()
     return 0
+
+
+def sole_writer(settings: ServerSettings) -> bool:
+    """True when a writer in this process is the only writer its database can have, the one case
+    where an in-process copy of read projects (query/read_cache.py) stays exact: the embedded bus,
+    and the Kafka bus on chDB, whose engine locks its folder to one process (a second one fails
+    with CANNOT_OPEN_FILE), so no writer elsewhere reaches it. With a ClickHouse server other
+    writers may share the database: reads are SQL only."""
+    return settings.bus == "embedded" or settings.resolved_clickhouse_dsn.startswith("chdb://")
 
 
 def main(args: Any, overrides: dict[str, Any]) -> int:

@@ -165,13 +165,13 @@ class _RefusesSeq3(StoreWriter):
 
     calls = 0
 
-    def write(self, envelopes, token=None, replay=False):
+    def write(self, envelopes, token=None, replay=False, logged=False):
         type(self).calls += 1
         if type(self).calls == 1:
             raise RuntimeError("chDB: simulated outage")
         if any(e.seq == 3 for e in envelopes):
             raise InvalidArgument("seq 3 is refused by the store writer")
-        return super().write(envelopes, token, replay)
+        return super().write(envelopes, token, replay, logged)
 
 
 def test_a_block_refused_by_the_writer_is_split_and_only_the_guilty_record_is_dead_lettered(setup):

@@ -173,6 +173,58 @@ def test_metrics_through_kafka_are_stored_once_and_committed(setup):
     )
 
 
+class _InsertsNoted(StoreWriter):
+    """The real StoreWriter; notes the points of each metric insert as it begins."""
+
+    def __init__(self, *args, events: list, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.events = events
+
+    def _insert_metrics(self, items, token, recounted=None, replay=False):
+        self.events.append(("insert", sum(len(batch.steps) // 8 for _, batch in items)))
+        return super()._insert_metrics(items, token, recounted, replay)
+
+
+def test_the_writer_shows_each_block_to_staged_listeners_before_its_inserts(setup):
+    """Past its intent and the fence a block is re-formable from Kafka, so the writer writes it as
+    logged: a read cache (server.sole_writer) gets its rows before the inserts, as on the embedded
+    bus; never an insert whose points were not shown first."""
+    settings, client, store = setup
+    db = settings.clickhouse_database
+    envelopes = workload("client-s", runs=2, batches=6, points=1_000)
+    expected = 2 * 6 * 1_000
+    events: list = []
+    failed: list = []
+    writer = _InsertsNoted(client, db, store, settings, events=events)
+    writer.subscribe_staged(
+        lambda block: events.append(("staged", sum(len(b.steps) // 8 for _, b in block.metrics))),
+        failed.append,
+    )
+
+    async def scenario():
+        await publish(settings, envelopes)
+        loop = KafkaWriterLoop(settings, writer, client=client)
+        await loop.start()
+        try:
+            await drain(loop, client, db, expected)
+        finally:
+            await loop.stop()
+        return loop
+
+    loop = asyncio.run(scenario())
+    assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
+    assert not failed
+    assert loop.blocks_written >= 2  # 12k points in blocks of at most ~5k
+    shown = inserted = 0
+    for kind, points in events:
+        if kind == "staged":
+            shown += points
+        else:
+            inserted += points
+            assert inserted <= shown, events  # an insert's points were shown before it began
+    assert shown == inserted == expected, events
+
+
 class _CrashBeforeIngestedRecord(StoreWriter):
     """The real StoreWriter, made to stop at the point a kill -9 would: after the metric inserts,
     before the request keys are recorded. (An exception stands in for the kill because the

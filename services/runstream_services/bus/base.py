@@ -119,9 +119,9 @@ class Sink(Protocol):
         names the block for deduplication (the same token must carry the same envelopes).
         `replay`: the block is re-formed after a crash and may have been stored, wholly or in
         part, already (the writer then re-derives what the tokens cannot guard, see store.py).
-        `logged` (the embedded bus): the caller logged the block where a crash re-forms it, so
-        the writer may show its rows before they are inserted. Thread-safe; raises on a storage
-        failure."""
+        `logged`: the caller logged the block where a crash re-forms it (the embedded bus's
+        block log; Kafka, under the writer's intent), so the writer may show its rows before they
+        are inserted. Thread-safe; raises on a storage failure."""
 
     def stage(self, envelopes: list[Envelope], token: str) -> tuple[WriteResult, Any]:
         """The first half of write() for a logged block: the result decided (rows collected, shown

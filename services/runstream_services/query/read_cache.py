@@ -1,14 +1,16 @@
 """An in-process copy of the small tables of the projects being read, kept current by the store
 writer, so small reads (a run, its keys, a short history, the runs table) answer without a query.
 
-Only where this process's writer is the only writer of the database (the embedded bus): the
-writer calls `on_stored` with every block it stored before write() returns, so before ingest
-acks it, and a read after the ack sees it (read-your-writes). Earlier still, `on_staged` gets a
-block's rows once they are collected, before their inserts: the bus logged the block first, so a
-crash re-forms it, and a held project shows a point one insert sooner (issue 11: at 3,000 small
-requests/s a point waited for the block before its own and then its own insert). When those
-inserts fail, `on_failed` drops the projects the block touched. Everywhere else there is no
-cache and every read is SQL.
+Only where this process's writer is the only writer of the database (server.sole_writer: the
+embedded bus, and the Kafka bus on chDB): the writer calls `on_stored` with every block it stored
+before write() returns; on the embedded bus that is before ingest acks it, so a read after the ack
+sees it (read-your-writes). Earlier still, `on_staged` gets a block's rows once they are
+collected, before their inserts: the bus logged the block first (the embedded bus's block log,
+the Kafka writer's intent), so a crash re-forms it, and a held project shows a point one insert
+sooner (issue 11: at 3,000 small requests/s a point waited for the block before its own and then
+its own insert). When those inserts fail, `on_failed` drops the projects the block touched.
+Everywhere else (a ClickHouse server, which other writers share) there is no cache and every read
+is SQL.
 
 What is held, per project (loaded whole from SQL on its first read, then kept current; a project
 of more than BACKGROUND_LOAD_RUNS runs is loaded in a thread while SQL answers its reads):

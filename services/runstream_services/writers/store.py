@@ -232,7 +232,7 @@ class StoreWriter:
         self._failed_listeners: list = []
         self._staged_ready: list = []  # subscribe_staged's ready_now: can_stage_now asks them
         self._staged_numbers = itertools.count(1)
-        # sole_writer (embedded): no other writer adds runs or clients, so an in-memory index
+        # sole_writer (server.sole_writer): no other writer adds runs or clients, so an in-memory index
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
         self._run_index: KeyIndex | None = None
         self._client_index: KeyIndex | None = None
@@ -274,8 +274,8 @@ class StoreWriter:
         an insert can leave a materialized view's target holding the block while a token
         re-insert feeds it again, and a summary must never count a point twice.
         `logged`: the caller logged these envelopes where a crash re-forms them (the embedded
-        bus's block log), so their rows may be shown before they are inserted: the staged
-        listeners (subscribe_staged) get them once they are collected."""
+        bus's block log; the Kafka writer's intent), so their rows may be shown before they are
+        inserted: the staged listeners (subscribe_staged) get them once they are collected."""
         result = WriteResult()
         pending = list(envelopes)
         round_no = 0
