@@ -25,6 +25,8 @@ DECLARED = {
     "runstream_writer_lag_seconds": ("gauge", "Age of the last stored envelope when it was stored"),
     "runstream_errors_total": ("counter", "Unexpected errors, by component"),
     "runstream_artifact_bytes_total": ("counter", "Artifact bytes stored"),
+    "runstream_gc_collections_total": ("counter", "Cyclic garbage collections, by generation"),
+    "runstream_gc_pause_seconds_total": ("counter", "Time the process spent in them, by generation"),
 }
 
 Labels = tuple[tuple[str, str], ...]

@@ -27,6 +27,7 @@ from runstream_services.auth.keys import ApiKeys, AuthInterceptor
 from runstream_services.bus.base import Bus
 from runstream_services.config import ServerSettings, load_settings
 from runstream_services.errors import ConfigError, RunstreamServiceError
+from runstream_services.gc_tuning import tune_gc
 from runstream_services.grpc_errors import ErrorInterceptor
 from runstream_services.grpc_health import Probe, Readiness, health_handler
 from runstream_services.ingest.service import IngestServicer
@@ -486,6 +487,7 @@ async def serve(settings: ServerSettings) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await server.start()
+    tune_gc(server.metrics)
     try:
         await stop.wait()
         log.info("shutting down: draining in-flight requests")
