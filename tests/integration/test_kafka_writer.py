@@ -114,6 +114,17 @@ async def drain(loop: KafkaWriterLoop, client, database: str, expected_points: i
         await asyncio.sleep(0.1)
 
 
+async def drained_loop(settings: ServerSettings, writer: StoreWriter, client, expected_points: int):
+    """A writer loop run until it stored `expected_points` and has no lag, then stopped."""
+    loop = KafkaWriterLoop(settings, writer, client=client)
+    await loop.start()
+    try:
+        await drain(loop, client, settings.clickhouse_database, expected_points)
+    finally:
+        await loop.stop()
+    return loop
+
+
 async def committed_and_end_offsets(
     settings: ServerSettings, topic: str, partitions: int
 ) -> tuple[dict, dict]:
@@ -203,13 +214,7 @@ def test_the_writer_shows_each_block_to_staged_listeners_before_its_inserts(setu
 
     async def scenario():
         await publish(settings, envelopes)
-        loop = KafkaWriterLoop(settings, writer, client=client)
-        await loop.start()
-        try:
-            await drain(loop, client, db, expected)
-        finally:
-            await loop.stop()
-        return loop
+        return await drained_loop(settings, writer, client, expected)
 
     loop = asyncio.run(scenario())
     assert count(client, db, "SELECT count() FROM {db}.metrics") == expected
@@ -269,13 +274,7 @@ def test_half_written_block_is_re_formed_exactly_after_a_crash(setup):
             )
         assert count(client, db, "SELECT count() FROM {db}.metrics") == 3 * 500  # rows, but no keys
 
-        loop = KafkaWriterLoop(settings, StoreWriter(client, db, store, settings), client=client)
-        await loop.start()
-        try:
-            await drain(loop, client, db, expected)
-        finally:
-            await loop.stop()
-        return loop
+        return await drained_loop(settings, StoreWriter(client, db, store, settings), client, expected)
 
     loop = asyncio.run(scenario())
     loop.sink.flush()
