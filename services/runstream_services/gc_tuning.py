@@ -6,8 +6,10 @@ every run it writes (run rows, params, client seqs, read-cache entries), so its 
 each new run and full collections come again and again, each over the whole heap with the GIL
 held: 16 clients creating 10,000 runs (bench/many_writers.py --only runs) met 14 of them, up to
 ~110 ms each over 250,000 objects, 1.15 s of collections in a 7.4 s row. With GC_THRESHOLDS none
-was full, collections took ~0.24 s, and the row 6.2-6.7 s. What start-up allocated (modules,
-settings, schema) is frozen out of every collection: it is never garbage.
+was full, collections took ~0.24 s, and the row 6.2-6.7 s. What start-up allocated and keeps
+(modules, settings, schema) is frozen out of every collection. A frozen object is still freed when
+its last reference goes; only a cycle among frozen objects would stay, and start-up's cycles are
+collected just before the freeze.
 
 Nothing here changes what is freed: objects without cycles go when their last reference does,
 and cycles still go, in fewer, larger passes. Only the server calls tune_gc; the SDK leaves the
