@@ -346,7 +346,7 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
     async def GetHistory(self, request, context) -> AsyncIterator[query_pb2.GetHistoryResponse]:
         after = None
         while True:
-            page, after = await self._history_page(context, request, after)
+            page, after = await self._read_history_page(context, request, after)
             if page is not None:
                 yield page
             if after is None:
@@ -356,13 +356,13 @@ class QueryServicer(MediaReads, ConsoleReads, query_pb2_grpc.QueryServiceService
         cursor = request.after
         # ranks are uint16: a cursor rank above 65,535 sorts after every rank, as 65,536 does
         after = (cursor.key, min(cursor.rank, 65_536), cursor.step) if request.HasField("after") else None
-        page, after = await self._history_page(context, request.query, after)
+        page, after = await self._read_history_page(context, request.query, after)
         return query_pb2.GetHistoryPageResponse(
             page=page,
             next=query_pb2.HistoryCursor(key=after[0], rank=after[1], step=after[2]) if after else None,
         )
 
-    async def _history_page(
+    async def _read_history_page(
         self, context, request, after: tuple[str, int, int] | None
     ) -> tuple[query_pb2.GetHistoryResponse | None, tuple[str, int, int] | None]:
         """A page of the run's points after the (key, rank, step) `after` (None: from the first),
