@@ -372,6 +372,7 @@ class RunstreamServer:
             cache = ReadCache(readers, s.clickhouse_database)
             self.store_writer.subscribe(cache.on_stored)
             self.store_writer.subscribe_staged(cache.on_staged, cache.on_failed, cache.free_now)
+            self.store_writer.subscribe_projects(cache.on_new_project)
         self.query = QueryServicer(
             self.client, s.clickhouse_database, self.artifact_store, s, auth=self.auth, readers=readers,
             cache=cache,

@@ -37,27 +37,33 @@ PROJECT = "ryw"
 class Wired:
     """A StoreWriter and a QueryServicer with a read cache on one chDB database."""
 
-    def __init__(self, dsn: str, database: str, artifacts):
+    def __init__(self, dsn: str, database: str, artifacts, sole_writer: bool = False):
         self.client = connect(dsn)
         migrate(self.client, database)
         self.dsn, self.db, self.artifacts = dsn, database, artifacts
+        self.sole_writer = sole_writer
         self.readers = ClientPool(dsn, size=1)
-        self.writer = self.new_writer()
         self.cache = ReadCache(self.readers, database)
-        self.writer.subscribe(self.cache.on_stored)
+        self.writer = self.new_writer()
         self.query = QueryServicer(
             self.client, database, artifacts, None, readers=self.readers, cache=self.cache
         )
         self.sql = QueryServicer(self.client, database, artifacts, None, readers=self.readers)
 
     def new_writer(self) -> StoreWriter:
-        """A writer that remembers nothing, as after a restart."""
-        return StoreWriter(self.client, self.db, self.artifacts, ServerSettings())
+        """A writer that remembers nothing, as after a restart, wired to the cache as the server
+        wires it (a sole writer also tells the cache which projects are new)."""
+        writer = StoreWriter(
+            self.client, self.db, self.artifacts, ServerSettings(), sole_writer=self.sole_writer
+        )
+        writer.subscribe(self.cache.on_stored)
+        if self.sole_writer:
+            writer.subscribe_projects(self.cache.on_new_project)
+        return writer
 
     def restart_writer(self) -> None:
         self.writer.close()
         self.writer = self.new_writer()
-        self.writer.subscribe(self.cache.on_stored)
 
     def write(self, *envelopes: Envelope) -> WriteResult:
         return self.writer.write(list(envelopes))
@@ -219,6 +225,42 @@ def test_history_without_project_finds_runs_acked_after_the_index_was_read(wired
     with pytest.raises(InvalidArgument, match="several projects"):
         history()
     assert w.cache.indexed_projects("b") == ["elsewhere", PROJECT]
+
+
+def test_a_project_first_written_by_a_sole_writer_is_read_without_a_load(chdb_dsn, database, tmp_path):
+    """A project with no run when the (sole) writer started is held from its first run on, so
+    its reads load nothing from SQL and still equal SQL's answers; a project that had runs
+    before is loaded on its first read, as before."""
+    w = Wired(chdb_dsn, database, LocalArtifactStore(tmp_path / "artifacts"), sole_writer=True)
+    try:
+        old = pb.RunStart(project="older", run_id="o", name="o")
+        w.write(Envelope.from_request(pb.IngestRequest(seq=1, client_id="e", run_start=old)))
+        w.restart_writer()  # "older" now has a run in the store the new writer starts from
+        assert w.cache.ready("older") is not None  # born under the first writer: held
+        w.cache.clear()
+
+        w.write(start("c", 1, "a", lr=0.1), points("c", 2, "a", [0, 1, 2], [3.0, 2.0, 1.0]))
+        w.write(start("d", 1, "b", lr=0.5), update("c", 3, "a", best=0.9))
+        w.write(points("d", 2, "b", [0, 1], [7.0, 6.0], key="acc"))
+        w.write(Envelope.from_request(pb.IngestRequest(seq=2, client_id="e", run_update=pb.RunUpdate(
+            project="older", run_id="o"))))  # fmt: skip
+        assert w.cache.ready("older") is None  # not new to this writer: never held unread
+        assert w.cache.ready(PROJECT) is not None
+
+        for flt, order in (("", ["run_id"]), ("params.lr > 0.2", []), ("metrics.loss.count = 3", []),
+                           ("summary.best = 0.9", []), ("", ["-metrics.acc"])):  # fmt: skip
+            assert search(w, flt, order) == search(w, flt, order, w.sql)
+        for run_id, key in (("a", "loss"), ("b", "acc")):
+            assert repr(w.history(run_id, key)) == repr(w.history(run_id, key, w.sql))
+            assert w.summary(run_id, key) == w.summary(run_id, key, w.sql)
+        assert search(w, "metrics.loss.count = 3") == ["a"]
+        assert w.cache.loads == 0  # every answer above came from the copy held since birth
+
+        request = query_pb2.SearchRunsRequest(project="older")
+        assert [r.run_id for r in w.call("SearchRuns", request).runs] == ["o"]
+        assert w.cache.loads == 1  # the older project was read from SQL
+    finally:
+        w.writer.close()
 
 
 def test_sdk_reads_its_writes_through_the_public_api(embedded_server, tmp_path):

@@ -12,8 +12,9 @@ its own insert). When those inserts fail, `on_failed` drops the projects the blo
 Everywhere else (a ClickHouse server, which other writers share) there is no cache and every read
 is SQL.
 
-What is held, per project (loaded whole from SQL on its first read, then kept current; a project
-of more than BACKGROUND_LOAD_RUNS runs is loaded in a thread while SQL answers its reads):
+What is held, per project (loaded whole from SQL on its first read, or held from birth when its
+first run is written here, then kept current; a project of more than BACKGROUND_LOAD_RUNS runs is
+loaded in a thread while SQL answers its reads):
 - run rows (the `runs` row with the highest version), params (per run, scope and key, the row
   with the highest version), artifacts (per run, name, version tag and path, the last row);
 - every metric point of each series (run, kind, key) of at most MAX_SERIES_POINTS points, with
@@ -341,6 +342,21 @@ class ReadCache:
             return False
         self.lock.release()
         return True
+
+    def on_new_project(self, project: str) -> None:
+        """StoreWriter.subscribe_projects listener: a project whose first run is being staged is
+        held from birth, empty and ready, so its first read loads nothing from SQL (a sweep of
+        1,000 runs x 100 points created and then searched: ~280 ms of load). Registered before
+        any block that writes it is shown, so every block reaches it as it would a loaded one."""
+        with self.lock:
+            if project in self._projects or project in self._background:
+                return  # held, or being loaded: its load sees the rows as for any project
+            p = Project(project)
+            self._registrations += 1
+            p.registered = self._registrations
+            p.ready = True
+            self._projects[project] = p
+            self._evict()
 
     def on_staged(self, block) -> None:
         """StoreWriter staged listener: applies a block's rows before they are inserted (the bus

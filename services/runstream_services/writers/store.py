@@ -236,11 +236,14 @@ class StoreWriter:
         # answers "no such run / never seen this client" without a query (writers/key_index.py)
         self._run_index: KeyIndex | None = None
         self._client_index: KeyIndex | None = None
+        # ... and which projects have a run: a project's first run row goes to subscribe_projects'
+        # listeners (the read cache holds such a project from birth instead of loading it)
+        self._projects: set[str] | None = None
+        self._project_listeners: list = []
         if sole_writer:
-            self._run_index = KeyIndex(
-                tuple(r)
-                for r in client.query(f"SELECT DISTINCT project, run_id FROM {database}.runs").result_rows
-            )
+            run_keys = client.query(f"SELECT DISTINCT project, run_id FROM {database}.runs").result_rows
+            self._run_index = KeyIndex(tuple(r) for r in run_keys)
+            self._projects = {r[0] for r in run_keys}
             self._client_index = KeyIndex(
                 r[0]
                 for table in ("client_seqs", "ingested_requests")
@@ -391,6 +394,14 @@ class StoreWriter:
         self._failed_listeners.append(on_failed)
         if ready_now is not None:
             self._staged_ready.append(ready_now)
+
+    def subscribe_projects(self, on_new_project) -> None:
+        """Calls `on_new_project(project)` when a project gets its first run in this store, while
+        that run's row is staged: before any listener sees a row of the project. Only for a sole
+        writer (server.sole_writer): with other writers, a project new here may exist there.
+        Every row of a project follows its first run (ingest refuses requests of unknown runs),
+        so a listener that starts the project empty and applies every block after is exact."""
+        self._project_listeners.append(on_new_project)
 
     def _notify(self, block: StoredBlock, listeners: list | None = None) -> None:
         """Calls `listeners` (default: those of `subscribe`) with the block."""
@@ -980,6 +991,13 @@ class StoreWriter:
             self._replaced.new_run(row.project, row.run_id)  # no points stored: nothing to ask
         if self._run_index is not None:
             self._run_index.add((row.project, row.run_id))
+            if row.project not in self._projects:
+                self._projects.add(row.project)
+                for listener in self._project_listeners:
+                    try:
+                        listener(row.project)
+                    except Exception:
+                        log.exception("a new-project listener failed on project %s", row.project)
         row.version = self._version()
         pending.runs[(row.project, row.run_id)] = row
 
