@@ -3,6 +3,7 @@ command line, environment name, user. Every probe is best-effort with a short ti
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import platform
@@ -13,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from functools import lru_cache
 
 from runstream.v1 import types_pb2
 
@@ -42,19 +42,32 @@ def git_info(cwd: str | None = None, max_diff_bytes: int = 256 * 1024) -> dict:
     where = os.path.abspath(cwd or os.getcwd())
     key = (where, max_diff_bytes, _git_signature(where))
     now = time.monotonic()
+    hit = _git_cached(key, now)
+    if hit is not None:
+        return hit
+    with _GIT_RUN_LOCK[0]:  # one thread runs git; threads that missed meanwhile take its answer
+        hit = _git_cached((*key[:2], _git_signature(where)), now)  # signed anew: git may have run
+        if hit is not None:
+            return hit
+        info = _git_info_now(cwd, max_diff_bytes)
+        with _GIT_CACHE_LOCK:  # signed after git ran: `git status` may refresh (rewrite) the index
+            _GIT_CACHE[key[:2]] = (_git_signature(where), now, info)
+    return dict(info)
+
+
+def _git_cached(key: tuple, now: float) -> dict | None:
     with _GIT_CACHE_LOCK:
         hit = _GIT_CACHE.get(key[:2])
         if hit is not None and hit[0] == key[2] and now - hit[1] < GIT_CACHE_S:
             return dict(hit[2])
-    info = _git_info_now(cwd, max_diff_bytes)
-    with _GIT_CACHE_LOCK:  # signed after git ran: `git status` may refresh (rewrite) the index
-        _GIT_CACHE[key[:2]] = (_git_signature(where), now, info)
-    return dict(info)
+    return None
 
 
 GIT_CACHE_S = 5.0
 _GIT_CACHE: dict[tuple[str, int], tuple[tuple, float, dict]] = {}
 _GIT_CACHE_LOCK = threading.Lock()
+_GIT_RUN_LOCK = [threading.Lock()]  # in a list: a forked child gets a fresh one (it may be held)
+os.register_at_fork(after_in_child=lambda: _GIT_RUN_LOCK.__setitem__(0, threading.Lock()))
 
 
 def _git_signature(where: str) -> tuple:
@@ -116,19 +129,48 @@ def _git_info_now(cwd: str | None, max_diff_bytes: int) -> dict:
     return info
 
 
-@lru_cache(maxsize=1)
+def _once(probe):
+    """A probe without arguments, run once per process by one thread (lru_cache lets every thread
+    that misses run it: 4 threads starting their first runs at once read the package metadata 4
+    times, ~0.45 s before any of them logged)."""
+    locks = [threading.Lock()]
+    result: list = []
+
+    @functools.wraps(probe)
+    def once():
+        if not result:
+            with locks[0]:
+                if not result:
+                    result.append(probe())
+        return result[0]
+
+    # a child forked while another thread ran the probe would wait on its lock forever
+    os.register_at_fork(after_in_child=lambda: locks.__setitem__(0, threading.Lock()))
+    return once
+
+
+@_once
 def packages() -> dict[str, str]:
+    """Installed distributions, name -> version, read from each one's metadata header (Name and
+    Version, first occurrence, as `dist.metadata[...]` answers them) without the email parser that
+    `dist.metadata` and `dist.version` each run over the whole file: ~11 ms instead of ~130 ms for
+    116 distributions, paid by the first init of every process."""
     from importlib import metadata
 
     out: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"] if dist.metadata else None
-        if name:
-            out[name] = dist.version or ""
+        text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+        fields: dict[str, str] = {}
+        for line in text.split("\n\n", 1)[0].splitlines():  # the header ends at the first blank line
+            name, sep, value = line.partition(":")
+            if sep and not line[:1].isspace():  # an indented line continues the field above
+                fields.setdefault(name.strip().lower(), value.strip())
+        if fields.get("name"):
+            out[fields["name"]] = fields.get("version", "")
     return out
 
 
-@lru_cache(maxsize=1)  # read once per process: it was /proc/cpuinfo on every init
+@_once  # read once per process: it was /proc/cpuinfo on every init
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -140,7 +182,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=1)
+@_once
 def gpu_models() -> tuple[str, ...]:
     if shutil.which("nvidia-smi") is None:
         return ()
@@ -158,7 +200,7 @@ def env_name() -> str:
     return ""
 
 
-@lru_cache(maxsize=1)
+@_once
 def user_name() -> str:
     try:
         return getpass.getuser()
