@@ -349,3 +349,22 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     pending = [(name, got) for _, name, got in BlockLog(folder).pending()]
     assert pending == [("blk:new:1", now), ("blk:old:2", old), ("blk:v2:3", old)]
     assert sorted(p.name for p in folder.glob("*.bad")) == ["000000000101.bad", "000000000102.bad"]
+
+
+@pytest.mark.parametrize("gather_s", [0.0, 0.2])
+def test_an_idle_bus_takes_a_request_at_once_unless_told_to_gather(gather_s):
+    """writer_gather_ms (off by default): an idle bus told to gather puts two publishes 20 ms apart
+    into one block; by default the first is written before the second arrives."""
+    sink = RecordingSink(delay_s=0.0)  # the stand-in sink above: this is about block forming
+
+    async def main():
+        bus = EmbeddedBus(sink, gather_s=gather_s)
+        await bus.start()
+        first = asyncio.ensure_future(bus.publish([start("c", 1, "r")]))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(bus.publish([start("d", 1, "s")]))
+        await asyncio.gather(first, second)
+        await bus.stop()
+
+    asyncio.run(main())
+    assert [len(envs) for _, _, envs in sink.blocks] == ([2] if gather_s else [1, 1])
