@@ -83,6 +83,19 @@ def test_merged_series_equal_final_of_every_point(cache):
         assert repr(summary.last) in at_top  # two ranks may share the top step: either is SQL's argMax
 
 
+def test_a_new_series_keeps_the_last_of_a_step_its_first_block_repeats(cache):
+    """A series' first block is held as it comes (no merge): the block's own repeats must already
+    be gone, each (rank, step) keeping its last, highest version, across batches too."""
+    first = block(1, 1_000, ["a", "b"], [0, 0, 1, 0, 1], [0, 1, 1, 1, 2], [1.0, 2.0, 5.0, 3.0, 6.0])
+    later = block(2, 1_000, ["a"], None, [0, 2], [9.0, 4.0])
+    cache.on_stored(StoredBlock(runs=[], params=[], metrics=first.metrics + later.metrics, artifacts=[]))
+    run = cache.ready(PROJECT).runs["r"]
+    a, b = run.series[("user", "a")], run.series[("user", "b")]
+    assert list(zip(a.step.tolist(), a.value.tolist(), strict=True)) == [(0, 9.0), (1, 3.0), (2, 4.0)]
+    assert list(zip(b.step.tolist(), b.value.tolist(), strict=True)) == [(1, 5.0), (2, 6.0)]
+    assert a.summary().count == 3 and cache.ready(PROJECT).points == 5
+
+
 def test_interleaved_ranks_with_rising_steps_equal_final(cache):
     """The many-ranks shape (each batch one rank's rising steps, ranks interleaved, re-logged
     steps, older versions arriving late) is placed by binary search, not sorted: the same FINAL

@@ -118,19 +118,6 @@ class Series:
         self._append(rank, step, vhi, vlo, value, time_ms)
         self._dedupe()
 
-    def merge_sorted(self, rank, step, vhi, vlo, value, time_ms) -> None:
-        """Adds points sorted by (rank, step, version), repeats allowed (a block may carry a
-        step twice): of each identity the last, highest version, is merged."""
-        m = len(step)
-        if m > 1:
-            last = np.ones(m, bool)
-            last[:-1] = (rank[1:] != rank[:-1]) | (step[1:] != step[:-1])
-            if not last.all():
-                rank, step, vhi, vlo, value, time_ms = (
-                    a[last] for a in (rank, step, vhi, vlo, value, time_ms)
-                )
-        self.merge(rank, step, vhi, vlo, value, time_ms)
-
     def _place(self, r: int, step, vhi, vlo, value, time_ms) -> None:
         """Puts rising steps of rank `r` in place by binary search: O(n) copies instead of the
         O(n log n) sort of _dedupe, which a run of many ranks paid on every batch of every key.
@@ -491,21 +478,34 @@ class ReadCache:
         order = order[target[order] >= 0]  # points of big series are read from SQL
         if not len(order):
             return
-        target = target[order]
+        # of each identity (series, rank, step) the last, highest version, for all series at once
+        target, rank, step = target[order], rank[order], step[order]
+        last = np.ones(len(order), bool)
+        last[:-1] = (target[1:] != target[:-1]) | (rank[1:] != rank[:-1]) | (step[1:] != step[:-1])
+        if not last.all():
+            order, target = order[last], target[last]
         columns = tuple(c[order] for c in columns)
+        c_rank, c_step, c_vhi, c_vlo, c_value, c_time = columns
         edges = np.flatnonzero(target[1:] != target[:-1]) + 1
-        for a, b in zip([0, *edges.tolist()], [*edges.tolist(), len(target)], strict=True):
-            p, run, run_id, sk = targets[int(target[a])]
+        starts = [0, *edges.tolist()]
+        for a, b, t in zip(starts, [*starts[1:], len(target)], target[starts].tolist(), strict=True):
+            p, run, run_id, sk = targets[t]
             run.wire.clear()
             s = run.series.get(sk)
-            if s is None:
-                s = run.series[sk] = Series()
-            before = len(s)
-            s.merge_sorted(*(c[a:b] for c in columns))
-            grown = len(s) - before
+            if s is None:  # a new series (most of a sweep's): the points as they are, no checks
+                # copies: a slice would keep the whole block's arrays alive
+                s = run.series[sk] = Series.of(
+                    c_rank[a:b].copy(), c_step[a:b].copy(), c_vhi[a:b].copy(),
+                    c_vlo[a:b].copy(), c_value[a:b].copy(), c_time[a:b].copy(),
+                )  # fmt: skip
+                grown = b - a
+            else:
+                before = len(s)
+                s.merge(c_rank[a:b], c_step[a:b], c_vhi[a:b], c_vlo[a:b], c_value[a:b], c_time[a:b])
+                grown = len(s) - before
             p.points += grown
             self._points += grown
-            if len(s) > MAX_SERIES_POINTS:
+            if grown and len(s) > MAX_SERIES_POINTS:
                 self._make_big(p, run, run_id, sk)
 
     def _make_big(self, p: Project, run: RunEntry, run_id: str, sk: tuple[str, str]) -> None:
