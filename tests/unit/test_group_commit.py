@@ -352,9 +352,10 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
 
 
 @pytest.mark.parametrize("gather_s", [0.0, 0.2])
-def test_an_idle_bus_takes_a_request_at_once_unless_told_to_gather(gather_s):
-    """writer_gather_ms (off by default): an idle bus told to gather puts two publishes 20 ms apart
-    into one block; by default the first is written before the second arrives."""
+def test_an_idle_bus_gathers_for_writer_gather_ms_and_not_when_it_is_0(gather_s):
+    """writer_gather_ms: an idle bus waits that long for more publishes, so two 20 ms apart share
+    a block with a 200 ms window; with 0 the first is written before the second arrives. (The
+    default, 1 ms, keeps 1,000 ranks' blocks large: without it they held 4.0k requests/s, not 9.0k.)"""
     sink = RecordingSink(delay_s=0.0)  # the stand-in sink above: this is about block forming
 
     async def main():

@@ -78,13 +78,10 @@ MAX_BLOCK_BYTES = 64 << 20
 OVERLAP_MIN_POINTS = 100_000
 OVERLAP_MIN_REQUEST_POINTS = 1_000  # ... and the waiting requests are large on average
 RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and their files removed
-#: an idle bus may wait this long before it takes a block, so that what a client sends as two
-#: messages shares one block (ServerSettings.writer_gather_ms). Off by default: it paid when acks
-#: waited for the insert (sequential runs 50-59 -> 47-48 ms each); acks now come from the log and
-#: the SDK packs a run's last metrics and its run_finish into one message, so the wait only
-#: delayed every idle ack (1,000 runs by 4 threads: 2.42 -> 2.18 ms per run; one thread: 4.59 ->
-#: 3.97 ms)
-GATHER_S = 0.0
+#: an idle bus waits this long before it takes a block, so that what a client sends together
+#: (an SDK's last metrics and its run_finish, read off the stream as two messages) shares one
+#: block instead of taking two insert rounds one after the other (ServerSettings.writer_gather_ms)
+GATHER_S = 0.001
 #: while an insert runs, a block is staged no sooner than this share of the recent inserts'
 #: duration after the staging before it: a request that finds no staging in that span is staged
 #: at once (a quiet bus, a few clients in a closed loop), while a busy bus stages (and acks) in
