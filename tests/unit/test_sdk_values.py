@@ -83,6 +83,30 @@ def test_names_and_config_values():
         value_map({"": 1})
 
 
+def test_accepted_keys_are_remembered_and_a_bad_key_is_refused_every_time(monkeypatch):
+    """check_key remembers keys that passed (a sweep repeats its config keys); the cache never
+    lets a bad key through, is bounded, and a str subclass is checked each time."""
+    from runstream._internal import values
+
+    monkeypatch.setattr(values, "_ACCEPTED_KEYS", set())
+    monkeypatch.setattr(values, "MAX_ACCEPTED_KEYS", 3)
+    assert values.check_key("config", "lr") == "lr" and "lr" in values._ACCEPTED_KEYS
+    for _ in range(2):
+        for bad, message in (("", "is empty"), ("a\0b", "control characters"), ("x\ud800", "lone surrogate")):
+            with pytest.raises(runstream.InvalidValueError, match=message):
+                values.check_key("config", bad)
+    assert values._ACCEPTED_KEYS == {"lr"}
+    for key in ("a", "b", "c"):
+        values.check_key("tag", key)
+    assert len(values._ACCEPTED_KEYS) <= 3 and "c" in values._ACCEPTED_KEYS  # cleared when full
+
+    class Key(str):
+        pass
+
+    assert values.check_key("config", Key("k")) == "k" and "k" not in values._ACCEPTED_KEYS
+    assert value_map({"lr": 0.1, "opt": {"lr": 1}}) == value_map({"lr": 0.1, "opt": {"lr": 1}})
+
+
 def _decode(batch):
     n = len(batch.values) // 8
     idx = np.frombuffer(batch.key_index, "<u2") if batch.key_index else np.zeros(n, dtype=int)
