@@ -312,6 +312,8 @@ class RunstreamServer:
             )  # fmt: skip
             self.ingest.add_to_server(services)
             served.append("runstream.v1.IngestService")
+            if hasattr(self.bus, "open_streams"):  # the embedded bus's idle gather asks it
+                self.bus.open_streams = self.ingest.open_streams
         if "query" in s.components:
             self._add_query_service(services)
             served.append("runstream.v1.QueryService")

@@ -96,6 +96,52 @@ def test_a_new_series_keeps_the_last_of_a_step_its_first_block_repeats(cache):
     assert a.summary().count == 3 and cache.ready(PROJECT).points == 5
 
 
+def test_a_project_held_from_birth_applies_its_blocks_at_its_first_read(monkeypatch):
+    """Blocks of a project held from birth wait in its backlog until it is read (or until they
+    hold MAX_BACKLOG_POINTS); what a read then sees equals applying each block as it came."""
+    rng = np.random.default_rng(3)
+    blocks = []
+    for seq in range(1, 40):
+        n = int(rng.integers(1, 8))
+        steps, values = rng.integers(0, 30, n), rng.normal(size=n)
+        blocks.append(
+            block(seq, 1_000 + seq % 4, ["a", "b"], rng.integers(0, 2, n), steps, values, rank=seq % 2)
+        )
+
+    def held(c: ReadCache):
+        run = c.ready(PROJECT).runs["r"]
+        return {
+            k: list(zip(s.rank.tolist(), s.step.tolist(), s.value.tolist(), strict=True))
+            for k, s in run.series.items()
+        }
+
+    direct = ReadCache(_NoSQL(), "db")
+    direct._projects[PROJECT] = Project(PROJECT, ready=True)
+    born = ReadCache(_NoSQL(), "db")
+    born.on_new_project(PROJECT)
+    for b in blocks:
+        direct.on_stored(b)
+        born.on_stored(b)
+    waiting = born._projects[PROJECT]
+    assert len(waiting.backlog) == len(blocks) and waiting.points == 0  # nothing applied yet
+    assert held(born) == held(direct) and born.ready(PROJECT).points == direct.ready(PROJECT).points
+    assert born.ready(PROJECT).backlog is None  # read once: from here on blocks apply as they come
+    born.on_stored(block(99, 5_000, ["a"], None, [0], [7.0]))
+    direct.on_stored(block(99, 5_000, ["a"], None, [0], [7.0]))
+    assert held(born) == held(direct)
+
+    monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 20)  # a backlog never read is bounded
+    capped = ReadCache(_NoSQL(), "db")
+    capped.on_new_project(PROJECT)
+    for b in blocks:
+        capped.on_stored(b)
+        waiting = capped._projects[PROJECT]
+        assert waiting.backlog is not None and waiting.backlog_points < 20
+    assert waiting.points > 0  # the backlogs before the last one were applied
+    capped.on_stored(block(99, 5_000, ["a"], None, [0], [7.0]))
+    assert held(capped) == held(direct)
+
+
 def test_interleaved_ranks_with_rising_steps_equal_final(cache):
     """The many-ranks shape (each batch one rank's rising steps, ranks interleaved, re-logged
     steps, older versions arriving late) is placed by binary search, not sorted: the same FINAL

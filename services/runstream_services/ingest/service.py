@@ -157,6 +157,10 @@ class IngestServicer:
             self._streams.discard(stream)
             self.metrics.set("runstream_ingest_streams", len(self._streams))
 
+    def open_streams(self) -> int:
+        """Ingest calls open now."""
+        return len(self._streams)
+
     @property
     def draining(self) -> bool:
         """True once drain() began: readiness probes then answer NOT_SERVING."""
