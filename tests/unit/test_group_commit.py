@@ -351,6 +351,26 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     assert sorted(p.name for p in folder.glob("*.bad")) == ["000000000101.bad", "000000000102.bad"]
 
 
+@pytest.mark.parametrize(("streams", "blocks"), [(1, [1, 1]), (2, [2])])
+def test_the_idle_gather_waits_only_while_other_streams_are_open(streams, blocks):
+    """With one ingest stream open (one SDK process: its requests come packed), an idle bus takes
+    a request at once; with several it gathers for what the others send meanwhile."""
+    sink = RecordingSink(delay_s=0.0)  # the stand-in sink above: this is about block forming
+
+    async def main():
+        bus = EmbeddedBus(sink, gather_s=0.2)
+        bus.open_streams = lambda: streams
+        await bus.start()
+        first = asyncio.ensure_future(bus.publish([start("c", 1, "r")]))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(bus.publish([start("d", 1, "s")]))
+        await asyncio.gather(first, second)
+        await bus.stop()
+
+    asyncio.run(main())
+    assert [len(envs) for _, _, envs in sink.blocks] == blocks
+
+
 @pytest.mark.parametrize("gather_s", [0.0, 0.2])
 def test_an_idle_bus_gathers_for_writer_gather_ms_and_not_when_it_is_0(gather_s):
     """writer_gather_ms: an idle bus waits that long for more publishes, so two 20 ms apart share
