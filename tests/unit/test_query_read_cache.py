@@ -99,21 +99,29 @@ def test_a_new_series_keeps_the_last_of_a_step_its_first_block_repeats(cache):
 def test_a_project_held_from_birth_applies_its_blocks_at_its_first_read(monkeypatch):
     """Blocks of a project held from birth wait in its backlog until it is read (or until they
     hold MAX_BACKLOG_POINTS); what a read then sees equals applying each block as it came."""
+    from runstream_services.run_state import RunRow
+
     rng = np.random.default_rng(3)
     blocks = []
     for seq in range(1, 40):
         n = int(rng.integers(1, 8))
         steps, values = rng.integers(0, 30, n), rng.normal(size=n)
-        blocks.append(
-            block(seq, 1_000 + seq % 4, ["a", "b"], rng.integers(0, 2, n), steps, values, rank=seq % 2)
-        )
+        points = block(seq, 1_000 + seq % 4, ["a", "b"], rng.integers(0, 2, n), steps, values, rank=seq % 2)
+        run_id = f"r{seq % 5}"  # rows of five runs, re-written with rising versions
+        rows = [RunRow(project=PROJECT, run_id=run_id, name=f"v{seq}", version=seq)]
+        params = [(PROJECT, run_id, "config", "lr", "number", float(seq), "", seq)]
+        artifacts = [[PROJECT, run_id, "model", f"s3://m/{seq}", "model", seq, "latest", "", 1, "", 0]]
+        blocks.append(StoredBlock(runs=rows, params=params, metrics=points.metrics, artifacts=artifacts))
 
     def held(c: ReadCache):
-        run = c.ready(PROJECT).runs["r"]
+        project = c.ready(PROJECT)
         return {
-            k: list(zip(s.rank.tolist(), s.step.tolist(), s.value.tolist(), strict=True))
-            for k, s in run.series.items()
-        }
+            run_id: (
+                run.row and (run.row.name, run.row.version), sorted(run.params.items()), sorted(run.artifacts.items()),
+                {k: list(zip(s.rank.tolist(), s.step.tolist(), s.value.tolist(), strict=True)) for k, s in run.series.items()},
+            )
+            for run_id, run in sorted(project.runs.items())
+        }  # fmt: skip
 
     direct = ReadCache(_NoSQL(), "db")
     direct._projects[PROJECT] = Project(PROJECT, ready=True)

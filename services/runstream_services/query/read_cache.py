@@ -443,9 +443,7 @@ class ReadCache:
     def _catch_up(self, p: Project, still_unread: bool = False) -> None:
         """Applies a project's backlog (in order; all its points in one merge) and ends it, or,
         `still_unread` (it grew too large), starts an empty one."""
-        blocks, p.backlog, p.backlog_points = p.backlog, [] if still_unread else None, 0
-        if not still_unread:
-            self._backlogged.discard(p.name)
+        blocks, p.backlog, p.backlog_points = p.backlog, None, 0  # None: _apply_rows applies to it
         one = {p.name: p}
         for block in blocks:
             self._apply_rows(block, one)
@@ -454,6 +452,10 @@ class ReadCache:
         ]
         if held:
             self._merge_metrics(held)
+        if still_unread:
+            p.backlog = []
+        else:
+            self._backlogged.discard(p.name)
         self._evict()
 
     def drop(self, project: str) -> None:
