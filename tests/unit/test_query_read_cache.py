@@ -150,6 +150,28 @@ def test_a_project_held_from_birth_applies_its_blocks_at_its_first_read(monkeypa
     assert held(capped) == held(direct)
 
 
+def test_backlogs_are_bounded_in_all_and_a_project_too_big_once_applied_is_left_to_sql(monkeypatch):
+    """MAX_BACKLOG_POINTS bounds the blocks all backlogs keep alive, not each one; a first read
+    whose backlog makes the project too big to hold (MAX_POINTS) answers None: read SQL."""
+    monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 10)
+    c = ReadCache(_NoSQL(), "db")
+    for name in ("p", "q"):
+        c.on_new_project(name)
+    for seq in range(1, 30):
+        name = "pq"[seq % 2]
+        b = block(seq, 1_000, ["a"], None, [seq, seq + 100], [1.0, 2.0])
+        batch = b.metrics[0][1]
+        batch.project = name
+        c.on_stored(StoredBlock(runs=[], params=[], metrics=[(b.metrics[0][0], batch)], artifacts=[]))
+        assert c._backlog_points == sum(c._projects[n].backlog_points for n in "pq") < 10
+    assert c._projects["p"].points + c._projects["q"].points > 0  # applied when the bound was hit
+    assert len(c.ready("p").runs["r"].series[("user", "a")]) == 28  # steps of its 14 blocks
+
+    monkeypatch.setattr(read_cache, "MAX_POINTS", 20)
+    assert c.ready("q") is None and "q" not in c._projects  # 30 points once applied
+    assert c._backlog_points == 0 and not c._backlogged
+
+
 def test_interleaved_ranks_with_rising_steps_equal_final(cache):
     """The many-ranks shape (each batch one rank's rising steps, ranks interleaved, re-logged
     steps, older versions arriving late) is placed by binary search, not sorted: the same FINAL

@@ -62,8 +62,8 @@ RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after th
 #: a project with more runs than this is loaded in a thread, and the reads that come meanwhile are
 #: answered from SQL: its load takes seconds (10,000 runs of 100 points: ~2 s), a read should not
 BACKGROUND_LOAD_RUNS = 2_000
-#: a backlog (Project.backlog) is applied once its blocks hold this many points (of any project:
-#: the blocks stay alive while they wait), which bounds the memory it keeps
+#: the backlogs (Project.backlog) are applied once their blocks hold this many points in all (of
+#: any project: the blocks stay alive while they wait), which bounds the memory they keep
 MAX_BACKLOG_POINTS = 500_000
 _SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
 _INT64 = struct.Struct("<q")
@@ -224,7 +224,8 @@ class Project:
     table: Any = None  # run_table.RunTable of this version, built by the first search
     registered: int = 0  # ReadCache's count of registrations when this one was made
     # held from birth and never read yet: its blocks wait here, applied at once on the first read
-    # (or when they reach MAX_BACKLOG_POINTS), so a project nobody reads costs its writes nothing
+    # (or when the backlogs reach MAX_BACKLOG_POINTS), so a project nobody reads costs its writes
+    # nothing
     backlog: list | None = None
     backlog_points: int = 0  # points of the blocks in the backlog, of every project they hold
 
@@ -254,6 +255,7 @@ class ReadCache:
         # staged blocks not yet stored: their number -> the count of registrations when applied
         self._staged: dict[int, int] = {}
         self._backlogged: set[str] = set()  # held projects with a backlog (Project.backlog)
+        self._backlog_points = 0  # their backlog_points, summed
         # run id -> projects holding it, over every project (for reads that name no project):
         # None until first used; union-only (runs are never deleted), so loading it while the
         # writer adds runs loses nothing
@@ -270,6 +272,8 @@ class ReadCache:
             if p is not None and p.ready:
                 if p.backlog is not None:
                     self._catch_up(p)
+                    if self._projects.get(project) is not p:
+                        return None  # too big to hold once applied (_evict): read SQL
                 self._projects.move_to_end(project)
                 return p
         return None
@@ -431,18 +435,29 @@ class ReadCache:
         points = None
         for name in _projects_of(block) & self._backlogged:
             p = projects.get(name)
-            if p is None or p.backlog is None:
-                continue
+            if p is None or p.backlog is None or self._projects.get(name) is not p:
+                continue  # (not held any more: evicted while the backlogs were applied)
             if points is None:
                 points = sum(len(batch.steps) >> 3 for _, batch in block.metrics)
-            if p.backlog_points + points >= MAX_BACKLOG_POINTS:
-                self._catch_up(p, still_unread=True)  # the backlog so far; this block starts the next
+                if self._backlog_points + points >= MAX_BACKLOG_POINTS:
+                    self._catch_up_all()  # the backlogs so far; this block starts the next ones
+                    if self._projects.get(name) is not p:
+                        continue  # evicted once applied (_evict): nothing holds it now
             p.backlog.append(block)
             p.backlog_points += points
+            self._backlog_points += points
+
+    def _catch_up_all(self) -> None:
+        """Applies every backlog; their projects stay unread (each starts an empty one)."""
+        for name in list(self._backlogged):
+            p = self._projects.get(name)
+            if p is not None and p.backlog is not None:
+                self._catch_up(p, still_unread=True)
 
     def _catch_up(self, p: Project, still_unread: bool = False) -> None:
         """Applies a project's backlog (in order; all its points in one merge) and ends it, or,
         `still_unread` (it grew too large), starts an empty one."""
+        self._backlog_points -= p.backlog_points
         blocks, p.backlog, p.backlog_points = p.backlog, None, 0  # None: _apply_rows applies to it
         one = {p.name: p}
         for block in blocks:
@@ -463,13 +478,20 @@ class ReadCache:
             p = self._projects.pop(project, None)
             if p is not None:
                 self._points -= p.points
-                self._backlogged.discard(project)
+                self._forget_backlog(p)
 
     def clear(self) -> None:
         with self.lock:
             self._projects.clear()
             self._backlogged.clear()
+            self._backlog_points = 0
             self._points = 0
+
+    def _forget_backlog(self, p: Project) -> None:
+        """A project leaves the cache: its backlog goes with it."""
+        if p.backlog is not None:
+            self._backlogged.discard(p.name)
+            self._backlog_points -= p.backlog_points
 
     # ---- internals ------------------------------------------------------------------------
 
@@ -581,11 +603,11 @@ class ReadCache:
         while len(self._projects) > MAX_PROJECTS:
             name, p = self._projects.popitem(last=False)
             self._points -= p.points
-            self._backlogged.discard(name)
+            self._forget_backlog(p)
         while self._points > MAX_POINTS and self._projects:
             name, p = self._projects.popitem(last=False)
             self._points -= p.points
-            self._backlogged.discard(name)
+            self._forget_backlog(p)
             if not self._projects:
                 self._uncacheable[name] = time.monotonic()
             log.info(
@@ -637,7 +659,7 @@ class ReadCache:
                 old = self._projects.pop(name, None)
                 if old is not None:
                     self._points -= old.points
-                    self._backlogged.discard(name)
+                    self._forget_backlog(old)
                 self._registrations += 1
                 p.registered = self._registrations
                 self._projects[name] = p
