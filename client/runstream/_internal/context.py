@@ -153,7 +153,7 @@ def _once(probe):
 def packages() -> dict[str, str]:
     """Installed distributions, name -> version, read from each one's metadata header (Name and
     Version, first occurrence, as `dist.metadata[...]` answers them) without the email parser that
-    `dist.metadata` and `dist.version` each run over the whole file: ~11 ms instead of ~130 ms for
+    `dist.metadata` and `dist.version` each run over the whole file: 11 ms instead of 66 ms for
     116 distributions, paid by the first init of every process."""
     from importlib import metadata
 
