@@ -153,3 +153,19 @@ def test_the_bus_lets_a_logged_block_show_before_its_insert_and_no_other(
     # without a block log a crash would lose the block: nothing is shown before it is stored
     assert seen == ([[3, 4]] if logged else [[]])
     assert held_steps(cache) == [3, 4] and stored_count(writer) == 2
+
+
+def test_a_staged_request_is_a_replay_before_its_insert_records_it(store):
+    """A staged request is acked from the bus's log: a resend that comes before its insert (the
+    ack was lost) must be known as a replay, or ingest takes a replayed run event for a new one
+    (the fuzz found a replayed run_start with resume making a finished run look running)."""
+    writer, _ = store
+    writer.write([start(1)])
+    _, staged = writer.stage([points(2, [0, 1])], token="blk:a:1")
+    assert staged is not None
+    assert writer.is_stored_now("c", 2) is True and writer.is_stored("c", 2)  # before its insert
+    assert writer.is_stored_now("c", 3) is False and not writer.is_stored("c", 3)
+    writer.insert_staged([staged], "blk:a:1")
+    assert writer.is_stored_now("c", 2) is True and writer.is_stored("c", 2)  # recorded by the insert
+    assert not writer._staged_keys, "the insert moved the request from the staged keys to the record"
+    assert stored_count(writer) == 2

@@ -215,6 +215,9 @@ class StoreWriter:
         self._done: OrderedDict[str, SeqRanges] = OrderedDict()
         self._done_by_run: dict[str, dict[str, SeqRanges]] = {}
         self._claimed: dict[str, threading.Event] = {}  # idempotency key -> set when its writer ends
+        # idempotency keys of staged requests (acked from the bus's log, durable) until their insert
+        # records them in _done: a replay that comes in between is a replay (is_stored_now)
+        self._staged_keys: set[str] = set()
         self._meta_lock = threading.Lock()  # run rows and artifact versions (read-modify-write)
         self._runs = RunCache(MAX_CACHED_RUNS, MAX_CACHED_RUN_BYTES)
         # fields people edited per run, with when (run_edits/rules.py): a run event sent before
@@ -320,6 +323,8 @@ class StoreWriter:
                 self._release(mine)
         if staged is not None:
             staged.claimed = mine
+            with self._lock:
+                self._staged_keys.update(env.idempotency_key for env, _ in staged.decoded)
         self.metrics.inc("runstream_writer_envelopes_total", result.duplicates, outcome="duplicate")
         return result, staged
 
@@ -519,7 +524,10 @@ class StoreWriter:
                     self._artifact_versions.pop(name_key, None)  # versions are per project and name
 
     def is_stored(self, client_id: str, seq: int) -> bool:
-        """True when the request (client_id, seq) was stored before: a replay."""
+        """True when the request (client_id, seq) was stored before (or staged: acked from the
+        bus's log, inserted soon): a replay."""
+        if f"{client_id}:{seq}" in self._staged_keys:
+            return True
         return seq in self._seen_seqs(client_id)
 
     def is_stored_now(self, client_id: str, seq: int) -> bool | None:
@@ -528,6 +536,8 @@ class StoreWriter:
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            if f"{client_id}:{seq}" in self._staged_keys:
+                return True  # acked from the log; its insert has not recorded it yet
             seqs = self._done.get(client_id)
             if seqs is not None:
                 return seq in seqs
@@ -664,6 +674,7 @@ class StoreWriter:
         events = {}
         with self._lock:
             for env in envelopes:
+                self._staged_keys.discard(env.idempotency_key)
                 event = self._claimed.pop(env.idempotency_key, None)
                 if event is not None:
                     events[id(event)] = event
