@@ -351,15 +351,15 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     assert sorted(p.name for p in folder.glob("*.bad")) == ["000000000101.bad", "000000000102.bad"]
 
 
-@pytest.mark.parametrize(("streams", "blocks"), [(1, [1, 1]), (2, [2])])
-def test_the_idle_gather_waits_only_while_other_streams_are_open(streams, blocks):
-    """With one ingest stream open (one SDK process: its requests come packed), an idle bus takes
-    a request at once; with several it gathers for what the others send meanwhile."""
-    sink = RecordingSink(delay_s=0.0)  # the stand-in sink above: this is about block forming
+def blocks_of_two_publishes_20_ms_apart(gather_s: float, streams: int | None = None) -> list[int]:
+    """The sizes of the blocks an idle bus forms from two publishes 20 ms apart (the stand-in
+    sink above: this is about block forming)."""
+    sink = RecordingSink(delay_s=0.0)
 
     async def main():
-        bus = EmbeddedBus(sink, gather_s=0.2)
-        bus.open_streams = lambda: streams
+        bus = EmbeddedBus(sink, gather_s=gather_s)
+        if streams is not None:
+            bus.open_streams = lambda: streams
         await bus.start()
         first = asyncio.ensure_future(bus.publish([start("c", 1, "r")]))
         await asyncio.sleep(0.02)
@@ -368,7 +368,14 @@ def test_the_idle_gather_waits_only_while_other_streams_are_open(streams, blocks
         await bus.stop()
 
     asyncio.run(main())
-    assert [len(envs) for _, _, envs in sink.blocks] == blocks
+    return [len(envs) for _, _, envs in sink.blocks]
+
+
+@pytest.mark.parametrize(("streams", "blocks"), [(1, [1, 1]), (2, [2])])
+def test_the_idle_gather_waits_only_while_other_streams_are_open(streams, blocks):
+    """With one ingest stream open (one SDK process: its requests come packed), an idle bus takes
+    a request at once; with several it gathers for what the others send meanwhile."""
+    assert blocks_of_two_publishes_20_ms_apart(0.2, streams) == blocks
 
 
 @pytest.mark.parametrize("gather_s", [0.0, 0.2])
@@ -376,16 +383,4 @@ def test_an_idle_bus_gathers_for_writer_gather_ms_and_not_when_it_is_0(gather_s)
     """writer_gather_ms: an idle bus waits that long for more publishes, so two 20 ms apart share
     a block with a 200 ms window; with 0 the first is written before the second arrives. (The
     default, 1 ms, keeps 1,000 ranks' blocks large: without it they held 4.0k requests/s, not 9.0k.)"""
-    sink = RecordingSink(delay_s=0.0)  # the stand-in sink above: this is about block forming
-
-    async def main():
-        bus = EmbeddedBus(sink, gather_s=gather_s)
-        await bus.start()
-        first = asyncio.ensure_future(bus.publish([start("c", 1, "r")]))
-        await asyncio.sleep(0.02)
-        second = asyncio.ensure_future(bus.publish([start("d", 1, "s")]))
-        await asyncio.gather(first, second)
-        await bus.stop()
-
-    asyncio.run(main())
-    assert [len(envs) for _, _, envs in sink.blocks] == ([2] if gather_s else [1, 1])
+    assert blocks_of_two_publishes_20_ms_apart(gather_s) == ([2] if gather_s else [1, 1])
