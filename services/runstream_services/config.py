@@ -78,7 +78,8 @@ class ServerSettings:
     # embedded bus: group-commit blocks inserted at once; a second one only for large blocks
     # (bus/embedded.py OVERLAP_MIN_POINTS says why)
     writer_blocks_in_flight: int = 2
-    # an idle embedded bus waits this long for more requests before it writes a block (0: never)
+    # while several ingest streams are open, an idle embedded bus waits this long for more
+    # requests before it writes a block (0: never; bus/embedded.py GATHER_S says why)
     writer_gather_ms: float = 1.0
     # requests one Ingest stream may have read and not yet answered (many ranks multiplexed on a
     # few streams need a deep pipeline to fill group-commit blocks), and their bytes. 8192: at
