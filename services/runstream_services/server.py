@@ -33,7 +33,7 @@ from runstream_services.grpc_health import Probe, Readiness, health_handler
 from runstream_services.ingest.service import IngestServicer
 from runstream_services.metrics_http import Metrics, MetricsHttpServer
 from runstream_services.run_state import RunRegistry, RunsTable, RunStateSource
-from runstream_services.storage.clickhouse import ClientPool, connect
+from runstream_services.storage.clickhouse import ClientPool, connect, is_chdb
 from runstream_services.storage.migrate_command import require_current
 from runstream_services.storage.migrations import migrate
 from runstream_services.tls import server_credentials
@@ -192,7 +192,7 @@ class RunstreamServer:
 
     async def _open_store(self) -> None:
         s = self.settings
-        if s.resolved_clickhouse_dsn.startswith("chdb://") or s.artifact_store == "local":
+        if is_chdb(s.resolved_clickhouse_dsn) or s.artifact_store == "local":
             s.data_path.mkdir(parents=True, exist_ok=True)
         if self._needs_store():
             self.client = await asyncio.to_thread(connect, s.resolved_clickhouse_dsn)
@@ -505,7 +505,7 @@ def sole_writer(settings: ServerSettings) -> bool:
     and the Kafka bus on chDB, whose engine locks its folder to one process (a second one fails
     with CANNOT_OPEN_FILE), so no writer elsewhere reaches it. With a ClickHouse server other
     writers may share the database: reads are SQL only."""
-    return settings.bus == "embedded" or settings.resolved_clickhouse_dsn.startswith("chdb://")
+    return settings.bus == "embedded" or is_chdb(settings.resolved_clickhouse_dsn)
 
 
 def main(args: Any, overrides: dict[str, Any]) -> int:

@@ -43,6 +43,7 @@ from runstream_services.errors import (
 from runstream_services.ingest.validation import Accepted, check_name, check_sha256, validate_request
 from runstream_services.metrics_http import Metrics
 from runstream_services.run_state import RunRegistry
+from runstream_services.storage.clickhouse import is_chdb
 
 log = logging.getLogger("runstream.ingest")
 
@@ -239,7 +240,7 @@ class IngestServicer:
             status="draining" if self._draining else "ok",
             version=_server_version(),
             bus=self.settings.bus,
-            store="chdb" if dsn.startswith("chdb://") else "clickhouse",
+            store="chdb" if is_chdb(dsn) else "clickhouse",
             artifacts=self.settings.artifact_store,
         )
 

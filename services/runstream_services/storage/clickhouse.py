@@ -20,12 +20,17 @@ _chdb_lock = threading.Lock()
 _chdb_clients: dict[str, Client] = {}
 
 
+def is_chdb(dsn: str) -> bool:
+    """Whether `dsn` (or a client's `uri`) names the in-process chDB engine, not a server."""
+    return dsn.startswith("chdb://")
+
+
 def connect(dsn: str) -> Client:
     """A client for `dsn`. chDB allows one engine per process, so chDB clients are shared per DSN
     (threads of the process may use it at once); server clients are new each call."""
     if not dsn:
         raise ConfigError("no ClickHouse DSN: use chdb://<folder> or http://host:8123")
-    if dsn.startswith("chdb://"):
+    if is_chdb(dsn):
         with _chdb_lock:
             client = _chdb_clients.get(dsn)
             if client is None:
@@ -100,7 +105,7 @@ class ClientPool:
 
     def __init__(self, dsn: str, size: int = 3, before_read: Callable[[], None] | None = None):
         self.before_read = before_read
-        if dsn.startswith("chdb://"):
+        if is_chdb(dsn):
             connect(dsn)  # opens the engine (or raises the actionable error) before the extra clients
             clients = [clickhouse_connect.get_client(dsn=dsn) for _ in range(max(1, size))]
         else:
@@ -108,7 +113,7 @@ class ClientPool:
         self._free: queue.SimpleQueue[Client] = queue.SimpleQueue()
         for c in clients:
             self._free.put(c)
-        self._shared = None if dsn.startswith("chdb://") else clients[0]
+        self._shared = None if is_chdb(dsn) else clients[0]
 
     @contextlib.contextmanager
     def client(self):

@@ -13,6 +13,7 @@ from importlib import resources
 from clickhouse_connect.driver.client import Client
 
 from runstream_services.errors import ConfigError, Unavailable
+from runstream_services.storage.clickhouse import is_chdb
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -52,7 +53,7 @@ def migrate(client: Client, db: str, lock_wait_s: float = 600, cluster: str | No
     if not _missing(client, db):
         return []
     # chDB: this process owns the folder, no one else can migrate it (and a crash leaves no lock)
-    owned = str(getattr(client, "uri", "")).startswith("chdb://")
+    owned = is_chdb(str(getattr(client, "uri", "")))
     with contextlib.nullcontext() if owned else MigrationLock(client, db, lock_wait_s):
         done = _done(client, db)  # again: another process may have applied them meanwhile
         applied = []

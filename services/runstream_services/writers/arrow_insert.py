@@ -17,6 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from runstream_services.storage.clickhouse import is_chdb
+
 log = logging.getLogger("runstream.writer")
 
 INSERT_SETTINGS = {"optimize_on_insert": 0}
@@ -31,7 +33,7 @@ class ArrowInserter:
         self.client = client
         self._handles: queue.Queue | None = None
         path = getattr(client, "path", None)
-        if str(getattr(client, "uri", "")).startswith("chdb://") and path:
+        if is_chdb(str(getattr(client, "uri", ""))) and path:
             try:
                 import chdb
 
