@@ -24,6 +24,11 @@ BODY_KINDS: tuple[BodyKind, ...] = get_args(BodyKind)
 RUN_EVENTS: frozenset[BodyKind] = frozenset({"run_start", "run_update", "run_finish"})
 
 
+def idempotency_key(client_id: str, seq: int) -> str:
+    """The key of request `seq` of SDK process `client_id` (Envelope.idempotency_key)."""
+    return f"{client_id}:{seq}"
+
+
 @dataclass(frozen=True)
 class Envelope:
     """One accepted ingest request on its way to the writers."""
@@ -42,7 +47,7 @@ class Envelope:
 
     @property
     def idempotency_key(self) -> str:
-        return f"{self.client_id}:{self.seq}"
+        return idempotency_key(self.client_id, self.seq)
 
     @classmethod
     def from_request(

@@ -57,7 +57,7 @@ from runstream import states
 from runstream.v1 import ingest_pb2
 from runstream_services import run_state
 from runstream_services.artifacts.base import ArtifactStore
-from runstream_services.bus.base import Envelope, WriteResult
+from runstream_services.bus.base import Envelope, WriteResult, idempotency_key
 from runstream_services.config import ServerSettings
 from runstream_services.errors import InvalidArgument
 from runstream_services.metrics_http import Metrics
@@ -526,7 +526,7 @@ class StoreWriter:
     def is_stored(self, client_id: str, seq: int) -> bool:
         """True when the request (client_id, seq) was stored before (or staged: acked from the
         bus's log, inserted soon): a replay."""
-        if f"{client_id}:{seq}" in self._staged_keys:
+        if idempotency_key(client_id, seq) in self._staged_keys:
             return True
         return seq in self._seen_seqs(client_id)
 
@@ -536,7 +536,7 @@ class StoreWriter:
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            if f"{client_id}:{seq}" in self._staged_keys:
+            if idempotency_key(client_id, seq) in self._staged_keys:
                 return True  # acked from the log; its insert has not recorded it yet
             seqs = self._done.get(client_id)
             if seqs is not None:
