@@ -403,32 +403,35 @@ class ReadCache:
             return
         if self._backlogged:
             self._defer(block, projects)
-        self._apply_rows(block, projects)
+        self._apply_blocks([block], projects)
+        self._evict()
+
+    def _apply_blocks(self, blocks: list, projects: dict[str, Project]) -> None:
+        """The blocks' rows, in order, and all their points in one merge, to those of `projects`
+        without a backlog."""
+        for block in blocks:
+            for row in block.runs:
+                p = projects.get(row.project)
+                if p is not None and p.backlog is None:
+                    p.version += 1
+                    _merge_run(p.run(row.run_id), row)
+            for prow in block.params:
+                p = projects.get(prow[0])
+                if p is not None and p.backlog is None:
+                    p.version += 1
+                    _merge_param(p.run(prow[1]), prow)
+            for arow in block.artifacts:
+                p = projects.get(arow[0])
+                if p is not None and p.backlog is None:
+                    p.run(arow[1]).artifacts[(arow[2], arow[6], arow[3])] = list(arow)
         held = [
             (p, env, batch)
+            for block in blocks
             for env, batch in block.metrics
             if (p := projects.get(batch.project)) is not None and p.backlog is None
         ]
         if held:
             self._merge_metrics(held)
-        self._evict()
-
-    def _apply_rows(self, block, projects: dict[str, Project]) -> None:
-        """A block's run, param and artifact rows, to the projects without a backlog."""
-        for row in block.runs:
-            p = projects.get(row.project)
-            if p is not None and p.backlog is None:
-                p.version += 1
-                _merge_run(p.run(row.run_id), row)
-        for prow in block.params:
-            p = projects.get(prow[0])
-            if p is not None and p.backlog is None:
-                p.version += 1
-                _merge_param(p.run(prow[1]), prow)
-        for arow in block.artifacts:
-            p = projects.get(arow[0])
-            if p is not None and p.backlog is None:
-                p.run(arow[1]).artifacts[(arow[2], arow[6], arow[3])] = list(arow)
 
     def _defer(self, block, projects: dict[str, Project]) -> None:
         """Puts the block in the backlog of each project it touches that has one."""
@@ -458,15 +461,8 @@ class ReadCache:
         """Applies a project's backlog (in order; all its points in one merge) and ends it, or,
         `still_unread` (it grew too large), starts an empty one."""
         self._backlog_points -= p.backlog_points
-        blocks, p.backlog, p.backlog_points = p.backlog, None, 0  # None: _apply_rows applies to it
-        one = {p.name: p}
-        for block in blocks:
-            self._apply_rows(block, one)
-        held = [
-            (p, env, batch) for block in blocks for env, batch in block.metrics if batch.project == p.name
-        ]
-        if held:
-            self._merge_metrics(held)
+        blocks, p.backlog, p.backlog_points = p.backlog, None, 0  # None: _apply_blocks applies to it
+        self._apply_blocks(blocks, {p.name: p})
         if still_unread:
             p.backlog = []
         else:
