@@ -501,7 +501,7 @@ class Run:
         """Requests the server refused so far (each was warned about and kept in the spool folder's
         .refused file), plus entries the SDK refused itself: points its worker could not pack and
         artifact files that changed after log_artifact (each warned about as RefusedWarning)."""
-        return self._pipeline.stream.stats.refused if self._pipeline else 0
+        return self._pipeline.ready().stats.refused if self._pipeline else 0
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -510,7 +510,7 @@ class Run:
         console_dropped_lines, console_truncated_lines."""
         if self._pipeline is None:
             return {}
-        stream = self._pipeline.stream
+        stream = self._pipeline.ready()
         # handoff_*: times run.log waited for the worker to drain a full hand-off, and for how long
         return (
             stream.stats.as_dict(pending=len(stream.pending))

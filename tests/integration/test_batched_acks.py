@@ -75,7 +75,7 @@ def test_the_sdk_with_batched_acks_stores_everything_once(embedded_server, tmp_p
         "sdk-batched",
         **quick_sdk_options(embedded_server.endpoint, tmp_path, max_batch_points=10, shared_stream=False),
     )
-    assert BATCHED_ACKS in run._pipeline.stream._metadata
+    assert BATCHED_ACKS in run._pipeline.ready()._metadata
     for step in range(steps):
         run.log({"x": float(step), "y": -float(step)}, step=step)
     assert run.finish(timeout_s=120) is True

@@ -30,7 +30,7 @@ class PeakSampler(threading.Thread):
 
     def __init__(self, run: runstream.Run):
         super().__init__(daemon=True)
-        self.stream = run._pipeline.stream
+        self.stream = run._pipeline.ready()
         self.buffer = run._buffer
         self.peak_unacked = self.peak_handoff = 0
         self.done = threading.Event()
@@ -78,7 +78,7 @@ def test_memory_stays_bounded_while_the_server_is_frozen_and_everything_arrives_
         # the hand-off empties when the worker takes the last entries, a moment before it has queued
         # them (submitted counts a request before its spool append returns): read settled counters
         frozen = _settled_stats(run)
-        stream = run._pipeline.stream
+        stream = run._pipeline.ready()
         unacked_in_memory = stream.mem_bytes
         spool_bytes = stream.spool.path.stat().st_size if stream.spool.path.exists() else 0
     finally:

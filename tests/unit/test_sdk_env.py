@@ -124,6 +124,9 @@ def test_git_context_is_cached_briefly_and_a_commit_or_add_is_seen_at_once(tmp_p
     after_commit = context.git_info()
     assert after_commit["git_commit"] != first["git_commit"] and len(calls) > forks
 
+    subprocess.run([*GIT, "checkout", "-q", "-b", "feature"], cwd=repo, check=True)  # HEAD rewritten
+    assert context.git_info()["git_branch"] == "feature"  # HEAD is read again, not taken from its cache
+
     (repo / "f.txt").write_text("two\n")
     subprocess.run([*GIT, "add", "f.txt"], cwd=repo, check=True)  # the index changes
     staged = context.git_info()

@@ -266,6 +266,25 @@ def test_unwritable_spool_with_memory_over_the_limit_keeps_data_and_finish_retur
     assert run.stats["dropped"] == 0
 
 
+def test_a_pipeline_that_fails_to_start_is_reported_at_finish_not_hung(tmp_path, monkeypatch):
+    """init no longer waits for the worker to set the run's pipeline up (one thread hop less per
+    run); a failure there must still reach the caller: finish warns and returns False."""
+    from runstream._internal import pipeline
+
+    def broken(**_):
+        raise RuntimeError("stream setup broke")
+
+    monkeypatch.setattr(pipeline, "IngestStream", broken)
+    run = _init(f"127.0.0.1:{free_port()}", tmp_path)
+    run.log({"loss": 1.0}, step=0)
+    with pytest.raises(RuntimeError, match="stream setup broke"):
+        run.stats  # noqa: B018 (the property waits for the setup and raises its error)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run.finish(timeout_s=2) is False
+    assert any("stream setup broke" in str(w.message) for w in caught)
+
+
 # ---- item 19: interpreter exit with a server never reached ----------------------------------
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -35,9 +37,13 @@ def replayable_files(paths: Iterable[Path], exclude: set[str] = frozenset()) -> 
     found: list[Path] = []
     for root in paths:
         root = Path(root).expanduser()
-        if root.is_file() and root.suffix == ".spool":
+        try:
+            mode = os.stat(root).st_mode  # one stat: a run's finish asks this of its (absent) folder
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and root.suffix == ".spool":
             candidates = [root]
-        elif root.is_dir():
+        elif stat.S_ISDIR(mode):
             candidates = sorted(root.rglob("*.spool"))
         else:
             continue

@@ -34,10 +34,12 @@ class SpoolFile:
         self.path = self.run_dir / f"{client_id}.spool"
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._touched = False  # whether this object made its files (close(delete=True) removes them)
         self.size = 0
 
     def _open(self) -> int:
         if self._fd is None:
+            self._touched = True
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 if self._lock_fd is None:
@@ -70,7 +72,7 @@ class SpoolFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if delete:
+        if delete and self._touched:  # (most runs never spool: no files, no system calls)
             for path in (self.path, self.run_dir / f"{self.client_id}.lock"):
                 try:
                     path.unlink()
@@ -86,6 +88,7 @@ class SpoolFile:
 
     def rewrite(self, records: list[bytes]) -> None:
         """Replaces the file's content with `records` (compaction at finish)."""
+        self._touched = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self._lock_fd is None:
             self._lock_fd = hold_lock(self.run_dir / f"{self.client_id}.lock")
