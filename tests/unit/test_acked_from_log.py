@@ -251,13 +251,13 @@ def test_a_group_cut_short_by_a_crash_is_re_formed_as_one_write_under_its_token(
         ("blk:x:1", [start("c", "run-1"), points("c", 2, "run-1", [0, 1])]),
         ("blk:x:2", [start("d", "run-2"), points("d", 2, "run-2", [5])]),
     ]
-    paths, writes = [], []
+    entries, writes = [], []
     for name, envelopes in blocks:
-        paths.append(log.write(name, envelopes))
+        entries.append(log.write(name, envelopes))
         result, write = writer.stage(envelopes, name)
         assert result.stored == 2 and write is not None
         writes.append(write)
-    log.write_group("grp:x:1-2", paths)
+    log.write_group("grp:x:1-2", entries)
     real_insert_rows = writer._insert_rows
 
     def crash_before_the_run_rows(table, *args, **kwargs):
@@ -285,6 +285,35 @@ def test_a_group_cut_short_by_a_crash_is_re_formed_as_one_write_under_its_token(
     assert [summary_count(writer, r) for r in ("run-1", "run-2")] == [2, 1]
     assert count(writer, "SELECT count() FROM DB.runs FINAL") == 2
     assert not list((tmp_path / "blocks").iterdir()), "recorded, then removed"
+
+
+def test_blocks_and_a_group_logged_by_an_older_server_as_files_are_re_formed_and_deleted(
+    sole_writer, tmp_path
+):
+    """An older server logged a file per block and per group (v3 .blk, .grp); the first start of
+    this one re-forms the group as one write under its token, then deletes the files."""
+    from runstream_services.bus.block_log import block_bytes
+
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    blocks = [
+        ("blk:old:1", [start("c", "run-1"), points("c", 2, "run-1", [0, 1])]),
+        ("blk:old:2", [start("d", "run-2"), points("d", 2, "run-2", [5])]),
+    ]
+    for number, (name, envelopes) in enumerate(blocks, 1):
+        (folder / f"{number:012d}.blk").write_bytes(block_bytes(name, envelopes))
+    (folder / "000000000001.grp").write_text("g1 grp:old:1-2\n000000000001.blk\n000000000002.blk\n")
+    [(_, token, members)] = BlockLog(folder).groups()
+    assert token == "grp:old:1-2" and [m.name for m in members] == ["000000000001.blk", "000000000002.blk"]
+
+    async def next_start():
+        bus = EmbeddedBus(sole_writer, log_dir=folder)
+        await bus.start()
+        await bus.stop()
+
+    asyncio.run(next_start())
+    assert [stored_points(sole_writer, r) for r in ("run-1", "run-2")] == [2, 1]
+    assert not list(folder.iterdir()), "re-formed, recorded, deleted"
 
 
 class _Inline:
@@ -378,7 +407,9 @@ def test_a_bus_stopped_while_an_answered_block_fails_keeps_it_for_the_next_start
         # (the bus stopped on the way out, giving up the retries)
 
     asyncio.run(first_life())
-    assert stored_points(writer) == 0 and list((tmp_path / "blocks").glob("*.blk")), "the block file stays"
+    assert stored_points(writer) == 0 and list(BlockLog(tmp_path / "blocks").pending()), (
+        "the block stays logged"
+    )
     monkeypatch.undo()
 
     async def second_life():
@@ -443,7 +474,7 @@ def test_under_load_queued_blocks_wait_for_the_insert_gap_unless_a_read_or_stop_
 
     asyncio.run(main())
     assert stored_points(writer) == 2 and summary_count(writer) == 2
-    assert not list((tmp_path / "blocks").glob("*.blk")), "stored and recorded"
+    assert not list((tmp_path / "blocks").iterdir()), "stored and recorded"
 
 
 def test_a_quiet_bus_inserts_an_acked_block_at_once(sole_writer, tmp_path, monkeypatch):

@@ -83,7 +83,7 @@ def test_many_clients_share_blocks_and_every_request_is_stored_once(writer, tmp_
     assert q(writer, "SELECT count() FROM DB.metrics") == [(400,)]  # no request stored twice
     blocks = metrics.get("runstream_writer_blocks_total")
     assert 2 <= blocks < 20, blocks  # 221 publishes, a handful of blocks
-    assert not list((tmp_path / "blocks").glob("*.blk")), "recorded blocks leave no file behind"
+    assert not list((tmp_path / "blocks").iterdir()), "recorded blocks leave no file behind"
 
 
 class RecordingSink:
@@ -255,7 +255,7 @@ def test_a_block_logged_before_a_crash_is_re_formed_under_its_name(writer, tmp_p
     assert q(writer, "SELECT count() FROM DB.metrics") == [(8,)]  # raw rows: nothing inserted twice
     assert q(writer, "SELECT count() FROM DB.runs") == [(1,)]
     assert q(writer, "SELECT ranges FROM DB.client_seqs FINAL WHERE client_id = 'c1'") == [([(1, 5)],)]
-    assert not list((tmp_path / "blocks").glob("*.blk"))
+    assert not list((tmp_path / "blocks").iterdir())
 
 
 def test_a_re_formed_block_leaves_summaries_equal_to_history_whatever_the_crash_left(writer, tmp_path):
@@ -294,17 +294,70 @@ def test_a_re_formed_block_leaves_summaries_equal_to_history_whatever_the_crash_
     assert q(writer, "SELECT count() FROM DB.metrics") == [(8,)]
 
 
-def test_block_files_round_trip_and_a_cut_write_is_dropped(tmp_path):
+def test_block_log_round_trip_and_numbers_rise_across_restarts(tmp_path):
     log = BlockLog(tmp_path)
     envs = [start("c", 1, "r"), points("c", 2, "r", 1)]
-    path = log.write("blk:x:1", envs)
-    (tmp_path / "000000000099.tmp").write_bytes(b"half a block")
+    number = log.write("blk:x:1", envs)
+    (tmp_path / "000000000099.tmp").write_bytes(b"half a block (the older format's cut write)")
     [(found, name, back)] = list(log.pending())
-    assert (found, name) == (path, "blk:x:1")
+    assert (found, name) == (number, "blk:x:1")
     assert back == envs  # every field, the receive times included (a re-formed block is the same block)
     assert [e.request for e in back] == [e.request for e in envs]  # parsed back from the payloads
     assert not list(tmp_path.glob("*.tmp"))
-    assert BlockLog(tmp_path).write("blk:x:2", envs).name > path.name  # numbers rise across restarts
+    again = BlockLog(tmp_path)
+    assert [n for n, _, _ in again.pending()] == [number]
+    assert again.write("blk:x:2", envs) > number  # numbers rise across restarts
+
+
+def test_block_log_records_are_appended_and_a_segment_goes_once_all_its_blocks_are_recorded(tmp_path):
+    """Blocks and groups are records appended to one segment file (not a file each); removing
+    them notes them done; the segment is deleted once nothing in it is live, and a restart
+    re-forms only what was not noted done."""
+    log = BlockLog(tmp_path)
+    envs = [start("c", 1, "r"), points("c", 2, "r", 1)]
+    first, second, third = (log.write(f"blk:x:{i}", envs) for i in (1, 2, 3))
+    group = log.write_group("grp:x:1-2", [first, second])
+    assert len(list(tmp_path.iterdir())) == 1, "one segment file"
+    log.remove([group, first])
+    assert [name for _, name, _ in BlockLog(tmp_path).pending()] == ["blk:x:2", "blk:x:3"]
+    assert [(token, members) for _, token, members in BlockLog(tmp_path).groups()] == []
+    log.remove([second, third])
+    log.close()
+    assert not list(tmp_path.iterdir()), "everything recorded: the segment is gone"
+
+
+def test_block_log_segments_rotate_and_each_is_deleted_when_done(tmp_path, monkeypatch):
+    from runstream_services.bus import block_log
+
+    monkeypatch.setattr(block_log, "SEGMENT_BYTES", 1)  # every record fills its segment
+    log = BlockLog(tmp_path)
+    envs = [start("c", 1, "r")]
+    numbers = [log.write(f"blk:x:{i}", envs) for i in range(3)]
+    assert len(list(tmp_path.glob("*.seg"))) == 3
+    log.remove([numbers[1]])  # a newer segment goes before an older one that is still live
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+    assert [n for n, _, _ in BlockLog(tmp_path).pending()] == [numbers[0], numbers[2]]
+
+
+def test_a_record_cut_short_by_a_crash_is_dropped_and_a_damaged_segment_is_kept_as_bad(tmp_path, caplog):
+    log = BlockLog(tmp_path)
+    envs = [start("c", 1, "r"), points("c", 2, "r", 1)]
+    kept = log.write("blk:x:1", envs)
+    log.write("blk:x:2", envs)
+    log.close()
+    [segment] = tmp_path.glob("*.seg")
+    whole = segment.read_bytes()
+    segment.write_bytes(whole[:-7])  # the second record's write was cut short (kill -9)
+    assert [(n, name) for n, name, _ in BlockLog(tmp_path).pending()] == [(kept, "blk:x:1")]
+    assert len(segment.read_bytes()) < len(whole) - 7, "the cut record is cut off the file"
+    assert not list(tmp_path.glob("*.bad"))
+
+    damaged = bytearray(segment.read_bytes())
+    damaged[40] ^= 0xFF  # inside the first record's body, with more after it: not a cut write
+    segment.write_bytes(bytes(damaged) + whole[len(damaged) :])
+    with caplog.at_level("ERROR", logger="runstream.bus"):
+        assert list(BlockLog(tmp_path).pending()) == []
+    assert "damaged" in caplog.text and list(tmp_path.glob("*.bad")), "reported, a copy kept"
 
 
 def _envelopes_of_both_kinds() -> list[Envelope]:
@@ -320,7 +373,7 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     import json
     import struct
 
-    from runstream_services.bus.block_log import _write_v2
+    from runstream_services.bus.block_log import _write_v2, block_bytes
 
     folder = tmp_path / "blocks"
     log = BlockLog(folder)
@@ -331,6 +384,7 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     ]
     now = [Envelope.from_request(e.request, e.payload, 1_700_000_000_000 + i) for i, e in enumerate(now)]
     log.write("blk:new:1", now)
+    (folder / "000000000098.blk").write_bytes(block_bytes("blk:v3:4", now))  # a file per block (v3)
     old = _envelopes_of_both_kinds()
     # a file of the first format, as an older server wrote it: a JSON header before each payload
     parts = [b"blk:old:2\n"]
@@ -342,12 +396,12 @@ def test_block_log_reads_back_what_it_wrote_and_the_older_formats_too(tmp_path):
     (folder / "000000000099.blk").write_bytes(b"".join(parts))
     (folder / "000000000100.blk").write_bytes(_write_v2("blk:v2:3", old))
     # a file cut short, and one whose request does not parse: kept as .bad, never half-replayed
-    whole = (folder / "000000000001.blk").read_bytes()
+    whole = (folder / "000000000098.blk").read_bytes()
     (folder / "000000000101.blk").write_bytes(whole[:-5])
     (folder / "000000000102.blk").write_bytes(whole[:-3] + b"\xff\xff\xff")
 
     pending = [(name, got) for _, name, got in BlockLog(folder).pending()]
-    assert pending == [("blk:new:1", now), ("blk:old:2", old), ("blk:v2:3", old)]
+    assert pending == [("blk:new:1", now), ("blk:v3:4", now), ("blk:old:2", old), ("blk:v2:3", old)]
     assert sorted(p.name for p in folder.glob("*.bad")) == ["000000000101.bad", "000000000102.bad"]
 
 

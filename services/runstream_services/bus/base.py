@@ -147,7 +147,7 @@ class Sink(Protocol):
 
     def flush(self) -> bool:
         """Makes the record of what was stored durable now (the Kafka writer calls it before it
-        commits offsets; the embedded bus before it drops its block files); False when that
+        commits offsets; the embedded bus before it drops its logged blocks); False when that
         failed (it is retried)."""
 
     def forget(

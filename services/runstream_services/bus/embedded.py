@@ -19,10 +19,10 @@ staged and answered. So:
 - a client waiting on an ack waits for its block's staging (and the one before it), never for an
   insert: a closed loop of few clients (a sequential sweep, an SDK's finish) is no longer paced
   by the inserts, and more of them share one insert;
-- several blocks that go in as one are noted in the log first (a group file under the insert's
+- several blocks that go in as one are noted in the log first (a group record under the insert's
   token), so a crash re-forms them as that one write and its tokens drop what landed;
 - a failed insert of answered blocks is retried (the same rows under the same token, as a
-  replay) until it lands; a bus stopped meanwhile leaves their files for the next start;
+  replay) until it lands; a bus stopped meanwhile leaves them logged for the next start;
 - while the queue holds a block's worth (max_block_requests / max_block_points), no block is
   staged: acks wait, and the SDKs' windows slow the senders (backpressure);
 - while an insert runs and stagings keep the bus busy, the next staging waits a share of an
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runstream_services.bus.base import RUN_EVENTS, Envelope, Sink, WriteResult
-from runstream_services.bus.block_log import BlockLog
+from runstream_services.bus.block_log import BlockLog, LogEntry
 from runstream_services.errors import Unavailable
 from runstream_services.metrics_http import Metrics
 from runstream_services.writers.store import StagedWrite
@@ -78,7 +78,7 @@ MAX_BLOCK_BYTES = 64 << 20
 #: one at a time, 1,000 ranks at 600 requests/s)
 OVERLAP_MIN_POINTS = 100_000
 OVERLAP_MIN_REQUEST_POINTS = 1_000  # ... and the waiting requests are large on average
-RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and their files removed
+RECORD_EVERY_S = 1.0  # how often logged blocks are recorded as stored and dropped from the log
 #: an idle bus waits this long before it takes a block, so that what a client sends together
 #: (an SDK's last metrics and its run_finish, read off the stream as two messages) shares one
 #: block instead of taking two insert rounds one after the other, and requests that many streams
@@ -91,7 +91,7 @@ GATHER_S = 0.001
 #: while an insert runs, a block is staged no sooner than this share of the recent inserts'
 #: duration after the staging before it: a request that finds no staging in that span is staged
 #: at once (a quiet bus, a few clients in a closed loop), while a busy bus stages (and acks) in
-#: larger blocks, so the per-block cost (block file, collect, an ack message per stream) stays
+#: larger blocks, so the per-block cost (block record, collect, an ack message per stream) stays
 #: small per request; an ack then waits a fraction of an insert, never the insert itself
 STAGE_INSERT_SHARE = 0.5
 STAGE_WAIT_MAX_S = 0.05  # ... and never longer than this (an insert that stalls stalls no ack)
@@ -128,9 +128,9 @@ class _Publish:
 class _NotStaged(Exception):
     """Staging a block failed: its publishes are written one by one, in a thread (write() inserts)."""
 
-    def __init__(self, path: Path, cause: Exception):
+    def __init__(self, entry: LogEntry, cause: Exception):
         super().__init__(str(cause))
-        self.path, self.cause = path, cause
+        self.entry, self.cause = entry, cause
 
 
 @dataclass
@@ -151,7 +151,7 @@ class _Staged:
 
     number: int
     name: str
-    path: Path
+    entry: LogEntry  # its record in the block log
     write: StagedWrite
 
 
@@ -216,7 +216,7 @@ class EmbeddedBus:
         self._idle.set()
         self._committer: asyncio.Task | None = None
         self._recorder: asyncio.Task | None = None
-        self._logged: list[Path] = []  # block files written and inserted, not yet recorded
+        self._logged: list[LogEntry] = []  # logged blocks inserted, not yet recorded
         self._busy: dict[str, int] = {}  # client_id -> its envelopes in blocks in flight
         self._barriers: dict[str, int] = {}  # client_id -> its run events in blocks in flight
         self._tasks: set[asyncio.Task] = set()  # blocks being committed (the loop holds no other reference)
@@ -230,6 +230,8 @@ class EmbeddedBus:
         if self._pool is not None:
             return
         self._stopping.clear()
+        if self._log is not None and self._log.closed:  # started again after stop: read the folder anew
+            self._log = BlockLog(self._log.folder)
         self._loop_thread = threading.get_ident()
         self._loop = asyncio.get_running_loop()
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -288,6 +290,8 @@ class EmbeddedBus:
         pool, self._pool = self._pool, None
         await asyncio.get_running_loop().run_in_executor(pool, self._record)
         pool.shutdown(wait=True)
+        if self._log is not None:
+            self._log.close()
         self._committer = self._recorder = None
 
     # ---- group commit -------------------------------------------------------------------------
@@ -625,7 +629,7 @@ class EmbeddedBus:
             return await loop.run_in_executor(self._pool, self._stage_block, block, name, number)
         except _NotStaged as failed:
             singles = await loop.run_in_executor(
-                self._pool, self._write_singles, block, name, failed.path, failed.cause
+                self._pool, self._write_singles, block, name, failed.entry, failed.cause
             )
             return singles, None
 
@@ -644,30 +648,30 @@ class EmbeddedBus:
         insert, or stored already). Raises _NotStaged when staging fails: _stage then writes the
         publishes one by one, in a thread."""
         envelopes = block.envelopes
-        path = self._log.write(name, envelopes)
+        entry = self._log.write(name, envelopes)
         try:
             result, write = self.sink.stage(envelopes, name)
         except Exception as exc:
-            raise _NotStaged(path, exc) from exc
+            raise _NotStaged(entry, exc) from exc
         shares = [_share(result, item) for item in block.items]
         if write is None:
-            self._logged.append(path)  # nothing left to insert: recorded (and removed) with the rest
+            self._logged.append(entry)  # nothing left to insert: recorded (and removed) with the rest
             return shares, None
-        return shares, _Staged(number, name, path, write)
+        return shares, _Staged(number, name, entry, write)
 
     def _insert_group(self, group: list[_Staged]) -> None:
         """In a pool thread: inserts queued blocks as one (StoreWriter.insert_staged). Several
         blocks go under a group token, noted in the log first (BlockLog.write_group), so a crash
         re-forms them as one write under the same token. A failure is retried (replay: the
         tokens drop what landed) until the inserts land: the requests are acked. A bus stopping
-        meanwhile gives up; the block files stay, and the next start re-forms them."""
+        meanwhile gives up; the blocks stay in the log, and the next start re-forms them."""
         writes = [staged.write for staged in group]
-        paths = [staged.path for staged in group]
+        blocks = [staged.entry for staged in group]
         if len(group) == 1:
-            token, files = group[0].name, paths
+            token, entries = group[0].name, blocks
         else:
             token = f"grp:{self._name}:{group[0].number}-{group[-1].number}"
-            files = [self._log.write_group(token, paths), *paths]  # the group's file goes first
+            entries = [self._log.write_group(token, blocks), *blocks]  # the group is removed first
         delay, replay = 0.1, False
         while True:
             try:
@@ -683,10 +687,10 @@ class EmbeddedBus:
                         "acked blocks %s stay in the block log; they are stored at the next start", token
                     )
                     self.sink.abandon_staged(writes)
-                    files = []
+                    entries = []
                     break
                 delay, replay = min(5.0, delay * 2), True
-        self._logged.extend(files)
+        self._logged.extend(entries)
         with self._applied:
             self._unapplied.difference_update(staged.number for staged in group)
             self._applied.notify_all()
@@ -724,10 +728,10 @@ class EmbeddedBus:
             with self._applied:
                 self._readers -= 1
 
-    def _write_singles(self, block: _Block, name: str, path: Path | None, exc: Exception) -> list:
+    def _write_singles(self, block: _Block, name: str, entry: LogEntry | None, exc: Exception) -> list:
         """A block failed before it was answered: writes each publish on its own (its own
         tokens), so one request the store cannot take fails alone; a block of one re-raises."""
-        self._forget_log(path)
+        self._forget_log(entry)
         if len(block.items) == 1:
             raise exc
         log.warning("block %s of %d requests failed (%s); writing them one by one", name, block.requests, exc)
@@ -739,46 +743,46 @@ class EmbeddedBus:
                 singles.append(single_exc)
         return singles
 
-    def _forget_log(self, path: Path | None) -> None:
+    def _forget_log(self, entry: LogEntry | None) -> None:
         """A block answered without being stored as one: its requests are resent or were written
-        one by one under their own tokens, so its file must not re-form it after a crash."""
-        if path is not None and self._log is not None:
-            self._log.remove([path])
+        one by one under their own tokens, so its record must not re-form it after a crash."""
+        if entry is not None and self._log is not None:
+            self._log.remove([entry])
 
     # ---- the block log ------------------------------------------------------------------------
 
     def _recover(self) -> None:
         """At start: writes every logged block again under its own name, and the blocks of a
-        group file as one write under the group's token (see block_log.py)."""
+        group as one write under the group's token (see block_log.py)."""
         assert self._log is not None
         blocks = list(self._log.pending())
-        envelopes_of = {path: envelopes for path, _, envelopes in blocks}
-        groups: dict[Path, tuple[Path, str, list[Path]]] = {}  # first block -> its group
-        grouped: set[Path] = set()
-        for group_path, token, members in self._log.groups():
+        envelopes_of = {entry: envelopes for entry, _, envelopes in blocks}
+        groups: dict[LogEntry, tuple[LogEntry, str, list[LogEntry]]] = {}  # first block -> its group
+        grouped: set[LogEntry] = set()
+        for group, token, members in self._log.groups():
             if all(m in envelopes_of for m in members):
-                groups[members[0]] = (group_path, token, members)
+                groups[members[0]] = (group, token, members)
                 grouped.update(members)
             else:  # its removal was cut short, after the record was made durable: alone they are found stored
-                self._log.remove([group_path])
-        recovered = []
-        for path, name, envelopes in blocks:
-            if path in groups:
-                group_path, name, members = groups[path]
+                self._log.remove([group])
+        recovered: list[LogEntry] = []
+        for entry, name, envelopes in blocks:
+            if entry in groups:
+                group, name, members = groups[entry]
                 envelopes = [env for member in members for env in envelopes_of[member]]
-                files = [group_path, *members]
-            elif path in grouped:
+                entries = [group, *members]
+            elif entry in grouped:
                 continue  # re-formed with the first block of its group
             else:
-                files = [path]
+                entries = [entry]
             result = self.sink.write(envelopes, token=name, replay=True)
             log.info(
                 "re-formed logged block %s: %d requests, %d stored now, %d stored before",
                 name, len(envelopes), result.stored, result.duplicates,
             )  # fmt: skip
-            recovered += files
+            recovered += entries
         if recovered:
-            self._record_paths(recovered)
+            self._record_entries(recovered)
 
     async def _record_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -788,17 +792,17 @@ class EmbeddedBus:
                 await loop.run_in_executor(self._pool, self._record)
 
     def _record(self) -> None:
-        paths, self._logged = self._logged, []
-        if paths:
-            self._record_paths(paths)
+        entries, self._logged = self._logged, []
+        if entries:
+            self._record_entries(entries)
 
-    def _record_paths(self, paths: list[Path]) -> None:
-        """Makes the record of the blocks' requests durable, then drops their files."""
-        if self.sink.flush() is False:  # the record could not be written: keep the files
-            self._logged[:0] = paths
+    def _record_entries(self, entries: list[LogEntry]) -> None:
+        """Makes the record of the blocks' requests durable, then drops them from the log."""
+        if self.sink.flush() is False:  # the record could not be written: keep them
+            self._logged[:0] = entries
             return
         assert self._log is not None
-        self._log.remove(paths)
+        self._log.remove(entries)
 
 
 def _share(result: WriteResult, item: _Publish) -> WriteResult:
