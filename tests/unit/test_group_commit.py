@@ -360,6 +360,21 @@ def test_a_record_cut_short_by_a_crash_is_dropped_and_a_damaged_segment_is_kept_
     assert "damaged" in caplog.text and list(tmp_path.glob("*.bad")), "reported, a copy kept"
 
 
+def test_a_logged_block_that_passes_its_crc_but_does_not_parse_is_kept_aside(tmp_path, caplog):
+    from runstream_services.bus import block_log
+
+    log = BlockLog(tmp_path)
+    number = log._append(
+        block_log._BLOCK, b"v3 blk:x:1\n\x01\x00\x00\x00"
+    )  # one request announced, none there
+    good = log.write("blk:x:2", [start("c", 1, "r")])
+    log.close()
+    with caplog.at_level("ERROR", logger="runstream.bus"):
+        assert [n for n, _, _ in BlockLog(tmp_path).pending()] == [good]
+    assert (tmp_path / f"{number:012d}.bad").exists() and "cannot be read" in caplog.text
+    assert [n for n, _, _ in BlockLog(tmp_path).pending()] == [good], "noted done: not reported again"
+
+
 def _envelopes_of_both_kinds() -> list[Envelope]:
     """Headers the older formats wrote out (their payloads were never parsed back)."""
     return [

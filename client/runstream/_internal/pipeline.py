@@ -40,6 +40,9 @@ FINAL_UPLOAD_CODES = frozenset(
 )
 #: at interpreter exit, how long to wait for a server this process never reached before spooling
 EXIT_UNREACHED_WAIT_S = 2.0
+#: how long a caller waits for the worker to set a run's pipeline up (it takes microseconds; more
+#: means the worker's loop is stuck, which a caller should hear about rather than hang on)
+START_TIMEOUT_S = 60.0
 
 
 class Upload:
@@ -91,9 +94,9 @@ class Pipeline:
         # raises its error, if any, in the caller's thread.
         self._started = worker.submit(self._start())
 
-    def ready(self) -> IngestStream:
+    def ready(self, timeout_s: float = START_TIMEOUT_S) -> IngestStream:
         """The pipeline's stream once the loop has set it up (raises what _start raised)."""
-        self._started.result()
+        self._started.result(timeout_s)
         return self.stream
 
     # ---- caller-thread API ----------------------------------------------------------------

@@ -247,8 +247,8 @@ class BlockLog:
         for tmp in self.folder.glob("*.tmp"):  # a legacy write cut short: that block was never inserted
             tmp.unlink(missing_ok=True)
         legacy = [(int(p.stem), p) for p in self.folder.glob("*.blk") if p.stem.isdigit()]
-        found = sorted([(number, (path, offset, length)) for number, path, offset, length in blocks] + legacy)
-        for number, where in found:
+        found = [(number, (path, offset, length)) for number, path, offset, length in blocks] + legacy
+        for number, where in sorted(found, key=lambda item: item[0]):
             if isinstance(where, Path):
                 try:
                     yield where, *_read(where.read_bytes())
@@ -264,7 +264,15 @@ class BlockLog:
             with open(path, "rb") as f:
                 f.seek(offset)
                 body = f.read(length)
-            yield number, *_read_v3(body, body.index(b"\n"))
+            try:
+                name, envelopes = _read_v3(body, body.index(b"\n"))
+            except (ValueError, UnicodeDecodeError, IndexError, DecodeError) as exc:  # passed its CRC
+                bad = self.folder / f"{number:012d}.bad"
+                bad.write_bytes(body)
+                log.error("logged block %d cannot be read (%s); kept as %s, not re-formed", number, exc, bad)
+                self.remove([number])
+                continue
+            yield number, name, envelopes
 
     def groups(self) -> list[tuple[LogEntry, str, list[LogEntry]]]:
         """The groups left (see write_group), oldest first: (entry, token, block entries)."""
