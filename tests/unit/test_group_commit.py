@@ -360,6 +360,29 @@ def test_a_record_cut_short_by_a_crash_is_dropped_and_a_damaged_segment_is_kept_
     assert "damaged" in caplog.text and list(tmp_path.glob("*.bad")), "reported, a copy kept"
 
 
+def test_a_full_disk_while_noting_blocks_done_keeps_them_logged_until_it_works(tmp_path, monkeypatch):
+    """The 'done' note is a write (a file deletion was not): when it fails, the blocks stay logged
+    and the next record round notes them, instead of the recorder stopping for good."""
+    import errno
+
+    bus = EmbeddedBus(RecordingSink(delay_s=0.0), log_dir=tmp_path)
+    first = bus._log.write("blk:x:1", [start("c", 1, "r")])
+    real_remove, failures = bus._log.remove, [1]
+
+    def remove(entries):
+        if failures:
+            failures.pop()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_remove(entries)
+
+    monkeypatch.setattr(bus._log, "remove", remove)
+    bus._logged = [first]
+    bus._record()
+    assert bus._logged == [first] and [n for n, _, _ in bus._log.pending()] == [first]
+    bus._record()
+    assert bus._logged == [] and list(bus._log.pending()) == []
+
+
 def test_a_logged_block_that_passes_its_crc_but_does_not_parse_is_kept_aside(tmp_path, caplog):
     from runstream_services.bus import block_log
 

@@ -161,7 +161,13 @@ class BlockLog:
     def _open_segment(self, number: int) -> _Segment:
         path = self.folder / f"{number:012d}.seg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        os.write(fd, _SEGMENT_MAGIC)
+        try:
+            if os.write(fd, _SEGMENT_MAGIC) != len(_SEGMENT_MAGIC):
+                raise OSError(f"could not write the header of {path} (disk full?)")
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
         segment = self._segments[number] = _Segment(path, fd, len(_SEGMENT_MAGIC))
         return segment
 

@@ -747,7 +747,10 @@ class EmbeddedBus:
         """A block answered without being stored as one: its requests are resent or were written
         one by one under their own tokens, so its record must not re-form it after a crash."""
         if entry is not None and self._log is not None:
-            self._log.remove([entry])
+            try:
+                self._log.remove([entry])
+            except OSError as exc:  # re-formed after a restart it finds its requests stored: no harm
+                log.warning("could not drop logged block %s (%s)", entry, exc)
 
     # ---- the block log ------------------------------------------------------------------------
 
@@ -802,7 +805,11 @@ class EmbeddedBus:
             self._logged[:0] = entries
             return
         assert self._log is not None
-        self._log.remove(entries)
+        try:
+            self._log.remove(entries)
+        except OSError as exc:  # (a full disk): they stay logged and are noted done at the next try
+            log.warning("could not note %d logged blocks as recorded (%s); trying again", len(entries), exc)
+            self._logged[:0] = entries
 
 
 def _share(result: WriteResult, item: _Publish) -> WriteResult:
