@@ -217,6 +217,38 @@ def test_blocks_acked_while_one_inserts_wait_in_a_queue_and_go_in_as_one_insert(
     assert [summary_count(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
 
 
+def test_a_group_that_cannot_be_logged_goes_in_block_by_block(sole_writer, tmp_path, monkeypatch):
+    """A full disk when the group record is written: its blocks (each logged already) are inserted
+    one by one under their own names, so each stays exactly-once on its own, and nothing waits for
+    the next start."""
+    import errno
+
+    writer = sole_writer
+
+    def full_disk(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def main():
+        gates: list[InsertGate] = []
+        starts = (("c", "run-1"), ("d", "run-2"), ("e", "run-3"))
+        async with running_bus(writer, tmp_path / "blocks", gates, starts) as bus:
+            monkeypatch.setattr(bus._log, "write_group", full_disk)
+            gate = InsertGate(writer, monkeypatch, gates)
+            await asyncio.wait_for(bus.publish([points("c", 2, "run-1", [0])]), 10)
+            assert await asyncio.to_thread(gate.entered.wait, 10)
+            for client, run in (("d", "run-2"), ("e", "run-3")):
+                assert (await asyncio.wait_for(bus.publish([points(client, 2, run, [0])]), 10)).stored == 1
+            assert len(bus._queue) == 2
+            gate.open()
+            await asyncio.to_thread(bus.wait_applied, 10)
+            assert [stored_points(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
+            assert gate.calls == 3, "the two queued blocks went in one by one"
+
+    asyncio.run(main())
+    assert [summary_count(writer, r) for r in ("run-1", "run-2", "run-3")] == [1, 1, 1]
+    assert not list((tmp_path / "blocks").iterdir()), "each recorded and dropped"
+
+
 def test_acks_wait_while_the_insert_queue_is_full(sole_writer, tmp_path, monkeypatch):
     writer = sole_writer
 

@@ -671,7 +671,15 @@ class EmbeddedBus:
             token, entries = group[0].name, blocks
         else:
             token = f"grp:{self._name}:{group[0].number}-{group[-1].number}"
-            entries = [self._log.write_group(token, blocks), *blocks]  # the group is removed first
+            try:
+                entries = [self._log.write_group(token, blocks), *blocks]  # the group is removed first
+            except OSError as exc:  # (a full disk) no group record: each block goes in under its own name
+                log.warning(
+                    "could not log group %s (%s); inserting its %d blocks one by one", token, exc, len(group)
+                )
+                for staged in group:
+                    self._insert_group([staged])
+                return
         delay, replay = 0.1, False
         while True:
             try:
