@@ -116,9 +116,7 @@ class BlockLog:
                 self._active = segment
                 if full is not None:
                     self._drop_if_done(full)
-            header = _RECORD.pack(len(body), kind, number)
-            record = b"".join([header, _CRC.pack(zlib.crc32(body, zlib.crc32(header))), body])
-            self._write(segment, record)
+            self._write(segment, _record(kind, number, body))
             segment.live[number] = (segment.size - len(body), len(body), kind)
             self._where[number] = segment
             return number
@@ -137,11 +135,7 @@ class BlockLog:
                 if segment is not None:
                     by_segment.setdefault(id(segment), (segment, []))[1].append(entry)
             for segment, numbers in by_segment.values():
-                body = np.asarray(numbers, "<u8").tobytes()
-                header = _RECORD.pack(len(body), _DONE, 0)
-                self._write(
-                    segment, b"".join([header, _CRC.pack(zlib.crc32(body, zlib.crc32(header))), body])
-                )
+                self._write(segment, _record(_DONE, 0, np.asarray(numbers, "<u8").tobytes()))
                 for number in numbers:
                     segment.live.pop(number, None)
                     self._where.pop(number, None)
@@ -178,7 +172,7 @@ class BlockLog:
             return
         os.close(segment.fd)
         segment.path.unlink(missing_ok=True)
-        self._segments = {k: s for k, s in self._segments.items() if s is not segment}
+        del self._segments[_segment_key(segment.path)]
         if segment is self._active:
             self._active = None
 
@@ -206,7 +200,7 @@ class BlockLog:
             length, kind, number = _RECORD.unpack_from(data, pos)
             (crc,) = _CRC.unpack_from(data, pos + _RECORD.size)
             body = data[end : end + length]
-            if len(body) != length or zlib.crc32(body, zlib.crc32(data[pos : pos + _RECORD.size])) != crc:
+            if len(body) != length or _crc(data[pos : pos + _RECORD.size], body) != crc:
                 break
             if kind == _DONE:
                 for done in np.frombuffer(body, "<u8").tolist():
@@ -243,18 +237,11 @@ class BlockLog:
     def pending(self) -> Iterator[tuple[LogEntry, str, list[Envelope]]]:
         """The logged blocks not yet removed, oldest first: (entry, name, envelopes). A legacy
         file that cannot be read is renamed *.bad and reported (its requests were never acked)."""
-        with self._lock:
-            blocks = [
-                (number, segment.path, offset, length)
-                for segment in self._segments.values()
-                for number, (offset, length, kind) in segment.live.items()
-                if kind == _BLOCK
-            ]
+        blocks = self._live(_BLOCK)
         for tmp in self.folder.glob("*.tmp"):  # a legacy write cut short: that block was never inserted
             tmp.unlink(missing_ok=True)
         legacy = [(int(p.stem), p) for p in self.folder.glob("*.blk") if p.stem.isdigit()]
-        found = [(number, (path, offset, length)) for number, path, offset, length in blocks] + legacy
-        for number, where in sorted(found, key=lambda item: item[0]):
+        for number, where in sorted([*blocks, *legacy], key=lambda item: item[0]):
             if isinstance(where, Path):
                 try:
                     yield where, *_read(where.read_bytes())
@@ -266,10 +253,7 @@ class BlockLog:
                     )
                     where.rename(where.with_suffix(".bad"))
                 continue
-            path, offset, length = where
-            with open(path, "rb") as f:
-                f.seek(offset)
-                body = f.read(length)
+            body = _read_body(*where)
             try:
                 name, envelopes = _read_v3(body, body.index(b"\n"))
             except (ValueError, UnicodeDecodeError, IndexError, DecodeError) as exc:  # passed its CRC
@@ -292,20 +276,21 @@ class BlockLog:
             out.append((path, lines[0][len(_GROUP) :], [self.folder / name for name in lines[1:]]))
         for tmp in self.folder.glob("*.gtmp"):  # cut short: its insert never began
             tmp.unlink(missing_ok=True)
-        with self._lock:
-            records = sorted(
-                (number, segment.path, offset, length)
-                for segment in self._segments.values()
-                for number, (offset, length, kind) in segment.live.items()
-                if kind == _GROUP_RECORD
-            )
-        for number, path, offset, length in records:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                body = f.read(length)
+        for number, where in sorted(self._live(_GROUP_RECORD)):
+            body = _read_body(*where)
             end = body.index(b"\n")
             out.append((number, body[:end].decode(), np.frombuffer(body, "<u8", offset=end + 1).tolist()))
         return out
+
+    def _live(self, kind: int) -> list[tuple[int, tuple[Path, int, int]]]:
+        """The live records of `kind`: (number, (segment file, offset, length) of its body)."""
+        with self._lock:
+            return [
+                (number, (segment.path, offset, length))
+                for segment in self._segments.values()
+                for number, (offset, length, k) in segment.live.items()
+                if k == kind
+            ]
 
     def close(self) -> None:
         """Closes the segment files: one with live records stays for the next BlockLog of the
@@ -337,6 +322,22 @@ def block_bytes(name: str, envelopes: list[Envelope]) -> bytes:
             *payloads,
         ]
     )
+
+
+def _record(kind: int, number: int, body: bytes) -> bytes:
+    """One segment record: header (body length, kind, number), CRC-32 of header and body, body."""
+    header = _RECORD.pack(len(body), kind, number)
+    return b"".join([header, _CRC.pack(_crc(header, body)), body])
+
+
+def _crc(header: bytes, body: bytes) -> int:
+    return zlib.crc32(body, zlib.crc32(header))
+
+
+def _read_body(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 def _segment_key(path: Path) -> int:
