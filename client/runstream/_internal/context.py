@@ -78,7 +78,7 @@ def _git_signature(where: str) -> tuple:
     by every init, and under a busy GIL by a wait for it (W3: ~0.1 ms of client CPU per run)."""
     path = where
     while True:
-        dot_git = path + "/.git" if path != "/" else "/.git"
+        dot_git = os.path.join(path, ".git")
         try:
             st = os.stat(dot_git)
             break
@@ -92,16 +92,17 @@ def _git_signature(where: str) -> tuple:
             dot_git = os.path.join(path, _read_small(dot_git, st).split(":", 1)[1].strip())
         except (OSError, IndexError):
             return ()
-    head = dot_git + "/HEAD"
+    head = os.path.join(dot_git, "HEAD")
     try:
         head_st = os.stat(head)
         ref = _read_small(head, head_st).strip()
     except OSError:
         return ()
     out = [(head_st.st_mtime_ns, head_st.st_size)]
-    for name in (
-        (dot_git + "/index", dot_git + "/" + ref[5:]) if ref.startswith("ref: ") else (dot_git + "/index",)
-    ):
+    files = [os.path.join(dot_git, "index")]
+    if ref.startswith("ref: "):
+        files.append(os.path.join(dot_git, ref[5:]))
+    for name in files:
         try:
             st = os.stat(name)
             out.append((st.st_mtime_ns, st.st_size))

@@ -99,26 +99,32 @@ class Pipeline:
         self._started.result(timeout_s)
         return self.stream
 
+    def _call(self, coro, timeout_s: float):
+        """Runs `coro` on the worker's loop, once the pipeline is set up (raises what ready raises)."""
+        try:
+            self.ready()
+        except BaseException:
+            coro.close()  # never run: no "coroutine was never awaited" warning on top of the error
+            raise
+        return self.worker.call(coro, timeout_s)
+
     # ---- caller-thread API ----------------------------------------------------------------
 
     def wake(self) -> None:
         self.worker.call_soon(self._wake_event.set)
 
     def flush(self, timeout_s: float) -> bool:
-        self.ready()
-        return self.worker.call(self._flush(timeout_s), timeout_s + 10)
+        return self._call(self._flush(timeout_s), timeout_s + 10)
 
     def server_reached(self, wait_s: float = EXIT_UNREACHED_WAIT_S) -> bool:
         """True once the server answered or the channel is connected, waiting up to wait_s."""
-        self.ready()
-        return self.offline or self.worker.call(self._server_reached(wait_s), wait_s + 10)
+        return self.offline or self._call(self._server_reached(wait_s), wait_s + 10)
 
     def close(self, timeout_s: float, at_exit: bool = False) -> bool:
         """True when everything was delivered. Never raises: a failure is warned about (False).
         `at_exit`: a server this process never reached is not waited for (EXIT_UNREACHED_WAIT_S)."""
         try:
-            self.ready()
-            return self.worker.call(self._close(timeout_s, at_exit), timeout_s + 30)
+            return self._call(self._close(timeout_s, at_exit), timeout_s + 30)
         except Exception as exc:
             warnings.warn(
                 f"runstream: finishing run {self.buffer.run_id!r} failed ({type(exc).__name__}: {exc}); "
@@ -412,8 +418,7 @@ class Pipeline:
     def import_children(self, timeout_s: float) -> None:
         """Uploads spool files that forked children of this process (which never talk to the
         server themselves) or earlier processes left in the run's folder, once unlocked."""
-        self.ready()
-        self.worker.call(self._import_children(time.monotonic() + timeout_s), timeout_s + 30)
+        self._call(self._import_children(time.monotonic() + timeout_s), timeout_s + 30)
 
     async def _import_children(self, deadline: float) -> None:
         for path in replayable_files([self.run_dir], exclude={self.client_id}):
