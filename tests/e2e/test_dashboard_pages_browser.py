@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
 
 import runstream
 from tests.e2e.dashboard_process import (
@@ -189,8 +191,27 @@ def _select_single_run(page, dashboard, name: str) -> None:
     page.get_by_text("1 runs match").wait_for()
     wait_idle(page)
     table = page.locator('[data-testid="stDataFrame"]').first
-    page.mouse.click(*grid_row_checkbox(page, table, 0))
-    page.wait_for_selector(".js-plotly-plot")
+    opener = page.get_by_role("button", name="Open run page")  # enabled once exactly one row is selected
+    for _ in range(3):
+        page.mouse.click(*grid_row_checkbox(page, table, 0))
+        try:
+            expect(opener).to_be_enabled(timeout=15_000)
+            break
+        except AssertionError:
+            # the grid swallowed the click (drawn but not yet taking input); once the page is idle
+            # with the row still unselected, a second click selects it rather than toggling it off
+            wait_idle(page)
+            if opener.is_enabled():
+                break
+    expect(opener).to_be_enabled(timeout=1_000)
+    try:
+        page.wait_for_selector(".js-plotly-plot")
+    except PlaywrightTimeoutError:
+        errors = page.locator('[data-testid="stException"]').all_inner_texts()
+        log = dashboard.log_path.read_text(errors="replace")[-3000:]
+        raise AssertionError(
+            f"{name!r} is selected but no chart was drawn; page errors {errors}; log:\n{log}"
+        ) from None
     wait_idle(page)
 
 
