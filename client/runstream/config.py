@@ -6,6 +6,7 @@ Resolved once per `runstream.init` into a frozen `Settings`; nothing here is pro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -61,7 +62,7 @@ class Settings:
     def spool_path(self) -> Path:
         return Path(self.spool_dir).expanduser()
 
-    @property
+    @functools.cached_property  # asked for several times per run; the settings are frozen
     def tls_config(self) -> Tls:
         return Tls.resolve(
             tls=self.tls,

@@ -350,14 +350,18 @@ class _Flusher:
         self._cond = threading.Condition(threading.Lock())
         self._due: dict[ConsoleCapture, float] = {}  # capture -> when its next tick is due
         self._thread: threading.Thread | None = None
+        self._sleeps_until = 0.0  # when the thread wakes by itself (it is waiting until then)
 
     def add(self, capture: ConsoleCapture) -> None:
         with self._cond:
-            self._due[capture] = time.monotonic() + capture.flush_interval_s
+            due = self._due[capture] = time.monotonic() + capture.flush_interval_s
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._main, name="runstream-console", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif due < self._sleeps_until:
+                # woken only when it would sleep past this capture's first tick: a run started
+                # beside others is due after them and costs the thread no wake-up
+                self._cond.notify()
 
     def remove(self, capture: ConsoleCapture) -> None:
         with self._cond:
@@ -371,8 +375,9 @@ class _Flusher:
                 for capture in due:
                     self._due[capture] = now + capture.flush_interval_s
                 if not due:
-                    wait = min(self._due.values(), default=now + 3600.0) - now
-                    self._cond.wait(wait)
+                    self._sleeps_until = min(self._due.values(), default=now + 3600.0)
+                    self._cond.wait(self._sleeps_until - now)
+                    self._sleeps_until = 0.0
                     continue
             for capture in due:  # outside the lock: a capture's stop() may wait for its tick
                 capture.tick()
@@ -384,6 +389,7 @@ class _Flusher:
         self._cond = threading.Condition(threading.Lock())
         self._due = {}
         self._thread = None
+        self._sleeps_until = 0.0
         return captures
 
 

@@ -92,7 +92,7 @@ class Pipeline:
         # run: W3's init took ~1.9 ms per thread with 4 threads, ~1.0 ms without it). Whatever the
         # loop does for this pipeline later is queued behind _start; `ready` waits for it and
         # raises its error, if any, in the caller's thread.
-        self._started = worker.submit(self._start())
+        self._started = worker.run_soon(self._start)
 
     def ready(self, timeout_s: float = START_TIMEOUT_S) -> IngestStream:
         """The pipeline's stream once the loop has set it up (raises what _start raised)."""
@@ -136,7 +136,7 @@ class Pipeline:
 
     # ---- loop side ----------------------------------------------------------------------
 
-    async def _start(self) -> None:
+    def _start(self) -> None:
         self.spool = spool_mod.SpoolFile(self.run_dir, self.client_id)
         channel = (
             None if self.offline else self.worker.channel(self.settings.endpoint, self.settings.tls_config)
@@ -157,7 +157,7 @@ class Pipeline:
             if channel is not None and self.settings.shared_stream
             else None,
         )
-        self._batcher = asyncio.get_running_loop().create_task(self._batch_loop())
+        self._batcher = self.worker.loop.create_task(self._batch_loop())
 
     async def _batch_loop(self) -> None:
         interval = self.settings.flush_interval_s

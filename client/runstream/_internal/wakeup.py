@@ -19,10 +19,11 @@ def _release(waiter: asyncio.Future, value: bool) -> None:
 
 
 class Wakeup:
-    __slots__ = ("_flag", "_waiters")
+    __slots__ = ("_flag", "_loop", "_waiters")
 
     def __init__(self) -> None:
         self._flag = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first wait
         self._waiters: list[asyncio.Future] = []
 
     def is_set(self) -> bool:
@@ -42,7 +43,11 @@ class Wakeup:
         """True once the flag is set (at once when it already is); False after `timeout` seconds."""
         if self._flag:
             return True
-        loop = asyncio.get_running_loop()
+        # remembered, not asked for each time: on 3.11 get_running_loop() makes a getpid() system
+        # call, ~4 % of the SDK's worker thread in a loop of short runs (py-spy --native)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
         timer = loop.call_later(timeout, _release, waiter, False) if timeout is not None else None

@@ -233,7 +233,7 @@ class EmbeddedBus:
         if self._log is not None and self._log.closed:  # started again after stop: read the folder anew
             self._log = BlockLog(self._log.folder)
         self._loop_thread = threading.get_ident()
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()  # kept: on 3.11 asking for it is a getpid() system call
         self._pool = concurrent.futures.ThreadPoolExecutor(
             self.max_blocks + 2, thread_name_prefix="runstream-writer"
         )
@@ -257,7 +257,7 @@ class EmbeddedBus:
             nbytes, points = len(envelopes[0].payload), envelopes[0].points
         else:
             nbytes, points = sum(len(e.payload) for e in envelopes), sum(e.points for e in envelopes)
-        item = _Publish(envelopes, asyncio.get_running_loop().create_future(), nbytes, points)
+        item = _Publish(envelopes, self._loop.create_future(), nbytes, points)
         self._waiting.append(item)
         self._waiting_points += item.points
         self._idle.clear()
@@ -353,7 +353,7 @@ class EmbeddedBus:
             )
             if wait > 0:
                 if self._stage_timer is None:
-                    self._stage_timer = asyncio.get_running_loop().call_later(wait, self._stage_due)
+                    self._stage_timer = self._loop.call_later(wait, self._stage_due)
                 return
         block = self._take_block()
         if block.items:
@@ -405,7 +405,7 @@ class EmbeddedBus:
         if wait <= 0:
             return True
         if self._insert_timer is None:
-            self._insert_timer = asyncio.get_running_loop().call_later(wait, self._insert_due_now)
+            self._insert_timer = self._loop.call_later(wait, self._insert_due_now)
         return False
 
     def _insert_due_now(self) -> None:
@@ -413,7 +413,7 @@ class EmbeddedBus:
         self._wake.set()
 
     def _start(self, coro) -> None:
-        task = asyncio.create_task(coro)
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -573,7 +573,7 @@ class EmbeddedBus:
             self._finished(block)
 
     async def _insert(self, group: list[_Staged]) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         started = time.monotonic()
         try:
             await loop.run_in_executor(self._pool, self._insert_group, group)
@@ -621,7 +621,7 @@ class EmbeddedBus:
     ) -> tuple[list[WriteResult | BaseException], _Staged | None]:
         """_stage_block in the loop (a small block, _stage_now) or in a thread; when staging
         fails, the publishes are written one by one, in a thread."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             if self._stage_now(block):
                 self.metrics.inc("runstream_writer_inline_stagings_total")
