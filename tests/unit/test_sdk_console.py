@@ -180,6 +180,24 @@ def test_the_flusher_thread_hands_batches_to_the_run_on_its_own(monkeypatch):
     cap.stop()
 
 
+def test_a_capture_due_before_the_flusher_wakes_is_ticked_on_time(monkeypatch):
+    """The flusher thread sleeps until its earliest capture is due and is woken only by a capture
+    due sooner (a run started beside others costs it no wake-up): that one must not wait a minute."""
+    import time
+
+    terminal(monkeypatch)
+    slow, _, _ = capture(flush_interval_s=60.0)
+    time.sleep(0.1)  # the flusher now sleeps until the slow capture's first tick, a minute away
+    fast, batches, _ = capture(flush_interval_s=0.02)
+    print("soon")
+    deadline = time.monotonic() + 5
+    while not batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t for _, _, t in lines_of(batches)] == ["soon"]  # before stop: the flusher sent it
+    fast.stop()
+    slow.stop()
+
+
 def _console_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "runstream-console"}
 
