@@ -283,6 +283,13 @@ def test_a_pipeline_that_fails_to_start_is_reported_at_finish_not_hung(tmp_path,
         warnings.simplefilter("always")
         assert run.finish(timeout_s=2) is False
     assert any("stream setup broke" in str(w.message) for w in caught)
+    # finish alone (nothing asked for the stream first): its coroutine raises the setup's error
+    # instead of running on a pipeline that has no stream
+    other = _init(f"127.0.0.1:{free_port()}", tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert other.finish(timeout_s=2) is False
+    assert any("stream setup broke" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 # ---- item 19: interpreter exit with a server never reached ----------------------------------

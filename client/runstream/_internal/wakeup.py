@@ -21,9 +21,9 @@ def _release(waiter: asyncio.Future, value: bool) -> None:
 class Wakeup:
     __slots__ = ("_flag", "_loop", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._flag = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first wait
+        self._loop = loop  # None: the loop of the first wait
         self._waiters: list[asyncio.Future] = []
 
     def is_set(self) -> bool:
