@@ -5,13 +5,12 @@ Resolved once per `runstream.init` into a frozen `Settings`; nothing here is pro
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from runstream._internal.environ import ENVIRON
 from runstream.errors import ConfigError
 from runstream.tls import Tls
 
@@ -93,21 +92,25 @@ def _coerce(name: str, typ: Any, raw: str) -> Any:
     return raw
 
 
+#: setting -> (its RUNSTREAM_<NAME> variable, its type), worked out once: resolve runs per init
+_FIELDS = {f.name: (f"RUNSTREAM_{f.name.upper()}", f.type) for f in fields(Settings)}
+
+
 def resolve(**overrides: Any) -> Settings:
     """Settings from keyword overrides (None means 'not given'), then RUNSTREAM_* variables."""
-    known = {f.name: f for f in fields(Settings)}
-    unknown = set(overrides) - set(known)
+    unknown = overrides.keys() - _FIELDS.keys()
     if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(_FIELDS)}")
     values: dict[str, Any] = {}
-    for name, f in known.items():
+    env = ENVIRON.get
+    for name, (variable, typ) in _FIELDS.items():
         if overrides.get(name) is not None:
             values[name] = overrides[name]
             continue
-        raw = os.environ.get(f"RUNSTREAM_{name.upper()}")
-        if raw not in (None, ""):
-            values[name] = _coerce(name, f.type, raw)
-    settings = dataclasses.replace(Settings(), **values)
+        raw = env(variable)
+        if raw:
+            values[name] = _coerce(name, typ, raw)
+    settings = Settings(**values)  # every field has a default
     validate(settings)
     return settings
 

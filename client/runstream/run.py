@@ -153,16 +153,17 @@ class Run:
             tags=self._tags,
             notes=notes,
             config=value_map(self.config.as_dict()) if owns_config else {},
-            context=context_mod.capture(
-                full=settings.capture_context,
-                with_packages=settings.capture_packages,
-                max_diff_bytes=settings.max_git_diff_bytes,
-                world_size=world_size,
-                seeds=dict(seeds or {}),
-            ),
             start_ms=int((_time() if start_time is None else start_time) * 1000),
             rank=rank,
             resume=resume,
+        )
+        context_mod.capture(
+            full=settings.capture_context,
+            with_packages=settings.capture_packages,
+            max_diff_bytes=settings.max_git_diff_bytes,
+            world_size=world_size,
+            seeds=dict(seeds or {}),
+            into=start.context,
         )
         _check_event_size("run_start", start)
         self._entries.append(Control("run_start", start))

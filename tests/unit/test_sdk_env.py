@@ -202,3 +202,25 @@ def test_set_seed_seeds_and_records(tmp_path):
     assert (random.random(), np.random.rand()) == (a, na)
     assert run.config["seeds.data_seed"] == 123
     run.finish()
+
+
+def test_the_sdks_environ_reads_what_os_environ_holds_now(monkeypatch):
+    """init reads its ~60 variables through ENVIRON (os.environ's store, without its per-lookup
+    encoding): a variable set, changed or removed a moment ago must read the same as os.environ."""
+    import os
+
+    from runstream._internal.environ import ENVIRON
+
+    monkeypatch.setenv("RUNSTREAM_FLUSH_INTERVAL_S", "0.5")
+    monkeypatch.setenv("RS_TEST_TEXT", "héllo wörld")
+    assert ENVIRON.get("RS_TEST_TEXT") == os.environ["RS_TEST_TEXT"] == "héllo wörld"
+    assert resolve().flush_interval_s == 0.5
+    monkeypatch.setenv("RUNSTREAM_FLUSH_INTERVAL_S", "0.25")
+    assert resolve().flush_interval_s == 0.25
+    monkeypatch.delenv("RUNSTREAM_FLUSH_INTERVAL_S")
+    assert ENVIRON.get("RUNSTREAM_FLUSH_INTERVAL_S") is None and "RUNSTREAM_FLUSH_INTERVAL_S" not in ENVIRON
+    assert resolve().flush_interval_s == 0.2  # the default again
+    with pytest.raises(KeyError):
+        ENVIRON["RUNSTREAM_FLUSH_INTERVAL_S"]  # noqa: B018
+    monkeypatch.setenv("RANK", "3")
+    assert distributed.rank() == 3

@@ -18,6 +18,8 @@ import time
 
 from runstream.v1 import types_pb2
 
+from .environ import ENVIRON
+
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -213,10 +215,12 @@ def gpu_models() -> tuple[str, ...]:
 
 
 def env_name() -> str:
-    if os.environ.get("CONDA_DEFAULT_ENV"):
-        return os.environ["CONDA_DEFAULT_ENV"]
-    if os.environ.get("VIRTUAL_ENV"):
-        return os.path.basename(os.environ["VIRTUAL_ENV"].rstrip("/"))
+    conda = ENVIRON.get("CONDA_DEFAULT_ENV")
+    if conda:
+        return conda
+    venv = ENVIRON.get("VIRTUAL_ENV")
+    if venv:
+        return os.path.basename(venv.rstrip("/"))
     if sys.prefix != sys.base_prefix:
         return os.path.basename(sys.prefix.rstrip("/"))
     return ""
@@ -231,25 +235,41 @@ def user_name() -> str:
 
 
 def capture(
-    *, full: bool, with_packages: bool, max_diff_bytes: int, world_size: int, seeds: dict
+    *,
+    full: bool,
+    with_packages: bool,
+    max_diff_bytes: int,
+    world_size: int,
+    seeds: dict,
+    into: types_pb2.RunContext | None = None,
 ) -> types_pb2.RunContext:
+    """The run's context, written into `into` (a RunStart's own field: no copy) or a new message."""
+    ctx = types_pb2.RunContext() if into is None else into
+    ctx.MergeFrom(_process_context(full, with_packages))
+    ctx.command.extend(sys.argv)
+    ctx.env_name = env_name()
+    ctx.world_size = world_size
+    for key, value in seeds.items():
+        ctx.seeds[key] = value
+    if full:
+        for key, value in git_info(max_diff_bytes=max_diff_bytes).items():
+            setattr(ctx, key, value)
+    return ctx
+
+
+@functools.lru_cache(maxsize=4)
+def _process_context(full: bool, with_packages: bool) -> types_pb2.RunContext:
+    """What stays the same for the process's runs, built once and merged into each run's context
+    in C (filling the packages map from Python was ~9 us of a ~23 us capture). Never modified."""
     ctx = types_pb2.RunContext(
         python_version=platform.python_version(),
         host=socket.gethostname(),
         os=platform.platform(),
-        command=list(sys.argv),
-        env_name=env_name(),
         user=user_name(),
-        world_size=world_size,
     )
-    for key, value in seeds.items():
-        ctx.seeds[key] = value
-    if not full:
-        return ctx
-    ctx.cpu = cpu_model()
-    ctx.gpus.extend(gpu_models())
-    for key, value in git_info(max_diff_bytes=max_diff_bytes).items():
-        setattr(ctx, key, value)
-    if with_packages:
-        ctx.packages.update(packages())
+    if full:
+        ctx.cpu = cpu_model()
+        ctx.gpus.extend(gpu_models())
+        if with_packages:
+            ctx.packages.update(packages())
     return ctx

@@ -3,9 +3,9 @@ MPICH/PMI). Ranks of one job must agree on the run id without talking to each ot
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
+from .environ import ENVIRON
 from .values import sanitize_name
 
 RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
@@ -20,15 +20,15 @@ def _first_int(env: Mapping[str, str], names: tuple[str, ...]) -> int | None:
     return None
 
 
-def rank(env: Mapping[str, str] = os.environ) -> int:
+def rank(env: Mapping[str, str] = ENVIRON) -> int:
     return _first_int(env, RANK_VARS) or 0
 
 
-def world_size(env: Mapping[str, str] = os.environ) -> int:
+def world_size(env: Mapping[str, str] = ENVIRON) -> int:
     return _first_int(env, WORLD_VARS) or 1
 
 
-def launcher_run_id(env: Mapping[str, str] = os.environ) -> str | None:
+def launcher_run_id(env: Mapping[str, str] = ENVIRON) -> str | None:
     """A run id every rank of the job computes alike, or None outside a multi-rank launch.
     RUNSTREAM_RUN_ID always wins; launcher ids are used only when the job has several ranks
     (a single-process SLURM job may run many runs one after another)."""
