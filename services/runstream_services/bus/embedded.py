@@ -109,9 +109,12 @@ INLINE_STAGE_MAX_POINTS = 5_000
 #: after the last one ended (at most INSERT_GAP_MAX_S): each chDB insert costs ~10-30 ms of CPU
 #: however small (parts of the table and its views), so under load fewer, larger inserts leave
 #: the cores to the requests. A read waiting for them (wait_applied), a full queue, or a bus
-#: stopping starts it at once; a quiet bus inserts at once (its last insert ended long ago)
-INSERT_GAP_SHARE = 3.0
-INSERT_GAP_MAX_S = 0.25
+#: stopping starts it at once; a quiet bus inserts at once (its last insert ended long ago).
+#: 3x / 0.25 s before: 8x / 0.5 s halved the inserts of 1,000 runs by 4 threads (one per ~180 runs
+#: -> one per ~375) and their merges, server CPU 1.14-1.21 -> 0.95-1.00 ms per run; the ranks row,
+#: the 10,000-runs row and log -> visible at half load did not change (bench/many_writers.py)
+INSERT_GAP_SHARE = 8.0
+INSERT_GAP_MAX_S = 0.5
 
 
 @dataclass

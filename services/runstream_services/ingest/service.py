@@ -450,9 +450,9 @@ class _IngestStream:
             ingest_pb2.IngestResponse(seq=seq, ok=False, code=exc.grpc_code.value[0], message=exc.message)
         )
 
-    async def accept(self, req: ingest_pb2.IngestRequest) -> Accepted:
+    async def accept(self, req: ingest_pb2.IngestRequest, wire_bytes: int | None = None) -> Accepted:
         svc = self.svc
-        accepted = validate_request(req, svc.settings)
+        accepted = validate_request(req, svc.settings, wire_bytes)
         svc.auth.check(self.principal, accepted.project, "write")
         await svc.runs.admit(accepted.kind, accepted.project, accepted.run_id, req)
         if accepted.kind == "artifact" and not req.artifact.inline_data and req.artifact.size > 0:
@@ -527,7 +527,7 @@ class _IngestStream:
         held in `bulk` to be published with the others."""
         svc = self.svc
         try:
-            accepted = validate_request(req, svc.settings)
+            accepted = validate_request(req, svc.settings, len(raw))
             run = (accepted.project, accepted.run_id)
             if run not in bulk.admitted:
                 svc.auth.check(self.principal, accepted.project, "write")
@@ -562,7 +562,7 @@ class _IngestStream:
     async def handle(self, raw: bytes, req: ingest_pb2.IngestRequest, slot: _Slot | None = None) -> None:
         """One request; `slot`: its place in a packed message, which is answered instead of it."""
         try:
-            accepted = await self.accept(req)
+            accepted = await self.accept(req, len(raw))
         except RunstreamServiceError as exc:
             self._refused(req.seq, exc, slot)
             return

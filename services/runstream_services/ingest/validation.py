@@ -278,7 +278,12 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
             )
         if names_each_key_once(key_index, n):
             top = n - 1  # each key once, in order: one step of n metrics (a rank's usual batch)
-        elif n <= 64:  # numpy's fixed cost is larger than a small batch
+        elif n <= 4096 and not key_index[1::2].strip(b"\0"):
+            # fewer than 256 keys: the high bytes are zero and the low bytes' max is the top, in
+            # C without numpy's fixed cost (its reduce was ~4 % of the ingest loop with batches
+            # of 10 steps x 10 metrics)
+            top = max(key_index[0::2])
+        elif n <= 64:
             top = max(struct.unpack(f"<{n}H", key_index))
         else:
             top = int(np.frombuffer(key_index, "<u2").max())
@@ -387,8 +392,13 @@ def check_artifact(event: ingest_pb2.ArtifactEvent, settings: ServerSettings) ->
             )
 
 
-def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) -> Accepted:
-    """Checks one request's shape and limits; raises InvalidArgument with the fix."""
+def validate_request(
+    req: ingest_pb2.IngestRequest, settings: ServerSettings, wire_bytes: int | None = None
+) -> Accepted:
+    """Checks one request's shape and limits; raises InvalidArgument with the fix. `wire_bytes`:
+    the request's size as received, when known; a body within the config limit because the whole
+    request is needs no size of its own (~10 us for a run_start with a hundred packages)."""
+    sized = wire_bytes is not None and wire_bytes <= settings.config_limit_bytes
     body = req.WhichOneof("body")
     if body is None:
         raise InvalidArgument(
@@ -406,7 +416,8 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
     check_name("project", msg.project)
     check_name("run_id", msg.run_id)
     if body == "run_start":
-        check_config_size("run_start", msg, settings)
+        if not sized:
+            check_config_size("run_start", msg, settings)
         check_context(msg.context)
         _check_text("run name", msg.name, MAX_KEY_CHARS)
         _check_text("run group", msg.group, MAX_KEY_CHARS)
@@ -418,7 +429,8 @@ def validate_request(req: ingest_pb2.IngestRequest, settings: ServerSettings) ->
         check_rank(msg.rank)
         return Accepted("run_start", msg.project, msg.run_id)
     if body == "run_update":
-        check_config_size("run_update", msg, settings)
+        if not sized:
+            check_config_size("run_update", msg, settings)
         check_values("config", msg.config)
         check_values("summary", msg.summary)
         check_tags(msg.tags)
