@@ -321,6 +321,11 @@ def _w3(client, mlflow, sizes, repeat, state) -> dict:
     exp, setup_s = _w3_setup(client, sizes, state)
     n, top = sizes["w3_runs"], sizes["w3_top"]
     out = {"a_p50": [], "a_p95": [], "b_p50": [], "b_p95": []}
+    # one untimed query of each kind first, as on the Runstream side (a process's first call)
+    client.search_runs(
+        [exp], filter_string="params.optimizer = 'adam'", order_by=["metrics.m0 DESC"], max_results=top
+    )
+    client.search_runs([exp], max_results=max(n, 1))
     for _ in repetitions(repeat, sizes["rep_budget_s"]):
         a_times, b_times = [], []
         for _ in range(sizes["w3_queries"]):
