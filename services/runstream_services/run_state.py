@@ -128,8 +128,9 @@ class AuditNote(NamedTuple):
 
 def context_json(context: types_pb2.RunContext) -> str:
     """The context as the runs table stores it; remembered by its bytes, as a process's runs repeat
-    the same context (~110 us each with a hundred packages)."""
-    return _context_json_of(context.SerializeToString(deterministic=True))
+    the same context (~110 us each with a hundred packages). The JSON is the same whatever the
+    order of the bytes (sorted keys), so they need not be deterministic (2.5x as long)."""
+    return _context_json_of(context.SerializeToString())
 
 
 @lru_cache(maxsize=64)  # entries hold a context (a git diff may be ~256 KiB)
