@@ -29,7 +29,7 @@ staged and answered. So:
   insert's time (STAGE_INSERT_SHARE, at most STAGE_WAIT_MAX_S) after the last one, so blocks
   stay large under load (staging each request alone held 1,000 ranks to 4.0k requests/s instead
   of 6.0k); a quiet bus stages at once;
-- under load the inserts are spaced: the next starts no sooner than a few of the recent inserts'
+- under load the inserts are spaced: the next starts no sooner than several of the recent inserts'
   durations after the last one ended (INSERT_GAP_SHARE, at most INSERT_GAP_MAX_S), so more
   blocks share each insert and its fixed CPU (a chDB insert into the metrics table and its two
   views costs ~15-25 ms of CPU however small); a quiet bus inserts at once;
