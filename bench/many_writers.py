@@ -25,6 +25,11 @@ Rows:
 - fresh: log -> visible, one point then Api.history until it is there: p50/p99 at idle and at
   50 % of the held ranks load (offered by a child process, so the load's Python does not hold the
   probe's GIL).
+- sdk: 1,000 ranks of one run through the real SDK (runstream.init per rank, default settings,
+  hosted by 4 processes), one run.log of 10 metrics per step, the step rate rising until acks come
+  later than 2 s after the last log: the points/s held (bench/sdk_ranks.py).
+- repro: the issue's own measurement through the SDK: 64 ranks (4 processes x 16), 10 metrics at
+  5 steps/s for 20 s; there finish() took up to 85 s.
 
 `--bus kafka` runs the rows on a one-process server with the Kafka bus (the broker of
 scripts/services.sh, topics of their own, dropped afterwards): there an ack means published to Kafka
@@ -575,9 +580,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument(
         "--only",
-        default="ranks,floor,packed,runs,fresh",
+        default="ranks,floor,packed,runs,fresh,sdk,repro",
         help=f"comma list of ranks, floor (ranks against a bare gRPC server), packed (ranks with up to "
-        f"{PACKED} requests per message), runs, fresh",
+        f"{PACKED} requests per message), runs, fresh, sdk (ranks through the SDK), repro (the issue's "
+        f"64 SDK ranks)",
     )
     parser.add_argument("--ranks", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=4)
@@ -586,6 +592,11 @@ def main() -> int:
         "--rates",
         default="250,500,1000,1500,2000,3000,4000,6000,8000,9000,10000,11000,12000,14000,16000,20000,25000",
     )
+    parser.add_argument("--sdk-processes", type=int, default=4, help="sdk: processes hosting the ranks")
+    parser.add_argument(
+        "--sdk-rates", default="20,50,100,125,150,200", help="sdk: steps/s per rank, rising until not held"
+    )
+    parser.add_argument("--sdk-seconds", type=float, default=10.0, help="sdk: seconds of logging per rate")
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--probes", type=int, default=200)
@@ -644,6 +655,7 @@ def main() -> int:
     if args.quick:
         args.ranks, args.seconds, args.runs, args.probes = 100, 2.0, 500, 30
         args.rates = "200,500"
+        args.sdk_rates, args.sdk_seconds = "5,20", 2.0
 
     from runstream.api import Api
 
@@ -707,6 +719,23 @@ def main() -> int:
                     return search.SearchRuns(request, timeout=120).total
 
                 out["runs"] = bench_runs(server.endpoint, args.runs, args.clients, count, batched)
+        if "sdk" in only:
+            from sdk_ranks import bench_sdk_ranks
+
+            with fresh_server("sdk") as (server, _):
+                out["sdk_ranks"] = bench_sdk_ranks(
+                    server.endpoint,
+                    args.ranks,
+                    args.sdk_processes,
+                    [float(r) for r in args.sdk_rates.split(",")],
+                    args.sdk_seconds,
+                    lambda: process_cpu_s(server.proc.pid),
+                )
+        if "repro" in only:
+            from sdk_ranks import bench_repro
+
+            with fresh_server("repro") as (server, _):
+                out["sdk_repro"] = bench_repro(server.endpoint, seconds=5.0 if args.quick else 20.0)
         if "fresh" in only:
             wait_ack = args.fresh_probe == "ack"
             with fresh_server("fresh") as (server, api):

@@ -6,7 +6,8 @@
 
 Workload groups for --only: W1 W2 W3 W4 W5 (Runstream embedded vs MLflow), E (sustained ingest
 and log->visible latency, embedded vs MLflow), K (the same on the Kafka bus; MLflow n/a), M (many
-small writers, bench/many_writers.py: 1,000 ranks, 10,000 runs by 16 clients, freshness under load).
+small writers, bench/many_writers.py: 1,000 ranks raw and through the SDK, 10,000 runs by 16
+clients, freshness under load).
 See bench/README.md for what each one measures. Over 400 lines on purpose: the table of rows,
 their targets and the BENCHMARKS.md writer are one report and read best together.
 """
@@ -87,6 +88,10 @@ def define_rows(sizes: Sizes, groups: set[str]) -> list[Row]:
             "requests/s", True, (), mlflow_na=M_NA),
         Row("M-packed", "M the same 1,000 ranks, up to 64 requests packed per message (IngestRequest.packed, as a relay would send them): highest rate held",
             "requests/s", True, (Target("≥ 20,000 requests/s", at_least=20_000),), mlflow_na=M_NA),
+        Row("M-sdk", "M 1,000 ranks of one run through the SDK (runstream.init per rank, default settings, hosted by 4 processes), one run.log of 10 metrics per step: highest rate held with every rank's finish() ≤ 2 s after the last log",
+            "points/s", True, (Target("≥ 1 M points/s", at_least=1_000_000),), mlflow_na=M_NA),
+        Row("M-repro", "M the issue's measurement through the SDK: 64 ranks (4 processes × 16), 10 metrics at 5 steps/s for 20 s, finish() of every rank (issue 11 measured up to 85 s)",
+            "s", False, (Target("< 2 s", at_most=2),), mlflow_na=M_NA),
         Row("M-runs", f"M {s.m_runs:,} runs (20 params, 10 metrics × 10 steps) created by 16 concurrent clients, until visible",
             "s", False, (Target("< 10 s for 10,000", at_most=10),), mlflow_na=M_NA),
         Row("M-fresh-p99", "M log → visible (raw gRPC log, runstream.Api.history), idle: p99", "ms", False,
@@ -120,6 +125,8 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
         "M-ranks": embedded.get("ranks", {}).get("held_requests_per_s"),
         "M-floor": embedded.get("ranks_floor", {}).get("held_requests_per_s"),
         "M-packed": embedded.get("ranks_packed", {}).get("held_requests_per_s"),
+        "M-sdk": embedded.get("sdk_ranks", {}).get("held_points_per_s"),
+        "M-repro": embedded.get("sdk_repro", {}).get("finish_s"),
         "M-runs": embedded.get("runs", {}).get("visible_s"),
         "M-fresh-p99": embedded.get("fresh_idle", {}).get("p99_ms"),
         "M-load-p99": embedded.get("fresh_half_load", {}).get("p99_ms"),
@@ -146,7 +153,7 @@ def run_many_writers(rows: dict[str, Row], sizes: Sizes, workdir: Path) -> None:
 
 #: the rows of the first many_writers call: when it fails, the later calls (which take its load) do not run
 M_EMBEDDED = (
-    "M-ranks", "M-floor", "M-packed", "M-runs", "M-fresh-p99", "M-load-p99",
+    "M-ranks", "M-floor", "M-packed", "M-sdk", "M-repro", "M-runs", "M-fresh-p99", "M-load-p99",
     "M-poll-p99", "M-load-poll-p99", "M-kafka-fresh-p99", "M-kafka-load-p99",
 )  # fmt: skip
 

@@ -87,3 +87,40 @@ def test_runs_attached_to_the_shared_stream_survive_a_killed_server(embedded_ser
         embedded_server, f"SELECT state, count() FROM DB.runs FINAL WHERE run_id IN ({listed}) GROUP BY state"
     )
     assert states == [["finished", 3]]
+
+
+def test_ranks_of_one_run_hosted_by_one_process_store_every_point_once(embedded_server, tmp_path):
+    """The shape of bench/sdk_ranks.py: many ranks of one run in one process (one shared stream,
+    one system-sampler thread), logged step by step across the ranks, finished side by side."""
+    world, steps, keys = 24, 150, [f"m{k}" for k in range(5)]
+    opts = quick_sdk_options(
+        embedded_server.endpoint, tmp_path, console="off", system_metrics_interval_s=0.05
+    )
+    ranks = [
+        runstream.init(PROJECT, id="hosted-ranks", rank=r, world_size=world, **opts) for r in range(world)
+    ]
+    for step in range(steps):
+        values = {key: step + k / 10 for k, key in enumerate(keys)}
+        for run in ranks:
+            run.log(values, step=step)
+    with ThreadPoolExecutor(world) as pool:
+        assert all(pool.map(lambda run: run.finish(timeout_s=60), ranks))
+    assert all(r.stats["acked"] == r.stats["submitted"] and r.stats["refused"] == 0 for r in ranks)
+    embedded_server.stop()
+    per_rank = stored(
+        embedded_server,
+        "SELECT rank, count(), uniqExact(key, step) FROM DB.metrics "
+        "WHERE run_id = 'hosted-ranks' AND kind = 'user' GROUP BY rank ORDER BY rank",
+    )
+    assert per_rank == [[r, steps * len(keys), steps * len(keys)] for r in range(world)]
+    samples = stored(  # each rank's own numbering, from 0, no sample twice, at least its last one
+        embedded_server,
+        "SELECT rank, count(), uniqExact(step), min(step), max(step) FROM DB.metrics "
+        "WHERE run_id = 'hosted-ranks' AND kind = 'system' AND key = 'system/proc_rss_mb' "
+        "GROUP BY rank ORDER BY rank",
+    )
+    assert [row[0] for row in samples] == list(range(world))
+    assert all(n >= 1 and distinct == n and lo == 0 and hi == n - 1 for _, n, distinct, lo, hi in samples)
+    assert stored(embedded_server, "SELECT state FROM DB.runs FINAL WHERE run_id = 'hosted-ranks'") == [
+        ["finished"]
+    ]
