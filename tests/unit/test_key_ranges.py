@@ -1,4 +1,6 @@
-"""key_ranges' plain-Python path for small batches gives the numpy path's answer (replaced_points.py)."""
+"""key_ranges' shortcuts give the general path's answer (replaced_points.py): the plain-Python path
+for small batches, and the grid shortcut (an SDK flush: rows of one step of every key) at any size,
+against the numpy sort."""
 
 from __future__ import annotations
 
@@ -69,9 +71,15 @@ def test_one_step_of_each_key_matches_numpy(keys, steps, monkeypatch: pytest.Mon
         (["a", "b", "c"], [[4, 4, 4], [4, 4, 4]]),  # a step logged twice
         (["a", "b", "a"], [[1, 1, 1], [2, 2, 2]]),  # a key listed twice
         ([f"m{i}" for i in range(10)], [[s] * 10 for s in range(10)]),  # 10 metrics x 10 steps
+        ([f"m{i}" for i in range(10)], [[s] * 10 for s in range(100, 120)]),  # 20 steps: numpy's grid
+        ([f"m{i}" for i in range(10)], [[s] * 10 for s in range(0, 60, 3)]),  # steps with gaps
+        ([f"m{i}" for i in range(10)], [[s] * 10 for s in range(20, 0, -1)]),  # large, falling
+        ([f"m{i}" for i in range(10)], [[s] * 10 for s in [*range(10), *range(10)]]),  # large, repeated
+        ([f"m{i}" for i in range(10)], [[s] * 9 + [s + 1] for s in range(20)]),  # large, one key off
+        ([*[f"m{i}" for i in range(9)], "m0"], [[s] * 10 for s in range(20)]),  # large, a key twice
     ],
 )
-def test_grid_of_steps_and_keys_matches_numpy(keys, rows, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grid_of_steps_and_keys_matches_the_general_path(keys, rows, monkeypatch: pytest.MonkeyPatch) -> None:
     batch = ingest_pb2.MetricBatch(
         project="p",
         run_id="r",
@@ -79,6 +87,9 @@ def test_grid_of_steps_and_keys_matches_numpy(keys, rows, monkeypatch: pytest.Mo
         steps=np.array(rows, "<i8").ravel().tobytes(),
         key_index=np.tile(np.arange(len(keys), dtype="<u2"), len(rows)).tobytes(),
     )
-    small = sorted(key_ranges(batch))
+    small = sorted(key_ranges(batch))  # the Python path up to 128 points, numpy's grid shortcut above
     monkeypatch.setattr(replaced_points, "SMALL_BATCH_POINTS", 0)
-    assert small == sorted(key_ranges(batch))
+    grid = sorted(key_ranges(batch))
+    monkeypatch.setattr(replaced_points, "_grid_ranges", lambda *args: None)
+    general = sorted(key_ranges(batch))
+    assert small == grid == general

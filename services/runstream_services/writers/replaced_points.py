@@ -68,6 +68,9 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
     if n <= SMALL_BATCH_POINTS:
         return _key_ranges_small(batch, n)
     steps = np.frombuffer(batch.steps, "<i8")
+    grid = _grid_ranges(batch, steps, n)
+    if grid is not None:
+        return grid
     if not batch.key_index:
         rising = bool(np.all(steps[1:] > steps[:-1]))
         return [(batch.keys[0], int(steps.min()), int(steps.max()), rising)]
@@ -90,6 +93,24 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
         else:
             out[key] = (lows[g], highs[g], rising)
     return [(key, lo, hi, rising) for key, (lo, hi, rising) in out.items()]
+
+
+def _grid_ranges(batch: ingest_pb2.MetricBatch, steps: np.ndarray, n: int) -> list | None:
+    """key_ranges of a large SDK flush (rows of one step of every key, keys in listed order, the
+    rows' steps rising) without sorting: every key spans the first row's step to the last one's.
+    1,000 ranks logging 100 steps/s send 20 x 10 points per request: 17.7 us by the sort, ~5 us
+    here. None when the batch is not such a grid (or lists a key twice)."""
+    keys = batch.keys
+    k = len(keys)
+    rows = grid_rows(batch.key_index, n, k)
+    if rows < 2:
+        return None
+    table = steps.reshape(rows, k)
+    firsts = table[:, 0]
+    if not (firsts[1:] > firsts[:-1]).all() or not (table == firsts[:, None]).all() or len(set(keys)) != k:
+        return None
+    lo, hi = int(firsts[0]), int(firsts[-1])
+    return [(key, lo, hi, True) for key in keys]
 
 
 def _one_step(batch: ingest_pb2.MetricBatch, n: int, distinct: bool = True) -> int | None:
