@@ -67,6 +67,15 @@ def test_single_key_batch_may_omit_key_index_and_times():
         ({"key_index": np.array([0, 1, 2, 0], "<u2").tobytes()}, ["key 2", "only 2 keys"]),
         ({"key_index": np.arange(4, dtype="<u2").tobytes()}, ["key 3", "only 2 keys"]),  # each index once
         ({"key_index": np.zeros(3, "<u2").tobytes()}, ["3 key indexes"]),
+        (  # 100 rows of both keys but the last index: no grid, the large batch's max finds it
+            {
+                "steps": np.arange(200, dtype="<i8").tobytes(),
+                "values": np.zeros(200).tobytes(),
+                "times_ms": b"",
+                "key_index": np.array([0, 1] * 99 + [0, 2], "<u2").tobytes(),
+            },
+            ["key 2", "only 2 keys"],
+        ),  # fmt: skip
         ({"times_ms": np.zeros(2, "<i8").tobytes()}, ["2 times"]),
         ({"keys": []}, ["no keys"]),
         ({"keys": ["loss", ""]}, ["empty key"]),

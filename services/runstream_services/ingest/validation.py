@@ -280,6 +280,8 @@ def metric_batch_points(batch: ingest_pb2.MetricBatch, max_points: int) -> int:
             )
         if names_each_key_once(key_index, n):
             top = n - 1  # each key once, in order: one step of n metrics (a rank's usual batch)
+        elif grid_rows(key_index, n, len(keys)):
+            top = len(keys) - 1  # rows of every key in order: an SDK flush of several steps
         elif n <= 64:  # numpy's fixed cost is larger than a small batch
             top = max(struct.unpack(f"<{n}H", key_index))
         else:
