@@ -73,3 +73,23 @@ def test_a_forked_child_samples_with_a_thread_of_its_own():
     os.waitpid(pid, 0)
     parent.stop()
     assert int(got) >= 5  # a thread sampled in the child (the parent's does not exist there)
+
+
+def test_a_host_that_refuses_the_probe_costs_the_samples_not_the_finish(monkeypatch):
+    from runstream._internal import system
+
+    def refuse():
+        raise PermissionError("/proc/meminfo: permission denied")
+
+    monkeypatch.setattr(system, "sample_host", refuse)
+    entries = deque()
+    refused = SystemSampler(entries, 0.02, itertools.count())
+    time.sleep(0.1)
+    refused.stop()  # finish() takes this sample: it must not raise
+    assert not entries
+    monkeypatch.undo()
+    after = deque()
+    sampler = SystemSampler(after, 0.02, itertools.count())
+    time.sleep(0.15)
+    sampler.stop()
+    assert len(after) >= 3  # the process's thread outlived the refusals

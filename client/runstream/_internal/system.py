@@ -141,12 +141,17 @@ class _HostSampler:
             self._due.pop(run, None)
 
     def sample(self) -> tuple[float, dict[str, float]]:
-        """(unix time, host and GPU sample); the GPU probe runs once per process."""
+        """(unix time, host and GPU sample); the GPU probe runs once per process. Never raises
+        (finish() takes a sample): a host that refuses a probe gives an empty sample, which no run
+        records."""
         with self._sample_lock:
-            if not self._gpu_probed:
-                self._gpu_probed, self._gpu = True, _gpu_sampler()
-                sample_host()  # psutil's first cpu_percent is meaningless
-            data = sample_host()
+            try:
+                if not self._gpu_probed:
+                    self._gpu_probed, self._gpu = True, _gpu_sampler()
+                    sample_host()  # psutil's first cpu_percent is meaningless
+                data = sample_host()
+            except Exception:  # e.g. psutil denied /proc on a locked-down host
+                return time.time(), {}
             if self._gpu is not None:
                 try:
                     data.update(self._gpu())
