@@ -27,7 +27,8 @@ class Settings:
     api_key: str = ""
     mode: str = "online"  # online | offline | disabled
     spool_dir: str = "~/.runstream/spool"  # offline runs and spilled batches
-    flush_interval_s: float = 0.2  # the worker sends what it has at least this often
+    flush_interval_s: float = 0.2  # the worker sends what it has at least this often; a busy run (100+
+    # points per send) up to 2.5x less often, in fewer, larger requests (_internal/pipeline.py)
     max_batch_points: int = 65_536  # points per MetricBatch (key_index is uint16)
     max_memory_bytes: int = 64 * 1024 * 1024  # unacked requests kept in memory; beyond: disk spool
     max_inflight_requests: int = 64  # sent but unacked requests on the stream

@@ -254,3 +254,33 @@ def test_multiprocessing_fork_worker_data_reaches_the_server_through_the_parent(
     assert sorted(s for k, s, _, _ in pts if k == "from_worker") == list(range(50))
     clients = {cid for cid, _ in fake.requests}
     assert len(clients) == 2  # the child wrote under its own client id, never the parent's
+
+
+def test_next_interval_stretches_for_busy_sends_and_comes_back_for_quiet_ones():
+    from runstream._internal.pipeline import BUSY_SEND_POINTS, BUSY_STRETCH, next_interval
+
+    base = 0.2
+    stretched = next_interval(base, base, BUSY_SEND_POINTS)
+    assert stretched == 2 * base
+    assert next_interval(stretched, base, 10_000) == base * BUSY_STRETCH  # capped
+    assert next_interval(base * BUSY_STRETCH, base, 10_000) == base * BUSY_STRETCH
+    assert next_interval(base * BUSY_STRETCH, base, BUSY_SEND_POINTS - 1) == base
+    assert next_interval(base, base, 0) == base
+
+
+def test_a_busy_run_sends_fewer_larger_requests_than_one_per_interval(fake, tmp_path):
+    """~600 points per 50 ms interval: the timed sends stretch to 2.5 intervals, so the run sends
+    well under one request per interval (one per interval without the stretch); every point
+    arrives once all the same."""
+    run = _init(fake, tmp_path)  # flush_interval_s=0.05
+    step, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < 1.5:
+        for _ in range(12):
+            run.log({f"m{k}": float(step) for k in range(10)}, step=step)
+            step += 1
+        time.sleep(0.01)
+    elapsed = time.monotonic() - t0
+    assert run.finish() is True
+    requests = [b for b in fake.bodies("metrics") if b.run_id == run.id]
+    assert len(fake.points(run.id)) == 10 * step
+    assert 2 <= len(requests) < 0.75 * elapsed / 0.05, (len(requests), elapsed)

@@ -40,9 +40,24 @@ FINAL_UPLOAD_CODES = frozenset(
 )
 #: at interpreter exit, how long to wait for a server this process never reached before spooling
 EXIT_UNREACHED_WAIT_S = 2.0
+#: a busy run (at least BUSY_SEND_POINTS points in one timed send) waits twice as long before its
+#: next send, up to BUSY_STRETCH x flush_interval_s; a send with fewer goes back to the interval.
+#: The server's cost is mostly per request (~0.1 ms each on 2 cores): 1,000 ranks logging 10
+#: metrics at 100 steps/s sent 5.3 k requests/s at 0.2 s and 2.4 k at 0.5 s, server CPU 13.8 ->
+#: 9.6 s per 10 s and every rank's finish() 2.0 -> 0.42 s after the last log (bench/sdk_ranks.py)
+BUSY_SEND_POINTS = 100
+BUSY_STRETCH = 2.5
 #: how long a caller waits for the worker to set a run's pipeline up (it takes microseconds; more
 #: means the worker's loop is stuck, which a caller should hear about rather than hang on)
 START_TIMEOUT_S = 60.0
+
+
+def next_interval(current: float, base: float, points: int) -> float:
+    """The wait before a run's next timed send, after a send of `points` metric points: twice
+    `current` for a busy run, up to BUSY_STRETCH x `base` (fewer, larger requests), else `base`."""
+    if points >= BUSY_SEND_POINTS:
+        return min(current * 2, base * BUSY_STRETCH)
+    return base
 
 
 class Upload:
@@ -167,13 +182,13 @@ class Pipeline:
         self._batcher = self.worker.loop.create_task(self._batch_loop())
 
     async def _batch_loop(self) -> None:
-        interval = self.settings.flush_interval_s
+        base = interval = self.settings.flush_interval_s
         next_beat = time.monotonic() + self.settings.heartbeat_interval_s
         while True:
             await self._wake_event.wait(interval)
             self._wake_event.clear()
             try:
-                self._drain()
+                interval = next_interval(interval, base, self._drain())
                 if self.send_heartbeats and not self.offline and time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.settings.heartbeat_interval_s
                     self.stream.submit(
@@ -187,23 +202,26 @@ class Pipeline:
             except Exception:
                 log.exception("runstream: the batcher failed; retrying on the next tick")
 
-    def _drain(self) -> None:
-        """Sends what the caller handed over. `on_drained(idle)`: idle when there was nothing, so
-        the caller wakes the worker with its next entry: a point logged after a quiet tick goes
-        at once instead of at the next one (a run that logs every tick keeps batching by time and
-        size, and sends at most one request more per tick)."""
-        sent = 0
+    def _drain(self) -> int:
+        """Sends what the caller handed over; returns the metric points sent. `on_drained(idle)`:
+        idle when there was nothing, so the caller wakes the worker with its next entry: a point
+        logged after a quiet tick goes at once instead of at the next one (a run that logs every
+        tick keeps batching by time and size, and sends at most one request more per tick)."""
+        sent = points = 0
         for field, body in self.buffer.drain():
             sent += 1
             try:
                 if field == "upload":
                     self._start_upload(body)
                 else:
+                    if field == "metrics":
+                        points += len(body.steps) >> 3
                     self.stream.submit(field, body)
             except (OverflowError, ValueError, TypeError) as exc:  # this entry alone is refused
                 self._refused_points(1, f"{field} could not be packed: {type(exc).__name__}: {exc}")
         if self.on_drained is not None:
             self.on_drained(sent == 0)
+        return points
 
     def _refused_points(self, count: int, why: str) -> None:
         """Entries the SDK itself could not pack (its caller-thread checks should have caught them)."""
