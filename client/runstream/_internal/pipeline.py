@@ -43,8 +43,8 @@ EXIT_UNREACHED_WAIT_S = 2.0
 #: a busy run (at least BUSY_SEND_POINTS points in one timed send) waits twice as long before its
 #: next send, up to BUSY_STRETCH x flush_interval_s; a send with fewer goes back to the interval.
 #: The server's cost is mostly per request (~0.1 ms each on 2 cores): 1,000 ranks logging 10
-#: metrics at 100 steps/s sent 5.3 k requests/s at 0.2 s and 2.4 k at 0.5 s, server CPU 13.8 ->
-#: 9.6 s per 10 s and every rank's finish() 2.0 -> 0.42 s after the last log (bench/sdk_ranks.py)
+#: metrics at 100 steps/s sent 5.3 k requests/s before this and 2.5 k with it, and every rank's
+#: finish() came 1.83-2.03 s -> 0.53-0.60 s after the last log (bench/sdk_ranks.py)
 BUSY_SEND_POINTS = 100
 BUSY_STRETCH = 2.5
 #: how long a caller waits for the worker to set a run's pipeline up (it takes microseconds; more

@@ -98,7 +98,7 @@ def key_ranges(batch: ingest_pb2.MetricBatch) -> list[tuple[str, int, int, bool]
 def _grid_ranges(batch: ingest_pb2.MetricBatch, steps: np.ndarray, n: int) -> list | None:
     """key_ranges of a large SDK flush (rows of one step of every key, keys in listed order, the
     rows' steps rising) without sorting: every key spans the first row's step to the last one's.
-    1,000 ranks logging 100 steps/s send 20 x 10 points per request: 17.7 us by the sort, ~5 us
+    1,000 ranks logging 100 steps/s sent 20 x 10 points per request: 17.7 us by the sort, 6.8 us
     here. None when the batch is not such a grid (or lists a key twice)."""
     keys = batch.keys
     k = len(keys)
