@@ -47,6 +47,15 @@ class Sizes:
     mlflow_sustained_s: float = 10.0  # MLflow cannot take millions of points: time-bounded instead
     latency_probes: int = 40  # log -> visible probes per repetition
     m_runs: int = 10_000  # many writers: runs created by 16 clients (bench/many_writers.py)
+    m_ranks: int = 1_000  # MLflow's many-writers side (bench/mlflow_many_writers.py): ranks of one run ...
+    m_mlflow_rates: str = (
+        "10,20,30,50,70,100,150,200,400,800"  # ... at these requests/s, rising until not held
+    )
+    m_mlflow_step_s: float = 5.0  # ... each for this long
+    m_mlflow_senders: int = 64  # ... sent by this many threads (a rank's client is synchronous)
+    m_repro_ranks: int = 64  # the measurement: 64 ranks at 5 steps/s ...
+    m_repro_s: float = 20.0  # ... for 20 s
+    mlflow_m_runs_s: float = 30.0  # MLflow creates runs for this long; its time for m_runs is scaled
     mlflow_server_workers: int = 0  # 0: mlflow server's default (4); smoke: 1, to start fast
     rep_budget_s: float = 150.0  # a workload starts another repetition (beyond 2) only within this
 
@@ -79,6 +88,13 @@ class Sizes:
             mlflow_sustained_s=1.0,
             latency_probes=3,
             m_runs=500,
+            m_ranks=20,
+            m_mlflow_rates="10,20",
+            m_mlflow_step_s=1.0,
+            m_mlflow_senders=4,
+            m_repro_ranks=4,
+            m_repro_s=1.0,
+            mlflow_m_runs_s=1.0,
             mlflow_server_workers=1,
         )
 

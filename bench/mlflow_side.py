@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import repetitions  # noqa: E402 - standard library only, like this module
+from mlflow_many_writers import many_writers  # noqa: E402 - the same (mlflow is imported in the worker)
 
 # In the machine's cache, not the checkout, so fresh clones (CI) on the same machine reuse it.
 VENV = Path(
@@ -450,6 +451,7 @@ WORKLOADS = {
     "W5": _w5,
     "SUSTAINED": _sustained,
     "LATENCY": _latency,
+    "MANY": many_writers,  # group M: bench/mlflow_many_writers.py
 }
 
 
