@@ -141,32 +141,52 @@ def test_a_project_held_from_birth_applies_its_blocks_at_its_first_read(monkeypa
     monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 20)  # a backlog never read is bounded
     capped = ReadCache(_NoSQL(), "db")
     capped.on_new_project(PROJECT)
+    kept = 0
     for b in blocks:
         capped.on_stored(b)
-        waiting = capped._projects[PROJECT]
-        assert waiting.backlog is not None and waiting.backlog_points < 20
-    assert waiting.points > 0  # the backlogs before the last one were applied
-    capped.on_stored(block(99, 5_000, ["a"], None, [0], [7.0]))
-    assert held(capped) == held(direct)
+        waiting = capped._projects.get(PROJECT)
+        if waiting is None:
+            break  # let go, unapplied: its first read loads it from SQL
+        kept += 1
+        assert waiting.backlog is not None and waiting.backlog_points < 20 and waiting.points == 0
+    assert 0 < kept < len(blocks)  # held while under the bound, let go at it
+    assert capped._backlog_points == 0 and not capped._backlogged
+    capped.on_stored(block(99, 5_000, ["a"], None, [0], [7.0]))  # later blocks do not hold it again
+    assert PROJECT not in capped._projects
+
+
+def _project_block(seq: int, name: str) -> StoredBlock:
+    b = block(seq, 1_000, ["a"], None, [seq, seq + 100], [1.0, 2.0])
+    batch = b.metrics[0][1]
+    batch.project = name
+    return StoredBlock(runs=[], params=[], metrics=[(b.metrics[0][0], batch)], artifacts=[])
 
 
 def test_backlogs_are_bounded_in_all_and_a_project_too_big_once_applied_is_left_to_sql(monkeypatch):
-    """MAX_BACKLOG_POINTS bounds the blocks all backlogs keep alive, not each one; a first read
+    """MAX_BACKLOG_POINTS bounds the blocks all backlogs keep alive, not each one: at the bound
+    every unread project is let go, unapplied (a held project that was read stays); a first read
     whose backlog makes the project too big to hold (MAX_POINTS) answers None: read SQL."""
     monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 10)
     c = ReadCache(_NoSQL(), "db")
-    for name in ("p", "q"):
+    for name in ("p", "q", "read"):
         c.on_new_project(name)
-    for seq in range(1, 30):
-        name = "pq"[seq % 2]
-        b = block(seq, 1_000, ["a"], None, [seq, seq + 100], [1.0, 2.0])
-        batch = b.metrics[0][1]
-        batch.project = name
-        c.on_stored(StoredBlock(runs=[], params=[], metrics=[(b.metrics[0][0], batch)], artifacts=[]))
-        assert c._backlog_points == sum(c._projects[n].backlog_points for n in "pq") < 10
-    assert c._projects["p"].points + c._projects["q"].points > 0  # applied when the bound was hit
-    assert len(c.ready("p").runs["r"].series[("user", "a")]) == 28  # steps of its 14 blocks
+    assert c.ready("read").backlog is None  # read once: its blocks apply as they come
+    for seq in range(1, 5):  # 2 blocks of 2 points each for p and q: 8 points, under the bound
+        c.on_stored(_project_block(seq, "pq"[seq % 2]))
+        c.on_stored(_project_block(seq, "read"))
+    assert c._backlog_points == sum(c._projects[n].backlog_points for n in "pq") == 8
+    c.on_stored(_project_block(5, "q"))  # 10 points: the bound
+    assert "p" not in c._projects and "q" not in c._projects  # let go, unapplied: SQL loads them
+    assert c._backlog_points == 0 and not c._backlogged
+    assert len(c.ready("read").runs["r"].series[("user", "a")]) == 8  # the read project stays held
+    c.on_stored(_project_block(6, "p"))
+    assert "p" not in c._projects and c._backlog_points == 0
 
+    monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 1_000)
+    c = ReadCache(_NoSQL(), "db")
+    c.on_new_project("q")
+    for seq in range(1, 16):
+        c.on_stored(_project_block(seq, "q"))
     monkeypatch.setattr(read_cache, "MAX_POINTS", 20)
     assert c.ready("q") is None and "q" not in c._projects  # 30 points once applied
     assert c._backlog_points == 0 and not c._backlogged

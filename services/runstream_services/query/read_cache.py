@@ -62,8 +62,12 @@ RETRY_UNCACHEABLE_S = 300.0  # a project too big to hold is tried again after th
 #: a project with more runs than this is loaded in a thread, and the reads that come meanwhile are
 #: answered from SQL: its load takes seconds (10,000 runs of 100 points: ~2 s), a read should not
 BACKGROUND_LOAD_RUNS = 2_000
-#: the backlogs (Project.backlog) are applied once their blocks hold this many points in all (of
-#: any project: the blocks stay alive while they wait), which bounds the memory they keep
+#: once the backlogs (Project.backlog) hold this many points in all (of any project: the blocks stay
+#: alive while they wait), their projects are let go, unread, and loaded from SQL at their first
+#: read like any project not held: that bounds the memory they keep, at no cost to the writes.
+#: Applying them instead held the lock (and the event loop, for blocks staged there) ~0.7 s for a
+#: 1,000-rank run's first 500,000 points, and every ack waited (issue 11: ranks at 4,000 requests/s
+#: saw ack p99 0.5-0.8 s)
 MAX_BACKLOG_POINTS = 500_000
 _SEQ_MASK = (1 << (64 - POSITION_BITS)) - 1
 _INT64 = struct.Struct("<q")
@@ -224,8 +228,8 @@ class Project:
     table: Any = None  # run_table.RunTable of this version, built by the first search
     registered: int = 0  # ReadCache's count of registrations when this one was made
     # held from birth and never read yet: its blocks wait here, applied at once on the first read
-    # (or when the backlogs reach MAX_BACKLOG_POINTS), so a project nobody reads costs its writes
-    # nothing
+    # (or let go with the project when the backlogs reach MAX_BACKLOG_POINTS), so a project nobody
+    # reads costs its writes nothing
     backlog: list | None = None
     backlog_points: int = 0  # points of the blocks in the backlog, of every project they hold
 
@@ -439,34 +443,29 @@ class ReadCache:
         for name in _projects_of(block) & self._backlogged:
             p = projects.get(name)
             if p is None or p.backlog is None or self._projects.get(name) is not p:
-                continue  # (not held any more: evicted while the backlogs were applied)
+                continue  # (not held any more: let go with the other unread ones, or evicted)
             if points is None:
                 points = sum(len(batch.steps) >> 3 for _, batch in block.metrics)
                 if self._backlog_points + points >= MAX_BACKLOG_POINTS:
-                    self._catch_up_all()  # the backlogs so far; this block starts the next ones
-                    if self._projects.get(name) is not p:
-                        continue  # evicted once applied (_evict): nothing holds it now
+                    self._let_go_unread()
+                    continue  # (this project went too: a read loads it from SQL)
             p.backlog.append(block)
             p.backlog_points += points
             self._backlog_points += points
 
-    def _catch_up_all(self) -> None:
-        """Applies every backlog; their projects stay unread (each starts an empty one)."""
+    def _let_go_unread(self) -> None:
+        """Lets go of every project with a backlog (held from birth, never read): see
+        MAX_BACKLOG_POINTS. Their first reads load them from SQL."""
         for name in list(self._backlogged):
-            p = self._projects.get(name)
-            if p is not None and p.backlog is not None:
-                self._catch_up(p, still_unread=True)
+            self.drop(name)
 
-    def _catch_up(self, p: Project, still_unread: bool = False) -> None:
-        """Applies a project's backlog (in order; all its points in one merge) and ends it, or,
-        `still_unread` (it grew too large), starts an empty one."""
+    def _catch_up(self, p: Project) -> None:
+        """Applies a project's backlog at its first read (in order; all its points in one merge)
+        and ends it."""
         self._backlog_points -= p.backlog_points
         blocks, p.backlog, p.backlog_points = p.backlog, None, 0  # None: _apply_blocks applies to it
         self._apply_blocks(blocks, {p.name: p})
-        if still_unread:
-            p.backlog = []
-        else:
-            self._backlogged.discard(p.name)
+        self._backlogged.discard(p.name)
         self._evict()
 
     def drop(self, project: str) -> None:
