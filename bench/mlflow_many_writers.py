@@ -26,16 +26,10 @@ import math
 import threading
 import time
 
+from common import percentile  # standard library only, like this module
+
 DRAIN_LIMIT_S = 2.0  # as bench/many_writers.py: every request back within 2 s after the step's end
 KEYS = 10
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 class _Load:
@@ -253,14 +247,18 @@ def many_writers(client, mlflow, sizes, repeat, state) -> dict:
             "ranks_pps": [held * KEYS],
             "repro_finish_s": [repro["finish_s"]],
             "runs_s": [runs["time_for_target_s"]],
-            "idle_p99": [_pct(idle, 99)],
-            "load_p99": [_pct(loaded, 99)],
+            "idle_p99": [percentile(idle, 99)],
+            "load_p99": [percentile(loaded, 99)],
         },
         "detail": {
             "ranks": ladder,
             "repro": repro,
             "runs": runs,
-            "fresh": {"idle_p50_ms": _pct(idle, 50), "load_p50_ms": _pct(loaded, 50), "load_rps": held / 2},
+            "fresh": {
+                "idle_p50_ms": percentile(idle, 50),
+                "load_p50_ms": percentile(loaded, 50),
+                "load_rps": held / 2,
+            },
             "notes": {
                 "repro_finish_s": (
                     f"{repro['failed']:,} of {repro['requests']:,} requests refused: "

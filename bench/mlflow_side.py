@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import repetitions  # noqa: E402 - standard library only, like this module
+from common import percentile, repetitions  # noqa: E402 - standard library only, like this module
 from mlflow_many_writers import many_writers  # noqa: E402 - the same (mlflow is imported in the worker)
 
 # In the machine's cache, not the checkout, so fresh clones (CI) on the same machine reuse it.
@@ -201,14 +201,6 @@ def run_workloads(
 # --------------------------------------------------------------------------- worker side
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 class _State:
     """Run ids shared between workloads (W4 reads W2's run, W5 reads W3's runs)."""
 
@@ -345,10 +337,10 @@ def _w3(client, mlflow, sizes, repeat, state) -> dict:
             b_times.append(time.perf_counter() - t0)
             if len(runs) != n:
                 raise RuntimeError(f"W3b returned {len(runs)} runs, expected {n}")
-        out["a_p50"].append(_pct(a_times, 50) * 1000)
-        out["a_p95"].append(_pct(a_times, 95) * 1000)
-        out["b_p50"].append(_pct(b_times, 50) * 1000)
-        out["b_p95"].append(_pct(b_times, 95) * 1000)
+        out["a_p50"].append(percentile(a_times, 50) * 1000)
+        out["a_p95"].append(percentile(a_times, 95) * 1000)
+        out["b_p50"].append(percentile(b_times, 50) * 1000)
+        out["b_p95"].append(percentile(b_times, 95) * 1000)
     return {"parts": out, "detail": {"setup_s": setup_s, "runs": n}}
 
 
@@ -367,7 +359,7 @@ def _w4(client, mlflow, sizes, repeat, state) -> dict:
             times.append(time.perf_counter() - t0)
             if len(history) != steps:
                 raise RuntimeError(f"W4 fetched {len(history)} points, expected {steps}")
-        samples.append(_pct(times, 50) * 1000)
+        samples.append(percentile(times, 50) * 1000)
     return {"samples": samples, "detail": {"steps": steps}}
 
 
@@ -437,8 +429,8 @@ def _latency(client, mlflow, sizes, repeat, state) -> dict:
             while client.get_run(run_id).data.metrics.get("probe") != float(i):
                 time.sleep(0.001)
             times.append((time.perf_counter() - t0) * 1000)
-        out["p50"].append(_pct(times, 50))
-        out["p99"].append(_pct(times, 99))
+        out["p50"].append(percentile(times, 50))
+        out["p99"].append(percentile(times, 99))
         client.set_terminated(run_id)
     return {"parts": out, "detail": {"probes": sizes["latency_probes"]}}
 
