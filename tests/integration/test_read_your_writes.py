@@ -263,6 +263,36 @@ def test_a_project_first_written_by_a_sole_writer_is_read_without_a_load(chdb_ds
         w.writer.close()
 
 
+def test_a_project_let_go_unread_at_the_backlog_bound_is_read_whole_from_sql(
+    chdb_dsn, database, tmp_path, monkeypatch
+):
+    """A project held from birth whose backlog reaches MAX_BACKLOG_POINTS is let go unapplied
+    (applying it stalled every ack, issue 11): its first read loads it from SQL and sees every
+    point written before and after, as the SQL-only service does."""
+    from runstream_services.query import read_cache
+
+    monkeypatch.setattr(read_cache, "MAX_BACKLOG_POINTS", 6)
+    w = Wired(chdb_dsn, database, LocalArtifactStore(tmp_path / "artifacts"), sole_writer=True)
+    try:
+        w.write(start("c", 1, "a"), points("c", 2, "a", [0, 1, 2], [3.0, 2.0, 1.0]))
+        assert (
+            w.cache._projects[PROJECT].backlog is not None
+        )  # held from birth, unread (ready() would read it)
+        w.write(points("c", 3, "a", [3, 4, 5], [0.5, 0.4, 0.3]))  # 6 points: the bound
+        assert PROJECT not in w.cache._projects and w.cache._backlog_points == 0
+        w.write(points("c", 4, "a", [6], [0.2]))  # not held again by later writes
+        assert PROJECT not in w.cache._projects
+
+        assert w.history("a", "loss") == [(s, v) for s, v in enumerate([3.0, 2.0, 1.0, 0.5, 0.4, 0.3, 0.2])]
+        assert w.cache.loads == 1  # read from SQL once, then held
+        assert repr(w.history("a", "loss")) == repr(w.history("a", "loss", w.sql))
+        assert w.summary("a", "loss") == w.summary("a", "loss", w.sql)
+        w.write(points("c", 5, "a", [7], [0.1]))  # held again: applied as it comes
+        assert w.summary("a", "loss")["count"] == 8 and w.cache.loads == 1
+    finally:
+        w.writer.close()
+
+
 def test_sdk_reads_its_writes_through_the_public_api(embedded_server, tmp_path):
     """Against the real server: each read follows the ack of the write before it (flush)."""
     with runstream.Api(endpoint=embedded_server.endpoint) as api:
