@@ -151,7 +151,8 @@ def _ladder(client, exp: str, sizes: dict) -> dict:
             break
         best = step
     client.set_terminated(run_id)
-    return {"held_requests_per_s": best["sent_rps"] if best else 0.0, "steps": steps}
+    # the highest held step's offered rate, as Runstream's ranks rows report it (bench/many_writers.py)
+    return {"held_requests_per_s": best["offered_rps"] if best else 0.0, "steps": steps}
 
 
 def _repro(client, exp: str, sizes: dict) -> dict:
