@@ -394,6 +394,31 @@ def slowest(rows: list[Row]) -> tuple[Row, Target, float] | None:
     return worst
 
 
+_RANKS_PARTS = {"M-ranks": "ranks", "M-floor": "ranks_floor", "M-packed": "ranks_packed"}
+
+
+def ranks_cpu(steps: list[dict]) -> str:
+    """Where a ranks ladder's CPU went: the server's and the load generator's CPU per request at
+    the highest held step and at the first step not held. Both share the machine's cores, so
+    together they bound the rate a row can sustain here (a step may hold a little more: its
+    backlog drains after the step, within the 2 s allowed; the server's CPU counts the drain)."""
+    cores = os.cpu_count() or 1
+    held = [s for s in steps if s["held"]]
+    shown = held[-1:] + [s for s in steps if not s["held"]][:1]
+    parts = []
+    for s in shown:
+        server, load = s.get("server_cpu_ms_per_request"), s.get("load_cpu_ms_per_request")
+        if server is None or load is None:
+            continue
+        ceiling = cores * 1000 / (server + load)
+        parts.append(
+            f"at {s['offered_rps']:,.0f} requests/s ({'held' if s['held'] else 'not held'}; ack p99"
+            f" {s['ack_p99_ms']:,.0f} ms) the server used {server:.3f} ms and the load generator {load:.3f} ms"
+            f" of CPU per request: at that cost {cores} cores sustain at most {ceiling:,.0f} requests/s"
+        )
+    return "; ".join(parts) or "no step recorded its CPU"
+
+
 def details(rows: list[Row]) -> list[str]:
     """Lines explaining Runstream's figures from what the workloads recorded."""
     import statistics
@@ -410,6 +435,8 @@ def details(rows: list[Row]) -> list[str]:
                 f"- W5ds data: {d['points_logged']:,} points logged through the SDK (log_arrays, parallel runs)"
                 f" and visible in {d['setup_s']:.1f} s = {fmt(d['setup_points_per_s'], 'points/s')} points/s"
             )
+        if r.id in _RANKS_PARTS and d.get(_RANKS_PARTS[r.id], {}).get("steps"):
+            out.append(f"- {r.id}: {ranks_cpu(d[_RANKS_PARTS[r.id]]['steps'])}")
         if r.id == "W3a-p50" and "via" in d:
             out.append(
                 f"- W3 queries via {d['via']}; W4 via runstream.Api.history; W5 via runstream.Api.series"

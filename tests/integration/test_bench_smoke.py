@@ -12,6 +12,7 @@ test then reports a skip naming the reason; any other failure to create it fails
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -79,6 +80,12 @@ def test_bench_smoke_runs_every_workload(services, tmp_path):
             assert r["speedup"] is not None and r["speedup"] > 0, rid
     assert rows["K-ingest"]["mlflow"] is None and rows["K-ingest"]["mlflow_na"].startswith("n/a")
     assert "| Workload | Unit | Runstream | MLflow |" in report["markdown"]
+    for rid in ("M-ranks", "M-floor", "M-packed"):  # where each ranks ladder's CPU went, both sides
+        line = rf"^- {rid}: at [\d,]+ requests/s \(held.* the server used [\d.]+ ms and the load generator [\d.]+ ms"
+        assert re.search(line, report["markdown"], re.M), (
+            rid,
+            report["markdown"].split("## Where the time went")[-1],
+        )
     assert (tmp_path / "smoke.json").exists()
     after = benchmarks_md.read_text() if benchmarks_md.exists() else None
     assert after == before, "--no-write must leave BENCHMARKS.md alone"
