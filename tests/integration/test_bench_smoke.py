@@ -93,3 +93,25 @@ def test_bench_smoke_runs_every_workload(services, tmp_path):
         assert any(r["mlflow"] is not None for r in rows.values()), "the MLflow side ran no workload"
     else:
         pytest.skip(f"the Runstream side passed; the MLflow side did not run: {mlflow_unavailable}")
+
+
+@pytest.mark.timeout(300)
+def test_ingest_own_cost_acks_every_request_through_the_real_path(tmp_path):
+    """bench/ingest_own_cost.py drives a real embedded server's ingest streams in process (no
+    gRPC); it fails when a request is refused or left unacked, so a run that returns measured
+    the whole path for every request."""
+    import json
+    import subprocess
+
+    out = tmp_path / "own.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest_own_cost.py"), "--requests", "3000", "--ranks", "100"]
+        + ["--runs", "1", "--json", str(out)],
+        check=True,
+        timeout=240,
+    )
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert run["requests"] == 3000
+    assert run["cpu_us_per_request"] > 0 and run["requests_per_s"] > 0
+    assert result["cpu_us_per_request_median"] == run["cpu_us_per_request"]
