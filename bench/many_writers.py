@@ -40,8 +40,9 @@ measures the whole path. `--fresh-load-rps` sets the fresh row's load when no ra
 (bench/run.py passes the embedded row's half, so both buses are read at the same load).
 
 The generator speaks the raw gRPC contract (no SDK) on grpc.aio, with pre-serialized requests, so
-its own CPU stays small (each ranks step reports it: `load_cpu_ms_per_request`); the SDK's per-call cost is measured by W1/W3 in bench/run.py. Its streams ask for
-batched acks (metadata `x-runstream-acks: batched`, as the SDK does) unless `--acks single`.
+its own CPU stays small (each ranks step reports it: `load_cpu_ms_per_request`); the SDK's
+per-call cost is measured by W1/W3 in bench/run.py. Its streams ask for batched acks (metadata
+`x-runstream-acks: batched`, as the SDK does) unless `--acks single`.
 """
 
 from __future__ import annotations
@@ -319,9 +320,9 @@ def ranks_step(
     With `server`, also its CPU ms per request (from the step's start to its drain: on shared cores
     a steadier figure than the held rate) and requests per group-commit block (fewer, larger
     blocks cost less CPU per request, so the two are read together). Always the CPU ms per request
-    of this process, the load generator, which shares the cores with the server. `pack` > 0: what falls due
-    on a stream in one tick (2 ms) goes out packed, up to `pack` requests per message, as a relay
-    multiplexing its ranks would send it."""
+    of this process, the load generator, which shares the cores with the server. `pack` > 0: what
+    falls due on a stream in one tick (2 ms) goes out packed, up to `pack` requests per message,
+    as a relay multiplexing its ranks would send it."""
     cpu_before = process_cpu_s(server.proc.pid) if server else float("nan")
     load_cpu_before = time.process_time()
     blocks_before = _blocks(server)
