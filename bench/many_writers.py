@@ -66,6 +66,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import percentile  # noqa: E402
 from runstream.v1 import ingest_pb2 as pb  # noqa: E402
 from runstream.v1 import types_pb2  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
@@ -127,7 +128,8 @@ def floor_server():
 
 
 def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+    """common.percentile, NaN for no values (a step may time no ack)."""
+    return percentile(values, q) if values else float("nan")
 
 
 class _Loop:

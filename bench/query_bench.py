@@ -32,6 +32,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import percentile  # noqa: E402
 from runstream.v1 import query_pb2, query_pb2_grpc  # noqa: E402
 from runstream_services.grpc_errors import ErrorInterceptor  # noqa: E402
 from runstream_services.query.read_cache import ReadCache  # noqa: E402
@@ -193,10 +194,6 @@ def measure(fn, repeat: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, few repetitions")
@@ -305,7 +302,9 @@ def main() -> int:
         print(f"| {'query':<62} | p50 ms | p95 ms | target p95 |")
         print(f"|{'-' * 64}|-------:|-------:|-----------:|")
         for name, times, target in rows:
-            print(f"| {name:<62} | {pct(times, 50):6.1f} | {pct(times, 95):6.1f} | < {target} ms |")
+            print(
+                f"| {name:<62} | {percentile(times, 50):6.1f} | {percentile(times, 95):6.1f} | < {target} ms |"
+            )
         channel.close()
         cached_channel.close()
     finally:
